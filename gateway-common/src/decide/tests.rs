@@ -1,0 +1,232 @@
+//! Host tests of the decision logic with packets built by etherparse.
+
+use super::*;
+use crate::parse::{Packet, parse};
+use crate::policy::{PolicyValue, origin};
+use etherparse::PacketBuilder;
+use std::collections::{HashMap, HashSet};
+use std::vec::Vec;
+
+const GW: u32 = 0x6777;
+const SBX: [u8; 4] = [198, 18, 0, 2];
+const SBX2: [u8; 4] = [198, 18, 1, 2];
+const HOST: [u8; 4] = [198, 18, 0, 1];
+
+#[derive(Default)]
+struct Maps {
+    mark: u32,
+    sandboxes: HashMap<[u8; 4], SandboxRecord>,
+    policy: HashMap<Endpoint, PolicyValue>,
+    protected: HashSet<Endpoint>,
+    public: HashSet<PortKey>,
+    udp: HashSet<UdpFlowKey>,
+}
+
+impl Lookups for Maps {
+    fn gateway_mark(&self) -> u32 {
+        self.mark
+    }
+    fn sandbox(&self, addr: [u8; 4]) -> Option<SandboxRecord> {
+        self.sandboxes.get(&addr).copied()
+    }
+    fn policy_allow(&self, key: &Endpoint) -> Option<u8> {
+        self.policy.get(key).map(|v| v.allow_from)
+    }
+    fn protected(&self, key: &Endpoint) -> bool {
+        self.protected.contains(key)
+    }
+    fn public_port(&self, key: &PortKey) -> bool {
+        self.public.contains(key)
+    }
+    fn udp_flow(&self, key: &UdpFlowKey) -> bool {
+        self.udp.contains(key)
+    }
+}
+
+fn maps() -> Maps {
+    let mut m = Maps { mark: GW, ..Default::default() };
+    m.sandboxes.insert(SBX, SandboxRecord { ifindex: 7, flags: 0 });
+    m.sandboxes.insert(SBX2, SandboxRecord { ifindex: 8, flags: 0 });
+    m.policy.insert(Endpoint::new(SBX, 3000, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0));
+    m.protected.insert(Endpoint::new([0; 4], 9901, IPPROTO_TCP));
+    m.public.insert(PortKey::new(443, IPPROTO_TCP));
+    m
+}
+
+fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64).tcp(40000, dport, 1, 1000);
+    if syn {
+        b = b.syn();
+    }
+    if ack {
+        b = b.ack(1);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("build");
+    out
+}
+
+fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64).udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, &[1, 2, 3]).expect("build");
+    out
+}
+
+fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    tcp(HOST, dst, dport, true, false)
+}
+
+fn into(pkt: &[u8], mark: u32, m: &Maps) -> Reason {
+    into_sandbox(parse(pkt), mark, m).reason
+}
+
+#[test]
+fn new_tcp_into_a_sandbox_needs_the_mark_and_the_policy() {
+    let m = maps();
+    assert_eq!(into(&syn(SBX, 3000), GW, &m), Reason::PassAllowed);
+    assert_eq!(into(&syn(SBX, 3000), 0, &m), Reason::DropNotFromGateway);
+    assert_eq!(into(&syn(SBX, 3000), GW + 1, &m), Reason::DropNotFromGateway);
+    assert_eq!(into(&syn(SBX, 3001), GW, &m), Reason::DropPortClosed);
+    assert_eq!(into(&syn(SBX, 8080), GW, &m), Reason::PassSandboxApi);
+    assert_eq!(into(&syn(SBX, 80), GW, &m), Reason::PassSandboxApi);
+    assert_eq!(into(&syn(SBX, 8080), 0, &m), Reason::DropNotFromGateway);
+    assert_eq!(into(&syn(SBX, 443), GW, &m), Reason::DropReservedPort);
+    assert_eq!(into(&syn([198, 18, 9, 9], 3000), GW, &m), Reason::DropUnknownSandbox);
+    let v = into_sandbox(parse(&syn(SBX, 3000)[..]), GW, &m);
+    assert_eq!(v.sandbox, Some(SBX));
+}
+
+#[test]
+fn an_unconfigured_dataplane_fails_closed() {
+    let mut m = maps();
+    m.mark = 0;
+    assert_eq!(into(&syn(SBX, 3000), 0, &m), Reason::DropNotFromGateway);
+    assert_eq!(into(&syn(SBX, 8080), 0, &m), Reason::DropNotFromGateway);
+}
+
+#[test]
+fn established_icmp_arp_pass_and_udp_needs_a_flow() {
+    let mut m = maps();
+    assert_eq!(into(&tcp(HOST, SBX, 3001, false, true), 0, &m), Reason::PassEstablished);
+    assert_eq!(into(&tcp(HOST, SBX, 3001, true, true), 0, &m), Reason::PassEstablished);
+    let icmp = {
+        let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(HOST, SBX, 64).icmpv4_echo_request(1, 1);
+        let mut out = Vec::new();
+        b.write(&mut out, &[]).expect("build");
+        out
+    };
+    assert_eq!(into(&icmp, 0, &m), Reason::PassIcmp);
+    let mut arp = std::vec![0u8; 42];
+    arp[12] = 0x08;
+    arp[13] = 0x06;
+    assert_eq!(into(&arp, 0, &m), Reason::PassNonIp);
+    assert_eq!(into(&udp([8, 8, 8, 8], SBX, 53, 5353), 0, &m), Reason::DropUdp);
+    let out = out_of_sandbox(parse(&udp(SBX, [8, 8, 8, 8], 5353, 53)[..]), 7, &m);
+    assert_eq!(out.reason, Reason::PassOut);
+    m.udp.insert(out.remember_udp.expect("a udp flow to remember"));
+    assert_eq!(into(&udp([8, 8, 8, 8], SBX, 53, 5353), 0, &m), Reason::PassUdpReply);
+    assert_eq!(into(&udp([8, 8, 8, 8], SBX, 54, 5353), 0, &m), Reason::DropUdp);
+}
+
+#[test]
+fn ipv6_new_flows_are_dropped() {
+    let m = maps();
+    let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).tcp(1, 3000, 1, 100).syn();
+    let mut pkt = Vec::new();
+    b.write(&mut pkt, &[]).expect("build");
+    assert_eq!(into(&pkt, GW, &m), Reason::DropIpv6);
+    let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).udp(1, 3000);
+    let mut pkt = Vec::new();
+    b.write(&mut pkt, &[]).expect("build");
+    assert_eq!(into(&pkt, GW, &m), Reason::DropIpv6);
+}
+
+#[test]
+fn truncated_and_malformed_headers_fail_closed() {
+    let m = maps();
+    let full = syn(SBX, 3000);
+    for cut in [0, 13, 14, 20, 33, 34, 40, 47] {
+        assert_eq!(into(&full[..cut], GW, &m), Reason::DropMalformed, "cut at {cut}");
+    }
+    let mut bad_ver = full.clone();
+    bad_ver[14] = 0x65;
+    assert_eq!(into(&bad_ver, GW, &m), Reason::DropMalformed);
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x44;
+    assert_eq!(into(&bad_ihl, GW, &m), Reason::DropMalformed);
+    let mut bad_doff = full.clone();
+    bad_doff[14 + 20 + 12] = 0x40;
+    assert_eq!(into(&bad_doff, GW, &m), Reason::DropMalformed);
+}
+
+#[test]
+fn ip_options_and_vlan_tags_are_followed() {
+    let m = maps();
+    // IPv4 with 8 bytes of options (IHL 7): the TCP header moves.
+    let plain = syn(SBX, 3001);
+    let mut opts = Vec::new();
+    opts.extend_from_slice(&plain[..14]);
+    opts.push(0x47);
+    opts.extend_from_slice(&plain[15..34]);
+    opts.extend_from_slice(&[1, 1, 1, 1, 1, 1, 1, 0]);
+    opts.extend_from_slice(&plain[34..]);
+    assert_eq!(into(&opts, GW, &m), Reason::DropPortClosed);
+    // Without following the options the "TCP" bytes would be the options: prove the port is read.
+    let allowed = syn(SBX, 3000);
+    let mut opts_ok = Vec::new();
+    opts_ok.extend_from_slice(&allowed[..14]);
+    opts_ok.push(0x47);
+    opts_ok.extend_from_slice(&allowed[15..34]);
+    opts_ok.extend_from_slice(&[1; 8]);
+    opts_ok.extend_from_slice(&allowed[34..]);
+    assert_eq!(into(&opts_ok, GW, &m), Reason::PassAllowed);
+    // 802.1Q tag.
+    let mut tagged = Vec::new();
+    tagged.extend_from_slice(&plain[..12]);
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    tagged.extend_from_slice(&plain[12..]);
+    assert_eq!(into(&tagged, GW, &m), Reason::DropPortClosed);
+    assert_eq!(into(&tagged, 0, &m), Reason::DropNotFromGateway);
+}
+
+#[test]
+fn fragments_after_the_first_carry_no_header_and_pass() {
+    let m = maps();
+    let mut frag = syn(SBX, 3001);
+    frag[14 + 6] = 0x00;
+    frag[14 + 7] = 0x10;
+    assert_eq!(into(&frag, 0, &m), Reason::PassFragment);
+}
+
+#[test]
+fn out_of_a_sandbox_isolation_protection_and_spoofing() {
+    let m = maps();
+    let out = |pkt: Vec<u8>, ifindex| out_of_sandbox(parse(&pkt[..]), ifindex, &m).reason;
+    assert_eq!(out(tcp(SBX, [1, 1, 1, 1], 443, true, false), 7), Reason::PassOut);
+    assert_eq!(out(tcp(SBX, SBX2, 3000, true, false), 7), Reason::DropSandboxToSandbox);
+    assert_eq!(out(tcp(SBX, SBX2, 3000, false, true), 7), Reason::DropSandboxToSandbox);
+    assert_eq!(out(tcp(SBX, HOST, 9901, true, false), 7), Reason::DropProtected);
+    assert_eq!(out(tcp(SBX, HOST, 9902, true, false), 7), Reason::PassOut);
+    assert_eq!(out(tcp(SBX2, [1, 1, 1, 1], 80, true, false), 7), Reason::DropSpoofed);
+    assert_eq!(out(tcp(SBX, [1, 1, 1, 1], 80, true, false)[..20].to_vec(), 7), Reason::DropMalformed);
+}
+
+#[test]
+fn edge_guard_only_judges_new_tcp() {
+    let m = maps();
+    let edge = |pkt: &[u8]| edge_guard(parse(pkt), &m).reason;
+    assert_eq!(edge(&syn(HOST, 443)), Reason::PassEdgePublic);
+    assert_eq!(edge(&syn(HOST, 22)), Reason::DropEdgeClosedPort);
+    assert_eq!(edge(&tcp(HOST, HOST, 22, false, true)), Reason::PassEdgeOther);
+    assert_eq!(edge(&udp(HOST, HOST, 1, 22)), Reason::PassEdgeOther);
+    assert_eq!(edge(&syn(HOST, 22)[..30]), Reason::PassEdgeMalformed);
+}
+
+#[test]
+fn the_slice_accessor_is_bounds_checked() {
+    let data = [1u8, 2, 3];
+    assert_eq!(data[..].load::<2>(1), Ok([2, 3]));
+    assert!(data[..].load::<2>(2).is_err());
+    assert!(data[..].load::<1>(usize::MAX).is_err());
+}

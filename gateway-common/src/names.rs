@@ -1,0 +1,48 @@
+//! Every program and map name, in one place. Kernel object names are at most 15 bytes.
+
+/// tcx egress on a sandbox's host-side interface: traffic going INTO the sandbox.
+pub const PROG_SANDBOX_IN: &str = "sandbox_in";
+/// tcx ingress on a sandbox's host-side interface: traffic coming OUT of the sandbox.
+pub const PROG_SANDBOX_OUT: &str = "sandbox_out";
+/// XDP on the public interface: drops new TCP connections to non-public host ports.
+pub const PROG_EDGE_GUARD: &str = "edge_guard";
+
+/// `Endpoint` → `PolicyValue`: which (sandbox address, port, protocol) may receive new flows.
+pub const MAP_POLICY: &str = "GW_POLICY";
+/// sandbox address → `SandboxRecord`: the registered sandboxes.
+pub const MAP_SANDBOXES: &str = "GW_SANDBOXES";
+/// per-CPU, sandbox address → `SandboxStats`.
+pub const MAP_SANDBOX_STATS: &str = "GW_SBX_STATS";
+/// `Endpoint` → `u32`: host sockets a sandbox may never reach (admin API, metrics).
+pub const MAP_PROTECTED: &str = "GW_PROTECTED";
+/// `PortKey` → `u32`: host ports open to new connections on the public interface.
+pub const MAP_PUBLIC_PORTS: &str = "GW_PUBLIC";
+/// LRU, `UdpFlowKey` → `u32`: UDP flows a sandbox started, whose replies may come back in.
+pub const MAP_UDP_FLOWS: &str = "GW_UDP_FLOWS";
+/// per-CPU array of `u64`, index `Hook * REASONS_PER_HOOK + Reason`: verdict counters.
+pub const MAP_VERDICTS: &str = "GW_VERDICTS";
+/// array\[1\] of `DataplaneConfig`.
+pub const MAP_CONFIG: &str = "GW_CONFIG";
+
+/// Every map, for pinning and reuse.
+pub const ALL_MAPS: [&str; 8] = [
+    MAP_POLICY,
+    MAP_SANDBOXES,
+    MAP_SANDBOX_STATS,
+    MAP_PROTECTED,
+    MAP_PUBLIC_PORTS,
+    MAP_UDP_FLOWS,
+    MAP_VERDICTS,
+    MAP_CONFIG,
+];
+
+/// Capacity of `MAP_SANDBOXES` and `MAP_SANDBOX_STATS`.
+pub const MAX_SANDBOXES: u32 = 131_072;
+/// Capacity of `MAP_POLICY`.
+pub const MAX_POLICY_ENTRIES: u32 = 524_288;
+/// Capacity of `MAP_PROTECTED`.
+pub const MAX_PROTECTED: u32 = 256;
+/// Capacity of `MAP_PUBLIC_PORTS`.
+pub const MAX_PUBLIC_PORTS: u32 = 256;
+/// Capacity of `MAP_UDP_FLOWS`.
+pub const MAX_UDP_FLOWS: u32 = 65_536;
