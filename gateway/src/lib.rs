@@ -1,0 +1,14 @@
+//! The gateway's control plane.
+//!
+//! A policy change travels admin → state → dataplane → kernel map; a request travels
+//! edge → route → auth → proxy → connector (marked socket) → sandbox. See docs/ARCHITECTURE.md.
+
+pub mod admin;
+pub mod api_error;
+pub mod cli;
+pub mod config;
+pub mod connector;
+pub mod dataplane;
+pub mod paths;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,58 @@
+//! The durable domain model: what the platform registered.
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// How the gateway speaks to a declared port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PortProtocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http,
+    /// HTTP/2 cleartext (h2c) upstream.
+    Http2,
+    /// gRPC: h2c upstream.
+    Grpc,
+    /// Raw TCP (not proxied yet; kernel policy only).
+    Tcp,
+}
+
+/// A port declared when the sandbox was registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    /// The port inside the sandbox.
+    pub target: u16,
+    /// How to speak to it.
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// A registered sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    /// Workspace it belongs to.
+    pub workspace: String,
+    /// Its name within the workspace.
+    pub name: String,
+    /// Its private address behind `interface`.
+    pub address: Ipv4Addr,
+    /// The host-side interface (tap/veth) leading to it.
+    pub interface: String,
+    /// Declared ports, sorted by `target`, unique.
+    pub ports: Vec<PortSpec>,
+}
+
+impl Sandbox {
+    /// The host label `sbx-{name}-{workspace}`, lower-case: the key of exact route lookup.
+    pub fn label(&self) -> String {
+        sandbox_label(&self.name, &self.workspace)
+    }
+}
+
+/// `sbx-{name}-{workspace}`, lower-case.
+pub fn sandbox_label(name: &str, workspace: &str) -> String {
+    format!("sbx-{name}-{workspace}").to_ascii_lowercase()
+}
