@@ -14,15 +14,36 @@ pub trait Lookups {
     /// `MAP_CONFIG[0].mark`; zero when the gateway never configured the data plane.
     fn gateway_mark(&self) -> u32;
     /// `MAP_SANDBOXES[addr]`.
-    fn sandbox(&self, addr: [u8; 4]) -> Option<SandboxRecord>;
-    /// `MAP_POLICY[key].allow_from`.
-    fn policy_allow(&self, key: &Endpoint) -> Option<u8>;
+    fn sandbox(&self, addr: [u8; 4]) -> SandboxLookup;
+    /// `MAP_POLICY[key].allow_from`, or 0 when there is no entry.
+    ///
+    /// Lookups return plain values, not `Option`s of small payloads: LLVM lowers a `None` payload
+    /// to an undefined register, which the verifier refuses to read.
+    fn policy_allow(&self, key: &Endpoint) -> u8;
     /// Whether `MAP_PROTECTED` holds `key`.
     fn protected(&self, key: &Endpoint) -> bool;
     /// Whether `MAP_PUBLIC_PORTS` holds `key`.
     fn public_port(&self, key: &PortKey) -> bool;
     /// Whether `MAP_UDP_FLOWS` holds `key`.
     fn udp_flow(&self, key: &UdpFlowKey) -> bool;
+}
+
+/// The result of a `MAP_SANDBOXES` lookup (fully initialised on a miss, see `Lookups`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SandboxLookup {
+    /// Whether the address is a registered sandbox.
+    pub found: bool,
+    /// Its recorded host-side ifindex (0 on a miss).
+    pub ifindex: u32,
+}
+
+impl SandboxLookup {
+    /// A hit.
+    pub const fn hit(rec: SandboxRecord) -> Self {
+        Self { found: true, ifindex: rec.ifindex }
+    }
+    /// A miss.
+    pub const MISS: Self = Self { found: false, ifindex: 0 };
 }
 
 /// A decision: why, and which sandbox it concerns (for per-sandbox counters).
@@ -71,7 +92,7 @@ pub fn into_sandbox<L: Lookups>(
             if !l4.is_new_tcp() {
                 return Verdict::of(Reason::PassEstablished);
             }
-            if maps.sandbox(dst).is_none() {
+            if !maps.sandbox(dst).found {
                 return Verdict::of(Reason::DropUnknownSandbox);
             }
             let port = u16::from_be_bytes(dport);
@@ -83,9 +104,10 @@ pub fn into_sandbox<L: Lookups>(
             } else if port == SANDBOX_API_PORT || port == SANDBOX_SYSTEM_PORT {
                 Reason::PassSandboxApi
             } else {
-                match maps.policy_allow(&Endpoint::new(dst, port, IPPROTO_TCP)) {
-                    Some(allow::FROM_GATEWAY) => Reason::PassAllowed,
-                    _ => Reason::DropPortClosed,
+                if maps.policy_allow(&Endpoint::new(dst, port, IPPROTO_TCP)) == allow::FROM_GATEWAY {
+                    Reason::PassAllowed
+                } else {
+                    Reason::DropPortClosed
                 }
             };
             Verdict::for_sandbox(reason, dst)
@@ -124,12 +146,11 @@ pub fn out_of_sandbox<L: Lookups>(
         }
         Ok(Summary::Ipv4 { src, dst, l4 }) => (src, dst, l4),
     };
-    if let Some(rec) = maps.sandbox(src) {
-        if rec.ifindex != ifindex {
-            return Verdict::of(Reason::DropSpoofed);
-        }
+    let from = maps.sandbox(src);
+    if from.found && from.ifindex != ifindex {
+        return Verdict::of(Reason::DropSpoofed);
     }
-    if dst != src && maps.sandbox(dst).is_some() {
+    if dst != src && maps.sandbox(dst).found {
         return Verdict::of(Reason::DropSandboxToSandbox);
     }
     if let Some((proto, port)) = dest_port(&l4) {

@@ -7,6 +7,9 @@ pub const PROG_SANDBOX_OUT: &str = "sandbox_out";
 /// XDP on the public interface: drops new TCP connections to non-public host ports.
 pub const PROG_EDGE_GUARD: &str = "edge_guard";
 
+/// A do-nothing tc program, the baseline of the program-cost benchmark. Never attached.
+pub const PROG_BENCH_NOOP: &str = "bench_noop";
+
 /// `Endpoint` → `PolicyValue`: which (sandbox address, port, protocol) may receive new flows.
 pub const MAP_POLICY: &str = "GW_POLICY";
 /// sandbox address → `SandboxRecord`: the registered sandboxes.

@@ -54,6 +54,13 @@ pub fn edge_guard(ctx: XdpContext) -> u32 {
     if v.reason.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
+/// A program that does nothing: the baseline `cargo xtask bench` compares the others against.
+/// Never attached.
+#[classifier]
+pub fn bench_noop(_ctx: TcContext) -> i32 {
+    TCX_NEXT
+}
+
 #[inline(always)]
 fn account<C: aya_ebpf::EbpfContext>(ctx: &C, hook: Hook, v: &Verdict) {
     maps::count_verdict(hook.slot(v.reason));

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     counters::VERDICT_SLOTS,
-    decide::Lookups,
+    decide::{Lookups, SandboxLookup},
     names::{MAX_POLICY_ENTRIES, MAX_PROTECTED, MAX_PUBLIC_PORTS, MAX_SANDBOXES, MAX_UDP_FLOWS},
     policy::{
         DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats,
@@ -52,15 +52,21 @@ impl Lookups for KernelMaps {
         GW_CONFIG.get(0).map_or(0, |c| c.mark)
     }
     #[inline(always)]
-    fn sandbox(&self, addr: [u8; 4]) -> Option<SandboxRecord> {
-        // SAFETY: the pointer comes from a successful lookup and the value is plain data;
-        // a concurrent update can at worst make us read the old or new record.
-        GW_SANDBOXES.get_ptr(SandboxKey { addr }).map(|p| unsafe { *p })
+    fn sandbox(&self, addr: [u8; 4]) -> SandboxLookup {
+        match GW_SANDBOXES.get_ptr(SandboxKey { addr }) {
+            // SAFETY: the pointer comes from a successful lookup and the value is plain data;
+            // a concurrent update can at worst make us read the old or new record.
+            Some(p) => SandboxLookup::hit(unsafe { *p }),
+            None => SandboxLookup::MISS,
+        }
     }
     #[inline(always)]
-    fn policy_allow(&self, key: &Endpoint) -> Option<u8> {
-        // SAFETY: as above.
-        GW_POLICY.get_ptr(key).map(|p| unsafe { (*p).allow_from })
+    fn policy_allow(&self, key: &Endpoint) -> u8 {
+        match GW_POLICY.get_ptr(key) {
+            // SAFETY: as above.
+            Some(p) => unsafe { (*p).allow_from },
+            None => 0,
+        }
     }
     #[inline(always)]
     fn protected(&self, key: &Endpoint) -> bool {

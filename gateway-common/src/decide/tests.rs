@@ -26,11 +26,11 @@ impl Lookups for Maps {
     fn gateway_mark(&self) -> u32 {
         self.mark
     }
-    fn sandbox(&self, addr: [u8; 4]) -> Option<SandboxRecord> {
-        self.sandboxes.get(&addr).copied()
+    fn sandbox(&self, addr: [u8; 4]) -> SandboxLookup {
+        self.sandboxes.get(&addr).map_or(SandboxLookup::MISS, |r| SandboxLookup::hit(*r))
     }
-    fn policy_allow(&self, key: &Endpoint) -> Option<u8> {
-        self.policy.get(key).map(|v| v.allow_from)
+    fn policy_allow(&self, key: &Endpoint) -> u8 {
+        self.policy.get(key).map_or(0, |v| v.allow_from)
     }
     fn protected(&self, key: &Endpoint) -> bool {
         self.protected.contains(key)

@@ -4,7 +4,35 @@
 //! outlives the process. A new process reuses the pinned maps and atomically swaps the programs
 //! behind the pinned links (`bpf_link_update`): there is no instant with no program attached.
 
-use std::{collections::BTreeMap, net::{Ipv4Addr, SocketAddr}, path::PathBuf, time::Duration};
+mod attach;
+mod batch;
+pub mod bpffs;
+pub mod inspect;
+pub mod maps;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapError, PerCpuValues},
+};
+use gateway_common::{
+    IPPROTO_TCP, IPPROTO_UDP,
+    counters::{Hook, Reason},
+    policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats},
+};
+
+pub use attach::{EBPF_OBJECT, load_object, teardown};
+pub use inspect::{dump, status};
+
+use bpffs::PinDir;
+use maps::KernelMaps;
 
 /// What the data plane needs from the configuration.
 #[derive(Clone, Debug)]
@@ -81,43 +109,275 @@ pub enum DataplaneError {
     },
 }
 
+/// Wraps an error with what we were doing.
+pub(crate) fn kernel<E>(context: impl Into<String>) -> impl FnOnce(E) -> DataplaneError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let context = context.into();
+    move |e| DataplaneError::Kernel { context, source: anyhow::Error::new(e) }
+}
+
 /// The running data plane (or a disabled stand-in).
 pub struct Dataplane {
-    _private: (),
+    inner: Option<Mutex<Inner>>,
+}
+
+struct Inner {
+    ebpf: Ebpf,
+    maps: KernelMaps,
+    pins: PinDir,
+    /// What the kernel holds per sandbox, kept equal to it by every mutation and `reconcile`.
+    shadow: HashMap<Ipv4Addr, Shadow>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Shadow {
+    ifindex: u32,
+    ports: BTreeMap<u16, PolicyValue>,
+}
+
+fn ifindex_of(ifname: &str) -> Result<u32, DataplaneError> {
+    nix::net::if_::if_nametoindex(ifname).map_err(|_| DataplaneError::UnknownInterface(ifname.to_owned()))
+}
+
+fn endpoint(addr: Ipv4Addr, port: u16) -> Endpoint {
+    Endpoint::new(addr.octets(), port, IPPROTO_TCP)
 }
 
 impl Dataplane {
     /// Loads the programs (reusing pinned maps and links), writes the configuration maps, and
-    /// attaches the edge guard. Nothing is reachable until `reconcile` or `apply_sandbox` says so.
-    pub fn open(_settings: &DataplaneSettings) -> Result<Self, DataplaneError> {
-        Err(DataplaneError::NoProgram)
+    /// attaches the edge guard. Sandboxes become reachable only through `reconcile` and
+    /// `apply_sandbox`; until then, pinned state from a previous process keeps being enforced.
+    pub fn open(settings: &DataplaneSettings) -> Result<Self, DataplaneError> {
+        if !settings.enabled {
+            return Ok(Self::disabled());
+        }
+        let pins = PinDir::new(&settings.bpffs);
+        let log_level = if tracing::enabled!(target: "gateway::ebpf", tracing::Level::DEBUG) { 4 } else { 3 };
+        let mut ebpf = attach::load_object(&pins, log_level)?;
+        spawn_logger(&mut ebpf);
+        let mut maps = KernelMaps::open(&pins.maps())?;
+        maps.config
+            .set(0, DataplaneConfig { mark: settings.mark, flags: 0 }, 0)
+            .map_err(kernel("writing GW_CONFIG"))?;
+        sync_set(&mut maps.protected, protected_keys(&settings.protected), "GW_PROTECTED")?;
+        let public = settings.public_ports.iter().map(|p| PortKey::new(*p, IPPROTO_TCP)).collect();
+        sync_set(&mut maps.public, public, "GW_PUBLIC")?;
+        let edge = match &settings.public_interface {
+            Some(ifname) => {
+                let ifindex = ifindex_of(ifname)?;
+                attach::ensure_edge_guard(&mut ebpf, &pins, ifname, ifindex, settings.xdp_mode)?;
+                Some(ifindex)
+            }
+            None => None,
+        };
+        for name in attach::prune_links(&pins, edge) {
+            tracing::info!(link = %name, "removed stale link pin");
+        }
+        let shadow = read_shadow(&maps);
+        Ok(Self { inner: Some(Mutex::new(Inner { ebpf, maps, pins, shadow })) })
     }
 
     /// A stand-in for `dataplane.enabled = false`: every mutation is accepted and does nothing.
     pub fn disabled() -> Self {
-        Self { _private: () }
+        Self { inner: None }
+    }
+
+    /// Whether the kernel is enforced by this instance.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Inner>> {
+        self.inner.as_ref().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Sets or replaces one sandbox's kernel policy: attaches the programs to its interface if
     /// needed, registers its address, opens new ports, then closes removed ones (never a window
     /// where a port outside old ∪ new is open). Returns how long the map updates took.
-    pub fn apply_sandbox(&self, _policy: &SandboxPolicy) -> Result<Duration, DataplaneError> {
-        Ok(Duration::ZERO)
+    pub fn apply_sandbox(&self, policy: &SandboxPolicy) -> Result<Duration, DataplaneError> {
+        let ifindex = ifindex_of(&policy.interface)?;
+        let Some(mut inner) = self.lock() else { return Ok(Duration::ZERO) };
+        let inner = &mut *inner;
+        attach::ensure_sandbox_hooks(&mut inner.ebpf, &inner.pins, &policy.interface, ifindex)?;
+        let started = Instant::now();
+        let old = inner.shadow.get(&policy.address).cloned().unwrap_or_default();
+        let new = desired_shadow(policy, ifindex);
+        apply_diff(&mut inner.maps, policy.address, &old, Some(&new))?;
+        let took = started.elapsed();
+        inner.shadow.insert(policy.address, new);
+        Ok(took)
     }
 
     /// Removes a sandbox's entries. Its interface stays attached (and so closed to new flows).
-    pub fn remove_sandbox(&self, _address: Ipv4Addr) -> Result<(), DataplaneError> {
-        Ok(())
+    pub fn remove_sandbox(&self, address: Ipv4Addr) -> Result<(), DataplaneError> {
+        let Some(mut inner) = self.lock() else { return Ok(()) };
+        let inner = &mut *inner;
+        let old = inner.shadow.remove(&address).unwrap_or_default();
+        apply_diff(&mut inner.maps, address, &old, None)
     }
 
-    /// Makes the kernel equal to `all`: adds what is missing, removes what is stale.
-    pub fn reconcile(&self, _all: &[SandboxPolicy]) -> Result<(), DataplaneError> {
+    /// Makes the kernel equal to `all`: attaches to every interface, adds what is missing,
+    /// removes what is stale. A sandbox whose interface does not exist yet keeps its entries
+    /// (its traffic cannot flow anyway) and is reported in the log.
+    pub fn reconcile(&self, all: &[SandboxPolicy]) -> Result<(), DataplaneError> {
+        let Some(mut inner) = self.lock() else { return Ok(()) };
+        let inner = &mut *inner;
+        let mut desired: HashMap<Ipv4Addr, Shadow> = HashMap::new();
+        for policy in all {
+            let ifindex = match ifindex_of(&policy.interface) {
+                Ok(i) => {
+                    attach::ensure_sandbox_hooks(&mut inner.ebpf, &inner.pins, &policy.interface, i)?;
+                    i
+                }
+                Err(_) => {
+                    tracing::warn!(address = %policy.address, interface = %policy.interface, "sandbox interface missing; entries kept, nothing to attach to");
+                    0
+                }
+            };
+            desired.insert(policy.address, desired_shadow(policy, ifindex));
+        }
+        // The kernel is the truth: diff against it, not against what we believe.
+        let current = read_shadow(&inner.maps);
+        for (addr, new) in &desired {
+            let old = current.get(addr).cloned().unwrap_or_default();
+            if &old != new {
+                apply_diff(&mut inner.maps, *addr, &old, Some(new))?;
+            }
+        }
+        for (addr, old) in &current {
+            if !desired.contains_key(addr) {
+                apply_diff(&mut inner.maps, *addr, old, None)?;
+            }
+        }
+        inner.shadow = desired;
         Ok(())
     }
 
     /// What the kernel holds for `address`, read back from the maps.
-    pub fn policy_view(&self, _address: Ipv4Addr) -> Result<PolicyView, DataplaneError> {
-        Err(DataplaneError::Disabled)
+    pub fn policy_view(&self, address: Ipv4Addr) -> Result<PolicyView, DataplaneError> {
+        let Some(inner) = self.lock() else { return Err(DataplaneError::Disabled) };
+        Ok(inspect::policy_view(&inner.maps, address))
+    }
+
+    /// Verdict counters by hook and reason, summed over CPUs.
+    pub fn verdict_counters(&self) -> Result<Vec<(Hook, Reason, u64)>, DataplaneError> {
+        let Some(inner) = self.lock() else { return Err(DataplaneError::Disabled) };
+        inner.maps.verdict_counters()
+    }
+}
+
+fn desired_shadow(policy: &SandboxPolicy, ifindex: u32) -> Shadow {
+    Shadow {
+        ifindex,
+        ports: policy.ports.iter().map(|(p, g)| (*p, PolicyValue::gateway(g.origin, g.preview_refs))).collect(),
+    }
+}
+
+/// Moves one sandbox's kernel entries from `old` to `new` (an empty `new` unregisters it):
+/// opens new ports first, (re)registers the address, then closes removed ports. Unregistering
+/// removes the address first, which closes every port at once.
+fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&Shadow>) -> Result<(), DataplaneError> {
+    let key = SandboxKey { addr: addr.octets() };
+    let unregister = new.is_none();
+    let empty = Shadow::default();
+    let new = new.unwrap_or(&empty);
+    if unregister {
+        match maps.sandboxes.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(kernel("removing from GW_SANDBOXES")(e)),
+        }
+    }
+    let adds: Vec<(Endpoint, PolicyValue)> = new
+        .ports
+        .iter()
+        .filter(|(p, v)| old.ports.get(p) != Some(v))
+        .map(|(p, v)| (endpoint(addr, *p), *v))
+        .collect();
+    maps.policy_update_batch(&adds)?;
+    if !unregister {
+        let record = SandboxRecord { ifindex: new.ifindex, flags: 0 };
+        maps.sandboxes.insert(key, record, 0).map_err(kernel("writing GW_SANDBOXES"))?;
+        if maps.stats.get(&key, 0).is_err() {
+            let zero = PerCpuValues::try_from(vec![SandboxStats::default(); nr_cpus()])
+                .map_err(kernel("sizing per-CPU counters"))?;
+            maps.stats.insert(key, zero, 0).map_err(kernel("writing GW_SBX_STATS"))?;
+        }
+    }
+    let removes: Vec<Endpoint> = old.ports.keys().filter(|p| !new.ports.contains_key(p)).map(|p| endpoint(addr, *p)).collect();
+    maps.policy_delete_batch(&removes)?;
+    if unregister {
+        let _ = maps.stats.remove(&key);
+    }
+    Ok(())
+}
+
+fn nr_cpus() -> usize {
+    aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1)
+}
+
+/// Reads every sandbox and policy entry back from the kernel.
+fn read_shadow(maps: &KernelMaps) -> HashMap<Ipv4Addr, Shadow> {
+    let mut out: HashMap<Ipv4Addr, Shadow> = HashMap::new();
+    for (key, rec) in maps.sandbox_entries() {
+        out.entry(Ipv4Addr::from(key.addr)).or_default().ifindex = rec.ifindex;
+    }
+    for (ep, value) in maps.policy_entries() {
+        out.entry(Ipv4Addr::from(ep.addr)).or_default().ports.insert(ep.port(), value);
+    }
+    out
+}
+
+fn protected_keys(addrs: &[SocketAddr]) -> Vec<Endpoint> {
+    let mut keys = Vec::new();
+    for a in addrs {
+        let ip = match a {
+            SocketAddr::V4(v4) => v4.ip().octets(),
+            SocketAddr::V6(_) => [0; 4],
+        };
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            keys.push(Endpoint::new(ip, a.port(), proto));
+        }
+    }
+    keys
+}
+
+/// Makes a set-like map (value 1) hold exactly `want`.
+fn sync_set<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, u32>,
+    want: Vec<K>,
+    name: &str,
+) -> Result<(), DataplaneError> {
+    for k in &want {
+        map.insert(k, 1, 0).map_err(kernel(format!("writing {name}")))?;
+    }
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !want.contains(k)).collect();
+    for k in stale {
+        let _ = map.remove(&k);
+    }
+    Ok(())
+}
+
+/// Forwards the programs' aya-log records to `tracing` (via `log`) from a task, keeping the
+/// logger alive for as long as the runtime runs.
+fn spawn_logger(ebpf: &mut Ebpf) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring-buffer fd and is moved into the AsyncFd, which
+            // deregisters it before dropping (and so closing) it.
+            let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+            let Ok(mut fd) = registered else { return };
+            handle.spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else { break };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "eBPF logs unavailable"),
     }
 }
 

@@ -1,0 +1,162 @@
+//! Loading the programs and attaching them behind pinned links.
+//!
+//! A pinned link that already exists (a previous gateway process, a crash, an upgrade) is
+//! updated in place with `bpf_link_update`: the new program replaces the old one atomically, so
+//! an interface is never left without a program. Every attachment is verified by querying the
+//! kernel afterwards.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+use gateway_common::names;
+
+use super::{DataplaneError, XdpModeSetting, bpffs::{LinkKind, PinDir}, kernel};
+
+/// The eBPF object, embedded at build time by `build.rs` (empty when built without bpf-linker).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
+
+/// Loads the object with its maps pinned (or reused) under `pins`, and loads the three programs
+/// into the kernel. `log_level` is aya-log's level for the programs' own logs (3 = info, 4 =
+/// debug: one line per dropped packet).
+pub fn load_object(pins: &PinDir, log_level: u8) -> Result<Ebpf, DataplaneError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(DataplaneError::NoProgram);
+    }
+    raise_memlock_limit();
+    pins.create().map_err(kernel(format!("preparing pin directory {}", pins.root().display())))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.maps())
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .load(EBPF_OBJECT)
+        .map_err(kernel("loading the eBPF object (are the pinned maps from an incompatible version? `gateway dataplane teardown` removes them)"))?;
+    for name in [names::PROG_SANDBOX_IN, names::PROG_SANDBOX_OUT] {
+        classifier(&mut ebpf, name)?.load().map_err(kernel(format!("verifying {name}")))?;
+    }
+    xdp(&mut ebpf)?.load().map_err(kernel(format!("verifying {}", names::PROG_EDGE_GUARD)))?;
+    Ok(ebpf)
+}
+
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer. Failure is fine on kernels ≥ 5.11 (memcg
+    // accounting), so it is only logged.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; relying on memcg accounting");
+    }
+}
+
+/// The loaded tc program `name`.
+pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataplaneError::Kernel { context: format!("program {name} missing from the object"), source: anyhow::anyhow!("not found") })?
+        .try_into()
+        .map_err(kernel(format!("program {name} is not a classifier")))
+}
+
+/// The loaded XDP program.
+pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    let name = names::PROG_EDGE_GUARD;
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataplaneError::Kernel { context: format!("program {name} missing from the object"), source: anyhow::anyhow!("not found") })?
+        .try_into()
+        .map_err(kernel(format!("program {name} is not XDP")))
+}
+
+/// Attaches `sandbox_in` (tcx egress) and `sandbox_out` (tcx ingress) to `ifname`, or swaps the
+/// programs behind existing pinned links.
+pub fn ensure_sandbox_hooks(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
+    for (kind, name, attach_type) in [
+        (LinkKind::TcxIn, names::PROG_SANDBOX_IN, TcAttachType::Egress),
+        (LinkKind::TcxOut, names::PROG_SANDBOX_OUT, TcAttachType::Ingress),
+    ] {
+        let prog = classifier(ebpf, name)?;
+        let prog_id = prog.info().map_err(kernel("program info"))?.id();
+        let pin = pins.link(kind, ifindex);
+        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(kernel("pinned link is not tcx"))?;
+            if let Err(e) = prog.attach_to_link(link) {
+                tracing::warn!(interface = ifname, error = %e, "replacing the pinned tcx link failed; attaching anew");
+            }
+        }
+        if !tcx_has(ifname, attach_type, prog_id) {
+            let _ = std::fs::remove_file(&pin);
+            let id = prog
+                .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                .map_err(kernel(format!("attaching {name} to {ifname}")))?;
+            let link = prog.take_link(id).map_err(kernel("taking the link"))?;
+            let fd = FdLink::try_from(link).map_err(kernel("tcx link without fd"))?;
+            fd.pin(&pin).map_err(kernel(format!("pinning {}", pin.display())))?;
+        }
+        if !tcx_has(ifname, attach_type, prog_id) {
+            return Err(DataplaneError::Kernel {
+                context: format!("{name} is not attached to {ifname} after attaching it"),
+                source: anyhow::anyhow!("tcx query does not list program {prog_id}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn tcx_has(ifname: &str, attach_type: TcAttachType, prog_id: u32) -> bool {
+    SchedClassifier::query_tcx(ifname, attach_type)
+        .map(|(_, progs)| progs.iter().any(|p| p.id() == prog_id))
+        .unwrap_or(false)
+}
+
+/// Attaches the edge guard to `ifname` in `mode`, or swaps the program behind its pinned link.
+pub fn ensure_edge_guard(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifindex: u32, mode: XdpModeSetting) -> Result<(), DataplaneError> {
+    let prog = xdp(ebpf)?;
+    let pin = pins.link(LinkKind::Xdp, ifindex);
+    if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(kernel("pinned link is not XDP"))?;
+        match prog.attach_to_link(link) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(interface = ifname, error = %e, "replacing the pinned XDP link failed; attaching anew");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let mode = match mode {
+        XdpModeSetting::Skb => XdpMode::Skb,
+        XdpModeSetting::Native => XdpMode::Driver,
+    };
+    let id = prog.attach(ifname, mode).map_err(kernel(format!("attaching the edge guard to {ifname} ({mode:?} mode)")))?;
+    let link = prog.take_link(id).map_err(kernel("taking the XDP link"))?;
+    let fd = FdLink::try_from(link).map_err(kernel("the kernel gave a netlink XDP attachment; bpf links are required"))?;
+    fd.pin(&pin).map_err(kernel(format!("pinning {}", pin.display())))?;
+    Ok(())
+}
+
+/// Removes link pins whose interface no longer exists, or (for XDP) that are not `keep_xdp`.
+/// Unpinning the last reference detaches the program.
+pub fn prune_links(pins: &PinDir, keep_xdp: Option<u32>) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(dir) = std::fs::read_dir(pins.links()) else { return removed };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((kind, ifindex)) = LinkKind::parse_pin(&name) else { continue };
+        let gone = nix::net::if_::if_indextoname(ifindex).is_err();
+        let stale_xdp = kind == LinkKind::Xdp && keep_xdp != Some(ifindex);
+        if (gone || stale_xdp) && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+/// Detaches everything and removes the pin directory.
+pub fn teardown(root: &Path) -> Result<(), DataplaneError> {
+    if !root.exists() {
+        return Ok(());
+    }
+    std::fs::remove_dir_all(root).map_err(kernel(format!("removing {}", root.display())))
+}

@@ -1,0 +1,160 @@
+//! Reading enforcement back from the kernel: the per-sandbox policy view (admin API), and
+//! `gateway dataplane status|dump`, which work from the pins alone, while the daemon runs or
+//! after it died.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use gateway_common::{
+    SANDBOX_API_PORT, SANDBOX_NEVER_PORT, SANDBOX_SYSTEM_PORT,
+    policy::{SandboxKey, allow, origin},
+};
+use serde_json::{Value, json};
+
+use super::{
+    DataplaneError, PolicyEntryView, PolicyView, SandboxCountersView,
+    bpffs::{LinkKind, PinDir},
+    maps::KernelMaps,
+};
+
+fn origins(bits: u8) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if bits & origin::DECLARED != 0 {
+        v.push("declared");
+    }
+    if bits & origin::PREVIEW != 0 {
+        v.push("preview");
+    }
+    v
+}
+
+/// What the kernel holds for one sandbox: its record, the built-in entries the program applies to
+/// every registered sandbox, and every `GW_POLICY` entry for its address.
+pub fn policy_view(maps: &KernelMaps, address: Ipv4Addr) -> PolicyView {
+    let key = SandboxKey { addr: address.octets() };
+    let record = maps.sandboxes.get(&key, 0).ok();
+    let mut entries = Vec::new();
+    if record.is_some() {
+        for port in [SANDBOX_SYSTEM_PORT, SANDBOX_API_PORT] {
+            entries.push(PolicyEntryView { port, protocol: "TCP", allow_from: "gateway", origin: vec!["builtin"], preview_refs: 0 });
+        }
+        entries.push(PolicyEntryView { port: SANDBOX_NEVER_PORT, protocol: "TCP", allow_from: "nobody", origin: vec!["reserved"], preview_refs: 0 });
+    }
+    for (ep, value) in maps.policy_entries() {
+        if ep.addr == key.addr {
+            entries.push(PolicyEntryView {
+                port: ep.port(),
+                protocol: "TCP",
+                allow_from: if value.allow_from == allow::FROM_GATEWAY { "gateway" } else { "nobody" },
+                origin: origins(value.origin),
+                preview_refs: value.preview_refs,
+            });
+        }
+    }
+    entries.sort_by_key(|e| e.port);
+    let c = maps.sandbox_counters(&key);
+    PolicyView {
+        address,
+        registered: record.is_some(),
+        ifindex: record.map_or(0, |r| r.ifindex),
+        entries,
+        counters: SandboxCountersView { allowed: c.allowed, dropped: c.dropped },
+    }
+}
+
+fn open_maps(root: &Path) -> Result<KernelMaps, DataplaneError> {
+    let pins = PinDir::new(root);
+    if !pins.exists() {
+        return Err(DataplaneError::Kernel {
+            context: format!("no data plane pinned under {}", root.display()),
+            source: anyhow::anyhow!("nothing to read (was the gateway ever started with this dataplane.bpffs?)"),
+        });
+    }
+    KernelMaps::open(&pins.maps())
+}
+
+fn counters_json(maps: &KernelMaps) -> Result<Value, DataplaneError> {
+    Ok(Value::Array(
+        maps.verdict_counters()?
+            .into_iter()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(h, r, n)| json!({"hook": h.name(), "reason": r.name(), "packets": n}))
+            .collect(),
+    ))
+}
+
+/// Every policy entry decoded, by sandbox (like `cilium bpf policy get`).
+pub fn dump(root: &Path) -> Result<Value, DataplaneError> {
+    let maps = open_maps(root)?;
+    let mut sandboxes: Vec<(Ipv4Addr, u32)> = maps
+        .sandbox_entries()
+        .into_iter()
+        .map(|(k, r)| (Ipv4Addr::from(k.addr), r.ifindex))
+        .collect();
+    sandboxes.sort();
+    let mut orphans: Vec<Ipv4Addr> = maps
+        .policy_entries()
+        .into_iter()
+        .map(|(e, _)| Ipv4Addr::from(e.addr))
+        .filter(|a| !sandboxes.iter().any(|(s, _)| s == a))
+        .collect();
+    orphans.sort();
+    orphans.dedup();
+    let views: Vec<PolicyView> = sandboxes
+        .iter()
+        .map(|(a, _)| *a)
+        .chain(orphans)
+        .map(|a| policy_view(&maps, a))
+        .collect();
+    Ok(json!({
+        "bpffs": root.display().to_string(),
+        "sandboxes": views,
+        "protected": maps.protected.keys().filter_map(Result::ok)
+            .map(|k| format!("{}:{}/{}", Ipv4Addr::from(k.addr), k.port(), proto_name(k.proto))).collect::<Vec<_>>(),
+        "publicPorts": maps.public.keys().filter_map(Result::ok).map(|k| k.port()).collect::<Vec<_>>(),
+        "counters": counters_json(&maps)?,
+    }))
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        gateway_common::IPPROTO_TCP => "tcp",
+        gateway_common::IPPROTO_UDP => "udp",
+        _ => "other",
+    }
+}
+
+/// Attached programs per interface (with link and program ids), map fill levels, counters.
+pub fn status(root: &Path) -> Result<Value, DataplaneError> {
+    let maps = open_maps(root)?;
+    let pins = PinDir::new(root);
+    let mut links = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(pins.links()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((kind, ifindex)) = LinkKind::parse_pin(&name) else { continue };
+            let info = PinnedLink::from_pin(entry.path()).ok().and_then(|p| FdLink::from(p).info().ok());
+            links.push(json!({
+                "interface": nix::net::if_::if_indextoname(ifindex).ok().map(|s| s.to_string_lossy().into_owned()),
+                "ifindex": ifindex,
+                "hook": match kind { LinkKind::TcxIn => "tcx/egress (sandbox_in)", LinkKind::TcxOut => "tcx/ingress (sandbox_out)", LinkKind::Xdp => "xdp (edge_guard)" },
+                "linkId": info.as_ref().map(|i| i.id()),
+                "programId": info.as_ref().map(|i| i.program_id()),
+                "pin": entry.path().display().to_string(),
+            }));
+        }
+    }
+    let config = maps.config.get(&0, 0).ok();
+    Ok(json!({
+        "bpffs": root.display().to_string(),
+        "mark": config.map(|c| format!("{:#x}", c.mark)),
+        "links": links,
+        "maps": {
+            "sandboxes": {"entries": maps.sandboxes.keys().count(), "capacity": gateway_common::names::MAX_SANDBOXES},
+            "policy": {"entries": maps.policy.keys().count(), "capacity": gateway_common::names::MAX_POLICY_ENTRIES},
+            "protected": {"entries": maps.protected.keys().count(), "capacity": gateway_common::names::MAX_PROTECTED},
+            "publicPorts": {"entries": maps.public.keys().count(), "capacity": gateway_common::names::MAX_PUBLIC_PORTS},
+        },
+        "counters": counters_json(&maps)?,
+    }))
+}

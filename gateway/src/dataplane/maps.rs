@@ -1,0 +1,111 @@
+//! Typed handles on the pinned maps. Opened from the pins, so the daemon and the CLI (`gateway
+//! dataplane dump`, working after the daemon died) read the same objects.
+
+use std::{os::fd::AsFd, path::Path};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use gateway_common::{
+    counters::{Hook, Reason, VERDICT_SLOTS},
+    names,
+    policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats},
+};
+
+use super::{DataplaneError, batch, kernel};
+
+/// Every map the programs use.
+pub struct KernelMaps {
+    /// `GW_POLICY`.
+    pub policy: HashMap<MapData, Endpoint, PolicyValue>,
+    /// A second handle on `GW_POLICY` for batch syscalls.
+    policy_raw: MapData,
+    /// `GW_SANDBOXES`.
+    pub sandboxes: HashMap<MapData, SandboxKey, SandboxRecord>,
+    /// `GW_SBX_STATS`.
+    pub stats: PerCpuHashMap<MapData, SandboxKey, SandboxStats>,
+    /// `GW_PROTECTED`.
+    pub protected: HashMap<MapData, Endpoint, u32>,
+    /// `GW_PUBLIC`.
+    pub public: HashMap<MapData, PortKey, u32>,
+    /// `GW_VERDICTS`.
+    pub verdicts: PerCpuArray<MapData, u64>,
+    /// `GW_CONFIG`.
+    pub config: Array<MapData, DataplaneConfig>,
+}
+
+fn open(dir: &Path, name: &str) -> Result<Map, DataplaneError> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(kernel(format!("opening pinned map {}", path.display())))?;
+    Map::from_map_data(data).map_err(kernel(format!("map {name}")))
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> Result<T, DataplaneError> {
+    T::try_from(open(dir, name)?).map_err(kernel(format!("map {name} has an unexpected type")))
+}
+
+impl KernelMaps {
+    /// Opens every map pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, DataplaneError> {
+        let raw_path = dir.join(names::MAP_POLICY);
+        Ok(Self {
+            policy: typed(dir, names::MAP_POLICY)?,
+            policy_raw: MapData::from_pin(&raw_path).map_err(kernel(format!("opening {}", raw_path.display())))?,
+            sandboxes: typed(dir, names::MAP_SANDBOXES)?,
+            stats: typed(dir, names::MAP_SANDBOX_STATS)?,
+            protected: typed(dir, names::MAP_PROTECTED)?,
+            public: typed(dir, names::MAP_PUBLIC_PORTS)?,
+            verdicts: typed(dir, names::MAP_VERDICTS)?,
+            config: typed(dir, names::MAP_CONFIG)?,
+        })
+    }
+
+    /// Writes many policy entries in one syscall.
+    pub fn policy_update_batch(&self, entries: &[(Endpoint, PolicyValue)]) -> Result<(), DataplaneError> {
+        let keys: Vec<Endpoint> = entries.iter().map(|e| e.0).collect();
+        let values: Vec<PolicyValue> = entries.iter().map(|e| e.1).collect();
+        batch::update(self.policy_raw.fd().as_fd(), &keys, &values)
+            .map_err(|e| DataplaneError::Kernel { context: "batch update of GW_POLICY".into(), source: e.into() })
+    }
+
+    /// Deletes many policy entries in one syscall.
+    pub fn policy_delete_batch(&self, keys: &[Endpoint]) -> Result<(), DataplaneError> {
+        batch::delete(self.policy_raw.fd().as_fd(), keys)
+            .map_err(|e| DataplaneError::Kernel { context: "batch delete from GW_POLICY".into(), source: e.into() })
+    }
+
+    /// Every verdict counter, summed over CPUs.
+    pub fn verdict_counters(&self) -> Result<Vec<(Hook, Reason, u64)>, DataplaneError> {
+        let mut out = Vec::new();
+        for hook in Hook::ALL {
+            for reason in Reason::ALL {
+                let slot = hook.slot(reason);
+                if slot >= VERDICT_SLOTS {
+                    continue;
+                }
+                let per_cpu = self.verdicts.get(&slot, 0).map_err(kernel("reading GW_VERDICTS"))?;
+                out.push((hook, reason, per_cpu.iter().sum()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A sandbox's new-flow counters, summed over CPUs.
+    pub fn sandbox_counters(&self, key: &SandboxKey) -> SandboxStats {
+        self.stats.get(key, 0).map_or_else(
+            |_| SandboxStats::default(),
+            |v| v.iter().fold(SandboxStats::default(), |a, s| SandboxStats {
+                allowed: a.allowed + s.allowed,
+                dropped: a.dropped + s.dropped,
+            }),
+        )
+    }
+
+    /// Every policy entry in the kernel.
+    pub fn policy_entries(&self) -> Vec<(Endpoint, PolicyValue)> {
+        self.policy.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every registered sandbox in the kernel.
+    pub fn sandbox_entries(&self) -> Vec<(SandboxKey, SandboxRecord)> {
+        self.sandboxes.iter().filter_map(Result::ok).collect()
+    }
+}
