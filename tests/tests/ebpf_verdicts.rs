@@ -85,7 +85,7 @@ fn run_tc(l: &mut Loaded, prog: &str, pkt: &[u8], mark: u32) -> u32 {
     let p: &mut SchedClassifier = l.ebpf.program_mut(prog).expect("program").try_into().expect("classifier");
     let mut out = vec![0u8; pkt.len() + 256];
     let opts = TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ctx_in: Some(&ctx), ..Default::default() };
-    p.test_run(opts).unwrap_or_else(|e| panic!("test run of {prog} on {} bytes: {e}", pkt.len())).return_value
+    p.test_run(opts).unwrap_or_else(|e| panic!("test run of {prog} on {} bytes: {e:?}", pkt.len())).return_value
 }
 
 fn run_xdp(l: &mut Loaded, pkt: &[u8]) -> u32 {
@@ -215,8 +215,9 @@ fn sandbox_in_verdicts() {
 fn sandbox_in_fails_closed_on_truncated_and_malformed_headers() {
     let mut l = load();
     let full = syn(SBX, 3000);
-    // The kernel refuses test packets shorter than an Ethernet header, so cuts start at 14.
-    for cut in [14, 20, 33, 34, 40, 47] {
+    // BPF_PROG_TEST_RUN refuses an IPv4 frame shorter than Ethernet + IPv4 headers (EINVAL),
+    // so kernel cuts start at 34; the host tests of `gateway-common` cover the shorter ones.
+    for cut in [34, 40, 47] {
         expect(&mut l, Hook::SandboxIn, &full[..cut], MARK, Reason::DropMalformed, &format!("cut at {cut} bytes"));
     }
     let mut bad_version = full.clone();
@@ -251,7 +252,7 @@ fn sandbox_out_verdicts() {
     expect(&mut l, h, &tcp(SBX, HOST, 9901, true, false), 0, Reason::DropProtected, "to the admin API");
     expect(&mut l, h, &tcp(SBX, HOST, 9902, true, false), 0, Reason::PassOut, "to another host port");
     expect(&mut l, h, &tcp(SBX2, [1, 1, 1, 1], 443, true, false), 0, Reason::DropSpoofed, "spoofing another sandbox");
-    expect(&mut l, h, &tcp(SBX, [1, 1, 1, 1], 443, true, false)[..30], 0, Reason::DropMalformed, "truncated");
+    expect(&mut l, h, &tcp(SBX, [1, 1, 1, 1], 443, true, false)[..40], 0, Reason::DropMalformed, "truncated TCP");
     let mut arp = vec![0u8; 42];
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     expect(&mut l, h, &arp, 0, Reason::PassNonIp, "ARP");
