@@ -4,7 +4,7 @@
 //! below (and the fuzz target) drive the very same functions with hand-made packets.
 
 use crate::counters::Reason;
-use crate::parse::{L4, ParseError, Summary};
+use crate::parse::{Net, Summary, Transport};
 use crate::policy::{Endpoint, PortKey, SandboxRecord, UdpFlowKey, allow};
 use crate::{IPPROTO_TCP, IPPROTO_UDP, SANDBOX_API_PORT, SANDBOX_NEVER_PORT, SANDBOX_SYSTEM_PORT};
 
@@ -46,56 +46,66 @@ impl SandboxLookup {
     pub const MISS: Self = Self { found: false, ifindex: 0 };
 }
 
-/// A decision: why, and which sandbox it concerns (for per-sandbox counters).
+/// A decision: why, which sandbox it concerns, and any UDP flow to remember. Plain fields, no
+/// `Option`s (see `parse` for why).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// The reason, which also tells pass or drop.
     pub reason: Reason,
-    /// The registered sandbox a new flow was judged for, if any.
-    pub sandbox: Option<[u8; 4]>,
-    /// A UDP flow the sandbox started, to remember so that its replies come back in.
-    pub remember_udp: Option<UdpFlowKey>,
+    /// Whether a registered sandbox's new flow was judged (for per-sandbox counters).
+    pub for_sandbox: bool,
+    /// That sandbox's address.
+    pub sandbox: [u8; 4],
+    /// Whether `udp_flow` should be remembered, so that its replies come back in.
+    pub remember_udp: bool,
+    /// A UDP flow the sandbox started.
+    pub udp_flow: UdpFlowKey,
 }
 
 impl Verdict {
     const fn of(reason: Reason) -> Self {
-        Self { reason, sandbox: None, remember_udp: None }
+        Self {
+            reason,
+            for_sandbox: false,
+            sandbox: [0; 4],
+            remember_udp: false,
+            udp_flow: UdpFlowKey { sandbox: [0; 4], peer: [0; 4], sandbox_port: [0; 2], peer_port: [0; 2] },
+        }
     }
-    const fn for_sandbox(reason: Reason, addr: [u8; 4]) -> Self {
-        Self { reason, sandbox: Some(addr), remember_udp: None }
+    const fn about(reason: Reason, addr: [u8; 4]) -> Self {
+        let mut v = Self::of(reason);
+        v.for_sandbox = true;
+        v.sandbox = addr;
+        v
     }
 }
 
 /// Traffic going INTO a sandbox (tcx egress of its host-side interface). `mark` is `skb->mark`.
 #[inline(always)]
-pub fn into_sandbox<L: Lookups>(
-    parsed: Result<Summary, ParseError>,
-    mark: u32,
-    maps: &L,
-) -> Verdict {
-    let (src, dst, l4) = match parsed {
-        Err(_) => return Verdict::of(Reason::DropMalformed),
-        Ok(Summary::NonIp) => return Verdict::of(Reason::PassNonIp),
-        Ok(Summary::Ipv6 { l4 }) => {
-            return Verdict::of(match l4 {
-                L4::Icmp => Reason::PassIcmp,
-                L4::Tcp { .. } if !l4.is_new_tcp() => Reason::PassEstablished,
+pub fn into_sandbox<L: Lookups>(s: Summary, mark: u32, maps: &L) -> Verdict {
+    match s.net {
+        Net::Malformed => return Verdict::of(Reason::DropMalformed),
+        Net::NonIp => return Verdict::of(Reason::PassNonIp),
+        Net::Ipv6 => {
+            return Verdict::of(match s.transport {
+                Transport::Icmp => Reason::PassIcmp,
+                Transport::Tcp if !s.is_new_tcp() => Reason::PassEstablished,
                 _ => Reason::DropIpv6,
             });
         }
-        Ok(Summary::Ipv4 { src, dst, l4 }) => (src, dst, l4),
-    };
-    match l4 {
-        L4::Icmp => Verdict::of(Reason::PassIcmp),
-        L4::Fragment => Verdict::of(Reason::PassFragment),
-        L4::Tcp { dport, .. } => {
-            if !l4.is_new_tcp() {
+        Net::Ipv4 => {}
+    }
+    match s.transport {
+        Transport::Icmp => Verdict::of(Reason::PassIcmp),
+        Transport::Fragment => Verdict::of(Reason::PassFragment),
+        Transport::Tcp => {
+            if !s.is_new_tcp() {
                 return Verdict::of(Reason::PassEstablished);
             }
-            if !maps.sandbox(dst).found {
+            if !maps.sandbox(s.dst).found {
                 return Verdict::of(Reason::DropUnknownSandbox);
             }
-            let port = u16::from_be_bytes(dport);
+            let port = s.dest_port();
             let gateway = maps.gateway_mark();
             let reason = if port == SANDBOX_NEVER_PORT {
                 Reason::DropReservedPort
@@ -103,97 +113,81 @@ pub fn into_sandbox<L: Lookups>(
                 Reason::DropNotFromGateway
             } else if port == SANDBOX_API_PORT || port == SANDBOX_SYSTEM_PORT {
                 Reason::PassSandboxApi
+            } else if maps.policy_allow(&Endpoint::new(s.dst, port, IPPROTO_TCP)) == allow::FROM_GATEWAY {
+                Reason::PassAllowed
             } else {
-                if maps.policy_allow(&Endpoint::new(dst, port, IPPROTO_TCP)) == allow::FROM_GATEWAY {
-                    Reason::PassAllowed
-                } else {
-                    Reason::DropPortClosed
-                }
+                Reason::DropPortClosed
             };
-            Verdict::for_sandbox(reason, dst)
+            Verdict::about(reason, s.dst)
         }
-        L4::Udp { sport, dport } => {
-            let reply = UdpFlowKey { sandbox: dst, peer: src, sandbox_port: dport, peer_port: sport };
-            if maps.udp_flow(&reply) {
-                Verdict::of(Reason::PassUdpReply)
-            } else {
-                Verdict::of(Reason::DropUdp)
-            }
+        Transport::Udp => {
+            let reply = UdpFlowKey { sandbox: s.dst, peer: s.src, sandbox_port: s.dport, peer_port: s.sport };
+            if maps.udp_flow(&reply) { Verdict::of(Reason::PassUdpReply) } else { Verdict::of(Reason::DropUdp) }
         }
-        L4::Other(_) => Verdict::of(Reason::DropProtocol),
+        Transport::Other | Transport::None => Verdict::of(Reason::DropProtocol),
     }
 }
 
 /// Traffic coming OUT of a sandbox (tcx ingress of its host-side interface, whose index is
 /// `ifindex`).
 #[inline(always)]
-pub fn out_of_sandbox<L: Lookups>(
-    parsed: Result<Summary, ParseError>,
-    ifindex: u32,
-    maps: &L,
-) -> Verdict {
-    let (src, dst, l4) = match parsed {
-        Err(_) => return Verdict::of(Reason::DropMalformed),
-        Ok(Summary::NonIp) => return Verdict::of(Reason::PassNonIp),
-        Ok(Summary::Ipv6 { l4 }) => {
+pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict {
+    match s.net {
+        Net::Malformed => return Verdict::of(Reason::DropMalformed),
+        Net::NonIp => return Verdict::of(Reason::PassNonIp),
+        Net::Ipv6 => {
             // No sandbox has an IPv6 address yet: only the wildcard protected sockets apply.
-            return match dest_port(&l4) {
+            return match dest(&s) {
                 Some((proto, port)) if maps.protected(&Endpoint::new([0; 4], port, proto)) => {
                     Verdict::of(Reason::DropProtected)
                 }
                 _ => Verdict::of(Reason::PassOut),
             };
         }
-        Ok(Summary::Ipv4 { src, dst, l4 }) => (src, dst, l4),
-    };
-    let from = maps.sandbox(src);
+        Net::Ipv4 => {}
+    }
+    let from = maps.sandbox(s.src);
     if from.found && from.ifindex != ifindex {
         return Verdict::of(Reason::DropSpoofed);
     }
-    if dst != src && maps.sandbox(dst).found {
+    if s.dst != s.src && maps.sandbox(s.dst).found {
         return Verdict::of(Reason::DropSandboxToSandbox);
     }
-    if let Some((proto, port)) = dest_port(&l4) {
-        if maps.protected(&Endpoint::new(dst, port, proto))
-            || maps.protected(&Endpoint::new([0; 4], port, proto))
-        {
+    if let Some((proto, port)) = dest(&s) {
+        if maps.protected(&Endpoint::new(s.dst, port, proto)) || maps.protected(&Endpoint::new([0; 4], port, proto)) {
             return Verdict::of(Reason::DropProtected);
         }
     }
     let mut v = Verdict::of(Reason::PassOut);
-    if let L4::Udp { sport, dport } = l4 {
-        v.remember_udp =
-            Some(UdpFlowKey { sandbox: src, peer: dst, sandbox_port: sport, peer_port: dport });
+    if s.transport == Transport::Udp {
+        v.remember_udp = true;
+        v.udp_flow = UdpFlowKey { sandbox: s.src, peer: s.dst, sandbox_port: s.sport, peer_port: s.dport };
     }
     v
 }
 
 /// New inbound connections on the public interface (XDP).
 #[inline(always)]
-pub fn edge_guard<L: Lookups>(parsed: Result<Summary, ParseError>, maps: &L) -> Verdict {
-    let l4 = match parsed {
-        Err(_) => return Verdict::of(Reason::PassEdgeMalformed),
-        Ok(Summary::NonIp) => return Verdict::of(Reason::PassNonIp),
-        Ok(Summary::Ipv4 { l4, .. }) | Ok(Summary::Ipv6 { l4 }) => l4,
-    };
-    match l4 {
-        L4::Tcp { dport, .. } if l4.is_new_tcp() => {
-            let key = PortKey::new(u16::from_be_bytes(dport), IPPROTO_TCP);
-            if maps.public_port(&key) {
+pub fn edge_guard<L: Lookups>(s: Summary, maps: &L) -> Verdict {
+    match s.net {
+        Net::Malformed => Verdict::of(Reason::PassEdgeMalformed),
+        Net::NonIp => Verdict::of(Reason::PassNonIp),
+        Net::Ipv4 | Net::Ipv6 if s.is_new_tcp() => {
+            if maps.public_port(&PortKey::new(s.dest_port(), IPPROTO_TCP)) {
                 Verdict::of(Reason::PassEdgePublic)
             } else {
                 Verdict::of(Reason::DropEdgeClosedPort)
             }
         }
-        _ => Verdict::of(Reason::PassEdgeOther),
+        Net::Ipv4 | Net::Ipv6 => Verdict::of(Reason::PassEdgeOther),
     }
 }
 
 #[inline(always)]
-fn dest_port(l4: &L4) -> Option<(u8, u16)> {
-    match l4 {
-        L4::Tcp { dport, .. } => Some((IPPROTO_TCP, u16::from_be_bytes(*dport))),
-        L4::Udp { dport, .. } => Some((IPPROTO_UDP, u16::from_be_bytes(*dport))),
+fn dest(s: &Summary) -> Option<(u8, u16)> {
+    match s.transport {
+        Transport::Tcp => Some((IPPROTO_TCP, s.dest_port())),
+        Transport::Udp => Some((IPPROTO_UDP, s.dest_port())),
         _ => None,
     }
 }

@@ -1,30 +1,31 @@
 //! Header parsing over one bounds-checked accessor, shared by the kernel and the host tests.
+//!
+//! Everything here returns fully initialised plain values (fieldless enums, byte arrays) rather
+//! than enums with payloads: LLVM may leave the unused payload bytes of a data-carrying enum in
+//! an undefined register, which the BPF verifier refuses to read ("R5 !read_ok").
 
 use crate::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
-/// Why a packet could not be parsed.
+/// Why a read failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError {
     /// The header runs past the end of the packet.
     Truncated,
-    /// A header field has an impossible value (IP version, IHL, TCP data offset).
-    Malformed,
 }
 
 /// The one bounds-checked way to read packet bytes.
 pub trait Packet {
-    /// Reads a `T` (a byte array) at `offset`, or fails if it does not fit in the packet.
-    fn load<const N: usize>(&self, offset: usize) -> Result<[u8; N], ParseError>;
+    /// Fills `out` with the `N` bytes at `offset`, or fails (leaving `out` untouched) if they do
+    /// not all lie inside the packet.
+    fn load<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Result<(), ParseError>;
 }
 
 impl Packet for [u8] {
     #[inline(always)]
-    fn load<const N: usize>(&self, offset: usize) -> Result<[u8; N], ParseError> {
+    fn load<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Result<(), ParseError> {
         let end = offset.checked_add(N).ok_or(ParseError::Truncated)?;
-        let bytes = self.get(offset..end).ok_or(ParseError::Truncated)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
-        Ok(out)
+        out.copy_from_slice(self.get(offset..end).ok_or(ParseError::Truncated)?);
+        Ok(())
     }
 }
 
@@ -34,58 +35,98 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
-/// TCP flag bits.
+/// TCP SYN flag.
 pub const TCP_SYN: u8 = 0x02;
 /// TCP ACK flag.
 pub const TCP_ACK: u8 = 0x10;
 
-/// The transport part of an IP packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum L4 {
-    /// TCP with its ports (network order) and flags byte.
-    Tcp { sport: [u8; 2], dport: [u8; 2], flags: u8 },
-    /// UDP with its ports (network order).
-    Udp { sport: [u8; 2], dport: [u8; 2] },
-    /// ICMP / ICMPv6.
+/// The network layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Net {
+    /// Truncated or impossible IP/L4 header.
+    #[default]
+    Malformed,
+    /// Not IPv4 or IPv6 (ARP and friends).
+    NonIp,
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+/// The transport layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Not parsed (non-IP or malformed).
+    #[default]
+    None,
+    /// TCP: ports and flags are set.
+    Tcp,
+    /// UDP: ports are set.
+    Udp,
+    /// ICMP or ICMPv6.
     Icmp,
     /// A non-first IPv4 fragment: no L4 header.
     Fragment,
-    /// Any other protocol (or an IPv6 extension header chain).
-    Other(u8),
+    /// Another protocol (or an IPv6 extension header chain).
+    Other,
 }
 
-impl L4 {
+/// What the programs need to know about a packet. Fields that do not apply are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Network layer.
+    pub net: Net,
+    /// Transport layer.
+    pub transport: Transport,
+    /// TCP flags byte.
+    pub tcp_flags: u8,
+    /// IPv4 source address (network order).
+    pub src: [u8; 4],
+    /// IPv4 destination address (network order).
+    pub dst: [u8; 4],
+    /// Source port (network order).
+    pub sport: [u8; 2],
+    /// Destination port (network order).
+    pub dport: [u8; 2],
+}
+
+impl Summary {
     /// A TCP SYN without ACK: the first packet of a new connection.
     pub const fn is_new_tcp(&self) -> bool {
-        matches!(self, L4::Tcp { flags, .. } if *flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+        matches!(self.transport, Transport::Tcp) && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
-}
-
-/// What the programs need to know about a packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Summary {
-    /// Not IPv4 or IPv6 (ARP and friends).
-    NonIp,
-    /// IPv4, addresses in network order.
-    Ipv4 { src: [u8; 4], dst: [u8; 4], l4: L4 },
-    /// IPv6 (addresses are not needed by any decision yet).
-    Ipv6 { l4: L4 },
+    /// The destination port in host order.
+    pub const fn dest_port(&self) -> u16 {
+        u16::from_be_bytes(self.dport)
+    }
+    fn malformed() -> Self {
+        Self::default()
+    }
 }
 
 /// Parses Ethernet (with up to two VLAN tags), IPv4 (with options) or IPv6, and the first bytes
 /// of TCP or UDP.
 #[inline(always)]
-pub fn parse<P: Packet + ?Sized>(p: &P) -> Result<Summary, ParseError> {
-    let eth: [u8; ETH_HLEN] = p.load(0)?;
+pub fn parse<P: Packet + ?Sized>(p: &P) -> Summary {
+    let mut eth = [0u8; ETH_HLEN];
+    if p.load(0, &mut eth).is_err() {
+        return Summary::malformed();
+    }
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut off = ETH_HLEN;
     // Two unrolled VLAN steps (802.1ad outer, 802.1Q inner): no loop for the verifier.
+    let mut tag = [0u8; VLAN_HLEN];
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag: [u8; VLAN_HLEN] = p.load(off)?;
+        if p.load(off, &mut tag).is_err() {
+            return Summary::malformed();
+        }
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         off += VLAN_HLEN;
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            let tag: [u8; VLAN_HLEN] = p.load(off)?;
+            if p.load(off, &mut tag).is_err() {
+                return Summary::malformed();
+            }
             ethertype = u16::from_be_bytes([tag[2], tag[3]]);
             off += VLAN_HLEN;
         }
@@ -93,55 +134,63 @@ pub fn parse<P: Packet + ?Sized>(p: &P) -> Result<Summary, ParseError> {
     match ethertype {
         ETH_P_IPV4 => parse_ipv4(p, off),
         ETH_P_IPV6 => parse_ipv6(p, off),
-        _ => Ok(Summary::NonIp),
+        _ => Summary { net: Net::NonIp, ..Summary::default() },
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Summary, ParseError> {
-    let ip: [u8; 20] = p.load(off)?;
-    if ip[0] >> 4 != 4 {
-        return Err(ParseError::Malformed);
+fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Summary {
+    let mut ip = [0u8; 20];
+    if p.load(off, &mut ip).is_err() || ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
+        return Summary::malformed();
     }
     let ihl = (ip[0] & 0x0f) as usize;
-    if ihl < 5 {
-        return Err(ParseError::Malformed);
-    }
-    let src = [ip[12], ip[13], ip[14], ip[15]];
-    let dst = [ip[16], ip[17], ip[18], ip[19]];
-    let frag_offset = u16::from_be_bytes([ip[6] & 0x1f, ip[7]]);
-    let l4 = if frag_offset != 0 {
-        L4::Fragment
-    } else {
-        parse_l4(p, off + ihl * 4, ip[9])?
+    let mut s = Summary {
+        net: Net::Ipv4,
+        src: [ip[12], ip[13], ip[14], ip[15]],
+        dst: [ip[16], ip[17], ip[18], ip[19]],
+        ..Summary::default()
     };
-    Ok(Summary::Ipv4 { src, dst, l4 })
-}
-
-#[inline(always)]
-fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Summary, ParseError> {
-    let ip: [u8; 40] = p.load(off)?;
-    if ip[0] >> 4 != 6 {
-        return Err(ParseError::Malformed);
+    if u16::from_be_bytes([ip[6] & 0x1f, ip[7]]) != 0 {
+        s.transport = Transport::Fragment;
+        return s;
     }
-    Ok(Summary::Ipv6 { l4: parse_l4(p, off + 40, ip[6])? })
+    parse_l4(p, off + ihl * 4, ip[9], s)
 }
 
 #[inline(always)]
-fn parse_l4<P: Packet + ?Sized>(p: &P, off: usize, proto: u8) -> Result<L4, ParseError> {
+fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Summary {
+    let mut ip = [0u8; 40];
+    if p.load(off, &mut ip).is_err() || ip[0] >> 4 != 6 {
+        return Summary::malformed();
+    }
+    parse_l4(p, off + 40, ip[6], Summary { net: Net::Ipv6, ..Summary::default() })
+}
+
+#[inline(always)]
+fn parse_l4<P: Packet + ?Sized>(p: &P, off: usize, proto: u8, mut s: Summary) -> Summary {
     match proto {
         IPPROTO_TCP => {
-            let tcp: [u8; 14] = p.load(off)?;
-            if tcp[12] >> 4 < 5 {
-                return Err(ParseError::Malformed);
+            let mut tcp = [0u8; 14];
+            if p.load(off, &mut tcp).is_err() || tcp[12] >> 4 < 5 {
+                return Summary::malformed();
             }
-            Ok(L4::Tcp { sport: [tcp[0], tcp[1]], dport: [tcp[2], tcp[3]], flags: tcp[13] })
+            s.transport = Transport::Tcp;
+            s.sport = [tcp[0], tcp[1]];
+            s.dport = [tcp[2], tcp[3]];
+            s.tcp_flags = tcp[13];
         }
         IPPROTO_UDP => {
-            let udp: [u8; 4] = p.load(off)?;
-            Ok(L4::Udp { sport: [udp[0], udp[1]], dport: [udp[2], udp[3]] })
+            let mut udp = [0u8; 4];
+            if p.load(off, &mut udp).is_err() {
+                return Summary::malformed();
+            }
+            s.transport = Transport::Udp;
+            s.sport = [udp[0], udp[1]];
+            s.dport = [udp[2], udp[3]];
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => Ok(L4::Icmp),
-        other => Ok(L4::Other(other)),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => s.transport = Transport::Icmp,
+        _ => s.transport = Transport::Other,
     }
+    s
 }

@@ -39,8 +39,8 @@ pub fn sandbox_out(ctx: TcContext) -> i32 {
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let v = decide::out_of_sandbox(parse(&SkbPacket(&ctx)), ifindex, &KernelMaps);
-    if let Some(flow) = v.remember_udp {
-        maps::remember_udp_flow(&flow);
+    if v.remember_udp {
+        maps::remember_udp_flow(&v.udp_flow);
     }
     account(&ctx, Hook::SandboxOut, &v);
     if v.reason.is_drop() { TC_ACT_SHOT } else { TCX_NEXT }
@@ -64,8 +64,8 @@ pub fn bench_noop(_ctx: TcContext) -> i32 {
 #[inline(always)]
 fn account<C: aya_ebpf::EbpfContext>(ctx: &C, hook: Hook, v: &Verdict) {
     maps::count_verdict(hook.slot(v.reason));
-    if let Some(addr) = v.sandbox {
-        maps::count_sandbox(addr, v.reason.is_drop());
+    if v.for_sandbox {
+        maps::count_sandbox(v.sandbox, v.reason.is_drop());
     }
     if v.reason.is_drop() {
         log_drop(ctx, hook, v.reason);

@@ -82,8 +82,10 @@ pub fn ensure_sandbox_hooks(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifinde
         let pin = pins.link(kind, ifindex);
         if let Ok(pinned) = PinnedLink::from_pin(&pin) {
             let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(kernel("pinned link is not tcx"))?;
-            if let Err(e) = prog.attach_to_link(link) {
-                tracing::warn!(interface = ifname, error = %e, "replacing the pinned tcx link failed; attaching anew");
+            match prog.attach_to_link(link) {
+                // Close our fd on the link at once; the pin keeps it alive.
+                Ok(id) => drop(prog.take_link(id)),
+                Err(e) => tracing::warn!(interface = ifname, error = %e, "replacing the pinned tcx link failed; attaching anew"),
             }
         }
         if !tcx_has(ifname, attach_type, prog_id) {
@@ -118,7 +120,10 @@ pub fn ensure_edge_guard(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifindex: 
     if let Ok(pinned) = PinnedLink::from_pin(&pin) {
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(kernel("pinned link is not XDP"))?;
         match prog.attach_to_link(link) {
-            Ok(_) => return Ok(()),
+            Ok(id) => {
+                drop(prog.take_link(id));
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(interface = ifname, error = %e, "replacing the pinned XDP link failed; attaching anew");
                 let _ = std::fs::remove_file(&pin);

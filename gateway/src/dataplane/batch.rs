@@ -6,22 +6,20 @@ use std::{io, os::fd::{AsRawFd, BorrowedFd}};
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
-/// The `batch` member of `union bpf_attr`, padded to the size the kernel expects.
+/// The `batch` member of `union bpf_attr` (uapi/linux/bpf.h), passed with its own size.
 #[repr(C)]
 #[derive(Default)]
 struct BatchAttr {
     in_batch: u64,
     out_batch: u64,
-    map_fd: u32,
-    _pad0: u32,
     keys: u64,
     values: u64,
     count: u32,
-    _pad1: u32,
+    map_fd: u32,
     elem_flags: u64,
     flags: u64,
 }
-const _: () = assert!(std::mem::size_of::<BatchAttr>() == 64);
+const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
 
 fn sys_bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix of the size passed; the key

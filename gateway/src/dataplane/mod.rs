@@ -11,7 +11,7 @@ pub mod inspect;
 pub mod maps;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Mutex,
@@ -129,6 +129,19 @@ struct Inner {
     pins: PinDir,
     /// What the kernel holds per sandbox, kept equal to it by every mutation and `reconcile`.
     shadow: HashMap<Ipv4Addr, Shadow>,
+    /// Interfaces this process attached to (or verified), by ifindex.
+    attached: HashSet<u32>,
+}
+
+impl Inner {
+    /// Attaches the sandbox programs to an interface once per process.
+    fn ensure_hooks(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        if !self.attached.contains(&ifindex) {
+            attach::ensure_sandbox_hooks(&mut self.ebpf, &self.pins, ifname, ifindex)?;
+            self.attached.insert(ifindex);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -176,7 +189,7 @@ impl Dataplane {
             tracing::info!(link = %name, "removed stale link pin");
         }
         let shadow = read_shadow(&maps);
-        Ok(Self { inner: Some(Mutex::new(Inner { ebpf, maps, pins, shadow })) })
+        Ok(Self { inner: Some(Mutex::new(Inner { ebpf, maps, pins, shadow, attached: HashSet::new() })) })
     }
 
     /// A stand-in for `dataplane.enabled = false`: every mutation is accepted and does nothing.
@@ -200,7 +213,7 @@ impl Dataplane {
         let ifindex = ifindex_of(&policy.interface)?;
         let Some(mut inner) = self.lock() else { return Ok(Duration::ZERO) };
         let inner = &mut *inner;
-        attach::ensure_sandbox_hooks(&mut inner.ebpf, &inner.pins, &policy.interface, ifindex)?;
+        inner.ensure_hooks(&policy.interface, ifindex)?;
         let started = Instant::now();
         let old = inner.shadow.get(&policy.address).cloned().unwrap_or_default();
         let new = desired_shadow(policy, ifindex);
@@ -228,7 +241,7 @@ impl Dataplane {
         for policy in all {
             let ifindex = match ifindex_of(&policy.interface) {
                 Ok(i) => {
-                    attach::ensure_sandbox_hooks(&mut inner.ebpf, &inner.pins, &policy.interface, i)?;
+                    inner.ensure_hooks(&policy.interface, i)?;
                     i
                 }
                 Err(_) => {

@@ -6,7 +6,7 @@
 //!    entry for a sandbox with 1,000 ports (batched syscalls).
 //! 3. Scale: the same program costs and kernel memory with 100,000 sandboxes × 3 ports loaded.
 //!
-//! Runs as root; creates a dummy interface `gwbench<pid>` and a private pin directory, both
+//! Runs as root; creates a veth pair `gwbench<pid>`/`…p` and a private pin directory, both
 //! removed at the end (also on panic).
 
 use std::{
@@ -150,8 +150,9 @@ fn main() {
     let ifname = format!("gwbench{}", std::process::id() % 100_000);
     let root = PathBuf::from(format!("/sys/fs/bpf/gwbench-{}", std::process::id()));
     let _cleanup = Cleanup { root: root.clone(), ifname: ifname.clone() };
-    let ok = Command::new("ip").args(["link", "add", &ifname, "type", "dummy"]).status().expect("ip");
-    assert!(ok.success(), "creating dummy interface {ifname}");
+    let peer = format!("{ifname}p");
+    let ok = Command::new("ip").args(["link", "add", &ifname, "type", "veth", "peer", "name", &peer]).status().expect("ip");
+    assert!(ok.success(), "creating veth {ifname}");
     let _ = Command::new("ip").args(["link", "set", &ifname, "up"]).status();
 
     println!("# gateway data-plane benchmark ({})", if quick { "quick" } else { "full" });
