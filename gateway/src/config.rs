@@ -1,1 +1,630 @@
-//! TODO
+//! The configuration file (TOML).
+//!
+//! Every key is optional (its default is in [`DEFAULT_CONFIG_TOML`], which `gateway
+//! print-default-config` prints), unknown keys are refused, and [`load`] reports EVERY problem
+//! of a file at once, each as (file, key, reason), before anything is bound or opened.
+
+use crate::dataplane::{DataplaneSettings, XdpModeSetting};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Base domain of sandbox and preview URLs.
+    pub domain: String,
+    /// Region label: sandbox hosts are `sbx-{name}-{ws}.{region}.{domain}`.
+    pub region: String,
+    /// `[listen]`.
+    pub listen: ListenConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[state]`.
+    pub state: StateConfig,
+    /// `[dataplane]`.
+    pub dataplane: DataplaneConfig,
+}
+
+/// `[listen]`: where the gateway listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Admin API: `IP:PORT` or `unix:PATH`.
+    pub admin: String,
+    /// Public HTTPS listener `IP:PORT`.
+    pub https: String,
+}
+
+/// `[admin]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token required on a TCP admin listener.
+    pub token: String,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig").field("token", &"<redacted>").finish()
+    }
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory of the durable state (created 0700 if missing).
+    pub dir: PathBuf,
+}
+
+/// `[dataplane]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// false: no kernel enforcement (development, HTTP-layer tests).
+    pub enabled: bool,
+    /// `SO_MARK` of the gateway's sockets towards sandboxes.
+    pub mark: u32,
+    /// Pin directory on a bpffs.
+    pub bpffs: PathBuf,
+    /// Interface of the XDP edge guard; empty = off.
+    pub public_interface: String,
+    /// `skb` or `native`.
+    pub xdp_mode: XdpModeSetting,
+    /// Host TCP ports the edge guard never blocks (failsafe), besides the public listeners.
+    pub extra_public_ports: Vec<u16>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            domain: "gw.test".into(),
+            region: "local".into(),
+            listen: ListenConfig::default(),
+            admin: AdminConfig::default(),
+            state: StateConfig::default(),
+            dataplane: DataplaneConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self { admin: "127.0.0.1:9901".into(), https: "0.0.0.0:443".into() }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { token: "change-me".into() }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from(crate::paths::DEFAULT_STATE_DIR) }
+    }
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mark: gateway_common::DEFAULT_MARK,
+            bpffs: PathBuf::from(crate::paths::DEFAULT_BPFFS),
+            public_interface: String::new(),
+            xdp_mode: XdpModeSetting::Skb,
+            extra_public_ports: vec![22],
+        }
+    }
+}
+
+/// What `gateway print-default-config` prints: every key with its default and what it means.
+/// A unit test checks that it parses to `Config::default()`.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# gateway configuration. Every key is optional; the values below are the defaults.
+# Check a file with `gateway check-config --config FILE`.
+
+# Base domain of sandbox and preview URLs: https://sbx-{name}-{workspace}.{region}.{domain}
+domain = "gw.test"
+# Region label (one DNS label, no dot).
+region = "local"
+
+[listen]
+# Admin API: "IP:PORT" (Bearer token required) or "unix:/run/gateway/admin.sock" (socket file
+# mode 0600: access is controlled by file permissions).
+admin = "127.0.0.1:9901"
+# Public HTTPS listener. Its port is opened in the edge guard, and appears in URLs when not 443.
+https = "0.0.0.0:443"
+
+[admin]
+# Bearer token required on a TCP admin listener: `Authorization: Bearer <token>`. CHANGE IT.
+token = "change-me"
+
+[state]
+# Durable state (registered sandboxes). Created with mode 0700 if missing.
+dir = "/var/lib/gateway"
+
+[dataplane]
+# false runs without kernel enforcement (development and HTTP-layer tests only).
+enabled = true
+# SO_MARK set on every socket the gateway opens towards a sandbox (non-zero).
+mark = 0x6777
+# bpffs directory where maps and program links are pinned (survive restarts).
+bpffs = "/sys/fs/bpf/gateway"
+# Public interface guarded by the XDP edge guard; empty = off.
+public_interface = ""
+# XDP attach mode of the edge guard: "skb" (generic, any interface) or "native" (driver).
+xdp_mode = "skb"
+# Host TCP ports the edge guard never blocks (failsafe, e.g. SSH), besides listen.https.
+extra_public_ports = [22]
+"#;
+
+/// One problem of a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (or `<dev>` for built-in development defaults).
+    pub file: String,
+    /// The key, dotted (`dataplane.mark`), or a position for syntax errors.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+    }
+}
+
+/// Every problem of a configuration, in file order where possible.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.0))]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+fn render(problems: &[Problem]) -> String {
+    problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n")
+}
+
+/// Where the admin API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminListen {
+    /// TCP (Bearer token required).
+    Tcp(SocketAddr),
+    /// Unix socket (file permissions).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminListen::Tcp(a) => write!(f, "{a}"),
+            AdminListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Parses `IP:PORT` or `unix:PATH`.
+pub fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("\"unix:\" needs a socket path, e.g. \"unix:/run/gateway/admin.sock\"".into());
+        }
+        if path.contains('\0') {
+            return Err("socket path contains a NUL byte".into());
+        }
+        return Ok(AdminListen::Unix(PathBuf::from(path)));
+    }
+    parse_socket_addr(s).map(AdminListen::Tcp)
+}
+
+/// Parses `IP:PORT` with a non-zero port.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| {
+        format!("{s:?} is not an address of the form IP:PORT (e.g. \"127.0.0.1:9901\" or \"[::1]:9901\")")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("{s:?}: port 0 is not allowed"));
+    }
+    Ok(addr)
+}
+
+/// Whether `s` is one DNS label: 1..=63 of `a-z`, `0-9`, `-`, neither first nor last `-`.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is a lower-case DNS name (labels as [`is_dns_label`], ≤ 253 bytes, no trailing dot).
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Whether `s` can be a Linux interface name.
+pub fn is_interface_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() < libc::IFNAMSIZ
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+impl Config {
+    /// The development configuration of `gateway serve --dev`: domain `gw.test`, region
+    /// `local`, HTTPS on 127.0.0.1:8443, admin on `unix:<state>/admin.sock`, state in
+    /// `state_dir`, bpffs `/sys/fs/bpf/gateway-dev`.
+    pub fn dev(state_dir: PathBuf) -> Self {
+        let socket = state_dir.join(crate::paths::DEV_ADMIN_SOCKET);
+        Self {
+            listen: ListenConfig { admin: format!("unix:{}", socket.display()), https: "127.0.0.1:8443".into() },
+            state: StateConfig { dir: state_dir },
+            dataplane: DataplaneConfig { bpffs: PathBuf::from(crate::paths::DEV_BPFFS), ..DataplaneConfig::default() },
+            ..Config::default()
+        }
+    }
+
+    /// Every semantic problem (types and unknown keys are checked by [`parse`]).
+    pub fn validate(&self, file: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, reason: String| {
+            problems.push(Problem { file: file.to_string(), key: key.to_string(), reason });
+        };
+        if !is_dns_name(&self.domain) {
+            bad(
+                "domain",
+                format!(
+                    "{:?} is not a valid DNS name (lower-case labels of a-z, 0-9 and '-', 1 to 63 characters each, no leading or trailing '-', no trailing dot)",
+                    self.domain
+                ),
+            );
+        }
+        if self.region.contains('.') {
+            bad("region", format!("{:?} must be a single DNS label: no dot", self.region));
+        } else if !is_dns_label(&self.region) {
+            bad(
+                "region",
+                format!(
+                    "{:?} is not a valid DNS label (1 to 63 of a-z, 0-9 and '-', no leading or trailing '-')",
+                    self.region
+                ),
+            );
+        }
+        let admin = parse_admin_listen(&self.listen.admin);
+        if let Err(e) = &admin {
+            bad("listen.admin", e.clone());
+        }
+        let https = parse_socket_addr(&self.listen.https);
+        if let Err(e) = &https {
+            bad("listen.https", e.clone());
+        }
+        if let (Ok(AdminListen::Tcp(a)), Ok(h)) = (&admin, &https)
+            && a.port() == h.port()
+            && (a.ip() == h.ip() || a.ip().is_unspecified() || h.ip().is_unspecified())
+        {
+            bad("listen.admin", format!("{a} clashes with listen.https {h}"));
+        }
+        if let Ok(AdminListen::Tcp(_)) = admin
+            && self.admin.token.is_empty()
+        {
+            bad("admin.token", "must not be empty when listen.admin is a TCP address".into());
+        }
+        if !self.admin.token.bytes().all(|b| b.is_ascii_graphic()) {
+            bad("admin.token", "must be printable ASCII without spaces (it is sent in an HTTP header)".into());
+        }
+        if self.state.dir.as_os_str().is_empty() {
+            bad("state.dir", "must not be empty".into());
+        }
+        if self.dataplane.mark == 0 {
+            bad("dataplane.mark", "must not be 0 (0 is the mark of every unmarked socket)".into());
+        }
+        if self.dataplane.bpffs.as_os_str().is_empty() {
+            bad("dataplane.bpffs", "must not be empty".into());
+        } else if !self.dataplane.bpffs.is_absolute() {
+            bad("dataplane.bpffs", format!("{} must be an absolute path", self.dataplane.bpffs.display()));
+        }
+        if !self.dataplane.public_interface.is_empty() && !is_interface_name(&self.dataplane.public_interface) {
+            bad(
+                "dataplane.public_interface",
+                format!(
+                    "{:?} is not a valid interface name (1 to 15 printable characters, no '/' or ':')",
+                    self.dataplane.public_interface
+                ),
+            );
+        }
+        for (i, port) in self.dataplane.extra_public_ports.iter().enumerate() {
+            if *port == 0 {
+                bad(&format!("dataplane.extra_public_ports[{i}]"), "port 0 is not a valid port (1..65535)".into());
+            }
+        }
+        problems
+    }
+
+    /// The admin listener (call after [`Config::validate`] returned no problem).
+    pub fn admin_listen(&self) -> Result<AdminListen, String> {
+        parse_admin_listen(&self.listen.admin)
+    }
+
+    /// The public HTTPS listener.
+    pub fn https_addr(&self) -> Result<SocketAddr, String> {
+        parse_socket_addr(&self.listen.https)
+    }
+
+    /// `https://sbx-{name}-{ws}.{region}.{domain}`, plus `:{port}` when the HTTPS listener is
+    /// not on 443.
+    pub fn sandbox_url(&self, label: &str) -> String {
+        let port = self.https_addr().map(|a| a.port()).unwrap_or(443);
+        if port == 443 {
+            format!("https://{label}.{}.{}", self.region, self.domain)
+        } else {
+            format!("https://{label}.{}.{}:{port}", self.region, self.domain)
+        }
+    }
+
+    /// What the data plane needs: the admin listener (if TCP) is protected from sandboxes; the
+    /// HTTPS listener's port and `extra_public_ports` pass the edge guard.
+    pub fn dataplane_settings(&self) -> DataplaneSettings {
+        let mut protected = Vec::new();
+        if let Ok(AdminListen::Tcp(a)) = self.admin_listen() {
+            protected.push(a);
+        }
+        let mut public_ports = Vec::new();
+        if let Ok(h) = self.https_addr() {
+            public_ports.push(h.port());
+        }
+        public_ports.extend(self.dataplane.extra_public_ports.iter().copied().filter(|p| *p != 0));
+        public_ports.sort_unstable();
+        public_ports.dedup();
+        DataplaneSettings {
+            enabled: self.dataplane.enabled,
+            mark: self.dataplane.mark,
+            bpffs: self.dataplane.bpffs.clone(),
+            public_interface: (!self.dataplane.public_interface.is_empty())
+                .then(|| self.dataplane.public_interface.clone()),
+            xdp_mode: self.dataplane.xdp_mode,
+            protected,
+            public_ports,
+        }
+    }
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![Problem {
+            file: file.clone(),
+            key: "-".into(),
+            reason: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(&file, &text)
+}
+
+/// Parses and validates configuration text; `file` names it in problems.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            let key = match e.span() {
+                Some(span) => position(text, span.start),
+                None => "-".into(),
+            };
+            let reason = format!("TOML syntax error: {}", e.message().replace('\n', ", "));
+            return Err(ConfigErrors(vec![Problem { file: file.into(), key, reason }]));
+        }
+    };
+    // Each key is checked on its own (a one-key table deserialized into its struct, every field
+    // having a default), so that every bad or unknown key is reported, not just the first.
+    let mut clean = toml::Table::new();
+    for (key, value) in table {
+        let section = match key.as_str() {
+            "listen" => Some(check_section::<ListenConfig>(file, &key, &value, &mut problems)),
+            "admin" => Some(check_section::<AdminConfig>(file, &key, &value, &mut problems)),
+            "state" => Some(check_section::<StateConfig>(file, &key, &value, &mut problems)),
+            "dataplane" => Some(check_section::<DataplaneConfig>(file, &key, &value, &mut problems)),
+            _ => None,
+        };
+        match section {
+            Some(Some(t)) => {
+                clean.insert(key, toml::Value::Table(t));
+            }
+            Some(None) => {}
+            None => {
+                if check_key::<Config>(file, "", &key, &value, &mut problems) {
+                    clean.insert(key, value);
+                }
+            }
+        }
+    }
+    let config: Config = match toml::Value::Table(clean).try_into() {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(Problem { file: file.into(), key: "-".into(), reason: e.message().trim().to_string() });
+            return Err(ConfigErrors(problems));
+        }
+    };
+    problems.extend(config.validate(file));
+    if problems.is_empty() { Ok(config) } else { Err(ConfigErrors(problems)) }
+}
+
+/// Checks every key of a section; returns the section without its bad keys, or `None` when the
+/// value is not a table.
+fn check_section<T: DeserializeOwned>(
+    file: &str,
+    name: &str,
+    value: &toml::Value,
+    problems: &mut Vec<Problem>,
+) -> Option<toml::Table> {
+    let Some(table) = value.as_table() else {
+        problems.push(Problem {
+            file: file.into(),
+            key: name.into(),
+            reason: format!("must be a table ([{name}]), found a {}", value.type_str()),
+        });
+        return None;
+    };
+    let mut clean = toml::Table::new();
+    for (key, value) in table {
+        if check_key::<T>(file, name, key, value, problems) {
+            clean.insert(key.clone(), value.clone());
+        }
+    }
+    Some(clean)
+}
+
+/// Whether `key = value` alone deserializes into `T`; records a problem if not.
+fn check_key<T: DeserializeOwned>(
+    file: &str,
+    section: &str,
+    key: &str,
+    value: &toml::Value,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    let mut one = toml::Table::new();
+    one.insert(key.to_string(), value.clone());
+    match toml::Value::Table(one).try_into::<T>() {
+        Ok(_) => true,
+        Err(e) => {
+            let message = e.message().trim().to_string();
+            let reason = match message.strip_prefix(&format!("unknown field `{key}`, ")) {
+                Some(rest) => format!(
+                    "unknown key (known keys: {})",
+                    rest.trim_start_matches("expected one of ").trim_start_matches("expected ")
+                ),
+                None if message.starts_with("unknown field") => "unknown key".to_string(),
+                None => message,
+            };
+            let key = if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
+            problems.push(Problem { file: file.into(), key, reason });
+            false
+        }
+    }
+}
+
+/// `line L, column C` of a byte offset.
+fn position(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    format!("line {line}, column {column}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse("f.toml", text).err().map(|e| e.0).unwrap_or_default()
+    }
+
+    #[test]
+    fn default_text_is_the_default() {
+        assert_eq!(parse("default", DEFAULT_CONFIG_TOML), Ok(Config::default()));
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse("empty", ""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn contract_keys() {
+        let text = r#"
+domain = "gw.test"
+region = "local"
+[listen]
+admin = "unix:/run/gateway/admin.sock"
+[admin]
+token = ""
+[state]
+dir = "/tmp/x"
+[dataplane]
+enabled = false
+mark = 0x1234
+bpffs = "/sys/fs/bpf/x"
+public_interface = "eth0"
+xdp_mode = "native"
+"#;
+        let c = parse("f", text).expect("valid");
+        assert_eq!(c.admin_listen(), Ok(AdminListen::Unix("/run/gateway/admin.sock".into())));
+        assert_eq!(c.dataplane.mark, 0x1234);
+        assert_eq!(c.dataplane.xdp_mode, XdpModeSetting::Native);
+        let s = c.dataplane_settings();
+        assert!(s.protected.is_empty());
+        assert_eq!(s.public_ports, vec![22, 443]);
+        assert_eq!(s.public_interface.as_deref(), Some("eth0"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = r#"
+domain = "Not_A_Domain"
+region = "eu.west"
+bogus = 1
+[listen]
+admin = "nowhere"
+https = "0.0.0.0:0"
+[admin]
+token = ""
+[dataplane]
+mark = 0
+xdp_mode = "turbo"
+extra = true
+bpffs = "relative"
+"#;
+        let keys: Vec<String> = problems(text).into_iter().map(|p| p.key).collect();
+        for k in [
+            "domain",
+            "region",
+            "bogus",
+            "listen.admin",
+            "listen.https",
+            "dataplane.mark",
+            "dataplane.xdp_mode",
+            "dataplane.extra",
+            "dataplane.bpffs",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn empty_token_on_tcp() {
+        let p = problems("[admin]\ntoken = \"\"\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "admin.token");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let p = problems("domain = \"x\"\n[listen\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].key.starts_with("line 2"), "{:?}", p[0]);
+    }
+
+    #[test]
+    fn url_port() {
+        let mut c = Config::default();
+        assert_eq!(c.sandbox_url("sbx-a-b"), "https://sbx-a-b.local.gw.test");
+        c.listen.https = "127.0.0.1:8443".into();
+        assert_eq!(c.sandbox_url("sbx-a-b"), "https://sbx-a-b.local.gw.test:8443");
+    }
+
+    #[test]
+    fn dns() {
+        assert!(is_dns_name("gw.test"));
+        assert!(is_dns_name("localhost"));
+        assert!(!is_dns_name("gw.test."));
+        assert!(!is_dns_name("-a.test"));
+        assert!(!is_dns_name("GW.test"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
+}

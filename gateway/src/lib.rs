@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod api_error;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connector;

@@ -1,1 +1,40 @@
-//! TODO
+//! Logging: `tracing` to stderr, as text or JSON lines, filtered by `GATEWAY_LOG`
+//! (an `EnvFilter` directive such as `info,gateway::admin=debug`), default `info`.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Environment variable holding the filter directives.
+pub const ENV_FILTER: &str = "GATEWAY_LOG";
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global subscriber. An invalid `GATEWAY_LOG` is reported and `info` used.
+pub fn init(format: LogFormat) {
+    let (filter, bad) = match std::env::var(ENV_FILTER) {
+        Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
+            Ok(f) => (f, None),
+            Err(e) => (EnvFilter::new("info"), Some(format!("{ENV_FILTER}={spec:?} is invalid ({e}); using \"info\""))),
+        },
+        _ => (EnvFilter::new("info"), None),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr))
+            .try_init(),
+    };
+    if result.is_ok()
+        && let Some(message) = bad
+    {
+        tracing::warn!("{message}");
+    }
+}

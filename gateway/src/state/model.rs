@@ -56,3 +56,32 @@ impl Sandbox {
 pub fn sandbox_label(name: &str, workspace: &str) -> String {
     format!("sbx-{name}-{workspace}").to_ascii_lowercase()
 }
+
+/// The identity of a sandbox: (workspace, name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SandboxId {
+    /// Workspace.
+    pub workspace: String,
+    /// Name within the workspace.
+    pub name: String,
+}
+
+impl SandboxId {
+    /// A new id.
+    pub fn new(workspace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { workspace: workspace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for SandboxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.workspace, self.name)
+    }
+}
+
+impl Sandbox {
+    /// Its (workspace, name).
+    pub fn id(&self) -> SandboxId {
+        SandboxId::new(self.workspace.clone(), self.name.clone())
+    }
+}

@@ -1,0 +1,212 @@
+//! Admin request handling: authentication, routing, bodies, JSON answers.
+
+use crate::{
+    api_error::ApiError,
+    app::{App, SandboxSpec, SandboxView},
+};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// An admin answer.
+pub type AdminResponse = Response<Full<Bytes>>;
+
+/// What a path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Live,
+    Ready,
+    ListAll,
+    List(&'a str),
+    Sandbox(&'a str, &'a str),
+    Policy(&'a str, &'a str),
+}
+
+impl Route<'_> {
+    fn parse(path: &str) -> Option<Route<'_>> {
+        let rest = path.strip_prefix('/')?;
+        let segments: Vec<&str> = rest.split('/').collect();
+        Some(match segments.as_slice() {
+            ["live"] => Route::Live,
+            ["ready"] => Route::Ready,
+            ["v1", "sandboxes"] => Route::ListAll,
+            ["v1", "workspaces", ws, "sandboxes"] => Route::List(ws),
+            ["v1", "workspaces", ws, "sandboxes", name] => Route::Sandbox(ws, name),
+            ["v1", "workspaces", ws, "sandboxes", name, "policy"] => Route::Policy(ws, name),
+            _ => return None,
+        })
+    }
+
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Route::Sandbox(..) => &[Method::GET, Method::PUT, Method::DELETE],
+            _ => &[Method::GET],
+        }
+    }
+
+    fn needs_token(self) -> bool {
+        !matches!(self, Route::Live | Route::Ready)
+    }
+}
+
+/// Handles one request; never fails (errors are answered as JSON) and logs it.
+pub async fn handle(app: &App, req: Request<Incoming>, require_token: bool) -> AdminResponse {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match dispatch(app, req, require_token).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    tracing::info!(
+        target: "gateway::admin",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        duration_us = started.elapsed().as_micros() as u64,
+        "admin request"
+    );
+    response
+}
+
+async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Result<AdminResponse, ApiError> {
+    let route = Route::parse(req.uri().path());
+    // Authenticate before saying anything about paths.
+    if require_token && route.is_none_or(Route::needs_token) {
+        authenticate(app, &req)?;
+    }
+    let Some(route) = route else {
+        return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no admin route for {}", req.uri().path())));
+    };
+    if !route.methods().contains(req.method()) {
+        let allowed = allow(route);
+        let e = ApiError::new(
+            405,
+            "METHOD_NOT_ALLOWED",
+            format!("{} is not allowed on {} (allowed: {allowed})", req.method(), req.uri().path()),
+        );
+        let mut r = error_response(&e);
+        if let Ok(v) = HeaderValue::from_str(&allowed) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return Ok(r);
+    }
+    match (route, req.method().clone()) {
+        (Route::Live, _) => json(StatusCode::OK, &serde_json::json!({"status": "live"})),
+        (Route::Ready, _) if app.is_ready() => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        (Route::Ready, _) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "starting"})),
+        (Route::ListAll, _) => list(app, None),
+        (Route::List(ws), _) => list(app, Some(ws)),
+        (Route::Sandbox(ws, name), Method::GET) => {
+            let sandbox = app.get(ws, name)?;
+            json(StatusCode::OK, &app.view(&sandbox, None))
+        }
+        (Route::Sandbox(ws, name), Method::PUT) => {
+            let (ws, name) = (ws.to_string(), name.to_string());
+            let body = read_body(req).await?;
+            let spec: SandboxSpec = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))?;
+            let (sandbox, applied) = app.put_sandbox(&ws, &name, spec).await?;
+            json(StatusCode::OK, &app.view(&sandbox, Some(applied)))
+        }
+        (Route::Sandbox(ws, name), Method::DELETE) => {
+            app.delete_sandbox(ws, name).await?;
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok(r)
+        }
+        (Route::Policy(ws, name), _) => json(StatusCode::OK, &app.policy(ws, name).await?),
+        (Route::Sandbox(..), _) => Err(ApiError::new(405, "METHOD_NOT_ALLOWED", "method not allowed")),
+    }
+}
+
+fn allow(route: Route<'_>) -> String {
+    route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+}
+
+fn list(app: &App, workspace: Option<&str>) -> Result<AdminResponse, ApiError> {
+    #[derive(Serialize)]
+    struct List {
+        sandboxes: Vec<SandboxView>,
+    }
+    let sandboxes = app.list(workspace)?.iter().map(|s| app.view(s, None)).collect();
+    json(StatusCode::OK, &List { sandboxes })
+}
+
+/// Checks `Authorization: Bearer <admin.token>` in constant time.
+fn authenticate(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            401,
+            "AUTHENTICATION_REQUIRED",
+            "the admin API needs `Authorization: Bearer <admin.token>`",
+        ));
+    };
+    let failed = || ApiError::new(401, "AUTHENTICATION_FAILED", "invalid admin token");
+    let value = value.as_bytes();
+    let token = match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
+        _ => return Err(failed()),
+    };
+    let expected = app.config().admin.token.as_bytes();
+    if !expected.is_empty() && bool::from(token.ct_eq(expected)) { Ok(()) } else { Err(failed()) }
+}
+
+/// Reads a body of at most [`BODY_LIMIT`] bytes.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let too_large =
+        || ApiError::new(413, "REQUEST_ENTITY_TOO_LARGE", format!("the request body exceeds {BODY_LIMIT} bytes"));
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::new(400, "BAD_REQUEST", format!("cannot read the request body: {e}"))),
+    }
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Result<AdminResponse, ApiError> {
+    let body = serde_json::to_vec(value)
+        .map_err(|e| ApiError::new(500, "INTERNAL", format!("cannot serialize the answer: {e}")))?;
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// The JSON answer of an error, with `Allow`/`WWW-Authenticate` where they apply.
+pub fn error_response(e: &ApiError) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(e.to_json())));
+    *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if e.status == 401 {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::parse("/live"), Some(Route::Live));
+        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes"), Some(Route::List("w")));
+        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n"), Some(Route::Sandbox("w", "n")));
+        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n/policy"), Some(Route::Policy("w", "n")));
+        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/"), Some(Route::Sandbox("w", "")));
+        assert_eq!(Route::parse("/v2"), None);
+        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n/x"), None);
+    }
+}

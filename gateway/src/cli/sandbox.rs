@@ -1,0 +1,230 @@
+//! `gateway sandbox …`: admin API clients.
+
+use super::{AdminArgs, Output, SandboxCommand, SandboxRef, client::AdminClient};
+use anyhow::{Context, bail};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub(super) fn run(command: SandboxCommand) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run_async(command))
+}
+
+fn path(s: &SandboxRef) -> String {
+    format!("/v1/workspaces/{}/sandboxes/{}", s.workspace, s.name)
+}
+
+async fn run_async(command: SandboxCommand) -> anyhow::Result<u8> {
+    let (admin, method, path, body, kind): (AdminArgs, Method, String, Option<Vec<u8>>, Kind) = match command {
+        SandboxCommand::Create { sandbox, address, interface, ports, admin } => {
+            let ports = ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<Value>>>()?;
+            let body = json!({"address": address, "interface": interface, "ports": ports});
+            (admin, Method::PUT, path(&sandbox), Some(serde_json::to_vec(&body)?), Kind::One)
+        }
+        SandboxCommand::List { workspace, admin } => {
+            let path = match workspace {
+                Some(ws) => format!("/v1/workspaces/{ws}/sandboxes"),
+                None => "/v1/sandboxes".to_string(),
+            };
+            (admin, Method::GET, path, None, Kind::List)
+        }
+        SandboxCommand::Get { sandbox, admin } => (admin, Method::GET, path(&sandbox), None, Kind::One),
+        SandboxCommand::Delete { sandbox, admin } => (admin, Method::DELETE, path(&sandbox), None, Kind::Deleted),
+        SandboxCommand::Policy { sandbox, admin } => {
+            (admin, Method::GET, format!("{}/policy", path(&sandbox)), None, Kind::Policy)
+        }
+    };
+    let client = AdminClient::from_args(&admin)?;
+    let (status, body) = client.request(method, &path, body).await?;
+    if !status.is_success() {
+        report_error(status, &body);
+        return Ok(1);
+    }
+    if status == StatusCode::NO_CONTENT {
+        if admin.output == Output::Table {
+            println!("deleted");
+        }
+        return Ok(0);
+    }
+    let value: Value = serde_json::from_slice(&body).context("the admin API answered something that is not JSON")?;
+    match admin.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Output::Table => print!("{}", kind.table(&value)),
+    }
+    Ok(0)
+}
+
+/// `3000` or `3000/grpc`.
+fn parse_port(spec: &str) -> anyhow::Result<Value> {
+    let (port, protocol) = match spec.split_once('/') {
+        Some((p, proto)) => (p, Some(proto.to_ascii_uppercase())),
+        None => (spec, None),
+    };
+    let Ok(target) = port.trim().parse::<i64>() else {
+        bail!("--port {spec:?}: expected PORT or PORT/PROTOCOL, e.g. 3000 or 50051/grpc");
+    };
+    Ok(match protocol {
+        Some(protocol) => json!({"target": target, "protocol": protocol}),
+        None => json!({"target": target}),
+    })
+}
+
+fn report_error(status: StatusCode, body: &[u8]) {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    match parsed.as_ref().and_then(|v| v.get("error")) {
+        Some(e) => eprintln!(
+            "error: {} ({}): {}",
+            e.get("code").and_then(Value::as_str).unwrap_or("?"),
+            status.as_u16(),
+            e.get("message").and_then(Value::as_str).unwrap_or("")
+        ),
+        None => eprintln!("error: HTTP {status}: {}", String::from_utf8_lossy(body)),
+    }
+}
+
+enum Kind {
+    One,
+    List,
+    Deleted,
+    Policy,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn ports_text(v: &Value) -> String {
+    let list: Vec<String> = v
+        .as_array()
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| match p.get("protocol").and_then(Value::as_str) {
+                    Some("HTTP") | None => text(&p["target"]),
+                    Some(proto) => format!("{}/{proto}", text(&p["target"])),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() { "-".into() } else { list.join(",") }
+}
+
+impl Kind {
+    fn table(&self, v: &Value) -> String {
+        match self {
+            Kind::One => {
+                let mut rows = vec![
+                    vec!["workspace".into(), text(&v["workspace"])],
+                    vec!["name".into(), text(&v["name"])],
+                    vec!["address".into(), text(&v["address"])],
+                    vec!["interface".into(), text(&v["interface"])],
+                    vec!["ports".into(), ports_text(&v["ports"])],
+                    vec!["url".into(), text(&v["url"])],
+                ];
+                if let Some(us) = v.get("policyAppliedMicros") {
+                    rows.push(vec!["policy applied in".into(), format!("{} µs", text(us))]);
+                }
+                columns(&[], &rows)
+            }
+            Kind::List => {
+                let rows: Vec<Vec<String>> = v["sandboxes"]
+                    .as_array()
+                    .map(|list| {
+                        list.iter()
+                            .map(|s| {
+                                vec![
+                                    text(&s["workspace"]),
+                                    text(&s["name"]),
+                                    text(&s["address"]),
+                                    text(&s["interface"]),
+                                    ports_text(&s["ports"]),
+                                    text(&s["url"]),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                columns(&["WORKSPACE", "NAME", "ADDRESS", "INTERFACE", "PORTS", "URL"], &rows)
+            }
+            Kind::Deleted => String::new(),
+            Kind::Policy => policy_table(v),
+        }
+    }
+}
+
+/// A kernel policy view as text (shared with `gateway dataplane dump`).
+pub(super) fn policy_table(v: &Value) -> String {
+    let mut out = format!(
+        "sandbox {}  registered: {}  ifindex: {}  allowed: {}  dropped: {}\n",
+        text(&v["address"]),
+        text(&v["registered"]),
+        text(&v["ifindex"]),
+        text(&v["counters"]["allowed"]),
+        text(&v["counters"]["dropped"]),
+    );
+    let rows: Vec<Vec<String>> = v["entries"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    let origin = e["origin"]
+                        .as_array()
+                        .map(|o| o.iter().map(text).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    vec![text(&e["port"]), text(&e["protocol"]), text(&e["allowFrom"]), origin, text(&e["previewRefs"])]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&columns(&["PORT", "PROTO", "ALLOW FROM", "ORIGIN", "PREVIEWS"], &rows));
+    out
+}
+
+/// Aligned columns; `header` may be empty.
+pub(super) fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let n = header.len().max(rows.iter().map(Vec::len).max().unwrap_or(0));
+    let mut widths = vec![0usize; n];
+    let all = std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>()).chain(rows.iter().cloned());
+    for row in all.clone() {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in all {
+        if row.is_empty() {
+            continue;
+        }
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i + 1 == row.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("3000").expect("ok"), json!({"target": 3000}));
+        assert_eq!(parse_port("50051/grpc").expect("ok"), json!({"target": 50051, "protocol": "GRPC"}));
+        assert!(parse_port("x").is_err());
+    }
+
+    #[test]
+    fn table() {
+        let t = columns(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONG\nxyz  1\n");
+    }
+}

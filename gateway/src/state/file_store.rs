@@ -1,0 +1,289 @@
+//! The file store: one JSON file per record under `state.dir`.
+//!
+//! Layout (format 1):
+//! ```text
+//! state.dir/            0700
+//!   FORMAT              "gateway-state 1"
+//!   lock                flock(2)-ed by the running gateway
+//!   sandboxes/          one file per sandbox: {workspace}.{name}.json (names cannot hold a '.')
+//! ```
+//! A write goes to `{file}.tmp`, is fsynced, renamed over the file, and the directory is fsynced,
+//! before the future resolves: an acknowledged mutation survives a crash or power loss, and a
+//! torn write is never read back (leftover `.tmp` files are removed at start). One file per
+//! record keeps a mutation O(1) however many sandboxes exist.
+
+use super::{
+    model::{Sandbox, SandboxId},
+    store::{StateSnapshot, Store, StoreError, StoreFuture},
+};
+use crate::paths::{STATE_FORMAT_FILE, STATE_LOCK_FILE, STATE_SANDBOXES, TEMP_SUFFIX};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+const FORMAT: &str = "gateway-state 1\n";
+const RECORD_VERSION: u32 = 1;
+
+/// One sandbox file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SandboxRecord {
+    version: u32,
+    sandbox: Sandbox,
+}
+
+struct Inner {
+    dir: PathBuf,
+    sandboxes: PathBuf,
+    /// Serializes writes (two writes of one record would share a temp file).
+    write: Mutex<()>,
+    _lock: Flock<File>,
+}
+
+/// The file store. Holds an exclusive lock on the directory while alive.
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { context, path, source }
+}
+
+impl FileStore {
+    /// Opens (creating if missing) the state directory and locks it.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err("creating the state directory", dir))?;
+        }
+        let lock_path = dir.join(STATE_LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("opening", &lock_path))?;
+        let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(StoreError::Locked { path: lock_path }),
+            Err((_, errno)) => return Err(io_err("locking", &lock_path)(io::Error::from(errno))),
+        };
+        let sandboxes = dir.join(STATE_SANDBOXES);
+        let format_path = dir.join(STATE_FORMAT_FILE);
+        match fs::read_to_string(&format_path) {
+            Ok(text) if text == FORMAT => {}
+            Ok(text) => {
+                return Err(StoreError::Corrupt {
+                    path: format_path,
+                    reason: format!(
+                        "unsupported state format {:?} (this gateway reads {:?})",
+                        text.trim(),
+                        FORMAT.trim()
+                    ),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if sandboxes.exists() {
+                    return Err(StoreError::Corrupt {
+                        path: format_path,
+                        reason: format!("missing, but {} exists: refusing to guess the format", sandboxes.display()),
+                    });
+                }
+                write_atomic(dir, STATE_FORMAT_FILE, FORMAT.as_bytes())?;
+            }
+            Err(e) => return Err(io_err("reading", &format_path)(e)),
+        }
+        if !sandboxes.exists() {
+            fs::DirBuilder::new().mode(0o700).create(&sandboxes).map_err(io_err("creating", &sandboxes))?;
+            sync_dir(dir)?;
+        }
+        Ok(Self { inner: Arc::new(Inner { dir: dir.to_path_buf(), sandboxes, write: Mutex::new(()), _lock: lock }) })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn file_name(id: &SandboxId) -> String {
+    format!("{}.{}.json", id.workspace, id.name)
+}
+
+impl Inner {
+    fn load(&self) -> Result<StateSnapshot, StoreError> {
+        let mut sandboxes = Vec::new();
+        let entries = fs::read_dir(&self.sandboxes).map_err(io_err("reading", &self.sandboxes))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("reading", &self.sandboxes))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(StoreError::Corrupt { path, reason: "file name is not UTF-8".into() });
+            };
+            if name.ends_with(TEMP_SUFFIX) {
+                // A write that never completed: it was never acknowledged.
+                tracing::warn!(path = %path.display(), "removing an incomplete write");
+                fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                continue;
+            }
+            if !name.ends_with(".json") {
+                tracing::warn!(path = %path.display(), "ignoring a file that is not a sandbox record");
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
+            let record: SandboxRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("not a sandbox record: {e}"),
+            })?;
+            if record.version != RECORD_VERSION {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: format!("record version {} (this gateway reads {RECORD_VERSION})", record.version),
+                });
+            }
+            if file_name(&record.sandbox.id()) != name {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: format!("holds sandbox {} but is named {name}", record.sandbox.id()),
+                });
+            }
+            sandboxes.push(record.sandbox);
+        }
+        sandboxes.sort_by(|a, b| (&a.workspace, &a.name).cmp(&(&b.workspace, &b.name)));
+        Ok(StateSnapshot { sandboxes })
+    }
+
+    fn put_sandbox(&self, sandbox: Sandbox) -> Result<(), StoreError> {
+        let name = file_name(&sandbox.id());
+        let record = SandboxRecord { version: RECORD_VERSION, sandbox };
+        let mut bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| StoreError::Corrupt { path: self.sandboxes.join(&name), reason: e.to_string() })?;
+        bytes.push(b'\n');
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        write_atomic(&self.sandboxes, &name, &bytes)
+    }
+
+    fn delete_sandbox(&self, id: SandboxId) -> Result<(), StoreError> {
+        let path = self.sandboxes.join(file_name(&id));
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.sandboxes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+}
+
+/// Writes `dir/name` atomically and durably: temp file, fsync, rename, fsync the directory.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let path = dir.join(name);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?;
+        file.write_all(bytes).map_err(io_err("writing", &tmp))?;
+        file.sync_all().map_err(io_err("syncing", &tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
+}
+
+impl Store for FileStore {
+    fn load(&self) -> StoreFuture<'_, StateSnapshot> {
+        Box::pin(self.blocking(|inner| inner.load()))
+    }
+    fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()> {
+        Box::pin(self.blocking(move |inner| inner.put_sandbox(sandbox)))
+    }
+    fn delete_sandbox(&self, id: SandboxId) -> StoreFuture<'_, ()> {
+        Box::pin(self.blocking(move |inner| inner.delete_sandbox(id)))
+    }
+    fn describe(&self) -> String {
+        format!("file:{}", self.inner.dir.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::model::{PortProtocol, PortSpec};
+
+    fn tempdir() -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "gateway-file-store-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ))
+    }
+
+    fn sandbox(name: &str) -> Sandbox {
+        Sandbox {
+            workspace: "ws".into(),
+            name: name.into(),
+            address: "198.18.0.2".parse().expect("addr"),
+            interface: "lo".into(),
+            ports: vec![PortSpec { target: 3000, protocol: PortProtocol::Http }],
+        }
+    }
+
+    #[tokio::test]
+    async fn roundtrip_lock_and_corruption() {
+        let dir = tempdir();
+        {
+            let store = FileStore::open(&dir).expect("open");
+            assert!(matches!(FileStore::open(&dir), Err(StoreError::Locked { .. })));
+            store.put_sandbox(sandbox("a")).await.expect("put");
+            store.put_sandbox(sandbox("b")).await.expect("put");
+            store.delete_sandbox(SandboxId::new("ws", "b")).await.expect("delete");
+            store.delete_sandbox(SandboxId::new("ws", "zz")).await.expect("delete absent");
+        }
+        fs::write(dir.join(STATE_SANDBOXES).join("ws.c.json.tmp"), b"{").expect("tmp");
+        {
+            let store = FileStore::open(&dir).expect("reopen");
+            let snap = store.load().await.expect("load");
+            assert_eq!(snap.sandboxes, vec![sandbox("a")]);
+            assert!(!dir.join(STATE_SANDBOXES).join("ws.c.json.tmp").exists());
+        }
+        fs::write(dir.join(STATE_SANDBOXES).join("ws.d.json"), b"{garbage").expect("garbage");
+        {
+            let store = FileStore::open(&dir).expect("reopen");
+            assert!(matches!(store.load().await, Err(StoreError::Corrupt { .. })));
+        }
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,128 @@
+//! The store trait: what the service layer needs from durable state.
+//!
+//! Futures are boxed so the trait is object-safe (`Arc<dyn Store>`) and a networked store
+//! (etcd, a database) can be added later without touching callers. New record kinds (previews,
+//! tokens) are added as new methods and new fields of [`StateSnapshot`].
+
+use super::model::{Sandbox, SandboxId};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+/// A boxed store future.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Everything the store holds, as loaded at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateSnapshot {
+    /// Registered sandboxes, sorted by (workspace, name).
+    pub sandboxes: Vec<Sandbox>,
+}
+
+/// Errors of a store, by cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error on a path.
+    #[error("{context} {}: {source}", path.display())]
+    Io {
+        /// What we were doing.
+        context: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file that cannot be understood.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Another process holds the state directory.
+    #[error("{} is locked by another running gateway", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A background task failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Durable state of the gateway.
+pub trait Store: Send + Sync + 'static {
+    /// Everything stored. Fails (never returns an empty snapshot) when anything is unreadable.
+    fn load(&self) -> StoreFuture<'_, StateSnapshot>;
+    /// Creates or replaces a sandbox; durable when the future resolves `Ok`.
+    fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()>;
+    /// Deletes a sandbox (no error if absent); durable when the future resolves `Ok`.
+    fn delete_sandbox(&self, id: SandboxId) -> StoreFuture<'_, ()>;
+    /// A short description for logs (`file:/var/lib/gateway`).
+    fn describe(&self) -> String;
+}
+
+/// An in-memory store (tests), whose writes can be made to fail.
+#[derive(Default)]
+pub struct MemoryStore {
+    sandboxes: Mutex<BTreeMap<SandboxId, Sandbox>>,
+    fail_writes: AtomicBool,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Makes every following write fail (or succeed again).
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            Err(StoreError::Io {
+                context: "writing",
+                path: PathBuf::from("memory"),
+                source: std::io::Error::other("injected failure"),
+            })
+        } else {
+            Ok(())
+        }
+    }
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<SandboxId, Sandbox>> {
+        self.sandboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> StoreFuture<'_, StateSnapshot> {
+        let sandboxes = self.map().values().cloned().collect();
+        Box::pin(async move { Ok(StateSnapshot { sandboxes }) })
+    }
+    fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.map().insert(sandbox.id(), sandbox);
+            Ok(())
+        })
+    }
+    fn delete_sandbox(&self, id: SandboxId) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.map().remove(&id);
+            Ok(())
+        })
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}

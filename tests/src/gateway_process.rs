@@ -1,0 +1,491 @@
+//! Runs the real `gateway` binary for end-to-end tests: writes a configuration into a temporary
+//! directory, spawns `gateway serve`, waits until the admin listener answers, and kills the
+//! process (and removes the directory) on drop. Plus a tiny blocking HTTP/1.1 client for the
+//! admin API, over TCP or a unix socket.
+//!
+//! The binary is `$GATEWAY_BIN`, else `$CARGO_TARGET_DIR/debug/gateway`, else
+//! `../target/debug/gateway` relative to this crate. Build it first (`cargo build -p gateway`).
+
+use std::{
+    fs,
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The admin token the default test configuration uses.
+pub const TEST_TOKEN: &str = "test-admin-token";
+
+/// How long the gateway may take to answer after spawning.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The gateway binary under test.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(bin);
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let bin = PathBuf::from(dir).join("debug/gateway");
+        if bin.is_file() {
+            return bin;
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gateway")
+}
+
+/// A `Command` for the gateway binary, with a helpful panic if it is missing.
+pub fn gateway_command() -> Command {
+    let bin = gateway_bin();
+    assert!(
+        bin.is_file(),
+        "gateway binary not found at {} (build it with `cargo build -p gateway`, or set GATEWAY_BIN)",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("GATEWAY_ADMIN").env_remove("GATEWAY_ADMIN_TOKEN").env_remove("GATEWAY_CONFIG");
+    cmd
+}
+
+/// Runs the gateway binary with `args` to completion.
+pub fn run_gateway(args: &[&str]) -> Output {
+    gateway_command().args(args).stdin(Stdio::null()).output().expect("run the gateway binary")
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released: a small race, fine for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
+}
+
+/// A directory removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A new empty directory under the system temp dir.
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir { path }
+    }
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Where the admin API of a test gateway listens.
+#[derive(Clone, Debug)]
+pub enum AdminAddr {
+    /// TCP, token required.
+    Tcp(SocketAddr),
+    /// Unix socket.
+    Unix(PathBuf),
+}
+
+impl AdminAddr {
+    /// As written in `listen.admin`.
+    pub fn config_value(&self) -> String {
+        match self {
+            AdminAddr::Tcp(a) => a.to_string(),
+            AdminAddr::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+/// The configuration of a test gateway: contract keys, data plane disabled.
+pub fn test_config(admin: &AdminAddr, https_port: u16, state_dir: &Path, token: &str) -> String {
+    format!(
+        r#"domain = "gw.test"
+region = "local"
+
+[listen]
+admin = "{admin}"
+https = "127.0.0.1:{https_port}"
+
+[admin]
+token = "{token}"
+
+[state]
+dir = "{state}"
+
+[dataplane]
+enabled = false
+mark = 0x6777
+bpffs = "/sys/fs/bpf/gateway-test-unused"
+public_interface = ""
+xdp_mode = "skb"
+"#,
+        admin = admin.config_value(),
+        state = state_dir.display(),
+    )
+}
+
+/// A running `gateway serve`, killed on drop.
+pub struct GatewayProcess {
+    child: Option<Child>,
+    dir: TempDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    admin: AdminAddr,
+    https_port: u16,
+    token: String,
+}
+
+impl GatewayProcess {
+    /// A gateway with the test configuration on a free 127.0.0.1 port.
+    pub fn start() -> GatewayProcess {
+        let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        Self::start_with_admin(admin)
+    }
+
+    /// A gateway whose admin API listens on a unix socket inside its directory.
+    pub fn start_unix() -> GatewayProcess {
+        let dir = TempDir::new("gateway-admin-test");
+        let admin = AdminAddr::Unix(dir.path().join("run/admin.sock"));
+        Self::start_in(dir, admin)
+    }
+
+    fn start_with_admin(admin: AdminAddr) -> GatewayProcess {
+        Self::start_in(TempDir::new("gateway-admin-test"), admin)
+    }
+
+    fn start_in(dir: TempDir, admin: AdminAddr) -> GatewayProcess {
+        let https_port = free_port();
+        let config_path = dir.path().join("gateway.toml");
+        let log_path = dir.path().join("gateway.log");
+        let state = dir.path().join("state");
+        fs::write(&config_path, test_config(&admin, https_port, &state, TEST_TOKEN)).expect("write the config");
+        let mut gw = GatewayProcess {
+            child: None,
+            dir,
+            config_path,
+            log_path,
+            admin,
+            https_port,
+            token: TEST_TOKEN.to_string(),
+        };
+        gw.spawn();
+        gw
+    }
+
+    /// Spawns `gateway serve` and waits until `/live` answers (panics with the log if it exits).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = self.spawn_raw();
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!("gateway exited during start ({status}); log:\n{}", self.log());
+            }
+            if let Ok(r) = self.client().request("GET", "/live", &[], None)
+                && r.status == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway did not answer within {START_TIMEOUT:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Spawns `gateway serve` with this configuration and waits for it to exit (for start
+    /// failures). Returns its status and log.
+    pub fn spawn_expect_exit(&mut self) -> (ExitStatus, String) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = self.spawn_raw();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("gateway did not exit; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn_raw(&self) -> Child {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open the log");
+        let log2 = log.try_clone().expect("clone the log");
+        gateway_command()
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("GATEWAY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("spawn the gateway")
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGKILL and wait: what a crash looks like.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and starts it again on the same configuration and state.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// An authenticated admin client.
+    pub fn client(&self) -> AdminClient {
+        AdminClient { addr: self.admin.clone(), token: Some(self.token.clone()) }
+    }
+
+    /// An admin client that sends no token.
+    pub fn anonymous_client(&self) -> AdminClient {
+        AdminClient { addr: self.admin.clone(), token: None }
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> &AdminAddr {
+        &self.admin
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The HTTPS port written in the configuration.
+    pub fn https_port(&self) -> u16 {
+        self.https_port
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The temporary directory holding everything.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ({}) ---\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body (chunked encoding removed).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): status {} body {:?}", self.status, self.text()))
+    }
+}
+
+/// A blocking HTTP/1.1 client for the admin API (one connection per request).
+#[derive(Clone, Debug)]
+pub struct AdminClient {
+    addr: AdminAddr,
+    token: Option<String>,
+}
+
+impl AdminClient {
+    /// A client for `addr` with an optional Bearer token.
+    pub fn new(addr: AdminAddr, token: Option<String>) -> AdminClient {
+        AdminClient { addr, token }
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], None).expect("GET")
+    }
+
+    /// PUT a JSON body.
+    pub fn put_json(&self, path: &str, body: &serde_json::Value) -> Response {
+        let body = serde_json::to_vec(body).expect("serialize");
+        self.request("PUT", path, &[("content-type", "application/json")], Some(&body)).expect("PUT")
+    }
+
+    /// PUT raw bytes.
+    pub fn put_raw(&self, path: &str, body: &[u8]) -> Response {
+        self.request("PUT", path, &[("content-type", "application/json")], Some(body)).expect("PUT")
+    }
+
+    /// DELETE.
+    pub fn delete(&self, path: &str) -> Response {
+        self.request("DELETE", path, &[], None).expect("DELETE")
+    }
+
+    /// Any request; `headers` are added after Host, Authorization (if a token is set),
+    /// Content-Length and `Connection: close`.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> io::Result<Response> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: gateway-admin\r\nConnection: close\r\n");
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if let Some(body) = body {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.unwrap_or_default());
+        self.exchange(&bytes)
+    }
+
+    /// Sends raw bytes and parses the answer.
+    pub fn exchange(&self, request: &[u8]) -> io::Result<Response> {
+        let raw = match &self.addr {
+            AdminAddr::Tcp(a) => {
+                let s = TcpStream::connect_timeout(a, Duration::from_secs(5))?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                roundtrip(s, request)?
+            }
+            AdminAddr::Unix(p) => {
+                let s = UnixStream::connect(p)?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                roundtrip(s, request)?
+            }
+        };
+        parse_response(&raw)
+    }
+}
+
+fn roundtrip<S: Read + Write>(mut s: S, request: &[u8]) -> io::Result<Vec<u8>> {
+    // The server may answer (413) and close before reading everything: keep what it said.
+    let write = s.write_all(request).and_then(|()| s.flush());
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    match (read, write) {
+        (Ok(_), _) => Ok(raw),
+        (Err(_), _) if !raw.is_empty() => Ok(raw),
+        (Err(e), Ok(())) => Err(e),
+        (Err(_), Err(e)) => Err(e),
+    }
+}
+
+fn parse_response(raw: &[u8]) -> io::Result<Response> {
+    let bad =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {:?}", String::from_utf8_lossy(raw)));
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("headers are not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
+    let status: u16 =
+        status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    } else if let Some(len) =
+        headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        body.truncate(len);
+    }
+    Ok(Response { status, headers, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
