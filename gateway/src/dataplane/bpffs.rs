@@ -9,7 +9,7 @@
 
 use std::{io, path::{Path, PathBuf}};
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xcafe_4a11);
 
 /// The pin layout under one root.
 #[derive(Clone, Debug)]
@@ -82,7 +82,7 @@ impl LinkKind {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
 }
 
 /// Makes sure `dir` can hold pins: mounts bpffs on /sys/fs/bpf when `dir` lies under it and it

@@ -298,7 +298,8 @@ fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&
     let new = new.unwrap_or(&empty);
     if unregister {
         match maps.sandboxes.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(kernel("removing from GW_SANDBOXES")(e)),
         }
     }
@@ -324,6 +325,15 @@ fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&
         let _ = maps.stats.remove(&key);
     }
     Ok(())
+}
+
+/// aya reports a missing key either as `KeyNotFound` or as the syscall's ENOENT.
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 fn nr_cpus() -> usize {
