@@ -9,6 +9,7 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=GATEWAY_EBPF_STUB");
+    println!("cargo:rerun-if-env-changed=GATEWAY_REQUIRE_EBPF");
     println!("cargo:rerun-if-env-changed=PATH");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow::anyhow!("OUT_DIR"))?);
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow::anyhow!("CARGO_MANIFEST_DIR"))?);
@@ -18,6 +19,12 @@ fn main() -> anyhow::Result<()> {
 
     let stub_wanted = env::var("GATEWAY_EBPF_STUB").is_ok_and(|v| v == "1");
     if stub_wanted || !on_path("bpf-linker") {
+        if env::var("GATEWAY_REQUIRE_EBPF").is_ok_and(|v| v == "1") {
+            anyhow::bail!(
+                "eBPF programs required (GATEWAY_REQUIRE_EBPF=1) but {}; run `cargo xtask setup`",
+                if stub_wanted { "GATEWAY_EBPF_STUB=1 is set" } else { "bpf-linker is not on PATH" }
+            );
+        }
         println!(
             "cargo:warning=eBPF programs not built ({}); the data plane is disabled in this binary. Use `cargo xtask build`.",
             if stub_wanted { "GATEWAY_EBPF_STUB=1" } else { "bpf-linker not found" }
