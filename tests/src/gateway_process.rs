@@ -112,6 +112,12 @@ impl AdminAddr {
 
 /// The configuration of a test gateway: contract keys, data plane disabled.
 pub fn test_config(admin: &AdminAddr, https_port: u16, state_dir: &Path, token: &str) -> String {
+    test_config_with(admin, https_port, state_dir, token, None)
+}
+
+/// The configuration of a test gateway, enforcing in the kernel with its maps and links pinned
+/// under `bpffs` when that is given.
+pub fn test_config_with(admin: &AdminAddr, https_port: u16, state_dir: &Path, token: &str, bpffs: Option<&Path>) -> String {
     format!(
         r#"domain = "gw.test"
 region = "local"
@@ -127,14 +133,16 @@ token = "{token}"
 dir = "{state}"
 
 [dataplane]
-enabled = false
+enabled = {enabled}
 mark = 0x6777
-bpffs = "/sys/fs/bpf/gateway-test-unused"
+bpffs = "{bpffs}"
 public_interface = ""
 xdp_mode = "skb"
 "#,
         admin = admin.config_value(),
         state = state_dir.display(),
+        enabled = bpffs.is_some(),
+        bpffs = bpffs.map_or_else(|| "/sys/fs/bpf/gateway-test-unused".to_string(), |p| p.display().to_string()),
     )
 }
 
@@ -163,16 +171,26 @@ impl GatewayProcess {
         Self::start_in(dir, admin)
     }
 
+    /// A gateway enforcing in the kernel, its pins under `bpffs` (use a harness `BpffsDir`).
+    pub fn start_enforcing(bpffs: &Path) -> GatewayProcess {
+        let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        Self::start_configured(TempDir::new("gateway-dp-test"), admin, Some(bpffs))
+    }
+
     fn start_with_admin(admin: AdminAddr) -> GatewayProcess {
         Self::start_in(TempDir::new("gateway-admin-test"), admin)
     }
 
     fn start_in(dir: TempDir, admin: AdminAddr) -> GatewayProcess {
+        Self::start_configured(dir, admin, None)
+    }
+
+    fn start_configured(dir: TempDir, admin: AdminAddr, bpffs: Option<&Path>) -> GatewayProcess {
         let https_port = free_port();
         let config_path = dir.path().join("gateway.toml");
         let log_path = dir.path().join("gateway.log");
         let state = dir.path().join("state");
-        fs::write(&config_path, test_config(&admin, https_port, &state, TEST_TOKEN)).expect("write the config");
+        fs::write(&config_path, test_config_with(&admin, https_port, &state, TEST_TOKEN, bpffs)).expect("write the config");
         let mut gw = GatewayProcess {
             child: None,
             dir,

@@ -1,0 +1,135 @@
+//! The real gateway process programming the kernel through its admin API, in network
+//! namespaces: enforcement follows every mutation, survives `kill -9`, and a restart reloads the
+//! state and reconciles the kernel with it (adding what is missing, removing what is stale).
+
+use std::collections::BTreeSet;
+
+use gateway::dataplane::maps::KernelMaps;
+use gateway_common::{
+    IPPROTO_TCP,
+    policy::{Endpoint, PolicyValue, origin},
+};
+use gateway_tests::{gateway_process::*, harness::*};
+use serde_json::json;
+
+const MARK: u32 = 0x6777;
+
+fn gateway() -> Origin<'static> {
+    Origin::host_marked(MARK)
+}
+
+fn register(gw: &GatewayProcess, sb: &Sandbox, ports: &[u16]) -> serde_json::Value {
+    let body = json!({
+        "address": sb.addr().to_string(),
+        "interface": sb.link.host_ifname(),
+        "ports": ports.iter().map(|p| json!({"target": p, "protocol": "HTTP"})).collect::<Vec<_>>(),
+    });
+    let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body);
+    assert_eq!(r.status, 200, "PUT sandbox: {}", r.text());
+    r.json()
+}
+
+fn kernel_ports(gw: &GatewayProcess) -> BTreeSet<u64> {
+    let r = gw.client().get("/v1/workspaces/ws1/sandboxes/app/policy");
+    assert_eq!(r.status, 200, "GET policy: {}", r.text());
+    r.json()["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["origin"] == json!(["declared"]))
+        .map(|e| e["port"].as_u64().expect("port"))
+        .collect()
+}
+
+fn dump(bpffs: &BpffsDir) -> serde_json::Value {
+    let out = run_gateway(&["dataplane", "dump", "--json", "--bpffs", bpffs.as_str()]);
+    assert!(out.status.success(), "dataplane dump: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("dump is JSON")
+}
+
+#[test]
+fn the_admin_api_programs_the_kernel_and_enforcement_survives_kill_9() {
+    require_root();
+    let bpffs = BpffsDir::new();
+    let sb = Sandbox::new();
+    let _apps: Vec<Listener> = [3000, 3001, 8080].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
+    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
+
+    let before = gw.client().get("/v1/workspaces/ws1/sandboxes").text();
+    let r = gw.client().put_json(
+        "/v1/workspaces/ws1/sandboxes/app",
+        &json!({"address": sb.addr().to_string(), "interface": "gwt-nope0", "ports": [{"target": 3000}]}),
+    );
+    assert_eq!(r.status, 400, "unknown interface: {}", r.text());
+    assert!(r.text().contains("gwt-nope0"), "the error names the interface: {}", r.text());
+    assert_eq!(gw.client().get("/v1/workspaces/ws1/sandboxes").text(), before, "a refused PUT changes nothing");
+
+    let v = register(&gw, &sb, &[3000]);
+    assert!(v["policyAppliedMicros"].as_u64().is_some(), "PUT reports the kernel update time: {v}");
+    assert_eq!(v["url"], json!(format!("https://sbx-app-ws1.local.gw.test:{}", gw.https_port())));
+    assert_eq!(kernel_ports(&gw), BTreeSet::from([3000]));
+    assert_reachable(gateway(), sb.sock(3000), "declared port from the gateway");
+    assert_reachable(gateway(), sb.sock(8080), "sandbox API from the gateway");
+    assert_unreachable(gateway(), sb.sock(3001), "undeclared port");
+    assert_unreachable(Origin::host(), sb.sock(3000), "declared port, unmarked");
+
+    // A crash: the process is gone, the kernel keeps enforcing, the pins stay readable.
+    gw.kill();
+    assert_reachable(gateway(), sb.sock(3000), "declared port, gateway dead");
+    assert_unreachable(gateway(), sb.sock(3001), "undeclared port, gateway dead");
+    assert_unreachable(Origin::host(), sb.sock(3000), "unmarked, gateway dead");
+    let d = dump(&bpffs);
+    let ports: Vec<u64> = d["sandboxes"][0]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["origin"] == json!(["declared"]))
+        .map(|e| e["port"].as_u64().expect("port"))
+        .collect();
+    assert_eq!(ports, vec![3000], "dump after kill -9: {d:#}");
+
+    // Restart: the state is back and the kernel still agrees.
+    gw.spawn();
+    let r = gw.client().get("/v1/workspaces/ws1/sandboxes/app");
+    assert_eq!(r.status, 200, "state survived: {}", r.text());
+    assert_eq!(kernel_ports(&gw), BTreeSet::from([3000]));
+    assert_reachable(gateway(), sb.sock(3000), "declared port after restart");
+
+    // A second PUT replaces the ports; the kernel follows.
+    register(&gw, &sb, &[3001]);
+    assert_unreachable(gateway(), sb.sock(3000), "removed port");
+    assert_reachable(gateway(), sb.sock(3001), "added port");
+
+    // DELETE: nothing is reachable any more, the interface stays closed.
+    assert_eq!(gw.client().delete("/v1/workspaces/ws1/sandboxes/app").status, 204);
+    for port in [3000, 3001, 8080] {
+        assert_unreachable(gateway(), sb.sock(port), &format!("port {port} after DELETE"));
+    }
+    assert_eq!(gw.client().get("/v1/workspaces/ws1/sandboxes/app/policy").status, 404);
+    assert_eq!(dump(&bpffs)["sandboxes"], json!([]));
+}
+
+#[test]
+fn a_restart_reconciles_the_kernel_with_the_state() {
+    require_root();
+    let bpffs = BpffsDir::new();
+    let sb = Sandbox::new();
+    let _apps: Vec<Listener> = [3000, 3001].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
+    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
+    register(&gw, &sb, &[3000]);
+    gw.kill();
+
+    // Drift while the gateway is down: an entry the state does not hold, one it lost.
+    let mut maps = KernelMaps::open(&bpffs.path().join("maps")).expect("open pinned maps");
+    maps.policy
+        .insert(Endpoint::new(sb.addr().octets(), 3001, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0), 0)
+        .expect("insert a stale entry");
+    maps.policy.remove(&Endpoint::new(sb.addr().octets(), 3000, IPPROTO_TCP)).expect("remove an entry");
+    assert_reachable(gateway(), sb.sock(3001), "the stale entry is enforced as written");
+    assert_unreachable(gateway(), sb.sock(3000), "the lost entry is closed");
+
+    gw.spawn();
+    assert_eq!(kernel_ports(&gw), BTreeSet::from([3000]));
+    assert_reachable(gateway(), sb.sock(3000), "missing entry added back");
+    assert_unreachable(gateway(), sb.sock(3001), "stale entry removed");
+}
