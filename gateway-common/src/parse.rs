@@ -9,23 +9,73 @@ use crate::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 /// Why a read failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError {
-    /// The header runs past the end of the packet.
+    /// The header runs past the end of the packet, or a field has an impossible value (IP
+    /// version, IHL, TCP data offset).
     Truncated,
 }
 
-/// The one bounds-checked way to read packet bytes.
+/// The one bounds-checked way to read packet bytes: [`Packet::header`] checks once that a whole
+/// header of `N` bytes lies inside the packet and returns a [`Header`], whose field reads are
+/// checked against `N` at compile time.
+///
+/// Fields are read one scalar at a time, never copied as arrays: array copies make LLVM emit
+/// calls to `memcpy`/`memset` (byte loops in BPF) that cost more than the rest of a program. And
+/// the check compares `start + N > end` with `N` ≥ 2, a form the verifier turns into a proven
+/// range (`start + 1 > end` would be rewritten by LLVM into a `>=` it does not).
 pub trait Packet {
-    /// Fills `out` with the `N` bytes at `offset`, or fails (leaving `out` untouched) if they do
-    /// not all lie inside the packet.
-    fn load<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Result<(), ParseError>;
+    /// The `N` bytes at `offset`, if they all lie inside the packet.
+    fn header<const N: usize>(&self, offset: usize) -> Result<Header<'_, N>, ParseError>;
+}
+
+/// `N` bytes of a packet known to be in bounds.
+#[derive(Clone, Copy)]
+pub struct Header<'a, const N: usize> {
+    at: *const u8,
+    _packet: core::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a, const N: usize> Header<'a, N> {
+    /// # Safety
+    /// `[at, at + N)` must be readable for `'a`.
+    #[inline(always)]
+    pub unsafe fn new(at: *const u8) -> Self {
+        Self { at, _packet: core::marker::PhantomData }
+    }
+    /// The byte at `I`.
+    #[inline(always)]
+    pub fn u8<const I: usize>(&self) -> u8 {
+        const { assert!(I < N) };
+        // SAFETY: I < N and the header is in bounds.
+        unsafe { core::ptr::read_unaligned(self.at.add(I)) }
+    }
+    /// The big-endian u16 at `I`.
+    #[inline(always)]
+    pub fn be16<const I: usize>(&self) -> u16 {
+        u16::from_be_bytes(self.pair::<I>())
+    }
+    /// The two bytes at `I`, in packet order.
+    #[inline(always)]
+    pub fn pair<const I: usize>(&self) -> [u8; 2] {
+        const { assert!(I + 2 <= N) };
+        // SAFETY: I + 2 <= N and the header is in bounds.
+        unsafe { core::ptr::read_unaligned(self.at.add(I).cast::<u16>()) }.to_ne_bytes()
+    }
+    /// The four bytes at `I`, in packet order (addresses).
+    #[inline(always)]
+    pub fn quad<const I: usize>(&self) -> [u8; 4] {
+        const { assert!(I + 4 <= N) };
+        // SAFETY: I + 4 <= N and the header is in bounds.
+        unsafe { core::ptr::read_unaligned(self.at.add(I).cast::<u32>()) }.to_ne_bytes()
+    }
 }
 
 impl Packet for [u8] {
     #[inline(always)]
-    fn load<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Result<(), ParseError> {
+    fn header<const N: usize>(&self, offset: usize) -> Result<Header<'_, N>, ParseError> {
         let end = offset.checked_add(N).ok_or(ParseError::Truncated)?;
-        out.copy_from_slice(self.get(offset..end).ok_or(ParseError::Truncated)?);
-        Ok(())
+        let bytes = self.get(offset..end).ok_or(ParseError::Truncated)?;
+        // SAFETY: `bytes` is N readable bytes borrowed for the header's lifetime.
+        Ok(unsafe { Header::new(bytes.as_ptr()) })
     }
 }
 
@@ -100,97 +150,80 @@ impl Summary {
     pub const fn dest_port(&self) -> u16 {
         u16::from_be_bytes(self.dport)
     }
-    fn malformed() -> Self {
-        Self::default()
-    }
 }
 
 /// Parses Ethernet (with up to two VLAN tags), IPv4 (with options) or IPv6, and the first bytes
 /// of TCP or UDP.
 #[inline(always)]
 pub fn parse<P: Packet + ?Sized>(p: &P) -> Summary {
-    let mut eth = [0u8; ETH_HLEN];
-    if p.load(0, &mut eth).is_err() {
-        return Summary::malformed();
-    }
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    parse_frame(p).unwrap_or_default()
+}
+
+#[inline(always)]
+fn parse_frame<P: Packet + ?Sized>(p: &P) -> Result<Summary, ParseError> {
+    let mut ethertype = p.header::<ETH_HLEN>(0)?.be16::<12>();
     let mut off = ETH_HLEN;
     // Two unrolled VLAN steps (802.1ad outer, 802.1Q inner): no loop for the verifier.
-    let mut tag = [0u8; VLAN_HLEN];
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        if p.load(off, &mut tag).is_err() {
-            return Summary::malformed();
-        }
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        ethertype = p.header::<VLAN_HLEN>(off)?.be16::<2>();
         off += VLAN_HLEN;
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            if p.load(off, &mut tag).is_err() {
-                return Summary::malformed();
-            }
-            ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+            ethertype = p.header::<VLAN_HLEN>(off)?.be16::<2>();
             off += VLAN_HLEN;
         }
     }
     match ethertype {
         ETH_P_IPV4 => parse_ipv4(p, off),
         ETH_P_IPV6 => parse_ipv6(p, off),
-        _ => Summary { net: Net::NonIp, ..Summary::default() },
+        _ => Ok(Summary { net: Net::NonIp, ..Summary::default() }),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Summary {
-    let mut ip = [0u8; 20];
-    if p.load(off, &mut ip).is_err() || ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
-        return Summary::malformed();
+fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Summary, ParseError> {
+    let ip = p.header::<20>(off)?;
+    let vihl = ip.u8::<0>();
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return Err(ParseError::Truncated);
     }
-    let ihl = (ip[0] & 0x0f) as usize;
-    let mut s = Summary {
-        net: Net::Ipv4,
-        src: [ip[12], ip[13], ip[14], ip[15]],
-        dst: [ip[16], ip[17], ip[18], ip[19]],
-        ..Summary::default()
-    };
-    if u16::from_be_bytes([ip[6] & 0x1f, ip[7]]) != 0 {
+    let mut s = Summary { net: Net::Ipv4, src: ip.quad::<12>(), dst: ip.quad::<16>(), ..Summary::default() };
+    if ip.be16::<6>() & 0x1fff != 0 {
         s.transport = Transport::Fragment;
-        return s;
+        return Ok(s);
     }
-    parse_l4(p, off + ihl * 4, ip[9], s)
+    parse_l4(p, off + (vihl & 0x0f) as usize * 4, ip.u8::<9>(), s)
 }
 
 #[inline(always)]
-fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Summary {
-    let mut ip = [0u8; 40];
-    if p.load(off, &mut ip).is_err() || ip[0] >> 4 != 6 {
-        return Summary::malformed();
+fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Summary, ParseError> {
+    let ip = p.header::<40>(off)?;
+    if ip.u8::<0>() >> 4 != 6 {
+        return Err(ParseError::Truncated);
     }
-    parse_l4(p, off + 40, ip[6], Summary { net: Net::Ipv6, ..Summary::default() })
+    parse_l4(p, off + 40, ip.u8::<6>(), Summary { net: Net::Ipv6, ..Summary::default() })
 }
 
 #[inline(always)]
-fn parse_l4<P: Packet + ?Sized>(p: &P, off: usize, proto: u8, mut s: Summary) -> Summary {
+fn parse_l4<P: Packet + ?Sized>(p: &P, off: usize, proto: u8, mut s: Summary) -> Result<Summary, ParseError> {
     match proto {
         IPPROTO_TCP => {
-            let mut tcp = [0u8; 14];
-            if p.load(off, &mut tcp).is_err() || tcp[12] >> 4 < 5 {
-                return Summary::malformed();
+            let tcp = p.header::<20>(off)?;
+            if tcp.u8::<12>() >> 4 < 5 {
+                return Err(ParseError::Truncated);
             }
             s.transport = Transport::Tcp;
-            s.sport = [tcp[0], tcp[1]];
-            s.dport = [tcp[2], tcp[3]];
-            s.tcp_flags = tcp[13];
+            s.sport = tcp.pair::<0>();
+            s.dport = tcp.pair::<2>();
+            s.tcp_flags = tcp.u8::<13>();
         }
         IPPROTO_UDP => {
-            let mut udp = [0u8; 4];
-            if p.load(off, &mut udp).is_err() {
-                return Summary::malformed();
-            }
+            let udp = p.header::<8>(off)?;
             s.transport = Transport::Udp;
-            s.sport = [udp[0], udp[1]];
-            s.dport = [udp[2], udp[3]];
+            s.sport = udp.pair::<0>();
+            s.dport = udp.pair::<2>();
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => s.transport = Transport::Icmp,
         _ => s.transport = Transport::Other,
     }
-    s
+    Ok(s)
 }

@@ -28,7 +28,7 @@ const TCX_NEXT: i32 = TC_ACT_UNSPEC;
 pub fn sandbox_in(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let mark = unsafe { (*ctx.skb.skb).mark };
-    let v = decide::into_sandbox(parse(&SkbPacket(&ctx)), mark, &KernelMaps);
+    let v = decide::into_sandbox(parse(&SkbPacket::new(&ctx)), mark, &KernelMaps);
     account(&ctx, Hook::SandboxIn, &v);
     if v.reason.is_drop() { TC_ACT_SHOT } else { TCX_NEXT }
 }
@@ -38,7 +38,7 @@ pub fn sandbox_in(ctx: TcContext) -> i32 {
 pub fn sandbox_out(ctx: TcContext) -> i32 {
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let v = decide::out_of_sandbox(parse(&SkbPacket(&ctx)), ifindex, &KernelMaps);
+    let v = decide::out_of_sandbox(parse(&SkbPacket::new(&ctx)), ifindex, &KernelMaps);
     if v.remember_udp {
         maps::remember_udp_flow(&v.udp_flow);
     }

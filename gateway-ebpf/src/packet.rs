@@ -1,51 +1,61 @@
-//! The one bounds-checked packet accessor, for both program types. Every read goes through
-//! `Packet::load`, which checks `offset + N` against the end of the packet before reading.
+//! The one bounds-checked packet accessor, for both program types: `Packet::header::<N>` checks
+//! `start + offset + N > end` once per header, and `Header` field reads are checked against `N`
+//! at compile time (see `gateway_common::parse`).
 
 use aya_ebpf::{
-    helpers::generated::bpf_skb_load_bytes,
+    helpers::generated::bpf_skb_pull_data,
     programs::{TcContext, XdpContext},
 };
-use gateway_common::parse::{Packet, ParseError};
+use gateway_common::parse::{Header, Packet, ParseError};
 
-/// Copies the `N` bytes at `offset` of the linear packet data `[start, end)` into `out`, if they
-/// fit.
+/// How many bytes of headers the parser may need: Ethernet + 2 VLAN tags + IPv4 with maximal
+/// options + TCP (or Ethernet + VLANs + IPv6 + TCP).
+const MAX_HEADERS: u32 = 14 + 8 + 60 + 20;
+
 #[inline(always)]
-fn direct<const N: usize>(start: usize, end: usize, offset: usize, out: &mut [u8; N]) -> bool {
+fn header<'a, const N: usize>(start: usize, end: usize, offset: usize) -> Result<Header<'a, N>, ParseError> {
     let at = start + offset;
     if at + N > end {
-        return false;
+        return Err(ParseError::Truncated);
     }
     // SAFETY: `[at, at + N)` lies inside the packet, as just checked (and re-checked by the
     // verifier, which rejects the program otherwise).
-    *out = unsafe { core::ptr::read_unaligned(at as *const [u8; N]) };
-    true
+    Ok(unsafe { Header::new(at as *const u8) })
 }
 
-/// A socket buffer (tc/tcx): direct packet access over the linear part, falling back to
-/// `bpf_skb_load_bytes` for headers that lie in non-linear fragments.
-pub struct SkbPacket<'a>(pub &'a TcContext);
+/// A socket buffer (tc/tcx), its headers made linear first.
+pub struct SkbPacket<'a>(&'a TcContext);
 
-impl Packet for SkbPacket<'_> {
+impl<'a> SkbPacket<'a> {
+    /// Wraps `ctx`, pulling the first `MAX_HEADERS` bytes into the linear area when they are
+    /// not there yet (GSO/GRO skbs may carry headers in fragments), so direct access sees them.
     #[inline(always)]
-    fn load<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Result<(), ParseError> {
-        if direct(self.0.data(), self.0.data_end(), offset, out) {
-            return Ok(());
+    pub fn new(ctx: &'a TcContext) -> Self {
+        let linear = ctx.data_end() - ctx.data();
+        let len = ctx.len();
+        if (linear as u32) < MAX_HEADERS && len > linear as u32 {
+            let want = if len < MAX_HEADERS { len } else { MAX_HEADERS };
+            // SAFETY: plain helper call on our own context. On failure the parser simply sees
+            // a short packet (and fails closed where that matters).
+            unsafe { bpf_skb_pull_data(ctx.skb.skb as *mut _, want) };
         }
-        // SAFETY: `out` is N writable bytes; the helper checks `offset + N` against the skb and
-        // fails (zeroing `out`) past its end.
-        let ret = unsafe {
-            bpf_skb_load_bytes(self.0.skb.skb as *const _, offset as u32, out.as_mut_ptr().cast(), N as u32)
-        };
-        if ret == 0 { Ok(()) } else { Err(ParseError::Truncated) }
+        Self(ctx)
     }
 }
 
-/// An XDP buffer: direct packet access (headers are always in the first buffer).
+impl Packet for SkbPacket<'_> {
+    #[inline(always)]
+    fn header<const N: usize>(&self, offset: usize) -> Result<Header<'_, N>, ParseError> {
+        header(self.0.data(), self.0.data_end(), offset)
+    }
+}
+
+/// An XDP buffer (headers are always in the first buffer).
 pub struct XdpPacket<'a>(pub &'a XdpContext);
 
 impl Packet for XdpPacket<'_> {
     #[inline(always)]
-    fn load<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Result<(), ParseError> {
-        if direct(self.0.data(), self.0.data_end(), offset, out) { Ok(()) } else { Err(ParseError::Truncated) }
+    fn header<const N: usize>(&self, offset: usize) -> Result<Header<'_, N>, ParseError> {
+        header(self.0.data(), self.0.data_end(), offset)
     }
 }

@@ -228,10 +228,9 @@ fn edge_guard_only_judges_new_tcp() {
 #[test]
 fn the_slice_accessor_is_bounds_checked() {
     let data = [1u8, 2, 3];
-    let mut two = [0u8; 2];
-    assert_eq!(data[..].load(1, &mut two), Ok(()));
-    assert_eq!(two, [2, 3]);
-    assert!(data[..].load(2, &mut two).is_err());
-    let mut one = [0u8; 1];
-    assert!(data[..].load(usize::MAX, &mut one).is_err());
+    let h = data[..].header::<2>(1).expect("in bounds");
+    assert_eq!((h.pair::<0>(), h.u8::<1>(), h.be16::<0>()), ([2, 3], 3, 0x0203));
+    assert!(data[..].header::<2>(2).is_err());
+    assert!(data[..].header::<4>(0).is_err());
+    assert!(data[..].header::<1>(usize::MAX).is_err());
 }
