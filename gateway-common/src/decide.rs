@@ -15,11 +15,13 @@ pub trait Lookups {
     fn gateway_mark(&self) -> u32;
     /// `MAP_SANDBOXES[addr]`.
     fn sandbox(&self, addr: [u8; 4]) -> SandboxLookup;
-    /// `MAP_POLICY[key].allow_from`, or 0 when there is no entry.
+    /// `MAP_POLICY[key].allow_from`, or 0 when there is no entry. When it is
+    /// `allow::FROM_GATEWAY` the caller admits the connection, so the kernel implementation also
+    /// counts it on the entry (one lookup for both).
     ///
     /// Lookups return plain values, not `Option`s of small payloads: LLVM lowers a `None` payload
     /// to an undefined register, which the verifier refuses to read.
-    fn policy_allow(&self, key: &Endpoint) -> u8;
+    fn policy_admit(&self, key: &Endpoint) -> u8;
     /// Whether `MAP_PROTECTED` holds `key`.
     fn protected(&self, key: &Endpoint) -> bool;
     /// Whether `MAP_PUBLIC_PORTS` holds `key`.
@@ -52,7 +54,8 @@ impl SandboxLookup {
 pub struct Verdict {
     /// The reason, which also tells pass or drop.
     pub reason: Reason,
-    /// Whether a registered sandbox's new flow was judged (for per-sandbox counters).
+    /// Whether a registered sandbox's new flow was judged and is not yet counted on a policy
+    /// entry (for the per-sandbox counters).
     pub for_sandbox: bool,
     /// That sandbox's address.
     pub sandbox: [u8; 4],
@@ -102,19 +105,28 @@ pub fn into_sandbox<L: Lookups>(s: Summary, mark: u32, maps: &L) -> Verdict {
             if !s.is_new_tcp() {
                 return Verdict::of(Reason::PassEstablished);
             }
+            let port = s.dest_port();
+            let gateway = maps.gateway_mark();
+            let from_gateway = gateway != 0 && mark == gateway;
+            let builtin = port == SANDBOX_API_PORT || port == SANDBOX_SYSTEM_PORT || port == SANDBOX_NEVER_PORT;
+            // The common case first, in one lookup: the gateway opening an allowed port. Policy
+            // entries exist only for registered sandboxes (userspace removes them before the
+            // sandbox record).
+            if from_gateway
+                && !builtin
+                && maps.policy_admit(&Endpoint::new(s.dst, port, IPPROTO_TCP)) == allow::FROM_GATEWAY
+            {
+                return Verdict::of(Reason::PassAllowed);
+            }
             if !maps.sandbox(s.dst).found {
                 return Verdict::of(Reason::DropUnknownSandbox);
             }
-            let port = s.dest_port();
-            let gateway = maps.gateway_mark();
             let reason = if port == SANDBOX_NEVER_PORT {
                 Reason::DropReservedPort
-            } else if gateway == 0 || mark != gateway {
+            } else if !from_gateway {
                 Reason::DropNotFromGateway
-            } else if port == SANDBOX_API_PORT || port == SANDBOX_SYSTEM_PORT {
+            } else if builtin {
                 Reason::PassSandboxApi
-            } else if maps.policy_allow(&Endpoint::new(s.dst, port, IPPROTO_TCP)) == allow::FROM_GATEWAY {
-                Reason::PassAllowed
             } else {
                 Reason::DropPortClosed
             };

@@ -43,7 +43,9 @@ pub mod origin {
     pub const PREVIEW: u8 = 1 << 1;
 }
 
-/// Value of `MAP_POLICY`.
+/// Value of the per-CPU `MAP_POLICY`: the rule (identical on every CPU, written by userspace)
+/// and a per-CPU counter of the connections it admitted (written by the program), so that the
+/// common case, an admitted connection, costs one map lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PolicyValue {
@@ -55,13 +57,15 @@ pub struct PolicyValue {
     pub _pad: [u8; 2],
     /// How many previews hold this entry open (informational; userspace owns the count).
     pub preview_refs: u32,
+    /// New connections this entry admitted (on this CPU).
+    pub admitted: u64,
 }
-const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 16);
 
 impl PolicyValue {
     /// An entry allowing the gateway only.
     pub const fn gateway(origin: u8, preview_refs: u32) -> Self {
-        Self { allow_from: allow::FROM_GATEWAY, origin, _pad: [0; 2], preview_refs }
+        Self { allow_from: allow::FROM_GATEWAY, origin, _pad: [0; 2], preview_refs, admitted: 0 }
     }
 }
 
@@ -170,8 +174,9 @@ mod tests {
         assert_eq!((size_of::<Endpoint>(), align_of::<Endpoint>()), (8, 1));
         assert_eq!(offset_of!(Endpoint, port), 4);
         assert_eq!(offset_of!(Endpoint, proto), 6);
-        assert_eq!((size_of::<PolicyValue>(), align_of::<PolicyValue>()), (8, 4));
+        assert_eq!((size_of::<PolicyValue>(), align_of::<PolicyValue>()), (16, 8));
         assert_eq!(offset_of!(PolicyValue, preview_refs), 4);
+        assert_eq!(offset_of!(PolicyValue, admitted), 8);
         assert_eq!(offset_of!(SandboxRecord, flags), 4);
         assert_eq!(offset_of!(SandboxStats, dropped), 8);
         assert_eq!(offset_of!(UdpFlowKey, sandbox_port), 8);

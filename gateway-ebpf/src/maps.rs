@@ -17,8 +17,8 @@ use gateway_common::{
 };
 
 #[map(name = "GW_POLICY")]
-static GW_POLICY: HashMap<Endpoint, PolicyValue> =
-    HashMap::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
+static GW_POLICY: PerCpuHashMap<Endpoint, PolicyValue> =
+    PerCpuHashMap::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "GW_SANDBOXES")]
 static GW_SANDBOXES: HashMap<SandboxKey, SandboxRecord> =
@@ -61,10 +61,16 @@ impl Lookups for KernelMaps {
         }
     }
     #[inline(always)]
-    fn policy_allow(&self, key: &Endpoint) -> u8 {
-        match GW_POLICY.get_ptr(key) {
-            // SAFETY: as above.
-            Some(p) => unsafe { (*p).allow_from },
+    fn policy_admit(&self, key: &Endpoint) -> u8 {
+        match GW_POLICY.get_ptr_mut(key) {
+            // SAFETY: this CPU's copy of the value; no other writer runs on this CPU meanwhile.
+            Some(p) => unsafe {
+                let allow = (*p).allow_from;
+                if allow == gateway_common::policy::allow::FROM_GATEWAY {
+                    (*p).admitted += 1;
+                }
+                allow
+            },
             None => 0,
         }
     }

@@ -64,8 +64,7 @@ fn load() -> Loaded {
     for (addr, ifindex) in [(SBX, LO), (SBX2, 99)] {
         maps.sandboxes.insert(SandboxKey { addr }, SandboxRecord { ifindex, flags: 0 }, 0).expect("sandbox");
     }
-    maps.policy
-        .insert(Endpoint::new(SBX, 3000, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0), 0)
+    maps.policy_insert(Endpoint::new(SBX, 3000, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0))
         .expect("policy");
     maps.protected.insert(Endpoint::new([0; 4], 9901, IPPROTO_TCP), 1, 0).expect("protected");
     maps.public.insert(PortKey::new(443, IPPROTO_TCP), 1, 0).expect("public");
@@ -294,5 +293,9 @@ fn per_sandbox_counters_move() {
     run_tc(&mut l, names::PROG_SANDBOX_IN, &syn(SBX, 3001), MARK);
     run_tc(&mut l, names::PROG_SANDBOX_IN, &syn(SBX, 3001), 0);
     let c = l.maps.sandbox_counters(&key);
-    assert_eq!((c.allowed, c.dropped), (1, 2));
+    assert_eq!((c.allowed, c.dropped), (0, 2), "drops count per sandbox");
+    let entry = l.maps.policy_get(&Endpoint::new(SBX, 3000, IPPROTO_TCP)).expect("entry");
+    assert_eq!(entry.admitted, 1, "an admitted connection counts on its policy entry");
+    run_tc(&mut l, names::PROG_SANDBOX_IN, &syn(SBX, 8080), MARK);
+    assert_eq!(l.maps.sandbox_counters(&key).allowed, 1, "the sandbox API counts per sandbox");
 }

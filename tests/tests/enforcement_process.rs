@@ -121,10 +121,9 @@ fn a_restart_reconciles_the_kernel_with_the_state() {
 
     // Drift while the gateway is down: an entry the state does not hold, one it lost.
     let mut maps = KernelMaps::open(&bpffs.path().join("maps")).expect("open pinned maps");
-    maps.policy
-        .insert(Endpoint::new(sb.addr().octets(), 3001, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0), 0)
+    maps.policy_insert(Endpoint::new(sb.addr().octets(), 3001, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0))
         .expect("insert a stale entry");
-    maps.policy.remove(&Endpoint::new(sb.addr().octets(), 3000, IPPROTO_TCP)).expect("remove an entry");
+    maps.policy_remove(&Endpoint::new(sb.addr().octets(), 3000, IPPROTO_TCP)).expect("remove an entry");
     assert_reachable(gateway(), sb.sock(3001), "the stale entry is enforced as written");
     assert_unreachable(gateway(), sb.sock(3000), "the lost entry is closed");
 

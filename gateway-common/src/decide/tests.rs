@@ -29,7 +29,7 @@ impl Lookups for Maps {
     fn sandbox(&self, addr: [u8; 4]) -> SandboxLookup {
         self.sandboxes.get(&addr).map_or(SandboxLookup::MISS, |r| SandboxLookup::hit(*r))
     }
-    fn policy_allow(&self, key: &Endpoint) -> u8 {
+    fn policy_admit(&self, key: &Endpoint) -> u8 {
         self.policy.get(key).map_or(0, |v| v.allow_from)
     }
     fn protected(&self, key: &Endpoint) -> bool {
@@ -93,9 +93,11 @@ fn new_tcp_into_a_sandbox_needs_the_mark_and_the_policy() {
     assert_eq!(into(&syn(SBX, 8080), 0, &m), Reason::DropNotFromGateway);
     assert_eq!(into(&syn(SBX, 443), GW, &m), Reason::DropReservedPort);
     assert_eq!(into(&syn([198, 18, 9, 9], 3000), GW, &m), Reason::DropUnknownSandbox);
-    let v = into_sandbox(parse(&syn(SBX, 3000)[..]), GW, &m);
-    assert!(v.for_sandbox);
+    let v = into_sandbox(parse(&syn(SBX, 3001)[..]), GW, &m);
+    assert!(v.for_sandbox, "a drop is counted per sandbox");
     assert_eq!(v.sandbox, SBX);
+    let v = into_sandbox(parse(&syn(SBX, 3000)[..]), GW, &m);
+    assert!(!v.for_sandbox, "an admitted connection is counted on its policy entry");
 }
 
 #[test]

@@ -30,38 +30,39 @@ fn sys_bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Inserts or replaces `keys[i] → values[i]` in one syscall (per chunk).
+/// Inserts or replaces `keys[i]` in one syscall. `values` holds one value per key, or, for a
+/// per-CPU map, `n` consecutive values per key (one per possible CPU).
 pub fn update<K: Copy, V: Copy>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
-    assert_eq!(keys.len(), values.len(), "one value per key");
-    for (k, v) in keys.chunks(u32::MAX as usize).zip(values.chunks(u32::MAX as usize)) {
-        if k.is_empty() {
-            continue;
-        }
-        let mut attr = BatchAttr {
-            map_fd: map.as_raw_fd() as u32,
-            keys: k.as_ptr() as u64,
-            values: v.as_ptr() as u64,
-            count: k.len() as u32,
-            ..Default::default()
-        };
-        sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+    if keys.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    if values.len() % keys.len() != 0 || values.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "batch update: values are not a whole number per key"));
+    }
+    let mut attr = BatchAttr {
+        map_fd: map.as_raw_fd() as u32,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: count(keys.len())?,
+        ..Default::default()
+    };
+    sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
 }
 
-/// Deletes `keys` in one syscall (per chunk). Fails with `NotFound` if a key is absent.
+/// Deletes `keys` in one syscall. Fails with `NotFound` if a key is absent.
 pub fn delete<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
-    for k in keys.chunks(u32::MAX as usize) {
-        if k.is_empty() {
-            continue;
-        }
-        let mut attr = BatchAttr {
-            map_fd: map.as_raw_fd() as u32,
-            keys: k.as_ptr() as u64,
-            count: k.len() as u32,
-            ..Default::default()
-        };
-        sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr)?;
+    if keys.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut attr = BatchAttr {
+        map_fd: map.as_raw_fd() as u32,
+        keys: keys.as_ptr() as u64,
+        count: count(keys.len())?,
+        ..Default::default()
+    };
+    sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr)
+}
+
+fn count(n: usize) -> io::Result<u32> {
+    u32::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch larger than 2^32 entries"))
 }

@@ -36,9 +36,9 @@ pub fn policy_view(maps: &KernelMaps, address: Ipv4Addr) -> PolicyView {
     let mut entries = Vec::new();
     if record.is_some() {
         for port in [SANDBOX_SYSTEM_PORT, SANDBOX_API_PORT] {
-            entries.push(PolicyEntryView { port, protocol: "TCP", allow_from: "gateway", origin: vec!["builtin"], preview_refs: 0 });
+            entries.push(PolicyEntryView { port, protocol: "TCP", allow_from: "gateway", origin: vec!["builtin"], preview_refs: 0, admitted: None });
         }
-        entries.push(PolicyEntryView { port: SANDBOX_NEVER_PORT, protocol: "TCP", allow_from: "nobody", origin: vec!["reserved"], preview_refs: 0 });
+        entries.push(PolicyEntryView { port: SANDBOX_NEVER_PORT, protocol: "TCP", allow_from: "nobody", origin: vec!["reserved"], preview_refs: 0, admitted: None });
     }
     for (ep, value) in maps.policy_entries() {
         if ep.addr == key.addr {
@@ -48,17 +48,19 @@ pub fn policy_view(maps: &KernelMaps, address: Ipv4Addr) -> PolicyView {
                 allow_from: if value.allow_from == allow::FROM_GATEWAY { "gateway" } else { "nobody" },
                 origin: origins(value.origin),
                 preview_refs: value.preview_refs,
+                admitted: Some(value.admitted),
             });
         }
     }
     entries.sort_by_key(|e| e.port);
     let c = maps.sandbox_counters(&key);
+    let admitted: u64 = entries.iter().filter_map(|e| e.admitted).sum();
     PolicyView {
         address,
         registered: record.is_some(),
         ifindex: record.map_or(0, |r| r.ifindex),
         entries,
-        counters: SandboxCountersView { allowed: c.allowed, dropped: c.dropped },
+        counters: SandboxCountersView { allowed: c.allowed + admitted, dropped: c.dropped },
     }
 }
 

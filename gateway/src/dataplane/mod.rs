@@ -288,25 +288,18 @@ fn desired_shadow(policy: &SandboxPolicy, ifindex: u32) -> Shadow {
     }
 }
 
-/// Moves one sandbox's kernel entries from `old` to `new` (an empty `new` unregisters it):
-/// opens new ports first, (re)registers the address, then closes removed ports. Unregistering
-/// removes the address first, which closes every port at once.
+/// Moves one sandbox's kernel entries from `old` to `new` (`None` unregisters it): opens new
+/// ports first, (re)registers the address, then closes removed ports, so no port outside
+/// old ∪ new is ever open. Unregistering removes the entries, then the address record.
 fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&Shadow>) -> Result<(), DataplaneError> {
     let key = SandboxKey { addr: addr.octets() };
     let unregister = new.is_none();
     let empty = Shadow::default();
     let new = new.unwrap_or(&empty);
-    if unregister {
-        match maps.sandboxes.remove(&key) {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(kernel("removing from GW_SANDBOXES")(e)),
-        }
-    }
     let adds: Vec<(Endpoint, PolicyValue)> = new
         .ports
         .iter()
-        .filter(|(p, v)| old.ports.get(p) != Some(v))
+        .filter(|(p, v)| old.ports.get(p).map(|o| (o.allow_from, o.origin, o.preview_refs)) != Some((v.allow_from, v.origin, v.preview_refs)))
         .map(|(p, v)| (endpoint(addr, *p), *v))
         .collect();
     maps.policy_update_batch(&adds)?;
@@ -314,7 +307,7 @@ fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&
         let record = SandboxRecord { ifindex: new.ifindex, flags: 0 };
         maps.sandboxes.insert(key, record, 0).map_err(kernel("writing GW_SANDBOXES"))?;
         if maps.stats.get(&key, 0).is_err() {
-            let zero = PerCpuValues::try_from(vec![SandboxStats::default(); nr_cpus()])
+            let zero = PerCpuValues::try_from(vec![SandboxStats::default(); maps::nr_cpus()])
                 .map_err(kernel("sizing per-CPU counters"))?;
             maps.stats.insert(key, zero, 0).map_err(kernel("writing GW_SBX_STATS"))?;
         }
@@ -322,6 +315,13 @@ fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&
     let removes: Vec<Endpoint> = old.ports.keys().filter(|p| !new.ports.contains_key(p)).map(|p| endpoint(addr, *p)).collect();
     maps.policy_delete_batch(&removes)?;
     if unregister {
+        // After its entries: an entry never exists without its sandbox record, which
+        // `sandbox_in` relies on to admit with a single lookup.
+        match maps.sandboxes.remove(&key) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(kernel("removing from GW_SANDBOXES")(e)),
+        }
         let _ = maps.stats.remove(&key);
     }
     Ok(())
@@ -336,9 +336,6 @@ fn is_not_found(e: &MapError) -> bool {
     }
 }
 
-fn nr_cpus() -> usize {
-    aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1)
-}
 
 /// Reads every sandbox and policy entry back from the kernel.
 fn read_shadow(maps: &KernelMaps) -> HashMap<Ipv4Addr, Shadow> {
@@ -347,7 +344,9 @@ fn read_shadow(maps: &KernelMaps) -> HashMap<Ipv4Addr, Shadow> {
         out.entry(Ipv4Addr::from(key.addr)).or_default().ifindex = rec.ifindex;
     }
     for (ep, value) in maps.policy_entries() {
-        out.entry(Ipv4Addr::from(ep.addr)).or_default().ports.insert(ep.port(), value);
+        // Shadows compare rules, not counters.
+        let rule = PolicyValue { admitted: 0, ..value };
+        out.entry(Ipv4Addr::from(ep.addr)).or_default().ports.insert(ep.port(), rule);
     }
     out
 }
@@ -434,13 +433,17 @@ pub struct PolicyEntryView {
     pub origin: Vec<&'static str>,
     /// Previews holding it open.
     pub preview_refs: u32,
+    /// New connections this entry admitted, summed over CPUs (none for built-in entries,
+    /// whose connections count in the sandbox's counters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admitted: Option<u64>,
 }
 
 /// Per-sandbox counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxCountersView {
-    /// New connections let in.
+    /// New connections let in (entries' `admitted` plus the sandbox API's).
     pub allowed: u64,
     /// New connections dropped.
     pub dropped: u64,

@@ -166,7 +166,7 @@ fn main() {
     let mut maps = KernelMaps::open(&pins.maps()).expect("maps");
     maps.config.set(0, DataplaneConfig { mark: MARK, flags: 0 }, 0).expect("config");
     maps.sandboxes.insert(SandboxKey { addr: [198, 18, 0, 2] }, SandboxRecord { ifindex: 1, flags: 0 }, 0).expect("sbx");
-    maps.policy.insert(Endpoint::new([198, 18, 0, 2], 3000, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0), 0).expect("pol");
+    maps.policy_insert(Endpoint::new([198, 18, 0, 2], 3000, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0)).expect("pol");
     maps.public.insert(PortKey::new(443, IPPROTO_TCP), 1, 0).expect("pub");
     println!("\n## Program cost, BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds} alternated rounds");
     print_costs(&program_costs(&mut ebpf, &standard_paths([198, 18, 0, 2]), rounds, repeat));
@@ -196,7 +196,7 @@ fn main() {
         let port = 4000 + (i % 2) as u16;
         let t = Instant::now();
         let took = dp.apply_sandbox(&policy(&[3000, port])).expect("apply");
-        let seen = dp_maps.policy.get(&Endpoint::new(addr.octets(), port, IPPROTO_TCP), 0).is_ok();
+        let seen = dp_maps.policy_get(&Endpoint::new(addr.octets(), port, IPPROTO_TCP)).is_some();
         visible.push(t.elapsed().as_nanos() as f64 / 1000.0);
         assert!(seen, "entry not visible after apply");
         one.push(took.as_nanos() as f64 / 1000.0);
