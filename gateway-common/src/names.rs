@@ -10,8 +10,8 @@ pub const PROG_EDGE_GUARD: &str = "edge_guard";
 /// A do-nothing tc program, the baseline of the program-cost benchmark. Never attached.
 pub const PROG_BENCH_NOOP: &str = "bench_noop";
 
-/// per-CPU, `Endpoint` → `PolicyValue`: which (sandbox address, port, protocol) may receive new
-/// flows, with a per-entry counter of admitted connections.
+/// `Endpoint` → `PolicyValue`: which (sandbox address, port, protocol) may receive new flows,
+/// with a per-entry counter of admitted connections.
 pub const MAP_POLICY: &str = "GW_POLICY";
 /// sandbox address → `SandboxRecord`: the registered sandboxes.
 pub const MAP_SANDBOXES: &str = "GW_SANDBOXES";

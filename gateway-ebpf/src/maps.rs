@@ -17,8 +17,7 @@ use gateway_common::{
 };
 
 #[map(name = "GW_POLICY")]
-static GW_POLICY: PerCpuHashMap<Endpoint, PolicyValue> =
-    PerCpuHashMap::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
+static GW_POLICY: HashMap<Endpoint, PolicyValue> = HashMap::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "GW_SANDBOXES")]
 static GW_SANDBOXES: HashMap<SandboxKey, SandboxRecord> =
@@ -63,7 +62,9 @@ impl Lookups for KernelMaps {
     #[inline(always)]
     fn policy_admit(&self, key: &Endpoint) -> u8 {
         match GW_POLICY.get_ptr_mut(key) {
-            // SAFETY: this CPU's copy of the value; no other writer runs on this CPU meanwhile.
+            // SAFETY: a live map value. The increment is a plain read-modify-write (the bpf
+            // target has no atomic RMW in `core`): two CPUs admitting to the same entry at the
+            // same instant may lose one count, which a statistic can afford.
             Some(p) => unsafe {
                 let allow = (*p).allow_from;
                 if allow == gateway_common::policy::allow::FROM_GATEWAY {

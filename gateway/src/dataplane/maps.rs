@@ -3,7 +3,7 @@
 
 use std::{os::fd::AsFd, path::Path};
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use gateway_common::{
     counters::{Hook, Reason, VERDICT_SLOTS},
     names,
@@ -14,8 +14,8 @@ use super::{DataplaneError, batch, kernel};
 
 /// Every map the programs use.
 pub struct KernelMaps {
-    /// `GW_POLICY` (per-CPU: the rule on every CPU, plus per-CPU admitted counters).
-    pub policy: PerCpuHashMap<MapData, Endpoint, PolicyValue>,
+    /// `GW_POLICY`.
+    pub policy: HashMap<MapData, Endpoint, PolicyValue>,
     /// A second handle on `GW_POLICY` for batch syscalls.
     policy_raw: MapData,
     /// `GW_SANDBOXES`.
@@ -35,13 +35,6 @@ pub struct KernelMaps {
 /// The number of possible CPUs (the length of every per-CPU value).
 pub fn nr_cpus() -> usize {
     aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1)
-}
-
-/// One per-CPU policy value: the rule from CPU 0, the admitted counters summed.
-fn fold_policy(values: &PerCpuValues<PolicyValue>) -> PolicyValue {
-    let mut v = values.first().copied().unwrap_or_default();
-    v.admitted = values.iter().map(|c| c.admitted).sum();
-    v
 }
 
 fn open(dir: &Path, name: &str) -> Result<Map, DataplaneError> {
@@ -70,23 +63,17 @@ impl KernelMaps {
         })
     }
 
-    /// Writes many policy entries in one syscall, the same value on every CPU (which resets the
-    /// entries' admitted counters).
+    /// Writes many policy entries in one syscall (which resets their admitted counters).
     pub fn policy_update_batch(&self, entries: &[(Endpoint, PolicyValue)]) -> Result<(), DataplaneError> {
-        let cpus = nr_cpus();
         let keys: Vec<Endpoint> = entries.iter().map(|e| e.0).collect();
-        // Per-CPU values: `cpus` consecutive values per key (PolicyValue is a multiple of 8 bytes,
-        // the kernel's per-CPU value stride).
-        let values: Vec<PolicyValue> =
-            entries.iter().flat_map(|e| std::iter::repeat_n(e.1, cpus)).collect();
+        let values: Vec<PolicyValue> = entries.iter().map(|e| e.1).collect();
         batch::update(self.policy_raw.fd().as_fd(), &keys, &values)
             .map_err(|e| DataplaneError::Kernel { context: "batch update of GW_POLICY".into(), source: e.into() })
     }
 
-    /// Inserts or replaces one policy entry on every CPU.
+    /// Inserts or replaces one policy entry.
     pub fn policy_insert(&mut self, key: Endpoint, value: PolicyValue) -> Result<(), DataplaneError> {
-        let values = PerCpuValues::try_from(vec![value; nr_cpus()]).map_err(kernel("sizing per-CPU values"))?;
-        self.policy.insert(key, values, 0).map_err(kernel("writing GW_POLICY"))
+        self.policy.insert(key, value, 0).map_err(kernel("writing GW_POLICY"))
     }
 
     /// Removes one policy entry.
@@ -94,9 +81,9 @@ impl KernelMaps {
         self.policy.remove(key).map_err(kernel("removing from GW_POLICY"))
     }
 
-    /// One policy entry as the kernel holds it, its counters summed over CPUs.
+    /// One policy entry as the kernel holds it.
     pub fn policy_get(&self, key: &Endpoint) -> Option<PolicyValue> {
-        self.policy.get(key, 0).ok().map(|v| fold_policy(&v))
+        self.policy.get(key, 0).ok()
     }
 
     /// Deletes many policy entries in one syscall.
@@ -132,9 +119,9 @@ impl KernelMaps {
         )
     }
 
-    /// Every policy entry in the kernel, counters summed over CPUs.
+    /// Every policy entry in the kernel.
     pub fn policy_entries(&self) -> Vec<(Endpoint, PolicyValue)> {
-        self.policy.iter().filter_map(Result::ok).map(|(k, v)| (k, fold_policy(&v))).collect()
+        self.policy.iter().filter_map(Result::ok).collect()
     }
 
     /// Every registered sandbox in the kernel.

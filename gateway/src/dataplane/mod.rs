@@ -433,8 +433,8 @@ pub struct PolicyEntryView {
     pub origin: Vec<&'static str>,
     /// Previews holding it open.
     pub preview_refs: u32,
-    /// New connections this entry admitted, summed over CPUs (none for built-in entries,
-    /// whose connections count in the sandbox's counters).
+    /// New connections this entry admitted (none for built-in entries, whose connections count
+    /// in the sandbox's counters).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admitted: Option<u64>,
 }
