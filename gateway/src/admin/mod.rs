@@ -3,7 +3,8 @@
 //! Routes (see [`router`]):
 //! - `PUT|GET|DELETE /v1/workspaces/{ws}/sandboxes/{name}`, `GET /v1/workspaces/{ws}/sandboxes`,
 //!   `GET /v1/sandboxes`, `GET /v1/workspaces/{ws}/sandboxes/{name}/policy`;
-//! - `GET /live`, `GET /ready` (no token needed).
+//! - `GET /live`, `GET /ready`, `GET /metrics` (Prometheus text; no token needed: read-only, and
+//!   the admin listener is kept from sandboxes by the data plane).
 
 pub mod router;
 

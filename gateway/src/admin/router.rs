@@ -3,6 +3,7 @@
 use crate::{
     api_error::ApiError,
     app::{App, SandboxSpec, SandboxView},
+    telemetry::metrics,
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -23,6 +24,7 @@ pub type AdminResponse = Response<Full<Bytes>>;
 enum Route<'a> {
     Live,
     Ready,
+    Metrics,
     ListAll,
     List(&'a str),
     Sandbox(&'a str, &'a str),
@@ -36,6 +38,7 @@ impl Route<'_> {
         Some(match segments.as_slice() {
             ["live"] => Route::Live,
             ["ready"] => Route::Ready,
+            ["metrics"] => Route::Metrics,
             ["v1", "sandboxes"] => Route::ListAll,
             ["v1", "workspaces", ws, "sandboxes"] => Route::List(ws),
             ["v1", "workspaces", ws, "sandboxes", name] => Route::Sandbox(ws, name),
@@ -52,7 +55,7 @@ impl Route<'_> {
     }
 
     fn needs_token(self) -> bool {
-        !matches!(self, Route::Live | Route::Ready)
+        !matches!(self, Route::Live | Route::Ready | Route::Metrics)
     }
 }
 
@@ -102,6 +105,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         (Route::Live, _) => json(StatusCode::OK, &serde_json::json!({"status": "live"})),
         (Route::Ready, _) if app.is_ready() => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         (Route::Ready, _) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "starting"})),
+        (Route::Metrics, _) => Ok(metrics_response()),
         (Route::ListAll, _) => list(app, None),
         (Route::List(ws), _) => list(app, Some(ws)),
         (Route::Sandbox(ws, name), Method::GET) => {
@@ -125,6 +129,13 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         (Route::Policy(ws, name), _) => json(StatusCode::OK, &app.policy(ws, name).await?),
         (Route::Sandbox(..), _) => Err(ApiError::new(405, "METHOD_NOT_ALLOWED", "method not allowed")),
     }
+}
+
+/// `GET /metrics`: the Prometheus text exposition; the eBPF counters are read at this moment.
+fn metrics_response() -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(metrics::global().encode())));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+    r
 }
 
 fn allow(route: Route<'_>) -> String {
@@ -202,6 +213,7 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(Route::parse("/live"), Some(Route::Live));
+        assert_eq!(Route::parse("/metrics"), Some(Route::Metrics));
         assert_eq!(Route::parse("/v1/workspaces/w/sandboxes"), Some(Route::List("w")));
         assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n"), Some(Route::Sandbox("w", "n")));
         assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n/policy"), Some(Route::Policy("w", "n")));

@@ -37,6 +37,38 @@ pub fn nr_cpus() -> usize {
     aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1)
 }
 
+/// A handle on `GW_VERDICTS` alone, for readers that need nothing else (the metrics scrape).
+pub struct VerdictMap {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl VerdictMap {
+    /// Opens the pinned `GW_VERDICTS` in `dir` (`<bpffs>/maps`).
+    pub fn open(dir: &Path) -> Result<Self, DataplaneError> {
+        Ok(Self { map: typed(dir, names::MAP_VERDICTS)? })
+    }
+
+    /// Every verdict counter, summed over CPUs.
+    pub fn read(&self) -> Result<Vec<(Hook, Reason, u64)>, DataplaneError> {
+        read_verdicts(&self.map)
+    }
+}
+
+fn read_verdicts(map: &PerCpuArray<MapData, u64>) -> Result<Vec<(Hook, Reason, u64)>, DataplaneError> {
+    let mut out = Vec::with_capacity(Hook::ALL.len() * Reason::ALL.len());
+    for hook in Hook::ALL {
+        for reason in Reason::ALL {
+            let slot = hook.slot(reason);
+            if slot >= VERDICT_SLOTS {
+                continue;
+            }
+            let per_cpu = map.get(&slot, 0).map_err(kernel("reading GW_VERDICTS"))?;
+            out.push((hook, reason, per_cpu.iter().sum()));
+        }
+    }
+    Ok(out)
+}
+
 fn open(dir: &Path, name: &str) -> Result<Map, DataplaneError> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).map_err(kernel(format!("opening pinned map {}", path.display())))?;
@@ -94,18 +126,7 @@ impl KernelMaps {
 
     /// Every verdict counter, summed over CPUs.
     pub fn verdict_counters(&self) -> Result<Vec<(Hook, Reason, u64)>, DataplaneError> {
-        let mut out = Vec::new();
-        for hook in Hook::ALL {
-            for reason in Reason::ALL {
-                let slot = hook.slot(reason);
-                if slot >= VERDICT_SLOTS {
-                    continue;
-                }
-                let per_cpu = self.verdicts.get(&slot, 0).map_err(kernel("reading GW_VERDICTS"))?;
-                out.push((hook, reason, per_cpu.iter().sum()));
-            }
-        }
-        Ok(out)
+        read_verdicts(&self.verdicts)
     }
 
     /// A sandbox's new-flow counters, summed over CPUs.

@@ -31,6 +31,7 @@ use gateway_common::{
 pub use attach::{EBPF_OBJECT, load_object, teardown};
 pub use inspect::{dump, status};
 
+use crate::telemetry::metrics;
 use bpffs::PinDir;
 use maps::KernelMaps;
 
@@ -142,6 +143,13 @@ impl Inner {
         }
         Ok(())
     }
+
+    /// Exports how many sandboxes and policy entries the kernel holds (from the shadow, which
+    /// every mutation keeps equal to the kernel: no map walk at scrape time).
+    fn publish_entries(&self) {
+        let policy = self.shadow.values().map(|s| s.ports.len()).sum();
+        metrics::global().dataplane_entries(self.shadow.len(), policy);
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -189,7 +197,12 @@ impl Dataplane {
             tracing::info!(link = %name, "removed stale link pin");
         }
         let shadow = read_shadow(&maps);
-        Ok(Self { inner: Some(Mutex::new(Inner { ebpf, maps, pins, shadow, attached: HashSet::new() })) })
+        if let Err(e) = metrics::global().attach_dataplane(&pins.maps()) {
+            tracing::warn!(error = %e, "the verdict counters will be missing from /metrics");
+        }
+        let inner = Inner { ebpf, maps, pins, shadow, attached: HashSet::new() };
+        inner.publish_entries();
+        Ok(Self { inner: Some(Mutex::new(inner)) })
     }
 
     /// A stand-in for `dataplane.enabled = false`: every mutation is accepted and does nothing.
@@ -217,9 +230,14 @@ impl Dataplane {
         let started = Instant::now();
         let old = inner.shadow.get(&policy.address).cloned().unwrap_or_default();
         let new = desired_shadow(policy, ifindex);
-        apply_diff(&mut inner.maps, policy.address, &old, Some(&new))?;
+        if let Err(e) = apply_diff(&mut inner.maps, policy.address, &old, Some(&new)) {
+            metrics::global().policy_apply_failed();
+            return Err(e);
+        }
         let took = started.elapsed();
         inner.shadow.insert(policy.address, new);
+        metrics::global().policy_applied(took);
+        inner.publish_entries();
         Ok(took)
     }
 
@@ -228,7 +246,12 @@ impl Dataplane {
         let Some(mut inner) = self.lock() else { return Ok(()) };
         let inner = &mut *inner;
         let old = inner.shadow.remove(&address).unwrap_or_default();
-        apply_diff(&mut inner.maps, address, &old, None)
+        let result = apply_diff(&mut inner.maps, address, &old, None);
+        if result.is_err() {
+            metrics::global().policy_apply_failed();
+        }
+        inner.publish_entries();
+        result
     }
 
     /// Makes the kernel equal to `all`: attaches to every interface, adds what is missing,
@@ -265,6 +288,7 @@ impl Dataplane {
             }
         }
         inner.shadow = desired;
+        inner.publish_entries();
         Ok(())
     }
 

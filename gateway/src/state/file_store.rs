@@ -16,7 +16,10 @@ use super::{
     model::{Sandbox, SandboxId},
     store::{StateSnapshot, Store, StoreError, StoreFuture},
 };
-use crate::paths::{STATE_FORMAT_FILE, STATE_LOCK_FILE, STATE_SANDBOXES, TEMP_SUFFIX};
+use crate::{
+    paths::{STATE_FORMAT_FILE, STATE_LOCK_FILE, STATE_SANDBOXES, TEMP_SUFFIX},
+    telemetry::metrics,
+};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -25,6 +28,7 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 const FORMAT: &str = "gateway-state 1\n";
@@ -187,16 +191,27 @@ impl Inner {
     fn delete_sandbox(&self, id: SandboxId) -> Result<(), StoreError> {
         let path = self.sandboxes.join(file_name(&id));
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.sandboxes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("removing", &path)(e)),
-        }
+        remove_durably(&self.sandboxes, &path)
     }
 }
 
+/// Removes `dir/…` durably (the directory is fsynced); an absent file is not an error.
+/// Counted in the `state_writes` metric as a `delete`.
+fn remove_durably(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let result = match fs::remove_file(path) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing", path)(e)),
+    };
+    metrics::global().state_write("delete", result.is_ok(), started.elapsed());
+    result
+}
+
 /// Writes `dir/name` atomically and durably: temp file, fsync, rename, fsync the directory.
+/// Counted in the `state_writes` metric as a `write`.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let started = Instant::now();
     let tmp = dir.join(format!("{name}{TEMP_SUFFIX}"));
     let path = dir.join(name);
     let result = (|| {
@@ -216,6 +231,7 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> 
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
+    metrics::global().state_write("write", result.is_ok(), started.elapsed());
     result
 }
 

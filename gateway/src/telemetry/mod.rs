@@ -1,5 +1,10 @@
+//! Telemetry: logs and metrics.
+//!
 //! Logging: `tracing` to stderr, as text or JSON lines, filtered by `GATEWAY_LOG`
 //! (an `EnvFilter` directive such as `info,gateway::admin=debug`), default `info`.
+//! Metrics: [`metrics`], served on the admin listener's `/metrics`.
+
+pub mod metrics;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

@@ -1,0 +1,474 @@
+//! Prometheus metrics, served as text on the admin listener's `GET /metrics`.
+//!
+//! One registry per process, like the process itself: [`global()`] hands out a `&'static`
+//! handle, so every layer records where the event happens (the store where it writes, the data
+//! plane where it updates maps, the edge where it answers) without threading a handle through
+//! constructors other layers own. [`Metrics::new`] builds a private registry for unit tests.
+//!
+//! What is exported (every name prefixed `gateway_`):
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `requests_total` | counter | `route` ([`RouteKind`]), `status`, `workspace` |
+//! | `request_duration_seconds` | histogram | `route` |
+//! | `upstream_latency_seconds` | histogram | `route` (time to the sandbox's response head) |
+//! | `connections_open`, `connections_total` | gauge, counter | |
+//! | `websockets_open`, `websockets_total` | gauge, counter | |
+//! | `tls_handshakes_total` | counter | `result` (`ok`, `error`) |
+//! | `policy_apply_seconds` | histogram | (kernel map update of one sandbox) |
+//! | `policy_apply_errors_total` | counter | |
+//! | `dataplane_entries` | gauge | `map` (`sandboxes`, `policy`) |
+//! | `dataplane_verdicts_total` | counter | `hook`, `reason`, `verdict` (read from the per-CPU map at scrape time) |
+//! | `dataplane_up` | gauge | 1 when the pinned maps were read at this scrape |
+//! | `state_writes_total` | counter | `op` (`write`, `delete`), `result` |
+//! | `state_write_seconds` | histogram | |
+//! | `config_reloads_total` | counter | `result` (`ok`, `refused`) |
+//! | `config_last_reload_success_timestamp_seconds` | gauge | |
+//! | `build_info` | gauge (1) | `version` |
+//!
+//! The `workspace` label is bounded by the registered workspaces: requests that reach no
+//! workspace (unknown host, bad request) are recorded with `workspace=""`.
+
+use std::{
+    fmt::{self, Write as _},
+    path::Path,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::AtomicI64,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::dataplane::{DataplaneError, maps::VerdictMap};
+
+/// `Content-Type` of [`Metrics::encode`] (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// What kind of route a request took at the edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// `sbx-…` host, path other than `/port/N/…`: the sandbox API (8080 inside).
+    SandboxApi,
+    /// `sbx-…` host, `/port/N/…`: a declared port.
+    Port,
+    /// A preview host.
+    Preview,
+    /// A request the edge answered itself: unknown host or route, bad request, auth failure
+    /// before a route was known.
+    Edge,
+}
+
+impl RouteKind {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::SandboxApi => "sandbox_api",
+            RouteKind::Port => "port",
+            RouteKind::Preview => "preview",
+            RouteKind::Edge => "edge",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+    workspace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    op: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    hook: &'static str,
+    reason: &'static str,
+    verdict: &'static str,
+}
+
+fn route_histogram() -> Family<RouteLabels, Histogram> {
+    // 0.5 ms … ~16 s
+    Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)))
+}
+
+fn ok(result: bool) -> ResultLabels {
+    ResultLabels { result: if result { "ok" } else { "error" } }
+}
+
+/// Every metric of the process. Cheap to share (`&'static` from [`global()`], or `Arc`).
+pub struct Metrics {
+    registry: Registry,
+    verdicts: Arc<VerdictCollector>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabels, Histogram>,
+    upstream_latency: Family<RouteLabels, Histogram>,
+    connections_open: Gauge,
+    connections_total: Counter,
+    websockets_open: Gauge,
+    websockets_total: Counter,
+    tls_handshakes: Family<ResultLabels, Counter>,
+    policy_apply: Histogram,
+    policy_apply_errors: Counter,
+    dataplane_entries: Family<MapLabels, Gauge>,
+    state_writes: Family<StateLabels, Counter>,
+    state_write_seconds: Histogram,
+    reloads: Family<ResultLabels, Counter>,
+    last_reload: Gauge<i64, AtomicI64>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    GLOBAL.get_or_init(Metrics::new)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered (at zero).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let m = Self {
+            registry: Registry::default(),
+            verdicts: Arc::new(VerdictCollector::default()),
+            requests: Family::default(),
+            request_duration: route_histogram(),
+            upstream_latency: route_histogram(),
+            connections_open: Gauge::default(),
+            connections_total: Counter::default(),
+            websockets_open: Gauge::default(),
+            websockets_total: Counter::default(),
+            tls_handshakes: Family::default(),
+            // 2 µs … ~1 s
+            policy_apply: Histogram::new(exponential_buckets(0.000_002, 2.5, 15)),
+            policy_apply_errors: Counter::default(),
+            dataplane_entries: Family::default(),
+            state_writes: Family::default(),
+            // 50 µs … ~3 s (fsync dominates)
+            state_write_seconds: Histogram::new(exponential_buckets(0.000_05, 2.2, 15)),
+            reloads: Family::default(),
+            last_reload: Gauge::default(),
+        };
+        registry.register("requests", "Requests answered by the HTTPS edge", m.requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head at the HTTPS edge",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from sending a request to a sandbox to its response head",
+            m.upstream_latency.clone(),
+        );
+        registry.register("connections_open", "Client connections open at the HTTPS edge", m.connections_open.clone());
+        registry.register("connections", "Client connections accepted by the HTTPS edge", m.connections_total.clone());
+        registry.register("websockets_open", "WebSockets (and other upgrades) open", m.websockets_open.clone());
+        registry.register("websockets", "WebSockets (and other upgrades) established", m.websockets_total.clone());
+        registry.register("tls_handshakes", "TLS handshakes by result", m.tls_handshakes.clone());
+        registry.register(
+            "policy_apply_seconds",
+            "Kernel map update of one sandbox's policy (register, re-register, preview)",
+            m.policy_apply.clone(),
+        );
+        registry.register("policy_apply_errors", "Kernel policy updates refused", m.policy_apply_errors.clone());
+        registry.register("dataplane_entries", "Entries the control plane holds in the kernel maps", m.dataplane_entries.clone());
+        registry.register("state_writes", "Durable state writes by operation and result", m.state_writes.clone());
+        registry.register("state_write_seconds", "Duration of a durable state write (fsync included)", m.state_write_seconds.clone());
+        registry.register("config_reloads", "Configuration reloads (SIGHUP) by result", m.reloads.clone());
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (start or reload)",
+            m.last_reload.clone(),
+        );
+        let info: Family<VersionLabels, Gauge> = Family::default();
+        info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "The gateway's version", info);
+        registry.register_collector(Box::new(m.verdicts.clone()));
+        // Make the well-known series exist at zero, so rates work from the first scrape.
+        for result in [true, false] {
+            drop(m.tls_handshakes.get_or_create(&ok(result)));
+        }
+        for result in ["ok", "refused"] {
+            drop(m.reloads.get_or_create(&ResultLabels { result }));
+        }
+        m.last_reload.set(unix_now());
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+
+    /// Reads the verdict counters from the maps pinned under `bpffs`'s `maps/` at every scrape
+    /// from now on (and the per-CPU sums are exported as counters).
+    pub fn attach_dataplane(&self, maps_dir: &Path) -> Result<(), DataplaneError> {
+        let map = VerdictMap::open(maps_dir)?;
+        *self.verdicts.map.lock().unwrap_or_else(|p| p.into_inner()) = Some(map);
+        Ok(())
+    }
+
+    /// A request answered at the edge: its route kind, status and workspace (`None` when no
+    /// workspace was resolved), and how long until the response head.
+    pub fn request(&self, route: RouteKind, status: u16, workspace: Option<&str>, duration: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.as_str(),
+                status,
+                workspace: workspace.unwrap_or_default().to_owned(),
+            })
+            .inc();
+        self.request_duration.get_or_create(&RouteLabels { route: route.as_str() }).observe(duration.as_secs_f64());
+    }
+
+    /// Time from sending a request to a sandbox to its response head.
+    pub fn upstream_latency(&self, route: RouteKind, latency: Duration) {
+        self.upstream_latency.get_or_create(&RouteLabels { route: route.as_str() }).observe(latency.as_secs_f64());
+    }
+
+    /// A client connection was accepted; it counts as open until the guard is dropped.
+    #[must_use = "the connection counts as open until the guard is dropped"]
+    pub fn connection_opened(&self) -> OpenGuard<'_> {
+        self.connections_total.inc();
+        self.connections_open.inc();
+        OpenGuard { gauge: &self.connections_open }
+    }
+
+    /// A WebSocket (or other upgrade) was established; open until the guard is dropped.
+    #[must_use = "the WebSocket counts as open until the guard is dropped"]
+    pub fn websocket_opened(&self) -> OpenGuard<'_> {
+        self.websockets_total.inc();
+        self.websockets_open.inc();
+        OpenGuard { gauge: &self.websockets_open }
+    }
+
+    /// A TLS handshake finished (`ok`) or failed.
+    pub fn tls_handshake(&self, ok_: bool) {
+        self.tls_handshakes.get_or_create(&ok(ok_)).inc();
+    }
+
+    /// One sandbox's kernel policy was written in `took`.
+    pub fn policy_applied(&self, took: Duration) {
+        self.policy_apply.observe(took.as_secs_f64());
+    }
+
+    /// The kernel refused a policy update.
+    pub fn policy_apply_failed(&self) {
+        self.policy_apply_errors.inc();
+    }
+
+    /// How many sandboxes and policy entries the control plane holds in the kernel.
+    pub fn dataplane_entries(&self, sandboxes: usize, policy: usize) {
+        let set = |map, n: usize| self.dataplane_entries.get_or_create(&MapLabels { map }).set(i64::try_from(n).unwrap_or(i64::MAX));
+        set("sandboxes", sandboxes);
+        set("policy", policy);
+    }
+
+    /// A durable state write (`op`: `write` or `delete`) finished.
+    pub fn state_write(&self, op: &'static str, success: bool, took: Duration) {
+        self.state_writes.get_or_create(&StateLabels { op, result: if success { "ok" } else { "error" } }).inc();
+        self.state_write_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A configuration reload was applied (`true`) or refused.
+    pub fn reload(&self, applied: bool) {
+        self.reloads.get_or_create(&ResultLabels { result: if applied { "ok" } else { "refused" } }).inc();
+        if applied {
+            self.last_reload.set(unix_now());
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Decrements an "open" gauge when dropped.
+#[derive(Debug)]
+pub struct OpenGuard<'a> {
+    gauge: &'a Gauge<i64, AtomicI64>,
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Reads `GW_VERDICTS` at scrape time.
+#[derive(Default)]
+struct VerdictCollector {
+    map: Mutex<Option<VerdictMap>>,
+}
+
+impl fmt::Debug for VerdictCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VerdictCollector")
+    }
+}
+
+impl Collector for VerdictCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(map) = guard.as_ref() else { return Ok(()) };
+        let counters = match map.read() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the verdict counters");
+                None
+            }
+        };
+        drop(guard);
+        let up = ConstGauge::new(i64::from(counters.is_some()));
+        let e = encoder.encode_descriptor(
+            "dataplane_up",
+            "1 when the pinned kernel maps were readable at this scrape",
+            None,
+            up.metric_type(),
+        )?;
+        up.encode(e)?;
+        let Some(counters) = counters else { return Ok(()) };
+        let mut family = encoder.encode_descriptor(
+            "dataplane_verdicts",
+            "Packets judged by the eBPF programs, by hook and reason (summed over CPUs)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (hook, reason, packets) in counters {
+            let labels = VerdictLabels {
+                hook: hook.name(),
+                reason: reason.name(),
+                verdict: if reason.is_drop() { "drop" } else { "pass" },
+            };
+            ConstCounter::new(packets).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sums the packets of the counters whose name matches, in a scrape text (for tests and checks).
+pub fn sum_samples(text: &str, name: &str, label_filter: &[(&str, &str)]) -> u64 {
+    let mut total = 0u64;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        let matches = label_filter.iter().all(|(k, v)| {
+            let mut want = String::new();
+            let _ = write!(want, "{k}=\"{v}\"");
+            labels.split(',').any(|l| l == want)
+        });
+        if matches && let Ok(v) = value.trim().parse::<f64>() {
+            total = total.saturating_add(v as u64);
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported_with_help() {
+        let m = Metrics::new();
+        m.request(RouteKind::Port, 200, Some("acme"), Duration::from_millis(3));
+        m.request(RouteKind::Edge, 404, None, Duration::from_millis(1));
+        m.upstream_latency(RouteKind::Port, Duration::from_millis(2));
+        let c = m.connection_opened();
+        let w = m.websocket_opened();
+        m.tls_handshake(true);
+        m.tls_handshake(false);
+        m.policy_applied(Duration::from_micros(12));
+        m.state_write("write", true, Duration::from_millis(1));
+        m.reload(false);
+        m.dataplane_entries(2, 5);
+        let text = m.encode();
+        for name in [
+            "gateway_requests_total{route=\"port\",status=\"200\",workspace=\"acme\"} 1",
+            "gateway_requests_total{route=\"edge\",status=\"404\",workspace=\"\"} 1",
+            "gateway_connections_open 1",
+            "gateway_connections_total 1",
+            "gateway_websockets_open 1",
+            "gateway_tls_handshakes_total{result=\"ok\"} 1",
+            "gateway_tls_handshakes_total{result=\"error\"} 1",
+            "gateway_policy_apply_seconds_count 1",
+            "gateway_upstream_latency_seconds_count{route=\"port\"} 1",
+            "gateway_state_writes_total{op=\"write\",result=\"ok\"} 1",
+            "gateway_config_reloads_total{result=\"refused\"} 1",
+            "gateway_config_reloads_total{result=\"ok\"} 0",
+            "gateway_dataplane_entries{map=\"policy\"} 5",
+            "gateway_build_info{version=",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.contains("# HELP gateway_requests_total"), "{text}");
+        drop((c, w));
+        let text = m.encode();
+        assert!(text.contains("gateway_connections_open 0"), "{text}");
+        assert!(text.contains("gateway_websockets_open 0"), "{text}");
+        assert_eq!(sum_samples(&text, "gateway_requests_total", &[]), 2);
+        assert_eq!(sum_samples(&text, "gateway_requests_total", &[("route", "port")]), 1);
+        assert_eq!(sum_samples(&text, "gateway_tls_handshakes_total", &[("result", "error")]), 1);
+    }
+}
