@@ -9,7 +9,7 @@
 //! unit-tested on the host with hand-made packets.
 #![no_std]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-packets"))]
 extern crate std;
 
 pub mod counters;
@@ -17,6 +17,8 @@ pub mod decide;
 pub mod names;
 pub mod parse;
 pub mod policy;
+#[cfg(any(test, feature = "test-packets"))]
+pub mod testpkt;
 
 /// TCP, as carried in the IPv4 protocol / IPv6 next-header field.
 pub const IPPROTO_TCP: u8 = 6;

@@ -10,9 +10,9 @@ use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use etherparse::PacketBuilder;
 use gateway::dataplane::{bpffs::PinDir, load_object, maps::KernelMaps};
 use gateway_common::{
+    testpkt::{arp, icmp, tcp, tcp6, udp, udp6, vlan_tagged, with_ip_options},
     IPPROTO_TCP,
     counters::{Hook, Reason},
     names,
@@ -126,43 +126,8 @@ fn expect(l: &mut Loaded, hook: Hook, pkt: &[u8], mark: u32, reason: Reason, wha
     }
 }
 
-fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16, syn: bool, ack: bool) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64).tcp(40000, dport, 1, 1000);
-    if syn {
-        b = b.syn();
-    }
-    if ack {
-        b = b.ack(1);
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, &[]).expect("build");
-    out
-}
-
 fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
     tcp(HOST, dst, dport, true, false)
-}
-
-fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64).udp(sport, dport).write(&mut out, &[0; 8]).expect("build");
-    out
-}
-
-fn with_ip_options(pkt: &[u8]) -> Vec<u8> {
-    let mut v = pkt[..14].to_vec();
-    v.push(0x47);
-    v.extend_from_slice(&pkt[15..34]);
-    v.extend_from_slice(&[1; 8]);
-    v.extend_from_slice(&pkt[34..]);
-    v
-}
-
-fn vlan_tagged(pkt: &[u8]) -> Vec<u8> {
-    let mut v = pkt[..12].to_vec();
-    v.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
-    v.extend_from_slice(&pkt[12..]);
-    v
 }
 
 #[test]
@@ -192,22 +157,11 @@ fn sandbox_in_verdicts() {
     for (what, pkt, mark, reason) in cases {
         expect(&mut l, h, &pkt, mark, reason, what);
     }
-    // ICMP, ARP, IPv6.
-    let mut icmp = Vec::new();
-    PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(HOST, SBX, 64).icmpv4_echo_request(1, 1).write(&mut icmp, &[0; 8]).expect("icmp");
-    expect(&mut l, h, &icmp, 0, Reason::PassIcmp, "ICMP echo");
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    expect(&mut l, h, &arp, 0, Reason::PassNonIp, "ARP");
-    let mut v6 = Vec::new();
-    PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).tcp(1, 3000, 1, 100).syn().write(&mut v6, &[]).expect("v6");
-    expect(&mut l, h, &v6, MARK, Reason::DropIpv6, "IPv6 SYN");
-    let mut v6udp = Vec::new();
-    PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).udp(1, 3000).write(&mut v6udp, &[0; 8]).expect("v6");
-    expect(&mut l, h, &v6udp, MARK, Reason::DropIpv6, "IPv6 UDP");
-    let mut v6ack = Vec::new();
-    PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).tcp(1, 3000, 1, 100).ack(5).write(&mut v6ack, &[]).expect("v6");
-    expect(&mut l, h, &v6ack, 0, Reason::PassEstablished, "IPv6 established");
+    expect(&mut l, h, &icmp(HOST, SBX), 0, Reason::PassIcmp, "ICMP echo");
+    expect(&mut l, h, &arp(), 0, Reason::PassNonIp, "ARP");
+    expect(&mut l, h, &tcp6(3000, true), MARK, Reason::DropIpv6, "IPv6 SYN");
+    expect(&mut l, h, &udp6(3000), MARK, Reason::DropIpv6, "IPv6 UDP");
+    expect(&mut l, h, &tcp6(3000, false), 0, Reason::PassEstablished, "IPv6 established");
 }
 
 #[test]
@@ -252,9 +206,7 @@ fn sandbox_out_verdicts() {
     expect(&mut l, h, &tcp(SBX, HOST, 9902, true, false), 0, Reason::PassOut, "to another host port");
     expect(&mut l, h, &tcp(SBX2, [1, 1, 1, 1], 443, true, false), 0, Reason::DropSpoofed, "spoofing another sandbox");
     expect(&mut l, h, &tcp(SBX, [1, 1, 1, 1], 443, true, false)[..40], 0, Reason::DropMalformed, "truncated TCP");
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    expect(&mut l, h, &arp, 0, Reason::PassNonIp, "ARP");
+    expect(&mut l, h, &arp(), 0, Reason::PassNonIp, "ARP");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use super::*;
 use crate::parse::{Packet, parse};
 use crate::policy::{PolicyValue, origin};
-use etherparse::PacketBuilder;
+use crate::testpkt::{arp, icmp, tcp, tcp6, udp, udp6, vlan_tagged, with_ip_options};
 use std::collections::{HashMap, HashSet};
 use std::vec::Vec;
 
@@ -53,26 +53,6 @@ fn maps() -> Maps {
     m
 }
 
-fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16, syn: bool, ack: bool) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64).tcp(40000, dport, 1, 1000);
-    if syn {
-        b = b.syn();
-    }
-    if ack {
-        b = b.ack(1);
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, &[]).expect("build");
-    out
-}
-
-fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64).udp(sport, dport);
-    let mut out = Vec::new();
-    b.write(&mut out, &[1, 2, 3]).expect("build");
-    out
-}
-
 fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
     tcp(HOST, dst, dport, true, false)
 }
@@ -113,17 +93,8 @@ fn established_icmp_arp_pass_and_udp_needs_a_flow() {
     let mut m = maps();
     assert_eq!(into(&tcp(HOST, SBX, 3001, false, true), 0, &m), Reason::PassEstablished);
     assert_eq!(into(&tcp(HOST, SBX, 3001, true, true), 0, &m), Reason::PassEstablished);
-    let icmp = {
-        let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(HOST, SBX, 64).icmpv4_echo_request(1, 1);
-        let mut out = Vec::new();
-        b.write(&mut out, &[]).expect("build");
-        out
-    };
-    assert_eq!(into(&icmp, 0, &m), Reason::PassIcmp);
-    let mut arp = std::vec![0u8; 42];
-    arp[12] = 0x08;
-    arp[13] = 0x06;
-    assert_eq!(into(&arp, 0, &m), Reason::PassNonIp);
+    assert_eq!(into(&icmp(HOST, SBX), 0, &m), Reason::PassIcmp);
+    assert_eq!(into(&arp(), 0, &m), Reason::PassNonIp);
     assert_eq!(into(&udp([8, 8, 8, 8], SBX, 53, 5353), 0, &m), Reason::DropUdp);
     let out = out_of_sandbox(parse(&udp(SBX, [8, 8, 8, 8], 5353, 53)[..]), 7, &m);
     assert_eq!(out.reason, Reason::PassOut);
@@ -136,14 +107,9 @@ fn established_icmp_arp_pass_and_udp_needs_a_flow() {
 #[test]
 fn ipv6_new_flows_are_dropped() {
     let m = maps();
-    let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).tcp(1, 3000, 1, 100).syn();
-    let mut pkt = Vec::new();
-    b.write(&mut pkt, &[]).expect("build");
-    assert_eq!(into(&pkt, GW, &m), Reason::DropIpv6);
-    let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).udp(1, 3000);
-    let mut pkt = Vec::new();
-    b.write(&mut pkt, &[]).expect("build");
-    assert_eq!(into(&pkt, GW, &m), Reason::DropIpv6);
+    assert_eq!(into(&tcp6(3000, true), GW, &m), Reason::DropIpv6);
+    assert_eq!(into(&udp6(3000), GW, &m), Reason::DropIpv6);
+    assert_eq!(into(&tcp6(3000, false), 0, &m), Reason::PassEstablished);
 }
 
 #[test]
@@ -168,30 +134,13 @@ fn truncated_and_malformed_headers_fail_closed() {
 fn ip_options_and_vlan_tags_are_followed() {
     let m = maps();
     // IPv4 with 8 bytes of options (IHL 7): the TCP header moves.
-    let plain = syn(SBX, 3001);
-    let mut opts = Vec::new();
-    opts.extend_from_slice(&plain[..14]);
-    opts.push(0x47);
-    opts.extend_from_slice(&plain[15..34]);
-    opts.extend_from_slice(&[1, 1, 1, 1, 1, 1, 1, 0]);
-    opts.extend_from_slice(&plain[34..]);
-    assert_eq!(into(&opts, GW, &m), Reason::DropPortClosed);
+    assert_eq!(into(&with_ip_options(&syn(SBX, 3001)), GW, &m), Reason::DropPortClosed);
     // Without following the options the "TCP" bytes would be the options: prove the port is read.
-    let allowed = syn(SBX, 3000);
-    let mut opts_ok = Vec::new();
-    opts_ok.extend_from_slice(&allowed[..14]);
-    opts_ok.push(0x47);
-    opts_ok.extend_from_slice(&allowed[15..34]);
-    opts_ok.extend_from_slice(&[1; 8]);
-    opts_ok.extend_from_slice(&allowed[34..]);
-    assert_eq!(into(&opts_ok, GW, &m), Reason::PassAllowed);
-    // 802.1Q tag.
-    let mut tagged = Vec::new();
-    tagged.extend_from_slice(&plain[..12]);
-    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
-    tagged.extend_from_slice(&plain[12..]);
+    assert_eq!(into(&with_ip_options(&syn(SBX, 3000)), GW, &m), Reason::PassAllowed);
+    let tagged = vlan_tagged(&syn(SBX, 3001));
     assert_eq!(into(&tagged, GW, &m), Reason::DropPortClosed);
     assert_eq!(into(&tagged, 0, &m), Reason::DropNotFromGateway);
+    assert_eq!(into(&vlan_tagged(&vlan_tagged(&syn(SBX, 3000))), GW, &m), Reason::PassAllowed, "QinQ");
 }
 
 #[test]

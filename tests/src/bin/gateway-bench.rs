@@ -18,12 +18,11 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use etherparse::PacketBuilder;
 use gateway::dataplane::{
     Dataplane, DataplaneSettings, PortGrant, SandboxPolicy, XdpModeSetting, bpffs::PinDir, load_object, maps::KernelMaps,
 };
 use gateway_common::{
-    IPPROTO_TCP, names,
+    IPPROTO_TCP, names, testpkt,
     policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, origin},
 };
 
@@ -49,11 +48,7 @@ fn skb_ctx(mark: u32) -> [u8; 192] {
 }
 
 fn tcp(dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4([198, 18, 0, 1], dst, 64).tcp(40000, dport, 1, 1000);
-    b = if syn { b.syn() } else { b.ack(1) };
-    let mut out = Vec::new();
-    b.write(&mut out, &[]).expect("build");
-    out
+    testpkt::tcp([198, 18, 0, 1], dst, dport, syn, !syn)
 }
 
 /// One program path to time.
@@ -96,15 +91,13 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn standard_paths(sbx: [u8; 4]) -> Vec<Path> {
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
     vec![
         Path { name: "trivial program (baseline)", prog: names::PROG_BENCH_NOOP, pkt: tcp(sbx, 3000, true), mark: MARK },
         Path { name: "sandbox_in: allowed SYN", prog: names::PROG_SANDBOX_IN, pkt: tcp(sbx, 3000, true), mark: MARK },
         Path { name: "sandbox_in: dropped SYN (unmarked)", prog: names::PROG_SANDBOX_IN, pkt: tcp(sbx, 3000, true), mark: 0 },
         Path { name: "sandbox_in: dropped SYN (closed port)", prog: names::PROG_SANDBOX_IN, pkt: tcp(sbx, 3001, true), mark: MARK },
         Path { name: "sandbox_in: established", prog: names::PROG_SANDBOX_IN, pkt: tcp(sbx, 3000, false), mark: 0 },
-        Path { name: "sandbox_in: non-IP (ARP)", prog: names::PROG_SANDBOX_IN, pkt: arp, mark: 0 },
+        Path { name: "sandbox_in: non-IP (ARP)", prog: names::PROG_SANDBOX_IN, pkt: testpkt::arp(), mark: 0 },
         Path { name: "sandbox_out: to the internet", prog: names::PROG_SANDBOX_OUT, pkt: tcp([1, 1, 1, 1], 443, true), mark: 0 },
         Path { name: "edge_guard: dropped SYN", prog: names::PROG_EDGE_GUARD, pkt: tcp([198, 18, 0, 1], 22, true), mark: 0 },
     ]
