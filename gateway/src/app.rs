@@ -1,5 +1,6 @@
 //! The service layer shared by the admin API (and, later, the HTTPS edge): configuration, store,
-//! data plane and the in-memory index of registered sandboxes.
+//! data plane, the in-memory index of registered sandboxes, and the access tokens
+//! ([`crate::tokens`]).
 //!
 //! A mutation runs under one async mutex, in this order: validate everything → program the
 //! data plane → write the store (durable) → update the index → answer. A refused request
@@ -12,9 +13,10 @@ use crate::{
     config::{Config, is_dns_label, is_interface_name},
     dataplane::{Dataplane, DataplaneError, PolicyView, PortGrant, SandboxPolicy},
     state::{
-        Store,
+        Store, StoreError,
         model::{PortProtocol, PortSpec, Sandbox, SandboxId, sandbox_label},
     },
+    tokens::{CreatedToken, TokenRegistry, TokenRequest, TokenView},
 };
 use gateway_common::policy::origin;
 use serde::{Deserialize, Serialize};
@@ -160,6 +162,7 @@ pub struct App {
     store: Arc<dyn Store>,
     mutating: tokio::sync::Mutex<Mutating>,
     index: RwLock<Index>,
+    tokens: TokenRegistry,
     ready: AtomicBool,
 }
 
@@ -186,6 +189,11 @@ pub fn dataplane_error(e: &DataplaneError) -> ApiError {
             ApiError::new(500, "DATAPLANE_ERROR", format!("the kernel refused the policy update: {e}")).retryable()
         }
     }
+}
+
+/// The API error for a failed store write (nothing was changed).
+pub fn state_write_failed(e: &StoreError) -> ApiError {
+    ApiError::new(500, "STATE_WRITE_FAILED", format!("the state could not be saved: {e}")).retryable()
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
@@ -274,11 +282,13 @@ impl App {
             }
             index.insert(Arc::new(sandbox));
         }
+        let tokens = TokenRegistry::load(snapshot.tokens).map_err(StartError::Inconsistent)?;
         let policies: Vec<SandboxPolicy> = index.by_id.values().map(|s| policy_of(s)).collect();
         let started = std::time::Instant::now();
         dataplane.reconcile(&policies).map_err(StartError::Reconcile)?;
         tracing::info!(
             sandboxes = policies.len(),
+            tokens = tokens.len(),
             store = %store.describe(),
             micros = started.elapsed().as_micros() as u64,
             "state loaded and data plane reconciled"
@@ -288,6 +298,7 @@ impl App {
             store,
             mutating: tokio::sync::Mutex::new(Mutating { dataplane }),
             index: RwLock::new(index),
+            tokens,
             ready: AtomicBool::new(true),
         })
     }
@@ -409,9 +420,7 @@ impl App {
         {
             tracing::error!(sandbox = %id, error = %e, "state write failed; rolling the data plane back");
             self.restore(&m, prev.as_deref(), Some(sandbox.address));
-            return Err(
-                ApiError::new(500, "STATE_WRITE_FAILED", format!("the state could not be saved: {e}")).retryable()
-            );
+            return Err(state_write_failed(&e));
         }
         let sandbox = Arc::new(sandbox);
         self.write().insert(sandbox.clone());
@@ -441,14 +450,39 @@ impl App {
         if let Err(e) = self.store.delete_sandbox(id.clone()).await {
             tracing::error!(sandbox = %id, error = %e, "state write failed; restoring the kernel policy");
             self.restore(&m, Some(&prev), None);
-            return Err(
-                ApiError::new(500, "STATE_WRITE_FAILED", format!("the state could not be saved: {e}")).retryable()
-            );
+            return Err(state_write_failed(&e));
         }
         self.write().remove(&id);
         drop(m);
         tracing::info!(sandbox = %id, address = %prev.address, "sandbox deleted");
         Ok(())
+    }
+
+    /// The workspace access tokens (what `crate::auth` checks).
+    pub fn tokens(&self) -> &TokenRegistry {
+        &self.tokens
+    }
+
+    /// The tokens of a workspace, without secrets.
+    pub fn list_tokens(&self, workspace: &str) -> Result<Vec<TokenView>, ApiError> {
+        self.tokens.list(workspace, time::OffsetDateTime::now_utc())
+    }
+
+    /// One token, without its secret.
+    pub fn get_token(&self, workspace: &str, name: &str) -> Result<TokenView, ApiError> {
+        self.tokens.get(workspace, name, time::OffsetDateTime::now_utc())
+    }
+
+    /// Creates a token; the answer holds its secret (shown this once).
+    pub async fn create_token(&self, workspace: &str, request: TokenRequest) -> Result<CreatedToken, ApiError> {
+        let _m = self.mutating.lock().await;
+        self.tokens.create(self.store.as_ref(), workspace, request, time::OffsetDateTime::now_utc()).await
+    }
+
+    /// Revokes a token: the next request that presents it is refused.
+    pub async fn revoke_token(&self, workspace: &str, name: &str) -> Result<(), ApiError> {
+        let _m = self.mutating.lock().await;
+        self.tokens.revoke(self.store.as_ref(), workspace, name).await
     }
 
     /// What the kernel holds for a sandbox.

@@ -14,3 +14,4 @@ pub mod dataplane;
 pub mod paths;
 pub mod state;
 pub mod telemetry;
+pub mod tokens;

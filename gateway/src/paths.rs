@@ -1,6 +1,6 @@
 //! Well-known paths and file names, in one place.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Configuration file read when `--config` is not given (`GATEWAY_CONFIG` overrides).
 pub const DEFAULT_CONFIG: &str = "/etc/gateway/gateway.toml";
@@ -22,12 +22,23 @@ pub const ENV_STATE_DIR: &str = "GATEWAY_STATE_DIR";
 
 /// Inside `state.dir`: one JSON file per sandbox, `{workspace}.{name}.json`.
 pub const STATE_SANDBOXES: &str = "sandboxes";
+/// Inside `state.dir`: one JSON file per access token, `{workspace}.{name}.json`.
+pub const STATE_TOKENS: &str = "tokens";
+/// Inside `state.dir`: generated TLS material (the development CA and certificates).
+pub const STATE_TLS: &str = "tls";
+/// Inside `state.dir/tls`: the development CA certificate that clients trust.
+pub const TLS_CA_FILE: &str = "ca.pem";
 /// Inside `state.dir`: the format marker.
 pub const STATE_FORMAT_FILE: &str = "FORMAT";
 /// Inside `state.dir`: the lock held by the running gateway.
 pub const STATE_LOCK_FILE: &str = "lock";
 /// Suffix of a file being written (never read back; removed at start).
 pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// The development CA of a state directory: `{state.dir}/tls/ca.pem`.
+pub fn tls_ca(state_dir: &Path) -> PathBuf {
+    state_dir.join(STATE_TLS).join(TLS_CA_FILE)
+}
 
 /// The state directory of `gateway serve --dev`: `$GATEWAY_STATE_DIR`, else `./.gateway-dev`.
 pub fn dev_state_dir() -> PathBuf {

@@ -3,6 +3,8 @@
 //! Routes (see [`router`]):
 //! - `PUT|GET|DELETE /v1/workspaces/{ws}/sandboxes/{name}`, `GET /v1/workspaces/{ws}/sandboxes`,
 //!   `GET /v1/sandboxes`, `GET /v1/workspaces/{ws}/sandboxes/{name}/policy`;
+//! - `POST|GET /v1/workspaces/{ws}/tokens` (create → 201 with the secret shown once; list without
+//!   secrets), `GET|DELETE /v1/workspaces/{ws}/tokens/{name}` (show; revoke → 204);
 //! - `GET /live`, `GET /ready`, `GET /metrics` (Prometheus text; no token needed: read-only, and
 //!   the admin listener is kept from sandboxes by the data plane).
 

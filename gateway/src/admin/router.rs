@@ -4,6 +4,7 @@ use crate::{
     api_error::ApiError,
     app::{App, SandboxSpec, SandboxView},
     telemetry::metrics,
+    tokens::{TokenRequest, TokenView},
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -29,6 +30,8 @@ enum Route<'a> {
     List(&'a str),
     Sandbox(&'a str, &'a str),
     Policy(&'a str, &'a str),
+    Tokens(&'a str),
+    Token(&'a str, &'a str),
 }
 
 impl Route<'_> {
@@ -43,6 +46,8 @@ impl Route<'_> {
             ["v1", "workspaces", ws, "sandboxes"] => Route::List(ws),
             ["v1", "workspaces", ws, "sandboxes", name] => Route::Sandbox(ws, name),
             ["v1", "workspaces", ws, "sandboxes", name, "policy"] => Route::Policy(ws, name),
+            ["v1", "workspaces", ws, "tokens"] => Route::Tokens(ws),
+            ["v1", "workspaces", ws, "tokens", name] => Route::Token(ws, name),
             _ => return None,
         })
     }
@@ -50,6 +55,8 @@ impl Route<'_> {
     fn methods(self) -> &'static [Method] {
         match self {
             Route::Sandbox(..) => &[Method::GET, Method::PUT, Method::DELETE],
+            Route::Tokens(..) => &[Method::GET, Method::POST],
+            Route::Token(..) => &[Method::GET, Method::DELETE],
             _ => &[Method::GET],
         }
     }
@@ -122,12 +129,38 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         }
         (Route::Sandbox(ws, name), Method::DELETE) => {
             app.delete_sandbox(ws, name).await?;
-            let mut r = Response::new(Full::new(Bytes::new()));
-            *r.status_mut() = StatusCode::NO_CONTENT;
-            Ok(r)
+            Ok(no_content())
         }
         (Route::Policy(ws, name), _) => json(StatusCode::OK, &app.policy(ws, name).await?),
-        (Route::Sandbox(..), _) => Err(ApiError::new(405, "METHOD_NOT_ALLOWED", "method not allowed")),
+        (Route::Tokens(ws), Method::GET) => {
+            #[derive(Serialize)]
+            struct List {
+                tokens: Vec<TokenView>,
+            }
+            json(StatusCode::OK, &List { tokens: app.list_tokens(ws)? })
+        }
+        (Route::Tokens(ws), Method::POST) => {
+            let ws = ws.to_string();
+            let body = read_body(req).await?;
+            let request: TokenRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))?;
+            let created = app.create_token(&ws, request).await?;
+            let mut r = json(StatusCode::CREATED, &created)?;
+            // The secret is in this answer, and only in this one.
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Ok(v) = HeaderValue::from_str(&format!("/v1/workspaces/{ws}/tokens/{}", created.name)) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(r)
+        }
+        (Route::Token(ws, name), Method::GET) => json(StatusCode::OK, &app.get_token(ws, name)?),
+        (Route::Token(ws, name), Method::DELETE) => {
+            app.revoke_token(ws, name).await?;
+            Ok(no_content())
+        }
+        (Route::Sandbox(..) | Route::Tokens(..) | Route::Token(..), _) => {
+            Err(ApiError::new(405, "METHOD_NOT_ALLOWED", "method not allowed"))
+        }
     }
 }
 
@@ -135,6 +168,12 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
 fn metrics_response() -> AdminResponse {
     let mut r = Response::new(Full::new(Bytes::from(metrics::global().encode())));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+    r
+}
+
+fn no_content() -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }
 
@@ -218,6 +257,9 @@ mod tests {
         assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n"), Some(Route::Sandbox("w", "n")));
         assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n/policy"), Some(Route::Policy("w", "n")));
         assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/"), Some(Route::Sandbox("w", "")));
+        assert_eq!(Route::parse("/v1/workspaces/w/tokens"), Some(Route::Tokens("w")));
+        assert_eq!(Route::parse("/v1/workspaces/w/tokens/ci"), Some(Route::Token("w", "ci")));
+        assert_eq!(Route::parse("/v1/workspaces/w/tokens/ci/x"), None);
         assert_eq!(Route::parse("/v2"), None);
         assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n/x"), None);
     }

@@ -6,6 +6,8 @@
 //!   FORMAT              "gateway-state 1"
 //!   lock                flock(2)-ed by the running gateway
 //!   sandboxes/          one file per sandbox: {workspace}.{name}.json (names cannot hold a '.')
+//!   tokens/             one file per access token: {workspace}.{name}.json, holding the SHA-256
+//!                       of the secret (never the secret); created when missing (format 1 still)
 //! ```
 //! A write goes to `{file}.tmp`, is fsynced, renamed over the file, and the directory is fsynced,
 //! before the future resolves: an acknowledged mutation survives a crash or power loss, and a
@@ -13,15 +15,15 @@
 //! record keeps a mutation O(1) however many sandboxes exist.
 
 use super::{
-    model::{Sandbox, SandboxId},
+    model::{AccessToken, Sandbox, SandboxId, TokenId},
     store::{StateSnapshot, Store, StoreError, StoreFuture},
 };
 use crate::{
-    paths::{STATE_FORMAT_FILE, STATE_LOCK_FILE, STATE_SANDBOXES, TEMP_SUFFIX},
+    paths::{STATE_FORMAT_FILE, STATE_LOCK_FILE, STATE_SANDBOXES, STATE_TOKENS, TEMP_SUFFIX},
     telemetry::metrics,
 };
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
@@ -42,9 +44,18 @@ struct SandboxRecord {
     sandbox: Sandbox,
 }
 
+/// One access token file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRecord {
+    version: u32,
+    token: AccessToken,
+}
+
 struct Inner {
     dir: PathBuf,
     sandboxes: PathBuf,
+    tokens: PathBuf,
     /// Serializes writes (two writes of one record would share a temp file).
     write: Mutex<()>,
     _lock: Flock<File>,
@@ -109,11 +120,20 @@ impl FileStore {
             }
             Err(e) => return Err(io_err("reading", &format_path)(e)),
         }
-        if !sandboxes.exists() {
-            fs::DirBuilder::new().mode(0o700).create(&sandboxes).map_err(io_err("creating", &sandboxes))?;
+        let tokens = dir.join(STATE_TOKENS);
+        let mut created = false;
+        for sub in [&sandboxes, &tokens] {
+            if !sub.exists() {
+                fs::DirBuilder::new().mode(0o700).create(sub).map_err(io_err("creating", sub))?;
+                created = true;
+            }
+        }
+        if created {
             sync_dir(dir)?;
         }
-        Ok(Self { inner: Arc::new(Inner { dir: dir.to_path_buf(), sandboxes, write: Mutex::new(()), _lock: lock }) })
+        Ok(Self {
+            inner: Arc::new(Inner { dir: dir.to_path_buf(), sandboxes, tokens, write: Mutex::new(()), _lock: lock }),
+        })
     }
 
     /// The state directory.
@@ -130,68 +150,61 @@ impl FileStore {
     }
 }
 
-fn file_name(id: &SandboxId) -> String {
-    format!("{}.{}.json", id.workspace, id.name)
+/// The file of a record: `{workspace}.{name}.json` (neither can hold a '.').
+fn record_file(workspace: &str, name: &str) -> String {
+    format!("{workspace}.{name}.json")
+}
+
+fn sandbox_file(id: &SandboxId) -> String {
+    record_file(&id.workspace, &id.name)
+}
+
+fn token_file(id: &TokenId) -> String {
+    record_file(&id.workspace, &id.name)
 }
 
 impl Inner {
     fn load(&self) -> Result<StateSnapshot, StoreError> {
-        let mut sandboxes = Vec::new();
-        let entries = fs::read_dir(&self.sandboxes).map_err(io_err("reading", &self.sandboxes))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err("reading", &self.sandboxes))?;
-            let path = entry.path();
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                return Err(StoreError::Corrupt { path, reason: "file name is not UTF-8".into() });
-            };
-            if name.ends_with(TEMP_SUFFIX) {
-                // A write that never completed: it was never acknowledged.
-                tracing::warn!(path = %path.display(), "removing an incomplete write");
-                fs::remove_file(&path).map_err(io_err("removing", &path))?;
-                continue;
-            }
-            if !name.ends_with(".json") {
-                tracing::warn!(path = %path.display(), "ignoring a file that is not a sandbox record");
-                continue;
-            }
-            let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
-            let record: SandboxRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                reason: format!("not a sandbox record: {e}"),
-            })?;
-            if record.version != RECORD_VERSION {
-                return Err(StoreError::Corrupt {
-                    path,
-                    reason: format!("record version {} (this gateway reads {RECORD_VERSION})", record.version),
-                });
-            }
-            if file_name(&record.sandbox.id()) != name {
-                return Err(StoreError::Corrupt {
-                    path,
-                    reason: format!("holds sandbox {} but is named {name}", record.sandbox.id()),
-                });
-            }
-            sandboxes.push(record.sandbox);
-        }
+        let mut sandboxes = load_records(&self.sandboxes, "sandbox", |r: SandboxRecord| {
+            (r.version, sandbox_file(&r.sandbox.id()), r.sandbox)
+        })?;
         sandboxes.sort_by(|a, b| (&a.workspace, &a.name).cmp(&(&b.workspace, &b.name)));
-        Ok(StateSnapshot { sandboxes })
+        let mut tokens =
+            load_records(&self.tokens, "token", |r: TokenRecord| (r.version, token_file(&r.token.id()), r.token))?;
+        tokens.sort_by(|a, b| (&a.workspace, &a.name).cmp(&(&b.workspace, &b.name)));
+        Ok(StateSnapshot { sandboxes, tokens })
     }
 
     fn put_sandbox(&self, sandbox: Sandbox) -> Result<(), StoreError> {
-        let name = file_name(&sandbox.id());
-        let record = SandboxRecord { version: RECORD_VERSION, sandbox };
-        let mut bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| StoreError::Corrupt { path: self.sandboxes.join(&name), reason: e.to_string() })?;
-        bytes.push(b'\n');
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        write_atomic(&self.sandboxes, &name, &bytes)
+        let name = sandbox_file(&sandbox.id());
+        self.put_record(&self.sandboxes, &name, &SandboxRecord { version: RECORD_VERSION, sandbox })
     }
 
     fn delete_sandbox(&self, id: SandboxId) -> Result<(), StoreError> {
-        let path = self.sandboxes.join(file_name(&id));
+        self.delete_record(&self.sandboxes, &sandbox_file(&id))
+    }
+
+    fn put_token(&self, token: AccessToken) -> Result<(), StoreError> {
+        let name = token_file(&token.id());
+        self.put_record(&self.tokens, &name, &TokenRecord { version: RECORD_VERSION, token })
+    }
+
+    fn delete_token(&self, id: TokenId) -> Result<(), StoreError> {
+        self.delete_record(&self.tokens, &token_file(&id))
+    }
+
+    fn put_record(&self, dir: &Path, name: &str, record: &impl Serialize) -> Result<(), StoreError> {
+        let mut bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| StoreError::Corrupt { path: dir.join(name), reason: e.to_string() })?;
+        bytes.push(b'\n');
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        remove_durably(&self.sandboxes, &path)
+        write_atomic(dir, name, &bytes)
+    }
+
+    fn delete_record(&self, dir: &Path, name: &str) -> Result<(), StoreError> {
+        let path = dir.join(name);
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        remove_durably(dir, &path)
     }
 }
 
@@ -206,6 +219,54 @@ fn remove_durably(dir: &Path, path: &Path) -> Result<(), StoreError> {
     };
     metrics::global().state_write("delete", result.is_ok(), started.elapsed());
     result
+}
+
+/// Reads every record file of `dir`: removes leftover temp files, skips files that are not
+/// `.json`, and checks each record's version and that it is stored under its own file name.
+/// `unpack` gives a record's (version, expected file name, item).
+fn load_records<R: DeserializeOwned, T>(
+    dir: &Path,
+    what: &str,
+    unpack: impl Fn(R) -> (u32, String, T),
+) -> Result<Vec<T>, StoreError> {
+    let mut items = Vec::new();
+    let entries = fs::read_dir(dir).map_err(io_err("reading", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("reading", dir))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(StoreError::Corrupt { path, reason: "file name is not UTF-8".into() });
+        };
+        if name.ends_with(TEMP_SUFFIX) {
+            // A write that never completed: it was never acknowledged.
+            tracing::warn!(path = %path.display(), "removing an incomplete write");
+            fs::remove_file(&path).map_err(io_err("removing", &path))?;
+            continue;
+        }
+        if !name.ends_with(".json") {
+            tracing::warn!(path = %path.display(), kind = what, "ignoring a file that is not a record");
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
+        let record: R = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: format!("not a {what} record: {e}") })?;
+        let (version, expected, item) = unpack(record);
+        if version != RECORD_VERSION {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: format!("record version {version} (this gateway reads {RECORD_VERSION})"),
+            });
+        }
+        if expected != name {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: format!("holds the {what} of {expected} but is named {name}"),
+            });
+        }
+        items.push(item);
+    }
+    Ok(items)
 }
 
 /// Writes `dir/name` atomically and durably: temp file, fsync, rename, fsync the directory.
@@ -248,6 +309,12 @@ impl Store for FileStore {
     }
     fn delete_sandbox(&self, id: SandboxId) -> StoreFuture<'_, ()> {
         Box::pin(self.blocking(move |inner| inner.delete_sandbox(id)))
+    }
+    fn put_token(&self, token: AccessToken) -> StoreFuture<'_, ()> {
+        Box::pin(self.blocking(move |inner| inner.put_token(token)))
+    }
+    fn delete_token(&self, id: TokenId) -> StoreFuture<'_, ()> {
+        Box::pin(self.blocking(move |inner| inner.delete_token(id)))
     }
     fn describe(&self) -> String {
         format!("file:{}", self.inner.dir.display())
@@ -300,6 +367,39 @@ mod tests {
             let store = FileStore::open(&dir).expect("reopen");
             assert!(matches!(store.load().await, Err(StoreError::Corrupt { .. })));
         }
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn tokens_roundtrip() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir();
+        let token = |name: &str| AccessToken {
+            workspace: "ws".into(),
+            name: name.into(),
+            secret_sha256: [0xab; 32],
+            created_at: time::OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time"),
+            expires_at: Some(time::OffsetDateTime::from_unix_timestamp(1_900_003_600).expect("time")),
+        };
+        {
+            let store = FileStore::open(&dir).expect("open");
+            store.put_token(token("ci")).await.expect("put");
+            store.put_token(AccessToken { expires_at: None, ..token("b") }).await.expect("put");
+            store.delete_token(TokenId::new("ws", "b")).await.expect("delete");
+            store.delete_token(TokenId::new("ws", "zz")).await.expect("delete absent");
+        }
+        let file = dir.join(STATE_TOKENS).join("ws.ci.json");
+        let mode = fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = fs::read_to_string(&file).expect("read");
+        assert!(text.contains(&"ab".repeat(32)) && text.contains("2030-03-17T17:46:40Z"), "{text}");
+        let store = FileStore::open(&dir).expect("reopen");
+        assert_eq!(store.load().await.expect("load").tokens, vec![token("ci")]);
+        // A record under another record's name is refused.
+        fs::copy(&file, dir.join(STATE_TOKENS).join("ws.other.json")).expect("copy");
+        let e = store.load().await.expect_err("misnamed");
+        assert!(e.to_string().contains("ws.other.json"), "{e}");
+        drop(store);
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -85,3 +85,56 @@ impl Sandbox {
         SandboxId::new(self.workspace.clone(), self.name.clone())
     }
 }
+
+/// A workspace access token as stored: its SHA-256, never the secret itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessToken {
+    /// Workspace whose sandboxes it opens.
+    pub workspace: String,
+    /// Its name within the workspace (safe to log and show).
+    pub name: String,
+    /// SHA-256 of the secret, hex in the file.
+    #[serde(with = "hex")]
+    pub secret_sha256: [u8; 32],
+    /// When it was created (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    /// When it stops working (UTC); `None`: until revoked.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
+impl AccessToken {
+    /// Its (workspace, name).
+    pub fn id(&self) -> TokenId {
+        TokenId { workspace: self.workspace.clone(), name: self.name.clone() }
+    }
+
+    /// Whether it has expired at `now` (an expiry instant is already too late).
+    pub fn is_expired(&self, now: time::OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// The identity of an access token: (workspace, name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId {
+    /// Workspace.
+    pub workspace: String,
+    /// Name within the workspace.
+    pub name: String,
+}
+
+impl TokenId {
+    /// A new id.
+    pub fn new(workspace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { workspace: workspace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.workspace, self.name)
+    }
+}

@@ -1,10 +1,10 @@
 //! The store trait: what the service layer needs from durable state.
 //!
 //! Futures are boxed so the trait is object-safe (`Arc<dyn Store>`) and a networked store
-//! (etcd, a database) can be added later without touching callers. New record kinds (previews,
-//! tokens) are added as new methods and new fields of [`StateSnapshot`].
+//! (etcd, a database) can be added later without touching callers. New record kinds (previews)
+//! are added as new methods and new fields of [`StateSnapshot`].
 
-use super::model::{Sandbox, SandboxId};
+use super::model::{AccessToken, Sandbox, SandboxId, TokenId};
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -24,6 +24,8 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub struct StateSnapshot {
     /// Registered sandboxes, sorted by (workspace, name).
     pub sandboxes: Vec<Sandbox>,
+    /// Workspace access tokens, sorted by (workspace, name).
+    pub tokens: Vec<AccessToken>,
 }
 
 /// Errors of a store, by cause.
@@ -67,6 +69,10 @@ pub trait Store: Send + Sync + 'static {
     fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()>;
     /// Deletes a sandbox (no error if absent); durable when the future resolves `Ok`.
     fn delete_sandbox(&self, id: SandboxId) -> StoreFuture<'_, ()>;
+    /// Creates or replaces an access token; durable when the future resolves `Ok`.
+    fn put_token(&self, token: AccessToken) -> StoreFuture<'_, ()>;
+    /// Deletes an access token (no error if absent); durable when the future resolves `Ok`.
+    fn delete_token(&self, id: TokenId) -> StoreFuture<'_, ()>;
     /// A short description for logs (`file:/var/lib/gateway`).
     fn describe(&self) -> String;
 }
@@ -75,6 +81,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryStore {
     sandboxes: Mutex<BTreeMap<SandboxId, Sandbox>>,
+    tokens: Mutex<BTreeMap<TokenId, AccessToken>>,
     fail_writes: AtomicBool,
 }
 
@@ -101,12 +108,16 @@ impl MemoryStore {
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<SandboxId, Sandbox>> {
         self.sandboxes.lock().unwrap_or_else(|p| p.into_inner())
     }
+    fn token_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<TokenId, AccessToken>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Store for MemoryStore {
     fn load(&self) -> StoreFuture<'_, StateSnapshot> {
         let sandboxes = self.map().values().cloned().collect();
-        Box::pin(async move { Ok(StateSnapshot { sandboxes }) })
+        let tokens = self.token_map().values().cloned().collect();
+        Box::pin(async move { Ok(StateSnapshot { sandboxes, tokens }) })
     }
     fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()> {
         Box::pin(async move {
@@ -119,6 +130,20 @@ impl Store for MemoryStore {
         Box::pin(async move {
             self.check()?;
             self.map().remove(&id);
+            Ok(())
+        })
+    }
+    fn put_token(&self, token: AccessToken) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.token_map().insert(token.id(), token);
+            Ok(())
+        })
+    }
+    fn delete_token(&self, id: TokenId) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.token_map().remove(&id);
             Ok(())
         })
     }
