@@ -1,13 +1,20 @@
-//! The command line: `serve`, `check-config`, `print-default-config`, `dataplane …`, and the
-//! admin API clients `sandbox …`.
+//! The command line: `serve`, `check-config`, `print-default-config`, `dataplane …`, the
+//! admin API clients `sandbox …` and `token …`, and `fetch` (a request through the public
+//! HTTPS listener, like the SDKs' `sandbox.fetch`).
 //!
 //! Exit codes: 0 success, 1 failure (the message says why), 2 usage error (clap), 64 invalid
 //! configuration (every problem printed as `FILE: KEY: REASON`, nothing bound or opened).
 
 mod client;
 mod dataplane;
+mod fetch;
+mod output;
 mod sandbox;
 mod serve;
+mod token;
+
+pub use fetch::FetchArgs;
+pub use token::TokenCommand;
 
 use crate::{config, telemetry::LogFormat};
 use clap::{Args, Parser, Subcommand};
@@ -51,6 +58,15 @@ pub enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+    /// Create, list and revoke workspace access tokens through the admin API.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Send a request to a sandbox port through the public HTTPS listener, like the SDKs'
+    /// `sandbox.fetch(port, path)`; prints the body, exits 1 on HTTP >= 400.
+    Fetch(FetchArgs),
 }
 
 /// `gateway serve`.
@@ -244,6 +260,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Dataplane { command } => dataplane::run(command),
         Command::Sandbox { command } => sandbox::run(command),
+        Command::Token { command } => token::run(command),
+        Command::Fetch(args) => fetch::run(args),
     }
 }
 

@@ -1,8 +1,11 @@
 //! `gateway sandbox …`: admin API clients.
 
-use super::{AdminArgs, Output, SandboxCommand, SandboxRef, client::AdminClient};
-use anyhow::{Context, bail};
-use http::{Method, StatusCode};
+use super::{
+    AdminArgs, SandboxCommand, SandboxRef,
+    output::{call, columns, text},
+};
+use anyhow::bail;
+use http::Method;
 use serde_json::{Value, json};
 
 pub(super) fn run(command: SandboxCommand) -> anyhow::Result<u8> {
@@ -34,24 +37,8 @@ async fn run_async(command: SandboxCommand) -> anyhow::Result<u8> {
             (admin, Method::GET, format!("{}/policy", path(&sandbox)), None, Kind::Policy)
         }
     };
-    let client = AdminClient::from_args(&admin)?;
-    let (status, body) = client.request(method, &path, body).await?;
-    if !status.is_success() {
-        report_error(status, &body);
-        return Ok(1);
-    }
-    if status == StatusCode::NO_CONTENT {
-        if admin.output == Output::Table {
-            println!("deleted");
-        }
-        return Ok(0);
-    }
-    let value: Value = serde_json::from_slice(&body).context("the admin API answered something that is not JSON")?;
-    match admin.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-        Output::Table => print!("{}", kind.table(&value)),
-    }
-    Ok(0)
+    let done = if matches!(kind, Kind::Deleted) { "deleted" } else { "" };
+    call(&admin, method, &path, body, done, |v| kind.table(v)).await
 }
 
 /// `3000` or `3000/grpc`.
@@ -69,32 +56,11 @@ fn parse_port(spec: &str) -> anyhow::Result<Value> {
     })
 }
 
-fn report_error(status: StatusCode, body: &[u8]) {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    match parsed.as_ref().and_then(|v| v.get("error")) {
-        Some(e) => eprintln!(
-            "error: {} ({}): {}",
-            e.get("code").and_then(Value::as_str).unwrap_or("?"),
-            status.as_u16(),
-            e.get("message").and_then(Value::as_str).unwrap_or("")
-        ),
-        None => eprintln!("error: HTTP {status}: {}", String::from_utf8_lossy(body)),
-    }
-}
-
 enum Kind {
     One,
     List,
     Deleted,
     Policy,
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }
 
 fn ports_text(v: &Value) -> String {
@@ -182,32 +148,6 @@ pub(super) fn policy_table(v: &Value) -> String {
         })
         .unwrap_or_default();
     out.push_str(&columns(&["PORT", "PROTO", "ALLOW FROM", "ORIGIN", "PREVIEWS"], &rows));
-    out
-}
-
-/// Aligned columns; `header` may be empty.
-pub(super) fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
-    let n = header.len().max(rows.iter().map(Vec::len).max().unwrap_or(0));
-    let mut widths = vec![0usize; n];
-    let all = std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>()).chain(rows.iter().cloned());
-    for row in all.clone() {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in all {
-        if row.is_empty() {
-            continue;
-        }
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i + 1 == row.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
     out
 }
 
