@@ -155,6 +155,7 @@ pub struct GatewayProcess {
     admin: AdminAddr,
     https_port: u16,
     token: String,
+    log_filter: String,
 }
 
 impl GatewayProcess {
@@ -199,6 +200,7 @@ impl GatewayProcess {
             admin,
             https_port,
             token: TEST_TOKEN.to_string(),
+            log_filter: "info".to_string(),
         };
         gw.spawn();
         gw
@@ -250,7 +252,7 @@ impl GatewayProcess {
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
-            .env("GATEWAY_LOG", "info")
+            .env("GATEWAY_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -260,6 +262,11 @@ impl GatewayProcess {
 
     fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The `GATEWAY_LOG` filter of the next start (default `info`), e.g. `trace`.
+    pub fn set_log_filter(&mut self, filter: &str) {
+        self.log_filter = filter.to_string();
     }
 
     /// SIGKILL and wait: what a crash looks like.
@@ -405,6 +412,17 @@ impl AdminClient {
     /// PUT raw bytes.
     pub fn put_raw(&self, path: &str, body: &[u8]) -> Response {
         self.request("PUT", path, &[("content-type", "application/json")], Some(body)).expect("PUT")
+    }
+
+    /// POST a JSON body.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
+        let body = serde_json::to_vec(body).expect("serialize");
+        self.post_raw(path, &body)
+    }
+
+    /// POST raw bytes.
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> Response {
+        self.request("POST", path, &[("content-type", "application/json")], Some(body)).expect("POST")
     }
 
     /// DELETE.
