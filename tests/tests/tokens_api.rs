@@ -220,13 +220,20 @@ fn refused_requests_change_nothing() {
     for past in ["2001-01-01T00:00:00Z", "2001-01-01T00:00:00", "2001-01-01T00:00:00.5+00:00"] {
         check("past", post(WS, json!({"name": "new", "expiresAt": past})), 400, "BAD_REQUEST", "in the past");
     }
-    for bad in ["tomorrow", "2099-01-02", "2099-13-01T00:00:00Z", "2099-01-02 03:04:05Z", "2099-01-02T03:04:05+0200", ""]
+    for bad in
+        ["tomorrow", "2099-01-02", "2099-13-01T00:00:00Z", "2099-01-02 03:04:05Z", "2099-01-02T03:04:05+0200", ""]
     {
         let r = post(WS, json!({"name": "new", "expiresAt": bad}));
         check("unparseable", r, 400, "BAD_REQUEST", &format!("expiresAt: {bad:?} is not an RFC 3339 timestamp"));
     }
     check("type", post(WS, json!({"name": "new", "expiresAt": 1_900_000_000})), 400, "BAD_REQUEST", "");
-    check("both", post(WS, json!({"name": "new", "expiresAt": "2099-01-01T00:00:00Z", "ttl": "1h"})), 400, "BAD_REQUEST", "not both");
+    check(
+        "both",
+        post(WS, json!({"name": "new", "expiresAt": "2099-01-01T00:00:00Z", "ttl": "1h"})),
+        400,
+        "BAD_REQUEST",
+        "not both",
+    );
     for ttl in ["0s", "soon", "-1h", "1000000000000d"] {
         check("ttl", post(WS, json!({"name": "new", "ttl": ttl})), 400, "BAD_REQUEST", "ttl");
     }
@@ -395,7 +402,11 @@ fn fetch_cli_fails_clearly_without_an_edge() {
     fs::write(&ca, "not a certificate\n").expect("write");
     let out = run_gateway(&["fetch", "acme/web", "3000", "--config", &config, "--cacert", ca.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no certificate"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = run_gateway(&["fetch", "acme", "3000"]);
     assert_eq!(out.status.code(), Some(1));
