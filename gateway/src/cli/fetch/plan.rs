@@ -56,8 +56,9 @@ impl Plan {
     pub fn new(args: &FetchArgs, config: &Config, body: Option<Vec<u8>>, ca: PathBuf) -> anyhow::Result<Plan> {
         let (workspace, name) = parse_target(&args.sandbox)?;
         let listen = config.https_addr().map_err(|e| anyhow!("listen.https: {e}"))?;
-        let (connect, url_port) = match (&args.gateway, args.resolve) {
-            (Some(gateway), _) => {
+        let host = format!("{}.{}.{}", sandbox_label(&name, &workspace), config.region, config.domain);
+        let (connect, url_port) = match &args.gateway {
+            Some(gateway) => {
                 let connect = parse_gateway(gateway)?;
                 let port = match &connect {
                     Connect::Addr(a) => a.port(),
@@ -65,13 +66,8 @@ impl Plan {
                 };
                 (connect, port)
             }
-            (None, false) => (Connect::Addr(reachable(listen)), listen.port()),
-            (None, true) => (Connect::Name(String::new(), listen.port()), listen.port()),
-        };
-        let host = format!("{}.{}.{}", sandbox_label(&name, &workspace), config.region, config.domain);
-        let connect = match connect {
-            Connect::Name(n, port) if n.is_empty() => Connect::Name(host.clone(), port),
-            other => other,
+            None if args.resolve => (Connect::Name(host.clone(), listen.port()), listen.port()),
+            None => (Connect::Addr(reachable(listen)), listen.port()),
         };
         let authority = if url_port == 443 { host.clone() } else { format!("{host}:{url_port}") };
         let path = sandbox_path(args.port, &args.path)?;
