@@ -18,6 +18,7 @@ use crate::{
     },
     tokens::{CreatedToken, TokenRegistry, TokenRequest, TokenView},
 };
+use arc_swap::ArcSwap;
 use gateway_common::policy::origin;
 use serde::{Deserialize, Serialize};
 use std::{
@@ -158,7 +159,8 @@ struct Mutating {
 
 /// The shared application state.
 pub struct App {
-    config: Arc<Config>,
+    /// Swapped whole by a reload (`crate::lifecycle`); readers take a snapshot.
+    config: ArcSwap<Config>,
     store: Arc<dyn Store>,
     mutating: tokio::sync::Mutex<Mutating>,
     index: RwLock<Index>,
@@ -294,7 +296,7 @@ impl App {
             "state loaded and data plane reconciled"
         );
         Ok(Self {
-            config: Arc::new(config),
+            config: ArcSwap::from_pointee(config),
             store,
             mutating: tokio::sync::Mutex::new(Mutating { dataplane }),
             index: RwLock::new(index),
@@ -304,8 +306,14 @@ impl App {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Replaces the configuration (a reload). The caller has checked that only reloadable keys
+    /// changed; requests already in flight finish with the snapshot they took.
+    pub fn replace_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
     }
 
     /// Whether the state is loaded and the data plane reconciled.
@@ -339,7 +347,7 @@ impl App {
             address: sandbox.address,
             interface: sandbox.interface.clone(),
             ports: sandbox.ports.clone(),
-            url: self.config.sandbox_url(&sandbox.label()),
+            url: self.config.load().sandbox_url(&sandbox.label()),
             policy_applied_micros: applied.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         }
     }

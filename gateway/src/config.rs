@@ -394,6 +394,26 @@ impl Config {
     }
 }
 
+/// The keys that a reload (SIGHUP) cannot apply and that differ between `old` and `new`: the
+/// listeners (sockets are bound once), the names in URLs (`domain`, `region`), the state
+/// directory (locked by the running process) and the data plane. Every other key (`admin.token`,
+/// and the sections of the HTTPS edge) is reloadable.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |key: &'static str, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    check("domain", old.domain != new.domain);
+    check("region", old.region != new.region);
+    check("listen.admin", old.listen.admin != new.listen.admin);
+    check("listen.https", old.listen.https != new.listen.https);
+    check("state.dir", old.state.dir != new.state.dir);
+    check("[dataplane]", old.dataplane != new.dataplane);
+    changed
+}
+
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
@@ -608,6 +628,17 @@ bpffs = "relative"
         let p = problems("domain = \"x\"\n[listen\n");
         assert_eq!(p.len(), 1);
         assert!(p[0].key.starts_with("line 2"), "{:?}", p[0]);
+    }
+
+    #[test]
+    fn reloadable_and_restart_only_keys() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.admin.token = "another".into();
+        assert!(restart_only_changes(&old, &new).is_empty(), "admin.token is reloadable");
+        new.listen.https = "127.0.0.1:8443".into();
+        new.dataplane.mark = 7;
+        assert_eq!(restart_only_changes(&old, &new), vec!["listen.https", "[dataplane]"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod dataplane;
+pub mod lifecycle;
 pub mod paths;
 pub mod state;
 pub mod telemetry;

@@ -17,6 +17,8 @@ pub const DEV_BPFFS: &str = "/sys/fs/bpf/gateway-dev";
 pub const DEV_STATE_DIR: &str = "./.gateway-dev";
 /// The admin socket of `gateway serve --dev`, inside its state directory.
 pub const DEV_ADMIN_SOCKET: &str = "admin.sock";
+/// How problems of the `serve --dev` configuration name their "file".
+pub const DEV_CONFIG_NAME: &str = "<dev>";
 /// Environment variable naming the state directory of `serve --dev`.
 pub const ENV_STATE_DIR: &str = "GATEWAY_STATE_DIR";
 

@@ -303,6 +303,11 @@ impl GatewayProcess {
         self.spawn();
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// An authenticated admin client.
     pub fn client(&self) -> AdminClient {
         AdminClient { addr: self.admin.clone(), token: Some(self.token.clone()) }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod build;
+mod install;
 mod run;
 mod setup;
 mod test;
@@ -50,6 +51,35 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Install the release binary, a commented default configuration (random admin token) and,
+    /// with --systemd, the unit (`systemctl enable --now gateway` then starts it).
+    Install {
+        /// Also install packaging/gateway.service to /etc/systemd/system.
+        #[arg(long)]
+        systemd: bool,
+        /// Installation prefix of the binary and documentation.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install under this directory instead of / (staging, packaging).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Install this binary instead of building one.
+        #[arg(long)]
+        bin: Option<PathBuf>,
+    },
+    /// Remove what `install` installed (binary, unit, configuration); the state directory and the
+    /// kernel data plane stay unless --purge.
+    Uninstall {
+        /// Also tear the pinned data plane down (enforcement stops) and remove the state directory.
+        #[arg(long)]
+        purge: bool,
+        /// Installation prefix used at install.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Installation root used at install.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Run the benchmarks (`gateway-bench` in the gateway-tests package).
     Bench {
         /// Fewer iterations.
@@ -65,6 +95,8 @@ fn main() -> ExitCode {
         Cmd::Build { debug } => build::run(debug),
         Cmd::Test { args } => test::run(&args),
         Cmd::Run { demo, args } => run::run(demo, &args),
+        Cmd::Install { systemd, prefix, root, bin } => install::install(&install::Layout { root, prefix }, systemd, bin),
+        Cmd::Uninstall { purge, prefix, root } => install::uninstall(&install::Layout { root, prefix }, purge),
         Cmd::Bench { quick } => bench::run(quick),
     };
     match result {

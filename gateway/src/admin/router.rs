@@ -205,7 +205,8 @@ fn authenticate(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
         Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
         _ => return Err(failed()),
     };
-    let expected = app.config().admin.token.as_bytes();
+    let config = app.config();
+    let expected = config.admin.token.as_bytes();
     if !expected.is_empty() && bool::from(token.ct_eq(expected)) { Ok(()) } else { Err(failed()) }
 }
 

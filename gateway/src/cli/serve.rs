@@ -1,19 +1,27 @@
-//! `gateway serve`: configuration → state → data plane → reconcile → listeners.
+//! `gateway serve`: configuration → state → data plane → reconcile → listeners → READY, then
+//! signals (reload, shutdown) until the drain ends. See [`crate::lifecycle`].
 
 use super::{ServeArgs, print_problems};
 use crate::{
     admin,
     app::App,
-    config::{self, Config, ConfigErrors},
+    config::{self, Config},
     dataplane::Dataplane,
+    lifecycle::{self, ConfigSource, Event, Notifier, Reloadable, Signals},
     paths,
     state::FileStore,
 };
 use anyhow::Context;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<u8> {
-    let config = match load(&args) {
+    let source = if args.dev {
+        ConfigSource::Dev(paths::dev_state_dir())
+    } else {
+        ConfigSource::File(args.config.clone().unwrap_or_else(|| paths::DEFAULT_CONFIG.into()))
+    };
+    let config = match source.load() {
         Ok(c) => c,
         Err(problems) => return Ok(print_problems(&problems)),
     };
@@ -22,25 +30,19 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<u8> {
         .thread_name("gateway")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))?;
+    runtime.block_on(serve(source, config))?;
     Ok(0)
 }
 
-fn load(args: &ServeArgs) -> Result<Config, ConfigErrors> {
-    if args.dev {
-        let config = Config::dev(paths::dev_state_dir());
-        let problems = config.validate("<dev>");
-        return if problems.is_empty() { Ok(config) } else { Err(ConfigErrors(problems)) };
-    }
-    let path = args.config.clone().unwrap_or_else(|| paths::DEFAULT_CONFIG.into());
-    config::load(&path)
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(source: ConfigSource, config: Config) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
+    // Installed first: a SIGHUP or SIGTERM during start-up is handled, not fatal.
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let admin_listen = config.admin_listen().map_err(|e| anyhow::anyhow!("listen.admin: {e}"))?;
     if matches!(admin_listen, config::AdminListen::Tcp(_)) && config.admin.token == "change-me" {
         tracing::warn!("admin.token is the default \"change-me\": set a secret token");
     }
+    notifier.status("loading the state and the data plane");
     let state_dir = config.state.dir.clone();
     let store = tokio::task::spawn_blocking(move || FileStore::open(&state_dir))
         .await
@@ -55,25 +57,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let app = Arc::new(App::start(config, Arc::new(store), dataplane).await?);
     let listener = admin::bind(&admin_listen).await?;
-    tracing::info!(admin = %listener.describe(), "admin API listening");
-    admin::serve(listener, app, shutdown_signal()).await;
+    let admin_at = listener.describe();
+
+    let stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(listener, app.clone(), stop.clone().cancelled_owned()));
+    // Programs attached, state reconciled, every listener bound: ready.
+    notifier.spawn_watchdog(stop.clone());
+    let sandboxes = app.list(None).map(|l| l.len()).unwrap_or_default();
+    notifier.ready(&format!("serving: admin {admin_at}, {sandboxes} sandboxes"));
+    tracing::info!(admin = %admin_at, sandboxes, "ready");
+
+    let reloadable: Vec<Arc<dyn Reloadable>> = Vec::new();
+    loop {
+        match signals.next().await {
+            Event::Reload => {
+                tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                let _ = lifecycle::reload(&source, &app, &reloadable, notifier);
+            }
+            Event::Upgrade => {
+                tracing::warn!(signal = "SIGUSR2", "zero-downtime restart is not available in this build; ignored");
+            }
+            Event::Shutdown(name) => {
+                tracing::info!(signal = name, "shutting down: draining");
+                notifier.stopping("draining in-flight requests");
+                break;
+            }
+        }
+    }
+    stop.cancel();
+    if let Err(e) = admin_task.await {
+        tracing::error!(error = %e, "the admin listener task failed");
+    }
     tracing::info!("stopped; kernel enforcement stays in place");
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
-            return std::future::pending().await;
-        }
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down");
 }

@@ -88,7 +88,7 @@ pub fn ensure_sandbox_hooks(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifinde
                 Err(e) => tracing::warn!(interface = ifname, error = %e, "replacing the pinned tcx link failed; attaching anew"),
             }
         }
-        if !tcx_has(ifname, attach_type, prog_id) {
+        if !tcx_has(ifindex, attach_type, prog_id) {
             let _ = std::fs::remove_file(&pin);
             let id = prog
                 .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
@@ -97,7 +97,7 @@ pub fn ensure_sandbox_hooks(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifinde
             let fd = FdLink::try_from(link).map_err(kernel("tcx link without fd"))?;
             fd.pin(&pin).map_err(kernel(format!("pinning {}", pin.display())))?;
         }
-        if !tcx_has(ifname, attach_type, prog_id) {
+        if !tcx_has(ifindex, attach_type, prog_id) {
             return Err(DataplaneError::Kernel {
                 context: format!("{name} is not attached to {ifname} after attaching it"),
                 source: anyhow::anyhow!("tcx query does not list program {prog_id}"),
@@ -107,10 +107,8 @@ pub fn ensure_sandbox_hooks(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifinde
     Ok(())
 }
 
-fn tcx_has(ifname: &str, attach_type: TcAttachType, prog_id: u32) -> bool {
-    SchedClassifier::query_tcx(ifname, attach_type)
-        .map(|(_, progs)| progs.iter().any(|p| p.id() == prog_id))
-        .unwrap_or(false)
+fn tcx_has(ifindex: u32, attach_type: TcAttachType, prog_id: u32) -> bool {
+    super::query::tcx_prog_ids(ifindex, attach_type).is_ok_and(|ids| ids.contains(&prog_id))
 }
 
 /// Attaches the edge guard to `ifname` in `mode`, or swaps the program behind its pinned link.

@@ -9,6 +9,7 @@ mod batch;
 pub mod bpffs;
 pub mod inspect;
 pub mod maps;
+mod query;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

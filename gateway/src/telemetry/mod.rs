@@ -6,6 +6,7 @@
 
 pub mod metrics;
 
+use std::io::IsTerminal;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Environment variable holding the filter directives.
@@ -31,8 +32,15 @@ pub fn init(format: LogFormat) {
         _ => (EnvFilter::new("info"), None),
     };
     let registry = tracing_subscriber::registry().with(filter);
+    // Colours only on a terminal; under journald (JOURNAL_STREAM set) no timestamp either: the
+    // journal records its own.
+    let ansi = std::io::stderr().is_terminal();
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let result = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text if journald => {
+            registry.with(fmt::layer().with_ansi(false).without_time().with_writer(std::io::stderr)).try_init()
+        }
+        LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr))
             .try_init(),
