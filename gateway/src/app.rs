@@ -7,11 +7,15 @@
 //! changes nothing; if a later step fails, the earlier ones are rolled back before answering.
 //! Reads (`get`, `list`, route lookups by host label) take a short read lock on the index and
 //! never wait for a mutation in progress.
+//!
+//! Previews (`crate::previews::service`) are mutations of the same kind under the same mutex:
+//! a sandbox's kernel policy is always computed from its declared ports AND its live previews.
 
 use crate::{
     api_error::ApiError,
     config::{Config, is_dns_label, is_interface_name},
     dataplane::{Dataplane, DataplaneError, PolicyView, PortGrant, SandboxPolicy},
+    previews::{index::PreviewIndex, model::Preview},
     state::{
         Store, StoreError,
         model::{PortProtocol, PortSpec, Sandbox, SandboxId, sandbox_label},
@@ -153,32 +157,43 @@ pub enum StartError {
 }
 
 /// What only a mutation may touch.
-struct Mutating {
-    dataplane: Dataplane,
+pub(crate) struct Mutating {
+    pub(crate) dataplane: Dataplane,
 }
 
 /// The shared application state.
 pub struct App {
     /// Swapped whole by a reload (`crate::lifecycle`); readers take a snapshot.
     config: ArcSwap<Config>,
-    store: Arc<dyn Store>,
-    mutating: tokio::sync::Mutex<Mutating>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) mutating: tokio::sync::Mutex<Mutating>,
     index: RwLock<Index>,
     tokens: TokenRegistry,
+    /// Previews and their tokens, by key and by host label.
+    pub(crate) previews: RwLock<PreviewIndex>,
+    /// Key of derived preview ids (see `crate::previews::ids`).
+    pub(crate) preview_key: [u8; 32],
+    /// Wakes the preview reaper when previews change.
+    pub(crate) previews_changed: tokio::sync::Notify,
     ready: AtomicBool,
 }
 
-/// The kernel policy of a sandbox: every declared port, origin DECLARED.
-pub fn policy_of(sandbox: &Sandbox) -> SandboxPolicy {
-    SandboxPolicy {
-        address: sandbox.address,
-        interface: sandbox.interface.clone(),
-        ports: sandbox
-            .ports
-            .iter()
-            .map(|p| (p.target, PortGrant { origin: origin::DECLARED, preview_refs: 0 }))
-            .collect(),
+/// The kernel policy of a sandbox: every declared port (origin DECLARED) and every port a
+/// preview holds open (origin PREVIEW, `preview_refs` = how many). A port is open if it is
+/// declared OR used by at least one of `previews` (pass only live ones). A preview on 443 (the
+/// sandbox API, 8080 inside, built in) needs no entry.
+pub fn policy_of<'a>(sandbox: &Sandbox, previews: impl IntoIterator<Item = &'a Preview>) -> SandboxPolicy {
+    let mut ports: BTreeMap<u16, PortGrant> = sandbox
+        .ports
+        .iter()
+        .map(|p| (p.target, PortGrant { origin: origin::DECLARED, preview_refs: 0 }))
+        .collect();
+    for port in previews.into_iter().filter_map(Preview::kernel_port) {
+        let grant = ports.entry(port).or_default();
+        grant.origin |= origin::PREVIEW;
+        grant.preview_refs += 1;
     }
+    SandboxPolicy { address: sandbox.address, interface: sandbox.interface.clone(), ports }
 }
 
 /// The API error for a data plane error.
@@ -285,7 +300,18 @@ impl App {
             index.insert(Arc::new(sandbox));
         }
         let tokens = TokenRegistry::load(snapshot.tokens).map_err(StartError::Inconsistent)?;
-        let policies: Vec<SandboxPolicy> = index.by_id.values().map(|s| policy_of(s)).collect();
+        let preview_key = store
+            .secret(crate::previews::ids::KEY_SECRET)
+            .await
+            .map_err(|source| StartError::Load { store: store.describe(), source })?;
+        let previews = crate::previews::service::load_index(store.as_ref(), snapshot.previews, |id| {
+            index.by_id.contains_key(id)
+        })
+        .await
+        .map_err(StartError::Inconsistent)?;
+        let now = crate::previews::time::now();
+        let policies: Vec<SandboxPolicy> =
+            index.by_id.values().map(|s| policy_of(s, previews.live_of(&s.id(), now))).collect();
         let started = std::time::Instant::now();
         dataplane.reconcile(&policies).map_err(StartError::Reconcile)?;
         tracing::info!(
@@ -301,6 +327,9 @@ impl App {
             mutating: tokio::sync::Mutex::new(Mutating { dataplane }),
             index: RwLock::new(index),
             tokens,
+            previews: RwLock::new(previews),
+            preview_key,
+            previews_changed: tokio::sync::Notify::new(),
             ready: AtomicBool::new(true),
         })
     }
@@ -404,7 +433,7 @@ impl App {
             index.check_conflicts(&sandbox)?;
             index.by_id.get(&id).cloned()
         };
-        let policy = policy_of(&sandbox);
+        let policy = self.policy_for(&sandbox);
 
         // An address change: the old address's entries go first (fail closed).
         if let Some(prev) = &prev
@@ -461,6 +490,7 @@ impl App {
             return Err(state_write_failed(&e));
         }
         self.write().remove(&id);
+        self.forget_previews_of(&id).await;
         drop(m);
         tracing::info!(sandbox = %id, address = %prev.address, "sandbox deleted");
         Ok(())
@@ -511,7 +541,7 @@ impl App {
             tracing::error!(address = %addr, error = %e, "rollback: removing the attempted address failed");
         }
         if let Some(prev) = prev
-            && let Err(e) = m.dataplane.apply_sandbox(&policy_of(prev))
+            && let Err(e) = m.dataplane.apply_sandbox(&self.policy_for(prev))
         {
             tracing::error!(sandbox = %prev.id(), error = %e, "rollback: re-applying the previous policy failed");
         }

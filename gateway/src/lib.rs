@@ -13,6 +13,7 @@ pub mod connector;
 pub mod dataplane;
 pub mod lifecycle;
 pub mod paths;
+pub mod previews;
 pub mod state;
 pub mod telemetry;
 pub mod tokens;

@@ -5,9 +5,11 @@
 //!   `GET /v1/sandboxes`, `GET /v1/workspaces/{ws}/sandboxes/{name}/policy`;
 //! - `POST|GET /v1/workspaces/{ws}/tokens` (create → 201 with the secret shown once; list without
 //!   secrets), `GET|DELETE /v1/workspaces/{ws}/tokens/{name}` (show; revoke → 204);
+//! - previews, preview tokens and sessions under `…/sandboxes/{name}/` (see [`previews`]);
 //! - `GET /live`, `GET /ready`, `GET /metrics` (Prometheus text; no token needed: read-only, and
 //!   the admin listener is kept from sandboxes by the data plane).
 
+pub mod previews;
 pub mod router;
 
 use crate::{app::App, config::AdminListen};

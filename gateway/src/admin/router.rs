@@ -21,7 +21,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub type AdminResponse = Response<Full<Bytes>>;
 
 /// What a path names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Route<'a> {
     Live,
     Ready,
@@ -32,6 +32,8 @@ enum Route<'a> {
     Policy(&'a str, &'a str),
     Tokens(&'a str),
     Token(&'a str, &'a str),
+    /// Previews, their tokens, sessions (`super::previews`).
+    Preview(super::previews::Route),
 }
 
 impl Route<'_> {
@@ -48,20 +50,21 @@ impl Route<'_> {
             ["v1", "workspaces", ws, "sandboxes", name, "policy"] => Route::Policy(ws, name),
             ["v1", "workspaces", ws, "tokens"] => Route::Tokens(ws),
             ["v1", "workspaces", ws, "tokens", name] => Route::Token(ws, name),
-            _ => return None,
+            _ => return super::previews::Route::parse(&segments).map(Route::Preview),
         })
     }
 
-    fn methods(self) -> &'static [Method] {
+    fn methods(&self) -> &'static [Method] {
         match self {
             Route::Sandbox(..) => &[Method::GET, Method::PUT, Method::DELETE],
             Route::Tokens(..) => &[Method::GET, Method::POST],
             Route::Token(..) => &[Method::GET, Method::DELETE],
+            Route::Preview(r) => r.methods(),
             _ => &[Method::GET],
         }
     }
 
-    fn needs_token(self) -> bool {
+    fn needs_token(&self) -> bool {
         !matches!(self, Route::Live | Route::Ready | Route::Metrics)
     }
 }
@@ -89,14 +92,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, require_token: bool) -> A
 async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Result<AdminResponse, ApiError> {
     let route = Route::parse(req.uri().path());
     // Authenticate before saying anything about paths.
-    if require_token && route.is_none_or(Route::needs_token) {
+    if require_token && route.as_ref().is_none_or(Route::needs_token) {
         authenticate(app, &req)?;
     }
     let Some(route) = route else {
         return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no admin route for {}", req.uri().path())));
     };
     if !route.methods().contains(req.method()) {
-        let allowed = allow(route);
+        let allowed = allow(&route);
         let e = ApiError::new(
             405,
             "METHOD_NOT_ALLOWED",
@@ -158,6 +161,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
             app.revoke_token(ws, name).await?;
             Ok(no_content())
         }
+        (Route::Preview(r), _) => super::previews::handle(app, r, req).await,
         (Route::Sandbox(..) | Route::Tokens(..) | Route::Token(..), _) => {
             Err(ApiError::new(405, "METHOD_NOT_ALLOWED", "method not allowed"))
         }
@@ -171,13 +175,7 @@ fn metrics_response() -> AdminResponse {
     r
 }
 
-fn no_content() -> AdminResponse {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
-}
-
-fn allow(route: Route<'_>) -> String {
+fn allow(route: &Route<'_>) -> String {
     route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
 }
 
@@ -210,8 +208,21 @@ fn authenticate(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     if !expected.is_empty() && bool::from(token.ct_eq(expected)) { Ok(()) } else { Err(failed()) }
 }
 
+/// Reads a JSON body of at most [`BODY_LIMIT`] bytes.
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let body = read_body(req).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))
+}
+
+/// An empty 204.
+pub(super) fn no_content() -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
 /// Reads a body of at most [`BODY_LIMIT`] bytes.
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::new(413, "REQUEST_ENTITY_TOO_LARGE", format!("the request body exceeds {BODY_LIMIT} bytes"));
     let declared =
@@ -226,7 +237,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Result<AdminResponse, ApiError> {
+pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Result<AdminResponse, ApiError> {
     let body = serde_json::to_vec(value)
         .map_err(|e| ApiError::new(500, "INTERNAL", format!("cannot serialize the answer: {e}")))?;
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -61,6 +61,7 @@ async fn serve(source: ConfigSource, config: Config) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(listener, app.clone(), stop.clone().cancelled_owned()));
+    let reaper_task = tokio::spawn(crate::previews::reaper::run(app.clone(), stop.clone().cancelled_owned()));
     // Programs attached, state reconciled, every listener bound: ready.
     notifier.spawn_watchdog(stop.clone());
     let sandboxes = app.list(None).map(|l| l.len()).unwrap_or_default();
@@ -87,6 +88,9 @@ async fn serve(source: ConfigSource, config: Config) -> anyhow::Result<()> {
     stop.cancel();
     if let Err(e) = admin_task.await {
         tracing::error!(error = %e, "the admin listener task failed");
+    }
+    if let Err(e) = reaper_task.await {
+        tracing::error!(error = %e, "the preview reaper task failed");
     }
     tracing::info!("stopped; kernel enforcement stays in place");
     Ok(())

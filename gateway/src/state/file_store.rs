@@ -8,11 +8,15 @@
 //!   sandboxes/          one file per sandbox: {workspace}.{name}.json (names cannot hold a '.')
 //!   tokens/             one file per access token: {workspace}.{name}.json, holding the SHA-256
 //!                       of the secret (never the secret); created when missing (format 1 still)
+//!   previews/           one file per preview, its tokens inside: {workspace}.{sandbox}.{preview}.json
+//!   secrets/            0700: one 0600 file per generated secret (e.g. preview-id.key)
 //! ```
 //! A write goes to `{file}.tmp`, is fsynced, renamed over the file, and the directory is fsynced,
 //! before the future resolves: an acknowledged mutation survives a crash or power loss, and a
 //! torn write is never read back (leftover `.tmp` files are removed at start). One file per
 //! record keeps a mutation O(1) however many sandboxes exist.
+
+mod previews;
 
 use super::{
     model::{AccessToken, Sandbox, SandboxId, TokenId},
@@ -56,6 +60,8 @@ struct Inner {
     dir: PathBuf,
     sandboxes: PathBuf,
     tokens: PathBuf,
+    previews: PathBuf,
+    secrets: PathBuf,
     /// Serializes writes (two writes of one record would share a temp file).
     write: Mutex<()>,
     _lock: Flock<File>,
@@ -121,8 +127,10 @@ impl FileStore {
             Err(e) => return Err(io_err("reading", &format_path)(e)),
         }
         let tokens = dir.join(STATE_TOKENS);
+        let previews = dir.join(previews::STATE_PREVIEWS);
+        let secrets = dir.join(previews::STATE_SECRETS);
         let mut created = false;
-        for sub in [&sandboxes, &tokens] {
+        for sub in [&sandboxes, &tokens, &previews, &secrets] {
             if !sub.exists() {
                 fs::DirBuilder::new().mode(0o700).create(sub).map_err(io_err("creating", sub))?;
                 created = true;
@@ -132,7 +140,15 @@ impl FileStore {
             sync_dir(dir)?;
         }
         Ok(Self {
-            inner: Arc::new(Inner { dir: dir.to_path_buf(), sandboxes, tokens, write: Mutex::new(()), _lock: lock }),
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                sandboxes,
+                tokens,
+                previews,
+                secrets,
+                write: Mutex::new(()),
+                _lock: lock,
+            }),
         })
     }
 
@@ -172,7 +188,8 @@ impl Inner {
         let mut tokens =
             load_records(&self.tokens, "token", |r: TokenRecord| (r.version, token_file(&r.token.id()), r.token))?;
         tokens.sort_by(|a, b| (&a.workspace, &a.name).cmp(&(&b.workspace, &b.name)));
-        Ok(StateSnapshot { sandboxes, tokens })
+        let previews = self.load_previews()?;
+        Ok(StateSnapshot { sandboxes, tokens, previews })
     }
 
     fn put_sandbox(&self, sandbox: Sandbox) -> Result<(), StoreError> {
@@ -315,6 +332,15 @@ impl Store for FileStore {
     }
     fn delete_token(&self, id: TokenId) -> StoreFuture<'_, ()> {
         Box::pin(self.blocking(move |inner| inner.delete_token(id)))
+    }
+    fn put_preview(&self, preview: crate::previews::model::Preview) -> StoreFuture<'_, ()> {
+        Box::pin(self.blocking(move |inner| inner.put_preview(preview)))
+    }
+    fn delete_preview(&self, key: crate::previews::model::PreviewKey) -> StoreFuture<'_, ()> {
+        Box::pin(self.blocking(move |inner| inner.delete_preview(&key)))
+    }
+    fn secret(&self, name: &'static str) -> StoreFuture<'_, [u8; 32]> {
+        Box::pin(self.blocking(move |inner| inner.secret(name)))
     }
     fn describe(&self) -> String {
         format!("file:{}", self.inner.dir.display())

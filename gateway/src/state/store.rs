@@ -5,6 +5,7 @@
 //! are added as new methods and new fields of [`StateSnapshot`].
 
 use super::model::{AccessToken, Sandbox, SandboxId, TokenId};
+use crate::previews::model::{Preview, PreviewKey};
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -26,6 +27,8 @@ pub struct StateSnapshot {
     pub sandboxes: Vec<Sandbox>,
     /// Workspace access tokens, sorted by (workspace, name).
     pub tokens: Vec<AccessToken>,
+    /// Previews (their tokens inside), sorted by (workspace, sandbox, name).
+    pub previews: Vec<Preview>,
 }
 
 /// Errors of a store, by cause.
@@ -73,6 +76,12 @@ pub trait Store: Send + Sync + 'static {
     fn put_token(&self, token: AccessToken) -> StoreFuture<'_, ()>;
     /// Deletes an access token (no error if absent); durable when the future resolves `Ok`.
     fn delete_token(&self, id: TokenId) -> StoreFuture<'_, ()>;
+    /// Creates or replaces a preview and its tokens; durable when the future resolves `Ok`.
+    fn put_preview(&self, preview: Preview) -> StoreFuture<'_, ()>;
+    /// Deletes a preview and its tokens (no error if absent).
+    fn delete_preview(&self, key: PreviewKey) -> StoreFuture<'_, ()>;
+    /// A 256-bit secret named `name`, generated from OS randomness and stored the first time.
+    fn secret(&self, name: &'static str) -> StoreFuture<'_, [u8; 32]>;
     /// A short description for logs (`file:/var/lib/gateway`).
     fn describe(&self) -> String;
 }
@@ -82,6 +91,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct MemoryStore {
     sandboxes: Mutex<BTreeMap<SandboxId, Sandbox>>,
     tokens: Mutex<BTreeMap<TokenId, AccessToken>>,
+    previews: Mutex<BTreeMap<PreviewKey, Preview>>,
+    secrets: Mutex<BTreeMap<&'static str, [u8; 32]>>,
     fail_writes: AtomicBool,
 }
 
@@ -117,7 +128,8 @@ impl Store for MemoryStore {
     fn load(&self) -> StoreFuture<'_, StateSnapshot> {
         let sandboxes = self.map().values().cloned().collect();
         let tokens = self.token_map().values().cloned().collect();
-        Box::pin(async move { Ok(StateSnapshot { sandboxes, tokens }) })
+        let previews = self.previews.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        Box::pin(async move { Ok(StateSnapshot { sandboxes, tokens, previews }) })
     }
     fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()> {
         Box::pin(async move {
@@ -145,6 +157,31 @@ impl Store for MemoryStore {
             self.check()?;
             self.token_map().remove(&id);
             Ok(())
+        })
+    }
+    fn put_preview(&self, preview: Preview) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.previews.lock().unwrap_or_else(|p| p.into_inner()).insert(preview.key(), preview);
+            Ok(())
+        })
+    }
+    fn delete_preview(&self, key: PreviewKey) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.previews.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            Ok(())
+        })
+    }
+    fn secret(&self, name: &'static str) -> StoreFuture<'_, [u8; 32]> {
+        Box::pin(async move {
+            let mut secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = secrets.get(name) {
+                return Ok(*s);
+            }
+            let s = crate::previews::ids::random_bytes::<32>().map_err(|e| StoreError::Task(e.to_string()))?;
+            secrets.insert(name, s);
+            Ok(s)
         })
     }
     fn describe(&self) -> String {

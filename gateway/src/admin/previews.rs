@@ -1,0 +1,153 @@
+//! `/v1` routes of previews, preview tokens and sessions:
+//!
+//! | route | methods |
+//! | --- | --- |
+//! | `/v1/workspaces/{ws}/sandboxes/{name}/previews` | GET → `{"previews": [...]}` |
+//! | `/v1/workspaces/{ws}/sandboxes/{name}/previews/{preview}` | PUT (200, idempotent), GET, DELETE (204) |
+//! | `…/previews/{preview}/tokens` | POST (201, the secret shown), GET → `{"tokens": [...]}` (no secrets) |
+//! | `…/previews/{preview}/tokens/{token}` | GET, DELETE (204) |
+//! | `/v1/workspaces/{ws}/sandboxes/{name}/sessions` | POST (201) |
+
+use super::router::{AdminResponse, json, no_content, read_json};
+use crate::{
+    api_error::ApiError,
+    app::App,
+    previews::{
+        spec::{PreviewSpec, SessionSpec, TokenSpec},
+        time,
+        views::{PreviewView, TokenView},
+    },
+};
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+/// A preview route: (workspace, sandbox, …), owned (the request body is read after parsing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `…/previews`.
+    List(String, String),
+    /// `…/previews/{preview}`.
+    One(String, String, String),
+    /// `…/previews/{preview}/tokens`.
+    Tokens(String, String, String),
+    /// `…/previews/{preview}/tokens/{token}`.
+    Token(String, String, String, String),
+    /// `…/sessions`.
+    Sessions(String, String),
+}
+
+impl Route {
+    /// Parses the path segments after `/`.
+    pub fn parse(segments: &[&str]) -> Option<Self> {
+        let s = |x: &str| x.to_string();
+        Some(match *segments {
+            ["v1", "workspaces", ws, "sandboxes", name, "previews"] => Route::List(s(ws), s(name)),
+            ["v1", "workspaces", ws, "sandboxes", name, "previews", p] => Route::One(s(ws), s(name), s(p)),
+            ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens"] => {
+                Route::Tokens(s(ws), s(name), s(p))
+            }
+            ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens", t] => {
+                Route::Token(s(ws), s(name), s(p), s(t))
+            }
+            ["v1", "workspaces", ws, "sandboxes", name, "sessions"] => Route::Sessions(s(ws), s(name)),
+            _ => return None,
+        })
+    }
+
+    /// The methods it answers.
+    pub fn methods(&self) -> &'static [Method] {
+        match self {
+            Route::List(..) => &[Method::GET],
+            Route::One(..) => &[Method::GET, Method::PUT, Method::DELETE],
+            Route::Tokens(..) => &[Method::GET, Method::POST],
+            Route::Token(..) => &[Method::GET, Method::DELETE],
+            Route::Sessions(..) => &[Method::POST],
+        }
+    }
+}
+
+/// Handles a preview route (method already checked).
+pub async fn handle(app: &App, route: Route, req: Request<Incoming>) -> Result<AdminResponse, ApiError> {
+    let method = req.method().clone();
+    match (route, method) {
+        (Route::List(ws, name), _) => {
+            #[derive(Serialize)]
+            struct List {
+                previews: Vec<PreviewView>,
+            }
+            let previews = app.list_previews(&ws, &name)?.iter().map(|p| app.preview_view(p)).collect();
+            json(StatusCode::OK, &List { previews })
+        }
+        (Route::One(ws, name, p), Method::GET) => json(StatusCode::OK, &app.preview_view(&*app.get_preview(&ws, &name, &p)?)),
+        (Route::One(ws, name, p), Method::PUT) => {
+            let spec: PreviewSpec = read_json(req).await?;
+            let (preview, applied, _) = app.put_preview(&ws, &name, &p, &spec).await?;
+            let mut view = app.preview_view(&preview);
+            view.policy_applied_micros = Some(u64::try_from(applied.as_micros()).unwrap_or(u64::MAX));
+            json(StatusCode::OK, &view)
+        }
+        (Route::One(ws, name, p), _) => {
+            app.delete_preview(&ws, &name, &p).await?;
+            Ok(no_content())
+        }
+        (Route::Tokens(ws, name, p), Method::POST) => {
+            let spec: TokenSpec = read_json_or_empty(req).await?;
+            let (_, token) = app.create_preview_token(&ws, &name, &p, &spec).await?;
+            json(StatusCode::CREATED, &TokenView::created(&token, time::now()))
+        }
+        (Route::Tokens(ws, name, p), _) => {
+            #[derive(Serialize)]
+            struct List {
+                tokens: Vec<TokenView>,
+            }
+            let tokens = app.token_views(&app.list_preview_tokens(&ws, &name, &p)?);
+            json(StatusCode::OK, &List { tokens })
+        }
+        (Route::Token(ws, name, p, t), Method::GET) => {
+            let tokens = app.list_preview_tokens(&ws, &name, &p)?;
+            let token = tokens.iter().find(|x| x.name == t).ok_or_else(|| {
+                ApiError::new(404, "TOKEN_NOT_FOUND", format!("preview {p:?} has no token named {t:?}"))
+            })?;
+            json(StatusCode::OK, &TokenView::listed(token, time::now()))
+        }
+        (Route::Token(ws, name, p, t), _) => {
+            app.revoke_preview_token(&ws, &name, &p, &t).await?;
+            Ok(no_content())
+        }
+        (Route::Sessions(ws, name), _) => {
+            let spec: SessionSpec = read_json_or_empty(req).await?;
+            let session = app.create_session(&ws, &name, &spec).await?;
+            json(StatusCode::CREATED, &app.session_view(&session))
+        }
+    }
+}
+
+/// Like `read_json`, but an empty body means the type's default.
+async fn read_json_or_empty<T: serde::de::DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let body = super::router::read_body(req).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let p = |path: &'static str| Route::parse(&path.split('/').skip(1).collect::<Vec<_>>());
+        let s = |x: &str| x.to_string();
+        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews"), Some(Route::List(s("w"), s("s"))));
+        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews/p"), Some(Route::One(s("w"), s("s"), s("p"))));
+        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews/p/tokens"), Some(Route::Tokens(s("w"), s("s"), s("p"))));
+        assert_eq!(
+            p("/v1/workspaces/w/sandboxes/s/previews/p/tokens/t"),
+            Some(Route::Token(s("w"), s("s"), s("p"), s("t")))
+        );
+        assert_eq!(p("/v1/workspaces/w/sandboxes/s/sessions"), Some(Route::Sessions(s("w"), s("s"))));
+        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews/p/x"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! Preview URLs, preview tokens and sessions (issue 4, BRIEF §2).
+//!
+//! A preview maps `https://{id}.{region}.preview.{domain}` to one (sandbox, port); port 443
+//! means the sandbox API. Creating one on an undeclared port opens that port in the kernel;
+//! deleting (or reaping) the last one using it closes it again unless it is declared.
+//!
+//! - [`model`]: the durable records (a preview holds its tokens, so none outlives it);
+//! - [`spec`]: request bodies and their validation; [`time`]: timestamps and lifetimes;
+//! - [`ids`]: stable derived ids, token secrets; [`index`]: the in-memory lookups;
+//! - [`service`]: the mutations on [`crate::app::App`] and the edge's lookups;
+//! - [`reaper`]: deletes expired previews; [`views`]: what `/v1` answers.
+
+pub mod ids;
+pub mod index;
+pub mod model;
+pub mod reaper;
+pub mod service;
+pub mod spec;
+pub mod time;
+pub mod views;

@@ -1,0 +1,179 @@
+//! Preview records and generated secrets in the file store.
+
+use super::{Inner, io_err, sync_dir, write_atomic};
+use crate::{
+    paths::TEMP_SUFFIX,
+    previews::model::{Preview, PreviewKey},
+    state::StoreError,
+};
+use serde::{Deserialize, Serialize};
+use std::{fs, io, os::unix::fs::PermissionsExt};
+
+/// Inside `state.dir`: one JSON file per preview, `{workspace}.{sandbox}.{preview}.json`.
+pub(super) const STATE_PREVIEWS: &str = "previews";
+/// Inside `state.dir`: generated secrets, one file each (`{name}.key`, hex).
+pub(super) const STATE_SECRETS: &str = "secrets";
+
+const PREVIEW_RECORD_VERSION: u32 = 1;
+
+/// One preview file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewRecord {
+    version: u32,
+    preview: Preview,
+}
+
+fn file_name(key: &PreviewKey) -> String {
+    format!("{}.{}.{}.json", key.workspace, key.sandbox, key.name)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Inner {
+    pub(super) fn load_previews(&self) -> Result<Vec<Preview>, StoreError> {
+        let mut previews = Vec::new();
+        let entries = fs::read_dir(&self.previews).map_err(io_err("reading", &self.previews))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("reading", &self.previews))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(StoreError::Corrupt { path, reason: "file name is not UTF-8".into() });
+            };
+            if name.ends_with(TEMP_SUFFIX) {
+                tracing::warn!(path = %path.display(), "removing an incomplete write");
+                fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                continue;
+            }
+            if !name.ends_with(".json") {
+                tracing::warn!(path = %path.display(), "ignoring a file that is not a preview record");
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
+            let record: PreviewRecord = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: format!("not a preview record: {e}") })?;
+            if record.version != PREVIEW_RECORD_VERSION {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: format!("record version {} (this gateway reads {PREVIEW_RECORD_VERSION})", record.version),
+                });
+            }
+            if file_name(&record.preview.key()) != name {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: format!("holds preview {} but is named {name}", record.preview.key()),
+                });
+            }
+            previews.push(record.preview);
+        }
+        previews.sort_by_key(Preview::key);
+        Ok(previews)
+    }
+
+    pub(super) fn put_preview(&self, preview: Preview) -> Result<(), StoreError> {
+        let name = file_name(&preview.key());
+        let record = PreviewRecord { version: PREVIEW_RECORD_VERSION, preview };
+        let mut bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| StoreError::Corrupt { path: self.previews.join(&name), reason: e.to_string() })?;
+        bytes.push(b'\n');
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        write_atomic(&self.previews, &name, &bytes)
+    }
+
+    pub(super) fn delete_preview(&self, key: &PreviewKey) -> Result<(), StoreError> {
+        let path = self.previews.join(file_name(key));
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.previews),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
+    /// Reads `secrets/{name}.key`, creating it (durably, 0600) the first time.
+    pub(super) fn secret(&self, name: &'static str) -> Result<[u8; 32], StoreError> {
+        let file = format!("{name}.key");
+        let path = self.secrets.join(&file);
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let meta = fs::metadata(&path).map_err(io_err("reading", &path))?;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        reason: "a secret readable by group or others: chmod 600 it (or remove it to generate a new one)"
+                            .into(),
+                    });
+                }
+                unhex32(&text)
+                    .ok_or_else(|| StoreError::Corrupt { path, reason: "not 64 hexadecimal characters".into() })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let secret = crate::previews::ids::random_bytes::<32>().map_err(|e| StoreError::Task(e.to_string()))?;
+                write_atomic(&self.secrets, &file, format!("{}\n", hex(&secret)).as_bytes())?;
+                tracing::info!(path = %path.display(), "generated a new secret");
+                Ok(secret)
+            }
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        previews::{model::PreviewToken, time},
+        state::{FileStore, Store},
+    };
+
+    #[tokio::test]
+    async fn previews_and_secrets_roundtrip() {
+        let dir = std::env::temp_dir().join(format!("gateway-preview-store-{}", std::process::id()));
+        let now = time::truncate_millis(time::now());
+        let preview = Preview {
+            workspace: "ws".into(),
+            sandbox: "app".into(),
+            name: "web".into(),
+            id: "abcdefghijklmnop".into(),
+            port: 3000,
+            public: false,
+            prefix_url: None,
+            request_headers: [("authorization".to_string(), "Bearer app".to_string())].into(),
+            response_headers: Default::default(),
+            ttl: Some("1h".into()),
+            expires_at: Some(time::add(now, std::time::Duration::from_secs(3600))),
+            created_at: now,
+            tokens: vec![PreviewToken { name: "t1".into(), token: "gwpt_x".into(), expires_at: now, created_at: now }],
+        };
+        let secret = {
+            let store = FileStore::open(&dir).expect("open");
+            store.put_preview(preview.clone()).await.expect("put");
+            store.put_preview(Preview { name: "gone".into(), ..preview.clone() }).await.expect("put");
+            store.delete_preview(PreviewKey::new("ws", "app", "gone")).await.expect("delete");
+            store.secret("preview-id").await.expect("secret")
+        };
+        let store = FileStore::open(&dir).expect("reopen");
+        assert_eq!(store.load().await.expect("load").previews, vec![preview]);
+        assert_eq!(store.secret("preview-id").await.expect("same secret"), secret);
+        let mode = fs::metadata(dir.join(STATE_SECRETS).join("preview-id.key")).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(store);
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
