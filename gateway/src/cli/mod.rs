@@ -1,6 +1,6 @@
 //! The command line: `serve`, `check-config`, `print-default-config`, `dataplane …`, the
-//! admin API clients `sandbox …` and `token …`, and `fetch` (a request through the public
-//! HTTPS listener, like the SDKs' `sandbox.fetch`).
+//! admin API clients `sandbox …`, `token …`, `preview …`, `preview-token …` and `session …`,
+//! and `fetch` (a request through the public HTTPS listener, like the SDKs' `sandbox.fetch`).
 //!
 //! Exit codes: 0 success, 1 failure (the message says why), 2 usage error (clap), 64 invalid
 //! configuration (every problem printed as `FILE: KEY: REASON`, nothing bound or opened).
@@ -9,6 +9,7 @@ mod client;
 mod dataplane;
 mod fetch;
 mod output;
+mod preview;
 mod sandbox;
 mod serve;
 mod token;
@@ -67,6 +68,24 @@ pub enum Command {
     /// Send a request to a sandbox port through the public HTTPS listener, like the SDKs'
     /// `sandbox.fetch(port, path)`; prints the body, exits 1 on HTTP >= 400.
     Fetch(FetchArgs),
+    /// Create, list, inspect and delete previews (URLs for sandbox ports) through the admin API.
+    Preview {
+        /// What to do.
+        #[command(subcommand)]
+        command: preview::PreviewCommand,
+    },
+    /// Create, list and revoke the tokens of private previews through the admin API.
+    PreviewToken {
+        /// What to do.
+        #[command(subcommand)]
+        command: preview::PreviewTokenCommand,
+    },
+    /// Create sessions (a private preview of the sandbox API plus a token) through the admin API.
+    Session {
+        /// What to do.
+        #[command(subcommand)]
+        command: preview::SessionCommand,
+    },
 }
 
 /// `gateway serve`.
@@ -262,6 +281,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Sandbox { command } => sandbox::run(command),
         Command::Token { command } => token::run(command),
         Command::Fetch(args) => fetch::run(args),
+        Command::Preview { command } => preview::run_preview(command),
+        Command::PreviewToken { command } => preview::run_token(command),
+        Command::Session { command } => preview::run_session(command),
     }
 }
 

@@ -34,3 +34,40 @@ pub async fn run(app: Arc<App>, shutdown: impl std::future::Future<Output = ()>)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        app::SandboxSpec,
+        config::Config,
+        dataplane::Dataplane,
+        previews::spec::PreviewSpec,
+        state::MemoryStore,
+    };
+
+    #[tokio::test]
+    async fn reaps_at_the_expiry() {
+        let app = Arc::new(
+            App::start(Config::default(), Arc::new(MemoryStore::new()), Dataplane::disabled()).await.expect("start"),
+        );
+        let spec = SandboxSpec { address: "198.18.0.2".parse().expect("addr"), interface: "lo".into(), ports: vec![] };
+        app.put_sandbox("ws", "app", spec).await.expect("sandbox");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(app.clone(), async move {
+            let _ = stopped.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let at = time::add(time::now(), Duration::from_millis(700));
+        let spec = PreviewSpec { port: Some(4000), expires_at: Some(time::format_timestamp(at)), ..PreviewSpec::default() };
+        app.put_preview("ws", "app", "p", &spec).await.expect("preview");
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while app.next_preview_expiry().is_some() {
+            assert!(std::time::Instant::now() < deadline, "not reaped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(time::now() >= at);
+        let _ = stop.send(());
+        task.await.expect("reaper stops");
+    }
+}
