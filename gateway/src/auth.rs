@@ -100,6 +100,30 @@ pub fn check(
     Ok(Principal { workspace: token.workspace.clone(), token_name: token.name.clone() })
 }
 
+/// Authenticates a caller whose workspace is not given by the address (the `/v0` API on
+/// `api.{domain}`): the workspace is the one `X-Blaxel-Workspace` names, else the token's own.
+/// The same answers as [`authenticate`].
+pub fn authenticate_caller(app: &App, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let named = headers
+        .get(X_BLAXEL_WORKSPACE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty());
+    let workspace = match named {
+        Some(ws) => ws,
+        None => match bearer(headers) {
+            Ok(Some(secret)) => match app.tokens().verify(secret, now) {
+                Verdict::Valid(t) | Verdict::Expired(t) => t.workspace.clone(),
+                Verdict::Unknown => String::new(),
+            },
+            // `check` reports the missing or malformed credential.
+            _ => String::new(),
+        },
+    };
+    check(app.tokens(), &workspace, headers, now)
+}
+
 fn failed(message: &str) -> ApiError {
     ApiError::new(401, "AUTHENTICATION_FAILED", message)
 }

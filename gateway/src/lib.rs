@@ -8,6 +8,7 @@ pub mod api_error;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod connector;
 pub mod dataplane;

@@ -1,0 +1,410 @@
+//! The Blaxel-compatible user API (`/v0`), served by the HTTPS edge for host `api.{domain}`.
+//! It is the API the real SDKs call to read sandboxes and to manage previews, preview tokens
+//! and sessions (a session is a preview plus a token, made by the SDK from these calls).
+//!
+//! Authentication: a workspace access token (`X-Blaxel-Authorization: Bearer …` or
+//! `Authorization: Bearer …`) through [`crate::auth::authenticate_caller`]; the workspace is
+//! the one named by `X-Blaxel-Workspace` (which the SDKs always send), else the token's own.
+//! Every call is scoped to it.
+//!
+//! | call | answer |
+//! | --- | --- |
+//! | `GET /v0/sandboxes` | bare array of sandboxes |
+//! | `GET /v0/sandboxes/{name}` | `{"metadata": {"name", "workspace", "url"}, "spec": {"region", "runtime": {"ports"}}, "status"}` |
+//! | `GET /v0/sandboxes/{name}/previews` | bare array of previews |
+//! | `POST /v0/sandboxes/{name}/previews[?force=true]` | 200 preview; 409 if the name is taken (unless `force`) |
+//! | `GET`, `PUT` (create or replace), `DELETE` (200, the record) `…/previews/{preview}` | preview |
+//! | `GET`, `POST` (200) `…/previews/{preview}/tokens` | bare array / token (with its secret) |
+//! | `DELETE …/previews/{preview}/tokens/{token}` | 200 `{"message"}` |
+//!
+//! Creates answer 200 (the SDK treats 201 as an error); errors are the JSON of BRIEF §2.
+
+pub mod wire;
+
+use crate::{
+    api_error::ApiError,
+    app::App,
+    auth,
+    previews::{spec::TokenSpec, time},
+};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use serde::Serialize;
+use std::time::Instant;
+use wire::{PreviewIn, PreviewOut, SandboxOut, TokenIn, TokenOut};
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// What a `/v0` path names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    Sandboxes,
+    Sandbox(String),
+    Previews(String),
+    Preview(String, String),
+    Tokens(String, String, String),
+    Token(String, String, String),
+}
+
+impl Route {
+    fn parse(path: &str) -> Option<Route> {
+        let segments: Vec<&str> = path.strip_prefix("/v0/")?.trim_end_matches('/').split('/').collect();
+        let s = |x: &str| x.to_string();
+        Some(match segments.as_slice() {
+            ["sandboxes"] => Route::Sandboxes,
+            ["sandboxes", name] => Route::Sandbox(s(name)),
+            ["sandboxes", name, "previews"] => Route::Previews(s(name)),
+            ["sandboxes", name, "previews", p] => Route::Preview(s(name), s(p)),
+            ["sandboxes", name, "previews", p, "tokens"] => Route::Tokens(s(name), s(p), String::new()),
+            ["sandboxes", name, "previews", p, "tokens", t] => Route::Token(s(name), s(p), s(t)),
+            _ => return None,
+        })
+    }
+
+    fn methods(&self) -> &'static [Method] {
+        match self {
+            Route::Sandboxes | Route::Sandbox(_) => &[Method::GET],
+            Route::Previews(_) | Route::Tokens(..) => &[Method::GET, Method::POST],
+            Route::Preview(..) => &[Method::GET, Method::PUT, Method::DELETE],
+            Route::Token(..) => &[Method::DELETE],
+        }
+    }
+}
+
+/// Answers one `/v0` request (never fails: errors are JSON) and logs it without secrets.
+pub async fn handle<B>(app: &App, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match dispatch(app, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    tracing::info!(
+        target: "gateway::compat",
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        duration_us = started.elapsed().as_micros() as u64,
+        "api request"
+    );
+    response
+}
+
+fn force<B>(req: &Request<B>) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| matches!(kv.split_once('='), Some(("force", "true"))) || kv == "force"))
+}
+
+async fn dispatch<B>(app: &App, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let route = Route::parse(req.uri().path());
+    // Authenticate before saying anything about paths; every call is scoped to this workspace.
+    let ws = auth::authenticate_caller(app, req.headers())?.workspace;
+    let Some(route) = route else {
+        return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no API route for {}", req.uri().path())));
+    };
+    if !route.methods().contains(req.method()) {
+        let allowed = route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let mut r = error_response(&ApiError::new(
+            405,
+            "METHOD_NOT_ALLOWED",
+            format!("{} is not allowed on {} (allowed: {allowed})", req.method(), req.uri().path()),
+        ));
+        if let Ok(v) = HeaderValue::from_str(&allowed) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return Ok(r);
+    }
+    let method = req.method().clone();
+    let now = time::now();
+    match (route, method) {
+        (Route::Sandboxes, _) => {
+            let list: Vec<SandboxOut> = app.list(Some(&ws))?.iter().map(|s| SandboxOut::new(app, s)).collect();
+            ok(&list)
+        }
+        (Route::Sandbox(name), _) => ok(&SandboxOut::new(app, &*app.get(&ws, &name)?)),
+        (Route::Previews(name), Method::GET) => {
+            let list: Vec<PreviewOut> =
+                app.list_previews(&ws, &name)?.iter().map(|p| PreviewOut::new(app, p)).collect();
+            ok(&list)
+        }
+        (Route::Previews(name), _) => {
+            let force = force(&req);
+            let body: PreviewIn = read_json(req).await?;
+            let Some(preview) = body.metadata.name.filter(|n| !n.is_empty()) else {
+                return Err(ApiError::new(400, "BAD_REQUEST", "metadata.name is required"));
+            };
+            if !force && app.get_preview(&ws, &name, &preview).is_ok() {
+                return Err(ApiError::new(
+                    409,
+                    "PREVIEW_CONFLICT",
+                    format!("sandbox {name:?} already has a preview named {preview:?} (POST with ?force=true to replace it)"),
+                ));
+            }
+            let (p, _, _) = app.put_preview(&ws, &name, &preview, &body.spec.to_spec()).await?;
+            ok(&PreviewOut::new(app, &p))
+        }
+        (Route::Preview(name, preview), Method::GET) => ok(&PreviewOut::new(app, &*app.get_preview(&ws, &name, &preview)?)),
+        (Route::Preview(name, preview), Method::PUT) => {
+            let body: PreviewIn = read_json(req).await?;
+            if let Some(n) = body.metadata.name.as_deref().filter(|n| !n.is_empty())
+                && n != preview
+            {
+                return Err(ApiError::new(
+                    400,
+                    "BAD_REQUEST",
+                    format!("metadata.name {n:?} differs from the preview named in the path ({preview:?})"),
+                ));
+            }
+            let (p, _, _) = app.put_preview(&ws, &name, &preview, &body.spec.to_spec()).await?;
+            ok(&PreviewOut::new(app, &p))
+        }
+        (Route::Preview(name, preview), _) => ok(&PreviewOut::new(app, &*app.delete_preview(&ws, &name, &preview).await?)),
+        (Route::Tokens(name, preview, _), Method::GET) => {
+            let p = app.get_preview(&ws, &name, &preview)?;
+            let list: Vec<TokenOut> = p.tokens.iter().map(|t| TokenOut::new(&p, t, now)).collect();
+            ok(&list)
+        }
+        (Route::Tokens(name, preview, _), _) => {
+            let body: TokenIn = read_json(req).await?;
+            let spec = TokenSpec { name: body.metadata.name, expires_at: body.spec.expires_at, ttl: None };
+            let (p, t) = app.create_preview_token(&ws, &name, &preview, &spec).await?;
+            ok(&TokenOut::new(&p, &t, now))
+        }
+        (Route::Token(name, preview, token), _) => {
+            let t = app.revoke_preview_token(&ws, &name, &preview, &token).await?;
+            ok(&serde_json::json!({"message": format!("preview token {:?} deleted", t.name)}))
+        }
+    }
+}
+
+async fn read_json<T, B>(req: Request<B>) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned + Default,
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large =
+        || ApiError::new(413, "REQUEST_ENTITY_TOO_LARGE", format!("the request body exceeds {BODY_LIMIT} bytes"));
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let body = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => return Err(ApiError::new(400, "BAD_REQUEST", format!("cannot read the request body: {e}"))),
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))
+}
+
+fn ok(value: &impl Serialize) -> Result<Response<Full<Bytes>>, ApiError> {
+    let body = serde_json::to_vec(value)
+        .map_err(|e| ApiError::new(500, "INTERNAL", format!("cannot serialize the answer: {e}")))?;
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// The JSON answer of an error.
+pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(e.to_json())));
+    *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if e.status == 401 {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let s = |x: &str| x.to_string();
+        assert_eq!(Route::parse("/v0/sandboxes"), Some(Route::Sandboxes));
+        assert_eq!(Route::parse("/v0/sandboxes/"), Some(Route::Sandboxes));
+        assert_eq!(Route::parse("/v0/sandboxes/a"), Some(Route::Sandbox(s("a"))));
+        assert_eq!(Route::parse("/v0/sandboxes/a/previews"), Some(Route::Previews(s("a"))));
+        assert_eq!(Route::parse("/v0/sandboxes/a/previews/p"), Some(Route::Preview(s("a"), s("p"))));
+        assert_eq!(Route::parse("/v0/sandboxes/a/previews/p/tokens"), Some(Route::Tokens(s("a"), s("p"), s(""))));
+        assert_eq!(Route::parse("/v0/sandboxes/a/previews/p/tokens/t"), Some(Route::Token(s("a"), s("p"), s("t"))));
+        assert_eq!(Route::parse("/v0/agents"), None);
+        assert_eq!(Route::parse("/v1/sandboxes"), None);
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+    use crate::{
+        app::{PortRequest, SandboxSpec},
+        config::Config,
+        dataplane::Dataplane,
+        state::{MemoryStore, model::PortProtocol},
+        tokens::TokenRequest,
+    };
+    use serde_json::{Value, json};
+    use std::sync::Arc;
+
+    struct Api {
+        app: App,
+        token: String,
+        other: String,
+    }
+
+    async fn api() -> Api {
+        let app = App::start(Config::default(), Arc::new(MemoryStore::new()), Dataplane::disabled()).await.expect("start");
+        let spec = SandboxSpec {
+            address: "198.18.0.2".parse().expect("addr"),
+            interface: "lo".into(),
+            ports: vec![
+                PortRequest { target: 3000, protocol: PortProtocol::Http },
+                PortRequest { target: 50051, protocol: PortProtocol::Grpc },
+            ],
+        };
+        app.put_sandbox("acme", "app", spec.clone()).await.expect("sandbox");
+        app.put_sandbox("other", "app", SandboxSpec { address: "198.18.0.3".parse().expect("addr"), ..spec })
+            .await
+            .expect("sandbox");
+        let req = |name: &str| TokenRequest { name: name.into(), expires_at: None, ttl: None };
+        let token = app.create_token("acme", req("sdk")).await.expect("token").token.expose().to_string();
+        let other = app.create_token("other", req("sdk")).await.expect("token").token.expose().to_string();
+        Api { app, token, other }
+    }
+
+    impl Api {
+        async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+            self.call_as(&self.token, Some("acme"), method, path, body).await
+        }
+        async fn call_as(&self, token: &str, ws: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+            let mut b = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("x-blaxel-authorization", format!("Bearer {token}"));
+            if let Some(ws) = ws {
+                b = b.header("x-blaxel-workspace", ws);
+            }
+            let body = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
+            let r = handle(&self.app, b.body(Full::new(body)).expect("request")).await;
+            let status = r.status().as_u16();
+            let bytes = r.into_body().collect().await.expect("body").to_bytes();
+            (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+    }
+
+    #[tokio::test]
+    async fn sandboxes_have_a_url_and_lists_are_bare_arrays() {
+        let api = api().await;
+        let (status, v) = api.call("GET", "/v0/sandboxes/app", None).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["metadata"]["name"], "app");
+        assert_eq!(v["metadata"]["workspace"], "acme");
+        assert_eq!(v["metadata"]["url"], "https://sbx-app-acme.local.gw.test", "443: no port");
+        assert_eq!(v["spec"]["region"], "local");
+        assert_eq!(v["spec"]["runtime"]["ports"], json!([{"target": 3000, "protocol": "HTTP"}, {"target": 50051, "protocol": "HTTP"}]));
+        assert_eq!(v["status"], "DEPLOYED");
+        let (status, v) = api.call("GET", "/v0/sandboxes", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "only the caller's workspace: {v}");
+        let (status, v) = api.call("GET", "/v0/sandboxes/nope", None).await;
+        assert_eq!((status, v["error"]["code"].clone()), (404, json!("WORKLOAD_NOT_FOUND")));
+    }
+
+    #[tokio::test]
+    async fn authentication() {
+        let api = api().await;
+        let (status, v) = api.call_as("gw_nope", Some("acme"), "GET", "/v0/sandboxes", None).await;
+        assert_eq!((status, v["error"]["code"].clone()), (401, json!("AUTHENTICATION_FAILED")));
+        let (status, _) = api.call_as(&api.other, Some("acme"), "GET", "/v0/sandboxes", None).await;
+        assert_eq!(status, 403, "a token of another workspace");
+        // Without X-Blaxel-Workspace, the token's own workspace.
+        let (status, v) = api.call_as(&api.other, None, "GET", "/v0/sandboxes", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(v[0]["metadata"]["workspace"], "other");
+        let r = handle(&api.app, Request::get("/v0/sandboxes").body(Full::new(Bytes::new())).expect("req")).await;
+        assert_eq!(r.status(), 401);
+        // Unknown paths are not revealed before authentication.
+        let (status, _) = api.call_as("gw_nope", Some("acme"), "GET", "/v0/agents", None).await;
+        assert_eq!(status, 401);
+        let (status, v) = api.call("GET", "/v0/agents", None).await;
+        assert_eq!((status, v["error"]["code"].clone()), (404, json!("ROUTE_NOT_FOUND")));
+    }
+
+    #[tokio::test]
+    async fn previews_tokens_and_sessions_as_the_sdk_sends_them() {
+        let api = api().await;
+        // previews.create({"port": 3000}) → POST with metadata/spec; 200, not 201.
+        let body = json!({"metadata": {"name": "preview-3000"}, "spec": {"port": 3000, "public": false}});
+        let (status, p) = api.call("POST", "/v0/sandboxes/app/previews", Some(body.clone())).await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["metadata"]["name"], "preview-3000");
+        assert_eq!(p["metadata"]["resourceName"], "app");
+        assert_eq!(p["metadata"]["resourceType"], "Sandbox");
+        assert_eq!(p["metadata"]["workspace"], "acme");
+        let url = p["spec"]["url"].as_str().expect("url").to_string();
+        assert!(url.starts_with("https://") && url.ends_with(".local.preview.gw.test"), "{url}");
+        // A second POST conflicts; ?force=true replaces.
+        let (status, v) = api.call("POST", "/v0/sandboxes/app/previews", Some(body.clone())).await;
+        assert_eq!((status, v["error"]["code"].clone()), (409, json!("PREVIEW_CONFLICT")));
+        let forced = json!({"metadata": {"name": "preview-3000"}, "spec": {"port": 3000, "public": true}});
+        let (status, v) = api.call("POST", "/v0/sandboxes/app/previews?force=true", Some(forced)).await;
+        assert_eq!((status, v["spec"]["public"].clone(), v["spec"]["url"].clone()), (200, json!(true), json!(url)));
+        // tokens.create(expires_at) → `to_utc_z(datetime)`: microseconds and Z.
+        let tok = json!({"metadata": {"name": ""}, "spec": {"expiresAt": "2099-05-01T10:00:00.123456Z"}});
+        let (status, t) = api.call("POST", "/v0/sandboxes/app/previews/preview-3000/tokens", Some(tok)).await;
+        assert_eq!(status, 200, "{t}");
+        assert!(t["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("token-")), "{t}");
+        assert_eq!(t["spec"]["expiresAt"], "2099-05-01T10:00:00.123Z");
+        assert_eq!(t["spec"]["expired"], false);
+        let secret = t["spec"]["token"].as_str().expect("token").to_string();
+        let (status, list) = api.call("GET", "/v0/sandboxes/app/previews/preview-3000/tokens", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(list[0]["spec"]["token"], secret.as_str(), "the SDK reads secrets from lists");
+        // sessions.create(): a preview on 443 with a naive ISO expiry, then a token.
+        let s = json!({"metadata": {"name": "session-1718000000000"}, "spec": {"port": 443, "public": false, "expires": "2099-01-02T03:04:05.678901"}});
+        let (status, sp) = api.call("POST", "/v0/sandboxes/app/previews", Some(s)).await;
+        assert_eq!(status, 200, "{sp}");
+        assert_eq!(sp["spec"]["port"], 443);
+        assert_eq!(sp["spec"]["expires"], "2099-01-02T03:04:05.678Z");
+        let (status, list) = api.call("GET", "/v0/sandboxes/app/previews", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(list.as_array().map(Vec::len), Some(2));
+        // Errors: reserved port, bad timestamp, unknown preview.
+        let bad = json!({"metadata": {"name": "p80"}, "spec": {"port": 80}});
+        let (status, v) = api.call("POST", "/v0/sandboxes/app/previews", Some(bad)).await;
+        assert_eq!((status, v["error"]["code"].clone()), (400, json!("RESERVED_PORT")));
+        let bad = json!({"metadata": {"name": "p"}, "spec": {"port": 3000, "expires": "2099-01-02T03:04:05+02:00Z"}});
+        assert_eq!(api.call("POST", "/v0/sandboxes/app/previews", Some(bad)).await.0, 400);
+        assert_eq!(api.call("GET", "/v0/sandboxes/app/previews/nope", None).await.0, 404);
+        // Revoke, delete (200 with the record), then 404.
+        let name = t["metadata"]["name"].as_str().expect("name").to_string();
+        let (status, v) = api.call("DELETE", &format!("/v0/sandboxes/app/previews/preview-3000/tokens/{name}"), None).await;
+        assert_eq!(status, 200, "{v}");
+        assert!(v["message"].is_string());
+        let (status, v) = api.call("DELETE", "/v0/sandboxes/app/previews/preview-3000", None).await;
+        assert_eq!((status, v["metadata"]["name"].clone()), (200, json!("preview-3000")));
+        assert_eq!(api.call("GET", "/v0/sandboxes/app/previews/preview-3000", None).await.0, 404);
+        // Another workspace's sandbox of the same name is out of reach.
+        let (status, v) = api.call_as(&api.other, None, "GET", "/v0/sandboxes/app/previews", None).await;
+        assert_eq!((status, v), (200, json!([])));
+    }
+}

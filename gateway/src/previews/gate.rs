@@ -1,0 +1,348 @@
+//! What the HTTPS edge does for a request to a preview host, before and after proxying:
+//!
+//! - **Preflight**: an `OPTIONS` request with `Access-Control-Request-Method` to a preview whose
+//!   `responseHeaders` define CORS (`Access-Control-Allow-Origin`) is answered here, 204 with
+//!   those headers, without a token (browsers never send credentials on a preflight). Otherwise
+//!   OPTIONS is forwarded like any request.
+//! - **Credentials**: the preview token may come in `X-Blaxel-Preview-Token`, in the query
+//!   parameter `bl_preview_token`, or in the cookie `bl_preview_token` set by the exchange
+//!   below. All three are removed before forwarding (the rest of the query and the other
+//!   cookies are kept byte for byte). A public preview needs none; a private one answers 401
+//!   `AUTHENTICATION_REQUIRED` without any, `AUTHENTICATION_FAILED` when none is a live token.
+//! - **Cookie exchange**: a GET/HEAD carrying a valid token in the query whose `Accept`
+//!   explicitly lists `text/html` (browsers do, `*/*` does not) is answered 302 to the same URL
+//!   without the token, with `Set-Cookie: bl_preview_token=…; Path=/; Max-Age=…; HttpOnly;
+//!   Secure; SameSite=None; Partitioned` (no `Domain`: the cookie belongs to that preview host
+//!   only). The cookie then authenticates every request, WebSocket upgrades included.
+//! - **Headers**: `requestHeaders` are set on the upstream request (they replace the client's
+//!   headers of the same name); `responseHeaders` are added to the response unless the app set
+//!   the same header (so `Access-Control-Allow-Origin` never appears twice).
+
+use super::{model::Preview, time};
+use crate::{api_error::ApiError, app::App};
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri,
+    header::{ACCEPT, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_METHOD, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE},
+};
+use http_body_util::Full;
+
+/// Header carrying a preview token.
+pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-blaxel-preview-token");
+/// Query parameter (and cookie name) carrying a preview token.
+pub const TOKEN_PARAM: &str = "bl_preview_token";
+
+/// What the request presented, after its credentials were removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Presented {
+    /// From `X-Blaxel-Preview-Token`.
+    pub header: Vec<String>,
+    /// From the query.
+    pub query: Vec<String>,
+    /// From the cookie.
+    pub cookie: Vec<String>,
+}
+
+impl Presented {
+    fn is_empty(&self) -> bool {
+        self.header.is_empty() && self.query.is_empty() && self.cookie.is_empty()
+    }
+}
+
+/// The edge's decision.
+#[derive(Debug)]
+pub enum Decision {
+    /// Forward the request (its credentials already removed).
+    Forward,
+    /// Answer this instead (cookie exchange redirect, preflight).
+    Answer(Response<Full<Bytes>>),
+}
+
+/// Answers a CORS preflight from `responseHeaders`, if they define CORS and this is one.
+pub fn preflight(preview: &Preview, method: &Method, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
+    if method != Method::OPTIONS
+        || !headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+        || !preview.response_headers.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN.as_str())
+    {
+        return None;
+    }
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    merge_response_headers(r.headers_mut(), preview);
+    Some(r)
+}
+
+/// Removes every preview credential from the request, returning what it carried.
+pub fn take_credentials(uri: &mut Uri, headers: &mut HeaderMap) -> Presented {
+    let mut presented = Presented::default();
+    for v in headers.get_all(&TOKEN_HEADER) {
+        if let Ok(s) = v.to_str() {
+            presented.header.push(s.trim().to_string());
+        }
+    }
+    headers.remove(&TOKEN_HEADER);
+    if let Some(pq) = uri.path_and_query()
+        && let Some(query) = pq.query()
+    {
+        let (kept, taken) = split_query(query);
+        if !taken.is_empty() {
+            presented.query = taken;
+            let rebuilt = if kept.is_empty() { pq.path().to_string() } else { format!("{}?{kept}", pq.path()) };
+            let mut parts = uri.clone().into_parts();
+            if let Ok(pq) = rebuilt.parse() {
+                parts.path_and_query = Some(pq);
+                if let Ok(u) = Uri::from_parts(parts) {
+                    *uri = u;
+                }
+            }
+        }
+    }
+    let cookies: Vec<String> = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
+    if !cookies.is_empty() {
+        headers.remove(COOKIE);
+        let mut kept = Vec::new();
+        for pair in cookies.iter().flat_map(|c| c.split(';')).map(str::trim).filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((name, value)) if name.trim() == TOKEN_PARAM => presented.cookie.push(value.trim().to_string()),
+                _ => kept.push(pair),
+            }
+        }
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        {
+            headers.insert(COOKIE, v);
+        }
+    }
+    presented
+}
+
+/// Splits a query into (the query without `bl_preview_token`, the token values). The kept part
+/// is the original text minus those parameters, nothing re-encoded.
+fn split_query(query: &str) -> (String, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut taken = Vec::new();
+    for part in query.split('&') {
+        let (name, value) = part.split_once('=').unwrap_or((part, ""));
+        if percent_decode(name).as_deref() == Some(TOKEN_PARAM) {
+            if let Some(v) = percent_decode(value) {
+                taken.push(v);
+            }
+        } else {
+            kept.push(part);
+        }
+    }
+    (kept.join("&"), taken)
+}
+
+/// `application/x-www-form-urlencoded` decoding of one component (`+` is a space).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether `Accept` explicitly lists `text/html` (with a non-zero q).
+pub fn accepts_html_explicitly(headers: &HeaderMap) -> bool {
+    headers.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
+        let mut params = range.split(';').map(str::trim);
+        let media = params.next().unwrap_or("");
+        let zero = params.any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+        });
+        media.eq_ignore_ascii_case("text/html") && !zero
+    })
+}
+
+/// Decides a request to `preview`: credentials are taken off the request first, whatever the
+/// outcome. `uri` must be the request's URI (origin form for HTTP/1.1, absolute for HTTP/2).
+pub fn authorize(
+    app: &App,
+    preview: &Preview,
+    method: &Method,
+    uri: &mut Uri,
+    headers: &mut HeaderMap,
+) -> Result<Decision, ApiError> {
+    let presented = take_credentials(uri, headers);
+    if preview.public {
+        return Ok(Decision::Forward);
+    }
+    if presented.is_empty() {
+        return Err(ApiError::new(
+            401,
+            "AUTHENTICATION_REQUIRED",
+            format!(
+                "this preview is private: send a preview token in the X-Blaxel-Preview-Token header or the {TOKEN_PARAM} query parameter"
+            ),
+        ));
+    }
+    let valid = |list: &[String]| list.iter().find(|t| app.preview_token_valid(preview, t)).cloned();
+    let from_query = valid(&presented.query);
+    if from_query.is_none() && valid(&presented.header).is_none() && valid(&presented.cookie).is_none() {
+        return Err(ApiError::new(
+            401,
+            "AUTHENTICATION_FAILED",
+            "invalid preview token (unknown, expired or revoked)",
+        ));
+    }
+    if let Some(token) = from_query
+        && (method == Method::GET || method == Method::HEAD)
+        && accepts_html_explicitly(headers)
+    {
+        return Ok(Decision::Answer(exchange(preview, &token, uri)));
+    }
+    Ok(Decision::Forward)
+}
+
+/// The 302 that trades a query token for a cookie scoped to this preview host.
+fn exchange(preview: &Preview, token: &str, uri: &Uri) -> Response<Full<Bytes>> {
+    let now = time::now();
+    let token_end = preview.tokens.iter().find(|t| t.token == token).map(|t| t.expires_at);
+    let max_age = token_end.map_or(0, |end| time::until(end, now).as_secs());
+    let location = uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string();
+    let cookie = format!("{TOKEN_PARAM}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=None; Partitioned");
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(SET_COOKIE, v);
+    }
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(http::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// Sets the preview's `requestHeaders` (replacing the client's of the same name).
+pub fn apply_request_headers(headers: &mut HeaderMap, preview: &Preview) {
+    for (name, value) in &preview.request_headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// Adds the preview's `responseHeaders` the app did not set itself.
+pub fn merge_response_headers(headers: &mut HeaderMap, preview: &Preview) {
+    for (name, value) in &preview.response_headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
+            && !headers.contains_key(&n)
+        {
+            headers.insert(n, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preview(public: bool) -> Preview {
+        let now = time::now();
+        Preview {
+            workspace: "ws".into(),
+            sandbox: "app".into(),
+            name: "web".into(),
+            id: "abc".into(),
+            port: 3000,
+            public,
+            prefix_url: None,
+            request_headers: [("authorization".to_string(), "Bearer app".to_string())].into(),
+            response_headers: [("access-control-allow-origin".to_string(), "*".to_string())].into(),
+            ttl: None,
+            expires_at: None,
+            created_at: now,
+            tokens: vec![],
+        }
+    }
+
+    #[test]
+    fn credentials_are_taken_and_the_rest_is_kept() {
+        let mut uri: Uri = "/a/b?x=1&bl_preview_token=tok%2B1&y=%20z&bl%5Fpreview%5Ftoken=two".parse().expect("uri");
+        let mut h = HeaderMap::new();
+        h.insert(TOKEN_HEADER, HeaderValue::from_static("hdr"));
+        h.append(COOKIE, HeaderValue::from_static("a=1; bl_preview_token=ck"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        let p = take_credentials(&mut uri, &mut h);
+        assert_eq!(p.header, vec!["hdr"]);
+        assert_eq!(p.query, vec!["tok+1", "two"]);
+        assert_eq!(p.cookie, vec!["ck"]);
+        assert_eq!(uri.to_string(), "/a/b?x=1&y=%20z");
+        assert!(!h.contains_key(&TOKEN_HEADER));
+        assert_eq!(h.get(COOKIE).and_then(|v| v.to_str().ok()), Some("a=1; b=2"));
+
+        let mut uri: Uri = "https://h.example/p?bl_preview_token=t".parse().expect("uri");
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("bl_preview_token=x"));
+        let p = take_credentials(&mut uri, &mut h);
+        assert_eq!(uri.to_string(), "https://h.example/p");
+        assert_eq!((p.query.len(), p.cookie.len()), (1, 1));
+        assert!(!h.contains_key(COOKIE));
+    }
+
+    #[test]
+    fn html_must_be_listed_explicitly() {
+        let accept = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(ACCEPT, HeaderValue::from_static(v));
+            accepts_html_explicitly(&h)
+        };
+        assert!(accept("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"));
+        assert!(accept("TEXT/HTML"));
+        assert!(!accept("*/*"));
+        assert!(!accept("text/*"));
+        assert!(!accept("application/json"));
+        assert!(!accept("text/html;q=0"));
+        assert!(!accepts_html_explicitly(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn headers_win_or_merge() {
+        let p = preview(true);
+        let mut req = HeaderMap::new();
+        req.insert("authorization", HeaderValue::from_static("Bearer client"));
+        apply_request_headers(&mut req, &p);
+        assert_eq!(req.get_all("authorization").iter().count(), 1);
+        assert_eq!(req.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer app"));
+        let mut resp = HeaderMap::new();
+        resp.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("https://app.example"));
+        merge_response_headers(&mut resp, &p);
+        assert_eq!(resp.get_all(ACCESS_CONTROL_ALLOW_ORIGIN).iter().count(), 1);
+        assert_eq!(resp.get(ACCESS_CONTROL_ALLOW_ORIGIN).and_then(|v| v.to_str().ok()), Some("https://app.example"));
+        let mut resp = HeaderMap::new();
+        merge_response_headers(&mut resp, &p);
+        assert_eq!(resp.get(ACCESS_CONTROL_ALLOW_ORIGIN).and_then(|v| v.to_str().ok()), Some("*"));
+    }
+
+    #[test]
+    fn preflights_are_answered_only_with_cors() {
+        let mut h = HeaderMap::new();
+        h.insert(ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("POST"));
+        let r = preflight(&preview(false), &Method::OPTIONS, &h).expect("answered");
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(r.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).and_then(|v| v.to_str().ok()), Some("*"));
+        assert!(preflight(&preview(false), &Method::OPTIONS, &HeaderMap::new()).is_none(), "plain OPTIONS");
+        assert!(preflight(&preview(false), &Method::GET, &h).is_none());
+        let mut no_cors = preview(false);
+        no_cors.response_headers.clear();
+        assert!(preflight(&no_cors, &Method::OPTIONS, &h).is_none(), "forwarded");
+    }
+}
