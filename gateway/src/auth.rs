@@ -12,7 +12,8 @@
 use crate::{
     api_error::ApiError,
     app::App,
-    tokens::{TokenRegistry, Verdict, timestamp},
+    previews::time::format_timestamp,
+    tokens::{TokenRegistry, Verdict},
 };
 use http::{HeaderMap, HeaderName, header::AUTHORIZATION};
 use time::OffsetDateTime;
@@ -67,7 +68,7 @@ pub fn check(
     let token = match tokens.verify(secret, now) {
         Verdict::Valid(token) => token,
         Verdict::Expired(token) => {
-            let at = token.expires_at.map(timestamp::format).unwrap_or_default();
+            let at = token.expires_at.map(format_timestamp).unwrap_or_default();
             return Err(refuse(
                 ApiError::new(401, "AUTHENTICATION_FAILED", format!("the token {:?} expired at {at}", token.name)),
                 Some(&token.name),
@@ -176,7 +177,7 @@ mod tests {
     use http::HeaderValue;
 
     fn now() -> OffsetDateTime {
-        timestamp::parse("2030-01-01T00:00:00Z").expect("time")
+        crate::previews::time::parse_timestamp("2030-01-01T00:00:00Z").expect("time")
     }
 
     /// A registry with `acme/ci` (no expiry), `acme/short` (1 h) and `other/ci`; their secrets.

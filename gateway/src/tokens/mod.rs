@@ -1,9 +1,11 @@
 //! Workspace access tokens: what the HTTPS edge accepts as `Bearer` credentials (BRIEF §2).
 //!
 //! - [`secret`]: generation (`gw_…`, 256 bits from the OS RNG) and SHA-256 digests;
-//! - [`timestamp`]: RFC 3339 as the admin API reads and writes it;
 //! - [`registry`]: the in-memory index (by name, and by digest for O(1) checks), creation with
 //!   validation, revocation, and [`registry::TokenRegistry::verify`].
+//!
+//! Timestamps and lifetimes are read and written by [`crate::previews::time`], as for previews:
+//! RFC 3339 with `Z`, an offset or none (UTC), answered in UTC to the millisecond.
 //!
 //! The admin API (`/v1/workspaces/{ws}/tokens`) manages them; `crate::auth` checks them.
 //! Only SHA-256 digests are stored (`state.dir/tokens/{ws}.{name}.json`); a secret is shown
@@ -11,11 +13,10 @@
 
 pub mod registry;
 pub mod secret;
-pub mod timestamp;
 
 pub use registry::{TokenRegistry, Verdict};
 
-use crate::state::model::AccessToken;
+use crate::{previews::time::serde_ts, state::model::AccessToken};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -42,10 +43,10 @@ pub struct TokenView {
     /// Workspace.
     pub workspace: String,
     /// Creation time (UTC).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "serde_ts")]
     pub created_at: OffsetDateTime,
     /// Expiry (UTC), `null` when none.
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "serde_ts::option")]
     pub expires_at: Option<OffsetDateTime>,
     /// Whether it has expired (it then authenticates nothing; revoke it to reuse the name).
     pub expired: bool,
@@ -75,9 +76,9 @@ pub struct CreatedToken {
     /// The secret, `gw_…` (redacted in `Debug`).
     pub token: secret::Secret,
     /// Creation time (UTC).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "serde_ts")]
     pub created_at: OffsetDateTime,
     /// Expiry (UTC), `null` when none.
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "serde_ts::option")]
     pub expires_at: Option<OffsetDateTime>,
 }

@@ -13,12 +13,12 @@
 use super::{
     CreatedToken, TokenRequest, TokenView,
     secret::{Secret, Sha256Digest},
-    timestamp,
 };
 use crate::{
     api_error::ApiError,
     app::state_write_failed,
     config::is_dns_label,
+    previews::time::{add, format_timestamp, parse_timestamp, parse_ttl, truncate_millis},
     state::{
         Store,
         model::{AccessToken, TokenId},
@@ -122,37 +122,32 @@ pub fn requested_expiry(request: &TokenRequest, now: OffsetDateTime) -> Result<O
         (Some(_), Some(_)) => Err(bad_request("give expiresAt or ttl, not both")),
         (None, None) => Ok(None),
         (Some(text), None) => {
-            let at = timestamp::parse(text).map_err(|e| bad_request(format!("invalid expiresAt: {e}")))?;
+            // Whole milliseconds: what answers show is what is stored and enforced.
+            let at = parse_timestamp(text)
+                .map(truncate_millis)
+                .map_err(|e| bad_request(format!("invalid expiresAt: {e}")))?;
             if at <= now {
                 return Err(bad_request(format!(
                     "expiresAt {} is in the past (now is {})",
-                    timestamp::format(at),
-                    timestamp::format(now)
+                    format_timestamp(at),
+                    format_timestamp(now)
                 )));
             }
             Ok(Some(at))
         }
         (None, Some(text)) => {
-            let ttl = humantime::parse_duration(text).map_err(|e| {
-                bad_request(format!("invalid ttl {text:?}: {e} (examples: \"1h\", \"24h\", \"7d\", \"1h 30m\")"))
-            })?;
-            if ttl.is_zero() {
-                return Err(bad_request(format!("invalid ttl {text:?}: a lifetime must be positive")));
-            }
-            time::Duration::try_from(ttl)
-                .ok()
-                .and_then(|d| now.checked_add(d))
-                .and_then(ceil_to_second)
-                .filter(|at| at.year() <= 9999)
-                .map(Some)
-                .ok_or_else(|| bad_request(format!("invalid ttl {text:?}: too long")))
+            let ttl = parse_ttl(text).map_err(|e| bad_request(format!("invalid ttl: {e}")))?;
+            Ok(Some(ceil_to_second(add(now, ttl))))
         }
     }
 }
 
 /// The next whole second (or `t` itself when whole): a `ttl` is never shortened by rounding.
-fn ceil_to_second(t: OffsetDateTime) -> Option<OffsetDateTime> {
-    if t.nanosecond() == 0 { Some(t) } else { t.replace_nanosecond(0).ok()?.checked_add(time::Duration::SECOND) }
+fn ceil_to_second(t: OffsetDateTime) -> OffsetDateTime {
+    match t.replace_nanosecond(0) {
+        Ok(whole) if whole != t => whole.checked_add(time::Duration::SECOND).unwrap_or(t),
+        _ => t,
+    }
 }
 
 impl TokenRegistry {
@@ -258,7 +253,7 @@ impl TokenRegistry {
         tracing::info!(
             workspace = %token.workspace,
             token = %token.name,
-            expires_at = token.expires_at.map(timestamp::format),
+            expires_at = token.expires_at.map(format_timestamp),
             "access token created"
         );
         Ok(CreatedToken {
@@ -294,7 +289,7 @@ mod tests {
     use crate::state::MemoryStore;
 
     fn now() -> OffsetDateTime {
-        timestamp::parse("2030-01-01T00:00:00Z").expect("time")
+        parse_timestamp("2030-01-01T00:00:00Z").expect("time")
     }
 
     fn request(name: &str) -> TokenRequest {
@@ -362,7 +357,7 @@ mod tests {
         assert_eq!(at(None, None).expect("none"), None);
         assert_eq!(
             at(Some("2030-01-02T00:00:00"), None).expect("no offset"),
-            Some(timestamp::parse("2030-01-02T00:00:00Z").expect("t"))
+            Some(parse_timestamp("2030-01-02T00:00:00Z").expect("t"))
         );
         assert_eq!(at(None, Some("7d")).expect("7d"), Some(now() + time::Duration::days(7)));
         // A ttl from a fractional instant is rounded up to the next whole second.
@@ -373,8 +368,9 @@ mod tests {
             (Some("2029-12-31T23:59:59Z"), None, "in the past"),
             (Some("2030-01-01T00:00:00Z"), None, "in the past"),
             (Some("next week"), None, "RFC 3339"),
+            (Some("2030-01-01T00:00:00.0001Z"), None, "in the past"),
             (Some("2030-01-02T00:00:00Z"), Some("1h"), "not both"),
-            (None, Some("0s"), "positive"),
+            (None, Some("0s"), "out of range"),
             (None, Some("soon"), "ttl"),
             (None, Some("100000000000000d"), "ttl"),
         ] {
