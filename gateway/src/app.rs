@@ -161,6 +161,23 @@ pub(crate) struct Mutating {
     pub(crate) dataplane: Dataplane,
 }
 
+/// Mutations held by [`App::freeze`].
+pub struct Frozen<'a> {
+    app: &'a App,
+    guard: tokio::sync::MutexGuard<'a, Mutating>,
+}
+
+impl Frozen<'_> {
+    /// The successor owns the state and the kernel maps now: every later mutation of this
+    /// process fails fast (503 `GATEWAY_RESTARTING`, retryable) instead of waiting, and reads
+    /// keep answering from memory while in-flight requests drain.
+    pub fn hand_over(mut self) {
+        self.guard.dataplane = Dataplane::handed_over();
+        self.app.store.seal();
+        self.app.ready.store(false, Ordering::Release);
+    }
+}
+
 /// The shared application state.
 pub struct App {
     /// Swapped whole by a reload (`crate::lifecycle`); readers take a snapshot.
@@ -202,6 +219,7 @@ pub fn dataplane_error(e: &DataplaneError) -> ApiError {
         DataplaneError::UnknownInterface(_) => ApiError::new(400, "UNKNOWN_INTERFACE", e.to_string()),
         DataplaneError::Disabled => ApiError::new(503, "DATAPLANE_DISABLED", e.to_string()),
         DataplaneError::NoProgram => ApiError::new(503, "DATAPLANE_UNAVAILABLE", e.to_string()),
+        DataplaneError::HandedOver => ApiError::new(503, "GATEWAY_RESTARTING", e.to_string()).retryable(),
         DataplaneError::Kernel { .. } => {
             ApiError::new(500, "DATAPLANE_ERROR", format!("the kernel refused the policy update: {e}")).retryable()
         }
@@ -343,6 +361,14 @@ impl App {
     /// changed; requests already in flight finish with the snapshot they took.
     pub fn replace_config(&self, config: Config) {
         self.config.store(Arc::new(config));
+    }
+
+    /// Waits for the mutation in progress and holds every later one while the guard lives
+    /// (zero-downtime restart: the successor loads the state and the kernel maps, which must not
+    /// change meanwhile). Dropping the guard resumes; [`Frozen::hand_over`] ends this process's
+    /// ownership instead.
+    pub async fn freeze(&self) -> Frozen<'_> {
+        Frozen { app: self, guard: self.mutating.lock().await }
     }
 
     /// Whether the state is loaded and the data plane reconciled.

@@ -12,6 +12,7 @@ pub mod compat;
 pub mod config;
 pub mod connector;
 pub mod dataplane;
+pub mod handoff;
 pub mod lifecycle;
 pub mod paths;
 pub mod previews;

@@ -34,6 +34,9 @@ pub const TLS_CA_FILE: &str = "ca.pem";
 pub const STATE_FORMAT_FILE: &str = "FORMAT";
 /// Inside `state.dir`: the lock held by the running gateway.
 pub const STATE_LOCK_FILE: &str = "lock";
+/// Inside `state.dir`: the unix socket a successor connects to for a zero-downtime restart
+/// (`crate::handoff`).
+pub const HANDOFF_SOCKET: &str = "handoff.sock";
 /// Suffix of a file being written (never read back; removed at start).
 pub const TEMP_SUFFIX: &str = ".tmp";
 

@@ -303,6 +303,14 @@ impl GatewayProcess {
         self.spawn();
     }
 
+    /// The exit status once the process has exited by itself (a drain after a handover),
+    /// else `None`.
+    pub fn try_wait_exit(&mut self) -> Option<ExitStatus> {
+        let status = self.try_wait()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -21,7 +21,10 @@ use hyper_util::{
 use std::{
     future::Future,
     io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    os::{
+        fd::{AsRawFd, OwnedFd, RawFd},
+        unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -32,6 +35,8 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After the last accept, how long a new connection has to start its first request.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(250);
 
 /// Errors of the admin listener.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +56,14 @@ pub enum AdminError {
     /// The socket path exists and is not a socket.
     #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
     NotASocket(PathBuf),
+    /// A socket handed over by a predecessor does not listen where the configuration says.
+    #[error("the admin socket handed over listens on {found}, but listen.admin is {want}: restart instead")]
+    Inherited {
+        /// `listen.admin`.
+        want: String,
+        /// What the socket is.
+        found: String,
+    },
 }
 
 /// A bound admin listener.
@@ -62,6 +75,50 @@ pub enum Listener {
 }
 
 impl Listener {
+    /// The listening socket, to hand over to a successor (`crate::handoff`).
+    pub fn raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+
+    /// Adopts a listening socket handed over by a predecessor; it must listen where `listen`
+    /// says (a changed `listen.admin` needs a plain restart).
+    pub fn inherit(fd: OwnedFd, listen: &AdminListen) -> Result<Self, AdminError> {
+        let mismatch = |found: String| AdminError::Inherited { want: listen.to_string(), found };
+        match listen {
+            AdminListen::Tcp(addr) => {
+                let std = std::net::TcpListener::from(fd);
+                let local = std.local_addr().map_err(|e| mismatch(e.to_string()))?;
+                if local != *addr && !(addr.port() == local.port() && addr.ip().is_unspecified()) {
+                    return Err(mismatch(local.to_string()));
+                }
+                std.set_nonblocking(true).map_err(|e| mismatch(e.to_string()))?;
+                Ok(Listener::Tcp(TcpListener::from_std(std).map_err(|e| mismatch(e.to_string()))?))
+            }
+            AdminListen::Unix(path) => {
+                let std = std::os::unix::net::UnixListener::from(fd);
+                let local = std.local_addr().map_err(|e| mismatch(e.to_string()))?;
+                if local.as_pathname() != Some(path.as_path()) {
+                    return Err(mismatch(format!("{local:?}")));
+                }
+                std.set_nonblocking(true).map_err(|e| mismatch(e.to_string()))?;
+                Ok(Listener::Unix(UnixListener::from_std(std).map_err(|e| mismatch(e.to_string()))?, path.clone()))
+            }
+        }
+    }
+
+    /// Removes the unix socket file at a final shutdown (not after a handoff: the successor
+    /// serves on it).
+    pub fn remove_socket_file(&self) {
+        if let Listener::Unix(_, path) = self
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the admin socket");
+        }
+    }
+
     /// Where it listens.
     pub fn describe(&self) -> String {
         match self {
@@ -105,10 +162,11 @@ async fn prepare_socket_path(path: &Path) -> Result<(), AdminError> {
     }
 }
 
-/// Serves the admin API until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+/// Serves the admin API until `shutdown` resolves, then lets in-flight requests finish. The
+/// listener stays open (shared): the caller closes it, or hands it over.
+pub async fn serve(listener: Arc<Listener>, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let require_token = matches!(listener, Listener::Tcp(_));
+    let require_token = matches!(*listener, Listener::Tcp(_));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -129,12 +187,10 @@ pub async fn serve(listener: Listener, app: Arc<App>, shutdown: impl Future<Outp
             Accepted::Unix(s) => spawn_connection(&graceful, TokioIo::new(s), app.clone(), require_token),
         }
     }
-    if let Listener::Unix(_, path) = &listener
-        && let Err(e) = std::fs::remove_file(path)
-    {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove the admin socket");
-    }
-    drop(listener);
+    // A connection accepted just now may not have sent (or we may not have read) its first
+    // request yet, and a graceful shutdown closes such "idle" connections at once: give them
+    // the time to start their request, which then completes.
+    tokio::time::sleep(FIRST_REQUEST_GRACE).await;
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("admin connections still open after {SHUTDOWN_GRACE:?}; closing them");
     }

@@ -112,7 +112,10 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         return Ok(r);
     }
     match (route, req.method().clone()) {
-        (Route::Live, _) => json(StatusCode::OK, &serde_json::json!({"status": "live"})),
+        (Route::Live, _) => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "live", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
+        ),
         (Route::Ready, _) if app.is_ready() => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         (Route::Ready, _) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "starting"})),
         (Route::Metrics, _) => Ok(metrics_response()),

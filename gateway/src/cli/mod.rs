@@ -103,6 +103,19 @@ pub struct ServeArgs {
     /// Example: GATEWAY_STATE_DIR=/tmp/gw gateway serve --dev
     #[arg(long)]
     pub dev: bool,
+    /// Take the listening sockets over from the gateway running with the same state.dir
+    /// (zero-downtime restart or upgrade; it drains and exits). SIGUSR2 to the running gateway
+    /// starts its successor this way.
+    ///
+    /// Example: gateway serve --config /etc/gateway/gateway.toml --takeover
+    #[arg(long)]
+    pub takeover: bool,
+    /// How long in-flight requests and tunnels (WebSockets) may run after a stop or a
+    /// handover before they are closed.
+    ///
+    /// Example: --drain-timeout 30s
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 /// A required `--config FILE`.

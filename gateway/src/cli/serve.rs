@@ -1,5 +1,6 @@
 //! `gateway serve`: configuration → state → data plane → reconcile → listeners → READY, then
-//! signals (reload, shutdown) until the drain ends. See [`crate::lifecycle`].
+//! signals (reload, shutdown, upgrade) and successors (handoff) until the drain ends. See
+//! [`crate::lifecycle`] and [`crate::handoff`].
 
 use super::{ServeArgs, print_problems};
 use crate::{
@@ -7,13 +8,24 @@ use crate::{
     app::App,
     config::{self, Config},
     dataplane::Dataplane,
+    handoff::{self, HandoffServer, Inherited, Successor},
     lifecycle::{self, ConfigSource, Event, Notifier, Reloadable, Signals},
     paths,
     state::FileStore,
 };
 use anyhow::Context;
-use std::sync::Arc;
+use std::{
+    ffi::OsString,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Flag added to the command line of a successor.
+const TAKEOVER_FLAG: &str = "--takeover";
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let source = if args.dev {
@@ -25,29 +37,53 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<u8> {
         Ok(c) => c,
         Err(problems) => return Ok(print_problems(&problems)),
     };
+    // Resolved now: after an upgrade replaced the file, /proc/self/exe names the old inode,
+    // while this path names the new binary, which a successor must run.
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let options = Options { takeover: args.takeover, drain: args.drain_timeout, exe, args: std::env::args_os().skip(1).collect() };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gateway")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(source, config))?;
+    runtime.block_on(serve(source, config, options))?;
     Ok(0)
 }
 
-async fn serve(source: ConfigSource, config: Config) -> anyhow::Result<()> {
-    let notifier = Notifier::from_env();
-    // Installed first: a SIGHUP or SIGTERM during start-up is handled, not fatal.
-    let mut signals = Signals::install().context("cannot install signal handlers")?;
+struct Options {
+    takeover: bool,
+    drain: Duration,
+    exe: PathBuf,
+    args: Vec<OsString>,
+}
+
+/// What a started gateway holds.
+struct Started {
+    app: Arc<App>,
+    admin: Arc<admin::Listener>,
+    lock_fd: std::os::fd::RawFd,
+}
+
+/// Loads the state (with the predecessor's lock when taking over), opens the data plane,
+/// reconciles, and binds (or adopts) the listeners.
+async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Result<Started> {
     let admin_listen = config.admin_listen().map_err(|e| anyhow::anyhow!("listen.admin: {e}"))?;
     if matches!(admin_listen, config::AdminListen::Tcp(_)) && config.admin.token == "change-me" {
         tracing::warn!("admin.token is the default \"change-me\": set a secret token");
     }
-    notifier.status("loading the state and the data plane");
     let state_dir = config.state.dir.clone();
-    let store = tokio::task::spawn_blocking(move || FileStore::open(&state_dir))
-        .await
-        .context("state task")?
-        .with_context(|| format!("cannot open the state directory {}", config.state.dir.display()))?;
+    let lock = match &inherited {
+        Some(h) => Some(h.take_lock().context("the inherited state lock")?),
+        None => None,
+    };
+    let store = tokio::task::spawn_blocking(move || match lock {
+        Some(lock) => FileStore::open_inherited(&state_dir, lock),
+        None => FileStore::open(&state_dir),
+    })
+    .await
+    .context("state task")?
+    .with_context(|| format!("cannot open the state directory {}", config.state.dir.display()))?;
+    let lock_fd = store.lock_fd();
     let dataplane = if config.dataplane.enabled {
         Dataplane::open(&config.dataplane_settings())
             .with_context(|| format!("cannot open the data plane at {}", config.dataplane.bpffs.display()))?
@@ -56,42 +92,243 @@ async fn serve(source: ConfigSource, config: Config) -> anyhow::Result<()> {
         Dataplane::disabled()
     };
     let app = Arc::new(App::start(config, Arc::new(store), dataplane).await?);
-    let listener = admin::bind(&admin_listen).await?;
-    let admin_at = listener.describe();
+    let admin = match inherited.and_then(|h| h.take("admin")) {
+        Some(fd) => admin::Listener::inherit(fd, &admin_listen)?,
+        None => admin::bind(&admin_listen).await?,
+    };
+    Ok(Started { app, admin: Arc::new(admin), lock_fd })
+}
 
-    let stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(listener, app.clone(), stop.clone().cancelled_owned()));
-    let reaper_task = tokio::spawn(crate::previews::reaper::run(app.clone(), stop.clone().cancelled_owned()));
-    // Programs attached, state reconciled, every listener bound: ready.
-    notifier.spawn_watchdog(stop.clone());
-    let sandboxes = app.list(None).map(|l| l.len()).unwrap_or_default();
-    notifier.ready(&format!("serving: admin {admin_at}, {sandboxes} sandboxes"));
-    tracing::info!(admin = %admin_at, sandboxes, "ready");
+/// A background task and what stops it.
+struct Task {
+    stop: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+    name: &'static str,
+}
 
-    let reloadable: Vec<Arc<dyn Reloadable>> = Vec::new();
-    loop {
-        match signals.next().await {
-            Event::Reload => {
-                tracing::info!(signal = "SIGHUP", "reloading the configuration");
-                let _ = lifecycle::reload(&source, &app, &reloadable, notifier);
-            }
-            Event::Upgrade => {
-                tracing::warn!(signal = "SIGUSR2", "zero-downtime restart is not available in this build; ignored");
-            }
-            Event::Shutdown(name) => {
-                tracing::info!(signal = name, "shutting down: draining");
-                notifier.stopping("draining in-flight requests");
-                break;
-            }
+impl Task {
+    fn spawn<F: Future<Output = ()> + Send + 'static>(name: &'static str, f: impl FnOnce(CancellationToken) -> F) -> Self {
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(f(stop.clone()));
+        Self { stop, handle: Some(handle), name }
+    }
+
+    /// Stops it and waits for it to finish.
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(handle) = self.handle.take()
+            && let Err(e) = handle.await
+        {
+            tracing::error!(task = self.name, error = %e, "task failed");
         }
     }
-    stop.cancel();
-    if let Err(e) = admin_task.await {
-        tracing::error!(error = %e, "the admin listener task failed");
+}
+
+/// What runs while the gateway serves: the accept loops of the listeners and the tasks that
+/// mutate the state (the preview reaper), each stoppable on its own.
+struct Serving {
+    app: Arc<App>,
+    admin: Arc<admin::Listener>,
+    admin_task: Task,
+    reaper: Task,
+}
+
+impl Serving {
+    fn start(app: Arc<App>, admin: Arc<admin::Listener>) -> Self {
+        let admin_task = Self::admin_task(&app, &admin);
+        let reaper = Self::reaper(&app);
+        Self { app, admin, admin_task, reaper }
     }
-    if let Err(e) = reaper_task.await {
-        tracing::error!(error = %e, "the preview reaper task failed");
+
+    fn admin_task(app: &Arc<App>, admin: &Arc<admin::Listener>) -> Task {
+        let (app, admin) = (app.clone(), admin.clone());
+        Task::spawn("admin listener", move |stop| admin::serve(admin, app, stop.cancelled_owned()))
     }
-    tracing::info!("stopped; kernel enforcement stays in place");
+
+    fn reaper(app: &Arc<App>) -> Task {
+        let app = app.clone();
+        Task::spawn("preview reaper", move |stop| crate::previews::reaper::run(app, stop.cancelled_owned()))
+    }
+
+    /// Stops accepting admin connections and lets the requests in flight finish; stops the
+    /// tasks that mutate the state.
+    async fn stop_mutators(&mut self) {
+        self.admin_task.stop().await;
+        self.reaper.stop().await;
+    }
+
+    /// Accepts admin connections and reaps previews again (after a failed handoff).
+    fn resume_mutators(&mut self) {
+        self.admin_task = Self::admin_task(&self.app, &self.admin);
+        self.reaper = Self::reaper(&self.app);
+    }
+
+    /// Stops accepting everywhere and drains, up to `deadline`.
+    async fn drain(mut self, deadline: Duration) {
+        let drained = async { self.stop_mutators().await };
+        if tokio::time::timeout(deadline, drained).await.is_err() {
+            tracing::warn!(deadline_ms = deadline.as_millis() as u64, "drain deadline reached; closing what is left");
+        }
+    }
+}
+
+enum Exit {
+    Shutdown,
+    HandedOver,
+}
+
+async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
+    // Installed first: a SIGHUP or SIGTERM during start-up is handled, not fatal.
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let state_dir = config.state.dir.clone();
+    let mut inherited = if options.takeover {
+        notifier.status("taking over from the running gateway");
+        let h = handoff::take_over(&state_dir).await?;
+        tracing::info!("received the listeners and the state lock from the running gateway");
+        Some(h)
+    } else {
+        None
+    };
+    notifier.status("loading the state and the data plane");
+    let started = match start(config, inherited.as_mut()).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(h) = inherited {
+                h.failed(format!("{e:#}")).await;
+            }
+            return Err(e);
+        }
+    };
+    let Started { app, admin, lock_fd } = started;
+    let admin_at = admin.describe();
+    let mut serving = Serving::start(app.clone(), admin.clone());
+    if let Some(h) = inherited {
+        // The predecessor stops accepting and drains from here on.
+        if let Err(e) = h.ready().await {
+            tracing::warn!(error = %e, "could not tell the previous process to drain");
+        }
+    }
+    let mut handoff_server = bind_handoff(&state_dir);
+    // Programs attached, state reconciled, every listener bound: ready.
+    let watchdog = CancellationToken::new();
+    notifier.spawn_watchdog(watchdog.clone());
+    let sandboxes = app.list(None).map(|l| l.len()).unwrap_or_default();
+    notifier.ready(&format!("serving: admin {admin_at}, {sandboxes} sandboxes"));
+    tracing::info!(admin = %admin_at, sandboxes, pid = std::process::id(), "ready");
+
+    let reloadable: Vec<Arc<dyn Reloadable>> = Vec::new();
+    let exit = loop {
+        let successor = async {
+            match &handoff_server {
+                Some(server) => server.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = signals.next() => match event {
+                Event::Reload => {
+                    tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                    let _ = lifecycle::reload(&source, &app, &reloadable, notifier);
+                }
+                Event::Upgrade => spawn_successor(&options),
+                Event::Shutdown(name) => {
+                    tracing::info!(signal = name, "shutting down: draining");
+                    notifier.stopping("draining in-flight requests");
+                    break Exit::Shutdown;
+                }
+            },
+            successor = successor => match successor {
+                Ok(successor) => {
+                    let server = handoff_server.take();
+                    match hand_over(successor, &mut serving, server.as_ref(), lock_fd).await {
+                        Ok(()) => break Exit::HandedOver,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the new process did not take over; serving on");
+                            drop(server);
+                            handoff_server = bind_handoff(&state_dir);
+                            serving.resume_mutators();
+                            notifier.status(&format!("serving: admin {admin_at}; a takeover failed: {e}"));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "a takeover attempt failed"),
+            },
+        }
+    };
+    watchdog.cancel();
+    serving.drain(options.drain).await;
+    match exit {
+        Exit::Shutdown => {
+            admin.remove_socket_file();
+            if let Some(server) = &handoff_server {
+                server.unlink();
+            }
+            tracing::info!("stopped; kernel enforcement stays in place");
+        }
+        Exit::HandedOver => tracing::info!("drained; the new process serves"),
+    }
     Ok(())
+}
+
+/// Binds this process's handoff socket; without it, zero-downtime restarts are off (logged).
+fn bind_handoff(state_dir: &Path) -> Option<HandoffServer> {
+    match HandoffServer::bind(state_dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(path = %handoff::socket_path(state_dir).display(), error = %e, "zero-downtime restart unavailable");
+            None
+        }
+    }
+}
+
+/// Gives the listeners and the state to `successor`. On success the caller drains and exits; on
+/// failure nothing was closed and it serves on.
+async fn hand_over(
+    successor: Successor,
+    serving: &mut Serving,
+    server: Option<&HandoffServer>,
+    lock_fd: std::os::fd::RawFd,
+) -> Result<(), handoff::HandoffError> {
+    tracing::info!(pid = successor.pid, version = %successor.version, "a new gateway process is taking over");
+    // Admin requests in flight finish here; new admin connections wait in the socket's queue
+    // for the successor. The HTTPS edge keeps serving (it only reads).
+    serving.stop_mutators().await;
+    let app = serving.app.clone();
+    let frozen = app.freeze().await;
+    if let Some(server) = server {
+        server.unlink();
+    }
+    let listeners = vec![("admin".to_string(), serving.admin.raw_fd())];
+    match successor.hand_over(listeners, lock_fd).await {
+        Ok(()) => {
+            frozen.hand_over();
+            tracing::info!("the new process is ready; draining");
+            Ok(())
+        }
+        Err(e) => {
+            drop(frozen);
+            Err(e)
+        }
+    }
+}
+
+/// SIGUSR2: starts the program at its path (a new binary after an upgrade) with the same
+/// arguments plus `--takeover`; it connects to this process's handoff socket.
+fn spawn_successor(options: &Options) {
+    let mut cmd = std::process::Command::new(&options.exe);
+    cmd.args(options.args.iter().filter(|a| a.as_os_str() != TAKEOVER_FLAG)).arg(TAKEOVER_FLAG);
+    cmd.stdin(std::process::Stdio::null());
+    match cmd.spawn() {
+        Ok(mut child) => {
+            let pid = child.id();
+            tracing::info!(signal = "SIGUSR2", pid, exe = %options.exe.display(), "started a new gateway process to take over");
+            // Reaped if it fails while this process still runs.
+            std::thread::spawn(move || match child.wait() {
+                Ok(status) if !status.success() => tracing::error!(pid, %status, "the new gateway process failed"),
+                _ => {}
+            });
+        }
+        Err(e) => tracing::error!(error = %e, exe = %options.exe.display(), "cannot start a new gateway process"),
+    }
 }

@@ -100,6 +100,9 @@ pub enum DataplaneError {
     /// Data plane disabled by configuration.
     #[error("the data plane is disabled (dataplane.enabled = false)")]
     Disabled,
+    /// This process handed the data plane over to its successor (zero-downtime restart).
+    #[error("the gateway is restarting: the data plane now belongs to the new process; retry")]
+    HandedOver,
     /// Anything the kernel refused.
     #[error("{context}: {source}")]
     Kernel {
@@ -123,6 +126,9 @@ where
 /// The running data plane (or a disabled stand-in).
 pub struct Dataplane {
     inner: Option<Mutex<Inner>>,
+    /// The kernel maps belong to a successor process (zero-downtime restart): every mutation
+    /// is refused.
+    handed_over: bool,
 }
 
 struct Inner {
@@ -203,12 +209,23 @@ impl Dataplane {
         }
         let inner = Inner { ebpf, maps, pins, shadow, attached: HashSet::new() };
         inner.publish_entries();
-        Ok(Self { inner: Some(Mutex::new(inner)) })
+        Ok(Self { inner: Some(Mutex::new(inner)), handed_over: false })
     }
 
     /// A stand-in for `dataplane.enabled = false`: every mutation is accepted and does nothing.
     pub fn disabled() -> Self {
-        Self { inner: None }
+        Self { inner: None, handed_over: false }
+    }
+
+    /// A stand-in for a data plane handed over to a successor (`crate::handoff`): every call
+    /// fails with [`DataplaneError::HandedOver`], so a mutation racing a restart fails fast and
+    /// can be retried against the successor.
+    pub fn handed_over() -> Self {
+        Self { inner: None, handed_over: true }
+    }
+
+    fn check_owned(&self) -> Result<(), DataplaneError> {
+        if self.handed_over { Err(DataplaneError::HandedOver) } else { Ok(()) }
     }
 
     /// Whether the kernel is enforced by this instance.
@@ -224,6 +241,7 @@ impl Dataplane {
     /// needed, registers its address, opens new ports, then closes removed ones (never a window
     /// where a port outside old ∪ new is open). Returns how long the map updates took.
     pub fn apply_sandbox(&self, policy: &SandboxPolicy) -> Result<Duration, DataplaneError> {
+        self.check_owned()?;
         let ifindex = ifindex_of(&policy.interface)?;
         let Some(mut inner) = self.lock() else { return Ok(Duration::ZERO) };
         let inner = &mut *inner;
@@ -244,6 +262,7 @@ impl Dataplane {
 
     /// Removes a sandbox's entries. Its interface stays attached (and so closed to new flows).
     pub fn remove_sandbox(&self, address: Ipv4Addr) -> Result<(), DataplaneError> {
+        self.check_owned()?;
         let Some(mut inner) = self.lock() else { return Ok(()) };
         let inner = &mut *inner;
         let old = inner.shadow.remove(&address).unwrap_or_default();
@@ -259,6 +278,7 @@ impl Dataplane {
     /// removes what is stale. A sandbox whose interface does not exist yet keeps its entries
     /// (its traffic cannot flow anyway) and is reported in the log.
     pub fn reconcile(&self, all: &[SandboxPolicy]) -> Result<(), DataplaneError> {
+        self.check_owned()?;
         let Some(mut inner) = self.lock() else { return Ok(()) };
         let inner = &mut *inner;
         let mut desired: HashMap<Ipv4Addr, Shadow> = HashMap::new();
@@ -295,6 +315,7 @@ impl Dataplane {
 
     /// What the kernel holds for `address`, read back from the maps.
     pub fn policy_view(&self, address: Ipv4Addr) -> Result<PolicyView, DataplaneError> {
+        self.check_owned()?;
         let Some(inner) = self.lock() else { return Err(DataplaneError::Disabled) };
         Ok(inspect::policy_view(&inner.maps, address))
     }

@@ -33,7 +33,10 @@ use std::{
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -64,7 +67,10 @@ struct Inner {
     secrets: PathBuf,
     /// Serializes writes (two writes of one record would share a temp file).
     write: Mutex<()>,
-    _lock: Flock<File>,
+    /// The directory lock; `None` once sealed (handed over: see `seal`).
+    lock: Mutex<Option<Flock<File>>>,
+    /// Set by `seal`: every later operation fails.
+    sealed: AtomicBool,
 }
 
 /// The file store. Holds an exclusive lock on the directory while alive.
@@ -81,6 +87,22 @@ fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Store
 impl FileStore {
     /// Opens (creating if missing) the state directory and locks it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Opens the state directory with the lock file a predecessor handed over (zero-downtime
+    /// restart, `crate::handoff`): the lock is already held, by the open file both share.
+    pub fn open_inherited(dir: &Path, lock: File) -> Result<Self, StoreError> {
+        Self::open_with(dir, Some(lock))
+    }
+
+    /// The lock file's descriptor, to hand over.
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.inner.lock.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(-1, |l| l.as_raw_fd())
+    }
+
+    fn open_with(dir: &Path, inherited: Option<File>) -> Result<Self, StoreError> {
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -89,13 +111,17 @@ impl FileStore {
                 .map_err(io_err("creating the state directory", dir))?;
         }
         let lock_path = dir.join(STATE_LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
+        let lock_file = match inherited {
+            // flock(2) locks belong to the open file: re-locking the shared one succeeds.
+            Some(file) => file,
+            None => OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(io_err("opening", &lock_path))?,
+        };
         let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(StoreError::Locked { path: lock_path }),
@@ -147,7 +173,8 @@ impl FileStore {
                 previews,
                 secrets,
                 write: Mutex::new(()),
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
+                sealed: AtomicBool::new(false),
             }),
         })
     }
@@ -161,6 +188,9 @@ impl FileStore {
         &self,
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if self.inner.sealed.load(Ordering::Acquire) {
+            return Err(StoreError::Sealed);
+        }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| StoreError::Task(e.to_string()))?
     }
@@ -344,6 +374,16 @@ impl Store for FileStore {
     }
     fn describe(&self) -> String {
         format!("file:{}", self.inner.dir.display())
+    }
+    fn seal(&self) {
+        // Called with the service layer's mutations frozen (`App::freeze`): no write is in
+        // progress, and none starts after this.
+        self.inner.sealed.store(true, Ordering::Release);
+        // The lock's open file is shared with the successor: dropping the `Flock` would
+        // unlock it (LOCK_UN) for both. Closing the descriptor at exit does not.
+        if let Some(lock) = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            std::mem::forget(lock);
+        }
     }
 }
 

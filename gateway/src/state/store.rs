@@ -62,6 +62,10 @@ pub enum StoreError {
     /// A background task failed.
     #[error("store task failed: {0}")]
     Task(String),
+    /// The state was handed over to the gateway process that took over (zero-downtime
+    /// restart): this process may not write any more.
+    #[error("the state now belongs to the gateway process that took over (restart in progress); retry")]
+    Sealed,
 }
 
 /// Durable state of the gateway.
@@ -84,6 +88,9 @@ pub trait Store: Send + Sync + 'static {
     fn secret(&self, name: &'static str) -> StoreFuture<'_, [u8; 32]>;
     /// A short description for logs (`file:/var/lib/gateway`).
     fn describe(&self) -> String;
+    /// Refuses every later operation with [`StoreError::Sealed`], once the operation in
+    /// progress is done (zero-downtime restart: the successor owns the state).
+    fn seal(&self) {}
 }
 
 /// An in-memory store (tests), whose writes can be made to fail.

@@ -1,6 +1,6 @@
 //! Preview records and generated secrets in the file store.
 
-use super::{Inner, io_err, sync_dir, write_atomic};
+use super::{Inner, io_err, remove_durably, write_atomic};
 use crate::{
     paths::TEMP_SUFFIX,
     previews::model::{Preview, PreviewKey},
@@ -98,11 +98,7 @@ impl Inner {
     pub(super) fn delete_preview(&self, key: &PreviewKey) -> Result<(), StoreError> {
         let path = self.previews.join(file_name(key));
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.previews),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("removing", &path)(e)),
-        }
+        remove_durably(&self.previews, &path)
     }
 
     /// Reads `secrets/{name}.key`, creating it (durably, 0600) the first time.
