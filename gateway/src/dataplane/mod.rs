@@ -182,7 +182,10 @@ impl Dataplane {
             return Ok(Self::disabled());
         }
         let pins = PinDir::new(&settings.bpffs);
-        let log_level = if tracing::enabled!(target: "gateway::ebpf", tracing::Level::DEBUG) { 4 } else { 3 };
+        // The programs log through aya-log, whose records reach `tracing` through the `log`
+        // bridge with the eBPF crate's name as target: `GATEWAY_LOG=info,gateway_ebpf=debug`
+        // turns on one line per dropped packet, in the kernel as well as here.
+        let log_level = if tracing::enabled!(target: "gateway_ebpf", tracing::Level::DEBUG) { 4 } else { 3 };
         let mut ebpf = attach::load_object(&pins, log_level)?;
         spawn_logger(&mut ebpf);
         let mut maps = KernelMaps::open(&pins.maps())?;

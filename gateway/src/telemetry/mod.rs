@@ -2,6 +2,11 @@
 //!
 //! Logging: `tracing` to stderr, as text or JSON lines, filtered by `GATEWAY_LOG`
 //! (an `EnvFilter` directive such as `info,gateway::admin=debug`), default `info`.
+//! Records of the `log` crate (aya-log's records of the eBPF programs among them, target
+//! `gateway_ebpf`) are bridged into `tracing` (tracing-subscriber's `tracing-log` feature) and
+//! filtered and formatted like the rest: `GATEWAY_LOG=info,gateway_ebpf=debug` logs every
+//! packet the programs drop. Colours only on a terminal; no timestamps under journald.
+//!
 //! Metrics: [`metrics`], served on the admin listener's `/metrics`.
 
 pub mod metrics;

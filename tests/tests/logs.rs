@@ -1,0 +1,65 @@
+//! Logs of a real gateway: the eBPF programs' aya-log records reach the gateway's log through
+//! the `log` → `tracing` bridge (target `gateway_ebpf`), and `--log-format json` writes one JSON
+//! object per line, without terminal colours.
+
+use gateway_tests::{gateway_process::*, harness::*};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[test]
+fn ebpf_log_records_are_bridged_into_the_gateway_log() {
+    require_root();
+    let bpffs = BpffsDir::new();
+    let sb = Sandbox::new();
+    let _app = spawn_tcp_echo(&sb, sb.sock(3000));
+    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
+    gw.kill();
+    gw.set_log_filter("info,gateway_ebpf=debug");
+    gw.spawn();
+    let body = json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
+    assert_eq!(gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body).status, 200);
+
+    // An unmarked SYN is dropped by sandbox_in (hook 0) as not from the gateway (reason 19).
+    assert_unreachable(Origin::host(), sb.sock(3000), "unmarked");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = gw.log();
+        if log.lines().any(|l| l.contains("gateway_ebpf") && l.contains("drop hook=0 reason=19")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no bridged eBPF record in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_without_colours() {
+    let mut gw = GatewayProcess::start();
+    gw.kill();
+    let log_path = gw.dir().join("json.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut child = gateway_command()
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(gw.config_path())
+        .env("GATEWAY_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.client().request("GET", "/live", &[], None).is_err() {
+        assert!(Instant::now() < deadline, "no answer:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gw.client().get("/v1/sandboxes").status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(lines.iter().any(|v| v["message"] == "ready"), "{log}");
+    assert!(lines.iter().any(|v| v["message"] == "admin request" && v["path"] == "/v1/sandboxes"), "{log}");
+    assert!(lines.iter().all(|v| v["level"].is_string() && v["target"].is_string() && v["timestamp"].is_string()), "{log}");
+    assert!(!log.contains('\u{1b}'), "no ANSI escapes in a file:\n{log}");
+}
