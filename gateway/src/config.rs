@@ -550,6 +550,47 @@ mod tests {
         assert_eq!(parse("default", DEFAULT_CONFIG_TOML), Ok(Config::default()));
     }
 
+    /// Every key of the configuration (as serde writes the defaults) is in the commented default
+    /// text, in its section: a new key cannot go undocumented.
+    #[test]
+    fn every_key_is_in_the_commented_defaults() {
+        let value = toml::Value::try_from(Config::default()).expect("serialize the defaults");
+        let mut missing = Vec::new();
+        let mut section = String::new();
+        let lines: Vec<(String, String)> = DEFAULT_CONFIG_TOML
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                if l.starts_with('[') {
+                    section = l.trim_matches(|c| c == '[' || c == ']').to_string();
+                    None
+                } else if l.starts_with('#') || l.is_empty() {
+                    None
+                } else {
+                    l.split_once('=').map(|(k, _)| (section.clone(), k.trim().to_string()))
+                }
+            })
+            .collect();
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    match v {
+                        toml::Value::Table(_) => walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out),
+                        _ => out.push((prefix.to_string(), k.clone())),
+                    }
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        walk("", &value, &mut keys);
+        for key in keys {
+            if !lines.contains(&key) {
+                missing.push(format!("[{}] {}", key.0, key.1));
+            }
+        }
+        assert!(missing.is_empty(), "keys missing from DEFAULT_CONFIG_TOML: {missing:?}");
+    }
+
     #[test]
     fn empty_file_is_the_default() {
         assert_eq!(parse("empty", ""), Ok(Config::default()));

@@ -10,6 +10,7 @@ mod dataplane;
 mod fetch;
 mod output;
 mod preview;
+pub mod reference;
 mod sandbox;
 mod serve;
 mod token;
