@@ -8,8 +8,9 @@ use crate::dataplane::{DataplaneSettings, XdpModeSetting};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::{
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 /// The whole configuration.
@@ -28,6 +29,200 @@ pub struct Config {
     pub state: StateConfig,
     /// `[dataplane]`.
     pub dataplane: DataplaneConfig,
+    /// `[tls]`: certificates of the public HTTPS listener.
+    pub tls: TlsConfig,
+    /// `[proxy]`: timeouts and limits of the HTTPS edge.
+    pub proxy: ProxyConfig,
+}
+
+/// `[tls]`: the certificates of the public HTTPS listener. With no certificate at all, a
+/// development CA and a wildcard certificate are generated once under `state.dir/tls/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file: the default certificate and its chain (leaf first). Empty = none.
+    pub cert: PathBuf,
+    /// PEM file: the private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// More certificates, chosen by SNI (first match in order; `cert` is tried first).
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// One certificate of `[[tls.certificates]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertificateFiles {
+    /// PEM full chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// What Host the gateway sends to an app in a sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HostHeaderPolicy {
+    /// The Host (or `:authority`) the client sent, unchanged.
+    #[default]
+    Preserve,
+    /// `localhost:{port}`, for dev servers that check the Host (Vite `allowedHosts`, webpack).
+    Localhost,
+}
+
+/// `[proxy]`: timeouts and limits of the HTTPS edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// How long a client may take to complete its TLS handshake, and then each request head.
+    pub header_read_timeout: HumanDuration,
+    /// A client connection (WebSocket and other tunnels included) with no byte read or written
+    /// for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// How long connecting to an app in a sandbox may take.
+    pub connect_timeout: HumanDuration,
+    /// How long an app may take to send its response head (504 after).
+    pub response_timeout: HumanDuration,
+    /// Largest request head a client may send (bytes; 431 above).
+    pub max_header_bytes: usize,
+    /// Concurrent client connections in total (429 above).
+    pub max_connections: usize,
+    /// Concurrent proxied requests and tunnels per sandbox (429 above).
+    pub max_connections_per_sandbox: usize,
+    /// When an app refuses the connection, retry with backoff for up to this long before
+    /// answering 502 (for dev servers still starting). 0 = answer at once.
+    pub wait_for_port: HumanDuration,
+    /// `preserve` or `localhost`: the Host sent to apps (HTTP and WebSocket alike).
+    pub host_header: HostHeaderPolicy,
+    /// Peers (IP or CIDR) whose `X-Forwarded-*` and `Forwarded` headers are kept and appended
+    /// to; everyone else's are replaced.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HumanDuration::secs(10),
+            idle_timeout: HumanDuration::secs(15 * 60),
+            connect_timeout: HumanDuration::secs(5),
+            response_timeout: HumanDuration::secs(60),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            max_connections_per_sandbox: 256,
+            wait_for_port: HumanDuration::secs(0),
+            host_header: HostHeaderPolicy::Preserve,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A duration written as `"500ms"`, `"10s"`, `"15m"`, `"1h"` or `"0s"` (a whole number and a unit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// `n` seconds.
+    pub const fn secs(n: u64) -> Self {
+        Self(Duration::from_secs(n))
+    }
+    /// The duration.
+    pub const fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            write!(f, "0s")
+        } else if ms.is_multiple_of(3_600_000) {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a duration: write a whole number and a unit, e.g. \"500ms\", \"10s\", \"15m\", \"1h\""
+            )
+        };
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => return Err(bad()),
+        };
+        ms.map(|ms| Self(Duration::from_millis(ms))).ok_or_else(bad)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An address or a CIDR block of `proxy.trusted_proxies`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `"10.0.0.1"`, `"10.0.0.0/8"`, `"::1"` or `"fd00::/8"`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\")");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().map_err(|_| bad())?, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s.parse::<IpAddr>().map_err(|_| bad())?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is inside (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `[listen]`: where the gateway listens.
@@ -89,6 +284,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             state: StateConfig::default(),
             dataplane: DataplaneConfig::default(),
+            tls: TlsConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -162,6 +359,46 @@ public_interface = ""
 xdp_mode = "skb"
 # Host TCP ports the edge guard never blocks (failsafe, e.g. SSH), besides listen.https.
 extra_public_ports = [22]
+
+[tls]
+# Default certificate of the HTTPS listener: PEM full chain (leaf first) and its private key.
+# Empty (and no [[tls.certificates]]): a development CA and a certificate for
+# *.{region}.{domain}, *.{region}.preview.{domain}, *.preview.{domain} and api.{domain} are
+# generated once under {state.dir}/tls/ and reused; clients must trust {state.dir}/tls/ca.pem.
+cert = ""
+key = ""
+# More certificates, chosen by the client's SNI (first one whose names cover it; the default
+# certificate otherwise). A request whose Host is not covered by the certificate of its
+# connection is answered 421. A reload (SIGHUP) loads the certificates again.
+certificates = []
+# [[tls.certificates]]
+# cert = "/etc/gateway/tls/other.pem"
+# key = "/etc/gateway/tls/other.key"
+
+[proxy]
+# Durations are a whole number and a unit: "500ms", "10s", "15m", "1h". Changes need a restart.
+# Time a client has for its TLS handshake, then for each request head (slowloris cut-off).
+header_read_timeout = "10s"
+# A client connection (WebSocket and other tunnels included) idle this long is closed.
+idle_timeout = "15m"
+# Time to connect to an app in a sandbox (then 502 saying it timed out).
+connect_timeout = "5s"
+# Time an app has to send its response head (then 504).
+response_timeout = "60s"
+# Largest request head, in bytes (431 above). At least 8192.
+max_header_bytes = 65536
+# Concurrent client connections in total; above, requests are answered 429 with Retry-After.
+max_connections = 10000
+# Concurrent proxied requests and tunnels per sandbox; above, 429 with Retry-After.
+max_connections_per_sandbox = 256
+# Hold a request whose port refuses connections, retrying with backoff up to this long, before
+# answering 502 (for dev servers still starting). "0s" = answer at once.
+wait_for_port = "0s"
+# Host sent to apps: "preserve" (what the client sent) or "localhost" (localhost:{port}).
+host_header = "preserve"
+# Peers (IP or CIDR) whose X-Forwarded-For/-Proto/-Host and Forwarded headers are kept and
+# appended to. Everyone else's are replaced by the gateway's.
+trusted_proxies = []
 "#;
 
 /// One problem of a configuration file.
@@ -343,7 +580,63 @@ impl Config {
                 bad(&format!("dataplane.extra_public_ports[{i}]"), "port 0 is not a valid port (1..65535)".into());
             }
         }
+        self.validate_tls(&mut bad);
+        self.validate_proxy(&mut bad);
         problems
+    }
+
+    fn validate_tls(&self, bad: &mut impl FnMut(&str, String)) {
+        let pair = |key: &str, cert: &Path, key_path: &Path, bad: &mut dyn FnMut(&str, String)| match (
+            cert.as_os_str().is_empty(),
+            key_path.as_os_str().is_empty(),
+        ) {
+            (true, false) => bad(&format!("{key}cert"), "is empty but the key is set: set both or neither".into()),
+            (false, true) => bad(&format!("{key}key"), "is empty but the cert is set: set both or neither".into()),
+            _ => {}
+        };
+        pair("tls.", &self.tls.cert, &self.tls.key, bad);
+        for (i, c) in self.tls.certificates.iter().enumerate() {
+            let prefix = format!("tls.certificates[{i}].");
+            if c.cert.as_os_str().is_empty() || c.key.as_os_str().is_empty() {
+                bad(&prefix[..prefix.len() - 1], "needs both cert and key".into());
+            }
+        }
+    }
+
+    fn validate_proxy(&self, bad: &mut impl FnMut(&str, String)) {
+        let p = &self.proxy;
+        for (key, d) in [
+            ("proxy.header_read_timeout", p.header_read_timeout),
+            ("proxy.idle_timeout", p.idle_timeout),
+            ("proxy.connect_timeout", p.connect_timeout),
+            ("proxy.response_timeout", p.response_timeout),
+        ] {
+            if d.get().is_zero() {
+                bad(key, "must be more than 0".into());
+            }
+        }
+        if p.wait_for_port.get() > Duration::from_secs(300) {
+            bad("proxy.wait_for_port", format!("{} is too long: at most 5m", p.wait_for_port));
+        }
+        if !(8192..=1024 * 1024).contains(&p.max_header_bytes) {
+            bad("proxy.max_header_bytes", format!("{} is out of range: 8192 to 1048576", p.max_header_bytes));
+        }
+        if p.max_connections == 0 {
+            bad("proxy.max_connections", "must be at least 1".into());
+        }
+        if p.max_connections_per_sandbox == 0 {
+            bad("proxy.max_connections_per_sandbox", "must be at least 1".into());
+        }
+        for (i, t) in p.trusted_proxies.iter().enumerate() {
+            if let Err(e) = IpNet::parse(t) {
+                bad(&format!("proxy.trusted_proxies[{i}]"), e);
+            }
+        }
+    }
+
+    /// `proxy.trusted_proxies`, parsed (invalid entries, refused by [`Config::validate`], skipped).
+    pub fn trusted_proxies(&self) -> Vec<IpNet> {
+        self.proxy.trusted_proxies.iter().filter_map(|t| IpNet::parse(t).ok()).collect()
     }
 
     /// The admin listener (call after [`Config::validate`] returned no problem).
@@ -396,8 +689,9 @@ impl Config {
 
 /// The keys that a reload (SIGHUP) cannot apply and that differ between `old` and `new`: the
 /// listeners (sockets are bound once), the names in URLs (`domain`, `region`), the state
-/// directory (locked by the running process) and the data plane. Every other key (`admin.token`,
-/// and the sections of the HTTPS edge) is reloadable.
+/// directory (locked by the running process), the data plane and `[proxy]` (the edge's
+/// connection builders, caps and upstream clients are set up once). Every other key
+/// (`admin.token`, `[tls]`: new certificates for new handshakes) is reloadable.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut check = |key: &'static str, differs: bool| {
@@ -411,6 +705,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check("listen.https", old.listen.https != new.listen.https);
     check("state.dir", old.state.dir != new.state.dir);
     check("[dataplane]", old.dataplane != new.dataplane);
+    check("[proxy]", old.proxy != new.proxy);
     changed
 }
 
@@ -450,6 +745,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
             "admin" => Some(check_section::<AdminConfig>(file, &key, &value, &mut problems)),
             "state" => Some(check_section::<StateConfig>(file, &key, &value, &mut problems)),
             "dataplane" => Some(check_section::<DataplaneConfig>(file, &key, &value, &mut problems)),
+            "tls" => Some(check_section::<TlsConfig>(file, &key, &value, &mut problems)),
+            "proxy" => Some(check_section::<ProxyConfig>(file, &key, &value, &mut problems)),
             _ => None,
         };
         match section {
@@ -654,6 +951,79 @@ bpffs = "relative"
             "dataplane.bpffs",
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn edge_keys() {
+        let text = r#"
+[tls]
+cert = "/etc/gw/a.pem"
+key = "/etc/gw/a.key"
+[[tls.certificates]]
+cert = "/etc/gw/b.pem"
+key = "/etc/gw/b.key"
+[proxy]
+header_read_timeout = "500ms"
+idle_timeout = "1h"
+wait_for_port = "3s"
+host_header = "localhost"
+trusted_proxies = ["10.0.0.0/8", "::1"]
+"#;
+        let c = parse("f", text).expect("valid");
+        assert_eq!(c.tls.certificates.len(), 1);
+        assert_eq!(c.proxy.header_read_timeout.get(), Duration::from_millis(500));
+        assert_eq!(c.proxy.idle_timeout.get(), Duration::from_secs(3600));
+        assert_eq!(c.proxy.host_header, HostHeaderPolicy::Localhost);
+        let t = c.trusted_proxies();
+        assert!(t[0].contains("10.1.2.3".parse().expect("ip")));
+        assert!(!t[0].contains("11.1.2.3".parse().expect("ip")));
+        assert!(t[1].contains("::1".parse().expect("ip")));
+        assert!(t[0].contains("::ffff:10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn edge_problems() {
+        let text = r#"
+[tls]
+cert = "/a.pem"
+bogus = 1
+[[tls.certificates]]
+cert = "/b.pem"
+[proxy]
+header_read_timeout = "0s"
+idle_timeout = "15 minutes"
+max_header_bytes = 100
+max_connections = 0
+host_header = "origin"
+trusted_proxies = ["10.0.0.0/33", "x"]
+"#;
+        let keys: Vec<String> = problems(text).into_iter().map(|p| p.key).collect();
+        for k in [
+            "tls.key",
+            "tls.bogus",
+            "tls.certificates[0]",
+            "proxy.header_read_timeout",
+            "proxy.idle_timeout",
+            "proxy.max_header_bytes",
+            "proxy.max_connections",
+            "proxy.host_header",
+            "proxy.trusted_proxies[0]",
+            "proxy.trusted_proxies[1]",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (s, ms) in [("0s", 0), ("250ms", 250), ("10s", 10_000), ("15m", 900_000), ("2h", 7_200_000)] {
+            let d: HumanDuration = s.parse().expect(s);
+            assert_eq!(d.get(), Duration::from_millis(ms), "{s}");
+            assert_eq!(d.to_string().parse::<HumanDuration>(), Ok(d));
+        }
+        for s in ["", "10", "s", "1.5s", "-1s", "10 s", "1d"] {
+            assert!(s.parse::<HumanDuration>().is_err(), "{s}");
         }
     }
 

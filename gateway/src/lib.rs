@@ -14,6 +14,7 @@ pub mod connector;
 pub mod dataplane;
 pub mod handoff;
 pub mod lifecycle;
+pub mod edge;
 pub mod paths;
 pub mod previews;
 pub mod state;

@@ -175,7 +175,14 @@ impl GatewayProcess {
     /// A gateway enforcing in the kernel, its pins under `bpffs` (use a harness `BpffsDir`).
     pub fn start_enforcing(bpffs: &Path) -> GatewayProcess {
         let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
-        Self::start_configured(TempDir::new("gateway-dp-test"), admin, Some(bpffs))
+        Self::start_configured(TempDir::new("gateway-dp-test"), admin, Some(bpffs), "")
+    }
+
+    /// [`GatewayProcess::start_enforcing`] with `extra_config` (TOML, e.g. a `[proxy]` section)
+    /// appended to the configuration.
+    pub fn start_enforcing_with(bpffs: &Path, extra_config: &str) -> GatewayProcess {
+        let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        Self::start_configured(TempDir::new("gateway-edge-test"), admin, Some(bpffs), extra_config)
     }
 
     fn start_with_admin(admin: AdminAddr) -> GatewayProcess {
@@ -183,15 +190,16 @@ impl GatewayProcess {
     }
 
     fn start_in(dir: TempDir, admin: AdminAddr) -> GatewayProcess {
-        Self::start_configured(dir, admin, None)
+        Self::start_configured(dir, admin, None, "")
     }
 
-    fn start_configured(dir: TempDir, admin: AdminAddr, bpffs: Option<&Path>) -> GatewayProcess {
+    fn start_configured(dir: TempDir, admin: AdminAddr, bpffs: Option<&Path>, extra_config: &str) -> GatewayProcess {
         let https_port = free_port();
         let config_path = dir.path().join("gateway.toml");
         let log_path = dir.path().join("gateway.log");
         let state = dir.path().join("state");
-        fs::write(&config_path, test_config_with(&admin, https_port, &state, TEST_TOKEN, bpffs)).expect("write the config");
+        let config = test_config_with(&admin, https_port, &state, TEST_TOKEN, bpffs) + extra_config;
+        fs::write(&config_path, config).expect("write the config");
         let mut gw = GatewayProcess {
             child: None,
             dir,
@@ -339,6 +347,16 @@ impl GatewayProcess {
     /// The HTTPS port written in the configuration.
     pub fn https_port(&self) -> u16 {
         self.https_port
+    }
+
+    /// The HTTPS listener (127.0.0.1).
+    pub fn https_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.https_port))
+    }
+
+    /// The development CA the gateway generates when no certificate is configured.
+    pub fn dev_ca_path(&self) -> PathBuf {
+        self.state_dir().join("tls/ca.pem")
     }
 
     /// The configuration file.

@@ -1,2 +1,3 @@
 pub mod harness;
 pub mod gateway_process;
+pub mod edge;

@@ -8,6 +8,7 @@ use crate::{
     app::App,
     config::{self, Config},
     dataplane::Dataplane,
+    edge::{self, EdgeListener},
     handoff::{self, HandoffServer, Inherited, Successor},
     lifecycle::{self, ConfigSource, Event, Notifier, Reloadable, Signals},
     paths,
@@ -61,6 +62,7 @@ struct Options {
 struct Started {
     app: Arc<App>,
     admin: Arc<admin::Listener>,
+    https: Arc<EdgeListener>,
     lock_fd: std::os::fd::RawFd,
 }
 
@@ -92,11 +94,17 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
         Dataplane::disabled()
     };
     let app = Arc::new(App::start(config, Arc::new(store), dataplane).await?);
-    let admin = match inherited.and_then(|h| h.take("admin")) {
+    let (https_fd, admin_fd) = match inherited {
+        Some(h) => (h.take("https"), h.take("admin")),
+        None => (None, None),
+    };
+    // Both listeners are bound before READY: once the admin API answers, HTTPS does too.
+    let https = edge::bind(&app.config(), https_fd).await?;
+    let admin = match admin_fd {
         Some(fd) => admin::Listener::inherit(fd, &admin_listen)?,
         None => admin::bind(&admin_listen).await?,
     };
-    Ok(Started { app, admin: Arc::new(admin), lock_fd })
+    Ok(Started { app, admin: Arc::new(admin), https: Arc::new(https), lock_fd })
 }
 
 /// A background task and what stops it.
@@ -129,15 +137,21 @@ impl Task {
 struct Serving {
     app: Arc<App>,
     admin: Arc<admin::Listener>,
+    https: Arc<EdgeListener>,
     admin_task: Task,
+    edge_task: Task,
     reaper: Task,
 }
 
 impl Serving {
-    fn start(app: Arc<App>, admin: Arc<admin::Listener>) -> Self {
+    fn start(app: Arc<App>, admin: Arc<admin::Listener>, https: Arc<EdgeListener>) -> Self {
         let admin_task = Self::admin_task(&app, &admin);
+        let edge_task = {
+            let (app, https) = (app.clone(), https.clone());
+            Task::spawn("HTTPS listener", move |stop| edge::serve(https, app, stop.cancelled_owned()))
+        };
         let reaper = Self::reaper(&app);
-        Self { app, admin, admin_task, reaper }
+        Self { app, admin, https, admin_task, edge_task, reaper }
     }
 
     fn admin_task(app: &Arc<App>, admin: &Arc<admin::Listener>) -> Task {
@@ -165,7 +179,10 @@ impl Serving {
 
     /// Stops accepting everywhere and drains, up to `deadline`.
     async fn drain(mut self, deadline: Duration) {
-        let drained = async { self.stop_mutators().await };
+        let drained = async {
+            self.stop_mutators().await;
+            self.edge_task.stop().await;
+        };
         if tokio::time::timeout(deadline, drained).await.is_err() {
             tracing::warn!(deadline_ms = deadline.as_millis() as u64, "drain deadline reached; closing what is left");
         }
@@ -200,9 +217,11 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
             return Err(e);
         }
     };
-    let Started { app, admin, lock_fd } = started;
+    let Started { app, admin, https, lock_fd } = started;
     let admin_at = admin.describe();
-    let mut serving = Serving::start(app.clone(), admin.clone());
+    let https_at = https.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let reloadable: Vec<Arc<dyn Reloadable>> = vec![https.reloader()];
+    let mut serving = Serving::start(app.clone(), admin.clone(), https);
     if let Some(h) = inherited {
         // The predecessor stops accepting and drains from here on.
         if let Err(e) = h.ready().await {
@@ -214,10 +233,9 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
     let watchdog = CancellationToken::new();
     notifier.spawn_watchdog(watchdog.clone());
     let sandboxes = app.list(None).map(|l| l.len()).unwrap_or_default();
-    notifier.ready(&format!("serving: admin {admin_at}, {sandboxes} sandboxes"));
-    tracing::info!(admin = %admin_at, sandboxes, pid = std::process::id(), "ready");
+    notifier.ready(&format!("serving: admin {admin_at}, https {https_at}, {sandboxes} sandboxes"));
+    tracing::info!(admin = %admin_at, https = %https_at, sandboxes, pid = std::process::id(), "ready");
 
-    let reloadable: Vec<Arc<dyn Reloadable>> = Vec::new();
     let exit = loop {
         let successor = async {
             match &handoff_server {
@@ -299,7 +317,7 @@ async fn hand_over(
     if let Some(server) = server {
         server.unlink();
     }
-    let listeners = vec![("admin".to_string(), serving.admin.raw_fd())];
+    let listeners = vec![("admin".to_string(), serving.admin.raw_fd()), ("https".to_string(), serving.https.raw_fd())];
     match successor.hand_over(listeners, lock_fd).await {
         Ok(()) => {
             frozen.hand_over();

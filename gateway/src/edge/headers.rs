@@ -1,0 +1,222 @@
+//! Header rewriting between clients and apps (pure): hop-by-hop headers, forwarding headers,
+//! and the Host an app sees.
+
+use crate::config::{HostHeaderPolicy, IpNet};
+use http::{
+    HeaderMap, HeaderName, HeaderValue,
+    header::{CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+};
+use std::net::{IpAddr, SocketAddr};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `Forwarded` (RFC 7239).
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether the `Connection` header lists `token` (case-insensitive).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: the fixed list (RFC 9110 §7.6.1) and every header named in
+/// `Connection`. `TE: trailers` is kept (gRPC needs it); any other `TE` is removed.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != TE {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers.get_all(TE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(TE);
+    }
+}
+
+/// What the forwarding headers say about a request.
+#[derive(Clone, Debug)]
+pub struct Forwarding<'a> {
+    /// The TCP peer of the client connection.
+    pub peer: SocketAddr,
+    /// The host the client asked for, as sent.
+    pub host: &'a str,
+    /// Whether the peer is a trusted proxy (its forwarding headers are kept and appended to).
+    pub trusted: bool,
+}
+
+/// Whether `ip` is in one of the trusted networks.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(ip))
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`.
+/// From an untrusted peer, whatever the client sent is replaced; from a trusted proxy, `For`
+/// lists are appended to and `Proto`/`Host` kept when present.
+pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    let ip = match f.peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let joined = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    let (xff, xfp, xfh, fwd) = if f.trusted {
+        (
+            joined(headers, &X_FORWARDED_FOR),
+            joined(headers, &X_FORWARDED_PROTO),
+            joined(headers, &X_FORWARDED_HOST),
+            joined(headers, &FORWARDED),
+        )
+    } else {
+        (None, None, None, None)
+    };
+    let for_value = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let host_quoted = f.host.replace(['"', '\\'], "");
+    let element = format!("for={for_value};proto=https;host=\"{host_quoted}\"");
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: String| match HeaderValue::try_from(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    };
+    set(
+        headers,
+        X_FORWARDED_FOR,
+        match xff {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        },
+    );
+    set(headers, X_FORWARDED_PROTO, xfp.unwrap_or_else(|| "https".into()));
+    set(headers, X_FORWARDED_HOST, xfh.unwrap_or_else(|| f.host.to_string()));
+    set(
+        headers,
+        FORWARDED,
+        match fwd {
+            Some(prev) => format!("{prev}, {element}"),
+            None => element,
+        },
+    );
+}
+
+/// The Host an app sees under `policy`.
+pub fn upstream_host(policy: HostHeaderPolicy, client_host: &str, port: u16) -> String {
+    match policy {
+        HostHeaderPolicy::Preserve => client_host.to_string(),
+        HostHeaderPolicy::Localhost => format!("localhost:{port}"),
+    }
+}
+
+/// Sets the Host header.
+pub fn set_host(headers: &mut HeaderMap, host: &str) -> Result<(), http::header::InvalidHeaderValue> {
+    headers.insert(HOST, HeaderValue::from_str(host)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["accept", "te"]);
+        let mut h = map(&[("te", "gzip, trailers")]);
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarding_replaces_untrusted_values() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let f =
+            Forwarding { peer: "10.0.0.9:5555".parse().expect("addr"), host: "sbx-a-b.local.gw.test", trusted: false };
+        set_forwarding(&mut h, &f);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "sbx-a-b.local.gw.test");
+        assert_eq!(h["forwarded"], "for=10.0.0.9;proto=https;host=\"sbx-a-b.local.gw.test\"");
+    }
+
+    #[test]
+    fn forwarding_appends_for_trusted_proxies() {
+        let mut h =
+            map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-host", "orig")]);
+        let f = Forwarding { peer: "[::ffff:10.0.0.9]:1".parse().expect("addr"), host: "h", trusted: true };
+        set_forwarding(&mut h, &f);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(h["x-forwarded-host"], "orig");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        let f = Forwarding { peer: "[::1]:1".parse().expect("addr"), host: "h", trusted: false };
+        set_forwarding(&mut h, &f);
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=\"h\"");
+    }
+
+    #[test]
+    fn trust() {
+        let nets = vec![IpNet::parse("10.0.0.0/8").expect("net")];
+        assert!(is_trusted("10.2.3.4".parse().expect("ip"), &nets));
+        assert!(!is_trusted("127.0.0.1".parse().expect("ip"), &nets));
+    }
+}

@@ -1,0 +1,163 @@
+//! The host a request is for: `:authority` (HTTP/2, or an absolute-form HTTP/1.1 target) or the
+//! `Host` header, normalised (lower-case, trailing dot and explicit port removed), then
+//! classified against `{region}.{domain}`.
+
+use crate::api_error::ApiError;
+use http::{HeaderMap, Uri, header::HOST};
+
+/// The host of a request: as sent (forwarded to apps under `host_header = "preserve"`) and
+/// normalised (used for routing and the certificate check).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHost {
+    /// What the client sent, e.g. `SBX-Web-Acme.local.gw.test.:8443`.
+    pub raw: String,
+    /// Lower-case, no trailing dot, no port: `sbx-web-acme.local.gw.test`.
+    pub name: String,
+}
+
+/// What a host names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    /// `{label}.{region}.{domain}`: a sandbox label (exact lookup) or a name like `any`.
+    Sandbox(String),
+    /// `api.{domain}`: the public API (not served yet).
+    Api,
+    /// `{id}.{region}.preview.{domain}` or `{id}.preview.{domain}`.
+    Preview(String),
+    /// Anything else.
+    Other,
+}
+
+fn bad_host(message: impl Into<String>) -> ApiError {
+    ApiError::new(400, "BAD_REQUEST", message)
+}
+
+/// The host of a request from its URI authority or its single `Host` header.
+pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<RequestHost, ApiError> {
+    let raw = match uri.authority() {
+        Some(a) => a.as_str().to_string(),
+        None => {
+            let mut hosts = headers.get_all(HOST).iter();
+            let first = hosts.next().ok_or_else(|| bad_host("the request has no Host header"))?;
+            if hosts.next().is_some() {
+                return Err(bad_host("the request has more than one Host header"));
+            }
+            first.to_str().map_err(|_| bad_host("the Host header is not ASCII"))?.to_string()
+        }
+    };
+    let name = normalize(&raw).map_err(|reason| bad_host(format!("invalid host {raw:?}: {reason}")))?;
+    Ok(RequestHost { raw, name })
+}
+
+/// `Host` → lower-case DNS name without trailing dot or port. IP literals are kept as text.
+pub fn normalize(raw: &str) -> Result<String, &'static str> {
+    if raw.contains('@') {
+        return Err("user information is not allowed");
+    }
+    let host = if raw.starts_with('[') {
+        // IPv6 literal, optional port.
+        let end = raw.find(']').ok_or("unterminated IPv6 literal")?;
+        let (literal, rest) = raw.split_at(end + 1);
+        check_port(rest.strip_prefix(':'), rest.is_empty())?;
+        literal
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) => {
+                check_port(Some(port), false)?;
+                h
+            }
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err("empty host");
+    }
+    if host.starts_with('[') {
+        return Ok(host.to_ascii_lowercase());
+    }
+    if host.len() > 253
+        || !host.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    {
+        return Err("not a DNS name");
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+fn check_port(port: Option<&str>, absent_ok: bool) -> Result<(), &'static str> {
+    match port {
+        None if absent_ok => Ok(()),
+        None => Err("unexpected characters after the IPv6 literal"),
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        Some(_) => Err("the port is not a number"),
+    }
+}
+
+/// Classifies a normalised host under `region` and `domain`.
+pub fn classify(name: &str, region: &str, domain: &str) -> HostKind {
+    if name.strip_suffix(domain).and_then(|r| r.strip_suffix('.')) == Some("api") {
+        return HostKind::Api;
+    }
+    let one_label = |prefix: Option<&str>| prefix.filter(|p| !p.is_empty() && !p.contains('.')).map(str::to_string);
+    let under = |suffix: &str| name.strip_suffix(suffix).and_then(|r| r.strip_suffix('.'));
+    if let Some(id) = one_label(under(&format!("{region}.preview.{domain}"))) {
+        return HostKind::Preview(id);
+    }
+    if let Some(id) = one_label(under(&format!("preview.{domain}"))) {
+        return HostKind::Preview(id);
+    }
+    if let Some(label) = one_label(under(&format!("{region}.{domain}"))) {
+        return HostKind::Sandbox(label);
+    }
+    HostKind::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalize("SBX-A-B.Local.GW.test"), Ok("sbx-a-b.local.gw.test".into()));
+        assert_eq!(normalize("sbx-a-b.local.gw.test."), Ok("sbx-a-b.local.gw.test".into()));
+        assert_eq!(normalize("sbx-a-b.local.gw.test.:8443"), Ok("sbx-a-b.local.gw.test".into()));
+        assert_eq!(normalize("sbx-a-b.local.gw.test:443"), Ok("sbx-a-b.local.gw.test".into()));
+        assert_eq!(normalize("[::1]:443"), Ok("[::1]".into()));
+        assert_eq!(normalize("127.0.0.1"), Ok("127.0.0.1".into()));
+        for bad in ["", ":443", "a..b", "a.b:x", "a.b:", "user@a.b", "a b", "a/b", "[::1", "a.b.:1:2", "."] {
+            assert!(normalize(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn authority_wins_then_single_host_header() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("Other.local.gw.test"));
+        let uri: Uri = "https://sbx-a-b.local.gw.test/x".parse().expect("uri");
+        assert_eq!(request_host(&uri, &h).expect("host").name, "sbx-a-b.local.gw.test");
+        let origin: Uri = "/x".parse().expect("uri");
+        let host = request_host(&origin, &h).expect("host");
+        assert_eq!((host.raw.as_str(), host.name.as_str()), ("Other.local.gw.test", "other.local.gw.test"));
+        h.append(HOST, HeaderValue::from_static("second.local.gw.test"));
+        assert_eq!(request_host(&origin, &h).map_err(|e| e.status), Err(400));
+        assert_eq!(request_host(&origin, &HeaderMap::new()).map_err(|e| e.status), Err(400));
+    }
+
+    #[test]
+    fn classification() {
+        let c = |n: &str| classify(n, "local", "gw.test");
+        assert_eq!(c("sbx-web-acme.local.gw.test"), HostKind::Sandbox("sbx-web-acme".into()));
+        assert_eq!(c("any.local.gw.test"), HostKind::Sandbox("any".into()));
+        assert_eq!(c("api.gw.test"), HostKind::Api);
+        assert_eq!(c("abc-acme.local.preview.gw.test"), HostKind::Preview("abc-acme".into()));
+        assert_eq!(c("abc.preview.gw.test"), HostKind::Preview("abc".into()));
+        assert_eq!(c("a.b.local.gw.test"), HostKind::Other);
+        assert_eq!(c("local.gw.test"), HostKind::Other);
+        assert_eq!(c("gw.test"), HostKind::Other);
+        assert_eq!(c("xgw.test"), HostKind::Other);
+        assert_eq!(c("sbx-a.local.gw.test.evil"), HostKind::Other);
+    }
+}

@@ -1,0 +1,282 @@
+//! Connection caps and the idle timeout.
+//!
+//! - **Total connections** ([`Limits::admit`]): up to `max_connections` client connections are
+//!   served; beyond, up to [`REJECT_SLACK`] more are accepted only to answer every request 429
+//!   with `Retry-After` (and close), and any further one is closed at once, so a flood cannot
+//!   make the gateway do unbounded TLS work.
+//! - **Per sandbox** ([`Limits::sandbox_slot`]): concurrent proxied requests and tunnels per
+//!   sandbox; a slot lives until the response body (or the tunnel) ends.
+//! - **Idle timeout** ([`ActivityIo`] + [`idle_timeout`]): a connection with no byte read or
+//!   written for the configured time is closed (tunnels alike).
+//!
+//! The header read timeout is hyper's own (`http1.header_read_timeout`, with a timer), and the
+//! TLS handshake gets the same budget in [`super::serve`].
+
+use std::{
+    collections::HashMap,
+    io,
+    net::Ipv4Addr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Connections accepted beyond `max_connections` only to be answered 429.
+pub const REJECT_SLACK: usize = 256;
+/// `Retry-After` of a 429, in seconds.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// The counters.
+#[derive(Debug)]
+pub struct Limits {
+    max_total: usize,
+    max_per_sandbox: usize,
+    active: AtomicUsize,
+    rejecting: AtomicUsize,
+    per_sandbox: Mutex<HashMap<Ipv4Addr, usize>>,
+}
+
+/// What to do with a new connection.
+#[derive(Debug)]
+pub enum Admission {
+    /// Serve it (the guard counts it until dropped).
+    Serve(ConnectionGuard),
+    /// Over the cap: answer every request 429, then close.
+    Reject(ConnectionGuard),
+    /// Far over the cap: close at once.
+    Close,
+}
+
+/// Counts one connection until dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    limits: Arc<Limits>,
+    rejecting: bool,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let counter = if self.rejecting { &self.limits.rejecting } else { &self.limits.active };
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One of a sandbox's concurrent request slots, released on drop.
+#[derive(Debug)]
+pub struct SandboxSlot {
+    limits: Arc<Limits>,
+    address: Ipv4Addr,
+}
+
+impl Drop for SandboxSlot {
+    fn drop(&mut self) {
+        let mut map = self.limits.per_sandbox.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
+}
+
+impl Limits {
+    /// Caps: total client connections, concurrent requests per sandbox.
+    pub fn new(max_total: usize, max_per_sandbox: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_sandbox,
+            active: AtomicUsize::new(0),
+            rejecting: AtomicUsize::new(0),
+            per_sandbox: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a new client connection.
+    pub fn admit(self: &Arc<Self>) -> Admission {
+        let take = |counter: &AtomicUsize, max: usize| {
+            counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+        };
+        if take(&self.active, self.max_total) {
+            Admission::Serve(ConnectionGuard { limits: self.clone(), rejecting: false })
+        } else if take(&self.rejecting, REJECT_SLACK) {
+            Admission::Reject(ConnectionGuard { limits: self.clone(), rejecting: true })
+        } else {
+            Admission::Close
+        }
+    }
+
+    /// A request slot of the sandbox at `address`, or `None` when it has `max_per_sandbox`.
+    pub fn sandbox_slot(self: &Arc<Self>, address: Ipv4Addr) -> Option<SandboxSlot> {
+        let mut map = self.per_sandbox.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(address).or_insert(0);
+        if *n >= self.max_per_sandbox {
+            return None;
+        }
+        *n += 1;
+        Some(SandboxSlot { limits: self.clone(), address })
+    }
+
+    /// Client connections being served.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_millis() -> u64 {
+    u64::try_from(clock_base().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// When a connection last moved a byte.
+#[derive(Debug)]
+pub struct Activity {
+    last: AtomicU64,
+}
+
+impl Activity {
+    /// Active now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { last: AtomicU64::new(now_millis()) })
+    }
+
+    fn touch(&self) {
+        self.last.store(now_millis(), Ordering::Relaxed);
+    }
+
+    /// Time since the last byte.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(now_millis().saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// Resolves once `activity` has been idle for `timeout`.
+pub async fn idle_timeout(activity: &Activity, timeout: Duration) {
+    loop {
+        let idle = activity.idle_for();
+        if idle >= timeout {
+            return;
+        }
+        tokio::time::sleep(timeout - idle).await;
+    }
+}
+
+/// An IO object that records every byte moved in an [`Activity`].
+#[derive(Debug)]
+pub struct ActivityIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> ActivityIo<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+    /// The wrapped object.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn total_cap_then_reject_slack_then_close() {
+        let l = Limits::new(2, 1);
+        let a = l.admit();
+        let b = l.admit();
+        assert!(matches!((&a, &b), (Admission::Serve(_), Admission::Serve(_))));
+        let rejected: Vec<Admission> = (0..REJECT_SLACK).map(|_| l.admit()).collect();
+        assert!(rejected.iter().all(|r| matches!(r, Admission::Reject(_))));
+        assert!(matches!(l.admit(), Admission::Close));
+        drop(a);
+        assert!(matches!(l.admit(), Admission::Serve(_)));
+        assert_eq!(l.active(), 1);
+    }
+
+    #[test]
+    fn per_sandbox_slots() {
+        let l = Limits::new(10, 2);
+        let ip: Ipv4Addr = "198.18.0.2".parse().expect("ip");
+        let other: Ipv4Addr = "198.18.0.6".parse().expect("ip");
+        let s1 = l.sandbox_slot(ip).expect("1");
+        let _s2 = l.sandbox_slot(ip).expect("2");
+        assert!(l.sandbox_slot(ip).is_none());
+        assert!(l.sandbox_slot(other).is_some());
+        drop(s1);
+        assert!(l.sandbox_slot(ip).is_some());
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_follows_activity() {
+        let a = Activity::new();
+        let start = Instant::now();
+        idle_timeout(&a, Duration::from_millis(100)).await;
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        a.touch();
+        let a2 = a.clone();
+        let toucher = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                a2.touch();
+            }
+        });
+        let start = Instant::now();
+        idle_timeout(&a, Duration::from_millis(100)).await;
+        assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+        toucher.await.expect("toucher");
+    }
+}

@@ -1,0 +1,364 @@
+//! The public HTTPS edge: TLS → host → route → auth → proxy → marked connection → sandbox.
+//!
+//! - [`tls`]: rustls, ALPN h2/http1.1, certificates by SNI, development CA.
+//! - [`host`]: the Host/`:authority`, normalised; 421 when the connection's certificate does not
+//!   cover it.
+//! - [`route`]: `sbx-…` label lookup (exact), `/port/{N}/…` or the sandbox API on 8080.
+//! - [`crate::auth`]: the workspace token, then its removal before forwarding.
+//! - [`proxy`]: streaming HTTP/1.1, h2c, upgrades and WebSocket over HTTP/2.
+//! - [`limits`], [`upstream_errors`]: caps, timeouts, and the answers when things fail.
+
+pub mod connect;
+pub mod headers;
+pub mod host;
+pub mod limits;
+pub mod proxy;
+pub mod route;
+pub mod tls;
+pub mod upstream_errors;
+
+use crate::{
+    api_error::ApiError,
+    app::App,
+    auth,
+    config::{Config, HostHeaderPolicy, IpNet},
+};
+use bytes::Bytes;
+use connect::ConnectSettings;
+use host::HostKind;
+use http::{Method, Request, Response};
+use http_body_util::combinators::BoxBody;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use limits::{Activity, ActivityIo, Admission, Limits, idle_timeout};
+use proxy::{Outbound, Proxy, ProxySettings};
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tls::{CertEntry, CertStore, SharedCerts};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use upstream_errors::{prefers_html, render, too_many};
+
+/// The body of every edge response.
+pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
+
+/// How long in-flight requests may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Concurrent HTTP/2 streams per client connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Errors starting the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// `listen.https` is invalid.
+    #[error("listen.https: {0}")]
+    Address(String),
+    /// Certificates.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The socket handed over by the previous process is not `listen.https`.
+    #[error("the inherited HTTPS listener is not {want}: {reason}")]
+    Inherited {
+        /// `listen.https`.
+        want: SocketAddr,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Binding failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A bound HTTPS listener with its certificates.
+pub struct EdgeListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    certs: SharedCerts,
+}
+
+impl EdgeListener {
+    /// Where it listens.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// The listening socket (handed to a successor at a zero-downtime restart).
+    pub fn raw_fd(&self) -> RawFd {
+        self.tcp.as_raw_fd()
+    }
+
+    /// What reloads its certificates on SIGHUP.
+    pub fn reloader(&self) -> Arc<dyn crate::lifecycle::Reloadable> {
+        Arc::new(tls::CertReloader(self.certs.clone()))
+    }
+}
+
+/// Loads (or generates) the certificates and binds `listen.https`, or adopts `inherited`, the
+/// listening socket a predecessor handed over (zero-downtime restart), after checking its address.
+pub async fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<EdgeListener, EdgeError> {
+    let addr = config.https_addr().map_err(EdgeError::Address)?;
+    let owned = config.clone();
+    let certs = tokio::task::spawn_blocking(move || CertStore::load(&owned))
+        .await
+        .map_err(|e| EdgeError::Address(format!("certificate task failed: {e}")))??;
+    let certs: SharedCerts = Arc::new(arc_swap::ArcSwap::from_pointee(certs));
+    let acceptor = TlsAcceptor::from(tls::server_config(certs.clone())?);
+    let tcp = match inherited {
+        Some(fd) => adopt(fd, addr)?,
+        None => TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })?,
+    };
+    Ok(EdgeListener { tcp, acceptor, certs })
+}
+
+fn adopt(fd: OwnedFd, addr: SocketAddr) -> Result<TcpListener, EdgeError> {
+    let inherited = |reason: String| EdgeError::Inherited { want: addr, reason };
+    let std = std::net::TcpListener::from(fd);
+    let local = std.local_addr().map_err(|e| inherited(e.to_string()))?;
+    if local != addr && !(addr.port() == local.port() && addr.ip().is_unspecified()) {
+        return Err(inherited(format!("it listens on {local}")));
+    }
+    std.set_nonblocking(true).map_err(|e| inherited(e.to_string()))?;
+    TcpListener::from_std(std).map_err(|e| inherited(e.to_string()))
+}
+
+/// Per-connection facts the request handler needs.
+struct ConnInfo {
+    peer: SocketAddr,
+    cert: Arc<CertEntry>,
+    /// Over the connection cap: every request is answered 429.
+    reject: bool,
+}
+
+/// The request handler and its shared state.
+struct Edge {
+    app: Arc<App>,
+    proxy: Proxy,
+    limits: Arc<Limits>,
+    trusted: Vec<IpNet>,
+    host_policy: HostHeaderPolicy,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    serving: auto::Builder<TokioExecutor>,
+    rejecting: auto::Builder<TokioExecutor>,
+}
+
+impl Edge {
+    fn new(app: Arc<App>) -> Self {
+        let config = app.config();
+        let p = &config.proxy;
+        let settings = ProxySettings {
+            connect: ConnectSettings {
+                mark: config.dataplane.mark,
+                timeout: p.connect_timeout.get(),
+                wait_for_port: p.wait_for_port.get(),
+            },
+            response_timeout: p.response_timeout.get(),
+            idle_timeout: p.idle_timeout.get(),
+        };
+        let builder = |keep_alive: bool| {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(p.header_read_timeout.get())
+                .max_buf_size(p.max_header_bytes)
+                .keep_alive(keep_alive);
+            b.http2()
+                .timer(TokioTimer::new())
+                .enable_connect_protocol()
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(u32::try_from(p.max_header_bytes).unwrap_or(u32::MAX));
+            b
+        };
+        Self {
+            proxy: Proxy::new(settings),
+            limits: Limits::new(p.max_connections, p.max_connections_per_sandbox),
+            trusted: config.trusted_proxies(),
+            host_policy: p.host_header,
+            header_read_timeout: p.header_read_timeout.get(),
+            idle_timeout: p.idle_timeout.get(),
+            max_connections: p.max_connections,
+            serving: builder(true),
+            rejecting: builder(false),
+            app,
+        }
+    }
+
+    /// Answers one request: the app's response, or an error (JSON, HTML for browsers).
+    async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<EdgeBody> {
+        let started = Instant::now();
+        let html = prefers_html(req.headers());
+        let method = req.method().clone();
+        match self.route_and_forward(conn, req).await {
+            Ok(response) => {
+                tracing::debug!(
+                    peer = %conn.peer,
+                    %method,
+                    status = response.status().as_u16(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "proxied"
+                );
+                response
+            }
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, %method, status = e.status, code = e.code, message = %e.message, "refused");
+                render(&e, html)
+            }
+        }
+    }
+
+    async fn route_and_forward(&self, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<EdgeBody>, ApiError> {
+        if conn.reject {
+            return Err(too_many(format!(
+                "the gateway is serving its maximum of {} connections; retry later",
+                self.max_connections
+            )));
+        }
+        let host = host::request_host(req.uri(), req.headers())?;
+        if !conn.cert.covers(&host.name) {
+            return Err(ApiError::new(
+                421,
+                "MISDIRECTED_REQUEST",
+                format!(
+                    "host {:?} is not served on this connection: its certificate covers {}",
+                    host.name,
+                    conn.cert.names().join(", ")
+                ),
+            ));
+        }
+        let config = self.app.config();
+        let label = match host::classify(&host.name, &config.region, &config.domain) {
+            HostKind::Sandbox(label) => label,
+            HostKind::Api => {
+                return Err(ApiError::new(
+                    404,
+                    "ROUTE_NOT_FOUND",
+                    format!("no route for {}: the public API is not served yet", host.name),
+                ));
+            }
+            HostKind::Preview(id) => {
+                return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("preview {id:?} not found")));
+            }
+            HostKind::Other => {
+                return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no route for host {:?}", host.name)));
+            }
+        };
+        let sandbox = self.app.sandbox_by_label(&label).ok_or_else(|| {
+            ApiError::new(404, "WORKLOAD_NOT_FOUND", format!("no sandbox answers at {:?}", host.name))
+        })?;
+        let path_and_query = match req.uri().path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => pq.as_str(),
+            None if req.method() != Method::CONNECT => "/",
+            _ => return Err(ApiError::new(400, "BAD_REQUEST", "the request target must be an absolute path")),
+        };
+        let target = route::parse_target(path_and_query)?;
+        let principal = auth::authenticate(&self.app, &sandbox.workspace, req.headers())?;
+        let route = route::resolve(target, &sandbox, path_and_query)?;
+        let slot = self.limits.sandbox_slot(sandbox.address).ok_or_else(|| {
+            too_many(format!(
+                "sandbox {:?} has its maximum of {} concurrent requests in flight; retry later",
+                sandbox.name,
+                self.app.config().proxy.max_connections_per_sandbox
+            ))
+        })?;
+        tracing::trace!(sandbox = %sandbox.name, workspace = %sandbox.workspace, token = %principal.token_name, port = route.port, "routed");
+        let out = Outbound {
+            upstream_host: headers::upstream_host(self.host_policy, &host.raw, route.port),
+            peer: conn.peer,
+            client_host: host.raw,
+            trusted: headers::is_trusted(conn.peer.ip(), &self.trusted),
+            sandbox,
+            route,
+            slot,
+        };
+        self.proxy.forward(req, out).await
+    }
+}
+
+/// Serves the HTTPS edge until `shutdown` resolves, then lets in-flight requests finish (up to
+/// a few seconds). The listening socket stays open (a successor may be accepting on it).
+pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let edge = Arc::new(Edge::new(app));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.tcp.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (guard, reject) = match edge.limits.admit() {
+            Admission::Serve(g) => (g, false),
+            Admission::Reject(g) => (g, true),
+            Admission::Close => {
+                tracing::debug!(%peer, "far over the connection cap; closed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let edge = edge.clone();
+        let acceptor = listener.acceptor.clone();
+        let certs = listener.certs.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let activity = Activity::new();
+            let io = ActivityIo::new(stream, activity.clone());
+            let tls = match tokio::time::timeout(edge.header_read_timeout, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let cert = certs.load().select(tls.get_ref().1.server_name()).clone();
+            let info = Arc::new(ConnInfo { peer, cert, reject });
+            let handler = edge.clone();
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                let info = info.clone();
+                async move { Ok::<_, Infallible>(handler.handle(&info, req).await) }
+            });
+            let builder = if reject { &edge.rejecting } else { &edge.serving };
+            let connection = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service));
+            tokio::select! {
+                r = connection => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                },
+                () = idle_timeout(&activity, edge.idle_timeout) => {
+                    tracing::debug!(%peer, "client connection idle; closed");
+                }
+            }
+            drop(guard);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("HTTPS connections still open after {SHUTDOWN_GRACE:?}; closing them");
+    }
+}

@@ -1,0 +1,494 @@
+//! Forwarding a routed, authenticated request to an app in a sandbox.
+//!
+//! - HTTP ports: a pooled HTTP/1.1 client (hyper-util legacy `Client`) over the
+//!   [`MarkedConnector`]. `HTTP2`/`GRPC` ports: one multiplexed h2c connection per
+//!   (address, port) ([`H2Pool`]), so gRPC trailers and streaming work end to end.
+//! - Bodies stream both ways frame by frame (hyper's flow control bounds memory); nothing is
+//!   buffered, so SSE and chunked responses reach the client as the app writes them.
+//! - HTTP/1.1 `Upgrade` (WebSocket and others): a dedicated upstream connection; the client's
+//!   connection is switched only after the app answered `101`, and no client byte after the
+//!   request head is forwarded before that (hyper holds them until the upgrade resolves). Any
+//!   other answer is relayed as a normal response and the client connection stays HTTP.
+//! - HTTP/2 extended CONNECT (RFC 8441, `:protocol = websocket`): translated to an HTTP/1.1
+//!   WebSocket upgrade towards the app; `200` to the client once the app answered `101`.
+//! - Tunnels are cut after the idle timeout like any connection.
+
+use super::{
+    EdgeBody,
+    connect::{ConnectSettings, MarkedConnector, connect},
+    headers::{self, Forwarding},
+    limits::{Activity, ActivityIo, SandboxSlot, idle_timeout},
+    route::Route,
+    upstream_errors::{Destination, connect_failed, exchange_failed, response_timed_out},
+};
+use crate::{
+    api_error::ApiError,
+    auth,
+    state::model::{PortProtocol, Sandbox},
+};
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::{CONNECTION, COOKIE, EXPECT, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE},
+};
+use http_body_util::{BodyExt, Empty};
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    upgrade::OnUpgrade,
+};
+use hyper_util::{
+    client::legacy::{Client, connect::capture_connection},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use std::{
+    collections::HashMap,
+    error::Error as StdError,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+/// The body type sent to apps.
+type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle pooled connections kept per (address, port).
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+/// Timeouts of the proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxySettings {
+    /// Connecting to apps.
+    pub connect: ConnectSettings,
+    /// Waiting for a response head.
+    pub response_timeout: Duration,
+    /// Idle tunnels are closed after this.
+    pub idle_timeout: Duration,
+}
+
+/// One request on its way to an app.
+pub struct Outbound {
+    /// The sandbox.
+    pub sandbox: Arc<Sandbox>,
+    /// Where in it.
+    pub route: Route,
+    /// The Host the app sees (already chosen by the host policy).
+    pub upstream_host: String,
+    /// Facts for the forwarding headers.
+    pub peer: SocketAddr,
+    /// The host as the client sent it (for `X-Forwarded-Host` and `Forwarded`).
+    pub client_host: String,
+    /// Whether the peer is a trusted proxy.
+    pub trusted: bool,
+    /// The sandbox's concurrency slot, held until the response or tunnel ends.
+    pub slot: SandboxSlot,
+}
+
+impl Outbound {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.sandbox.address.into(), self.route.port)
+    }
+    fn destination(&self) -> Destination<'_> {
+        Destination { sandbox: &self.sandbox.name, port: self.route.port }
+    }
+}
+
+/// The upstream side of the edge.
+pub struct Proxy {
+    http1: Client<MarkedConnector, UpBody>,
+    h2c: H2Pool,
+    settings: ProxySettings,
+}
+
+impl Proxy {
+    /// A proxy with these settings.
+    pub fn new(settings: ProxySettings) -> Self {
+        let http1 = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .retry_canceled_requests(true)
+            .build(MarkedConnector::new(settings.connect));
+        Self { http1, h2c: H2Pool::new(settings.connect), settings }
+    }
+
+    /// Forwards `req` and returns the app's response (or the error to answer).
+    pub async fn forward(&self, mut req: Request<Incoming>, out: Outbound) -> Result<Response<EdgeBody>, ApiError> {
+        if req.method() == Method::CONNECT {
+            return match req.extensions().get::<hyper::ext::Protocol>() {
+                Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => self.websocket_over_h2(req, out).await,
+                Some(p) => Err(ApiError::new(
+                    501,
+                    "NOT_IMPLEMENTED",
+                    format!("extended CONNECT with protocol {:?} is not supported (only websocket)", p.as_str()),
+                )),
+                None => Err(ApiError::new(405, "METHOD_NOT_ALLOWED", "CONNECT is not supported")),
+            };
+        }
+        if let Some(upgrade) = requested_upgrade(&req) {
+            return self.upgrade_h1(req, upgrade, out).await;
+        }
+        prepare_headers(req.headers_mut(), &out);
+        let (mut parts, body) = req.into_parts();
+        let body = body.boxed();
+        let to = out.destination();
+        let sent = match out.route.protocol {
+            PortProtocol::Http2 | PortProtocol::Grpc => {
+                parts.version = Version::HTTP_2;
+                parts.uri = upstream_uri(&out.upstream_host, &out.route.path_and_query)?;
+                parts.headers.remove(HOST);
+                let request = Request::from_parts(parts, body);
+                let sender = self.h2c.sender(out.addr()).await.map_err(|e| exchange_failed(&*e, to))?;
+                tokio::time::timeout(self.settings.response_timeout, H2Pool::send(sender, request)).await
+            }
+            PortProtocol::Http | PortProtocol::Tcp => {
+                parts.version = Version::HTTP_11;
+                parts.uri = upstream_uri(&out.addr().to_string(), &out.route.path_and_query)?;
+                headers::set_host(&mut parts.headers, &out.upstream_host)
+                    .map_err(|_| ApiError::new(400, "BAD_REQUEST", "the host cannot be forwarded"))?;
+                let request = Request::from_parts(parts, body);
+                self.pooled_exchange(request).await
+            }
+        };
+        let mut response = match sent {
+            Err(_elapsed) => return Err(response_timed_out(self.settings.response_timeout, to)),
+            Ok(Err(e)) => return Err(exchange_failed(&*e, to)),
+            Ok(Ok(r)) => r,
+        };
+        headers::remove_hop_by_hop(response.headers_mut());
+        Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)))
+    }
+
+    /// A pooled HTTP/1.1 exchange. The client connects inside `request`; the response timeout
+    /// starts once it has a connection, so a slow connection is reported as such (502 by the
+    /// connector's own timeout) and only a slow app as 504.
+    async fn pooled_exchange(
+        &self,
+        mut request: Request<UpBody>,
+    ) -> Result<Result<Response<Incoming>, BoxError>, tokio::time::error::Elapsed> {
+        let mut connection = capture_connection(&mut request);
+        let exchange = self.http1.request(request);
+        tokio::pin!(exchange);
+        tokio::select! {
+            biased;
+            done = &mut exchange => return Ok(done.map_err(BoxError::from)),
+            _ = connection.wait_for_connection_metadata() => {}
+        }
+        tokio::time::timeout(self.settings.response_timeout, exchange).await.map(|r| r.map_err(BoxError::from))
+    }
+
+    /// A dedicated HTTP/1.1 connection to the app, for upgrades.
+    async fn dedicated_h1(&self, out: &Outbound) -> Result<hyper::client::conn::http1::SendRequest<UpBody>, ApiError> {
+        let to = out.destination();
+        let stream = connect(out.addr(), self.settings.connect).await.map_err(|e| connect_failed(&e, to))?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| exchange_failed(&e, to))?;
+        let sandbox = out.sandbox.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(sandbox, error = %e, "upstream upgrade connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends the upgrade request and waits (bounded) for the app's response head.
+    async fn send_upgrade(&self, out: &Outbound, request: Request<UpBody>) -> Result<Response<Incoming>, ApiError> {
+        let to = out.destination();
+        let mut sender = self.dedicated_h1(out).await?;
+        match tokio::time::timeout(self.settings.response_timeout, sender.send_request(request)).await {
+            Err(_) => Err(response_timed_out(self.settings.response_timeout, to)),
+            Ok(Err(e)) => Err(exchange_failed(&e, to)),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    async fn upgrade_h1(
+        &self,
+        mut req: Request<Incoming>,
+        upgrade: HeaderValue,
+        out: Outbound,
+    ) -> Result<Response<EdgeBody>, ApiError> {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        prepare_headers(req.headers_mut(), &out);
+        let (mut parts, body) = req.into_parts();
+        parts.version = Version::HTTP_11;
+        parts.uri = origin_form(&out.route.path_and_query)?;
+        headers::set_host(&mut parts.headers, &out.upstream_host)
+            .map_err(|_| ApiError::new(400, "BAD_REQUEST", "the host cannot be forwarded"))?;
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, upgrade);
+        let mut response = self.send_upgrade(&out, Request::from_parts(parts, body.boxed())).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            headers::remove_hop_by_hop(response.headers_mut());
+            return Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)));
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let mut answer = Response::new(empty());
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *answer.headers_mut() = response.headers().clone();
+        spawn_tunnel(client_upgrade, upstream_upgrade, out, self.settings.idle_timeout);
+        Ok(answer)
+    }
+
+    async fn websocket_over_h2(
+        &self,
+        mut req: Request<Incoming>,
+        out: Outbound,
+    ) -> Result<Response<EdgeBody>, ApiError> {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let version = req.headers().get(SEC_WEBSOCKET_VERSION).cloned().unwrap_or(HeaderValue::from_static("13"));
+        prepare_headers(req.headers_mut(), &out);
+        let (mut parts, _tunnel_body) = req.into_parts();
+        parts.method = Method::GET;
+        parts.version = Version::HTTP_11;
+        parts.uri = origin_form(&out.route.path_and_query)?;
+        parts.extensions = http::Extensions::new();
+        let h = &mut parts.headers;
+        headers::set_host(h, &out.upstream_host)
+            .map_err(|_| ApiError::new(400, "BAD_REQUEST", "the host cannot be forwarded"))?;
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(SEC_WEBSOCKET_VERSION, version);
+        h.insert(SEC_WEBSOCKET_KEY, websocket_key());
+        let mut response = self.send_upgrade(&out, Request::from_parts(parts, empty_up())).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            headers::remove_hop_by_hop(response.headers_mut());
+            return Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)));
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let mut answer = Response::new(empty());
+        for name in [http::header::SEC_WEBSOCKET_PROTOCOL, http::header::SEC_WEBSOCKET_EXTENSIONS] {
+            if let Some(v) = response.headers().get(&name) {
+                answer.headers_mut().insert(name, v.clone());
+            }
+        }
+        spawn_tunnel(client_upgrade, upstream_upgrade, out, self.settings.idle_timeout);
+        Ok(answer)
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
+/// `h2c` is never honoured: the request is then proxied as a plain request.
+fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !headers::connection_has(req.headers(), "upgrade") {
+        return None;
+    }
+    let upgrade = req.headers().get(UPGRADE)?;
+    let h2c = upgrade.to_str().map(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c"))).unwrap_or(true);
+    (!h2c).then(|| upgrade.clone())
+}
+
+/// The header work every forwarded request gets: credentials the gateway consumed and client
+/// `X-Blaxel-*` removed, hop-by-hop removed, `Expect` removed (the client side already
+/// answered `100 Continue`), HTTP/2 cookie crumbs joined, forwarding headers set.
+fn prepare_headers(h: &mut HeaderMap, out: &Outbound) {
+    auth::strip_credentials(h);
+    headers::remove_hop_by_hop(h);
+    h.remove(EXPECT);
+    let cookies: Vec<&str> = h.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
+    if cookies.len() > 1
+        && let Ok(joined) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        h.insert(COOKIE, joined);
+    }
+    headers::set_forwarding(h, &Forwarding { peer: out.peer, host: &out.client_host, trusted: out.trusted });
+}
+
+fn bad_target() -> ApiError {
+    ApiError::new(400, "BAD_REQUEST", "the request target cannot be forwarded")
+}
+
+fn upstream_uri(authority: &str, path_and_query: &str) -> Result<Uri, ApiError> {
+    Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build().map_err(|_| bad_target())
+}
+
+fn origin_form(path_and_query: &str) -> Result<Uri, ApiError> {
+    Uri::builder().path_and_query(path_and_query).build().map_err(|_| bad_target())
+}
+
+fn empty() -> EdgeBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+fn empty_up() -> UpBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64.
+fn websocket_key() -> HeaderValue {
+    let mut bytes = [0u8; 16];
+    if super::tls::provider().secure_random.fill(&mut bytes).is_err() {
+        // Not a secret: uniqueness per connection is all RFC 6455 asks for.
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        bytes = nanos.to_le_bytes();
+    }
+    HeaderValue::from_str(&base64(&bytes)).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Joins the two upgraded sides once both resolve; closes both when either ends or after the
+/// idle timeout. The sandbox slot is held for the tunnel's lifetime.
+fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, out: Outbound, idle: Duration) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(sandbox = %out.sandbox.name, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
+                return;
+            }
+        };
+        let activity = Activity::new();
+        let mut client = ActivityIo::new(TokioIo::new(client), activity.clone());
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+                Ok((up, down)) => tracing::debug!(sandbox = %out.sandbox.name, port = out.route.port, up, down, "tunnel closed"),
+                Err(e) => tracing::debug!(sandbox = %out.sandbox.name, port = out.route.port, error = %e, "tunnel ended with an error"),
+            },
+            () = idle_timeout(&activity, idle) => {
+                tracing::info!(sandbox = %out.sandbox.name, port = out.route.port, idle_secs = idle.as_secs(), "tunnel idle; closed");
+            }
+        }
+        drop(out.slot);
+    });
+}
+
+/// A response body that holds the sandbox's slot until it ends (or is dropped).
+struct GuardedBody {
+    inner: EdgeBody,
+    slot: Option<SandboxSlot>,
+}
+
+impl GuardedBody {
+    fn wrap(inner: EdgeBody, slot: SandboxSlot) -> EdgeBody {
+        if inner.is_end_stream() {
+            return inner;
+        }
+        GuardedBody { inner, slot: Some(slot) }.boxed()
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.slot.take();
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One multiplexed h2c connection per (address, port), reconnected when closed.
+struct H2Pool {
+    settings: ConnectSettings,
+    conns: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<UpBody>>>,
+}
+
+impl H2Pool {
+    fn new(settings: ConnectSettings) -> Self {
+        Self { settings, conns: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached(&self, addr: SocketAddr) -> Option<hyper::client::conn::http2::SendRequest<UpBody>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        match conns.get(&addr) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                conns.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn sender(&self, addr: SocketAddr) -> Result<hyper::client::conn::http2::SendRequest<UpBody>, BoxError> {
+        if let Some(s) = self.cached(addr) {
+            return Ok(s);
+        }
+        let stream = connect(addr, self.settings).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "h2c upstream connection ended with an error");
+            }
+        });
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    async fn send(
+        mut sender: hyper::client::conn::http2::SendRequest<UpBody>,
+        request: Request<UpBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let req = |conn: &str, up: &str| {
+            Request::builder().header(CONNECTION, conn).header(UPGRADE, up).body(()).expect("request")
+        };
+        assert!(requested_upgrade(&req("Upgrade", "websocket")).is_some());
+        assert!(requested_upgrade(&req("keep-alive, upgrade", "websocket")).is_some());
+        assert!(requested_upgrade(&req("keep-alive", "websocket")).is_none());
+        assert!(requested_upgrade(&req("upgrade", "h2c")).is_none());
+        let mut r = req("upgrade", "websocket");
+        *r.version_mut() = Version::HTTP_10;
+        assert!(requested_upgrade(&r).is_none());
+    }
+}

@@ -1,0 +1,221 @@
+//! The HTTPS edge end to end, limits and timeouts: connection caps (429 with Retry-After),
+//! slow clients (header read timeout, stalled TLS handshake), idle connections and tunnels,
+//! oversized request heads. Real TLS, data plane enabled, sandboxes in namespaces.
+//!
+//! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test edge_limits -- --test-threads=1`.
+
+use futures_util::{SinkExt, StreamExt};
+use gateway_tests::{
+    edge::*,
+    gateway_process::GatewayProcess,
+    harness::{BpffsDir, Sandbox, require_root},
+};
+use http::Method;
+use hyper_util::rt::TokioIo;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::Role},
+};
+
+fn gateway(pins: &BpffsDir, extra: &str) -> GatewayProcess {
+    GatewayProcess::start_enforcing_with(pins.path(), extra)
+}
+
+/// Reads until EOF or error; returns how long it took (None if still open after `limit`).
+async fn time_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = limit.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[test]
+fn per_sandbox_cap_answers_429_with_retry_after() {
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = BpffsDir::new();
+    let busy = Sandbox::new();
+    let calm = Sandbox::new();
+    let gw = gateway(&pins, "[proxy]\nmax_connections_per_sandbox = 2\n");
+    register(&gw, "busy", &busy, &[(3000, "HTTP")]);
+    register(&gw, "calm", &calm, &[(3000, "HTTP")]);
+    let _a = spawn_backend(&busy, busy.addr(), 3000, Speaks::Http1);
+    let _b = spawn_backend(&calm, calm.addr(), 3000, Speaks::Http1);
+    let c = EdgeClient::new(&gw);
+    let bearer = format!("Bearer {}", create_token(&gw, WS, "caps"));
+
+    rt.block_on(async {
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, bearer) = (c.clone(), bearer.clone());
+                tokio::spawn(async move {
+                    c.get(&sandbox_host("busy"), "/port/3000/slow/2000", &[("authorization", &bearer)]).await.status
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = c.get(&sandbox_host("busy"), "/port/3000/", &[("authorization", &bearer)]).await;
+        let m = r.assert_error(429, "TOO_MANY_REQUESTS");
+        assert_eq!(r.headers["retry-after"], "1");
+        assert!(m.contains("busy"), "{m}");
+        // Other sandboxes are not affected.
+        assert_eq!(c.get(&sandbox_host("calm"), "/port/3000/", &[("authorization", &bearer)]).await.status, 200);
+        for t in slow {
+            assert_eq!(t.await.expect("task"), 200);
+        }
+        // Slots are released when the responses end.
+        assert_eq!(c.get(&sandbox_host("busy"), "/port/3000/", &[("authorization", &bearer)]).await.status, 200);
+    });
+}
+
+#[test]
+fn total_connection_cap_answers_429_with_retry_after() {
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = BpffsDir::new();
+    let gw = gateway(&pins, "[proxy]\nmax_connections = 3\n");
+    let c = EdgeClient::new(&gw);
+    let host = sandbox_host("web");
+    rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = c.h1(&host).await;
+            let r = send1(&mut conn, build(Method::GET, &host, "/", &[], empty())).await;
+            r.assert_error(404, "WORKLOAD_NOT_FOUND");
+            held.push(conn);
+        }
+        let r = c.get(&host, "/", &[]).await;
+        r.assert_error(429, "TOO_MANY_REQUESTS");
+        assert_eq!(r.headers["retry-after"], "1");
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.get(&host, "/", &[]).await.assert_error(404, "WORKLOAD_NOT_FOUND");
+    });
+}
+
+#[test]
+fn slow_clients_are_cut_after_the_header_read_timeout() {
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = BpffsDir::new();
+    let gw = gateway(&pins, "[proxy]\nheader_read_timeout = \"1s\"\n");
+    let c = EdgeClient::new(&gw);
+    let host = sandbox_host("web");
+    rt.block_on(async {
+        // Slowloris: a request head trickled one byte every 200 ms never completes.
+        let mut tls = c.tls(&host, Alpn::H1).await.expect("tls");
+        tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n").as_bytes()).await.expect("write");
+        let (mut reader, mut writer) = tokio::io::split(tls);
+        let trickle = tokio::spawn(async move {
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if writer.write_all(b"X").await.is_err() || writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let closed = time_until_closed(&mut reader, Duration::from_secs(6)).await;
+        trickle.abort();
+        let closed = closed.expect("the slow client was not cut");
+        assert!(closed >= Duration::from_millis(700) && closed <= Duration::from_secs(4), "cut after {closed:?}");
+
+        // A TCP connection that never starts its TLS handshake.
+        let mut tcp = tokio::net::TcpStream::connect(gw.https_addr()).await.expect("connect");
+        let closed =
+            time_until_closed(&mut tcp, Duration::from_secs(6)).await.expect("the stalled handshake was not cut");
+        assert!(closed >= Duration::from_millis(700) && closed <= Duration::from_secs(4), "cut after {closed:?}");
+
+        // A normal client is unaffected.
+        c.get(&host, "/", &[]).await.assert_error(404, "WORKLOAD_NOT_FOUND");
+    });
+}
+
+#[test]
+fn idle_connections_and_tunnels_are_closed_after_the_idle_timeout() {
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = BpffsDir::new();
+    let sb = Sandbox::new();
+    let gw = gateway(&pins, "[proxy]\nidle_timeout = \"2s\"\n");
+    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let c = EdgeClient::new(&gw);
+    let host = sandbox_host("web");
+    let bearer = format!("Bearer {}", create_token(&gw, WS, "idle"));
+
+    let open_ws = |c: EdgeClient, host: String, bearer: String| async move {
+        let mut conn = c.h1(&host).await;
+        let req = build(
+            Method::GET,
+            &host,
+            "/port/3000/ws",
+            &[
+                ("authorization", &bearer),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            empty(),
+        );
+        let mut response = conn.send_request(req).await.expect("send");
+        assert_eq!(response.status(), 101);
+        let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+    };
+
+    rt.block_on(async {
+        // A kept-alive HTTP connection left idle.
+        let mut tls = c.tls(&host, Alpn::H1).await.expect("tls");
+        tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.expect("write");
+        let closed = time_until_closed(&mut tls, Duration::from_secs(6)).await.expect("idle connection not closed");
+        assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}");
+
+        // An idle WebSocket is closed; an active one is not.
+        let mut idle = open_ws(c.clone(), host.clone(), bearer.clone()).await;
+        let mut active = open_ws(c.clone(), host.clone(), bearer.clone()).await;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            active.send(Message::text("ping")).await.expect("active tunnel still open");
+            let echo = tokio::time::timeout(Duration::from_secs(2), active.next()).await.expect("echo");
+            assert!(echo.is_some_and(|m| m.is_ok()), "active tunnel echoed");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let end = tokio::time::timeout(Duration::from_secs(1), idle.next()).await.expect("idle tunnel ended");
+        assert!(!matches!(end, Some(Ok(Message::Text(_)))), "idle tunnel closed: {end:?}");
+    });
+}
+
+#[test]
+fn oversized_request_heads_are_refused() {
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = BpffsDir::new();
+    let gw = gateway(&pins, "[proxy]\nmax_header_bytes = 16384\n");
+    let c = EdgeClient::new(&gw);
+    let host = sandbox_host("web");
+    rt.block_on(async {
+        let big = "x".repeat(32 * 1024);
+        let mut tls = c.tls(&host, Alpn::H1).await.expect("tls");
+        tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: {big}\r\n\r\n").as_bytes()).await.ok();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+        // Within the limit: served.
+        c.get(&host, "/", &[("x-ok", &"y".repeat(8 * 1024))]).await.assert_error(404, "WORKLOAD_NOT_FOUND");
+    });
+}
