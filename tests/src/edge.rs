@@ -429,6 +429,12 @@ impl BackendState {
         if path == "/ws" {
             return websocket_echo(&mut req);
         }
+        if path == "/cors" {
+            // An app that sets its own CORS header (previews must not add a second one).
+            let mut r = self.echo(req, pq);
+            r.headers_mut().insert("access-control-allow-origin", HeaderValue::from_static("https://app.example"));
+            return r;
+        }
         if path == "/ws-refuse" {
             return respond(StatusCode::FORBIDDEN, "text/plain", full("no websocket here"));
         }

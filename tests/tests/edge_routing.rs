@@ -55,7 +55,7 @@ fn routing_answers_every_case_with_its_status_and_code() {
         }
         c.get(&sandbox_host("nope"), "/", &[]).await.assert_error(404, "WORKLOAD_NOT_FOUND");
         c.get(&sandbox_host("web-other"), "/port/3000", &[]).await.assert_error(404, "WORKLOAD_NOT_FOUND");
-        c.get("api.gw.test", "/v0/sandboxes", &[]).await.assert_error(404, "ROUTE_NOT_FOUND");
+        c.get("api.gw.test", "/v0/sandboxes", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
         c.get("abc.local.preview.gw.test", "/", &[]).await.assert_error(404, "ROUTE_NOT_FOUND");
         // A valid route without a token: 401, and the app never sees it.
         c.get(&host, "/port/3000/", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
@@ -133,7 +133,7 @@ fn hosts_are_normalised_and_checked_against_the_certificate() {
             ("a.sbx-web-acme.local.gw.test", 421, "MISDIRECTED_REQUEST"),
             ("local.gw.test", 421, "MISDIRECTED_REQUEST"),
             ("127.0.0.1", 421, "MISDIRECTED_REQUEST"),
-            ("api.gw.test", 404, "ROUTE_NOT_FOUND"),
+            ("api.gw.test", 401, "AUTHENTICATION_REQUIRED"),
         ] {
             send1(&mut conn, build(Method::GET, h, "/port/3000/", &[], empty())).await.assert_error(status, code);
         }

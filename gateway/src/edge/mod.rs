@@ -7,11 +7,13 @@
 //! - [`crate::auth`]: the workspace token, then its removal before forwarding.
 //! - [`proxy`]: streaming HTTP/1.1, h2c, upgrades and WebSocket over HTTP/2.
 //! - [`limits`], [`upstream_errors`]: caps, timeouts, and the answers when things fail.
+//! - `preview`: preview hosts and the `/v0` API host (`crate::previews`, `crate::compat`).
 
 pub mod connect;
 pub mod headers;
 pub mod host;
 pub mod limits;
+mod preview;
 pub mod proxy;
 pub mod route;
 pub mod tls;
@@ -245,16 +247,8 @@ impl Edge {
         let config = self.app.config();
         let label = match host::classify(&host.name, &config.region, &config.domain) {
             HostKind::Sandbox(label) => label,
-            HostKind::Api => {
-                return Err(ApiError::new(
-                    404,
-                    "ROUTE_NOT_FOUND",
-                    format!("no route for {}: the public API is not served yet", host.name),
-                ));
-            }
-            HostKind::Preview(id) => {
-                return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("preview {id:?} not found")));
-            }
+            HostKind::Api => return self.public_api(req).await,
+            HostKind::Preview(id) => return self.preview(conn, host, &id, req).await,
             HostKind::Other => {
                 return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no route for host {:?}", host.name)));
             }
@@ -286,6 +280,7 @@ impl Edge {
             sandbox,
             route,
             slot,
+            set_headers: Vec::new(),
         };
         self.proxy.forward(req, out).await
     }

@@ -86,6 +86,9 @@ pub struct Outbound {
     pub trusted: bool,
     /// The sandbox's concurrency slot, held until the response or tunnel ends.
     pub slot: SandboxSlot,
+    /// Headers set on the upstream request after the client's credentials were removed (a
+    /// preview's `requestHeaders`): they replace the client's of the same name.
+    pub set_headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Outbound {
@@ -300,6 +303,9 @@ fn prepare_headers(h: &mut HeaderMap, out: &Outbound) {
         h.insert(COOKIE, joined);
     }
     headers::set_forwarding(h, &Forwarding { peer: out.peer, host: &out.client_host, trusted: out.trusted });
+    for (name, value) in &out.set_headers {
+        h.insert(name, value.clone());
+    }
 }
 
 fn bad_target() -> ApiError {
