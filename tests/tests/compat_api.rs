@@ -30,7 +30,6 @@ fn the_v0_api_serves_sandboxes_previews_and_tokens() {
     rt.block_on(async {
         let call = |method: Method, path: &'static str, body: Option<Value>| {
             let c = c.clone();
-            let auth = auth;
             async move {
                 let body = body.map_or_else(empty, |b| full(b.to_string()));
                 c.request(method, API, path, &auth, body).await
