@@ -1,3 +1,4 @@
 pub mod harness;
 pub mod gateway_process;
 pub mod edge;
+pub mod sdk;

@@ -22,9 +22,19 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// Used only when the nightly sysroot holds no `libLLVM.so.*-rust-*-nightly`.
 const FALLBACK_LLVM_NAME: &str = "libLLVM.so.22.1-rust-1.97.0-nightly";
 /// Debian packages the privileged tests call (`ip`, `bpftool`, `iptables`, `nft`, `curl`, `ps`,
-/// `systemd-analyze`, `setpriv`).
-const DEBIAN_PACKAGES: &[&str] =
-    &["iproute2", "bpftool", "iptables", "nftables", "curl", "procps", "systemd", "util-linux"];
+/// `systemd-analyze`, `setpriv`, and `python3 -m venv` for the real Python SDK test).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "iptables",
+    "nftables",
+    "curl",
+    "procps",
+    "systemd",
+    "util-linux",
+    "python3",
+    "python3-venv",
+];
 const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
