@@ -1,6 +1,9 @@
 //! The JSON error shape shared by every API: `{"error": {"code", "message", "status",
 //! "retryable", "origin"}}` (BRIEF §2).
 
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
 use serde::Serialize;
 
 /// An error as answered to a client.
@@ -38,4 +41,15 @@ impl ApiError {
             String::from(r#"{"error":{"code":"INTERNAL","message":"serialization failed","status":500,"retryable":true,"origin":"gateway"}}"#)
         })
     }
+}
+
+/// The JSON answer of an error (admin and `/v0` APIs), with `WWW-Authenticate` on a 401.
+pub fn json_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(e.to_json())));
+    *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if e.status == 401 {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
 }

@@ -249,16 +249,8 @@ pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Result<AdminRe
     Ok(r)
 }
 
-/// The JSON answer of an error, with `Allow`/`WWW-Authenticate` where they apply.
-pub fn error_response(e: &ApiError) -> AdminResponse {
-    let mut r = Response::new(Full::new(Bytes::from(e.to_json())));
-    *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if e.status == 401 {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    r
-}
+/// The JSON answer of an error (shared with the other API).
+pub use crate::api_error::json_response as error_response;
 
 #[cfg(test)]
 mod tests {

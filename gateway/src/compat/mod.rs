@@ -28,7 +28,7 @@ use crate::{
     previews::{spec::TokenSpec, time},
 };
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use serde::Serialize;
@@ -222,16 +222,8 @@ fn ok(value: &impl Serialize) -> Result<Response<Full<Bytes>>, ApiError> {
     Ok(r)
 }
 
-/// The JSON answer of an error.
-pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(e.to_json())));
-    *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if e.status == 401 {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    r
-}
+/// The JSON answer of an error (shared with the other API).
+pub use crate::api_error::json_response as error_response;
 
 #[cfg(test)]
 mod tests {
