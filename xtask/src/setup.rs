@@ -35,6 +35,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "python3-venv",
 ];
+/// Debian packages only `cargo xtask bench` needs (load generators and the peers it compares
+/// against): installed by the bench, never by setup.
+pub const BENCH_PACKAGES: &[&str] = &["wrk", "nghttp2-client", "nginx", "haproxy", "openssl", "netsniff-ng"];
 const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -53,7 +56,7 @@ pub fn run(scope: Scope, announce: bool) -> Result<()> {
     ensure_bpf_linker(&llvm)?;
     if scope == Scope::All {
         ensure_bpffs()?;
-        ensure_packages()?;
+        ensure_packages(DEBIAN_PACKAGES)?;
     }
     if announce {
         println!("setup: ready");
@@ -212,13 +215,14 @@ fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
-fn ensure_packages() -> Result<()> {
+/// Installs whichever of `packages` dpkg does not have (root; apt-get).
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let installed = |pkg: &str| {
         Command::new("dpkg").args(["-s", pkg]).output().is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Status: install ok installed")
         })
     };
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
