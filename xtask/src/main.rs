@@ -4,6 +4,8 @@
 
 mod bench;
 mod build;
+mod demo;
+mod demo_app;
 mod install;
 mod run;
 mod setup;
@@ -44,12 +46,27 @@ enum Cmd {
     },
     /// Build (release) and run `gateway serve` (default arguments: `--dev`).
     Run {
-        /// Start a demo sandbox as well (not yet implemented).
+        /// Also create a demo sandbox (network namespace, web app with a WebSocket echo, sandbox
+        /// API stand-in), register it, mint a token and two previews, and print commands to
+        /// paste; Ctrl-C removes everything.
         #[arg(long)]
         demo: bool,
+        /// Use this gateway binary instead of building one.
+        #[arg(long, value_name = "PATH")]
+        gateway_bin: Option<PathBuf>,
         /// Arguments for `gateway serve`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// The demo sandbox's processes (run by `run --demo` inside its network namespace).
+    #[command(hide = true)]
+    DemoApp {
+        /// The web app (with a WebSocket echo on /ws).
+        #[arg(long, default_value = "0.0.0.0:3000")]
+        web: std::net::SocketAddr,
+        /// The sandbox API stand-in.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        api: std::net::SocketAddr,
     },
     /// Install the release binary, a commented default configuration (random admin token) and,
     /// with --systemd, the unit (`systemctl enable --now gateway` then starts it).
@@ -94,7 +111,9 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(setup::Scope::All, true),
         Cmd::Build { debug } => build::run(debug),
         Cmd::Test { args } => test::run(&args),
-        Cmd::Run { demo, args } => run::run(demo, &args),
+        Cmd::Run { demo: true, gateway_bin, .. } => demo::run(gateway_bin),
+        Cmd::Run { demo: false, gateway_bin, args } => run::run(gateway_bin, &args),
+        Cmd::DemoApp { web, api } => demo_app::run(web, api),
         Cmd::Install { systemd, prefix, root, bin } => install::install(&install::Layout { root, prefix }, systemd, bin),
         Cmd::Uninstall { purge, prefix, root } => install::uninstall(&install::Layout { root, prefix }, purge),
         Cmd::Bench { quick } => bench::run(quick),

@@ -1,17 +1,17 @@
 //! `cargo xtask run`: build (release) and exec `gateway serve`.
 
-use std::{os::unix::process::CommandExt, process::Command};
+use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
 
 use crate::{build, setup, show};
 
-pub fn run(demo: bool, args: &[String]) -> Result<()> {
-    if demo {
-        bail!("`cargo xtask run --demo` is not yet implemented");
-    }
+pub fn run(gateway_bin: Option<PathBuf>, args: &[String]) -> Result<()> {
     setup::run(setup::Scope::All, false)?;
-    let bin = build::gateway(true)?;
+    let bin = match gateway_bin {
+        Some(b) => b,
+        None => build::gateway(true)?,
+    };
     let mut cmd = Command::new(&bin);
     cmd.arg("serve");
     if args.is_empty() {
