@@ -30,7 +30,9 @@ pub fn run(args: &[String]) -> Result<()> {
         privileged
             .args(["test", "-p", PRIVILEGED_PACKAGE, "--", "--test-threads=1"])
             .args(args)
-            .env("GATEWAY_BIN", &gateway_bin);
+            .env("GATEWAY_BIN", &gateway_bin)
+            // tests/tests/demo.rs runs `xtask run --demo` with this very binary
+            .env("XTASK_BIN", std::env::current_exe().context("cannot find the xtask binary")?);
         run_cmd(&mut privileged)
     } else {
         Err(anyhow::anyhow!("the privileged tests need root: run `sudo -E cargo xtask test`"))
