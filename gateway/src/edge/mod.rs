@@ -24,12 +24,16 @@ use crate::{
     app::App,
     auth,
     config::{Config, HostHeaderPolicy, IpNet},
+    telemetry::{
+        access::{self, LoggedBody, RequestLog},
+        metrics::{self, RouteKind},
+    },
 };
 use bytes::Bytes;
 use connect::ConnectSettings;
 use host::HostKind;
 use http::{Method, Request, Response};
-use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -54,8 +58,9 @@ use upstream_errors::{prefers_html, render, too_many};
 /// The body of every edge response.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
 
-/// How long in-flight requests may take to finish at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After the last accept, how long a new connection has to complete its TLS handshake and
+/// start its first request before a drain may close it as idle.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// Concurrent HTTP/2 streams per client connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
@@ -202,30 +207,31 @@ impl Edge {
         }
     }
 
-    /// Answers one request: the app's response, or an error (JSON, HTML for browsers).
+    /// Answers one request: the app's response, or an error (JSON, HTML for browsers). Counts
+    /// it in the metrics and writes its access-log line when the body has been sent.
     async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<EdgeBody> {
-        let started = Instant::now();
         let html = prefers_html(req.headers());
-        let method = req.method().clone();
-        match self.route_and_forward(conn, req).await {
-            Ok(response) => {
-                tracing::debug!(
-                    peer = %conn.peer,
-                    %method,
-                    status = response.status().as_u16(),
-                    micros = started.elapsed().as_micros() as u64,
-                    "proxied"
-                );
-                response
-            }
+        let mut log = RequestLog::new(req.method(), conn.peer);
+        let mut response = match self.route_and_forward(conn, req, &mut log).await {
+            Ok(response) => response,
             Err(e) => {
-                tracing::debug!(peer = %conn.peer, %method, status = e.status, code = e.code, message = %e.message, "refused");
+                tracing::debug!(id = %log.id, peer = %conn.peer, status = e.status, code = e.code, message = %e.message, "refused");
                 render(&e, html)
             }
+        };
+        if let Ok(id) = http::HeaderValue::from_str(&log.id) {
+            response.headers_mut().insert(access::REQUEST_ID_HEADER, id);
         }
+        let log = log.responded(response.status().as_u16());
+        response.map(|body| LoggedBody::new(body, log).boxed())
     }
 
-    async fn route_and_forward(&self, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<EdgeBody>, ApiError> {
+    async fn route_and_forward(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<Response<EdgeBody>, ApiError> {
         if conn.reject {
             return Err(too_many(format!(
                 "the gateway is serving its maximum of {} connections; retry later",
@@ -261,9 +267,20 @@ impl Edge {
             None if req.method() != Method::CONNECT => "/",
             _ => return Err(ApiError::new(400, "BAD_REQUEST", "the request target must be an absolute path")),
         };
+        log.workspace = Some(sandbox.workspace.clone());
+        log.sandbox = Some(sandbox.name.clone());
         let target = route::parse_target(path_and_query)?;
+        log.route = match target {
+            route::Target::SandboxApi => RouteKind::SandboxApi,
+            route::Target::Port { port, .. } => {
+                log.port = Some(port);
+                RouteKind::Port
+            }
+        };
         let principal = auth::authenticate(&self.app, &sandbox.workspace, req.headers())?;
+        log.token = Some(principal.token_name.clone());
         let route = route::resolve(target, &sandbox, path_and_query)?;
+        log.port = Some(route.port);
         let slot = self.limits.sandbox_slot(sandbox.address).ok_or_else(|| {
             too_many(format!(
                 "sandbox {:?} has its maximum of {} concurrent requests in flight; retry later",
@@ -282,7 +299,10 @@ impl Edge {
             slot,
             set_headers: Vec::new(),
         };
-        self.proxy.forward(req, out).await
+        let sent = Instant::now();
+        let response = self.proxy.forward(req, out).await?;
+        metrics::global().upstream_latency(log.route, sent.elapsed());
+        Ok(response)
     }
 }
 
@@ -318,15 +338,21 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
         let certs = listener.certs.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _open = metrics::global().connection_opened();
             let activity = Activity::new();
             let io = ActivityIo::new(stream, activity.clone());
             let tls = match tokio::time::timeout(edge.header_read_timeout, acceptor.accept(io)).await {
-                Ok(Ok(tls)) => tls,
+                Ok(Ok(tls)) => {
+                    metrics::global().tls_handshake(true);
+                    tls
+                }
                 Ok(Err(e)) => {
+                    metrics::global().tls_handshake(false);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics::global().tls_handshake(false);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
@@ -353,7 +379,16 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("HTTPS connections still open after {SHUTDOWN_GRACE:?}; closing them");
+    // A connection accepted just now may still be in its TLS handshake, or not have sent its
+    // first request: a graceful shutdown would close it as idle. Give it the time to start.
+    tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+    // In-flight requests finish (HTTP/1.1 answers with `Connection: close`, HTTP/2 gets a
+    // GOAWAY), then the upgraded tunnels (WebSockets) run until they end. The caller bounds
+    // the whole drain (`serve --drain-timeout`).
+    graceful.shutdown().await;
+    edge.proxy.tunnels().close();
+    if !edge.proxy.tunnels().is_empty() {
+        tracing::info!(tunnels = edge.proxy.tunnels().len(), "waiting for open tunnels (WebSockets) to end");
     }
+    edge.proxy.tunnels().wait().await;
 }

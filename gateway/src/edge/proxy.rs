@@ -13,6 +13,7 @@
 //!   WebSocket upgrade towards the app; `200` to the client once the app answered `101`.
 //! - Tunnels are cut after the idle timeout like any connection.
 
+use tokio_util::task::TaskTracker;
 use super::{
     EdgeBody,
     connect::{ConnectSettings, MarkedConnector, connect},
@@ -105,6 +106,9 @@ pub struct Proxy {
     http1: Client<MarkedConnector, UpBody>,
     h2c: H2Pool,
     settings: ProxySettings,
+    /// Upgraded connections (WebSockets…), which outlive their HTTP exchange: a drain waits
+    /// for them.
+    tunnels: TaskTracker,
 }
 
 impl Proxy {
@@ -117,7 +121,12 @@ impl Proxy {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .retry_canceled_requests(true)
             .build(MarkedConnector::new(settings.connect));
-        Self { http1, h2c: H2Pool::new(settings.connect), settings }
+        Self { http1, h2c: H2Pool::new(settings.connect), settings, tunnels: TaskTracker::new() }
+    }
+
+    /// The open tunnels (upgraded connections).
+    pub fn tunnels(&self) -> &TaskTracker {
+        &self.tunnels
     }
 
     /// Forwards `req` and returns the app's response (or the error to answer).
@@ -237,7 +246,7 @@ impl Proxy {
         let mut answer = Response::new(empty());
         *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *answer.headers_mut() = response.headers().clone();
-        spawn_tunnel(client_upgrade, upstream_upgrade, out, self.settings.idle_timeout);
+        spawn_tunnel(&self.tunnels, client_upgrade, upstream_upgrade, out, self.settings.idle_timeout);
         Ok(answer)
     }
 
@@ -273,7 +282,7 @@ impl Proxy {
                 answer.headers_mut().insert(name, v.clone());
             }
         }
-        spawn_tunnel(client_upgrade, upstream_upgrade, out, self.settings.idle_timeout);
+        spawn_tunnel(&self.tunnels, client_upgrade, upstream_upgrade, out, self.settings.idle_timeout);
         Ok(answer)
     }
 }
@@ -359,8 +368,8 @@ fn base64(input: &[u8]) -> String {
 
 /// Joins the two upgraded sides once both resolve; closes both when either ends or after the
 /// idle timeout. The sandbox slot is held for the tunnel's lifetime.
-fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, out: Outbound, idle: Duration) {
-    tokio::spawn(async move {
+fn spawn_tunnel(tunnels: &TaskTracker, client: OnUpgrade, upstream: OnUpgrade, out: Outbound, idle: Duration) {
+    tunnels.spawn(async move {
         let (client, upstream) = match tokio::join!(client, upstream) {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {
@@ -368,6 +377,7 @@ fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, out: Outbound, idle: Dur
                 return;
             }
         };
+        let _open = crate::telemetry::metrics::global().websocket_opened();
         let activity = Activity::new();
         let mut client = ActivityIo::new(TokioIo::new(client), activity.clone());
         let mut upstream = TokioIo::new(upstream);

@@ -9,6 +9,7 @@
 //!
 //! Metrics: [`metrics`], served on the admin listener's `/metrics`.
 
+pub mod access;
 pub mod metrics;
 
 use std::io::IsTerminal;
