@@ -63,3 +63,55 @@ fn json_logs_are_one_object_per_line_without_colours() {
     assert!(lines.iter().all(|v| v["level"].is_string() && v["target"].is_string() && v["timestamp"].is_string()), "{log}");
     assert!(!log.contains('\u{1b}'), "no ANSI escapes in a file:\n{log}");
 }
+
+/// One access-log line per request through the HTTPS edge, with its id (also sent to the
+/// client), workspace, sandbox, port, status, bytes, durations and the token's NAME, never its
+/// secret.
+#[test]
+fn the_edge_writes_an_access_line_per_request_without_secrets() {
+    use gateway_tests::edge::*;
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let bpffs = BpffsDir::new();
+    let sb = Sandbox::new();
+    let gw = GatewayProcess::start_enforcing(bpffs.path());
+    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let secret = create_token(&gw, WS, "access-log");
+    let bearer = format!("Bearer {secret}");
+    let client = EdgeClient::new(&gw);
+    let host = sandbox_host("web");
+    let (ok, refused) = rt.block_on(async {
+        let ok = client.get(&host, "/port/3000/items?bl_preview_token=not-logged", &[("authorization", &bearer)]).await;
+        let refused = client.get(&host, "/port/3000/items", &[]).await;
+        (ok, refused)
+    });
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(refused.status, 401);
+    let id = ok.headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id").to_string();
+    let refused_id = refused.headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id").to_string();
+    assert_ne!(id, refused_id);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (line, refused_line) = loop {
+        let log = gw.log();
+        let find = |id: &str| log.lines().find(|l| l.contains("gateway::access") && l.contains(&format!("id={id} "))).map(str::to_owned);
+        if let (Some(a), Some(b)) = (find(&id), find(&refused_id)) {
+            break (a, b);
+        }
+        assert!(Instant::now() < deadline, "no access line for {id} / {refused_id}:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for want in ["method=GET", "route=port", "workspace=acme", "sandbox=web", "port=3000", "status=200", "token=access-log", "complete=true"] {
+        assert!(line.contains(want), "{want} missing from {line}");
+    }
+    assert!(line.contains(&format!("bytes={}", ok.body.len())), "bytes of the body in {line}");
+    assert!(line.contains("duration_ms=") && line.contains("ttfb_ms="), "{line}");
+    for want in ["status=401", "token=-", "workspace=acme"] {
+        assert!(refused_line.contains(want), "{want} missing from {refused_line}");
+    }
+    let log = gw.log();
+    assert!(!log.contains(&secret), "the token's secret is in the log");
+    assert!(!log.contains("not-logged"), "the query (which may hold a preview token) is in the log");
+}

@@ -5,6 +5,7 @@
 use gateway::telemetry::metrics::sum_samples;
 use gateway_tests::{gateway_process::*, harness::*};
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 const MARK: u32 = 0x6777;
 
@@ -98,4 +99,92 @@ fn metrics_show_kernel_verdicts_and_control_plane_work() {
         sum_samples(&after, "gateway_dataplane_verdicts_total", &[("verdict", "drop")])
             > sum_samples(&registered, "gateway_dataplane_verdicts_total", &[("verdict", "drop")])
     );
+}
+
+/// The HTTPS edge's hooks: requests by route, status and workspace; upstream latency;
+/// connections; TLS handshakes and failures; WebSockets open while they are.
+#[test]
+fn edge_requests_connections_tls_and_websockets_are_counted() {
+    use gateway_tests::edge::*;
+    use http::Method;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncWriteExt;
+
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let bpffs = BpffsDir::new();
+    let sb = Sandbox::new();
+    let gw = GatewayProcess::start_enforcing(bpffs.path());
+    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let bearer = format!("Bearer {}", create_token(&gw, WS, "metrics"));
+    let client = EdgeClient::new(&gw);
+    let host = sandbox_host("web");
+    let before = scrape(&gw);
+
+    rt.block_on(async {
+        for _ in 0..3 {
+            let r = client.get(&host, "/port/3000/hello", &[("authorization", &bearer)]).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let r = client.get(&host, "/port/3000/hello", &[]).await;
+        assert_eq!(r.status, 401);
+        // Not TLS at all: a failed handshake.
+        let mut raw = tokio::net::TcpStream::connect(gw.https_addr()).await.expect("connect");
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink)).await;
+
+        // A WebSocket, open while we scrape.
+        let mut conn = client.h1(&host).await;
+        let req = build(
+            Method::GET,
+            &host,
+            "/port/3000/ws",
+            &[
+                ("authorization", &bearer),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            empty(),
+        );
+        let mut response = conn.send_request(req).await.expect("send");
+        assert_eq!(response.status(), 101);
+        let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
+        let io = TokioIo::new(upgraded);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let during = scrape(&gw);
+            if sum_samples(&during, "gateway_websockets_open", &[]) == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "websockets_open never reached 1:\n{during}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(io);
+    });
+
+    let after = scrape(&gw);
+    assert_well_formed(&after);
+    let delta = |name: &str, labels: &[(&str, &str)]| sum_samples(&after, name, labels) - sum_samples(&before, name, labels);
+    assert_eq!(
+        delta("gateway_requests_total", &[("route", "port"), ("status", "200"), ("workspace", "acme")]),
+        3,
+        "{after}"
+    );
+    assert_eq!(delta("gateway_requests_total", &[("route", "port"), ("status", "401"), ("workspace", "acme")]), 1, "{after}");
+    assert!(delta("gateway_requests_total", &[("status", "101")]) >= 1, "{after}");
+    assert!(delta("gateway_upstream_latency_seconds_count", &[("route", "port")]) >= 3, "{after}");
+    assert!(delta("gateway_tls_handshakes_total", &[("result", "ok")]) >= 5, "{after}");
+    assert!(delta("gateway_tls_handshakes_total", &[("result", "error")]) >= 1, "{after}");
+    assert!(delta("gateway_connections_total", &[]) >= 6, "{after}");
+    assert_eq!(delta("gateway_websockets_total", &[]), 1, "{after}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sum_samples(&scrape(&gw), "gateway_websockets_open", &[]) != 0 {
+        assert!(Instant::now() < deadline, "the WebSocket is still counted as open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

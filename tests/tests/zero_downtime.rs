@@ -8,7 +8,7 @@ use std::{
     fs,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -62,7 +62,7 @@ struct Observers {
 }
 
 impl Observers {
-    fn start(admin: SocketAddr, declared: SocketAddr) -> Observers {
+    fn start(admin: SocketAddr, path: &'static str, declared: SocketAddr) -> Observers {
         let o = Observers {
             stop: Arc::new(AtomicBool::new(false)),
             ok: Arc::default(),
@@ -77,7 +77,7 @@ impl Observers {
             let (stop, ok, failed) = (o.stop.clone(), o.ok.clone(), o.failed.clone());
             threads.push(thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match one_request(admin, "/v1/workspaces/ws1/sandboxes/app") {
+                    match one_request(admin, path) {
                         Ok(200) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -150,13 +150,83 @@ fn setup() -> (BpffsDir, Sandbox, Listener, GatewayProcess) {
     (bpffs, sb, app, gw)
 }
 
+/// `wrk` through the HTTPS edge to a sandbox port, for `seconds`; its report.
+fn spawn_wrk(https: SocketAddr, host: &str, token: &str, seconds: u32, dir: &std::path::Path) -> Child {
+    let script = dir.join("wrk.lua");
+    fs::write(
+        &script,
+        format!("wrk.headers[\"Host\"] = \"{host}\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"),
+    )
+    .expect("wrk script");
+    Command::new("wrk")
+        .args(["-t2", "-c16", &format!("-d{seconds}s"), "--timeout", "10s", "-s"])
+        .arg(&script)
+        .arg(format!("https://{https}/port/3000/load"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wrk (Debian package wrk; `cargo xtask setup` installs it)")
+}
+
+/// Requests completed, from wrk's report; panics with the report if anything failed.
+fn wrk_requests_without_errors(out: std::process::Output) -> u64 {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "wrk failed:\n{text}");
+    assert!(!text.contains("Socket errors"), "wrk saw socket errors:\n{text}");
+    assert!(!text.contains("Non-2xx or 3xx responses"), "wrk saw failed answers:\n{text}");
+    text.lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no request count in:\n{text}"))
+}
+
 #[test]
 fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
-    let (_bpffs, sb, _app, mut gw) = setup();
+    use gateway_tests::edge::*;
+    use hyper_util::rt::TokioIo;
+    use tokio_tungstenite::{WebSocketStream, tungstenite::{Message, protocol::Role}};
+    use futures_util::{SinkExt, StreamExt};
+
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let bpffs = BpffsDir::new();
+    let sb = Sandbox::new();
+    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
+    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let token = create_token(&gw, WS, "load");
+    let host = sandbox_host("web");
+    let client = EdgeClient::new(&gw);
     let admin = admin_addr(&gw);
     let old_pid = live_pid(admin);
-    let observers = Observers::start(admin, sb.sock(3000));
-    thread::sleep(Duration::from_millis(500));
+
+    // A WebSocket opened on the old process, kept across the takeover.
+    let mut ws = rt.block_on(async {
+        let mut conn = client.h1(&host).await;
+        let bearer = format!("Bearer {token}");
+        let req = build(
+            http::Method::GET,
+            &host,
+            "/port/3000/ws",
+            &[
+                ("authorization", bearer.as_str()),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            empty(),
+        );
+        let mut response = conn.send_request(req).await.expect("send");
+        assert_eq!(response.status(), 101);
+        let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+    });
+
+    let observers = Observers::start(admin, "/v1/workspaces/acme/sandboxes/web", sb.sock(3000));
+    let wrk = spawn_wrk(gw.https_addr(), &host, &token, 8, gw.dir());
+    thread::sleep(Duration::from_secs(2));
 
     let log = gw.dir().join("successor.log");
     let out = fs::File::create(&log).expect("log");
@@ -164,7 +234,7 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
     let mut successor = gateway_command()
         .args(["serve", "--config"])
         .arg(gw.config_path())
-        .args(["--takeover", "--drain-timeout", "5s"])
+        .args(["--takeover", "--drain-timeout", "20s"])
         .env("GATEWAY_LOG", "info")
         .stdin(Stdio::null())
         .stdout(out)
@@ -172,27 +242,42 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
         .spawn()
         .expect("spawn the successor");
     let _successor_guard = KillOnDrop(successor.id());
+    let successor_log = || fs::read_to_string(&log).unwrap_or_default();
 
-    // The old process drains and exits by itself, successfully.
+    // The successor answers; the old process drains but keeps the WebSocket it holds.
     let deadline = Instant::now() + Duration::from_secs(30);
+    while live_pid(admin) != u64::from(successor.id()) {
+        assert!(Instant::now() < deadline, "the successor never answered:\n{}", successor_log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(500));
+    assert!(gw.try_wait_exit().is_none(), "the old process waits for its WebSocket:\n{}", gw.log());
+    rt.block_on(async {
+        ws.send(Message::text("still there?")).await.expect("send on the old process's WebSocket");
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo in time");
+        assert_eq!(back.expect("message").expect("ok").into_text().expect("text").as_str(), "still there?");
+        ws.close(None).await.expect("close");
+    });
+    drop(ws);
+
+    // Its last tunnel closed, the old process exits, successfully, well before the deadline.
+    let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(s) = gw.try_wait_exit() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the old process did not exit; its log:\n{}\nsuccessor:\n{}", gw.log(), fs::read_to_string(&log).unwrap_or_default());
+        assert!(Instant::now() < deadline, "the old process did not exit; its log:\n{}\nsuccessor:\n{}", gw.log(), successor_log());
         thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "old process exit {status}:\n{}", gw.log());
-    assert!(successor.try_wait().expect("wait").is_none(), "the successor runs:\n{}", fs::read_to_string(&log).unwrap_or_default());
-    thread::sleep(Duration::from_millis(500));
-    let (ok, failed, lapses, probes) = observers.finish();
+    assert!(successor.try_wait().expect("wait").is_none(), "the successor runs:\n{}", successor_log());
 
-    let successor_log = fs::read_to_string(&log).unwrap_or_default();
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}\nold:\n{}\nnew:\n{successor_log}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)], gw.log());
-    assert!(ok > 100, "too little load to mean anything: {ok} requests");
+    let requests = wrk_requests_without_errors(wrk.wait_with_output().expect("wrk"));
+    let (ok, failed, lapses, probes) = observers.finish();
+    assert!(failed.is_empty(), "{} of {} admin requests failed: {:?}\nold:\n{}\nnew:\n{}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)], gw.log(), successor_log());
+    assert!(requests > 200 && ok > 100, "too little load to mean anything: {requests} HTTPS, {ok} admin requests");
     assert!(lapses.is_empty(), "enforcement lapsed: {lapses:?}");
     assert!(probes > 5, "too few enforcement probes: {probes}");
-    assert_eq!(live_pid(admin), u64::from(successor.id()), "the successor answers");
     assert_ne!(old_pid, u64::from(successor.id()));
     assert!(gw.log().contains("a new gateway process is taking over"), "{}", gw.log());
     // The state directory stays locked by the successor after the old process exited.
@@ -202,10 +287,12 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
 
     // The successor owns the state and the kernel: a mutation works and is enforced.
     let body = json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}, {"target": 3001}]});
-    let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body);
-    assert_eq!(r.status, 200, "PUT after the takeover: {}\n{successor_log}", r.text());
+    let r = gw.client().put_json("/v1/workspaces/acme/sandboxes/web", &body);
+    assert_eq!(r.status, 200, "PUT after the takeover: {}\n{}", r.text(), successor_log());
     let _app2 = spawn_tcp_echo(&sb, sb.sock(3001));
     assert_reachable(Origin::host_marked(MARK), sb.sock(3001), "a port opened by the successor");
+    let r = rt.block_on(client.get(&host, "/port/3000/after", &[("authorization", &format!("Bearer {token}"))]));
+    assert_eq!(r.status, 200, "HTTPS through the successor: {}", r.text());
 
     // And it stops cleanly, leaving enforcement in place.
     // SAFETY: kill(2) of the successor this test spawned.
@@ -221,7 +308,7 @@ fn sigusr2_starts_a_successor_that_takes_over() {
     let (_bpffs, sb, _app, mut gw) = setup();
     let admin = admin_addr(&gw);
     let old_pid = live_pid(admin);
-    let observers = Observers::start(admin, sb.sock(3000));
+    let observers = Observers::start(admin, "/v1/workspaces/ws1/sandboxes/app", sb.sock(3000));
     thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) of our own child.
     unsafe {

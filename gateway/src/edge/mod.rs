@@ -58,9 +58,10 @@ use upstream_errors::{prefers_html, render, too_many};
 /// The body of every edge response.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
 
-/// After the last accept, how long a new connection has to complete its TLS handshake and
-/// start its first request before a drain may close it as idle.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// At a drain, how long connections get to end by themselves (HTTP/1.1 answers carry
+/// `Connection: close`) before the rest are closed gracefully (idle HTTP/1.1 connections at
+/// once, HTTP/2 with a GOAWAY).
+const SOFT_DRAIN: Duration = Duration::from_secs(2);
 /// Concurrent HTTP/2 streams per client connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
@@ -164,6 +165,8 @@ struct Edge {
     max_connections: usize,
     serving: auto::Builder<TokioExecutor>,
     rejecting: auto::Builder<TokioExecutor>,
+    /// Set when the listener stops accepting: HTTP/1.1 answers close their connection.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Edge {
@@ -203,6 +206,7 @@ impl Edge {
             max_connections: p.max_connections,
             serving: builder(true),
             rejecting: builder(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
             app,
         }
     }
@@ -212,6 +216,7 @@ impl Edge {
     async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<EdgeBody> {
         let html = prefers_html(req.headers());
         let mut log = RequestLog::new(req.method(), conn.peer);
+        let http1 = req.version() < http::Version::HTTP_2;
         let mut response = match self.route_and_forward(conn, req, &mut log).await {
             Ok(response) => response,
             Err(e) => {
@@ -221,6 +226,9 @@ impl Edge {
         };
         if let Ok(id) = http::HeaderValue::from_str(&log.id) {
             response.headers_mut().insert(access::REQUEST_ID_HEADER, id);
+        }
+        if http1 && self.draining.load(std::sync::atomic::Ordering::Acquire) && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
         let log = log.responded(response.status().as_u16());
         response.map(|body| LoggedBody::new(body, log).boxed())
@@ -253,8 +261,8 @@ impl Edge {
         let config = self.app.config();
         let label = match host::classify(&host.name, &config.region, &config.domain) {
             HostKind::Sandbox(label) => label,
-            HostKind::Api => return self.public_api(req).await,
-            HostKind::Preview(id) => return self.preview(conn, host, &id, req).await,
+            HostKind::Api => return self.public_api(req, log).await,
+            HostKind::Preview(id) => return self.preview(conn, host, &id, req, log).await,
             HostKind::Other => {
                 return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no route for host {:?}", host.name)));
             }
@@ -379,9 +387,15 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
         });
     }
     drop(listener);
-    // A connection accepted just now may still be in its TLS handshake, or not have sent its
-    // first request: a graceful shutdown would close it as idle. Give it the time to start.
-    tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+    // Soft drain first: every HTTP/1.1 response now says `Connection: close`, so a client
+    // closes after its answer and its next request opens a connection (to a successor, after a
+    // handoff) instead of racing a close on an idle keep-alive connection. Connections still
+    // in their TLS handshake or before their first request are served too.
+    edge.draining.store(true, std::sync::atomic::Ordering::Release);
+    let soft_until = Instant::now() + SOFT_DRAIN;
+    while graceful.count() > 0 && Instant::now() < soft_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // In-flight requests finish (HTTP/1.1 answers with `Connection: close`, HTTP/2 gets a
     // GOAWAY), then the upgraded tunnels (WebSockets) run until they end. The caller bounds
     // the whole drain (`serve --drain-timeout`).

@@ -20,6 +20,10 @@ use super::{
 };
 use crate::{
     api_error::ApiError,
+    telemetry::{
+        access::RequestLog,
+        metrics::{self, RouteKind},
+    },
     previews::gate::{self, Decision},
     state::model::PortProtocol,
 };
@@ -35,7 +39,8 @@ fn boxed(r: Response<Full<Bytes>>) -> Response<EdgeBody> {
 
 impl Edge {
     /// `api.{domain}`: the Blaxel-compatible `/v0` API.
-    pub(super) async fn public_api(&self, req: Request<Incoming>) -> Result<Response<EdgeBody>, ApiError> {
+    pub(super) async fn public_api(&self, req: Request<Incoming>, log: &mut RequestLog) -> Result<Response<EdgeBody>, ApiError> {
+        log.route = RouteKind::Api;
         Ok(boxed(crate::compat::handle(&self.app, req).await))
     }
 
@@ -46,10 +51,14 @@ impl Edge {
         host: RequestHost,
         id: &str,
         req: Request<Incoming>,
+        log: &mut RequestLog,
     ) -> Result<Response<EdgeBody>, ApiError> {
+        log.route = RouteKind::Preview;
         let not_found = || ApiError::new(404, "ROUTE_NOT_FOUND", format!("no preview answers at {:?}", host.name));
         let preview = self.app.preview_by_host_label(id).ok_or_else(not_found)?;
         let sandbox = self.app.get(&preview.workspace, &preview.sandbox).map_err(|_| not_found())?;
+        log.workspace = Some(preview.workspace.clone());
+        log.sandbox = Some(preview.sandbox.clone());
         if let Some(answer) = gate::preflight(&preview, req.method(), req.headers()) {
             return Ok(boxed(answer));
         }
@@ -71,6 +80,7 @@ impl Edge {
                 sandbox.ports.iter().find(|p| p.target == preview.port).map_or(PortProtocol::Http, |p| p.protocol);
             Route { port: preview.port, protocol, path_and_query }
         };
+        log.port = Some(route.port);
         let slot = self.limits.sandbox_slot(sandbox.address).ok_or_else(|| {
             too_many(format!(
                 "sandbox {:?} has its maximum of {} concurrent requests in flight; retry later",
@@ -94,7 +104,9 @@ impl Edge {
             slot,
             set_headers,
         };
+        let sent = std::time::Instant::now();
         let mut response = self.proxy.forward(Request::from_parts(parts, body), out).await?;
+        metrics::global().upstream_latency(RouteKind::Preview, sent.elapsed());
         gate::merge_response_headers(response.headers_mut(), &preview);
         Ok(response)
     }

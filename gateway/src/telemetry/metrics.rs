@@ -66,6 +66,8 @@ pub enum RouteKind {
     Port,
     /// A preview host.
     Preview,
+    /// The `/v0` API host (`api.{domain}`).
+    Api,
     /// A request the edge answered itself: unknown host or route, bad request, auth failure
     /// before a route was known.
     Edge,
@@ -78,6 +80,7 @@ impl RouteKind {
             RouteKind::SandboxApi => "sandbox_api",
             RouteKind::Port => "port",
             RouteKind::Preview => "preview",
+            RouteKind::Api => "api",
             RouteKind::Edge => "edge",
         }
     }

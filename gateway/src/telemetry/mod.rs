@@ -1,7 +1,7 @@
 //! Telemetry: logs and metrics.
 //!
 //! Logging: `tracing` to stderr, as text or JSON lines, filtered by `GATEWAY_LOG`
-//! (an `EnvFilter` directive such as `info,gateway::admin=debug`), default `info`.
+//! (an `EnvFilter` directive such as `info,gateway::admin=debug`), default [`DEFAULT_FILTER`].
 //! Records of the `log` crate (aya-log's records of the eBPF programs among them, target
 //! `gateway_ebpf`) are bridged into `tracing` (tracing-subscriber's `tracing-log` feature) and
 //! filtered and formatted like the rest: `GATEWAY_LOG=info,gateway_ebpf=debug` logs every
@@ -17,6 +17,10 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Environment variable holding the filter directives.
 pub const ENV_FILTER: &str = "GATEWAY_LOG";
+/// The filter when `GATEWAY_LOG` is unset: `info`, except rustls, whose warnings are about
+/// individual clients' protocol mistakes (an IP address as SNI…) and would let any client fill
+/// the log.
+pub const DEFAULT_FILTER: &str = "info,rustls=error";
 
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -33,9 +37,12 @@ pub fn init(format: LogFormat) {
     let (filter, bad) = match std::env::var(ENV_FILTER) {
         Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
             Ok(f) => (f, None),
-            Err(e) => (EnvFilter::new("info"), Some(format!("{ENV_FILTER}={spec:?} is invalid ({e}); using \"info\""))),
+            Err(e) => (
+                EnvFilter::new(DEFAULT_FILTER),
+                Some(format!("{ENV_FILTER}={spec:?} is invalid ({e}); using \"{DEFAULT_FILTER}\"")),
+            ),
         },
-        _ => (EnvFilter::new("info"), None),
+        _ => (EnvFilter::new(DEFAULT_FILTER), None),
     };
     let registry = tracing_subscriber::registry().with(filter);
     // Colours only on a terminal; under journald (JOURNAL_STREAM set) no timestamp either: the
