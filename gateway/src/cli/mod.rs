@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 failure (the message says why), 2 usage error (clap), 64 invalid
 //! configuration (every problem printed as `FILE: KEY: REASON`, nothing bound or opened).
 
+mod banner;
 mod client;
 mod dataplane;
 mod fetch;

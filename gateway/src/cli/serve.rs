@@ -235,6 +235,11 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
     let sandboxes = app.list(None).map(|l| l.len()).unwrap_or_default();
     notifier.ready(&format!("serving: admin {admin_at}, https {https_at}, {sandboxes} sandboxes"));
     tracing::info!(admin = %admin_at, https = %https_at, sandboxes, pid = std::process::id(), "ready");
+    if let ConfigSource::Dev(_) = &source {
+        let config = app.config();
+        print!("{}", super::banner::development(&config, &admin_at, &https_at, &config.dataplane.bpffs));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
 
     let exit = loop {
         let successor = async {
