@@ -304,3 +304,52 @@ fn sighup_applies_a_valid_configuration_without_dropping_connections_and_refuses
     assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", "rotated-token"), 200);
     assert_eq!(reloads(&gw, "ok"), 1);
 }
+
+/// A reload that cannot read its certificate is refused (logged, counted) and the running
+/// certificate keeps serving; a good reload swaps certificates for new handshakes; an HTTPS
+/// connection open across both keeps serving requests.
+#[test]
+fn sighup_keeps_https_connections_and_refuses_unreadable_certificates() {
+    use gateway_tests::edge::*;
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let bpffs = BpffsDir::new();
+    let sb = Sandbox::new();
+    // First start: the development certificate; then serve it from files named in [tls].
+    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
+    gw.kill();
+    let certs = gw.dir().join("certs");
+    fs::create_dir_all(&certs).expect("certs dir");
+    fs::copy(gw.state_dir().join("tls/cert.pem"), certs.join("cert.pem")).expect("cert");
+    fs::copy(gw.state_dir().join("tls/key.pem"), certs.join("key.pem")).expect("key");
+    let base = fs::read_to_string(gw.config_path()).expect("config");
+    let with_tls = |cert: &str| format!("{base}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", certs.join(cert).display(), certs.join("key.pem").display());
+    fs::write(gw.config_path(), with_tls("cert.pem")).expect("config");
+    gw.spawn();
+    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let bearer = format!("Bearer {}", create_token(&gw, WS, "reload"));
+    let client = EdgeClient::new(&gw);
+    let host = sandbox_host("web");
+    let mut h2 = rt.block_on(client.h2("any.local.gw.test"));
+    let ask = |h2: &mut hyper::client::conn::http2::SendRequest<TestBody>| {
+        let req = build_h2(http::Method::GET, &host, "/port/3000/x", &[("authorization", &bearer)], empty());
+        rt.block_on(async { read_reply(h2.send_request(req).await.expect("send on the open connection")).await.status })
+    };
+    assert_eq!(ask(&mut h2), 200);
+
+    fs::write(gw.config_path(), with_tls("missing.pem")).expect("config");
+    sighup(&gw);
+    wait_reloads(&gw, "refused", 1);
+    assert!(gw.log().contains("missing.pem"), "the refusal names the file:\n{}", gw.log());
+    assert_eq!(ask(&mut h2), 200, "the open connection survives a refused reload");
+    rt.block_on(client.tls("any.local.gw.test", Alpn::H1)).expect("the running certificate still serves new handshakes");
+
+    fs::write(gw.config_path(), with_tls("cert.pem")).expect("config");
+    sighup(&gw);
+    wait_reloads(&gw, "ok", 1);
+    assert_eq!(ask(&mut h2), 200, "the open connection survives an applied reload");
+    let r = rt.block_on(client.get(&host, "/port/3000/y", &[("authorization", &bearer)]));
+    assert_eq!(r.status, 200, "a new connection after the reload");
+}
