@@ -97,6 +97,8 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Regenerate the generated parts of the documentation (configuration and CLI references).
+    Docs,
     /// Run the benchmarks (`gateway-bench` in the gateway-tests package).
     Bench {
         /// Fewer iterations.
@@ -116,6 +118,12 @@ fn main() -> ExitCode {
         Cmd::DemoApp { web, api } => demo_app::run(web, api),
         Cmd::Install { systemd, prefix, root, bin } => install::install(&install::Layout { root, prefix }, systemd, bin),
         Cmd::Uninstall { purge, prefix, root } => install::uninstall(&install::Layout { root, prefix }, purge),
+        Cmd::Docs => run_cmd(
+            cargo()
+                .args(["test", "-q", "-p", "gateway-tests", "--test", "docs"])
+                .env("GATEWAY_UPDATE_DOCS", "1")
+                .env_remove("GATEWAY_REQUIRE_EBPF"),
+        ),
         Cmd::Bench { quick } => bench::run(quick),
     };
     match result {

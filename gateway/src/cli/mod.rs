@@ -43,7 +43,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway: load the state, program the data plane, serve the admin API.
+    /// Run the gateway: load the state, program the data plane, serve HTTPS and the admin API.
     Serve(ServeArgs),
     /// Check a configuration file; exit 0, or 64 listing every problem as FILE: KEY: REASON.
     CheckConfig(ConfigFile),

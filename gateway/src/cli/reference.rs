@@ -22,6 +22,24 @@ pub fn markdown() -> String {
     out
 }
 
+/// One table row per command: `gateway …` and what it does (the README's overview).
+pub fn summary() -> String {
+    fn rows(cmd: &clap::Command, parent: &str, out: &mut String) {
+        for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help") {
+            let path = format!("{parent} {}", sub.get_name());
+            if sub.has_subcommands() {
+                rows(sub, &path, out);
+            } else {
+                let about = sub.get_about().map(|a| one_line(&a.to_string())).unwrap_or_default();
+                let _ = writeln!(out, "| `{path}` | {} |", cell(&about));
+            }
+        }
+    }
+    let mut out = String::from("| command | what it does |\n| --- | --- |\n");
+    rows(&Cli::command(), "gateway", &mut out);
+    out
+}
+
 fn walk(out: &mut String, cmd: &clap::Command, parent: &str) {
     if cmd.is_hide_set() || cmd.get_name() == "help" {
         return;
@@ -89,8 +107,9 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Table-cell text: `|` escaped, and `<`/`>` so that `<state>` is not read as HTML.
 fn cell(text: &str) -> String {
-    text.replace('|', "\\|")
+    text.replace('|', "\\|").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]
