@@ -41,6 +41,33 @@ fn one_request(addr: SocketAddr, path: &str) -> Result<u16, String> {
     text.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status line: {text:?}"))
 }
 
+/// One request on a keep-alive connection; the status, and the connection back unless the
+/// answer said `Connection: close`.
+fn keepalive_request(mut s: TcpStream, path: &str) -> Result<(u16, Option<TcpStream>), String> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_TOKEN}\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed before a full answer: {:?}", String::from_utf8_lossy(&buf)));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let head = text[..end].to_ascii_lowercase();
+        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
+        if buf.len() < end + 4 + len {
+            continue;
+        }
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).ok_or("no status line")?;
+        let close = head.lines().any(|l| l.starts_with("connection:") && l.contains("close"));
+        return Ok((status, (!close).then_some(s)));
+    }
+}
+
 /// The pid answering `/live` now.
 fn live_pid(addr: SocketAddr) -> u64 {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -87,6 +114,32 @@ impl Observers {
                 }
             }));
         }
+        // A keep-alive client (a metrics scraper, say): reuses its connection until an answer
+        // says `Connection: close`, then opens another. Nothing it sends may fail.
+        let (stop, ok, failed) = (o.stop.clone(), o.ok.clone(), o.failed.clone());
+        threads.push(thread::spawn(move || {
+            let mut conn: Option<TcpStream> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let stream = match conn.take() {
+                    Some(s) => s,
+                    None => match TcpStream::connect_timeout(&admin, Duration::from_secs(5)) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            failed.lock().expect("lock").push(format!("keep-alive connect: {e}"));
+                            continue;
+                        }
+                    },
+                };
+                match keepalive_request(stream, path) {
+                    Ok((200, again)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        conn = again;
+                    }
+                    Ok((status, _)) => failed.lock().expect("lock").push(format!("keep-alive status {status}")),
+                    Err(e) => failed.lock().expect("lock").push(format!("keep-alive: {e}")),
+                }
+            }
+        }));
         // Enforcement: an unmarked SYN to the declared port must never connect, and the
         // gateway's marked connections must always do.
         let (stop, lapses, probes) = (o.stop.clone(), o.lapses.clone(), o.probes.clone());

@@ -136,14 +136,9 @@ fn websocket(stream: TcpStream) {
         return;
     }
     while let Ok(message) = ws.read() {
-        match message {
-            tungstenite::Message::Text(_) | tungstenite::Message::Binary(_) => {
-                if ws.send(message).is_err() {
-                    return;
-                }
-            }
-            tungstenite::Message::Close(_) => return,
-            _ => {}
+        let echo = matches!(message, tungstenite::Message::Text(_) | tungstenite::Message::Binary(_));
+        if matches!(message, tungstenite::Message::Close(_)) || (echo && ws.send(message).is_err()) {
+            return;
         }
     }
 }

@@ -26,7 +26,10 @@ use std::{
         unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     },
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 use tokio::net::{TcpListener, UnixListener, UnixStream};
@@ -35,8 +38,9 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// After the last accept, how long a new connection has to start its first request.
-pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(250);
+/// At a drain, how long connections get to end by themselves (answers say `Connection: close`)
+/// before the rest are closed gracefully.
+const SOFT_DRAIN: Duration = Duration::from_secs(1);
 
 /// Errors of the admin listener.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +171,7 @@ async fn prepare_socket_path(path: &Path) -> Result<(), AdminError> {
 pub async fn serve(listener: Arc<Listener>, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let require_token = matches!(*listener, Listener::Tcp(_));
+    let draining = Arc::new(AtomicBool::new(false));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -183,27 +188,40 @@ pub async fn serve(listener: Arc<Listener>, app: Arc<App>, shutdown: impl Future
             }
         };
         match io {
-            Accepted::Tcp(s) => spawn_connection(&graceful, TokioIo::new(s), app.clone(), require_token),
-            Accepted::Unix(s) => spawn_connection(&graceful, TokioIo::new(s), app.clone(), require_token),
+            Accepted::Tcp(s) => spawn_connection(&graceful, TokioIo::new(s), app.clone(), require_token, &draining),
+            Accepted::Unix(s) => spawn_connection(&graceful, TokioIo::new(s), app.clone(), require_token, &draining),
         }
     }
-    // A connection accepted just now may not have sent (or we may not have read) its first
-    // request yet, and a graceful shutdown closes such "idle" connections at once: give them
-    // the time to start their request, which then completes.
-    tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+    // Soft drain: answers now carry `Connection: close`, so keep-alive clients (a metrics
+    // scraper) reconnect, to a successor after a handoff, instead of racing a close; and a
+    // connection accepted just now, which a graceful shutdown would close as idle, gets the
+    // time to send its first request.
+    draining.store(true, Ordering::Release);
+    let soft_until = tokio::time::Instant::now() + SOFT_DRAIN;
+    while graceful.count() > 0 && tokio::time::Instant::now() < soft_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("admin connections still open after {SHUTDOWN_GRACE:?}; closing them");
     }
 }
 
 /// Serves one connection in its own task, watched for graceful shutdown.
-fn spawn_connection<I>(graceful: &GracefulShutdown, io: I, app: Arc<App>, require_token: bool)
+fn spawn_connection<I>(graceful: &GracefulShutdown, io: I, app: Arc<App>, require_token: bool, draining: &Arc<AtomicBool>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let draining = draining.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(router::handle(&app, req, require_token).await) }
+        let draining = draining.clone();
+        async move {
+            let mut response = router::handle(&app, req, require_token).await;
+            if draining.load(Ordering::Acquire) {
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
