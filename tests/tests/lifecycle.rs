@@ -171,7 +171,8 @@ fn notify_ready_watchdog_reload_and_stop_with_only_the_units_capabilities() {
     let _app = spawn_tcp_echo(&sb, sb.sock(3000));
     let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
     let config = dir.path().join("gateway.toml");
-    fs::write(&config, test_config_with(&admin, free_port(), &dir.path().join("state"), TEST_TOKEN, Some(bpffs.path())))
+    let https_port = free_port();
+    fs::write(&config, test_config_with(&admin, https_port, &dir.path().join("state"), TEST_TOKEN, Some(bpffs.path())))
         .expect("config");
     let mut notify = NotifySocket::new(dir.path());
     let log = dir.path().join("gateway.log");
@@ -183,6 +184,7 @@ fn notify_ready_watchdog_reload_and_stop_with_only_the_units_capabilities() {
     // READY=1 means serving: no retry needed.
     let r = client.request("GET", "/ready", &[], None).unwrap_or_else(|e| panic!("admin after READY=1: {e}\n{}", show_log()));
     assert_eq!(r.status, 200, "{}", show_log());
+    TcpStream::connect(("127.0.0.1", https_port)).unwrap_or_else(|e| panic!("HTTPS after READY=1: {e}\n{}", show_log()));
     assert!(ready.contains("MAINPID="), "{ready}");
     assert!(ready.lines().any(|l| l.starts_with("STATUS=serving")), "{ready}");
     let eff = effective_caps(child.0.id());
