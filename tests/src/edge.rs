@@ -555,3 +555,268 @@ async fn grpc_echo(req: Request<Incoming>) -> Response<TestBody> {
     h.insert("x-seen-te", HeaderValue::from_str(&te).unwrap_or(HeaderValue::from_static("?")));
     r
 }
+
+// ---------------------------------------------------------------------------------------------
+// A backend that records the raw bytes it receives
+
+/// One request as a [`RawBackend`] read it off the wire.
+#[derive(Clone, Debug)]
+pub struct RawRequest {
+    /// Index of the connection it came on (0, 1, … in accept order).
+    pub conn: usize,
+    /// Request line and header lines, exactly as received (up to and including the blank line).
+    pub head: String,
+    /// The body, de-chunked when it came chunked.
+    pub body: Vec<u8>,
+    /// Whether the request arrived complete (head and its whole body); `false` when the
+    /// connection ended in the middle (the gateway aborted it).
+    pub complete: bool,
+}
+
+impl RawRequest {
+    /// `GET /x HTTP/1.1`.
+    pub fn request_line(&self) -> &str {
+        self.head.split("\r\n").next().unwrap_or_default()
+    }
+    /// The values of header `name` (case-insensitive), trimmed, in order.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+}
+
+/// What a [`RawBackend`] saw, shared with its connection tasks.
+#[derive(Default)]
+pub struct RawRecord {
+    /// Every byte received, per connection (index = connection number).
+    pub bytes: Vec<Vec<u8>>,
+    /// Requests in arrival order (partial ones included, marked).
+    pub requests: Vec<RawRequest>,
+    /// Bytes received on a connection after it answered `101` (the tunnel), per connection.
+    pub tunnel: Vec<(usize, Vec<u8>)>,
+    /// Bytes that were already waiting behind an upgrade request before the `101` was sent.
+    pub early: Vec<(usize, Vec<u8>)>,
+}
+
+/// A plain-TCP HTTP/1.1 backend that parses requests itself (strictly: CRLF lines,
+/// `Content-Length` or `chunked`), records the exact bytes, and answers every request `200`
+/// with body `raw {n} {request line}` (n = index of the request), keep-alive. Paths ending in
+/// `/ws` with an `Upgrade` header are answered `101` (then the connection is a tunnel that
+/// echoes and records); paths ending in `/refuse` are answered `403`. Stops when dropped.
+pub struct RawBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it saw.
+    pub record: Arc<std::sync::Mutex<RawRecord>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawBackend {
+    /// The requests received so far.
+    pub fn requests(&self) -> Vec<RawRequest> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).requests.clone()
+    }
+    /// The complete requests' lines received so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.requests().iter().filter(|r| r.complete).map(|r| r.request_line().to_string()).collect()
+    }
+    /// Every byte received on every connection, concatenated.
+    pub fn all_bytes(&self) -> Vec<u8> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).bytes.concat()
+    }
+    /// Forgets everything seen so far (between cases).
+    pub fn clear(&self) {
+        let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        r.requests.clear();
+        r.tunnel.clear();
+        r.early.clear();
+        for b in &mut r.bytes {
+            b.clear();
+        }
+    }
+}
+
+/// Starts a [`RawBackend`] inside `sb`'s namespace on `ip:port`. Call within the test's runtime.
+pub fn spawn_raw_backend(sb: &Sandbox, ip: Ipv4Addr, port: u16) -> RawBackend {
+    let addr = SocketAddr::from((ip, port));
+    let std_listener = sb.ns.run(|| std::net::TcpListener::bind(addr)).expect("bind the raw backend in the sandbox");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+    let record = Arc::new(std::sync::Mutex::new(RawRecord::default()));
+    let shared = record.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let record = shared.clone();
+            let conn = {
+                let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
+                r.bytes.push(Vec::new());
+                r.bytes.len() - 1
+            };
+            tokio::spawn(raw_connection(stream, conn, record));
+        }
+    });
+    RawBackend { addr, record, task }
+}
+
+async fn raw_connection(mut stream: TcpStream, conn: usize, record: Arc<std::sync::Mutex<RawRecord>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lock = || record.lock().unwrap_or_else(|p| p.into_inner());
+    let mut buf: Vec<u8> = Vec::new();
+    // Reads more bytes into `buf`; false at EOF or error.
+    async fn fill(
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        conn: usize,
+        record: &std::sync::Mutex<RawRecord>,
+    ) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                record.lock().unwrap_or_else(|p| p.into_inner()).bytes[conn].extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+    loop {
+        // The head.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !fill(&mut stream, &mut buf, conn, &record).await {
+                if !buf.is_empty() {
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    lock().requests.push(RawRequest { conn, head, body: Vec::new(), complete: false });
+                }
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        let mut request = RawRequest { conn, head, body: Vec::new(), complete: false };
+        let chunked = request.header("transfer-encoding").iter().any(|v| v.eq_ignore_ascii_case("chunked"));
+        let length: usize = request.header("content-length").first().and_then(|v| v.parse().ok()).unwrap_or(0);
+        // The body.
+        let complete = if chunked {
+            loop {
+                let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if fill(&mut stream, &mut buf, conn, &record).await {
+                        continue;
+                    }
+                    break false;
+                };
+                let size_text = String::from_utf8_lossy(&buf[..eol]).into_owned();
+                let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
+                    break false;
+                };
+                if size == 0 {
+                    // Trailers until the blank line.
+                    let Some(end) = (loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break Some(i + 4);
+                        }
+                        if !fill(&mut stream, &mut buf, conn, &record).await {
+                            break None;
+                        }
+                    }) else {
+                        break false;
+                    };
+                    buf.drain(..end);
+                    break true;
+                }
+                while buf.len() < eol + 2 + size + 2 {
+                    if !fill(&mut stream, &mut buf, conn, &record).await {
+                        break;
+                    }
+                }
+                if buf.len() < eol + 2 + size + 2 {
+                    request.body.extend_from_slice(&buf[(eol + 2).min(buf.len())..]);
+                    break false;
+                }
+                request.body.extend_from_slice(&buf[eol + 2..eol + 2 + size]);
+                buf.drain(..eol + 2 + size + 2);
+            }
+        } else {
+            while buf.len() < length {
+                if !fill(&mut stream, &mut buf, conn, &record).await {
+                    break;
+                }
+            }
+            let n = length.min(buf.len());
+            request.body.extend(buf.drain(..n));
+            n == length
+        };
+        request.complete = complete;
+        let line = request.request_line().to_string();
+        let path = line.split(' ').nth(1).unwrap_or("").to_string();
+        let upgrade = !request.header("upgrade").is_empty();
+        let index = {
+            let mut r = lock();
+            r.requests.push(request);
+            r.requests.len() - 1
+        };
+        if !complete {
+            return;
+        }
+        if upgrade && path.ends_with("/ws") {
+            // Whatever is already behind the upgrade request before we answer.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut chunk = [0u8; 4096];
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut chunk)).await {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                lock().bytes[conn].extend_from_slice(&chunk[..n]);
+            }
+            if !buf.is_empty() {
+                lock().early.push((conn, buf.clone()));
+            }
+            let answer = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+            let mut tunnel = std::mem::take(&mut buf);
+            loop {
+                if !tunnel.is_empty() {
+                    lock().tunnel.push((conn, tunnel.clone()));
+                    if stream.write_all(&tunnel).await.is_err() {
+                        return;
+                    }
+                    tunnel.clear();
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        tunnel.extend_from_slice(&chunk[..n]);
+                        lock().bytes[conn].extend_from_slice(&chunk[..n]);
+                    }
+                }
+            }
+        }
+        let (status, body) = if path.ends_with("/refuse") {
+            ("403 Forbidden", format!("refused {index}"))
+        } else {
+            ("200 OK", format!("raw {index} {line}"))
+        };
+        let answer =
+            format!("HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}

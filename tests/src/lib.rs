@@ -1,4 +1,5 @@
 pub mod harness;
 pub mod gateway_process;
 pub mod edge;
+pub mod raw;
 pub mod sdk;

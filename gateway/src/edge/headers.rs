@@ -63,6 +63,56 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Framing and hop-by-hop header names: spelled with `_` for `-`, some app stacks (CGI and
+/// WSGI `HTTP_*` variables, PHP) read them as the real header, so an app could frame a request
+/// differently from the gateway.
+const LOOKALIKE_TARGETS: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Why a request's framing is ambiguous, if it is; such a request is refused (400, connection
+/// closed) and never forwarded. hyper has already refused the rest (differing or malformed
+/// `Content-Length`, `Transfer-Encoding` not ending in `chunked`, `Transfer-Encoding` on
+/// HTTP/1.0, bad header syntax) and processes `Content-Length` + `Transfer-Encoding` by the
+/// latter, closing the connection after the answer (RFC 9112 §6.1).
+///
+/// - `Transfer-Encoding` (HTTP/1.1) must be exactly one `chunked` (any case, optional
+///   whitespace): `gzip, chunked`, `identity, chunked` or `chunked` twice would leave an encoded
+///   body that the gateway does not decode and the app never learns about (RFC 9112 §6.1: 501
+///   or 400 for codings it does not understand).
+/// - no framing or hop-by-hop header spelled with underscores (`Transfer_Encoding`,
+///   `Content_Length`…), which some app stacks read as the real one.
+pub fn framing_violation(headers: &HeaderMap) -> Option<String> {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    if let Some(first) = codings.next()
+        && (!first.eq_ignore_ascii_case(b"chunked") || codings.next().is_some())
+    {
+        return Some("Transfer-Encoding must be exactly `chunked`".to_string());
+    }
+    headers.keys().find_map(|name| {
+        let name = name.as_str();
+        if !name.contains('_') {
+            return None;
+        }
+        let dashed = name.replace('_', "-");
+        LOOKALIKE_TARGETS
+            .contains(&dashed.as_str())
+            .then(|| format!("the header {name:?} is refused: it reads as {dashed:?} to some applications"))
+    })
+}
+
 /// What the forwarding headers say about a request.
 #[derive(Clone, Debug)]
 pub struct Forwarding<'a> {
@@ -180,6 +230,32 @@ mod tests {
         let mut h = map(&[("te", "gzip, trailers")]);
         remove_hop_by_hop(&mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn framing() {
+        for ok in [
+            vec![],
+            vec![("transfer-encoding", "chunked")],
+            vec![("transfer-encoding", " Chunked ")],
+            vec![("x_custom", "1")],
+        ] {
+            assert_eq!(framing_violation(&map(&ok)), None, "{ok:?}");
+        }
+        for bad in [
+            vec![("transfer-encoding", "gzip, chunked")],
+            vec![("transfer-encoding", "identity, chunked")],
+            vec![("transfer-encoding", "chunked, chunked")],
+            vec![("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+            vec![("transfer-encoding", "chunked,")],
+            vec![("transfer-encoding", "")],
+            vec![("transfer_encoding", "chunked")],
+            vec![("content_length", "4")],
+            vec![("keep_alive", "1")],
+            vec![("proxy_connection", "1")],
+        ] {
+            assert!(framing_violation(&map(&bad)).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -217,13 +217,24 @@ impl Edge {
         let html = prefers_html(req.headers());
         let mut log = RequestLog::new(req.method(), conn.peer);
         let http1 = req.version() < http::Version::HTTP_2;
-        let mut response = match self.route_and_forward(conn, req, &mut log).await {
+        // Ambiguous framing: refused before anything else, and an HTTP/1.1 connection closed
+        // after the answer (what follows on it cannot be trusted to start a request).
+        let ambiguous = headers::framing_violation(req.headers());
+        let close = http1 && ambiguous.is_some();
+        let result = match ambiguous {
+            Some(why) => Err(ApiError::new(400, "BAD_REQUEST", why)),
+            None => self.route_and_forward(conn, req, &mut log).await,
+        };
+        let mut response = match result {
             Ok(response) => response,
             Err(e) => {
                 tracing::debug!(id = %log.id, peer = %conn.peer, status = e.status, code = e.code, message = %e.message, "refused");
                 render(&e, html)
             }
         };
+        if close {
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
         if let Ok(id) = http::HeaderValue::from_str(&log.id) {
             response.headers_mut().insert(access::REQUEST_ID_HEADER, id);
         }
