@@ -49,6 +49,24 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<RequestHost, ApiEr
     Ok(RequestHost { raw, name })
 }
 
+/// On HTTP/2, a `Host` field next to `:authority` must name the same host (RFC 9113 §8.3.1: a
+/// request whose `Host` identifies another entity is malformed), so no component can route or
+/// authenticate by one while another acts on the other. Spelling may differ (case, trailing dot,
+/// port), as for [`normalize`].
+pub fn check_h2_host(host: &RequestHost, headers: &HeaderMap) -> Result<(), ApiError> {
+    for value in headers.get_all(HOST) {
+        let same = value.to_str().ok().and_then(|v| normalize(v).ok()).is_some_and(|n| n == host.name);
+        if !same {
+            return Err(bad_host(format!(
+                "the Host header {:?} differs from :authority {:?}",
+                String::from_utf8_lossy(value.as_bytes()),
+                host.raw
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `Host` → lower-case DNS name without trailing dot or port. IP literals are kept as text.
 pub fn normalize(raw: &str) -> Result<String, &'static str> {
     if raw.contains('@') {
@@ -144,6 +162,21 @@ mod tests {
         h.append(HOST, HeaderValue::from_static("second.local.gw.test"));
         assert_eq!(request_host(&origin, &h).map_err(|e| e.status), Err(400));
         assert_eq!(request_host(&origin, &HeaderMap::new()).map_err(|e| e.status), Err(400));
+    }
+
+    #[test]
+    fn h2_host_must_match_the_authority() {
+        let uri: Uri = "https://sbx-a-b.local.gw.test/x".parse().expect("uri");
+        let host = request_host(&uri, &HeaderMap::new()).expect("host");
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, HeaderValue::from_static(v));
+            check_h2_host(&host, &h).map_err(|e| e.status)
+        };
+        assert_eq!(check_h2_host(&host, &HeaderMap::new()), Ok(()));
+        assert_eq!(with("SBX-A-B.local.gw.test.:443"), Ok(()));
+        assert_eq!(with("sbx-other-b.local.gw.test"), Err(400));
+        assert_eq!(with("a b"), Err(400));
     }
 
     #[test]

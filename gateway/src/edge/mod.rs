@@ -258,6 +258,9 @@ impl Edge {
             )));
         }
         let host = host::request_host(req.uri(), req.headers())?;
+        if req.version() == http::Version::HTTP_2 {
+            host::check_h2_host(&host, req.headers())?;
+        }
         if !conn.cert.covers(&host.name) {
             return Err(ApiError::new(
                 421,

@@ -194,6 +194,9 @@ pub fn server_config(store: SharedCerts) -> Result<Arc<ServerConfig>, TlsError> 
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver(store)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's cipher suite order (the provider's, strongest first), not the client's: a
+    // client cannot steer the choice towards the weakest suite both sides allow.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
