@@ -3,3 +3,5 @@ pub mod gateway_process;
 pub mod edge;
 pub mod raw;
 pub mod sdk;
+pub mod attack;
+pub mod prober;

@@ -9,6 +9,7 @@ mod demo_app;
 mod install;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use std::{
@@ -99,6 +100,13 @@ enum Cmd {
     },
     /// Regenerate the generated parts of the documentation (configuration and CLI references).
     Docs,
+    /// Run the long adversarial tests (the ignored tests of gateway-tests: floods and slow
+    /// clients, the data plane under fire, state durability, testssl) and summarise their figures.
+    Soak {
+        /// Arguments passed to the test harness (after `--`), e.g. a test-name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Run the benchmarks (`gateway-bench` in the gateway-tests package).
     Bench {
         /// Fewer iterations.
@@ -125,6 +133,7 @@ fn main() -> ExitCode {
                 .env_remove("GATEWAY_REQUIRE_EBPF"),
         ),
         Cmd::Bench { quick } => bench::run(quick),
+        Cmd::Soak { args } => soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
