@@ -209,7 +209,7 @@ fn ambiguous_framing_is_refused_and_never_forwarded() {
             ("tab before the colon", "Content-Length\t: 4\r\n"),
             ("space in a name", "X Y: 1\r\n"),
             ("NUL in a name", "X\0Y: 1\r\n"),
-            ("NUL in a value", "X-A: 1\02\r\n"),
+            ("NUL in a value", "X-A: 1\x002\r\n"),
             ("CR in a value", "X-A: 1\rContent-Length: 4\r\n"),
             ("no colon", "X-A 1\r\n"),
             ("empty name", ": 1\r\n"),
@@ -575,6 +575,122 @@ fn h2_requests_with_connection_specific_headers_are_reset_and_not_downgraded() {
                 h2 = RawH2::connect(&e.client, &e.host).await;
                 stream = 1;
             }
+        }
+    });
+}
+
+/// A malicious app: reads one request head, answers `response` verbatim, closes.
+fn spawn_canned(sb: &Sandbox, port: u16, response: &'static [u8]) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = std::net::SocketAddr::from((sb.addr(), port));
+    let std_listener = sb.ns.run(|| std::net::TcpListener::bind(addr)).expect("bind");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(response).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    })
+}
+
+/// The app is untrusted too: whatever framing it answers with, the client gets a well-framed
+/// answer (the app's, re-framed, or 502) and the next request on the same client connection,
+/// here to another sandbox, gets its own answer, never bytes the malicious app wrote.
+#[test]
+fn a_malicious_app_cannot_desync_the_client_connection() {
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = BpffsDir::new();
+    let evil_sb = Sandbox::new();
+    let good_sb = Sandbox::new();
+    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
+    let evil_ports: Vec<(u16, &str)> = (3001..=3010).map(|p| (p, "HTTP")).collect();
+    register(&gw, "evil", &evil_sb, &evil_ports);
+    register(&gw, "good", &good_sb, &[(3000, "HTTP")]);
+    let c = EdgeClient::new(&gw);
+    let bearer = format!("Bearer {}", create_token(&gw, WS, "desync"));
+    let good = spawn_raw_backend(&good_sb, good_sb.addr(), 3000);
+    let cases: [(u16, &str, &'static [u8]); 10] = [
+        (3001, "extra response after the answer", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: 1\r\n\r\ninjected"),
+        (3002, "CL and TE", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: 1\r\n\r\ninjected"),
+        (3003, "two different CL", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 90\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: 1\r\n\r\ninjected"),
+        (3004, "CL longer than the body", b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: 1\r\n\r\ninjected"),
+        (3005, "chunk-size overflow", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff1\r\nx\r\n0\r\n\r\n"),
+        (3006, "101 to a plain request", b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: 1\r\n\r\ninjected"),
+        (3007, "header injection by obs-fold", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n x-injected: 1\r\n\r\nok"),
+        (3008, "bare LF", b"HTTP/1.1 200 OK\ncontent-length: 2\n\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: 1\r\n\r\ninjected"),
+        (3009, "no status line", b"x-injected: 1\r\n\r\ninjected"),
+        (3010, "TE not chunked", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\ninjected"),
+    ];
+    let _apps: Vec<_> = cases.iter().map(|(port, _, response)| spawn_canned(&evil_sb, *port, response)).collect();
+    let evil_host = sandbox_host("evil");
+    let good_host = sandbox_host("good");
+
+    rt.block_on(async {
+        for (port, name, _) in cases {
+            good.clear();
+            // One client connection (SNI any: both hosts allowed): the evil app, then the good one.
+            let mut conn = RawH1::connect(&c, "any.local.gw.test").await;
+            let first = format!("GET /port/{port}/x HTTP/1.1\r\nHost: {evil_host}\r\nAuthorization: {bearer}\r\n\r\n");
+            conn.send(first.as_bytes()).await;
+            conn.read(1, std::time::Duration::from_millis(300), std::time::Duration::from_secs(10)).await;
+            let answered = conn.exchange();
+            let responses = answered.responses();
+            match responses.len() {
+                // An answer the gateway framed itself (the app's, re-framed, or 502).
+                1 => {
+                    let status = responses[0].status;
+                    assert!(status == 200 || status == 502, "{name}: {}", answered.text());
+                    assert!(responses[0].header("x-injected").is_empty(), "{name}: injected header reached the client");
+                    assert!(!responses[0].text().contains("x-injected"), "{name}: {}", answered.text());
+                    if port == 3001 {
+                        assert_eq!(
+                            (status, responses[0].text().as_str()),
+                            (200, "ok"),
+                            "{name}: the app's answer only"
+                        );
+                    }
+                    if port == 3006 {
+                        assert_eq!(status, 502, "{name}: an unasked 101 is the app's error");
+                    }
+                }
+                // The app's body ended early: the client sees it cut off, and the connection closed, so
+                // nothing in it can be read as a response of its own.
+                0 => {
+                    assert!(answered.closed, "{name}: a cut-off answer on a connection left open:\n{}", answered.text())
+                }
+                _ => panic!("{name}: more answers than requests:\n{}", answered.text()),
+            }
+            if answered.closed {
+                conn = RawH1::connect(&c, "any.local.gw.test").await;
+            }
+            let before = conn.received.len();
+            let second =
+                format!("GET /port/3000/after HTTP/1.1\r\nHost: {good_host}\r\nAuthorization: {bearer}\r\n\r\n");
+            conn.send(second.as_bytes()).await;
+            conn.read(1, std::time::Duration::from_millis(300), std::time::Duration::from_secs(10)).await;
+            let (next, _) = parse_responses(&conn.received[before..]);
+            assert_eq!(next.len(), 1, "{name}: {}", String::from_utf8_lossy(&conn.received[before..]));
+            assert_eq!(next[0].status, 200, "{name}");
+            assert_eq!(next[0].text(), "raw 0 GET /after HTTP/1.1", "{name}: the good app's own answer");
+            assert!(
+                !String::from_utf8_lossy(&conn.received[before..]).contains("injected"),
+                "{name}: injected bytes reached the next answer"
+            );
+            assert_eq!(good.lines(), ["GET /after HTTP/1.1"], "{name}");
         }
     });
 }

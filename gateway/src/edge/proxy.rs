@@ -172,6 +172,18 @@ impl Proxy {
             Ok(Err(e)) => return Err(exchange_failed(&*e, to)),
             Ok(Ok(r)) => r,
         };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Only an upgrade request (`upgrade_h1`, `websocket_over_h2`) may be answered 101: an
+            // app switching protocols unasked would end the client's HTTP connection on its word.
+            return Err(ApiError::new(
+                502,
+                "BAD_GATEWAY",
+                format!(
+                    "the app on port {} of sandbox {:?} answered 101 Switching Protocols to a request that asked for no upgrade",
+                    to.port, to.sandbox
+                ),
+            ));
+        }
         headers::remove_hop_by_hop(response.headers_mut());
         Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)))
     }
