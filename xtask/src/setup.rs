@@ -23,7 +23,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const FALLBACK_LLVM_NAME: &str = "libLLVM.so.22.1-rust-1.97.0-nightly";
 /// Debian packages the privileged tests call (`ip`, `bpftool`, `iptables`, `nft`, `curl`, `ps`,
 /// `systemd-analyze`, `setpriv`, `wrk` for the zero-downtime restart test, `python3 -m venv`
-/// for the real Python SDK test, `openssl` and `testssl` for the TLS hardening tests).
+/// for the real Python SDK test, `openssl s_client` for the TLS hardening test).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -36,9 +36,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "python3-venv",
     "wrk",
-    // hardening_tls: `openssl s_client -tls1_1`, and testssl.sh (its `#[ignore]`d test, run by soak)
+    // hardening_tls: `openssl s_client -tls1 / -tls1_1` (testssl.sh comes with `xtask soak`)
     "openssl",
-    "testssl.sh",
 ];
 /// Debian packages only `cargo xtask bench` needs (load generators and the peers it compares
 /// against): installed by the bench, never by setup.
