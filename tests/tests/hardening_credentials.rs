@@ -77,7 +77,15 @@ fn secrets_never_reach_logs_metrics_error_bodies_or_apps() {
     let (preview_host, _, preview) = preview_with_token(&gw, "priv");
     // Secrets that must never show up anywhere but in the client's own requests (and, for the
     // preview token, in the one Set-Cookie of the cookie exchange).
-    let secrets = [token.clone(), other_ws.clone(), preview.clone(), near_miss(&token), near_miss(&preview)];
+    // The admin token too: the admin requests above and below carry it.
+    let secrets = [
+        token.clone(),
+        other_ws.clone(),
+        preview.clone(),
+        near_miss(&token),
+        near_miss(&preview),
+        gw.token().to_string(),
+    ];
     let bearer = format!("Bearer {token}");
     let mut answers: Vec<(String, String)> = Vec::new();
 
