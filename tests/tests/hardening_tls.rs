@@ -7,7 +7,7 @@
 //! - `testssl.sh` against the listener (SNI of a sandbox host, the development CA added as
 //!   trusted) reports no finding of severity HIGH or CRITICAL and none "NOT ok". It takes
 //!   minutes, so it is `#[ignore]`d here and run by `cargo xtask soak`
-//!   (`--ignored testssl_reports_no_high_or_critical_finding`).
+//!   (`soak_testssl_reports_no_high_or_critical_finding`).
 //!
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test hardening_tls -- --test-threads=1`
 //! (add `--ignored` for testssl.sh).
@@ -233,8 +233,8 @@ fn public_like_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::p
 /// certificate like a public CA's: no finding HIGH or CRITICAL, none "NOT ok". About three
 /// minutes: `#[ignore]`d, run by `cargo xtask soak`.
 #[test]
-#[ignore = "minutes long: run by `cargo xtask soak`"]
-fn testssl_reports_no_high_or_critical_finding() {
+#[ignore = "soak: run by cargo xtask soak"]
+fn soak_testssl_reports_no_high_or_critical_finding() {
     require_root();
     let pins = BpffsDir::new();
     let dir = gateway_tests::gateway_process::TempDir::new("testssl-certs");
