@@ -332,3 +332,119 @@ fn authority_sni_and_host_never_mix_sandboxes_or_workspaces() {
         let _ = stream;
     });
 }
+
+/// The same path and authority rules on HTTP/2 (`:path`, `:authority` written by hand).
+#[test]
+fn h2_paths_and_authorities_follow_the_same_rules() {
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = BpffsDir::new();
+    let sb = Sandbox::new();
+    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
+    assert_eq!(register_in(&gw, WS, "web", &sb, &[3000]), 200);
+    let app = spawn_raw_backend(&sb, sb.addr(), 3000);
+    let api = spawn_raw_backend(&sb, sb.addr(), 8080);
+    let c = EdgeClient::new(&gw);
+    let host = sandbox_host("web");
+    let bearer = format!("Bearer {}", create_token(&gw, WS, "h2-paths"));
+
+    rt.block_on(async {
+        let mut h2 = RawH2::connect(&c, &host).await;
+        let mut stream = 1;
+        // (:authority, :path, status or None for a stream reset, line at 3000, line at 8080)
+        let userinfo = format!("user@{host}");
+        let cases: Vec<(&str, &str, Option<u16>, Option<&str>, Option<&str>)> = vec![
+            (&host, "/port/3000//x", Some(200), Some("GET //x HTTP/1.1"), None),
+            (&host, "/port/3000/../8080", Some(200), Some("GET /../8080 HTTP/1.1"), None),
+            (&host, "//port/3000/x", Some(200), None, Some("GET //port/3000/x HTTP/1.1")),
+            (&host, "/port/08080", Some(400), None, None),
+            (&host, "/port/3000%2F..", Some(400), None, None),
+            (&host, "/port/65536", Some(400), None, None),
+            (&host, "/port/8080", Some(403), None, None),
+            (&host, "/port/4000", Some(404), None, None),
+            (&userinfo, "/port/3000/x", None, None, None),
+            ("127.0.0.1", "/port/3000/x", Some(421), None, None),
+            ("evil.test", "/port/3000/x", Some(421), None, None),
+        ];
+        for (authority, path, status, at_app, at_api) in cases {
+            let fields = [
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", authority),
+                (":path", path),
+                ("authorization", bearer.as_str()),
+            ];
+            let outcome = h2.request(stream, &fields, None).await;
+            stream += 2;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            match status {
+                Some(s) => assert_eq!(outcome.status(), Some(s), "{authority} {path}: {outcome:?}"),
+                None => assert!(
+                    matches!(outcome, H2Outcome::Reset(_)) || outcome.status() == Some(400),
+                    "{authority} {path}: {outcome:?}"
+                ),
+            }
+            assert_eq!(take(&app), at_app.into_iter().map(String::from).collect::<Vec<_>>(), "{authority} {path}");
+            assert_eq!(take(&api), at_api.into_iter().map(String::from).collect::<Vec<_>>(), "{authority} {path}");
+        }
+        // Malformed pseudo-headers: the stream is reset (or refused), nothing forwarded.
+        for (name, fields) in [
+            (
+                "no leading slash",
+                vec![(":method", "GET"), (":scheme", "https"), (":authority", host.as_str()), (":path", "port/3000/x")],
+            ),
+            (
+                "empty :path",
+                vec![(":method", "GET"), (":scheme", "https"), (":authority", host.as_str()), (":path", "")],
+            ),
+            ("no :path", vec![(":method", "GET"), (":scheme", "https"), (":authority", host.as_str())]),
+            (
+                "two :path",
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":authority", host.as_str()),
+                    (":path", "/port/3000/a"),
+                    (":path", "/port/3000/b"),
+                ],
+            ),
+            (
+                "pseudo after a field",
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    ("x-a", "1"),
+                    (":authority", host.as_str()),
+                    (":path", "/port/3000/x"),
+                ],
+            ),
+            (
+                "unknown pseudo",
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":authority", host.as_str()),
+                    (":path", "/port/3000/x"),
+                    (":port", "8080"),
+                ],
+            ),
+        ] {
+            let mut fields = fields;
+            fields.push(("authorization", bearer.as_str()));
+            let outcome = h2.request(stream, &fields, None).await;
+            stream += 2;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(
+                matches!(outcome, H2Outcome::Reset(_) | H2Outcome::GoAway(_))
+                    || outcome.status().is_some_and(|s| s >= 400),
+                "{name}: {outcome:?}"
+            );
+            assert!(take(&app).is_empty() && take(&api).is_empty(), "{name}: forwarded");
+            if matches!(outcome, H2Outcome::GoAway(_)) {
+                h2 = RawH2::connect(&c, &host).await;
+                stream = 1;
+            }
+        }
+    });
+}
