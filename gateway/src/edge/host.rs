@@ -91,7 +91,10 @@ pub fn normalize(raw: &str) -> Result<String, &'static str> {
     if host.is_empty() {
         return Err("empty host");
     }
-    if host.starts_with('[') {
+    if let Some(literal) = host.strip_prefix('[') {
+        if !literal.strip_suffix(']').is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()) {
+            return Err("not an IPv6 address");
+        }
         return Ok(host.to_ascii_lowercase());
     }
     if host.len() > 253
@@ -145,7 +148,9 @@ mod tests {
         assert_eq!(normalize("sbx-a-b.local.gw.test:443"), Ok("sbx-a-b.local.gw.test".into()));
         assert_eq!(normalize("[::1]:443"), Ok("[::1]".into()));
         assert_eq!(normalize("127.0.0.1"), Ok("127.0.0.1".into()));
-        for bad in ["", ":443", "a..b", "a.b:x", "a.b:", "user@a.b", "a b", "a/b", "[::1", "a.b.:1:2", "."] {
+        assert_eq!(normalize("[FE80::1]"), Ok("[fe80::1]".into()));
+        // Found by `cargo xtask fuzz host`: any text in brackets was accepted as an IPv6 literal.
+        for bad in ["", ":443", "a..b", "a.b:x", "a.b:", "user@a.b", "a b", "a/b", "[::1", "a.b.:1:2", ".", "[zz]", "[]", "[<x>]:1"] {
             assert!(normalize(bad).is_err(), "{bad:?}");
         }
     }

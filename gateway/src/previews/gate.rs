@@ -84,9 +84,9 @@ pub fn take_credentials(uri: &mut Uri, headers: &mut HeaderMap) -> Presented {
     if let Some(pq) = uri.path_and_query()
         && let Some(query) = pq.query()
     {
-        let (kept, taken) = split_query(query);
-        if !taken.is_empty() {
-            presented.query = taken;
+        let (kept, taken, removed) = split_query(query);
+        presented.query = taken;
+        if removed {
             let rebuilt = if kept.is_empty() { pq.path().to_string() } else { format!("{}?{kept}", pq.path()) };
             let mut parts = uri.clone().into_parts();
             if let Ok(pq) = rebuilt.parse() {
@@ -97,41 +97,46 @@ pub fn take_credentials(uri: &mut Uri, headers: &mut HeaderMap) -> Presented {
             }
         }
     }
-    let cookies: Vec<String> = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
-    if !cookies.is_empty() {
-        headers.remove(COOKIE);
-        let mut kept = Vec::new();
-        for pair in cookies.iter().flat_map(|c| c.split(';')).map(str::trim).filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some((name, value)) if name.trim() == TOKEN_PARAM => presented.cookie.push(value.trim().to_string()),
-                _ => kept.push(pair),
+    // Cookie values are read as bytes: a value with obs-text (not `to_str`) must lose its token
+    // too, and keeps its other cookies byte for byte.
+    if headers.contains_key(COOKIE) {
+        let mut kept: Vec<&[u8]> = Vec::new();
+        for value in headers.get_all(COOKIE) {
+            for pair in value.as_bytes().split(|b| *b == b';').map(<[u8]>::trim_ascii).filter(|p| !p.is_empty()) {
+                match pair.iter().position(|b| *b == b'=') {
+                    Some(eq) if pair[..eq].trim_ascii() == TOKEN_PARAM.as_bytes() => {
+                        presented.cookie.push(String::from_utf8_lossy(pair[eq + 1..].trim_ascii()).into_owned());
+                    }
+                    _ => kept.push(pair),
+                }
             }
         }
-        if !kept.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-        {
+        let rebuilt = if kept.is_empty() { None } else { HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok() };
+        headers.remove(COOKIE);
+        if let Some(v) = rebuilt {
             headers.insert(COOKIE, v);
         }
     }
     presented
 }
 
-/// Splits a query into (the query without `bl_preview_token`, the token values). The kept part
-/// is the original text minus those parameters, nothing re-encoded.
-fn split_query(query: &str) -> (String, Vec<String>) {
+/// Splits a query into (the query without `bl_preview_token`, the token values, whether any
+/// parameter was removed). The kept part is the original text minus those parameters, nothing
+/// re-encoded; a token parameter whose value does not decode is removed too.
+fn split_query(query: &str) -> (String, Vec<String>, bool) {
     let mut kept = Vec::new();
     let mut taken = Vec::new();
+    let mut removed = false;
     for part in query.split('&') {
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
         if percent_decode(name).as_deref() == Some(TOKEN_PARAM) {
-            if let Some(v) = percent_decode(value) {
-                taken.push(v);
-            }
+            removed = true;
+            taken.extend(percent_decode(value));
         } else {
             kept.push(part);
         }
     }
-    (kept.join("&"), taken)
+    (kept.join("&"), taken, removed)
 }
 
 /// `application/x-www-form-urlencoded` decoding of one component (`+` is a space).
@@ -142,8 +147,9 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits: `from_str_radix` alone would also take a sign (`%+1`).
+                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' => {
@@ -296,6 +302,27 @@ mod tests {
         assert_eq!(uri.to_string(), "https://h.example/p");
         assert_eq!((p.query.len(), p.cookie.len()), (1, 1));
         assert!(!h.contains_key(COOKIE));
+    }
+
+    /// Found by `cargo xtask fuzz credentials` (inputs in fuzz/corpus/credentials/regression-*).
+    #[test]
+    fn no_token_survives_odd_encodings() {
+        // A Cookie value with obs-text kept its token cookie (forwarded to the app).
+        let mut uri: Uri = "/".parse().expect("uri");
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_bytes(b"bl_preview_token=secret; x=\xe9").expect("obs-text"));
+        let p = take_credentials(&mut uri, &mut h);
+        assert_eq!(p.cookie, vec!["secret"]);
+        assert_eq!(h.get(COOKIE).map(HeaderValue::as_bytes), Some(&b"x=\xe9"[..]));
+        // A token parameter whose value does not decode stayed in the query.
+        let mut uri: Uri = "/p?bl_preview_token=%zz&k=v".parse().expect("uri");
+        let p = take_credentials(&mut uri, &mut HeaderMap::new());
+        assert!(p.query.is_empty());
+        assert_eq!(uri.to_string(), "/p?k=v");
+        // `%+1` was decoded as byte 1 (a sign taken as a hex digit).
+        let mut uri: Uri = "/p?bl_preview_token=%+1".parse().expect("uri");
+        assert!(take_credentials(&mut uri, &mut HeaderMap::new()).query.is_empty());
+        assert_eq!(uri.to_string(), "/p");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub enum TimeError {
 }
 
 /// The longest accepted lifetime.
-const MAX_TTL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// Parses an accepted timestamp into UTC.
 pub fn parse_timestamp(text: &str) -> Result<Timestamp, TimeError> {
@@ -50,7 +50,12 @@ pub fn parse_timestamp(text: &str) -> Result<Timestamp, TimeError> {
         s.push('Z');
     }
     let parsed = OffsetDateTime::parse(&s, &Rfc3339).map_err(|_| err())?;
-    Ok(parsed.to_offset(UtcOffset::UTC))
+    // In UTC the year may leave 0000..=9999 (`9999-12-31T23:59:59-01:00`): such an instant
+    // cannot be answered in RFC 3339, and `to_offset` would panic past the library's range.
+    match parsed.checked_to_offset(UtcOffset::UTC) {
+        Some(utc) if (0..=9999).contains(&utc.year()) => Ok(utc),
+        _ => Err(err()),
+    }
 }
 
 /// Formats an instant as RFC 3339 UTC with `Z` (milliseconds only when non-zero).
@@ -150,6 +155,12 @@ mod tests {
         assert_eq!(frac.nanosecond(), 123_456_000);
         assert_eq!(format_timestamp(frac), "2030-01-31T12:00:00.123Z");
         assert_eq!(format_timestamp(z), "2030-01-31T12:00:00Z");
+        // Found by `cargo xtask fuzz durations`: the first panicked, the second was answered as
+        // "-001-12-31T23:00:00Z", which does not read back.
+        for bad in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
+            assert!(parse_timestamp(bad).is_err(), "{bad:?} is outside 0000..=9999 in UTC");
+        }
+        assert!(parse_timestamp("9999-12-31T23:59:59.999Z").is_ok());
         for bad in ["", "tomorrow", "2030-01-31", "2030-13-01T00:00:00Z", "2030-01-31T12:00:00+02:00Z", "1h"] {
             assert!(parse_timestamp(bad).is_err(), "{bad:?} should be refused");
         }
