@@ -15,6 +15,8 @@ pub mod dataplane;
 pub mod handoff;
 pub mod lifecycle;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod paths;
 pub mod previews;
 pub mod state;

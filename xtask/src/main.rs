@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod demo;
 mod demo_app;
+mod fuzz;
 mod install;
 mod run;
 mod setup;
@@ -107,6 +108,20 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the `cargo fuzz` targets of fuzz/ (nightly; installs cargo-fuzz when missing).
+    Fuzz {
+        /// One target (default: every target, one after another).
+        target: Option<String>,
+        /// Executions per target.
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: u64,
+        /// Stop each target after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        time: Option<u64>,
+        /// Fuzzing processes per target (libFuzzer `-fork`).
+        #[arg(long, default_value_t = 1)]
+        jobs: u32,
+    },
     /// Run the benchmarks (`gateway-bench` in the gateway-tests package).
     Bench {
         /// Fewer iterations.
@@ -134,6 +149,7 @@ fn main() -> ExitCode {
         ),
         Cmd::Bench { quick } => bench::run(quick),
         Cmd::Soak { args } => soak::run(&args),
+        Cmd::Fuzz { target, runs, time, jobs } => fuzz::run(&fuzz::Options { target, runs, time, jobs }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

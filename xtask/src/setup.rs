@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo_bin_dir, home_dir, output, show};
 
 /// The toolchain that builds `gateway-ebpf` (`-Z build-std=core --target bpfel-unknown-none`).
-const NIGHTLY: &str = "nightly";
+pub const NIGHTLY: &str = "nightly";
 /// The bpf-linker release we build (no prebuilt binary exists for it).
 const BPF_LINKER_VERSION: &str = "0.13";
 /// Used only when the nightly sysroot holds no `libLLVM.so.*-rust-*-nightly`.
