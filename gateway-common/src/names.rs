@@ -9,6 +9,8 @@ pub const PROG_EDGE_GUARD: &str = "edge_guard";
 
 /// A do-nothing tc program, the baseline of the program-cost benchmark. Never attached.
 pub const PROG_BENCH_NOOP: &str = "bench_noop";
+/// A do-nothing XDP program, the baseline of `edge_guard` in the benchmark. Never attached.
+pub const PROG_BENCH_NOOP_XDP: &str = "bench_noop_xdp";
 
 /// `Endpoint` → `PolicyValue`: which (sandbox address, port, protocol) may receive new flows,
 /// with a per-entry counter of admitted connections.
@@ -19,6 +21,10 @@ pub const MAP_SANDBOXES: &str = "GW_SANDBOXES";
 pub const MAP_SANDBOX_STATS: &str = "GW_SBX_STATS";
 /// `Endpoint` → `u32`: host sockets a sandbox may never reach (admin API, metrics).
 pub const MAP_PROTECTED: &str = "GW_PROTECTED";
+/// array\[`PROTECTED_PORT_SLOTS`\] of `PortBits`: bit `port % 64` of slot `port / 64` is set
+/// when some `MAP_PROTECTED` key has that port (per protocol). A prefilter: written from the
+/// same list as `MAP_PROTECTED`, so a clear bit means no lookup is needed.
+pub const MAP_PROTECTED_PORTS: &str = "GW_PROT_PORTS";
 /// `PortKey` → `u32`: host ports open to new connections on the public interface.
 pub const MAP_PUBLIC_PORTS: &str = "GW_PUBLIC";
 /// LRU, `UdpFlowKey` → `u32`: UDP flows a sandbox started, whose replies may come back in.
@@ -29,11 +35,12 @@ pub const MAP_VERDICTS: &str = "GW_VERDICTS";
 pub const MAP_CONFIG: &str = "GW_CONFIG";
 
 /// Every map, for pinning and reuse.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_POLICY,
     MAP_SANDBOXES,
     MAP_SANDBOX_STATS,
     MAP_PROTECTED,
+    MAP_PROTECTED_PORTS,
     MAP_PUBLIC_PORTS,
     MAP_UDP_FLOWS,
     MAP_VERDICTS,
@@ -46,6 +53,8 @@ pub const MAX_SANDBOXES: u32 = 131_072;
 pub const MAX_POLICY_ENTRIES: u32 = 524_288;
 /// Capacity of `MAP_PROTECTED`.
 pub const MAX_PROTECTED: u32 = 256;
+/// Entries of `MAP_PROTECTED_PORTS` (65,536 ports / 64 bits).
+pub const PROTECTED_PORT_SLOTS: u32 = 1024;
 /// Capacity of `MAP_PUBLIC_PORTS`.
 pub const MAX_PUBLIC_PORTS: u32 = 256;
 /// Capacity of `MAP_UDP_FLOWS`.

@@ -125,6 +125,39 @@ impl PortKey {
     }
 }
 
+/// Value of `MAP_PROTECTED_PORTS`: 64 ports per protocol, bit `port % 64` of slot `port / 64`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PortBits {
+    /// TCP ports.
+    pub tcp: u64,
+    /// UDP ports.
+    pub udp: u64,
+}
+const _: () = assert!(core::mem::size_of::<PortBits>() == 16);
+
+impl PortBits {
+    /// The slot holding `port`.
+    pub const fn slot(port: u16) -> u32 {
+        (port >> 6) as u32
+    }
+    /// Whether `port`/`proto` is set (`port` must belong to this slot).
+    #[inline(always)]
+    pub const fn has(&self, port: u16, proto: u8) -> bool {
+        let word = if proto == crate::IPPROTO_TCP { self.tcp } else if proto == crate::IPPROTO_UDP { self.udp } else { 0 };
+        (word >> (port & 63)) & 1 != 0
+    }
+    /// Sets `port`/`proto` (other protocols are ignored: only TCP and UDP are protected).
+    pub const fn set(&mut self, port: u16, proto: u8) {
+        let bit = 1u64 << (port & 63);
+        if proto == crate::IPPROTO_TCP {
+            self.tcp |= bit;
+        } else if proto == crate::IPPROTO_UDP {
+            self.udp |= bit;
+        }
+    }
+}
+
 /// Key of `MAP_UDP_FLOWS`: a UDP flow as seen leaving the sandbox.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -161,6 +194,7 @@ mod pod {
     unsafe impl aya::Pod for super::SandboxRecord {}
     unsafe impl aya::Pod for super::SandboxStats {}
     unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::PortBits {}
     unsafe impl aya::Pod for super::UdpFlowKey {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
 }
@@ -182,6 +216,7 @@ mod tests {
         assert_eq!(offset_of!(SandboxStats, dropped), 8);
         assert_eq!(offset_of!(UdpFlowKey, sandbox_port), 8);
         assert_eq!(offset_of!(PortKey, proto), 2);
+        assert_eq!(offset_of!(PortBits, udp), 8);
     }
 
     #[test]

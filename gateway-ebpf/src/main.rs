@@ -28,8 +28,9 @@ const TCX_NEXT: i32 = TC_ACT_UNSPEC;
 pub fn sandbox_in(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let mark = unsafe { (*ctx.skb.skb).mark };
-    let v = decide::into_sandbox(parse(&SkbPacket::new(&ctx)), mark, &KernelMaps);
-    account(&ctx, Hook::SandboxIn, &v);
+    let maps = KernelMaps::new();
+    let v = decide::into_sandbox(parse(&SkbPacket::new(&ctx)), mark, &maps);
+    account(&ctx, &maps, Hook::SandboxIn, &v);
     if v.reason.is_drop() { TC_ACT_SHOT } else { TCX_NEXT }
 }
 
@@ -38,19 +39,21 @@ pub fn sandbox_in(ctx: TcContext) -> i32 {
 pub fn sandbox_out(ctx: TcContext) -> i32 {
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let v = decide::out_of_sandbox(parse(&SkbPacket::new(&ctx)), ifindex, &KernelMaps);
+    let maps = KernelMaps::new();
+    let v = decide::out_of_sandbox(parse(&SkbPacket::new(&ctx)), ifindex, &maps);
     if v.remember_udp {
         maps::remember_udp_flow(&v.udp_flow);
     }
-    account(&ctx, Hook::SandboxOut, &v);
+    account(&ctx, &maps, Hook::SandboxOut, &v);
     if v.reason.is_drop() { TC_ACT_SHOT } else { TCX_NEXT }
 }
 
 /// XDP on the public interface: new TCP connections only to public host ports.
 #[xdp]
 pub fn edge_guard(ctx: XdpContext) -> u32 {
-    let v = decide::edge_guard(parse(&XdpPacket(&ctx)), &KernelMaps);
-    account(&ctx, Hook::Edge, &v);
+    let maps = KernelMaps::new();
+    let v = decide::edge_guard(parse(&XdpPacket(&ctx)), &maps);
+    account(&ctx, &maps, Hook::Edge, &v);
     if v.reason.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
@@ -61,11 +64,17 @@ pub fn bench_noop(_ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
+/// The XDP counterpart of `bench_noop`, the baseline of `edge_guard`. Never attached.
+#[xdp]
+pub fn bench_noop_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
-fn account<C: aya_ebpf::EbpfContext>(ctx: &C, hook: Hook, v: &Verdict) {
+fn account<C: aya_ebpf::EbpfContext>(ctx: &C, maps: &KernelMaps, hook: Hook, v: &Verdict) {
     maps::count_verdict(hook.slot(v.reason));
     if v.for_sandbox {
-        maps::count_sandbox(v.sandbox, v.reason.is_drop());
+        maps.count_sandbox(v.sandbox, v.reason.is_drop());
     }
     if v.reason.is_drop() {
         log_drop(ctx, hook, v.reason);

@@ -6,12 +6,14 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
+use core::cell::Cell;
+
 use gateway_common::{
     counters::VERDICT_SLOTS,
     decide::{Lookups, SandboxLookup},
-    names::{MAX_POLICY_ENTRIES, MAX_PROTECTED, MAX_PUBLIC_PORTS, MAX_SANDBOXES, MAX_UDP_FLOWS},
+    names::{MAX_POLICY_ENTRIES, MAX_PROTECTED, MAX_PUBLIC_PORTS, MAX_SANDBOXES, MAX_UDP_FLOWS, PROTECTED_PORT_SLOTS},
     policy::{
-        DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats,
+        DataplaneConfig, Endpoint, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats,
         UdpFlowKey,
     },
 };
@@ -30,6 +32,9 @@ static GW_SBX_STATS: PerCpuHashMap<SandboxKey, SandboxStats> =
 #[map(name = "GW_PROTECTED")]
 static GW_PROTECTED: HashMap<Endpoint, u32> = HashMap::pinned(MAX_PROTECTED, 0);
 
+#[map(name = "GW_PROT_PORTS")]
+static GW_PROT_PORTS: Array<PortBits> = Array::pinned(PROTECTED_PORT_SLOTS, 0);
+
 #[map(name = "GW_PUBLIC")]
 static GW_PUBLIC: HashMap<PortKey, u32> = HashMap::pinned(MAX_PUBLIC_PORTS, 0);
 
@@ -42,8 +47,40 @@ static GW_VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_SLOTS, 0);
 #[map(name = "GW_CONFIG")]
 static GW_CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
 
-/// Zero-sized handle implementing the decision logic's lookups over the real maps.
-pub struct KernelMaps;
+/// Handle implementing the decision logic's lookups over the real maps. It remembers the
+/// per-sandbox counters found by [`Lookups::registered`], so counting the verdict needs no
+/// second lookup.
+pub struct KernelMaps {
+    stats: Cell<*mut SandboxStats>,
+}
+
+impl KernelMaps {
+    /// A handle for one packet.
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Self { stats: Cell::new(core::ptr::null_mut()) }
+    }
+
+    /// Adds one to a sandbox's allowed or dropped new-flow counter (if userspace created its
+    /// entry), reusing the counters [`Lookups::registered`] found.
+    #[inline(always)]
+    pub fn count_sandbox(&self, addr: [u8; 4], dropped: bool) {
+        let mut s = self.stats.get();
+        if s.is_null() {
+            s = GW_SBX_STATS.get_ptr_mut(SandboxKey { addr }).unwrap_or(core::ptr::null_mut());
+        }
+        if !s.is_null() {
+            // SAFETY: a live per-CPU value, no concurrent writer on this CPU.
+            unsafe {
+                if dropped {
+                    (*s).dropped += 1;
+                } else {
+                    (*s).allowed += 1;
+                }
+            }
+        }
+    }
+}
 
 impl Lookups for KernelMaps {
     #[inline(always)]
@@ -80,6 +117,23 @@ impl Lookups for KernelMaps {
         GW_PROTECTED.get_ptr(key).is_some()
     }
     #[inline(always)]
+    fn protected_port(&self, port: u16, proto: u8) -> bool {
+        GW_PROT_PORTS.get(PortBits::slot(port)).is_some_and(|b| b.has(port, proto))
+    }
+    #[inline(always)]
+    fn registered(&self, addr: [u8; 4]) -> bool {
+        // Userspace creates the counters after the record and removes them before it, so a
+        // counter entry proves the record; without one, ask the record (a sandbox being
+        // registered or unregistered right now).
+        match GW_SBX_STATS.get_ptr_mut(SandboxKey { addr }) {
+            Some(p) => {
+                self.stats.set(p);
+                true
+            }
+            None => self.sandbox(addr).found,
+        }
+    }
+    #[inline(always)]
     fn public_port(&self, key: &PortKey) -> bool {
         GW_PUBLIC.get_ptr(key).is_some()
     }
@@ -98,25 +152,18 @@ pub fn count_verdict(slot: u32) {
     }
 }
 
-/// Adds one to a sandbox's allowed or dropped new-flow counter (if userspace created its entry).
-#[inline(always)]
-pub fn count_sandbox(addr: [u8; 4], dropped: bool) {
-    if let Some(s) = GW_SBX_STATS.get_ptr_mut(SandboxKey { addr }) {
-        // SAFETY: per-CPU value, no concurrent writer on this CPU.
-        unsafe {
-            if dropped {
-                (*s).dropped += 1;
-            } else {
-                (*s).allowed += 1;
-            }
-        }
-    }
-}
-
 /// Remembers a UDP flow a sandbox started, so its replies are let back in.
 #[inline(always)]
 pub fn remember_udp_flow(flow: &UdpFlowKey) {
-    if GW_UDP_FLOWS.get_ptr(flow).is_none() {
-        let _ = GW_UDP_FLOWS.insert(flow, 1, 0);
+    // The key is rebuilt from three words: taking the address of the verdict's byte arrays
+    // would keep the whole verdict in memory, zeroed by a `memset` call (a byte loop in BPF)
+    // on every packet of `sandbox_out`.
+    let (sp, pp) = (flow.sandbox_port, flow.peer_port);
+    let words: [u32; 3] =
+        [u32::from_ne_bytes(flow.sandbox), u32::from_ne_bytes(flow.peer), u32::from_ne_bytes([sp[0], sp[1], pp[0], pp[1]])];
+    // SAFETY: `UdpFlowKey` is 12 bytes of byte arrays (alignment 1), the layout of `words`.
+    let key = unsafe { &*words.as_ptr().cast::<UdpFlowKey>() };
+    if GW_UDP_FLOWS.get_ptr(key).is_none() {
+        let _ = GW_UDP_FLOWS.insert(key, 1, 0);
     }
 }

@@ -66,7 +66,7 @@ fn load() -> Loaded {
     }
     maps.policy_insert(Endpoint::new(SBX, 3000, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0))
         .expect("policy");
-    maps.protected.insert(Endpoint::new([0; 4], 9901, IPPROTO_TCP), 1, 0).expect("protected");
+    maps.protect(Endpoint::new([0; 4], 9901, IPPROTO_TCP)).expect("protected");
     maps.public.insert(PortKey::new(443, IPPROTO_TCP), 1, 0).expect("public");
     Loaded { ebpf, maps, root }
 }

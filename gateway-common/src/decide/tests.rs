@@ -35,6 +35,14 @@ impl Lookups for Maps {
     fn protected(&self, key: &Endpoint) -> bool {
         self.protected.contains(key)
     }
+    /// The kernel's prefilter, built from the same set the way userspace writes it.
+    fn protected_port(&self, port: u16, proto: u8) -> bool {
+        let mut bits = crate::policy::PortBits::default();
+        for k in self.protected.iter().filter(|k| crate::policy::PortBits::slot(k.port()) == crate::policy::PortBits::slot(port)) {
+            bits.set(k.port(), k.proto);
+        }
+        bits.has(port, proto)
+    }
     fn public_port(&self, key: &PortKey) -> bool {
         self.public.contains(key)
     }
@@ -184,4 +192,19 @@ fn the_slice_accessor_is_bounds_checked() {
     assert!(data[..].header::<2>(2).is_err());
     assert!(data[..].header::<4>(0).is_err());
     assert!(data[..].header::<1>(usize::MAX).is_err());
+}
+
+#[test]
+fn protected_port_bits_match_exact_keys_only() {
+    use crate::policy::PortBits;
+    let mut b = PortBits::default();
+    b.set(9901, IPPROTO_TCP);
+    b.set(9902, IPPROTO_UDP);
+    assert!(b.has(9901, IPPROTO_TCP));
+    assert!(!b.has(9901, IPPROTO_UDP));
+    assert!(b.has(9902, IPPROTO_UDP));
+    assert!(!b.has(9903, IPPROTO_TCP));
+    assert!(!b.has(9901, crate::IPPROTO_ICMP));
+    assert_eq!(PortBits::slot(9901), 9901 / 64);
+    assert_eq!(PortBits::slot(u16::MAX), 1023);
 }

@@ -7,7 +7,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use gateway_common::{
     counters::{Hook, Reason, VERDICT_SLOTS},
     names,
-    policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats},
+    policy::{DataplaneConfig, Endpoint, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats},
 };
 
 use super::{DataplaneError, batch, kernel};
@@ -22,8 +22,11 @@ pub struct KernelMaps {
     pub sandboxes: HashMap<MapData, SandboxKey, SandboxRecord>,
     /// `GW_SBX_STATS`.
     pub stats: PerCpuHashMap<MapData, SandboxKey, SandboxStats>,
-    /// `GW_PROTECTED`.
+    /// `GW_PROTECTED` (write it with [`KernelMaps::set_protected`] or [`KernelMaps::protect`],
+    /// which keep `GW_PROT_PORTS` in step).
     pub protected: HashMap<MapData, Endpoint, u32>,
+    /// `GW_PROT_PORTS`.
+    pub protected_ports: Array<MapData, PortBits>,
     /// `GW_PUBLIC`.
     pub public: HashMap<MapData, PortKey, u32>,
     /// `GW_VERDICTS`.
@@ -89,10 +92,45 @@ impl KernelMaps {
             sandboxes: typed(dir, names::MAP_SANDBOXES)?,
             stats: typed(dir, names::MAP_SANDBOX_STATS)?,
             protected: typed(dir, names::MAP_PROTECTED)?,
+            protected_ports: typed(dir, names::MAP_PROTECTED_PORTS)?,
             public: typed(dir, names::MAP_PUBLIC_PORTS)?,
             verdicts: typed(dir, names::MAP_VERDICTS)?,
             config: typed(dir, names::MAP_CONFIG)?,
         })
+    }
+
+    /// Makes `GW_PROTECTED` hold exactly `keys` and `GW_PROT_PORTS` their ports: new keys and
+    /// their bits first, then stale bits and keys, so a protected socket is never unprotected
+    /// by the change.
+    pub fn set_protected(&mut self, keys: &[Endpoint]) -> Result<(), DataplaneError> {
+        for k in keys {
+            self.protected.insert(k, 1, 0).map_err(kernel("writing GW_PROTECTED"))?;
+        }
+        let mut want = vec![PortBits::default(); names::PROTECTED_PORT_SLOTS as usize];
+        for k in keys {
+            want[PortBits::slot(k.port()) as usize].set(k.port(), k.proto);
+        }
+        for (slot, bits) in want.iter().enumerate() {
+            let slot = slot as u32;
+            let have = self.protected_ports.get(&slot, 0).map_err(kernel("reading GW_PROT_PORTS"))?;
+            if have != *bits {
+                self.protected_ports.set(slot, *bits, 0).map_err(kernel("writing GW_PROT_PORTS"))?;
+            }
+        }
+        let stale: Vec<Endpoint> = self.protected.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();
+        for k in stale {
+            let _ = self.protected.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Adds one protected socket (its key, then its port bit).
+    pub fn protect(&mut self, key: Endpoint) -> Result<(), DataplaneError> {
+        self.protected.insert(key, 1, 0).map_err(kernel("writing GW_PROTECTED"))?;
+        let slot = PortBits::slot(key.port());
+        let mut bits = self.protected_ports.get(&slot, 0).map_err(kernel("reading GW_PROT_PORTS"))?;
+        bits.set(key.port(), key.proto);
+        self.protected_ports.set(slot, bits, 0).map_err(kernel("writing GW_PROT_PORTS"))
     }
 
     /// Writes many policy entries in one syscall (which resets their admitted counters).

@@ -192,7 +192,15 @@ impl Dataplane {
         maps.config
             .set(0, DataplaneConfig { mark: settings.mark, flags: 0 }, 0)
             .map_err(kernel("writing GW_CONFIG"))?;
-        sync_set(&mut maps.protected, protected_keys(&settings.protected), "GW_PROTECTED")?;
+        maps.set_protected(&protected_keys(&settings.protected))?;
+        // Counters whose record is gone (an older version removed the record first and may
+        // have been killed in between) would pass for a registration with the new programs,
+        // which are attached only later (reconcile, apply_sandbox).
+        let records: HashSet<[u8; 4]> = maps.sandboxes.keys().filter_map(Result::ok).map(|k| k.addr).collect();
+        let orphans: Vec<SandboxKey> = maps.stats.keys().filter_map(Result::ok).filter(|k| !records.contains(&k.addr)).collect();
+        for key in orphans {
+            let _ = maps.stats.remove(&key);
+        }
         let public = settings.public_ports.iter().map(|p| PortKey::new(*p, IPPROTO_TCP)).collect();
         sync_set(&mut maps.public, public, "GW_PUBLIC")?;
         let edge = match &settings.public_interface {
@@ -300,6 +308,7 @@ impl Dataplane {
         }
         // The kernel is the truth: diff against it, not against what we believe.
         let current = read_shadow(&inner.maps);
+
         for (addr, new) in &desired {
             let old = current.get(addr).cloned().unwrap_or_default();
             if &old != new {
@@ -365,13 +374,14 @@ fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&
     maps.policy_delete_batch(&removes)?;
     if unregister {
         // After its entries: an entry never exists without its sandbox record, which
-        // `sandbox_in` relies on to admit with a single lookup.
+        // `sandbox_in` relies on to admit with a single lookup. The counters go first: a
+        // counter entry proves the record to `sandbox_in` (one lookup for both).
+        let _ = maps.stats.remove(&key);
         match maps.sandboxes.remove(&key) {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(kernel("removing from GW_SANDBOXES")(e)),
         }
-        let _ = maps.stats.remove(&key);
     }
     Ok(())
 }
