@@ -11,7 +11,7 @@ use std::{
     hint::black_box,
     net::SocketAddr,
     path::Path,
-    process::Command,
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -26,7 +26,7 @@ use gateway::{
 };
 use gateway_common::{IPPROTO_TCP, names, policy::Endpoint};
 use gateway_tests::{
-    gateway_process::{AdminAddr, GatewayProcess, test_config},
+    gateway_process::{AdminAddr, GatewayProcess, gateway_command, test_config},
     harness::BpffsDir,
 };
 use serde_json::{Value, json};
@@ -159,15 +159,37 @@ pub fn run(n: usize, interface: &str) -> (String, Value) {
     write_state(&gw.state_dir(), n, interface);
     let write_s = t.elapsed().as_secs_f64();
     let kernel_before = maps_memlock(bpffs.path());
+    // Started by hand: the harness gives a gateway 20 s to answer, 100,000 sandboxes may need more.
+    let log_path = gw.dir().join("scale.log");
+    let log = fs::File::create(&log_path).expect("log");
     let t = Instant::now();
-    gw.spawn();
+    let mut child = gateway_command()
+        .args(["serve", "--config"])
+        .arg(gw.config_path())
+        .env("GATEWAY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn gateway");
+    let client = gw.client();
+    loop {
+        if client.request("GET", "/live", &[], None).is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("gateway exited during start ({status}): {}", fs::read_to_string(&log_path).unwrap_or_default());
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "gateway did not start within 600 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let start_s = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    let pid = gw.pid().expect("pid");
+    let pid = child.id();
     let rss_full = status_kib(pid, "VmRSS:");
     let hwm_full = status_kib(pid, "VmHWM:");
-    let reconcile_us: Option<u64> = gw
-        .log()
+    let reconcile_us: Option<u64> = fs::read_to_string(&log_path)
+        .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("data plane reconciled"))
         .last()
@@ -177,7 +199,8 @@ pub fn run(n: usize, interface: &str) -> (String, Value) {
     let entries = KernelMaps::open(&PinDir::new(bpffs.path()).maps()).expect("maps").sandbox_entries().len();
     assert_eq!(entries, n, "sandboxes in the kernel after start");
     let (call_n, enforced_n) = admin_to_enforced(&gw, bpffs.path(), n / 2, interface, 50);
-    gw.kill();
+    let _ = child.kill();
+    let _ = child.wait();
     let lookup_small = route_lookup_ns(10);
     let lookup_n = route_lookup_ns(n);
     let per_sbx = (rss_full.saturating_sub(rss_empty)) as f64 * 1024.0 / n as f64;
