@@ -47,6 +47,20 @@ pub fn open_fds(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// A TLS connection whose socket has a 4 KiB receive buffer (a slow reader's small TCP window).
+pub async fn tls_small_window(
+    client: &EdgeClient,
+    host: &str,
+    alpn: Alpn,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    let tcp = sock.connect(client.addr()).await?;
+    let name =
+        rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(client.tls_config(alpn)).connect(name, tcp).await
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 frames
 
@@ -166,6 +180,8 @@ pub struct H2Outcome {
     pub responses: u64,
     /// When the server closed (EOF or error) or sent GOAWAY, since the first write.
     pub ended_after: Option<Duration>,
+    /// The server stopped reading: a write waited 5 s.
+    pub stalled: bool,
 }
 
 /// Counters shared by an attack's reader and writer.
@@ -202,11 +218,16 @@ pub async fn h2_attack(
     path: &str,
     extra: &[(&str, &str)],
     attack: &H2Attack,
-    batch: usize,
+    (batch, pause): (usize, Duration),
     limit: Duration,
     stop: &AtomicBool,
 ) -> std::io::Result<H2Outcome> {
-    let tls = client.tls(host, Alpn::H2).await?;
+    let tls = if matches!(attack, H2Attack::SettingsFlood) {
+        // A client that never reads, with a small receive buffer: the server's ACKs fill it soon.
+        tls_small_window(client, host, Alpn::H2).await?
+    } else {
+        client.tls(host, Alpn::H2).await?
+    };
     let (mut rd, mut wr) = tokio::io::split(tls);
     let seen = Arc::new(Seen::default());
     let started = Instant::now();
@@ -321,11 +342,17 @@ pub async fn h2_attack(
                 }
             }
             out.bytes_sent += bytes.len() as u64;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
             match tokio::time::timeout(Duration::from_secs(5), wr.write_all(&bytes)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break,
                 // The server stopped reading (back-pressure): that is an answer too.
-                Err(_) => break,
+                Err(_) => {
+                    out.stalled = true;
+                    break;
+                }
             }
         }
     }
@@ -338,7 +365,8 @@ pub async fn h2_attack(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = wr.shutdown().await;
+    // (A server that stopped reading never takes the close_notify: do not wait for it.)
+    let _ = tokio::time::timeout(Duration::from_millis(200), wr.shutdown()).await;
     reader.abort();
     let goaway = seen.goaway.load(Ordering::Relaxed);
     out.goaway = (goaway > 0).then(|| (goaway - 1) as u32);
@@ -438,11 +466,12 @@ impl Ratio {
     }
 }
 
-/// Measures `wrk` before and during an attack: the baseline (median of `runs` runs of `secs`),
-/// then `start()`, a short ramp-up, the same measurement, then `stop(handle)`. On this shared
-/// 2-core machine a build next door can eat a core for a while: when the ratio is under `want`,
-/// the whole measurement is repeated (up to `attempts` times) and the best attempt returned; a
-/// gateway that really collapses under the attack fails every attempt.
+/// Measures `wrk` without and with an attack, interleaved: `runs` times, a run of `secs`
+/// without, then `start()`, a short ramp-up, a run with, `stop(handle)`; the ratio of the
+/// medians. Interleaving cancels the slow drifts of a shared machine (a build next door eating a
+/// core for a minute); when the ratio is still under `want`, the whole measurement is repeated
+/// (up to `attempts` times) and the best attempt returned: a gateway that really collapses under
+/// the attack fails every attempt.
 pub fn throughput_ratio<H>(
     wrk: &Wrk,
     runs: usize,
@@ -452,14 +481,24 @@ pub fn throughput_ratio<H>(
     mut start: impl FnMut() -> H,
     mut stop: impl FnMut(H),
 ) -> Ratio {
+    let median = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
     let mut best: Option<Ratio> = None;
     for _ in 0..attempts {
-        let (baseline, before, _) = wrk.median(runs, secs);
-        let handle = start();
-        std::thread::sleep(Duration::from_millis(700));
-        let (under, during, problems) = wrk.median(runs, secs);
-        stop(handle);
-        let r = Ratio { baseline, under, runs: (before, during), problems };
+        let (mut before, mut during, mut problems) = (Vec::new(), Vec::new(), String::new());
+        for _ in 0..runs {
+            before.push(wrk.run(secs).0);
+            let handle = start();
+            std::thread::sleep(Duration::from_millis(300));
+            let (rps, p) = wrk.run(secs);
+            stop(handle);
+            during.push(rps);
+            problems.push_str(&p);
+        }
+        let r = Ratio { baseline: median(&before), under: median(&during), runs: (before, during), problems };
         eprintln!(
             "throughput: baseline {:.0} req/s, under attack {:.0} req/s, ratio {:.2} {:?}",
             r.baseline,

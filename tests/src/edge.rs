@@ -186,6 +186,11 @@ impl EdgeClient {
         Self { addr, roots: Arc::new(roots) }
     }
 
+    /// The listener it connects to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The TLS configuration for an ALPN choice.
     pub fn tls_config(&self, alpn: Alpn) -> Arc<ClientConfig> {
         let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

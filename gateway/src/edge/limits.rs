@@ -9,8 +9,11 @@
 //! - **Idle timeout** ([`ActivityIo`] + [`idle_timeout`]): a connection with no byte read or
 //!   written for the configured time is closed (tunnels alike).
 //!
-//! The header read timeout is hyper's own (`http1.header_read_timeout`, with a timer), and the
-//! TLS handshake gets the same budget in [`super::serve`].
+//! The header read timeout is hyper's own (`http1.header_read_timeout`, with a timer) for each
+//! HTTP/1.1 request head; the TLS handshake and the first request share one such budget from the
+//! accept ([`no_request_by`] in [`super::serve`]): hyper's timer does not run while the protocol
+//! is being detected (a TLS connection that never sends a byte), nor on HTTP/2 (a connection
+//! that sends its preface and no request).
 
 use std::{
     collections::HashMap,
@@ -229,6 +232,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     }
 }
 
+/// Resolves at `deadline` unless a request has started by then (`requested`), and never after:
+/// a connection that has not sent a complete request head by its header read deadline is closed.
+pub async fn no_request_by(requested: &std::sync::atomic::AtomicBool, deadline: tokio::time::Instant) {
+    tokio::time::sleep_until(deadline).await;
+    if requested.load(Ordering::Acquire) {
+        std::future::pending::<()>().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,3 +292,4 @@ mod tests {
         toucher.await.expect("toucher");
     }
 }
+

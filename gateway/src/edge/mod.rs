@@ -39,7 +39,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use limits::{Activity, ActivityIo, Admission, Limits, idle_timeout};
+use limits::{Activity, ActivityIo, Admission, Limits, idle_timeout, no_request_by};
 use proxy::{Outbound, Proxy, ProxySettings};
 use std::{
     convert::Infallible,
@@ -363,7 +363,9 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
             let _open = metrics::global().connection_opened();
             let activity = Activity::new();
             let io = ActivityIo::new(stream, activity.clone());
-            let tls = match tokio::time::timeout(edge.header_read_timeout, acceptor.accept(io)).await {
+            // The TLS handshake and the first request head share one header read budget.
+            let first_request_by = tokio::time::Instant::now() + edge.header_read_timeout;
+            let tls = match tokio::time::timeout_at(first_request_by, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => {
                     metrics::global().tls_handshake(true);
                     tls
@@ -382,7 +384,10 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
             let cert = certs.load().select(tls.get_ref().1.server_name()).clone();
             let info = Arc::new(ConnInfo { peer, cert, reject });
             let handler = edge.clone();
+            let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = requested.clone();
             let service = service_fn(move |req| {
+                seen.store(true, std::sync::atomic::Ordering::Release);
                 let handler = handler.clone();
                 let info = info.clone();
                 async move { Ok::<_, Infallible>(handler.handle(&info, req).await) }
@@ -395,6 +400,9 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
                 },
                 () = idle_timeout(&activity, edge.idle_timeout) => {
                     tracing::debug!(%peer, "client connection idle; closed");
+                }
+                () = no_request_by(&requested, first_request_by) => {
+                    tracing::debug!(%peer, "no request within the header read timeout; closed");
                 }
             }
             drop(guard);

@@ -1,0 +1,741 @@
+//! Resource exhaustion against the HTTPS edge (issue 7, item 4): slow clients (slowloris, slow
+//! POST, slow read), HTTP/2 floods (rapid reset, CONTINUATION, empty DATA, SETTINGS), thousands
+//! of idle connections and huge headers. Each attack runs while legitimate `wrk` traffic goes to
+//! another sandbox; its throughput must stay at 0.8× or more of what it was just before, the
+//! gateway's resident memory must stay bounded, and header-less connections must be closed by
+//! the configured `header_read_timeout`.
+//!
+//! The short versions run in `cargo xtask test`; the long ones (`soak_*`, ignored) in
+//! `cargo xtask soak`. Figures are printed (`--nocapture`).
+
+use gateway_tests::{
+    attack::*,
+    edge::*,
+    gateway_process::GatewayProcess,
+    harness::{BpffsDir, Sandbox, require_root},
+};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The configured header read timeout (also the TLS handshake budget).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Legitimate throughput under attack, relative to just before it.
+const WANT_RATIO: f64 = 0.8;
+/// How an attacking HTTP/2 connection paces itself: 64 frames every 10 ms (6,400 frames/s; a
+/// rapid-reset connection opens and resets 3,200 streams/s), and it reconnects 100 ms after
+/// the gateway cuts it.
+const PACE: (usize, Duration) = (64, Duration::from_millis(10));
+
+struct Setup {
+    _pins: BpffsDir,
+    _victim: Sandbox,
+    _evil: Sandbox,
+    _apps: Vec<Backend>,
+    _evil_rt: tokio::runtime::Runtime,
+    gw: GatewayProcess,
+    token: String,
+    client: EdgeClient,
+    wrk: Wrk,
+}
+
+impl Setup {
+    fn new(rt: &tokio::runtime::Runtime) -> Setup {
+        require_root();
+        let nofile = raise_nofile(200_000);
+        assert!(nofile >= 16_384, "RLIMIT_NOFILE {nofile}: the 10,000-connection tests need more");
+        let _rt = rt.enter();
+        let pins = BpffsDir::new();
+        let victim = Sandbox::new();
+        let evil = Sandbox::new();
+        let gw = GatewayProcess::start_enforcing_with(
+            pins.path(),
+            "[proxy]\nheader_read_timeout = \"2s\"\nmax_connections = 15000\nmax_header_bytes = 16384\n",
+        );
+        register(&gw, "victim", &victim, &[(3000, "HTTP")]);
+        register(&gw, "evil", &evil, &[(3000, "HTTP")]);
+        // The attacked sandbox's app runs on a runtime of its own (another VM, in real life), so
+        // that what it does cannot slow the victim's app down inside this test process.
+        let evil_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let evil_app = {
+            let _e = evil_rt.enter();
+            spawn_backend(&evil, evil.addr(), 3000, Speaks::Http1)
+        };
+        let apps = vec![spawn_backend(&victim, victim.addr(), 3000, Speaks::Http1), evil_app];
+        let token = create_token(&gw, WS, "soak");
+        let client = EdgeClient::new(&gw);
+        let wrk = Wrk::new(gw.https_addr(), &sandbox_host("victim"), &token, "/port/3000/hello", gw.dir());
+        Setup { _pins: pins, _victim: victim, _evil: evil, _apps: apps, _evil_rt: evil_rt, gw, token, client, wrk }
+    }
+
+    fn pid(&self) -> u32 {
+        self.gw.pid().expect("gateway running")
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// A request to the victim still works.
+    fn healthy(&self, rt: &tokio::runtime::Runtime) {
+        let r = rt.block_on(self.client.get(
+            &sandbox_host("victim"),
+            "/port/3000/ok",
+            &[("authorization", &self.bearer())],
+        ));
+        assert_eq!(r.status, 200, "a legitimate request after the attack: {}", r.text());
+    }
+}
+
+/// A background attack: threads running until `stop`, counting what they did.
+struct Running {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn end(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `conns` parallel attacking HTTP/2 connections, each reconnecting when the server ends it,
+/// on their own runtime; counts connections and the GOAWAY codes seen.
+fn h2_flood(s: &Setup, attack: H2Attack, conns: usize, tally: Arc<Tally>) -> Running {
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = s.client.clone();
+    let host = sandbox_host("evil");
+    let bearer = s.bearer();
+    let stop2 = stop.clone();
+    let t = thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..conns {
+                let (client, host, bearer, stop, attack, tally) =
+                    (client.clone(), host.clone(), bearer.clone(), stop2.clone(), attack.clone(), tally.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let path = "/port/3000/flood";
+                        match h2_attack(
+                            &client,
+                            &host,
+                            path,
+                            &[("authorization", &bearer)],
+                            &attack,
+                            PACE,
+                            Duration::from_secs(30),
+                            &stop,
+                        )
+                        .await
+                        {
+                            Ok(o) => {
+                                tally.add(&o);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(_) => {
+                                tally.connect_errors.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    });
+    Running { stop, threads: vec![t] }
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    connections: AtomicU64,
+    goaways: AtomicU64,
+    frames: AtomicU64,
+    connect_errors: AtomicU64,
+}
+
+impl Tally {
+    fn add(&self, o: &H2Outcome) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.frames.fetch_add(o.frames_sent, Ordering::Relaxed);
+        if o.goaway.is_some() {
+            self.goaways.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Slow clients on a real route of the attacker's own sandbox (it holds a token): `n` uploads
+/// trickling a byte a second into a 10 MB POST, and `n` downloads of 64 MiB read 16 bytes
+/// every 200 ms through a 4 KiB receive buffer. Bounded by the per-sandbox cap and
+/// back-pressure (nothing is buffered beyond the socket buffers).
+fn slow_clients_of(s: &Setup, n: usize, kinds: std::ops::Range<usize>) -> Running {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (client, host, bearer, stop2) = (s.client.clone(), sandbox_host("evil"), s.bearer(), stop.clone());
+    let t = thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for j in 0..n * kinds.len() {
+                let i = kinds.start + j % kinds.len();
+                let (c, host, bearer, stop) = (client.clone(), host.clone(), bearer.clone(), stop2.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut tls) = tls_small_window(&c, &host, Alpn::H1).await else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        let head = if i % 2 == 0 {
+                            format!("POST /port/3000/upload HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nContent-Length: 10000000\r\n\r\n")
+                        } else {
+                            format!("GET /port/3000/download/67108864 HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\n\r\n")
+                        };
+                        if tls.write_all(head.as_bytes()).await.is_err() {
+                            continue;
+                        }
+                        let mut buf = [0u8; 16];
+                        // Uploads send a byte a second (slowhttptest -B sends every 10 s by default),
+                        // downloads read 16 bytes every 200 ms.
+                        let every = Duration::from_millis(if i % 2 == 0 { 1000 } else { 200 });
+                        while !stop.load(Ordering::Relaxed) {
+                            tokio::time::sleep(every).await;
+                            let alive = if i % 2 == 0 {
+                                tls.write_all(b"x").await.is_ok()
+                            } else {
+                                !matches!(tokio::time::timeout(Duration::from_millis(50), tls.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+                            };
+                            if !alive {
+                                break;
+                            }
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    });
+    Running { stop, threads: vec![t] }
+}
+
+fn figure(line: String) {
+    eprintln!("figure: {line}");
+}
+
+/// One attacking connection per HTTP/2 attack: the server ends it (GOAWAY or close) or stops
+/// reading from it, quickly, and keeps serving others.
+#[test]
+fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let _rt = rt.enter();
+    let host = sandbox_host("evil");
+    let bearer = s.bearer();
+    let never = AtomicBool::new(false);
+    for attack in [H2Attack::RapidReset, H2Attack::ContinuationFlood, H2Attack::EmptyData, H2Attack::SettingsFlood] {
+        let rss_before = vm_rss_kib(s.pid());
+        let o = rt
+            .block_on(h2_attack(
+                &s.client,
+                &host,
+                "/port/3000/flood",
+                &[("authorization", &bearer)],
+                &attack,
+                (64, Duration::ZERO),
+                Duration::from_secs(8),
+                &never,
+            ))
+            .expect("attack connection");
+        figure(format!("h2 {attack:?}, one connection: {o:?}, gateway RSS {} KiB", vm_rss_kib(s.pid())));
+        let ended = o.goaway.is_some() || o.ended_after.is_some();
+        match attack {
+            // h2: a remote that resets more streams than it may (max_pending_accept_reset_streams,
+            // max_local_error_reset_streams) gets GOAWAY ENHANCE_YOUR_CALM.
+            H2Attack::RapidReset => {
+                assert!(ended && o.frames_sent < 200_000, "rapid reset was not cut: {o:?}")
+            }
+            // h2 ≥ 0.4.4: CONTINUATION frames are bounded by the header list size.
+            H2Attack::ContinuationFlood => {
+                assert!(ended && o.bytes_sent < 4 << 20, "CONTINUATION flood was not cut: {o:?}")
+            }
+            // Empty DATA frames carry no event to the app (h2 drops them): cut for the stream
+            // errors that follow.
+            H2Attack::EmptyData => assert!(ended || o.stalled, "empty DATA flood was not cut: {o:?}"),
+            // SETTINGS are ACKed before more frames are read: what the server holds is bounded by
+            // the socket buffers (it stops reading once they are full), so its memory stays flat.
+            H2Attack::SettingsFlood => {
+                let grew = vm_rss_kib(s.pid()).saturating_sub(rss_before);
+                assert!(grew < 16 * 1024, "SETTINGS flood: RSS grew by {grew} KiB: {o:?}")
+            }
+        }
+        s.healthy(&rt);
+    }
+    figure(format!("h2 floods, one connection each: gateway VmHWM {} KiB", vm_hwm_kib(s.pid())));
+}
+
+/// Header-less connections (TCP without TLS, TLS without a request on HTTP/1.1, TLS with only
+/// the HTTP/2 preface) are all closed by the header read timeout, not before, not much after.
+#[test]
+fn idle_header_less_connections_are_closed_by_the_header_read_timeout() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let hold = IdleHold::start(&s, 1200, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2], Duration::from_secs(15), None);
+    let lives = hold.finish();
+    figure(format!(
+        "1200 header-less connections (1000 TCP, 100 TLS h1, 100 TLS h2 preface), header_read_timeout {HEADER_READ_TIMEOUT:?}: {} failed to open, {} still open after 15 s (TCP, h1, h2: {:?}), closed after {:?}..{:?}; gateway VmHWM {} KiB",
+        lives.failed,
+        lives.still_open(),
+        lives.still_open_by_kind,
+        lives.min(),
+        lives.max(),
+        vm_hwm_kib(s.pid())
+    ));
+    // (A handshake that a burst on this loaded machine delays past the budget is cut too.)
+    assert!(lives.failed * 20 <= 1200, "{} of 1200 connections could not open", lives.failed);
+    assert_eq!(lives.still_open(), 0, "every header-less connection is closed");
+    assert!(
+        lives.min().is_some_and(|d| d >= HEADER_READ_TIMEOUT - Duration::from_millis(300)),
+        "closed too early: {:?}",
+        lives.min()
+    );
+    assert!(
+        lives.max().is_some_and(|d| d <= HEADER_READ_TIMEOUT + Duration::from_secs(3)),
+        "closed too late: {:?}",
+        lives.max()
+    );
+    s.healthy(&rt);
+}
+
+/// Huge request heads: 431 on HTTP/1.1; on HTTP/2 the stream is refused (431 or a reset) and
+/// the connection (or at least the gateway) keeps serving.
+#[test]
+fn huge_headers_are_refused_on_http1_and_http2() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let _rt = rt.enter();
+    let host = sandbox_host("victim");
+    let bearer = s.bearer();
+    rt.block_on(async {
+        let big = "x".repeat(60 * 1024);
+        let mut tls = s.client.tls(&host, Alpn::H1).await.expect("tls");
+        let _ = tls
+            .write_all(
+                format!("GET /port/3000/ HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nX-Big: {big}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 431"), "HTTP/1.1: {text}");
+
+        // HTTP/2 through hyper's client: a header list over max_header_bytes.
+        let mut h2 = s.client.h2(&host).await;
+        let req =
+            build_h2(http::Method::GET, &host, "/port/3000/", &[("authorization", &bearer), ("x-big", &big)], empty());
+        match h2.send_request(req).await {
+            Ok(r) => assert_eq!(r.status(), 431, "HTTP/2 huge headers"),
+            Err(e) => figure(format!("HTTP/2 huge headers: the stream was reset ({e})")),
+        }
+        let mut h2 = s.client.h2(&host).await;
+        let r = h2
+            .send_request(build_h2(http::Method::GET, &host, "/port/3000/ok", &[("authorization", &bearer)], empty()))
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+    });
+}
+
+/// Legitimate throughput to one sandbox while another is attacked (short runs).
+#[test]
+fn h2_floods_leave_legitimate_throughput() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss = rss_sampler(s.pid(), stop.clone());
+    let mut worst = f64::MAX;
+    for attack in [H2Attack::RapidReset, H2Attack::ContinuationFlood, H2Attack::EmptyData, H2Attack::SettingsFlood] {
+        let tally = Arc::new(Tally::default());
+        let r = throughput_ratio(
+            &s.wrk,
+            3,
+            1,
+            WANT_RATIO,
+            3,
+            || h2_flood(&s, attack.clone(), 2, tally.clone()),
+            Running::end,
+        );
+        figure(format!(
+            "h2 {attack:?} x2 paced connections: wrk {:.0} -> {:.0} req/s, ratio {:.2}; attacker {tally:?}",
+            r.baseline,
+            r.under,
+            r.ratio()
+        ));
+        assert!(r.problems.is_empty(), "{attack:?}: legitimate requests failed: {}", r.problems);
+        assert!(r.ratio() >= WANT_RATIO, "{attack:?}: {r:?}");
+        worst = worst.min(r.ratio());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = rss.join().expect("rss");
+    figure(format!("short floods: worst h2 ratio {worst:.2}, gateway RSS peak {peak} KiB"));
+    assert!(peak < 256 * 1024, "gateway RSS peaked at {peak} KiB");
+    s.healthy(&rt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Soak versions
+
+/// slowhttptest: slowloris (-H), slow POST (-B), slow read (-X), 1,000 connections each,
+/// restarted as the gateway cuts them, while wrk measures the victim.
+#[test]
+#[ignore = "soak: run by cargo xtask soak"]
+fn soak_slowhttptest_slowloris_slow_post_slow_read() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss = rss_sampler(s.pid(), stop.clone());
+    let url = format!("https://127.0.0.1:{}/", s.gw.https_port());
+    let modes: [(&str, &[&str]); 3] = [
+        ("slowloris -H", &["-H", "-c", "1000", "-r", "1000", "-i", "1", "-l", "8", "-s", "8192", "-p", "3"]),
+        ("slow POST -B", &["-B", "-c", "1000", "-r", "1000", "-i", "1", "-l", "8", "-s", "1000000", "-p", "3"]),
+        (
+            "slow read -X",
+            &[
+                "-X", "-c", "1000", "-r", "1000", "-l", "8", "-w", "1", "-y", "2", "-n", "2", "-z", "1", "-k", "4",
+                "-p", "3",
+            ],
+        ),
+    ];
+    for (name, args) in modes {
+        let log = s.gw.dir().join(format!("slowhttptest-{}.log", &name[..4]));
+        let (log2, url2) = (log.clone(), url.clone());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let r = throughput_ratio(
+            &s.wrk,
+            3,
+            3,
+            WANT_RATIO,
+            3,
+            || {
+                let stop = Arc::new(AtomicBool::new(false));
+                let (stop2, log, url, args) = (stop.clone(), log2.clone(), url2.clone(), args.clone());
+                let t = thread::spawn(move || {
+                    while !stop2.load(Ordering::Relaxed) {
+                        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                        let mut child = slowhttptest(&a, &url, &log);
+                        while !stop2.load(Ordering::Relaxed) && child.try_wait().ok().flatten().is_none() {
+                            thread::sleep(Duration::from_millis(50));
+                        }
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                });
+                Running { stop, threads: vec![t] }
+            },
+            Running::end,
+        );
+        let connected = slowhttptest_max_connected(&log);
+        figure(format!(
+            "slowhttptest {name} (1000 connections, max connected {connected}): wrk {:.0} -> {:.0} req/s, ratio {:.2}, gateway RSS {} KiB",
+            r.baseline,
+            r.under,
+            r.ratio(),
+            vm_rss_kib(s.pid())
+        ));
+        assert!(r.problems.is_empty(), "{name}: legitimate requests failed: {}", r.problems);
+        assert!(r.ratio() >= WANT_RATIO, "{name}: {r:?}");
+        s.healthy(&rt);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = rss.join().expect("rss");
+    figure(format!("slowhttptest: gateway RSS peak {peak} KiB"));
+    assert!(peak < 512 * 1024, "gateway RSS peaked at {peak} KiB");
+}
+
+/// 10,000 idle connections (TCP and TLS, reopened as the gateway closes them at the header read
+/// timeout) while wrk measures the victim; the gateway's memory and descriptors stay bounded.
+#[test]
+#[ignore = "soak: run by cargo xtask soak"]
+fn soak_ten_thousand_idle_connections() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss = rss_sampler(s.pid(), stop.clone());
+    let fds_peak = Arc::new(AtomicU64::new(0));
+    let mut all_lives = Vec::new();
+    let r = throughput_ratio(
+        &s.wrk,
+        3,
+        3,
+        WANT_RATIO,
+        3,
+        || {
+            let again = Arc::new(AtomicBool::new(true));
+            let hold = IdleHold::start(
+                &s,
+                10_000,
+                &[0, 0, 0, 0, 0, 0, 0, 0, 1, 2],
+                Duration::from_secs(30),
+                Some(again.clone()),
+            );
+            // Wait until the 10,000 are open at least once.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while hold.opened.load(Ordering::Relaxed) < 10_000 && Instant::now() < deadline {
+                fds_peak.fetch_max(open_fds(s.pid()) as u64, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(50));
+            }
+            (hold, again)
+        },
+        |(hold, again): (IdleHold, Arc<AtomicBool>)| {
+            fds_peak.fetch_max(open_fds(s.pid()) as u64, Ordering::Relaxed);
+            again.store(false, Ordering::Relaxed);
+            all_lives.push(hold.finish());
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let peak = rss.join().expect("rss");
+    let lives = all_lives.pop().expect("lives");
+    figure(format!(
+        "10,000 idle connections (80% TCP, 10% TLS h1, 10% TLS h2 preface), reopened when cut: wrk {:.0} -> {:.0} req/s, ratio {:.2}; {} connections held in all, closed after {:?}..{:?}, {} still open; gateway RSS peak {peak} KiB, fds peak {}",
+        r.baseline,
+        r.under,
+        r.ratio(),
+        lives.lives.len(),
+        lives.min(),
+        lives.max(),
+        lives.still_open(),
+        fds_peak.load(Ordering::Relaxed)
+    ));
+    assert!(lives.lives.len() >= 10_000, "held {} connections", lives.lives.len());
+    assert_eq!(lives.still_open(), 0);
+    assert!(
+        lives.max().is_some_and(|d| d <= HEADER_READ_TIMEOUT + Duration::from_secs(5)),
+        "closed too late: {:?}",
+        lives.max()
+    );
+    assert!(r.problems.is_empty(), "legitimate requests failed: {}", r.problems);
+    assert!(r.ratio() >= WANT_RATIO, "{r:?}");
+    assert!(peak < 1024 * 1024, "gateway RSS peaked at {peak} KiB");
+    s.healthy(&rt);
+}
+
+/// Sustained HTTP/2 floods from 16 connections each, longer runs.
+#[test]
+#[ignore = "soak: run by cargo xtask soak"]
+fn soak_h2_floods_sustained() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss = rss_sampler(s.pid(), stop.clone());
+    for attack in [H2Attack::RapidReset, H2Attack::ContinuationFlood, H2Attack::EmptyData, H2Attack::SettingsFlood] {
+        let tally = Arc::new(Tally::default());
+        let r = throughput_ratio(
+            &s.wrk,
+            5,
+            3,
+            WANT_RATIO,
+            3,
+            || h2_flood(&s, attack.clone(), 16, tally.clone()),
+            Running::end,
+        );
+        figure(format!(
+            "h2 {attack:?} x16 connections, 15 s: wrk {:.0} -> {:.0} req/s, ratio {:.2}; attacker {tally:?}; RSS {} KiB",
+            r.baseline,
+            r.under,
+            r.ratio(),
+            vm_rss_kib(s.pid())
+        ));
+        assert!(r.problems.is_empty(), "{attack:?}: legitimate requests failed: {}", r.problems);
+        assert!(r.ratio() >= WANT_RATIO, "{attack:?}: {r:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = rss.join().expect("rss");
+    figure(format!("sustained floods: gateway RSS peak {peak} KiB"));
+    assert!(peak < 512 * 1024, "gateway RSS peaked at {peak} KiB");
+    s.healthy(&rt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle connections
+
+/// Holds `n` connections of `kind` (0 TCP only, 1 TLS h1 without a request, 2 TLS h2 preface
+/// only) open to the edge, each until the server closes it; records how long each lived.
+struct IdleHold {
+    /// Per connection: None = never connected; Some(None) = still open at the limit;
+    /// Some(Some(d)) = closed by the server after d.
+    thread: thread::JoinHandle<Vec<(u8, Option<Option<Duration>>)>>,
+    opened: Arc<AtomicU64>,
+}
+
+impl IdleHold {
+    /// With `again`, each connection is opened again when closed, until `again` is cleared.
+    fn start(s: &Setup, n: usize, kinds: &'static [u8], limit: Duration, again: Option<Arc<AtomicBool>>) -> IdleHold {
+        let opened = Arc::new(AtomicU64::new(0));
+        let (client, addr, host, opened2) =
+            (s.client.clone(), s.gw.https_addr(), sandbox_host("victim"), opened.clone());
+        let thread = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async move {
+                let mut tasks = Vec::with_capacity(n);
+                for i in 0..n {
+                    let (c, host, opened, again) = (client.clone(), host.clone(), opened2.clone(), again.clone());
+                    let kind = kinds[i % kinds.len()];
+                    tasks.push(tokio::spawn(async move {
+                        let mut lives = Vec::new();
+                        loop {
+                            let life = hold_one(&c, addr, &host, kind, limit, &opened).await;
+                            lives.push((kind, life));
+                            if !again.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
+                                return lives;
+                            }
+                            if life.is_none() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }));
+                    if i % 256 == 255 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                let mut out = Vec::with_capacity(n);
+                for t in tasks {
+                    out.extend(t.await.unwrap_or_default());
+                }
+                out
+            })
+        });
+        IdleHold { thread, opened }
+    }
+
+    fn finish(self) -> Lives {
+        let all = self.thread.join().expect("idle thread");
+        let failed = all.iter().filter(|(_, l)| l.is_none()).count();
+        let mut still_open_by_kind = [0usize; 3];
+        for (k, l) in &all {
+            if let Some(None) = l {
+                still_open_by_kind[usize::from(*k).min(2)] += 1;
+            }
+        }
+        let lives: Vec<Option<Duration>> = all.into_iter().filter_map(|(_, l)| l).collect();
+        Lives { failed, lives, still_open_by_kind }
+    }
+}
+
+/// One held connection: None if it could not be opened, else how long until the server closed
+/// it (None: still open at `limit`).
+async fn hold_one(
+    c: &EdgeClient,
+    addr: std::net::SocketAddr,
+    host: &str,
+    kind: u8,
+    limit: Duration,
+    opened: &AtomicU64,
+) -> Option<Option<Duration>> {
+    let began = Instant::now();
+    let closed = match kind {
+        0 => {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            wait_closed(&mut tcp, limit).await
+        }
+        1 => {
+            let mut tls = c.tls(host, Alpn::H1).await.ok()?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            wait_closed(&mut tls, limit).await
+        }
+        _ => {
+            let mut tls = c.tls(host, Alpn::H2).await.ok()?;
+            let mut hello = PREFACE.to_vec();
+            hello.extend(settings(&[]));
+            tls.write_all(&hello).await.ok()?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            wait_closed(&mut tls, limit).await
+        }
+    };
+    // Measured from before the connect: the header read timeout starts at the accept.
+    Some(closed.map(|_| began.elapsed()))
+}
+
+/// How long held connections lived.
+#[derive(Debug)]
+struct Lives {
+    /// Never connected.
+    failed: usize,
+    /// Per connected one: closed after, or None if still open at the limit.
+    lives: Vec<Option<Duration>>,
+    /// Still open at the limit: TCP, TLS h1, TLS h2.
+    still_open_by_kind: [usize; 3],
+}
+
+impl Lives {
+    fn still_open(&self) -> usize {
+        self.lives.iter().filter(|d| d.is_none()).count()
+    }
+    fn min(&self) -> Option<Duration> {
+        self.lives.iter().flatten().min().copied()
+    }
+    fn max(&self) -> Option<Duration> {
+        self.lives.iter().flatten().max().copied()
+    }
+}
+
+/// Reads until EOF or error; the time it took, or None after `limit`.
+async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Slow clients of real streams on the attacker's own sandbox (a token holder): 100 uploads
+/// trickling a 10 MB body, 100 readers of 64 MiB downloads through a 4 KiB window, while wrk
+/// measures the victim. OPEN FINDING (see docs/SECURITY.md): legitimate throughput to another
+/// sandbox falls far below 0.8× on this 2-core machine although the gateway's CPU is not
+/// saturated; under investigation, so this stays a soak test that reports it.
+#[test]
+#[ignore = "soak: run by cargo xtask soak"]
+fn soak_slow_streaming_clients_leave_legitimate_throughput() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss = rss_sampler(s.pid(), stop.clone());
+    let mut ratios = Vec::new();
+    for (name, kinds) in [("uploads", 0..1), ("downloads", 1..2)] {
+        let k = kinds.clone();
+        let r = throughput_ratio(&s.wrk, 3, 2, WANT_RATIO, 2, || slow_clients_of(&s, 100, k.clone()), Running::end);
+        figure(format!(
+            "100 slow {name} on another sandbox: wrk {:.0} -> {:.0} req/s, ratio {:.2}; gateway RSS {} KiB",
+            r.baseline,
+            r.under,
+            r.ratio(),
+            vm_rss_kib(s.pid())
+        ));
+        ratios.push((name, r));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = rss.join().expect("rss");
+    figure(format!("slow streaming clients: gateway RSS peak {peak} KiB"));
+    assert!(peak < 512 * 1024, "gateway RSS peaked at {peak} KiB");
+    s.healthy(&rt);
+    for (name, r) in ratios {
+        assert!(r.ratio() >= WANT_RATIO, "slow {name}: {r:?}");
+    }
+}
