@@ -196,7 +196,7 @@ fn slow_clients_of(s: &Setup, n: usize, kinds: std::ops::Range<usize>) -> Runnin
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         };
-                        let head = if i % 2 == 0 {
+                        let head = if i.is_multiple_of(2) {
                             format!("POST /port/3000/upload HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nContent-Length: 10000000\r\n\r\n")
                         } else {
                             format!("GET /port/3000/download/67108864 HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\n\r\n")
@@ -207,10 +207,10 @@ fn slow_clients_of(s: &Setup, n: usize, kinds: std::ops::Range<usize>) -> Runnin
                         let mut buf = [0u8; 16];
                         // Uploads send a byte a second (slowhttptest -B sends every 10 s by default),
                         // downloads read 16 bytes every 200 ms.
-                        let every = Duration::from_millis(if i % 2 == 0 { 1000 } else { 200 });
+                        let every = Duration::from_millis(if i.is_multiple_of(2) { 1000 } else { 200 });
                         while !stop.load(Ordering::Relaxed) {
                             tokio::time::sleep(every).await;
-                            let alive = if i % 2 == 0 {
+                            let alive = if i.is_multiple_of(2) {
                                 tls.write_all(b"x").await.is_ok()
                             } else {
                                 !matches!(tokio::time::timeout(Duration::from_millis(50), tls.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
