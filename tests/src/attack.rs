@@ -536,9 +536,23 @@ pub fn slowhttptest(args: &[&str], url: &str, log: &Path) -> Child {
         .expect("slowhttptest (Debian package slowhttptest; `cargo xtask soak` installs it)")
 }
 
-/// The largest `connected:` figure in a slowhttptest log.
+/// The largest `connected:` figure in a slowhttptest log (its colour escapes removed).
 pub fn slowhttptest_max_connected(log: &Path) -> u64 {
-    let text = fs::read_to_string(log).unwrap_or_default();
+    let raw = fs::read_to_string(log).unwrap_or_default();
+    let mut text = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... m
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            text.push(c);
+        }
+    }
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("connected:").and_then(|v| v.trim().parse().ok()))
         .max()

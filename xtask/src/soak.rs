@@ -29,7 +29,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let gateway_bin = build::gateway(false)?;
 
     let mut cmd = cargo();
-    cmd.args(["test", "-p", "gateway-tests", "--", "--ignored", "--test-threads=1", "--nocapture"])
+    // --no-fail-fast: one failing test file must not hide the figures of the others.
+    cmd.args(["test", "--no-fail-fast", "-p", "gateway-tests", "--", "--ignored", "--test-threads=1", "--nocapture"])
         .args(args)
         .env("GATEWAY_BIN", &gateway_bin)
         .stdout(Stdio::piped())
