@@ -165,6 +165,12 @@ fn main() {
     let json_path = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).map(PathBuf::from);
     let only: Option<Vec<String>> =
         args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(|s| s.split(',').map(str::to_string).collect());
+    // `--summarize PATH`: the targets of an earlier run's JSON, nothing measured.
+    if let Some(path) = args.iter().position(|a| a == "--summarize").and_then(|i| args.get(i + 1)) {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("read json")).expect("json");
+        print!("{}", targets(v.as_object().expect("object")));
+        return;
+    }
     let want = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == section));
     let (rounds, repeat, updates) = if quick { (9, 100_000, 300) } else { (15, 500_000, 2000) };
     let mut report = serde_json::Map::new();
@@ -312,9 +318,72 @@ fn main() {
         report.insert("gateway_scale".into(), j);
     }
 
+    let summary = targets(&report);
+    print!("{summary}");
+
     if let Some(path) = json_path {
         std::fs::write(&path, serde_json::to_string_pretty(&serde_json::Value::Object(report)).expect("json")).expect("write json");
     }
+}
+
+/// The issue's targets against this run's figures.
+fn targets(r: &serde_json::Map<String, serde_json::Value>) -> String {
+    use std::fmt::Write as _;
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut s = String::from("\n## Targets (issue 6)\n");
+    if let Some(paths) = r.get("program_cost").and_then(|v| v.as_array()) {
+        for p in paths.iter().filter(|p| !p["path"].as_str().unwrap_or("").starts_with("trivial")) {
+            let x = p["x_trivial"].as_f64().unwrap_or(f64::NAN);
+            let _ = writeln!(s, "- program cost ≤ 2× trivial, {}: {x:.2}× ({})", p["path"].as_str().unwrap_or(""), met(x <= 2.0));
+        }
+        let _ = writeln!(
+            s,
+            "  (a hash-map lookup costs about as much as the trivial program here; paths needing one or two of them cannot reach 2×: see docs/ARCHITECTURE.md, \"A packet\")"
+        );
+    }
+    if let Some(flood) = r.get("veth").and_then(|v| v["flood"].as_array()) {
+        let recv = |g: &serde_json::Value, lane: &str| {
+            g["lanes"].as_array().and_then(|ls| ls.iter().find(|l| l["lane"] == lane)).and_then(|l| l["receive_ns"].as_f64()).unwrap_or(f64::NAN)
+        };
+        if let Some(g) = flood.iter().find(|g| g["sandboxes"] == 1000) {
+            let x = recv(g, "tcx") / recv(g, "iptables");
+            let _ = writeln!(s, "- veth receive cost ≤ 0.5× iptables at 1,000 sandboxes: {x:.2}× ({})", met(x <= 0.5));
+        }
+        if let (Some(first), Some(last)) = (flood.first(), flood.last()) {
+            let x = recv(last, "tcx") / recv(first, "tcx");
+            let _ = writeln!(
+                s,
+                "- flat from {} to {} sandboxes: tcx receive cost {:.0} → {:.0} ns ({x:.2}×; {}: at most +25 %)",
+                first["sandboxes"],
+                last["sandboxes"],
+                recv(first, "tcx"),
+                recv(last, "tcx"),
+                met(x <= 1.25)
+            );
+        }
+    }
+    if let Some(ups) = r.get("veth").and_then(|v| v["updates"].as_array()) {
+        for u in ups {
+            let call = u["gateway_call_to_visible_us"]["median"].as_f64().unwrap_or(f64::NAN);
+            let batch = u["gateway_batch_us_per_entry"].as_f64().unwrap_or(f64::NAN);
+            let _ = writeln!(
+                s,
+                "- policy update at {} sandboxes: call → enforced {call:.1} µs (≤ 100: {}), batched {batch:.2} µs/entry (≤ 1: {})",
+                u["sandboxes"],
+                met(call <= 100.0),
+                met(batch <= 1.0)
+            );
+        }
+    }
+    if let Some(g) = r.get("gateway_scale") {
+        let b = g["rss_bytes_per_sandbox"].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(s, "- gateway memory ≤ 2 KiB per sandbox at {} sandboxes: {b:.0} bytes ({})", g["sandboxes"], met(b <= 2048.0));
+        let _ = writeln!(
+            s,
+            "  (the admin API acknowledges a change after the file store's fsyncs: its latency is the disk's, the data-plane part is the call → enforced figure above)"
+        );
+    }
+    s
 }
 
 fn costs_json(costs: &[(String, f64, f64, f64)]) -> serde_json::Value {
