@@ -139,6 +139,9 @@ struct Inner {
     shadow: HashMap<Ipv4Addr, Shadow>,
     /// Interfaces this process attached to (or verified), by ifindex.
     attached: HashSet<u32>,
+    /// Policy entries in `shadow`, kept by every mutation (summing them per call costs
+    /// ~200 µs at 100,000 sandboxes).
+    policy_entries: usize,
 }
 
 impl Inner {
@@ -154,8 +157,7 @@ impl Inner {
     /// Exports how many sandboxes and policy entries the kernel holds (from the shadow, which
     /// every mutation keeps equal to the kernel: no map walk at scrape time).
     fn publish_entries(&self) {
-        let policy = self.shadow.values().map(|s| s.ports.len()).sum();
-        metrics::global().dataplane_entries(self.shadow.len(), policy);
+        metrics::global().dataplane_entries(self.shadow.len(), self.policy_entries);
     }
 }
 
@@ -218,7 +220,8 @@ impl Dataplane {
         if let Err(e) = metrics::global().attach_dataplane(&pins.maps()) {
             tracing::warn!(error = %e, "the verdict counters will be missing from /metrics");
         }
-        let inner = Inner { ebpf, maps, pins, shadow, attached: HashSet::new() };
+        let policy_entries = shadow.values().map(|s| s.ports.len()).sum();
+        let inner = Inner { ebpf, maps, pins, shadow, attached: HashSet::new(), policy_entries };
         inner.publish_entries();
         Ok(Self { inner: Some(Mutex::new(inner)), handed_over: false })
     }
@@ -265,6 +268,7 @@ impl Dataplane {
             return Err(e);
         }
         let took = started.elapsed();
+        inner.policy_entries = (inner.policy_entries + new.ports.len()).saturating_sub(old.ports.len());
         inner.shadow.insert(policy.address, new);
         metrics::global().policy_applied(took);
         inner.publish_entries();
@@ -277,6 +281,7 @@ impl Dataplane {
         let Some(mut inner) = self.lock() else { return Ok(()) };
         let inner = &mut *inner;
         let old = inner.shadow.remove(&address).unwrap_or_default();
+        inner.policy_entries = inner.policy_entries.saturating_sub(old.ports.len());
         let result = apply_diff(&mut inner.maps, address, &old, None);
         if result.is_err() {
             metrics::global().policy_apply_failed();
@@ -320,6 +325,7 @@ impl Dataplane {
                 apply_diff(&mut inner.maps, *addr, old, None)?;
             }
         }
+        inner.policy_entries = desired.values().map(|s| s.ports.len()).sum();
         inner.shadow = desired;
         inner.publish_entries();
         Ok(())
