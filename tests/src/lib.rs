@@ -5,3 +5,4 @@ pub mod raw;
 pub mod sdk;
 pub mod attack;
 pub mod prober;
+pub mod openloop;

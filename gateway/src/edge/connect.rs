@@ -1,16 +1,10 @@
 //! Connections to apps in sandboxes, always through [`crate::connector::connect_marked`] (the
-//! data plane drops unmarked SYNs), with the optional "wait for the port" retry, and as a
-//! hyper-util connector service for the pooled HTTP/1.1 client.
+//! data plane drops unmarked SYNs), with the optional "wait for the port" retry.
 
 use crate::connector::connect_marked;
-use hyper::Uri;
-use hyper_util::rt::TokioIo;
 use std::{
-    future::Future,
     io,
-    net::{IpAddr, SocketAddr},
-    pin::Pin,
-    task::{Context, Poll},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 use tokio::net::TcpStream;
@@ -80,59 +74,9 @@ pub async fn connect(addr: SocketAddr, settings: ConnectSettings) -> Result<TcpS
     }
 }
 
-/// The connector service of the pooled HTTP/1.1 client: the URI is `http://{ip}:{port}`.
-#[derive(Clone, Debug)]
-pub struct MarkedConnector {
-    settings: ConnectSettings,
-}
-
-impl MarkedConnector {
-    /// A connector with these settings.
-    pub fn new(settings: ConnectSettings) -> Self {
-        Self { settings }
-    }
-}
-
-impl tower_service::Service<Uri> for MarkedConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let settings = self.settings;
-        Box::pin(async move {
-            let addr = socket_addr_of(&uri).ok_or_else(|| ConnectError {
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                kind: ConnectFailure::Other,
-                waited: Duration::ZERO,
-                source: io::Error::new(io::ErrorKind::InvalidInput, format!("not an ip:port URI: {uri}")),
-            })?;
-            connect(addr, settings).await.map(TokioIo::new)
-        })
-    }
-}
-
-/// `http://1.2.3.4:5/…` → `1.2.3.4:5`.
-fn socket_addr_of(uri: &Uri) -> Option<SocketAddr> {
-    let ip: IpAddr = uri.host()?.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
-    Some(SocketAddr::new(ip, uri.port_u16()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uri_to_addr() {
-        let u: Uri = "http://198.18.0.2:3000/x".parse().expect("uri");
-        assert_eq!(socket_addr_of(&u), Some("198.18.0.2:3000".parse().expect("addr")));
-        let u: Uri = "http://example:3000/x".parse().expect("uri");
-        assert_eq!(socket_addr_of(&u), None);
-    }
 
     #[tokio::test]
     async fn refused_is_retried_until_wait_for_port() {

@@ -6,7 +6,10 @@ use http::{
     HeaderMap, HeaderName, HeaderValue,
     header::{CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -151,37 +154,36 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     } else {
         (None, None, None, None)
     };
-    let for_value = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    let ip_text = ip.to_string();
+    let for_value: Cow<'_, str> = match ip {
+        IpAddr::V4(_) => Cow::Borrowed(&ip_text),
+        IpAddr::V6(v6) => Cow::Owned(format!("\"[{v6}]\"")),
     };
-    let host_quoted = f.host.replace(['"', '\\'], "");
+    let host_quoted: Cow<'_, str> =
+        if f.host.contains(['"', '\\']) { Cow::Owned(f.host.replace(['"', '\\'], "")) } else { Cow::Borrowed(f.host) };
     let element = format!("for={for_value};proto=https;host=\"{host_quoted}\"");
-    let set = |headers: &mut HeaderMap, name: HeaderName, value: String| match HeaderValue::try_from(value) {
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: Result<HeaderValue, _>| match value {
         Ok(v) => {
             headers.insert(name, v);
         }
-        Err(_) => {
+        Err(http::header::InvalidHeaderValue { .. }) => {
             headers.remove(name);
         }
     };
-    set(
-        headers,
-        X_FORWARDED_FOR,
-        match xff {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        },
-    );
-    set(headers, X_FORWARDED_PROTO, xfp.unwrap_or_else(|| "https".into()));
-    set(headers, X_FORWARDED_HOST, xfh.unwrap_or_else(|| f.host.to_string()));
+    let xff = match xff {
+        Some(prev) => format!("{prev}, {ip_text}"),
+        None => ip_text,
+    };
+    set(headers, X_FORWARDED_FOR, HeaderValue::try_from(xff));
+    set(headers, X_FORWARDED_PROTO, xfp.map_or(Ok(HeaderValue::from_static("https")), HeaderValue::try_from));
+    set(headers, X_FORWARDED_HOST, xfh.map_or_else(|| HeaderValue::from_str(f.host), HeaderValue::try_from));
     set(
         headers,
         FORWARDED,
-        match fwd {
+        HeaderValue::try_from(match fwd {
             Some(prev) => format!("{prev}, {element}"),
             None => element,
-        },
+        }),
     );
 }
 

@@ -13,6 +13,7 @@ pub mod connect;
 pub mod headers;
 pub mod host;
 pub mod limits;
+mod pool;
 mod preview;
 pub mod proxy;
 pub mod route;
@@ -63,7 +64,7 @@ pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
 /// once, HTTP/2 with a GOAWAY).
 const SOFT_DRAIN: Duration = Duration::from_secs(2);
 /// Concurrent HTTP/2 streams per client connection.
-const MAX_CONCURRENT_STREAMS: u32 = 256;
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Errors starting the edge.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! Forwarding a routed, authenticated request to an app in a sandbox.
 //!
-//! - HTTP ports: a pooled HTTP/1.1 client (hyper-util legacy `Client`) over the
-//!   [`MarkedConnector`]. `HTTP2`/`GRPC` ports: one multiplexed h2c connection per
+//! - HTTP ports: kept-alive HTTP/1.1 connections ([`H1Pool`]), marked like every upstream
+//!   connection. `HTTP2`/`GRPC` ports: one multiplexed h2c connection per
 //!   (address, port) ([`H2Pool`]), so gRPC trailers and streaming work end to end.
 //! - Bodies stream both ways frame by frame (hyper's flow control bounds memory); nothing is
 //!   buffered, so SSE and chunked responses reach the client as the app writes them.
@@ -16,9 +16,10 @@
 use tokio_util::task::TaskTracker;
 use super::{
     EdgeBody,
-    connect::{ConnectSettings, MarkedConnector, connect},
+    connect::{ConnectSettings, connect},
     headers::{self, Forwarding},
     limits::{Activity, ActivityIo, SandboxSlot, idle_timeout},
+    pool::{ExchangeError, H1Pool, UpBody},
     route::Route,
     upstream_errors::{Destination, connect_failed, exchange_failed, response_timed_out},
 };
@@ -37,10 +38,7 @@ use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     upgrade::OnUpgrade,
 };
-use hyper_util::{
-    client::legacy::{Client, connect::capture_connection},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     collections::HashMap,
     error::Error as StdError,
@@ -51,14 +49,7 @@ use std::{
     time::Duration,
 };
 
-/// The body type sent to apps.
-type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// How long an idle pooled upstream connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle pooled connections kept per (address, port).
-const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
 /// Timeouts of the proxy.
 #[derive(Clone, Copy, Debug)]
@@ -103,7 +94,7 @@ impl Outbound {
 
 /// The upstream side of the edge.
 pub struct Proxy {
-    http1: Client<MarkedConnector, UpBody>,
+    http1: Arc<H1Pool>,
     h2c: H2Pool,
     settings: ProxySettings,
     /// Upgraded connections (WebSockets…), which outlive their HTTP exchange: a drain waits
@@ -114,13 +105,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy with these settings.
     pub fn new(settings: ProxySettings) -> Self {
-        let http1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .retry_canceled_requests(true)
-            .build(MarkedConnector::new(settings.connect));
+        let http1 = H1Pool::new(settings.connect);
         Self { http1, h2c: H2Pool::new(settings.connect), settings, tunnels: TaskTracker::new() }
     }
 
@@ -149,28 +134,32 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let body = body.boxed();
         let to = out.destination();
-        let sent = match out.route.protocol {
+        let timed_out = |_| response_timed_out(self.settings.response_timeout, to);
+        let mut response = match out.route.protocol {
             PortProtocol::Http2 | PortProtocol::Grpc => {
                 parts.version = Version::HTTP_2;
                 parts.uri = upstream_uri(&out.upstream_host, &out.route.path_and_query)?;
                 parts.headers.remove(HOST);
                 let request = Request::from_parts(parts, body);
                 let sender = self.h2c.sender(out.addr()).await.map_err(|e| exchange_failed(&*e, to))?;
-                tokio::time::timeout(self.settings.response_timeout, H2Pool::send(sender, request)).await
+                tokio::time::timeout(self.settings.response_timeout, H2Pool::send(sender, request))
+                    .await
+                    .map_err(timed_out)?
+                    .map_err(|e| exchange_failed(&*e, to))?
+                    .map(BodyExt::boxed)
             }
             PortProtocol::Http | PortProtocol::Tcp => {
                 parts.version = Version::HTTP_11;
-                parts.uri = upstream_uri(&out.addr().to_string(), &out.route.path_and_query)?;
+                parts.uri = origin_form(&out.route.path_and_query)?;
                 headers::set_host(&mut parts.headers, &out.upstream_host)
                     .map_err(|_| ApiError::new(400, "BAD_REQUEST", "the host cannot be forwarded"))?;
                 let request = Request::from_parts(parts, body);
-                self.pooled_exchange(request).await
+                match self.http1.exchange(out.addr(), request, self.settings.response_timeout).await.map_err(timed_out)? {
+                    Ok(r) => r.map(BodyExt::boxed),
+                    Err(ExchangeError::Connect(e)) => return Err(connect_failed(&e, to)),
+                    Err(ExchangeError::Http(e)) => return Err(exchange_failed(&e, to)),
+                }
             }
-        };
-        let mut response = match sent {
-            Err(_elapsed) => return Err(response_timed_out(self.settings.response_timeout, to)),
-            Ok(Err(e)) => return Err(exchange_failed(&*e, to)),
-            Ok(Ok(r)) => r,
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // Only an upgrade request (`upgrade_h1`, `websocket_over_h2`) may be answered 101: an
@@ -185,25 +174,7 @@ impl Proxy {
             ));
         }
         headers::remove_hop_by_hop(response.headers_mut());
-        Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)))
-    }
-
-    /// A pooled HTTP/1.1 exchange. The client connects inside `request`; the response timeout
-    /// starts once it has a connection, so a slow connection is reported as such (502 by the
-    /// connector's own timeout) and only a slow app as 504.
-    async fn pooled_exchange(
-        &self,
-        mut request: Request<UpBody>,
-    ) -> Result<Result<Response<Incoming>, BoxError>, tokio::time::error::Elapsed> {
-        let mut connection = capture_connection(&mut request);
-        let exchange = self.http1.request(request);
-        tokio::pin!(exchange);
-        tokio::select! {
-            biased;
-            done = &mut exchange => return Ok(done.map_err(BoxError::from)),
-            _ = connection.wait_for_connection_metadata() => {}
-        }
-        tokio::time::timeout(self.settings.response_timeout, exchange).await.map(|r| r.map_err(BoxError::from))
+        Ok(response.map(|b| GuardedBody::wrap(b, out.slot)))
     }
 
     /// A dedicated HTTP/1.1 connection to the app, for upgrades.

@@ -33,7 +33,7 @@ pub struct RequestLog {
     /// Unique in the process and across restarts: `{process tag}-{counter}`.
     pub id: String,
     started: Instant,
-    method: String,
+    method: http::Method,
     peer: SocketAddr,
     /// Filled in by routing.
     pub route: RouteKind,
@@ -68,7 +68,7 @@ impl RequestLog {
         Self {
             id: format!("{}-{}", process_tag(), NEXT.fetch_add(1, Ordering::Relaxed)),
             started: Instant::now(),
-            method: method.as_str().to_owned(),
+            method: method.clone(),
             peer,
             route: RouteKind::Edge,
             workspace: None,

@@ -14,12 +14,14 @@
 //! - haproxy: `mode http`, `http-reuse always`.
 //!
 //! Loads: `wrk -t1 -c50 --latency` keepalive; the same with `Connection: close`; `h2load -t1
-//! -c10 -m10`. Contenders alternate within every round (A B C D A B C D …); medians over rounds.
+//! -c10 -m10`; a fixed rate (open loop, [`openloop`], latency from the scheduled send time) at
+//! half of nginx's keep-alive maximum measured just before, for p50/p99 below saturation. Contenders alternate within every round (A B C D A B C D …); medians over rounds.
 //! Names resolve through a private /etc/hosts bind-mounted in a private mount namespace around
 //! each client (`unshare -m`): the host's /etc/hosts is never touched.
 //!
-//! Usage: `gateway-bench-http [--quick] [--out DIR]` (root; GATEWAY_BIN = release gateway).
-//! Writes DIR/http.json, DIR/http.svg and DIR/http.md.
+//! Usage: `gateway-bench-http [--quick] [--hold] [--out DIR]` (root; GATEWAY_BIN = release
+//! gateway). Writes DIR/http.json, DIR/http.svg and DIR/http.md. `--hold` only sets everything
+//! up, prints the contenders' pids and client commands (for `perf record -p PID`) and waits.
 
 use std::{
     fs,
@@ -32,6 +34,7 @@ use gateway_tests::{
     edge::{WS, create_token, register, sandbox_host},
     gateway_process::{GatewayProcess, TempDir},
     harness::{BpffsDir, Sandbox, SandboxLink, require_root},
+    openloop,
 };
 use serde_json::{Value, json};
 
@@ -130,6 +133,8 @@ fn wait_port(port: u16, what: &str) {
 struct Contender {
     name: &'static str,
     url: String,
+    /// The same, for the open-loop client (which resolves nothing).
+    target: openloop::Target,
     headers: Vec<String>,
     /// Process tree whose CPU and memory count as "the proxy".
     pids: Vec<u32>,
@@ -171,6 +176,8 @@ enum Load {
     Keepalive,
     Close,
     H2,
+    /// Open loop at a fixed rate (half of nginx's keep-alive maximum), HTTP/1.1 keep-alive.
+    FixedRate,
 }
 
 impl Load {
@@ -179,6 +186,7 @@ impl Load {
             Load::Keepalive => "h1 keepalive (wrk -t1 -c50)",
             Load::Close => "h1 Connection: close (wrk -t1 -c50)",
             Load::H2 => "h2 (h2load -t1 -c10 -m10)",
+            Load::FixedRate => "h1 fixed rate (open loop, 50 conns)",
         }
     }
     fn key(self) -> &'static str {
@@ -186,14 +194,19 @@ impl Load {
             Load::Keepalive => "h1_keepalive",
             Load::Close => "h1_close",
             Load::H2 => "h2",
+            Load::FixedRate => "h1_fixed_rate",
         }
     }
 }
 
-fn run_load(load: Load, c: &Contender, hosts: &Path, secs: u64, tmp: &Path) -> Sample {
+fn run_load(load: Load, c: &Contender, hosts: &Path, secs: u64, tmp: &Path, rate: f64) -> Sample {
     let cpu0 = cpu_seconds(&c.pids);
     let (requests, rps, p50, p99, errors);
     match load {
+        Load::FixedRate => {
+            let o = openloop::run(&c.target, rate, Duration::from_secs(secs), 50);
+            (requests, rps, p50, p99, errors) = (o.ok as f64, o.achieved_rps, o.p50_ms, o.p99_ms, o.errors);
+        }
         Load::Keepalive | Load::Close => {
             let mut cmd = client(hosts, "wrk");
             cmd.args(["-t1", "-c50", "--latency", "-d", &format!("{secs}s")]);
@@ -300,6 +313,7 @@ fn main() {
     require_root();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let hold = args.iter().any(|a| a == "--hold");
     let out_dir = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
     fs::create_dir_all(&out_dir).expect("create the output dir");
     // Quick: 4 contenders × 3 loads × 3 rounds × 2 s = 72 s of load, under two minutes in all.
@@ -348,14 +362,14 @@ fn main() {
     let token = create_token(&gw, WS, "bench");
     let gw_host = sandbox_host("web");
 
-    // nginx reverse proxy.
+    // nginx reverse proxy; as many idle upstream connections as the gateway's pool keeps (256).
     let nginx_port = free_port();
     let nginx_conf = tmp.path().join("proxy-nginx.conf");
     fs::write(
         &nginx_conf,
         nginx_common(tmp.path(), "proxy-nginx")
             + &format!(
-                "  upstream backend {{ server {b_addr}:{BACKEND_PLAIN}; keepalive 64; keepalive_requests 1000000; }}\n\
+                "  upstream backend {{ server {b_addr}:{BACKEND_PLAIN}; keepalive 256; keepalive_requests 1000000; }}\n\
                  server {{ listen 127.0.0.1:{nginx_port} ssl http2; ssl_certificate {cert}; ssl_certificate_key {key};\n\
                  location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
                 cert = cert.display(),
@@ -393,16 +407,32 @@ fn main() {
     .unwrap();
 
     let backend_pids = tree(backend.pid());
+    let contender = |name: &'static str, ip: std::net::IpAddr, port: u16, host: &str, path: &str, headers: Vec<String>, pids: Vec<u32>| {
+        let target = openloop::Target {
+            addr: (ip, port).into(),
+            host: host.to_string(),
+            path: path.to_string(),
+            headers: headers
+                .iter()
+                .filter_map(|h| h.split_once(": ").map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect(),
+        };
+        Contender { name, url: format!("https://{host}:{port}{path}"), target, headers, pids }
+    };
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
     let contenders = vec![
-        Contender { name: "direct", url: format!("https://direct.local.gw.test:{BACKEND_TLS}/"), headers: vec![], pids: backend_pids },
-        Contender {
-            name: "gateway",
-            url: format!("https://{gw_host}:{}/port/{BACKEND_PLAIN}/", gw.https_port()),
-            headers: vec![format!("Authorization: Bearer {token}")],
-            pids: vec![gw.pid().expect("gateway pid")],
-        },
-        Contender { name: "nginx", url: format!("https://nginx.local.gw.test:{nginx_port}/"), headers: vec![], pids: tree(nginx.pid()) },
-        Contender { name: "haproxy", url: format!("https://haproxy.local.gw.test:{haproxy_port}/"), headers: vec![], pids: tree(haproxy.pid()) },
+        contender("direct", b_addr.into(), BACKEND_TLS, "direct.local.gw.test", "/", vec![], backend_pids),
+        contender(
+            "gateway",
+            lo,
+            gw.https_port(),
+            &gw_host,
+            &format!("/port/{BACKEND_PLAIN}/"),
+            vec![format!("Authorization: Bearer {token}")],
+            vec![gw.pid().expect("gateway pid")],
+        ),
+        contender("nginx", lo, nginx_port, "nginx.local.gw.test", "/", vec![], tree(nginx.pid())),
+        contender("haproxy", lo, haproxy_port, "haproxy.local.gw.test", "/", vec![], tree(haproxy.pid())),
     ];
 
     // Every contender answers 200 before anything is timed.
@@ -416,14 +446,35 @@ fn main() {
         assert!(code.trim() == "200", "{} answered {code} at {}", c.name, c.url);
     }
 
+    if hold {
+        // Profiling: everything stays up; the client commands work as pasted (root).
+        println!("# holding the bench topology (Ctrl-C or kill {} to end)", std::process::id());
+        for c in &contenders {
+            let hdr: String = c.headers.iter().map(|h| format!(" -H '{h}'")).collect();
+            let pre = format!("unshare -m --propagation private sh -c 'mount --bind {} /etc/hosts && exec \"$0\" \"$@\"'", hosts.display());
+            println!("{}: pids {:?}", c.name, c.pids);
+            println!("  {pre} wrk -t1 -c50 -d10s{hdr} {}", c.url);
+            println!("  {pre} h2load -t1 -c10 -m10 -D 10{hdr} {}", c.url);
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
     println!("# HTTP proxy benchmark ({}): {rounds} alternated rounds × {secs} s per contender and load", if quick { "quick" } else { "full" });
-    let loads = [Load::Keepalive, Load::Close, Load::H2];
+    let loads = [Load::Keepalive, Load::Close, Load::H2, Load::FixedRate];
     // samples[load][contender][round]
     let mut samples = vec![vec![Vec::<Sample>::new(); contenders.len()]; loads.len()];
+    let mut rate = f64::NAN;
     for (li, load) in loads.iter().enumerate() {
+        if *load == Load::FixedRate {
+            // Half of nginx's keep-alive maximum, measured above in this run.
+            rate = (median(samples[0][2].iter().map(|s| s.rps).collect()) / 2.0).round().max(100.0);
+            println!("fixed-rate load: {rate} req/s");
+        }
         for round in 0..rounds {
             for (ci, c) in contenders.iter().enumerate() {
-                let s = run_load(*load, c, &hosts, secs, tmp.path());
+                let s = run_load(*load, c, &hosts, secs, tmp.path(), rate);
                 if s.errors > 0 {
                     eprintln!("warning: {} / {}: {} errors in round {round}", c.name, load.name(), s.errors);
                 }
@@ -439,6 +490,9 @@ fn main() {
     table.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let mut json_loads = serde_json::Map::new();
     let mut verdicts = Vec::new();
+    let label = |l: Load| {
+        if l == Load::FixedRate { format!("h1 fixed rate {rate:.0} req/s (open loop, 50 conns)") } else { l.name().to_string() }
+    };
     for (li, load) in loads.iter().enumerate() {
         let med = |ci: usize, f: fn(&Sample) -> f64| median(samples[li][ci].iter().map(f).collect());
         let nginx_rps = med(2, |s| s.rps);
@@ -451,7 +505,7 @@ fn main() {
             let errors: u64 = samples[li][ci].iter().map(|s| s.errors).sum();
             table.push_str(&format!(
                 "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.3} | {:.1} | {:.2} | {:.2} |\n",
-                load.name(),
+                label(*load),
                 c.name,
                 r,
                 min,
@@ -472,9 +526,22 @@ fn main() {
         }
         let g = med(1, |s| s.rps);
         let (gp99, np99) = (med(1, |s| s.p99_ms), med(2, |s| s.p99_ms));
+        if *load == Load::FixedRate {
+            verdicts.push(format!(
+                "{}: p99 {:.2} vs nginx {:.2} ms (target ≤: {}); answered {:.0} vs {:.0} req/s",
+                label(*load),
+                gp99,
+                np99,
+                if gp99 <= np99 { "met" } else { "NOT met" },
+                g,
+                nginx_rps
+            ));
+            json_loads.insert(load.key().into(), Value::Object(jl));
+            continue;
+        }
         verdicts.push(format!(
             "{}: gateway/nginx {:.2} (target ≥ 1.30: {}), p99 {:.2} vs {:.2} ms (target ≤: {}), gateway/direct {:.2} (target ≥ 0.55: {})",
-            load.name(),
+            label(*load),
             g / nginx_rps,
             if g / nginx_rps >= 1.3 { "met" } else { "NOT met" },
             gp99,
@@ -497,7 +564,7 @@ fn main() {
     });
     let result = json!({
         "mode": if quick { "quick" } else { "full" },
-        "rounds": rounds, "seconds_per_run": secs,
+        "rounds": rounds, "seconds_per_run": secs, "fixed_rate_rps": rate,
         "contender_order": contenders.iter().map(|c| c.name).collect::<Vec<_>>(),
         "loads": json_loads, "targets": verdicts, "versions": versions,
         "elapsed_s": started.elapsed().as_secs_f64(),
@@ -516,7 +583,7 @@ fn svg(loads: &[Load], contenders: &[Contender], samples: &[Vec<Vec<Sample>>]) -
     let (w, label_w, bar_h) = (820.0, 260.0, 18.0);
     let mut y = 40.0;
     let mut body = String::new();
-    for (li, load) in loads.iter().enumerate() {
+    for (li, load) in loads.iter().enumerate().filter(|(_, l)| **l != Load::FixedRate) {
         body.push_str(&format!("<text x=\"10\" y=\"{y}\" font-weight=\"bold\">{}</text>\n", load.name()));
         y += 8.0;
         for (ci, c) in contenders.iter().enumerate() {

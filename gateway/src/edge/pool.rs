@@ -1,0 +1,215 @@
+//! Kept-alive HTTP/1.1 connections to apps, per (address, port).
+//!
+//! A request takes the most recently used idle connection of its destination (or connects one
+//! through [`connect`], marked), and the connection goes back to the pool when the response
+//! body has been read to its end ([`PooledBody`]); a response abandoned midway takes its
+//! connection with it. A request that a reused connection could not carry (the app closed it
+//! while it was idle, before the request was written) goes on another connection (a fresh one
+//! at the latest), so an app's keep-alive timeout never surfaces as a 502. Idle connections are dropped after
+//! [`POOL_IDLE_TIMEOUT`] and beyond [`POOL_MAX_IDLE_PER_HOST`] per destination.
+//!
+//! Compared with hyper-util's legacy `Client`, no task is spawned and no URI is formatted per
+//! request: the connection is checked out and in by the request's own task.
+
+use super::connect::{ConnectError, ConnectSettings, connect};
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::http1::{Builder, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+/// The body type sent to apps.
+pub type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// How long an idle pooled upstream connection is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle pooled connections kept per (address, port): as many as HTTP/2 streams one client
+/// connection may have in flight, so a busy client does not churn connections.
+pub const POOL_MAX_IDLE_PER_HOST: usize = super::MAX_CONCURRENT_STREAMS as usize;
+
+/// Why a pooled exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// No connection could be made.
+    Connect(ConnectError),
+    /// The connection broke or the app answered something invalid.
+    Http(hyper::Error),
+}
+
+struct Idle {
+    sender: SendRequest<UpBody>,
+    since: Instant,
+}
+
+/// The pool (shared with the response bodies that return connections to it).
+pub struct H1Pool {
+    settings: ConnectSettings,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    sweeper: std::sync::Once,
+}
+
+impl H1Pool {
+    /// An empty pool connecting with these settings.
+    pub fn new(settings: ConnectSettings) -> Arc<Self> {
+        Arc::new(Self { settings, idle: Mutex::new(HashMap::new()), sweeper: std::sync::Once::new() })
+    }
+
+    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(i) = list.pop() {
+            if !i.sender.is_closed() && i.since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(i.sender);
+            }
+        }
+        idle.remove(&addr);
+        None
+    }
+
+    fn put_idle(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<UpBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let list = idle.entry(addr).or_default();
+            if list.len() >= POOL_MAX_IDLE_PER_HOST {
+                return;
+            }
+            list.push(Idle { sender, since: Instant::now() });
+        }
+        self.sweeper.call_once(|| spawn_sweeper(Arc::downgrade(self)));
+    }
+
+    fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < POOL_IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<UpBody>, ExchangeError> {
+        let stream = connect(addr, self.settings).await.map_err(ExchangeError::Connect)?;
+        let (sender, conn) = Builder::new().handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `request` to `addr` on a pooled (or new) connection; the response timeout starts
+    /// once a connection is ready (a slow connection is the connector's error, 502; only a
+    /// slow app is a timeout, 504). The response body returns the connection when read whole.
+    pub async fn exchange(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut request: Request<UpBody>,
+        response_timeout: Duration,
+    ) -> Result<Result<Response<PooledBody>, ExchangeError>, tokio::time::error::Elapsed> {
+        loop {
+            let (mut sender, reused) = match self.take_idle(addr) {
+                Some(s) => (s, true),
+                None => match self.connect(addr).await {
+                    Ok(s) => (s, false),
+                    Err(e) => return Ok(Err(e)),
+                },
+            };
+            let deadline = tokio::time::Instant::now() + response_timeout;
+            if !sender.is_ready()
+                && let Err(e) = tokio::time::timeout_at(deadline, sender.ready()).await?
+            {
+                // The app closed the idle connection: once more on a new connection.
+                if reused {
+                    continue;
+                }
+                return Ok(Err(ExchangeError::Http(e)));
+            }
+            match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await? {
+                Ok(response) => {
+                    // After a 101 the connection no longer speaks HTTP: never reused.
+                    let back = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| (Arc::downgrade(self), addr, sender));
+                    return Ok(Ok(response.map(|inner| PooledBody::new(inner, back))));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Closed before the request was written: once more on a new connection.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Ok(Err(ExchangeError::Http(e.into_error()))),
+                },
+            }
+        }
+    }
+}
+
+fn spawn_sweeper(pool: Weak<H1Pool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(POOL_IDLE_TIMEOUT / 3).await;
+            match pool.upgrade() {
+                Some(p) => p.sweep(),
+                None => return,
+            }
+        }
+    });
+}
+
+/// A response body from a pooled connection: returns the connection to the pool once read to
+/// its end.
+pub struct PooledBody {
+    inner: Incoming,
+    back: Option<(Weak<H1Pool>, SocketAddr, SendRequest<UpBody>)>,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, back: Option<(Weak<H1Pool>, SocketAddr, SendRequest<UpBody>)>) -> Self {
+        let mut body = Self { inner, back };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((pool, addr, sender)) = self.back.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.put_idle(addr, sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            // A broken body: the connection is not reused.
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
