@@ -62,14 +62,19 @@ pub fn run(quick: bool) -> Result<()> {
          (gateway: `TOKIO_WORKER_THREADS=1`), access logs off, keepalive upstream. The gateway goes through \
          its full path: Host routing `sbx-web-acme.local.gw.test/port/3000/`, a workspace Bearer token, the \
          marked connector and the tcx programs on the sandbox link. CPU is utime+stime of the proxy's \
-         processes per 10k requests; peak RSS is VmHWM at the end.\n\n{table}\n\n![req/s](docs/bench-http.svg)\n\n\
-         Versions: {versions}\n\n## Data plane (`gateway-bench`)\n\n\
+         processes per 10k requests; peak RSS is VmHWM at the end. The fixed-rate load is open loop \
+         (`tests/src/openloop.rs`): request i is due at start + i/rate on 50 keep-alive connections and its \
+         latency counts from that instant (no coordinated omission); the rate is half of nginx's keep-alive \
+         median measured just before.\n\n{table}\n\n![req/s](docs/bench-http.svg)\n\n\
+         Versions: {versions}\n\n{profile}## Data plane (`gateway-bench`)\n\n\
          ![veth receive cost](docs/bench-dataplane.svg)\n\n```\n{dataplane}```\n",
         mode = http_json["mode"].as_str().unwrap_or(""),
         rounds = http_json["rounds"],
         secs = http_json["seconds_per_run"],
         table = fs::read_to_string(out_dir.join("http.md"))?,
         versions = http_json["versions"],
+        // Hand-written: where the gateway's CPU goes under these loads (perf), kept next to the figures.
+        profile = fs::read_to_string(root().join("docs/bench-profile.md")).map(|p| p + "\n").unwrap_or_default(),
     );
     fs::write(root().join("BENCHMARKS.md"), md)?;
     println!("wrote target/bench/results.json, target/bench/chart.svg, BENCHMARKS.md");
