@@ -448,7 +448,7 @@ fn main() {
 
     if hold {
         // Profiling: everything stays up; the client commands work as pasted (root).
-        println!("# holding the bench topology (Ctrl-C or kill {} to end)", std::process::id());
+        println!("# holding the bench topology (Ctrl-C or `kill {}` ends it and cleans up)", std::process::id());
         for c in &contenders {
             let hdr: String = c.headers.iter().map(|h| format!(" -H '{h}'")).collect();
             let pre = format!("unshare -m --propagation private sh -c 'mount --bind {} /etc/hosts && exec \"$0\" \"$@\"'", hosts.display());
@@ -456,9 +456,21 @@ fn main() {
             println!("  {pre} wrk -t1 -c50 -d10s{hdr} {}", c.url);
             println!("  {pre} h2load -t1 -c10 -m10 -D 10{hdr} {}", c.url);
         }
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
+        static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        extern "C" fn stop(_: libc::c_int) {
+            STOP.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(libc::SIGINT, stop as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, stop as *const () as libc::sighandler_t);
+        }
+        while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Everything (processes, namespaces, links, pins) goes on drop.
+        drop((haproxy, nginx, gw, backend, link_b));
+        return;
     }
 
     println!("# HTTP proxy benchmark ({}): {rounds} alternated rounds × {secs} s per contender and load", if quick { "quick" } else { "full" });
