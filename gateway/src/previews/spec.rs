@@ -152,9 +152,11 @@ pub fn expiry(ttl: Option<&str>, expires_at: Option<&str>, now: Timestamp) -> Re
         (None, Some(at)) => Some(time::parse_timestamp(at).map_err(|e| bad(format!("expiresAt: {e}")))?),
         (None, None) => None,
     };
-    match at {
+    // Truncated before the check: a sub-millisecond ttl ("1µs") must not store an expiry equal
+    // to now (found by `cargo xtask fuzz admin_body`).
+    match at.map(time::truncate_millis) {
         Some(at) if at <= now => Err(bad(format!("expiresAt {} is in the past", time::format_timestamp(at)))),
-        other => Ok(other.map(time::truncate_millis)),
+        other => Ok(other),
     }
 }
 
@@ -254,6 +256,9 @@ mod tests {
         assert!(s.validate("ws", now).expect_err("past").message.contains("past"));
         let s = PreviewSpec { ttl: Some("1h".into()), expires_at: Some("2030-01-02T00:00:00Z".into()), ..spec(3000) };
         assert!(s.validate("ws", now).is_err());
+        // A ttl shorter than the stored precision would expire at creation.
+        assert!(expiry(Some("1us"), None, now).is_err());
+        assert!(expiry(Some("1ms"), None, now).is_ok_and(|at| at.is_some_and(|at| at > now)));
     }
 
     #[test]
