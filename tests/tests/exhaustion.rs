@@ -8,6 +8,7 @@
 //! The short versions run in `cargo xtask test`; the long ones (`soak_*`, ignored) in
 //! `cargo xtask soak`. Figures are printed (`--nocapture`).
 
+use gateway::telemetry::metrics::sum_samples;
 use gateway_tests::{
     attack::*,
     edge::*,
@@ -270,7 +271,7 @@ fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
         match attack {
             // h2: a remote that resets more streams than it may (max_pending_accept_reset_streams,
             // max_local_error_reset_streams) gets GOAWAY ENHANCE_YOUR_CALM.
-            H2Attack::RapidReset => {
+            H2Attack::RapidReset | H2Attack::ResetAfterAccept => {
                 assert!(ended && o.frames_sent < 200_000, "rapid reset was not cut: {o:?}")
             }
             // h2 ≥ 0.4.4: CONTINUATION frames are bounded by the header list size.
@@ -290,6 +291,50 @@ fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
         s.healthy(&rt);
     }
     figure(format!("h2 floods, one connection each: gateway VmHWM {} KiB", vm_hwm_kib(s.pid())));
+}
+
+/// Rapid reset paced so that the gateway starts every request before its reset arrives (each
+/// batch resets the 8 streams opened 10 ms earlier, on a route the app answers after 2 s): h2's
+/// own check (streams reset before they were accepted) never fires, the requests cost routing,
+/// authentication and an upstream request each. The edge's cancelled-request check closes the
+/// connection after about a hundred of them, counted in
+/// `gateway_connections_cut_total{reason="cancelled_requests"}`; a client whose requests are
+/// answered is not cut.
+#[test]
+fn rapid_reset_after_accept_is_closed_after_a_hundred_cancelled_requests() {
+    let rt = runtime();
+    let s = Setup::new(&rt);
+    let _rt = rt.enter();
+    let cut = |s: &Setup| {
+        sum_samples(
+            &s.gw.anonymous_client().get("/metrics").text(),
+            "gateway_connections_cut_total",
+            &[("reason", "cancelled_requests")],
+        )
+    };
+    let before = cut(&s);
+    let never = AtomicBool::new(false);
+    let o = rt
+        .block_on(h2_attack(
+            &s.client,
+            &sandbox_host("evil"),
+            "/port/3000/slow/2000",
+            &[("authorization", &s.bearer())],
+            &H2Attack::ResetAfterAccept,
+            (16, Duration::from_millis(10)),
+            Duration::from_secs(20),
+            &never,
+        ))
+        .expect("attack connection");
+    figure(format!("rapid reset after accept, one connection: {o:?}"));
+    assert!(o.ended_after.is_some() || o.goaway.is_some(), "the connection was not closed in 20 s: {o:?}");
+    assert!(o.frames_sent <= 1_000, "closed only after {} frames: {o:?}", o.frames_sent);
+    assert_eq!(cut(&s), before + 1, "closed by the cancelled-request check");
+    // Answered requests on a long connection never trip it.
+    let r = s.wrk.run(2);
+    assert!(r.1.is_empty(), "legitimate requests failed: {}", r.1);
+    assert_eq!(cut(&s), before + 1, "a client whose requests are answered was cut");
+    s.healthy(&rt);
 }
 
 /// Header-less connections (TCP without TLS, TLS without a request on HTTP/1.1, TLS with only
@@ -542,8 +587,13 @@ fn soak_h2_floods_sustained() {
     // reset); 16 connections are measured and reported: on this 2-core machine, with a debug
     // build, that much attack work takes the gateway's CPU from the legitimate traffic.
     for (conns, assert) in [(4, true), (16, false)] {
-        for attack in [H2Attack::RapidReset, H2Attack::ContinuationFlood, H2Attack::EmptyData, H2Attack::SettingsFlood]
-        {
+        for attack in [
+            H2Attack::RapidReset,
+            H2Attack::ResetAfterAccept,
+            H2Attack::ContinuationFlood,
+            H2Attack::EmptyData,
+            H2Attack::SettingsFlood,
+        ] {
             let tally = Arc::new(Tally::default());
             let attempts = if assert { 3 } else { 1 };
             let r = throughput_ratio(

@@ -7,8 +7,10 @@
 //! - [`crate::auth`]: the workspace token, then its removal before forwarding.
 //! - [`proxy`]: streaming HTTP/1.1, h2c, upgrades and WebSocket over HTTP/2.
 //! - [`limits`], [`upstream_errors`]: caps, timeouts, and the answers when things fail.
+//! - [`cancellations`]: connections whose client cancels most requests (HTTP/2 rapid reset).
 //! - `preview`: preview hosts and the `/v0` API host (`crate::previews`, `crate::compat`).
 
+pub mod cancellations;
 pub mod connect;
 pub mod headers;
 pub mod host;
@@ -31,6 +33,7 @@ use crate::{
     },
 };
 use bytes::Bytes;
+use cancellations::Cancellations;
 use connect::ConnectSettings;
 use host::HostKind;
 use http::{Method, Request, Response};
@@ -387,11 +390,18 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
             let handler = edge.clone();
             let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let seen = requested.clone();
+            let cancels = Cancellations::new();
+            let counted = cancels.clone();
             let service = service_fn(move |req| {
                 seen.store(true, std::sync::atomic::Ordering::Release);
+                let watch = counted.start();
                 let handler = handler.clone();
                 let info = info.clone();
-                async move { Ok::<_, Infallible>(handler.handle(&info, req).await) }
+                async move {
+                    let response = handler.handle(&info, req).await;
+                    watch.answered();
+                    Ok::<_, Infallible>(response)
+                }
             });
             let builder = if reject { &edge.rejecting } else { &edge.serving };
             let connection = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service));
@@ -400,10 +410,17 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 },
                 () = idle_timeout(&activity, edge.idle_timeout) => {
+                    metrics::global().connection_cut(metrics::CutReason::Idle);
                     tracing::debug!(%peer, "client connection idle; closed");
                 }
                 () = no_request_by(&requested, first_request_by) => {
+                    metrics::global().connection_cut(metrics::CutReason::NoRequest);
                     tracing::debug!(%peer, "no request within the header read timeout; closed");
+                }
+                () = cancels.tripped() => {
+                    metrics::global().connection_cut(metrics::CutReason::CancelledRequests);
+                    let (requests, cancelled) = cancels.counts();
+                    tracing::info!(%peer, requests, cancelled, "the client cancelled most of its requests at once (HTTP/2 rapid reset); connection closed");
                 }
             }
             drop(guard);

@@ -14,6 +14,7 @@
 //! | `upstream_latency_seconds` | histogram | `route` (time to the sandbox's response head) |
 //! | `connections_open`, `connections_total` | gauge, counter | |
 //! | `websockets_open`, `websockets_total` | gauge, counter | |
+//! | `connections_cut_total` | counter | `reason` ([`CutReason`]: `idle`, `no_request`, `cancelled_requests`) |
 //! | `tls_handshakes_total` | counter | `result` (`ok`, `error`) |
 //! | `policy_apply_seconds` | histogram | (kernel map update of one sandbox) |
 //! | `policy_apply_errors_total` | counter | |
@@ -86,6 +87,33 @@ impl RouteKind {
     }
 }
 
+/// Why the edge closed a client connection on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CutReason {
+    /// No byte either way for `proxy.idle_timeout`.
+    Idle,
+    /// No complete first request head within `proxy.header_read_timeout` of the accept.
+    NoRequest,
+    /// The client cancelled most of its requests at once (HTTP/2 rapid reset).
+    CancelledRequests,
+}
+
+impl CutReason {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CutReason::Idle => "idle",
+            CutReason::NoRequest => "no_request",
+            CutReason::CancelledRequests => "cancelled_requests",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
@@ -146,6 +174,7 @@ pub struct Metrics {
     connections_total: Counter,
     websockets_open: Gauge,
     websockets_total: Counter,
+    connections_cut: Family<ReasonLabels, Counter>,
     tls_handshakes: Family<ResultLabels, Counter>,
     policy_apply: Histogram,
     policy_apply_errors: Counter,
@@ -189,6 +218,7 @@ impl Metrics {
             connections_total: Counter::default(),
             websockets_open: Gauge::default(),
             websockets_total: Counter::default(),
+            connections_cut: Family::default(),
             tls_handshakes: Family::default(),
             // 2 µs … ~1 s
             policy_apply: Histogram::new(exponential_buckets(0.000_002, 2.5, 15)),
@@ -215,6 +245,11 @@ impl Metrics {
         registry.register("connections", "Client connections accepted by the HTTPS edge", m.connections_total.clone());
         registry.register("websockets_open", "WebSockets (and other upgrades) open", m.websockets_open.clone());
         registry.register("websockets", "WebSockets (and other upgrades) established", m.websockets_total.clone());
+        registry.register(
+            "connections_cut",
+            "Client connections the HTTPS edge closed on its own, by reason",
+            m.connections_cut.clone(),
+        );
         registry.register("tls_handshakes", "TLS handshakes by result", m.tls_handshakes.clone());
         registry.register(
             "policy_apply_seconds",
@@ -241,6 +276,9 @@ impl Metrics {
         }
         for result in ["ok", "refused"] {
             drop(m.reloads.get_or_create(&ResultLabels { result }));
+        }
+        for reason in [CutReason::Idle, CutReason::NoRequest, CutReason::CancelledRequests] {
+            drop(m.connections_cut.get_or_create(&ReasonLabels { reason: reason.as_str() }));
         }
         m.last_reload.set(unix_now());
         Self { registry, ..m }
@@ -295,6 +333,11 @@ impl Metrics {
         self.websockets_total.inc();
         self.websockets_open.inc();
         OpenGuard { gauge: &self.websockets_open }
+    }
+
+    /// The edge closed a client connection on its own.
+    pub fn connection_cut(&self, reason: CutReason) {
+        self.connections_cut.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
     }
 
     /// A TLS handshake finished (`ok`) or failed.
