@@ -86,6 +86,9 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Concurrent client connections in total (429 above).
     pub max_connections: usize,
+    /// Connections the kernel queues for the HTTPS listener before the gateway accepts them
+    /// (`listen(2)` backlog, capped by `net.core.somaxconn`); beyond, new SYNs are dropped.
+    pub listen_backlog: u32,
     /// Concurrent proxied requests and tunnels per sandbox (429 above).
     pub max_connections_per_sandbox: usize,
     /// When an app refuses the connection, retry with backoff for up to this long before
@@ -107,6 +110,7 @@ impl Default for ProxyConfig {
             response_timeout: HumanDuration::secs(60),
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            listen_backlog: 4096,
             max_connections_per_sandbox: 256,
             wait_for_port: HumanDuration::secs(0),
             host_header: HostHeaderPolicy::Preserve,
@@ -389,6 +393,9 @@ response_timeout = "60s"
 max_header_bytes = 65536
 # Concurrent client connections in total; above, requests are answered 429 with Retry-After.
 max_connections = 10000
+# Connections the kernel queues before the gateway accepts them (listen backlog, 16 to 65535,
+# capped by net.core.somaxconn). Bursts beyond it see their SYNs dropped and retried.
+listen_backlog = 4096
 # Concurrent proxied requests and tunnels per sandbox; above, 429 with Retry-After.
 max_connections_per_sandbox = 256
 # Hold a request whose port refuses connections, retrying with backoff up to this long, before
@@ -623,6 +630,9 @@ impl Config {
         }
         if p.max_connections == 0 {
             bad("proxy.max_connections", "must be at least 1".into());
+        }
+        if !(16..=65_535).contains(&p.listen_backlog) {
+            bad("proxy.listen_backlog", format!("{} is out of range: 16 to 65535", p.listen_backlog));
         }
         if p.max_connections_per_sandbox == 0 {
             bad("proxy.max_connections_per_sandbox", "must be at least 1".into());
@@ -995,6 +1005,7 @@ header_read_timeout = "0s"
 idle_timeout = "15 minutes"
 max_header_bytes = 100
 max_connections = 0
+listen_backlog = 70000
 host_header = "origin"
 trusted_proxies = ["10.0.0.0/33", "x"]
 "#;
@@ -1007,6 +1018,7 @@ trusted_proxies = ["10.0.0.0/33", "x"]
             "proxy.idle_timeout",
             "proxy.max_header_bytes",
             "proxy.max_connections",
+            "proxy.listen_backlog",
             "proxy.host_header",
             "proxy.trusted_proxies[0]",
             "proxy.trusted_proxies[1]",

@@ -77,6 +77,28 @@ fn per_sandbox_cap_answers_429_with_retry_after() {
     });
 }
 
+/// `proxy.listen_backlog` is the HTTPS listener's accept queue (what `ss` shows as Send-Q of a
+/// listening socket), default 4096: a burst of connections waits there instead of having its
+/// SYNs dropped.
+#[test]
+fn the_listen_backlog_is_configured() {
+    require_root();
+    let pins = BpffsDir::new();
+    let backlog = |gw: &GatewayProcess| -> u32 {
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{}", gw.https_port())])
+            .output()
+            .expect("ss");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let cols: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(cols.first(), Some(&"LISTEN"), "ss: {text}");
+        cols[2].parse().unwrap_or_else(|_| panic!("ss: {text}"))
+    };
+    assert_eq!(backlog(&gateway(&pins, "")), 4096);
+    let pins = BpffsDir::new();
+    assert_eq!(backlog(&gateway(&pins, "[proxy]\nlisten_backlog = 100\n")), 100);
+}
+
 #[test]
 fn total_connection_cap_answers_429_with_retry_after() {
     require_root();

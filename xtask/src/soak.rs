@@ -1,5 +1,7 @@
 //! `cargo xtask soak [-- ARGS]`: the long adversarial tests. Installs the Debian packages only
-//! they need, builds the gateway like `test` does, runs every ignored test of the privileged
+//! they need, builds the gateway and the tests in release (the soak tests measure what a
+//! production build withstands, and the attacking clients, sharing the machine's cores, should
+//! cost as little as possible), runs every ignored test of the privileged
 //! package (`soak_*` resource exhaustion, data plane under fire, state durability; `testssl`),
 //! one at a time with their output, and prints a summary: the verdict, the time, and the
 //! `figure:` lines the tests printed.
@@ -26,11 +28,11 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("the soak tests need root: run `sudo -E cargo xtask soak`");
     }
     setup::ensure_packages(SOAK_PACKAGES)?;
-    let gateway_bin = build::gateway(false)?;
+    let gateway_bin = build::gateway(true)?;
 
     let mut cmd = cargo();
     // --no-fail-fast: one failing test file must not hide the figures of the others.
-    cmd.args(["test", "--no-fail-fast", "-p", "gateway-tests", "--", "--ignored", "--test-threads=1", "--nocapture"])
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "gateway-tests", "--", "--ignored", "--test-threads=1", "--nocapture"])
         .args(args)
         .env("GATEWAY_BIN", &gateway_bin)
         .stdout(Stdio::piped())

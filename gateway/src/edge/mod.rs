@@ -133,9 +133,17 @@ pub async fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<EdgeLis
     let acceptor = TlsAcceptor::from(tls::server_config(certs.clone())?);
     let tcp = match inherited {
         Some(fd) => adopt(fd, addr)?,
-        None => TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })?,
+        None => listen(addr, config.proxy.listen_backlog).map_err(|source| EdgeError::Bind { addr, source })?,
     };
     Ok(EdgeListener { tcp, acceptor, certs })
+}
+
+/// Binds `addr` (with `SO_REUSEADDR`, like [`TcpListener::bind`]) and listens with `backlog`.
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 fn adopt(fd: OwnedFd, addr: SocketAddr) -> Result<TcpListener, EdgeError> {
