@@ -440,6 +440,18 @@ impl BackendState {
             r.headers_mut().insert("access-control-allow-origin", HeaderValue::from_static("https://app.example"));
             return r;
         }
+        if path == "/set-cookie" {
+            // An app setting cookies for the whole region (cookie tossing) next to a host-only one.
+            let mut r = respond(StatusCode::OK, "text/plain", full("cookies"));
+            for v in [
+                "tossed=1; Domain=local.gw.test; Path=/; HttpOnly",
+                "session=abc; Path=/; Secure; domain=.gw.test",
+                "own=2; Path=/",
+            ] {
+                r.headers_mut().append("set-cookie", HeaderValue::from_static(v));
+            }
+            return r;
+        }
         if path == "/ws-refuse" {
             return respond(StatusCode::FORBIDDEN, "text/plain", full("no websocket here"));
         }

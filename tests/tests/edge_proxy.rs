@@ -156,6 +156,33 @@ fn nothing_is_forwarded_after_an_upgrade_request_unless_the_app_answered_101() {
     assert_eq!(paths, vec!["/ws-refuse".to_string()], "nothing smuggled to the app");
 }
 
+/// An app cannot set a cookie for the region (cookie tossing to every other sandbox and
+/// preview): the `Domain` attribute of its `Set-Cookie` headers is removed over HTTP/1.1 and
+/// HTTP/2 alike, the rest of each cookie and the other headers arrive as the app sent them.
+#[test]
+fn app_cookies_are_host_only() {
+    require_root();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let pins = BpffsDir::new();
+    let sb = Sandbox::new();
+    let e = env(&pins, &sb, &[(3000, "HTTP")], "");
+    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let want = ["tossed=1; Path=/; HttpOnly", "session=abc; Path=/; Secure", "own=2; Path=/"];
+    rt.block_on(async {
+        let r = e.client.get(&e.host, "/port/3000/set-cookie", &[("authorization", &e.bearer)]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got: Vec<&str> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().expect("ascii")).collect();
+        assert_eq!(got, want, "HTTP/1.1");
+        assert_eq!(r.text(), "cookies");
+        let mut h2 = e.client.h2(&e.host).await;
+        let req = build_h2(Method::GET, &e.host, "/port/3000/set-cookie", &[("authorization", &e.bearer)], empty());
+        let r = read_reply(h2.send_request(req).await.expect("send")).await;
+        let got: Vec<&str> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().expect("ascii")).collect();
+        assert_eq!(got, want, "HTTP/2");
+    });
+}
+
 #[test]
 fn sse_events_arrive_before_the_stream_ends() {
     require_root();

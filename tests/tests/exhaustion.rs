@@ -519,58 +519,64 @@ fn soak_slowhttptest_slowloris_slow_post_slow_read() {
 }
 
 /// 10,000 idle connections (80% bare TCP, 10% TLS HTTP/1.1 without a request, 10% TLS with only
-/// the HTTP/2 preface) held against the default 10 s header read timeout while wrk measures the
-/// victim; every one is closed by the timeout; memory and descriptors stay bounded.
+/// the HTTP/2 preface), opened at 2,000 a second and held against a 30 s header read timeout:
+/// while all of them are open, wrk's throughput to the victim stays at 0.8× or more of what it
+/// was before; every one is closed by the timeout; memory and descriptors stay bounded. (How
+/// fast connections can be *opened* is a connection flood, bounded by the listen backlog and
+/// the TLS handshake cost: docs/SECURITY.md.)
 #[test]
 #[ignore = "soak: run by cargo xtask soak"]
 fn soak_ten_thousand_idle_connections() {
+    const N: usize = 10_000;
     let rt = runtime();
-    let timeout = Duration::from_secs(10);
+    let timeout = Duration::from_secs(30);
     let s = Setup::with_header_read_timeout(&rt, timeout);
     let stop = Arc::new(AtomicBool::new(false));
     let rss = rss_sampler(s.pid(), stop.clone());
-    let fds_peak = Arc::new(AtomicU64::new(0));
-    let mut all_lives = Vec::new();
-    let r = throughput_ratio(
-        &s.wrk,
-        3,
-        2,
-        WANT_RATIO,
-        3,
-        || {
-            let hold = IdleHold::start(&s, 10_000, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 2], Duration::from_secs(30), None);
-            let deadline = Instant::now() + Duration::from_secs(6);
-            while hold.opened.load(Ordering::Relaxed) < 10_000 && Instant::now() < deadline {
-                fds_peak.fetch_max(open_fds(s.pid()) as u64, Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(50));
-            }
-            hold
-        },
-        |hold: IdleHold| {
-            fds_peak.fetch_max(open_fds(s.pid()) as u64, Ordering::Relaxed);
-            all_lives.push(hold.finish());
-        },
-    );
+    let base_fds = open_fds(s.pid());
+    let before: Vec<f64> = (0..3).map(|_| s.wrk.run(2).0).collect();
+    let hold = IdleHold::start(&s, N, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 2], timeout + Duration::from_secs(15), Some(2_000));
+    // Every connection opened (the TLS ones through their handshake) and accepted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (hold.opened.load(Ordering::Relaxed) < N as u64 || open_fds(s.pid()) < base_fds + N - 100)
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let held = open_fds(s.pid()).saturating_sub(base_fds);
+    let opening = hold.opened.load(Ordering::Relaxed);
+    thread::sleep(Duration::from_secs(1));
+    let (mut during, mut problems) = (Vec::new(), String::new());
+    for _ in 0..3 {
+        let (rps, p) = s.wrk.run(2);
+        during.push(rps);
+        problems.push_str(&p);
+    }
+    let still_held = open_fds(s.pid()).saturating_sub(base_fds);
+    let lives = hold.finish();
     stop.store(true, Ordering::Relaxed);
     let peak = rss.join().expect("rss");
-    let lives = all_lives.pop().expect("lives");
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (b, d) = (median(&before), median(&during));
     figure(format!(
-        "10,000 idle connections (80% TCP, 10% TLS h1, 10% TLS h2 preface), header_read_timeout {timeout:?}: wrk {:.0} -> {:.0} req/s, ratio {:.2}; last hold: {} opened, {} failed, closed after {:?}..{:?}, {} still open after 30 s; gateway RSS peak {peak} KiB, fds peak {}",
-        r.baseline,
-        r.under,
-        r.ratio(),
-        lives.lives.len(),
+        "{N} idle connections (80% TCP, 10% TLS h1, 10% TLS h2 preface) opened at 2,000/s, header_read_timeout {timeout:?}: {opening} opened, {held} held by the gateway before and {still_held} after the measurement; wrk {b:.0} -> {d:.0} req/s, ratio {:.2} ({before:.0?} -> {during:.0?}); {} failed to open, closed after {:?}..{:?}, {} still open; gateway RSS peak {peak} KiB",
+        d / b,
         lives.failed,
         lives.min(),
         lives.max(),
         lives.still_open(),
-        fds_peak.load(Ordering::Relaxed)
     ));
-    assert!(lives.lives.len() >= 9_500, "held {} connections ({} failed)", lives.lives.len(), lives.failed);
+    assert!(lives.lives.len() >= N * 99 / 100, "held {} connections ({} failed)", lives.lives.len(), lives.failed);
+    assert!(still_held >= N * 99 / 100, "the gateway held {still_held} connections while wrk measured");
     assert_eq!(lives.still_open(), 0);
-    assert!(lives.max().is_some_and(|d| d <= timeout + Duration::from_secs(5)), "closed too late: {:?}", lives.max());
-    assert!(r.problems.is_empty(), "legitimate requests failed: {}", r.problems);
-    assert!(r.ratio() >= WANT_RATIO, "{r:?}");
+    assert!(lives.min().is_some_and(|t| t >= timeout - Duration::from_millis(300)), "closed too early: {:?}", lives.min());
+    assert!(lives.max().is_some_and(|t| t <= timeout + Duration::from_secs(5)), "closed too late: {:?}", lives.max());
+    assert!(problems.is_empty(), "legitimate requests failed: {problems}");
+    assert!(d / b >= WANT_RATIO, "wrk {before:?} -> {during:?}");
     assert!(peak < 1024 * 1024, "gateway RSS peaked at {peak} KiB");
     s.healthy(&rt);
 }
@@ -639,38 +645,30 @@ struct IdleHold {
 }
 
 impl IdleHold {
-    /// With `again`, each connection is opened again when closed, until `again` is cleared.
-    fn start(s: &Setup, n: usize, kinds: &'static [u8], limit: Duration, again: Option<Arc<AtomicBool>>) -> IdleHold {
+    /// Opens them all at once, or `per_sec` a second.
+    fn start(s: &Setup, n: usize, kinds: &'static [u8], limit: Duration, per_sec: Option<u32>) -> IdleHold {
         let opened = Arc::new(AtomicU64::new(0));
         let (client, addr, host, opened2) =
             (s.client.clone(), s.gw.https_addr(), sandbox_host("victim"), opened.clone());
         let thread = thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
             rt.block_on(async move {
+                let began = tokio::time::Instant::now();
                 let mut tasks = Vec::with_capacity(n);
                 for i in 0..n {
-                    let (c, host, opened, again) = (client.clone(), host.clone(), opened2.clone(), again.clone());
+                    let (c, host, opened) = (client.clone(), host.clone(), opened2.clone());
                     let kind = kinds[i % kinds.len()];
-                    tasks.push(tokio::spawn(async move {
-                        let mut lives = Vec::new();
-                        loop {
-                            let life = hold_one(&c, addr, &host, kind, limit, &opened).await;
-                            lives.push((kind, life));
-                            if !again.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
-                                return lives;
-                            }
-                            if life.is_none() {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        }
-                    }));
+                    if let Some(rate) = per_sec {
+                        tokio::time::sleep_until(began + Duration::from_secs_f64(i as f64 / f64::from(rate))).await;
+                    }
+                    tasks.push(tokio::spawn(async move { (kind, hold_one(&c, addr, &host, kind, limit, &opened).await) }));
                     if i % 256 == 255 {
                         tokio::task::yield_now().await;
                     }
                 }
                 let mut out = Vec::with_capacity(n);
                 for t in tasks {
-                    out.extend(t.await.unwrap_or_default());
+                    out.extend(t.await.ok());
                 }
                 out
             })

@@ -1,10 +1,12 @@
 //! Header rewriting between clients and apps (pure): hop-by-hop headers, forwarding headers,
-//! and the Host an app sees.
+//! the Host an app sees, and host-only cookies.
 
 use crate::config::{HostHeaderPolicy, IpNet};
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+    header::{
+        CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    },
 };
 use std::{
     borrow::Cow,
@@ -22,6 +24,46 @@ pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What an app's response head may carry to the client: hop-by-hop headers removed
+/// ([`remove_hop_by_hop`]) and every cookie made host-only ([`host_only_cookies`]).
+pub fn from_app(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    host_only_cookies(headers);
+}
+
+/// Removes the `Domain` attribute of every `Set-Cookie`, so that each cookie an app sets stays
+/// on the host it was set for. Every sandbox and preview host of a region shares a parent
+/// domain: without this, an app could set a cookie for `{region}.{domain}` that the browser
+/// then sends to every other sandbox (cookie tossing: session fixation, or a cookie bomb that
+/// makes them all answer 431). A sandbox host has no subdomains, so a host-only cookie reaches
+/// exactly the hosts an honest `Domain` could mean. Everything else is kept byte for byte.
+pub fn host_only_cookies(headers: &mut HeaderMap) {
+    let has_domain = |v: &HeaderValue| v.as_bytes().split(|b| *b == b';').skip(1).any(is_domain_attribute);
+    if !headers.get_all(SET_COOKIE).iter().any(has_domain) {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
+    headers.remove(SET_COOKIE);
+    for value in values {
+        let mut parts = value.as_bytes().split(|b| *b == b';');
+        let mut kept = parts.next().unwrap_or_default().to_vec();
+        for attribute in parts.filter(|a| !is_domain_attribute(a)) {
+            kept.push(b';');
+            kept.extend_from_slice(attribute);
+        }
+        // Only whole attributes were removed from a valid value: it stays valid.
+        if let Ok(v) = HeaderValue::from_bytes(&kept) {
+            headers.append(SET_COOKIE, v);
+        }
+    }
+}
+
+/// `Domain` or `Domain=…` (any case, spaces around the name), RFC 6265 §5.2.
+fn is_domain_attribute(attribute: &[u8]) -> bool {
+    let name = attribute.split(|b| *b == b'=').next().unwrap_or_default();
+    name.trim_ascii().eq_ignore_ascii_case(b"domain")
+}
 
 /// Whether the `Connection` header lists `token` (case-insensitive).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -211,6 +253,34 @@ mod tests {
             h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
         }
         h
+    }
+
+    #[test]
+    fn cookies_become_host_only() {
+        let mut h = HeaderMap::new();
+        for v in [
+            "sid=1; Domain=eu.example.com; Path=/; HttpOnly",
+            "a=b;domain=.example.com;Secure",
+            "c=d; DOMAIN = x ; SameSite=Lax",
+            "plain=1; Path=/",
+            "e=domain=f; Max-Age=60",
+            "g=h; Domain",
+        ] {
+            h.append(SET_COOKIE, HeaderValue::from_static(v));
+        }
+        h.insert("x-other", HeaderValue::from_static("Domain=stays"));
+        from_app(&mut h);
+        let got: Vec<&str> = h.get_all(SET_COOKIE).iter().map(|v| v.to_str().expect("ascii")).collect();
+        assert_eq!(
+            got,
+            ["sid=1; Path=/; HttpOnly", "a=b;Secure", "c=d; SameSite=Lax", "plain=1; Path=/", "e=domain=f; Max-Age=60", "g=h"]
+        );
+        assert_eq!(h["x-other"], "Domain=stays");
+        // Opaque bytes survive as they are.
+        let mut h = HeaderMap::new();
+        h.append(SET_COOKIE, HeaderValue::from_bytes(b"k=\xff\xfe; Domain=a.b; Path=/\x80").expect("value"));
+        host_only_cookies(&mut h);
+        assert_eq!(h[SET_COOKIE].as_bytes(), b"k=\xff\xfe; Path=/\x80");
     }
 
     #[test]

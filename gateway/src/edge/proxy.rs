@@ -173,7 +173,7 @@ impl Proxy {
                 ),
             ));
         }
-        headers::remove_hop_by_hop(response.headers_mut());
+        headers::from_app(response.headers_mut());
         Ok(response.map(|b| GuardedBody::wrap(b, out.slot)))
     }
 
@@ -222,13 +222,14 @@ impl Proxy {
         parts.headers.insert(UPGRADE, upgrade);
         let mut response = self.send_upgrade(&out, Request::from_parts(parts, body.boxed())).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            headers::remove_hop_by_hop(response.headers_mut());
+            headers::from_app(response.headers_mut());
             return Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let mut answer = Response::new(empty());
         *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *answer.headers_mut() = response.headers().clone();
+        headers::host_only_cookies(answer.headers_mut());
         spawn_tunnel(&self.tunnels, client_upgrade, upstream_upgrade, out, self.settings.idle_timeout);
         Ok(answer)
     }
@@ -255,7 +256,7 @@ impl Proxy {
         h.insert(SEC_WEBSOCKET_KEY, websocket_key());
         let mut response = self.send_upgrade(&out, Request::from_parts(parts, empty_up())).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            headers::remove_hop_by_hop(response.headers_mut());
+            headers::from_app(response.headers_mut());
             return Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
