@@ -276,6 +276,55 @@ pub fn build(method: Method, host: &str, path: &str, headers: &[(&str, &str)], b
     b.body(body).expect("request")
 }
 
+/// The `Sec-WebSocket-Key` of the test clients (RFC 6455's sample nonce).
+pub const WEBSOCKET_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// An HTTP/1.1 WebSocket upgrade request to `path` with an `authorization` header.
+pub fn websocket_upgrade(host: &str, path: &str, authorization: &str) -> Request<TestBody> {
+    build(
+        Method::GET,
+        host,
+        path,
+        &[
+            ("authorization", authorization),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", WEBSOCKET_KEY),
+        ],
+        empty(),
+    )
+}
+
+/// Opens a WebSocket to `path` over a new HTTP/1.1 connection through the edge (asserts the 101).
+pub async fn open_websocket(
+    client: &EdgeClient,
+    host: &str,
+    path: &str,
+    authorization: &str,
+) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let mut conn = client.h1(host).await;
+    let mut response = conn.send_request(websocket_upgrade(host, path, authorization)).await.expect("send");
+    assert_eq!(response.status(), 101, "WebSocket upgrade to {host}{path}");
+    let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+}
+
+/// Reads until EOF or an error: how long that took, or None if still open after `limit`.
+pub async fn until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// An HTTP/2 request for `https://{host}{path}`.
 pub fn build_h2(method: Method, host: &str, path: &str, headers: &[(&str, &str)], body: TestBody) -> Request<TestBody> {
     let mut b = Request::builder().method(method).uri(format!("https://{host}{path}")).version(Version::HTTP_2);

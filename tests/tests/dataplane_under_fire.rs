@@ -342,11 +342,7 @@ fn soak_no_probe_connects_under_repeated_kills_upgrades_and_reconfiguration() {
 #[test]
 fn a_removed_port_keeps_established_flows_and_refuses_new_ones() {
     use futures_util::{SinkExt, StreamExt};
-    use hyper_util::rt::TokioIo;
-    use tokio_tungstenite::{
-        WebSocketStream,
-        tungstenite::{Message, protocol::Role},
-    };
+    use tokio_tungstenite::tungstenite::Message;
 
     let rt = runtime();
     let _rt = rt.enter();
@@ -366,24 +362,7 @@ fn a_removed_port_keeps_established_flows_and_refuses_new_ones() {
     assert_eq!(read_greeting(&mut flow).expect("greeting"), "port 3001");
     // Edge level: a WebSocket to 3000 and a kept-alive HTTP/1.1 connection.
     let (mut ws, mut keepalive) = rt.block_on(async {
-        let mut conn = client.h1(&host).await;
-        let req = build(
-            http::Method::GET,
-            &host,
-            "/port/3000/ws",
-            &[
-                ("authorization", &bearer),
-                ("connection", "Upgrade"),
-                ("upgrade", "websocket"),
-                ("sec-websocket-version", "13"),
-                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ],
-            empty(),
-        );
-        let mut response = conn.send_request(req).await.expect("send");
-        assert_eq!(response.status(), 101);
-        let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+        let ws = open_websocket(&client, &host, "/port/3000/ws", &bearer).await;
         let mut keepalive = client.h1(&host).await;
         let r = send1(
             &mut keepalive,

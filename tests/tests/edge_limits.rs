@@ -11,31 +11,14 @@ use gateway_tests::{
     harness::{BpffsDir, Sandbox, require_root},
 };
 use http::Method;
-use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{Message, protocol::Role},
-};
+use tokio_tungstenite::tungstenite::Message;
 
 fn gateway(pins: &BpffsDir, extra: &str) -> GatewayProcess {
     GatewayProcess::start_enforcing_with(pins.path(), extra)
 }
 
-/// Reads until EOF or error; returns how long it took (None if still open after `limit`).
-async fn time_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut buf = [0u8; 1024];
-    loop {
-        let left = limit.checked_sub(started.elapsed())?;
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
 
 #[test]
 fn per_sandbox_cap_answers_429_with_retry_after() {
@@ -147,7 +130,7 @@ fn slow_clients_are_cut_after_the_header_read_timeout() {
                 }
             }
         });
-        let closed = time_until_closed(&mut reader, Duration::from_secs(6)).await;
+        let closed = until_closed(&mut reader, Duration::from_secs(6)).await;
         trickle.abort();
         let closed = closed.expect("the slow client was not cut");
         assert!(closed >= Duration::from_millis(700) && closed <= Duration::from_secs(4), "cut after {closed:?}");
@@ -155,7 +138,7 @@ fn slow_clients_are_cut_after_the_header_read_timeout() {
         // A TCP connection that never starts its TLS handshake.
         let mut tcp = tokio::net::TcpStream::connect(gw.https_addr()).await.expect("connect");
         let closed =
-            time_until_closed(&mut tcp, Duration::from_secs(6)).await.expect("the stalled handshake was not cut");
+            until_closed(&mut tcp, Duration::from_secs(6)).await.expect("the stalled handshake was not cut");
         assert!(closed >= Duration::from_millis(700) && closed <= Duration::from_secs(4), "cut after {closed:?}");
 
         // A normal client is unaffected.
@@ -177,32 +160,14 @@ fn idle_connections_and_tunnels_are_closed_after_the_idle_timeout() {
     let host = sandbox_host("web");
     let bearer = format!("Bearer {}", create_token(&gw, WS, "idle"));
 
-    let open_ws = |c: EdgeClient, host: String, bearer: String| async move {
-        let mut conn = c.h1(&host).await;
-        let req = build(
-            Method::GET,
-            &host,
-            "/port/3000/ws",
-            &[
-                ("authorization", &bearer),
-                ("connection", "Upgrade"),
-                ("upgrade", "websocket"),
-                ("sec-websocket-version", "13"),
-                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ],
-            empty(),
-        );
-        let mut response = conn.send_request(req).await.expect("send");
-        assert_eq!(response.status(), 101);
-        let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
-    };
+    let open_ws =
+        |c: EdgeClient, host: String, bearer: String| async move { open_websocket(&c, &host, "/port/3000/ws", &bearer).await };
 
     rt.block_on(async {
         // A kept-alive HTTP connection left idle.
         let mut tls = c.tls(&host, Alpn::H1).await.expect("tls");
         tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.expect("write");
-        let closed = time_until_closed(&mut tls, Duration::from_secs(6)).await.expect("idle connection not closed");
+        let closed = until_closed(&mut tls, Duration::from_secs(6)).await.expect("idle connection not closed");
         assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}");
 
         // An idle WebSocket is closed; an active one is not.

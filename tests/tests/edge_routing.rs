@@ -320,20 +320,7 @@ fn trusted_proxies_and_the_localhost_host_policy() {
         assert_eq!(h["x-forwarded-host"], serde_json::json!(["public.example"]), "{v}");
         // The same Host policy for WebSocket upgrades.
         let mut conn = c.h1(&host).await;
-        let req = build(
-            Method::GET,
-            &host,
-            "/port/3000/ws",
-            &[
-                ("authorization", &bearer),
-                ("connection", "Upgrade"),
-                ("upgrade", "websocket"),
-                ("sec-websocket-version", "13"),
-                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ],
-            empty(),
-        );
-        let response = conn.send_request(req).await.expect("send");
+        let response = conn.send_request(websocket_upgrade(&host, "/port/3000/ws", &bearer)).await.expect("send");
         assert_eq!(response.status(), 101);
         assert_eq!(response.headers()["x-seen-host"], "localhost:3000");
     });

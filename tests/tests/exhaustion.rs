@@ -705,12 +705,12 @@ async fn hold_one(
         0 => {
             let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
             opened.fetch_add(1, Ordering::Relaxed);
-            wait_closed(&mut tcp, limit).await
+            until_closed(&mut tcp, limit).await
         }
         1 => {
             let mut tls = c.tls(host, Alpn::H1).await.ok()?;
             opened.fetch_add(1, Ordering::Relaxed);
-            wait_closed(&mut tls, limit).await
+            until_closed(&mut tls, limit).await
         }
         _ => {
             let mut tls = c.tls(host, Alpn::H2).await.ok()?;
@@ -718,7 +718,7 @@ async fn hold_one(
             hello.extend(settings(&[]));
             tls.write_all(&hello).await.ok()?;
             opened.fetch_add(1, Ordering::Relaxed);
-            wait_closed(&mut tls, limit).await
+            until_closed(&mut tls, limit).await
         }
     };
     // Measured from before the connect: the header read timeout starts at the accept.
@@ -748,19 +748,6 @@ impl Lives {
     }
 }
 
-/// Reads until EOF or error; the time it took, or None after `limit`.
-async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = limit.checked_sub(started.elapsed())?;
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
 
 /// Slow clients of real streams on the attacker's own sandbox (a token holder): 100 uploads
 /// trickling a 10 MB body, 100 readers of 64 MiB downloads through a 4 KiB window, while wrk

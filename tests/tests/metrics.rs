@@ -106,8 +106,6 @@ fn metrics_show_kernel_verdicts_and_control_plane_work() {
 #[test]
 fn edge_requests_connections_tls_and_websockets_are_counted() {
     use gateway_tests::edge::*;
-    use http::Method;
-    use hyper_util::rt::TokioIo;
     use tokio::io::AsyncWriteExt;
 
     require_root();
@@ -137,24 +135,7 @@ fn edge_requests_connections_tls_and_websockets_are_counted() {
         let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink)).await;
 
         // A WebSocket, open while we scrape.
-        let mut conn = client.h1(&host).await;
-        let req = build(
-            Method::GET,
-            &host,
-            "/port/3000/ws",
-            &[
-                ("authorization", &bearer),
-                ("connection", "Upgrade"),
-                ("upgrade", "websocket"),
-                ("sec-websocket-version", "13"),
-                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ],
-            empty(),
-        );
-        let mut response = conn.send_request(req).await.expect("send");
-        assert_eq!(response.status(), 101);
-        let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
-        let io = TokioIo::new(upgraded);
+        let io = open_websocket(&client, &host, "/port/3000/ws", &bearer).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let during = scrape(&gw);

@@ -236,8 +236,7 @@ fn wrk_requests_without_errors(out: std::process::Output) -> u64 {
 #[test]
 fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
     use gateway_tests::edge::*;
-    use hyper_util::rt::TokioIo;
-    use tokio_tungstenite::{WebSocketStream, tungstenite::{Message, protocol::Role}};
+    use tokio_tungstenite::tungstenite::Message;
     use futures_util::{SinkExt, StreamExt};
 
     require_root();
@@ -255,27 +254,7 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
     let old_pid = live_pid(admin);
 
     // A WebSocket opened on the old process, kept across the takeover.
-    let mut ws = rt.block_on(async {
-        let mut conn = client.h1(&host).await;
-        let bearer = format!("Bearer {token}");
-        let req = build(
-            http::Method::GET,
-            &host,
-            "/port/3000/ws",
-            &[
-                ("authorization", bearer.as_str()),
-                ("connection", "Upgrade"),
-                ("upgrade", "websocket"),
-                ("sec-websocket-version", "13"),
-                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ],
-            empty(),
-        );
-        let mut response = conn.send_request(req).await.expect("send");
-        assert_eq!(response.status(), 101);
-        let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
-    });
+    let mut ws = rt.block_on(open_websocket(&client, &host, "/port/3000/ws", &format!("Bearer {token}")));
 
     let observers = Observers::start(admin, "/v1/workspaces/acme/sandboxes/web", sb.sock(3000));
     let wrk = spawn_wrk(gw.https_addr(), &host, &token, 8, gw.dir());
