@@ -548,7 +548,8 @@ pub fn throughput_ratio<H>(
 /// Starts `slowhttptest` with these arguments (e.g. `-H -c 1000 ...`) against `url`; its output
 /// goes to `log`.
 pub fn slowhttptest(args: &[&str], url: &str, log: &Path) -> Child {
-    let out = fs::File::create(log).expect("slowhttptest log");
+    // Appended to: a soak test restarts slowhttptest and reads the figures of every run.
+    let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("slowhttptest log");
     let err = out.try_clone().expect("log");
     Command::new("slowhttptest")
         .args(args)
