@@ -133,7 +133,11 @@ fn h2_flood(s: &Setup, attack: H2Attack, conns: usize, tally: Arc<Tally>) -> Run
                     (client.clone(), host.clone(), bearer.clone(), stop2.clone(), attack.clone(), tally.clone());
                 tasks.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        let path = "/port/3000/flood";
+                        // Reset-after-accept cancels requests the app is still working on.
+                        let path = match attack {
+                            H2Attack::ResetAfterAccept => "/port/3000/slow/2000",
+                            _ => "/port/3000/flood",
+                        };
                         match h2_attack(
                             &client,
                             &host,
