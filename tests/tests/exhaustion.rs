@@ -297,8 +297,10 @@ fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
                 assert!(ended && o.frames_sent < 200_000, "rapid reset was not cut: {o:?}")
             }
             // h2 ≥ 0.4.4: CONTINUATION frames are bounded by the header list size.
+            // (What the attacker wrote before it saw the GOAWAY: 0.5-4.7 MB here; an uncut flood
+            // writes gigabytes in the 8 s.)
             H2Attack::ContinuationFlood => {
-                assert!(ended && o.bytes_sent < 4 << 20, "CONTINUATION flood was not cut: {o:?}")
+                assert!(ended && o.bytes_sent < 64 << 20, "CONTINUATION flood was not cut: {o:?}")
             }
             // Empty DATA frames carry no event to the app (h2 drops them): cut for the stream
             // errors that follow.
@@ -440,6 +442,8 @@ fn h2_floods_leave_legitimate_throughput() {
     let stop = Arc::new(AtomicBool::new(false));
     let rss = rss_sampler(s.pid(), stop.clone());
     let mut worst = f64::MAX;
+    // Reset-after-accept floods are measured by the soak test (a release build): in a debug
+    // build, the TLS handshake of each reconnection costs more than the attack itself.
     for attack in [H2Attack::RapidReset, H2Attack::ContinuationFlood, H2Attack::EmptyData, H2Attack::SettingsFlood] {
         let tally = Arc::new(Tally::default());
         let r = throughput_ratio(
