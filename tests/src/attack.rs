@@ -201,7 +201,7 @@ pub enum H2Attack {
     RapidReset,
     /// Rapid reset that lets the server start each request first: every batch resets the
     /// streams the previous batch opened (`pause` earlier), then opens as many new ones. h2's
-    /// own check (streams reset before they were accepted) never sees these.
+    /// own limits (streams reset before they were accepted, or not yet released) rarely see these.
     ResetAfterAccept,
     /// One HEADERS without END_HEADERS, then CONTINUATION frames of junk header bytes, forever.
     ContinuationFlood,

@@ -319,7 +319,7 @@ fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
 
 /// Rapid reset paced so that the gateway starts every request before its reset arrives (each
 /// batch resets the 8 streams opened 10 ms earlier, on a route the app answers after 2 s): h2's
-/// own check (streams reset before they were accepted) never fires, the requests cost routing,
+/// own limits (streams reset before they were accepted) do not fire, the requests cost routing,
 /// authentication and an upstream request each. The edge's cancelled-request check closes the
 /// connection after about a hundred of them, counted in
 /// `gateway_connections_cut_total{reason="cancelled_requests"}`; a client whose requests are
