@@ -477,9 +477,7 @@ impl Wrk {
             all.push(rps);
             problems.push_str(&p);
         }
-        let mut sorted = all.clone();
-        sorted.sort_by(f64::total_cmp);
-        (sorted[sorted.len() / 2], all, problems)
+        (median(&all), all, problems)
     }
 }
 
@@ -503,6 +501,13 @@ impl Ratio {
     }
 }
 
+/// The median of some measurements (the upper one of an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
 /// Measures `wrk` without and with an attack, interleaved: `runs` times, a run of `secs`
 /// without, then `start()`, a short ramp-up, a run with, `stop(handle)`; the ratio of the
 /// medians. Interleaving cancels the slow drifts of a shared machine (a build next door eating a
@@ -518,11 +523,6 @@ pub fn throughput_ratio<H>(
     mut start: impl FnMut() -> H,
     mut stop: impl FnMut(H),
 ) -> Ratio {
-    let median = |v: &[f64]| {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
-    };
     let mut best: Option<Ratio> = None;
     for _ in 0..attempts {
         let (mut before, mut during, mut problems) = (Vec::new(), Vec::new(), String::new());

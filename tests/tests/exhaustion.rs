@@ -576,7 +576,7 @@ fn soak_ten_thousand_idle_connections() {
     let stop = Arc::new(AtomicBool::new(false));
     let rss = rss_sampler(s.pid(), stop.clone());
     let base_fds = open_fds(s.pid());
-    let before: Vec<f64> = (0..3).map(|_| s.wrk.run(2).0).collect();
+    let (b, before, _) = s.wrk.median(3, 2);
     let hold = IdleHold::start(&s, N, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 2], timeout + Duration::from_secs(15), Some(2_000));
     // Every connection opened (the TLS ones through their handshake) and accepted.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -588,22 +588,11 @@ fn soak_ten_thousand_idle_connections() {
     let held = open_fds(s.pid()).saturating_sub(base_fds);
     let opening = hold.opened.load(Ordering::Relaxed);
     thread::sleep(Duration::from_secs(1));
-    let (mut during, mut problems) = (Vec::new(), String::new());
-    for _ in 0..3 {
-        let (rps, p) = s.wrk.run(2);
-        during.push(rps);
-        problems.push_str(&p);
-    }
+    let (d, during, problems) = s.wrk.median(3, 2);
     let still_held = open_fds(s.pid()).saturating_sub(base_fds);
     let lives = hold.finish();
     stop.store(true, Ordering::Relaxed);
     let peak = rss.join().expect("rss");
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (b, d) = (median(&before), median(&during));
     figure(format!(
         "{N} idle connections (80% TCP, 10% TLS h1, 10% TLS h2 preface) opened at 2,000/s, header_read_timeout {timeout:?}: {opening} opened, {held} held by the gateway before and {still_held} after the measurement; wrk {b:.0} -> {d:.0} req/s, ratio {:.2} ({before:.0?} -> {during:.0?}); {} failed to open, closed after {:?}..{:?}, {} still open; gateway RSS peak {peak} KiB",
         d / b,
