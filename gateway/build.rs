@@ -12,7 +12,8 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=GATEWAY_REQUIRE_EBPF");
     println!("cargo:rerun-if-env-changed=PATH");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow::anyhow!("OUT_DIR"))?);
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow::anyhow!("CARGO_MANIFEST_DIR"))?);
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow::anyhow!("CARGO_MANIFEST_DIR"))?);
     let ebpf_dir = manifest.join("../gateway-ebpf");
     let common_dir = manifest.join("../gateway-common/src");
     println!("cargo:rerun-if-changed={}", common_dir.display());
@@ -40,7 +41,5 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn on_path(bin: &str) -> bool {
-    env::var_os("PATH")
-        .map(|p| env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
+    env::var_os("PATH").map(|p| env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false)
 }

@@ -184,7 +184,8 @@ pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict
     }
     if let Some((proto, port)) = dest(&s) {
         if maps.protected_port(port, proto)
-            && (maps.protected(&Endpoint::new(s.dst, port, proto)) || maps.protected(&Endpoint::new([0; 4], port, proto)))
+            && (maps.protected(&Endpoint::new(s.dst, port, proto))
+                || maps.protected(&Endpoint::new([0; 4], port, proto)))
         {
             return Verdict::of(Reason::DropProtected);
         }

@@ -144,7 +144,13 @@ impl PortBits {
     /// Whether `port`/`proto` is set (`port` must belong to this slot).
     #[inline(always)]
     pub const fn has(&self, port: u16, proto: u8) -> bool {
-        let word = if proto == crate::IPPROTO_TCP { self.tcp } else if proto == crate::IPPROTO_UDP { self.udp } else { 0 };
+        let word = if proto == crate::IPPROTO_TCP {
+            self.tcp
+        } else if proto == crate::IPPROTO_UDP {
+            self.udp
+        } else {
+            0
+        };
         (word >> (port & 63)) & 1 != 0
     }
     /// Sets `port`/`proto` (other protocols are ignored: only TCP and UDP are protected).

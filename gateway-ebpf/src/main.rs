@@ -18,7 +18,10 @@ use gateway_common::{
     parse::parse,
 };
 
-use crate::{maps::KernelMaps, packet::{SkbPacket, XdpPacket}};
+use crate::{
+    maps::KernelMaps,
+    packet::{SkbPacket, XdpPacket},
+};
 
 /// `TCX_NEXT`: let the next program in the tcx chain (or the stack) decide.
 const TCX_NEXT: i32 = TC_ACT_UNSPEC;

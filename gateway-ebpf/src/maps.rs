@@ -13,8 +13,7 @@ use gateway_common::{
     decide::{Lookups, SandboxLookup},
     names::{MAX_POLICY_ENTRIES, MAX_PROTECTED, MAX_PUBLIC_PORTS, MAX_SANDBOXES, MAX_UDP_FLOWS, PROTECTED_PORT_SLOTS},
     policy::{
-        DataplaneConfig, Endpoint, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats,
-        UdpFlowKey,
+        DataplaneConfig, Endpoint, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats, UdpFlowKey,
     },
 };
 
@@ -22,12 +21,10 @@ use gateway_common::{
 static GW_POLICY: HashMap<Endpoint, PolicyValue> = HashMap::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "GW_SANDBOXES")]
-static GW_SANDBOXES: HashMap<SandboxKey, SandboxRecord> =
-    HashMap::pinned(MAX_SANDBOXES, BPF_F_NO_PREALLOC);
+static GW_SANDBOXES: HashMap<SandboxKey, SandboxRecord> = HashMap::pinned(MAX_SANDBOXES, BPF_F_NO_PREALLOC);
 
 #[map(name = "GW_SBX_STATS")]
-static GW_SBX_STATS: PerCpuHashMap<SandboxKey, SandboxStats> =
-    PerCpuHashMap::pinned(MAX_SANDBOXES, BPF_F_NO_PREALLOC);
+static GW_SBX_STATS: PerCpuHashMap<SandboxKey, SandboxStats> = PerCpuHashMap::pinned(MAX_SANDBOXES, BPF_F_NO_PREALLOC);
 
 #[map(name = "GW_PROTECTED")]
 static GW_PROTECTED: HashMap<Endpoint, u32> = HashMap::pinned(MAX_PROTECTED, 0);
@@ -159,8 +156,11 @@ pub fn remember_udp_flow(flow: &UdpFlowKey) {
     // would keep the whole verdict in memory, zeroed by a `memset` call (a byte loop in BPF)
     // on every packet of `sandbox_out`.
     let (sp, pp) = (flow.sandbox_port, flow.peer_port);
-    let words: [u32; 3] =
-        [u32::from_ne_bytes(flow.sandbox), u32::from_ne_bytes(flow.peer), u32::from_ne_bytes([sp[0], sp[1], pp[0], pp[1]])];
+    let words: [u32; 3] = [
+        u32::from_ne_bytes(flow.sandbox),
+        u32::from_ne_bytes(flow.peer),
+        u32::from_ne_bytes([sp[0], sp[1], pp[0], pp[1]]),
+    ];
     // SAFETY: `UdpFlowKey` is 12 bytes of byte arrays (alignment 1), the layout of `words`.
     let key = unsafe { &*words.as_ptr().cast::<UdpFlowKey>() };
     if GW_UDP_FLOWS.get_ptr(key).is_none() {

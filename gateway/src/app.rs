@@ -200,11 +200,8 @@ pub struct App {
 /// declared OR used by at least one of `previews` (pass only live ones). A preview on 443 (the
 /// sandbox API, 8080 inside, built in) needs no entry.
 pub fn policy_of<'a>(sandbox: &Sandbox, previews: impl IntoIterator<Item = &'a Preview>) -> SandboxPolicy {
-    let mut ports: BTreeMap<u16, PortGrant> = sandbox
-        .ports
-        .iter()
-        .map(|p| (p.target, PortGrant { origin: origin::DECLARED, preview_refs: 0 }))
-        .collect();
+    let mut ports: BTreeMap<u16, PortGrant> =
+        sandbox.ports.iter().map(|p| (p.target, PortGrant { origin: origin::DECLARED, preview_refs: 0 })).collect();
     for port in previews.into_iter().filter_map(Preview::kernel_port) {
         let grant = ports.entry(port).or_default();
         grant.origin |= origin::PREVIEW;
@@ -322,11 +319,10 @@ impl App {
             .secret(crate::previews::ids::KEY_SECRET)
             .await
             .map_err(|source| StartError::Load { store: store.describe(), source })?;
-        let previews = crate::previews::service::load_index(store.as_ref(), snapshot.previews, |id| {
-            index.by_id.contains_key(id)
-        })
-        .await
-        .map_err(StartError::Inconsistent)?;
+        let previews =
+            crate::previews::service::load_index(store.as_ref(), snapshot.previews, |id| index.by_id.contains_key(id))
+                .await
+                .map_err(StartError::Inconsistent)?;
         let now = crate::previews::time::now();
         let policies: Vec<SandboxPolicy> =
             index.by_id.values().map(|s| policy_of(s, previews.live_of(&s.id(), now))).collect();

@@ -882,7 +882,9 @@ mod tests {
             if let toml::Value::Table(t) = v {
                 for (k, v) in t {
                     match v {
-                        toml::Value::Table(_) => walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out),
+                        toml::Value::Table(_) => {
+                            walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out)
+                        }
                         _ => out.push((prefix.to_string(), k.clone())),
                     }
                 }

@@ -28,9 +28,9 @@ pub async fn connect_marked(addr: SocketAddr, mark: u32, timeout: Duration) -> i
     if mark != 0 {
         set_mark(&socket, mark)?;
     }
-    let stream = tokio::time::timeout(timeout, socket.connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out after {timeout:?}")))??;
+    let stream = tokio::time::timeout(timeout, socket.connect(addr)).await.map_err(|_| {
+        io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out after {timeout:?}"))
+    })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

@@ -120,7 +120,9 @@ impl HandoffServer {
         let stream = stream.into_std().map_err(io_err("accepting a successor"))?;
         blocking(move || {
             stream.set_nonblocking(false).map_err(io_err("configuring the handoff connection"))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io_err("configuring the handoff connection"))?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(io_err("configuring the handoff connection"))?;
             let (message, _) = receive(&stream)?;
             match message {
                 Message::Hello { pid, version } => Ok(Successor { stream, pid, version }),
@@ -217,7 +219,11 @@ pub async fn take_over(state_dir: &Path) -> Result<Inherited, HandoffError> {
             other => return Err(HandoffError::Protocol(format!("expected listeners, got {other:?}"))),
         };
         if fds.len() != names.len() + 1 {
-            return Err(HandoffError::Protocol(format!("{} descriptors for {} listeners and a lock", fds.len(), names.len())));
+            return Err(HandoffError::Protocol(format!(
+                "{} descriptors for {} listeners and a lock",
+                fds.len(),
+                names.len()
+            )));
         }
         let lock = fds.pop().ok_or_else(|| HandoffError::Protocol("no state lock".into()))?;
         Ok(Inherited { stream, listeners: names.into_iter().zip(fds).collect(), lock })
@@ -228,9 +234,7 @@ pub async fn take_over(state_dir: &Path) -> Result<Inherited, HandoffError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HandoffError> + Send + 'static,
 ) -> Result<T, HandoffError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| HandoffError::Protocol(format!("handoff task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| HandoffError::Protocol(format!("handoff task failed: {e}")))?
 }
 
 fn send(stream: &UnixStream, message: &Message, fds: &[RawFd]) -> Result<(), HandoffError> {

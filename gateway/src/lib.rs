@@ -12,11 +12,11 @@ pub mod compat;
 pub mod config;
 pub mod connector;
 pub mod dataplane;
-pub mod handoff;
-pub mod lifecycle;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handoff;
+pub mod lifecycle;
 pub mod paths;
 pub mod previews;
 pub mod state;

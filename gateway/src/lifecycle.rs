@@ -199,7 +199,12 @@ pub enum ReloadError {
 
 /// Reloads the configuration from `source` into `app` and `parts`: all or nothing. Notifies
 /// the service manager, logs and counts the outcome.
-pub fn reload(source: &ConfigSource, app: &App, parts: &[Arc<dyn Reloadable>], notifier: Notifier) -> Result<(), ReloadError> {
+pub fn reload(
+    source: &ConfigSource,
+    app: &App,
+    parts: &[Arc<dyn Reloadable>],
+    notifier: Notifier,
+) -> Result<(), ReloadError> {
     notifier.reloading();
     let result = try_reload(source, app, parts);
     metrics::global().reload(result.is_ok());
@@ -268,7 +273,10 @@ mod tests {
             got.push(String::from_utf8_lossy(&buf[..len]).into_owned());
         }
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(got[0].contains("READY=1") && got[0].contains("MAINPID=") && got[0].contains("STATUS=serving"), "{got:?}");
+        assert!(
+            got[0].contains("READY=1") && got[0].contains("MAINPID=") && got[0].contains("STATUS=serving"),
+            "{got:?}"
+        );
         assert!(got[1].contains("RELOADING=1") && got[1].contains("MONOTONIC_USEC="), "{got:?}");
         assert!(got[2].contains("READY=1") && got[2].contains("STATUS=reloaded"), "{got:?}");
         assert!(got[3].contains("STOPPING=1"), "{got:?}");

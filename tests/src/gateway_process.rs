@@ -117,7 +117,13 @@ pub fn test_config(admin: &AdminAddr, https_port: u16, state_dir: &Path, token: 
 
 /// The configuration of a test gateway, enforcing in the kernel with its maps and links pinned
 /// under `bpffs` when that is given.
-pub fn test_config_with(admin: &AdminAddr, https_port: u16, state_dir: &Path, token: &str, bpffs: Option<&Path>) -> String {
+pub fn test_config_with(
+    admin: &AdminAddr,
+    https_port: u16,
+    state_dir: &Path,
+    token: &str,
+    bpffs: Option<&Path>,
+) -> String {
     format!(
         r#"domain = "gw.test"
 region = "local"

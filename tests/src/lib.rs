@@ -1,8 +1,8 @@
-pub mod harness;
-pub mod gateway_process;
+pub mod attack;
 pub mod edge;
+pub mod gateway_process;
+pub mod harness;
+pub mod openloop;
+pub mod prober;
 pub mod raw;
 pub mod sdk;
-pub mod attack;
-pub mod prober;
-pub mod openloop;

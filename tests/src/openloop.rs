@@ -118,14 +118,8 @@ async fn connect(config: &Arc<ClientConfig>, t: &Target) -> Option<Sender> {
     let tcp = tokio::net::TcpStream::connect(t.addr).await.ok()?;
     tcp.set_nodelay(true).ok()?;
     let name = ServerName::try_from(t.host.clone()).ok()?;
-    let tls = tokio_rustls::TlsConnector::from(config.clone())
-        .connect(name, tcp)
-        .await
-        .ok()?;
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(tls))
-        .await
-        .ok()?;
+    let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.ok()?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(tls)).await.ok()?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -135,10 +129,7 @@ async fn connect(config: &Arc<ClientConfig>, t: &Target) -> Option<Sender> {
 /// Sends `rate` requests per second for `duration` to `target` over `connections`
 /// connections.
 pub fn run(target: &Target, rate: f64, duration: Duration, connections: usize) -> Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let client = tls_config();
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -153,13 +144,8 @@ pub fn run(target: &Target, rate: f64, duration: Duration, connections: usize) -
         let start = tokio::time::Instant::now() + Duration::from_millis(50);
         let mut tasks = Vec::new();
         for sender in senders {
-            let (client, target, next, latencies, errors) = (
-                client.clone(),
-                target.clone(),
-                next.clone(),
-                latencies.clone(),
-                errors.clone(),
-            );
+            let (client, target, next, latencies, errors) =
+                (client.clone(), target.clone(), next.clone(), latencies.clone(), errors.clone());
             tasks.push(tokio::spawn(async move {
                 let mut sender = sender;
                 let mut mine = Vec::new();

@@ -24,7 +24,8 @@ fn the_v0_api_serves_sandboxes_previews_and_tokens() {
     let _app = spawn_backend(&sb, sb.addr(), 4000, Speaks::Http1);
     let c = EdgeClient::new(&gw);
     let bearer = format!("Bearer {token}");
-    let auth = [("x-blaxel-authorization", bearer.as_str()), ("x-blaxel-workspace", WS), ("content-type", "application/json")];
+    let auth =
+        [("x-blaxel-authorization", bearer.as_str()), ("x-blaxel-workspace", WS), ("content-type", "application/json")];
     let port = gw.https_port();
 
     rt.block_on(async {
@@ -36,12 +37,18 @@ fn the_v0_api_serves_sandboxes_previews_and_tokens() {
             }
         };
         c.get(API, "/v0/sandboxes", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
-        c.get(API, "/v0/sandboxes", &[("authorization", "Bearer gw_nope")]).await.assert_error(401, "AUTHENTICATION_FAILED");
+        c.get(API, "/v0/sandboxes", &[("authorization", "Bearer gw_nope")])
+            .await
+            .assert_error(401, "AUTHENTICATION_FAILED");
 
         let r = call(Method::GET, "/v0/sandboxes/web", None).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
-        assert_eq!(v["metadata"]["url"], format!("https://sbx-web-{WS}.local.gw.test:{port}"), "the public port when not 443");
+        assert_eq!(
+            v["metadata"]["url"],
+            format!("https://sbx-web-{WS}.local.gw.test:{port}"),
+            "the public port when not 443"
+        );
         assert_eq!(v["spec"]["runtime"]["ports"], json!([{"target": 3000, "protocol": "HTTP"}]));
         let r = call(Method::GET, "/v0/sandboxes", None).await;
         assert!(r.json().is_array(), "{}", r.text());

@@ -19,7 +19,11 @@ fn xtask_bin() -> PathBuf {
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(cargo).args(["build", "-q", "-p", "xtask"]).current_dir(&root).status().expect("cargo build -p xtask");
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", "xtask"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo build -p xtask");
     assert!(status.success(), "cannot build xtask");
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     target.join("debug/xtask")
@@ -122,7 +126,12 @@ fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
         } else if w.contains("WebSocket") {
             // curl keeps the upgraded connection open until --max-time: exit 28.
             let (_, text) = run_shell(&p.command);
-            assert!(text.contains("101 Switching Protocols") && text.contains("welcome to the demo app"), "{}\n$ {}\n{text}", p.what, p.command);
+            assert!(
+                text.contains("101 Switching Protocols") && text.contains("welcome to the demo app"),
+                "{}\n$ {}\n{text}",
+                p.what,
+                p.command
+            );
         } else if w.contains("kernel enforces") {
             expect(p, true, "3000");
         } else if w.contains("dropped by the kernel") {

@@ -12,11 +12,11 @@ use aya::{
 };
 use gateway::dataplane::{bpffs::PinDir, load_object, maps::KernelMaps};
 use gateway_common::{
-    testpkt::{arp, icmp, tcp, tcp6, udp, udp6, vlan_tagged, with_ip_options},
     IPPROTO_TCP,
     counters::{Hook, Reason},
     names,
     policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, origin},
+    testpkt::{arp, icmp, tcp, tcp6, udp, udp6, vlan_tagged, with_ip_options},
 };
 
 const MARK: u32 = 0x6777;
@@ -46,18 +46,12 @@ impl Drop for Loaded {
 fn load() -> Loaded {
     assert!(nix::unistd::Uid::effective().is_root(), "these tests need root (BPF_PROG_TEST_RUN, bpffs)");
     static N: AtomicU32 = AtomicU32::new(0);
-    let root = PathBuf::from(format!(
-        "/sys/fs/bpf/gwt-verdicts-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let root =
+        PathBuf::from(format!("/sys/fs/bpf/gwt-verdicts-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     let pins = PinDir::new(&root);
     let mut ebpf = load_object(&pins, 3).unwrap_or_else(|e| panic!("loading the eBPF object: {e:#}"));
-    let noop: &mut SchedClassifier = ebpf
-        .program_mut(names::PROG_BENCH_NOOP)
-        .expect("noop program")
-        .try_into()
-        .expect("classifier");
+    let noop: &mut SchedClassifier =
+        ebpf.program_mut(names::PROG_BENCH_NOOP).expect("noop program").try_into().expect("classifier");
     noop.load().expect("load noop");
     let mut maps = KernelMaps::open(&pins.maps()).expect("open maps");
     maps.config.set(0, DataplaneConfig { mark: MARK, flags: 0 }, 0).expect("config");
@@ -83,7 +77,8 @@ fn run_tc(l: &mut Loaded, prog: &str, pkt: &[u8], mark: u32) -> u32 {
     let ctx = skb_ctx(mark, LO);
     let p: &mut SchedClassifier = l.ebpf.program_mut(prog).expect("program").try_into().expect("classifier");
     let mut out = vec![0u8; pkt.len() + 256];
-    let opts = TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ctx_in: Some(&ctx), ..Default::default() };
+    let opts =
+        TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ctx_in: Some(&ctx), ..Default::default() };
     p.test_run(opts).unwrap_or_else(|e| panic!("test run of {prog} on {} bytes: {e:?}", pkt.len())).return_value
 }
 
@@ -201,7 +196,14 @@ fn sandbox_out_verdicts() {
     let h = Hook::SandboxOut;
     expect(&mut l, h, &tcp(SBX, [1, 1, 1, 1], 443, true, false), 0, Reason::PassOut, "to the internet");
     expect(&mut l, h, &tcp(SBX, SBX2, 3000, true, false), 0, Reason::DropSandboxToSandbox, "to another sandbox");
-    expect(&mut l, h, &tcp(SBX, SBX2, 3000, false, true), 0, Reason::DropSandboxToSandbox, "established to another sandbox");
+    expect(
+        &mut l,
+        h,
+        &tcp(SBX, SBX2, 3000, false, true),
+        0,
+        Reason::DropSandboxToSandbox,
+        "established to another sandbox",
+    );
     expect(&mut l, h, &tcp(SBX, HOST, 9901, true, false), 0, Reason::DropProtected, "to the admin API");
     expect(&mut l, h, &tcp(SBX, HOST, 9902, true, false), 0, Reason::PassOut, "to another host port");
     expect(&mut l, h, &tcp(SBX2, [1, 1, 1, 1], 443, true, false), 0, Reason::DropSpoofed, "spoofing another sandbox");

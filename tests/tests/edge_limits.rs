@@ -19,7 +19,6 @@ fn gateway(pins: &BpffsDir, extra: &str) -> GatewayProcess {
     GatewayProcess::start_enforcing_with(pins.path(), extra)
 }
 
-
 #[test]
 fn per_sandbox_cap_answers_429_with_retry_after() {
     require_root();
@@ -137,8 +136,7 @@ fn slow_clients_are_cut_after_the_header_read_timeout() {
 
         // A TCP connection that never starts its TLS handshake.
         let mut tcp = tokio::net::TcpStream::connect(gw.https_addr()).await.expect("connect");
-        let closed =
-            until_closed(&mut tcp, Duration::from_secs(6)).await.expect("the stalled handshake was not cut");
+        let closed = until_closed(&mut tcp, Duration::from_secs(6)).await.expect("the stalled handshake was not cut");
         assert!(closed >= Duration::from_millis(700) && closed <= Duration::from_secs(4), "cut after {closed:?}");
 
         // A normal client is unaffected.
@@ -160,8 +158,9 @@ fn idle_connections_and_tunnels_are_closed_after_the_idle_timeout() {
     let host = sandbox_host("web");
     let bearer = format!("Bearer {}", create_token(&gw, WS, "idle"));
 
-    let open_ws =
-        |c: EdgeClient, host: String, bearer: String| async move { open_websocket(&c, &host, "/port/3000/ws", &bearer).await };
+    let open_ws = |c: EdgeClient, host: String, bearer: String| async move {
+        open_websocket(&c, &host, "/port/3000/ws", &bearer).await
+    };
 
     rt.block_on(async {
         // A kept-alive HTTP connection left idle.

@@ -523,7 +523,8 @@ fn soak_slowhttptest_slowloris_slow_post_slow_read() {
             3,
             || {
                 let stop = Arc::new(AtomicBool::new(false));
-                let (stop2, log, url, args, held) = (stop.clone(), log2.clone(), url2.clone(), args.clone(), held.clone());
+                let (stop2, log, url, args, held) =
+                    (stop.clone(), log2.clone(), url2.clone(), args.clone(), held.clone());
                 let t = thread::spawn(move || {
                     while !stop2.load(Ordering::Relaxed) {
                         let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -604,7 +605,11 @@ fn soak_ten_thousand_idle_connections() {
     assert!(lives.lives.len() >= N * 99 / 100, "held {} connections ({} failed)", lives.lives.len(), lives.failed);
     assert!(still_held >= N * 99 / 100, "the gateway held {still_held} connections while wrk measured");
     assert_eq!(lives.still_open(), 0);
-    assert!(lives.min().is_some_and(|t| t >= timeout - Duration::from_millis(300)), "closed too early: {:?}", lives.min());
+    assert!(
+        lives.min().is_some_and(|t| t >= timeout - Duration::from_millis(300)),
+        "closed too early: {:?}",
+        lives.min()
+    );
     assert!(lives.max().is_some_and(|t| t <= timeout + Duration::from_secs(5)), "closed too late: {:?}", lives.max());
     assert!(problems.is_empty(), "legitimate requests failed: {problems}");
     assert!(d / b >= WANT_RATIO, "wrk {before:?} -> {during:?}");
@@ -688,7 +693,7 @@ impl IdleHold {
             (s.client.clone(), s.gw.https_addr(), sandbox_host("victim"), opened.clone());
         let thread = thread::spawn(move || {
             attacker_priority();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
             rt.block_on(async move {
                 let began = tokio::time::Instant::now();
                 let mut tasks = Vec::with_capacity(n);
@@ -698,7 +703,9 @@ impl IdleHold {
                     if let Some(rate) = per_sec {
                         tokio::time::sleep_until(began + Duration::from_secs_f64(i as f64 / f64::from(rate))).await;
                     }
-                    tasks.push(tokio::spawn(async move { (kind, hold_one(&c, addr, &host, kind, limit, &opened).await) }));
+                    tasks.push(tokio::spawn(
+                        async move { (kind, hold_one(&c, addr, &host, kind, limit, &opened).await) },
+                    ));
                     if i % 256 == 255 {
                         tokio::task::yield_now().await;
                     }
@@ -784,7 +791,6 @@ impl Lives {
         self.lives.iter().flatten().max().copied()
     }
 }
-
 
 /// Slow clients of real streams on the attacker's own sandbox (a token holder): 100 uploads
 /// trickling a 10 MB body, 100 readers of 64 MiB downloads through a 4 KiB window, while wrk

@@ -52,7 +52,12 @@ fn serve_dev_needs_nothing_and_prints_commands_that_work() {
         }
     }
     let ca = state.join("tls/ca.pem");
-    for want in ["https://127.0.0.1:8443", &format!("unix:{}", state.join("admin.sock").display()), &ca.display().to_string(), DEV_BPFFS] {
+    for want in [
+        "https://127.0.0.1:8443",
+        &format!("unix:{}", state.join("admin.sock").display()),
+        &ca.display().to_string(),
+        DEV_BPFFS,
+    ] {
         assert!(banner.contains(want), "{want} missing from the banner:\n{banner}");
     }
     assert!(ca.is_file(), "the CA the banner names exists");
@@ -70,7 +75,10 @@ fn serve_dev_needs_nothing_and_prints_commands_that_work() {
     let text = run(metrics);
     assert!(text.contains("gateway_dataplane_up 1"), "{metrics}\n{text}");
     // The CLI lines name the binary by its path.
-    assert!(banner.contains(&format!("{} token create acme me", gateway_bin().canonicalize().expect("bin").display())), "{banner}");
+    assert!(
+        banner.contains(&format!("{} token create acme me", gateway_bin().canonicalize().expect("bin").display())),
+        "{banner}"
+    );
 
     // SAFETY: kill(2) of our child.
     unsafe {

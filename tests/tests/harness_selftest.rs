@@ -16,18 +16,12 @@ use gateway_tests::harness::*;
 const MARK: u32 = 0x6777;
 
 fn ip_netns_list() -> String {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn ip_link_names() -> HashSet<String> {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip link show");
+    let out = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link show");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -39,9 +33,7 @@ fn ip_link_names() -> HashSet<String> {
 }
 
 fn netns_listed(name: &str) -> bool {
-    ip_netns_list()
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(name))
+    ip_netns_list().lines().any(|l| l.split_whitespace().next() == Some(name))
 }
 
 fn echo_roundtrip(s: &mut std::net::TcpStream, msg: &[u8]) {
@@ -52,11 +44,7 @@ fn echo_roundtrip(s: &mut std::net::TcpStream, msg: &[u8]) {
 }
 
 fn http_get(s: &mut std::net::TcpStream, host: &str, path: &str) -> String {
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("write");
     s.set_read_timeout(Some(REACH_TIMEOUT)).expect("timeout");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read response");
@@ -75,11 +63,7 @@ fn host_reaches_sandbox_listener_with_and_without_mark() {
     echo_roundtrip(&mut plain, b"hello\n");
     assert_eq!(plain.local_addr().expect("local").ip(), sb.link.host_addr());
 
-    let mut marked = assert_reachable(
-        Origin::host_marked(MARK),
-        sb.sock(3000),
-        "echo from host, marked",
-    );
+    let mut marked = assert_reachable(Origin::host_marked(MARK), sb.sock(3000), "echo from host, marked");
     assert_eq!(read_greeting(&mut marked).expect("greeting"), "port 3000");
     echo_roundtrip(&mut marked, b"marked\n");
 
@@ -90,18 +74,11 @@ fn host_reaches_sandbox_listener_with_and_without_mark() {
 
     // A port nothing listens on answers RST: that is "refused", not "dropped".
     assert_refused(Origin::host(), sb.sock(3001), "closed port in the sandbox");
-    assert!(matches!(
-        probe(Origin::host(), sb.sock(3001), DROP_TIMEOUT),
-        Reach::Refused
-    ));
+    assert!(matches!(probe(Origin::host(), sb.sock(3001), DROP_TIMEOUT), Reach::Refused));
 
     // HTTP listener on 0.0.0.0:8080 inside the sandbox, and one on its loopback only.
     let api = spawn_http_ok(&sb.ns, 8080, "");
-    let local_only = spawn_http_ok_at(
-        &sb,
-        "127.0.0.1:5173".parse().expect("addr"),
-        "vite on {port}",
-    );
+    let local_only = spawn_http_ok_at(&sb, "127.0.0.1:5173".parse().expect("addr"), "vite on {port}");
     let mut h = assert_reachable(Origin::host_marked(MARK), sb.sock(8080), "sandbox API port");
     let resp = http_get(&mut h, "sbx-a-ws.local.gw.test", "/v1/hello");
     assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
@@ -109,16 +86,8 @@ fn host_reaches_sandbox_listener_with_and_without_mark() {
     assert!(resp.ends_with("\r\n\r\nport 8080\n"), "{resp}");
     let reqs = api.requests();
     assert_eq!(reqs.len(), 1);
-    assert!(
-        reqs[0].starts_with("GET /v1/hello HTTP/1.1\r\n"),
-        "{}",
-        reqs[0]
-    );
-    assert!(
-        reqs[0].contains("Host: sbx-a-ws.local.gw.test"),
-        "{}",
-        reqs[0]
-    );
+    assert!(reqs[0].starts_with("GET /v1/hello HTTP/1.1\r\n"), "{}", reqs[0]);
+    assert!(reqs[0].contains("Host: sbx-a-ws.local.gw.test"), "{}", reqs[0]);
 
     // Bound to 127.0.0.1 inside the sandbox: refused from outside, fine from inside.
     assert_refused(Origin::host(), sb.sock(5173), "app bound to localhost");
@@ -139,11 +108,7 @@ fn http_listener_keeps_connections_alive() {
     let mut s = assert_reachable(Origin::host(), sb.sock(app.port()), "http app");
     s.set_read_timeout(Some(REACH_TIMEOUT)).expect("timeout");
     for i in 0..3 {
-        write!(
-            s,
-            "POST /n/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde"
-        )
-        .expect("w");
+        write!(s, "POST /n/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde").expect("w");
         let mut buf = vec![0u8; 4096];
         let mut got = String::new();
         let want = format!("hello {}", app.port());
@@ -173,11 +138,7 @@ fn sandboxes_reach_each_other_through_the_host() {
     assert_eq!(ab.local_addr().expect("local").ip(), b.addr());
     echo_roundtrip(&mut ab, b"b to a");
 
-    let mut ba = assert_reachable(
-        Origin::from(&a).with_mark(MARK),
-        b.sock(4001),
-        "a -> b marked",
-    );
+    let mut ba = assert_reachable(Origin::from(&a).with_mark(MARK), b.sock(4001), "a -> b marked");
     assert_eq!(read_greeting(&mut ba).expect("greeting"), "port 4001");
 
     let s = try_connect_from(&a.ns, b.sock(4001), REACH_TIMEOUT).expect("try_connect_from");
@@ -216,14 +177,9 @@ fn unreachable_means_silently_dropped() {
     let sb = Sandbox::new();
     let app = spawn_tcp_echo(&sb, sb.sock(3000));
     // Take the sandbox end down: the host's SYN (first its ARP request) goes nowhere, no answer.
-    sb.ns
-        .ip(&["link", "set", sb.link.sandbox_ifname(), "down"])
-        .expect("link down");
+    sb.ns.ip(&["link", "set", sb.link.sandbox_ifname(), "down"]).expect("link down");
     assert_unreachable(Origin::host(), sb.sock(3000), "sandbox with its link down");
-    assert!(matches!(
-        probe(Origin::host(), sb.sock(3000), DROP_TIMEOUT),
-        Reach::TimedOut
-    ));
+    assert!(matches!(probe(Origin::host(), sb.sock(3000), DROP_TIMEOUT), Reach::TimedOut));
     let e = try_connect(sb.sock(3000), DROP_TIMEOUT, None).expect_err("must time out");
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
     assert_eq!(app.accepted(), 0);
@@ -231,14 +187,8 @@ fn unreachable_means_silently_dropped() {
     // And the assertion fails, with a useful message, when the port is in fact reachable.
     let sb2 = Sandbox::new();
     let _l = spawn_tcp_echo(&sb2, sb2.sock(3000));
-    let err = panic::catch_unwind(|| {
-        assert_unreachable(
-            Origin::host_marked(MARK),
-            sb2.sock(3000),
-            "should be closed",
-        )
-    })
-    .expect_err("assert_unreachable must panic on an open port");
+    let err = panic::catch_unwind(|| assert_unreachable(Origin::host_marked(MARK), sb2.sock(3000), "should be closed"))
+        .expect_err("assert_unreachable must panic on an open port");
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("should be closed"), "{msg}");
     assert!(msg.contains("host namespace (SO_MARK 0x6777)"), "{msg}");
@@ -250,10 +200,7 @@ fn unreachable_means_silently_dropped() {
     })
     .expect_err("assert_reachable must panic on a closed port");
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(
-        msg.contains(sb2.ns.name()) && msg.contains("REACHABLE"),
-        "{msg}"
-    );
+    assert!(msg.contains(sb2.ns.name()) && msg.contains("REACHABLE"), "{msg}");
     assert!(msg.contains("refused"), "{msg}");
 }
 
@@ -267,28 +214,18 @@ fn netns_run_exec_and_panics() {
     assert!(links.contains("lo:") && links.contains("UP"), "{links}");
     let outside = 41;
     assert_eq!(ns.run(|| outside + 1), 42);
-    let listener = ns
-        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
+    let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     // The socket belongs to the namespace: unreachable from the host's loopback.
     let port = listener.local_addr().expect("addr").port();
     let from_host = try_connect(SocketAddr::from(([127, 0, 0, 1], port)), DROP_TIMEOUT, None);
-    assert!(
-        from_host.is_err(),
-        "namespace socket visible from the host: {from_host:?}"
-    );
+    assert!(from_host.is_err(), "namespace socket visible from the host: {from_host:?}");
     assert!(try_connect_from(&ns, SocketAddr::from(([127, 0, 0, 1], port)), REACH_TIMEOUT).is_ok());
 
     let r = panic::catch_unwind(AssertUnwindSafe(|| ns.run(|| panic!("boom inside"))));
     let payload = r.expect_err("panic must propagate");
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom inside"));
     ns.sysctl("net.ipv4.ip_forward", "1").expect("sysctl");
-    assert_eq!(
-        ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"])
-            .expect("cat")
-            .trim(),
-        "1"
-    );
+    assert_eq!(ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).expect("cat").trim(), "1");
     assert!(ns.exec(&["false"]).is_err());
     let h = ns.spawn(|| std::fs::read_link("/proc/thread-self/ns/net").expect("readlink"));
     let inside = h.join().expect("join");
@@ -305,23 +242,10 @@ struct Names {
 }
 
 fn assert_gone(n: &Names) {
-    assert!(
-        !netns_listed(&n.netns),
-        "netns {} still listed:\n{}",
-        n.netns,
-        ip_netns_list()
-    );
+    assert!(!netns_listed(&n.netns), "netns {} still listed:\n{}", n.netns, ip_netns_list());
     let links = ip_link_names();
-    assert!(
-        !links.contains(&n.host_if),
-        "{} still in `ip link`",
-        n.host_if
-    );
-    assert!(
-        !links.contains(&n.sandbox_if),
-        "{} still in `ip link`",
-        n.sandbox_if
-    );
+    assert!(!links.contains(&n.host_if), "{} still in `ip link`", n.host_if);
+    assert!(!links.contains(&n.sandbox_if), "{} still in `ip link`", n.sandbox_if);
     assert!(!n.claim.exists(), "claim {} still there", n.claim.display());
     assert!(!n.pins.exists(), "{} still there", n.pins.display());
 }
@@ -340,9 +264,7 @@ fn build_everything() -> (Sandbox, BpffsDir, Listener, Names) {
         netns: sb.ns.name().to_owned(),
         host_if: sb.link.host_ifname().to_owned(),
         sandbox_if: sb.link.sandbox_ifname().to_owned(),
-        claim: Path::new(STATE_DIR)
-            .join("addr")
-            .join(sb.link.block().to_string()),
+        claim: Path::new(STATE_DIR).join("addr").join(sb.link.block().to_string()),
         pins: pins.path().to_owned(),
     };
     assert!(names.claim.exists());
@@ -386,10 +308,7 @@ fn parallel_creation_gives_unique_names() {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
     });
     let mut seen = HashSet::new();
     for (sb, _) in &built {
@@ -404,15 +323,8 @@ fn parallel_creation_gives_unique_names() {
         }
         assert!(sb.link.host_ifname().len() <= 15 && sb.link.sandbox_ifname().len() <= 15);
         let [a, b, ..] = sb.addr().octets();
-        assert!(
-            a == 198 && (b == 18 || b == 19),
-            "{} outside 198.18.0.0/15",
-            sb.addr()
-        );
-        assert!(
-            sb.addr() > std::net::Ipv4Addr::new(198, 18, 0, 255),
-            "in the reserved /24"
-        );
+        assert!(a == 198 && (b == 18 || b == 19), "{} outside 198.18.0.0/15", sb.addr());
+        assert!(sb.addr() > std::net::Ipv4Addr::new(198, 18, 0, 255), "in the reserved /24");
     }
     // All reachable at once, from the host and from each other.
     thread::scope(|s| {
@@ -420,10 +332,7 @@ fn parallel_creation_gives_unique_names() {
             let next = &built[(i + 1) % built.len()].0;
             s.spawn(move || {
                 let mut c = assert_reachable(Origin::host(), sb.sock(l.port()), "parallel host");
-                assert_eq!(
-                    read_greeting(&mut c).expect("greet"),
-                    format!("port {}", l.port())
-                );
+                assert_eq!(read_greeting(&mut c).expect("greet"), format!("port {}", l.port()));
                 assert_reachable(&next.ns, sb.sock(l.port()), "parallel neighbour");
             });
         }
@@ -439,24 +348,12 @@ fn sweep_removes_only_leftovers_of_dead_processes() {
     child.wait().expect("wait");
 
     let stale_ns = format!("{NETNS_PREFIX}{dead}-0");
-    let status = Command::new("ip")
-        .args(["netns", "add", &stale_ns])
-        .status()
-        .expect("ip");
+    let status = Command::new("ip").args(["netns", "add", &stale_ns]).status().expect("ip");
     assert!(status.success());
     // Blocks below 64 are never allocated, so this name cannot belong to a live test.
     let stale_if = format!("{HOST_IF_PREFIX}7");
     let status = Command::new("ip")
-        .args([
-            "link",
-            "add",
-            &stale_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{SANDBOX_IF_PREFIX}7"),
-        ])
+        .args(["link", "add", &stale_if, "type", "veth", "peer", "name", &format!("{SANDBOX_IF_PREFIX}7")])
         .status()
         .expect("ip");
     assert!(status.success());
@@ -469,10 +366,7 @@ fn sweep_removes_only_leftovers_of_dead_processes() {
 
     let report = sweep_stale();
     assert!(report.netns.contains(&stale_ns), "{report:?}");
-    assert!(
-        report.links.contains(&stale_if) || report.links.contains(&format!("{SANDBOX_IF_PREFIX}7")),
-        "{report:?}"
-    );
+    assert!(report.links.contains(&stale_if) || report.links.contains(&format!("{SANDBOX_IF_PREFIX}7")), "{report:?}");
     assert!(report.bpffs_dirs.contains(&stale_dir), "{report:?}");
     assert!(!netns_listed(&stale_ns));
     assert!(!ip_link_names().contains(&stale_if));
@@ -483,9 +377,5 @@ fn sweep_removes_only_leftovers_of_dead_processes() {
     assert!(ip_link_names().contains(live.link.host_ifname()));
     assert!(live_pins.path().is_dir());
     let _l = spawn_tcp_echo(&live, live.sock(3000));
-    assert_reachable(
-        Origin::host(),
-        live.sock(3000),
-        "live sandbox after a sweep",
-    );
+    assert_reachable(Origin::host(), live.sock(3000), "live sandbox after a sweep");
 }

@@ -27,9 +27,10 @@ fn repo() -> PathBuf {
 /// The packaged unit, its binary and documentation paths pointing at files that exist here.
 fn unit_for_tests(dir: &Path) -> PathBuf {
     let unit = fs::read_to_string(repo().join("packaging/gateway.service")).expect("read packaging/gateway.service");
-    let unit = unit
-        .replace("/usr/local/bin/gateway", &gateway_bin().display().to_string())
-        .replace("/usr/local/share/doc/gateway/README.md", &repo().join("README.md").canonicalize().expect("README").display().to_string());
+    let unit = unit.replace("/usr/local/bin/gateway", &gateway_bin().display().to_string()).replace(
+        "/usr/local/share/doc/gateway/README.md",
+        &repo().join("README.md").canonicalize().expect("README").display().to_string(),
+    );
     let path = dir.join("gateway.service");
     fs::write(&path, unit).expect("write the unit");
     path
@@ -63,7 +64,11 @@ fn the_systemd_unit_verifies_and_asks_for_what_the_issue_lists() {
     ] {
         assert!(lines.contains(&want), "the unit lacks {want:?}");
     }
-    assert!(lines.iter().any(|l| l.starts_with("ExecStartPre=") && l.ends_with("check-config --config /etc/gateway/gateway.toml")));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ExecStartPre=") && l.ends_with("check-config --config /etc/gateway/gateway.toml"))
+    );
 }
 
 /// A stand-in for systemd's notification socket.
@@ -182,16 +187,24 @@ fn notify_ready_watchdog_reload_and_stop_with_only_the_units_capabilities() {
 
     let ready = notify.wait_for("READY=1", Duration::from_secs(30));
     // READY=1 means serving: no retry needed.
-    let r = client.request("GET", "/ready", &[], None).unwrap_or_else(|e| panic!("admin after READY=1: {e}\n{}", show_log()));
+    let r = client
+        .request("GET", "/ready", &[], None)
+        .unwrap_or_else(|e| panic!("admin after READY=1: {e}\n{}", show_log()));
     assert_eq!(r.status, 200, "{}", show_log());
-    TcpStream::connect(("127.0.0.1", https_port)).unwrap_or_else(|e| panic!("HTTPS after READY=1: {e}\n{}", show_log()));
+    TcpStream::connect(("127.0.0.1", https_port))
+        .unwrap_or_else(|e| panic!("HTTPS after READY=1: {e}\n{}", show_log()));
     assert!(ready.contains("MAINPID="), "{ready}");
     assert!(ready.lines().any(|l| l.starts_with("STATUS=serving")), "{ready}");
     let eff = effective_caps(child.0.id());
-    assert_eq!(eff & !((1 << 10) | (1 << 12) | (1 << 24) | (1 << 38) | (1 << 39)), 0, "capabilities beyond the unit's: {eff:#x}");
+    assert_eq!(
+        eff & !((1 << 10) | (1 << 12) | (1 << 24) | (1 << 38) | (1 << 39)),
+        0,
+        "capabilities beyond the unit's: {eff:#x}"
+    );
 
     // The data plane works with these capabilities: attach, maps, enforcement.
-    let body = json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
+    let body =
+        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
     let r = client.put_json("/v1/workspaces/ws1/sandboxes/app", &body);
     assert_eq!(r.status, 200, "PUT: {}\n{}", r.text(), show_log());
     assert_reachable(Origin::host_marked(MARK), sb.sock(3000), "declared port, marked");
@@ -235,7 +248,9 @@ fn keepalive_request(stream: &mut TcpStream, path: &str, token: &str) -> u16 {
         if let Some(end) = text.find("\r\n\r\n") {
             let len: usize = text[..end]
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 return text[9..12].parse().expect("status");
@@ -326,7 +341,13 @@ fn sighup_keeps_https_connections_and_refuses_unreadable_certificates() {
     fs::copy(gw.state_dir().join("tls/cert.pem"), certs.join("cert.pem")).expect("cert");
     fs::copy(gw.state_dir().join("tls/key.pem"), certs.join("key.pem")).expect("key");
     let base = fs::read_to_string(gw.config_path()).expect("config");
-    let with_tls = |cert: &str| format!("{base}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", certs.join(cert).display(), certs.join("key.pem").display());
+    let with_tls = |cert: &str| {
+        format!(
+            "{base}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            certs.join(cert).display(),
+            certs.join("key.pem").display()
+        )
+    };
     fs::write(gw.config_path(), with_tls("cert.pem")).expect("config");
     gw.spawn();
     register(&gw, "web", &sb, &[(3000, "HTTP")]);
@@ -346,7 +367,8 @@ fn sighup_keeps_https_connections_and_refuses_unreadable_certificates() {
     wait_reloads(&gw, "refused", 1);
     assert!(gw.log().contains("missing.pem"), "the refusal names the file:\n{}", gw.log());
     assert_eq!(ask(&mut h2), 200, "the open connection survives a refused reload");
-    rt.block_on(client.tls("any.local.gw.test", Alpn::H1)).expect("the running certificate still serves new handshakes");
+    rt.block_on(client.tls("any.local.gw.test", Alpn::H1))
+        .expect("the running certificate still serves new handshakes");
 
     fs::write(gw.config_path(), with_tls("cert.pem")).expect("config");
     sighup(&gw);

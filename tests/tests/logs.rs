@@ -16,7 +16,8 @@ fn ebpf_log_records_are_bridged_into_the_gateway_log() {
     gw.kill();
     gw.set_log_filter("info,gateway_ebpf=debug");
     gw.spawn();
-    let body = json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
+    let body =
+        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
     assert_eq!(gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body).status, 200);
 
     // An unmarked SYN is dropped by sandbox_in (hook 0) as not from the gateway (reason 19).
@@ -60,7 +61,10 @@ fn json_logs_are_one_object_per_line_without_colours() {
         log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
     assert!(lines.iter().any(|v| v["message"] == "ready"), "{log}");
     assert!(lines.iter().any(|v| v["message"] == "admin request" && v["path"] == "/v1/sandboxes"), "{log}");
-    assert!(lines.iter().all(|v| v["level"].is_string() && v["target"].is_string() && v["timestamp"].is_string()), "{log}");
+    assert!(
+        lines.iter().all(|v| v["level"].is_string() && v["target"].is_string() && v["timestamp"].is_string()),
+        "{log}"
+    );
     assert!(!log.contains('\u{1b}'), "no ANSI escapes in a file:\n{log}");
 }
 
@@ -90,20 +94,32 @@ fn the_edge_writes_an_access_line_per_request_without_secrets() {
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(refused.status, 401);
     let id = ok.headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id").to_string();
-    let refused_id = refused.headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id").to_string();
+    let refused_id =
+        refused.headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id").to_string();
     assert_ne!(id, refused_id);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let (line, refused_line) = loop {
         let log = gw.log();
-        let find = |id: &str| log.lines().find(|l| l.contains("gateway::access") && l.contains(&format!("id={id} "))).map(str::to_owned);
+        let find = |id: &str| {
+            log.lines().find(|l| l.contains("gateway::access") && l.contains(&format!("id={id} "))).map(str::to_owned)
+        };
         if let (Some(a), Some(b)) = (find(&id), find(&refused_id)) {
             break (a, b);
         }
         assert!(Instant::now() < deadline, "no access line for {id} / {refused_id}:\n{log}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    for want in ["method=GET", "route=port", "workspace=acme", "sandbox=web", "port=3000", "status=200", "token=access-log", "complete=true"] {
+    for want in [
+        "method=GET",
+        "route=port",
+        "workspace=acme",
+        "sandbox=web",
+        "port=3000",
+        "status=200",
+        "token=access-log",
+        "complete=true",
+    ] {
         assert!(line.contains(want), "{want} missing from {line}");
     }
     assert!(line.contains(&format!("bytes={}", ok.body.len())), "bytes of the body in {line}");

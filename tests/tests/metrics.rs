@@ -132,7 +132,8 @@ fn edge_requests_connections_tls_and_websockets_are_counted() {
         let mut raw = tokio::net::TcpStream::connect(gw.https_addr()).await.expect("connect");
         raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
         let mut sink = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut sink))
+            .await;
 
         // A WebSocket, open while we scrape.
         let io = open_websocket(&client, &host, "/port/3000/ws", &bearer).await;
@@ -150,13 +151,18 @@ fn edge_requests_connections_tls_and_websockets_are_counted() {
 
     let after = scrape(&gw);
     assert_well_formed(&after);
-    let delta = |name: &str, labels: &[(&str, &str)]| sum_samples(&after, name, labels) - sum_samples(&before, name, labels);
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| sum_samples(&after, name, labels) - sum_samples(&before, name, labels);
     assert_eq!(
         delta("gateway_requests_total", &[("route", "port"), ("status", "200"), ("workspace", "acme")]),
         3,
         "{after}"
     );
-    assert_eq!(delta("gateway_requests_total", &[("route", "port"), ("status", "401"), ("workspace", "acme")]), 1, "{after}");
+    assert_eq!(
+        delta("gateway_requests_total", &[("route", "port"), ("status", "401"), ("workspace", "acme")]),
+        1,
+        "{after}"
+    );
     assert!(delta("gateway_requests_total", &[("status", "101")]) >= 1, "{after}");
     assert!(delta("gateway_upstream_latency_seconds_count", &[("route", "port")]) >= 3, "{after}");
     assert!(delta("gateway_tls_handshakes_total", &[("result", "ok")]) >= 5, "{after}");

@@ -11,7 +11,8 @@ const SBX: &str = "/v1/workspaces/acme/sandboxes/app";
 
 fn gateway() -> GatewayProcess {
     let gw = GatewayProcess::start();
-    let r = gw.client().put_json(SBX, &json!({"address": "198.18.0.2", "interface": "lo", "ports": [{"target": 3000}]}));
+    let r =
+        gw.client().put_json(SBX, &json!({"address": "198.18.0.2", "interface": "lo", "ports": [{"target": 3000}]}));
     assert_eq!(r.status, 200, "{}", r.text());
     gw
 }
@@ -35,8 +36,11 @@ fn previews_tokens_and_sessions_over_v1() {
     let port = gw.https_port();
 
     // Create: URL with the public port, random-looking stable id, defaults.
-    let r = c.put_json(&format!("{SBX}/previews/web"), &json!({"port": 5173, "ttl": "24h",
-        "requestHeaders": {"Authorization": "Bearer app"}, "responseHeaders": {"Access-Control-Allow-Origin": "*"}}));
+    let r = c.put_json(
+        &format!("{SBX}/previews/web"),
+        &json!({"port": 5173, "ttl": "24h",
+        "requestHeaders": {"Authorization": "Bearer app"}, "responseHeaders": {"Access-Control-Allow-Origin": "*"}}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let web = r.json();
     let id = web["id"].as_str().expect("id").to_string();
@@ -47,7 +51,8 @@ fn previews_tokens_and_sessions_over_v1() {
     assert_eq!(web["port"], 5173);
     assert_eq!(web["requestHeaders"], json!({"authorization": "Bearer app"}));
     assert_eq!(web["ttl"], "24h");
-    let left = time::until(time::parse_timestamp(web["expiresAt"].as_str().expect("expiresAt")).expect("ts"), time::now());
+    let left =
+        time::until(time::parse_timestamp(web["expiresAt"].as_str().expect("expiresAt")).expect("ts"), time::now());
     assert!(left > Duration::from_secs(23 * 3600) && left <= Duration::from_secs(24 * 3600), "{left:?}");
 
     // GET, list, idempotent PUT, prefixUrl.
@@ -55,9 +60,18 @@ fn previews_tokens_and_sessions_over_v1() {
     let pre = c.put_json(&format!("{SBX}/previews/shop"), &json!({"port": 3000, "public": true, "prefixUrl": "shop"}));
     assert_eq!(pre.status, 200, "{}", pre.text());
     assert_eq!(pre.json()["url"], format!("https://shop-acme.local.preview.gw.test:{port}"));
-    let names: Vec<Value> = c.get(&format!("{SBX}/previews")).json()["previews"].as_array().expect("list").iter().map(|p| p["name"].clone()).collect();
+    let names: Vec<Value> = c.get(&format!("{SBX}/previews")).json()["previews"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
     assert_eq!(names, vec![json!("shop"), json!("web")]);
-    assert_error(&c.put_json(&format!("{SBX}/previews/shop2"), &json!({"port": 3000, "prefixUrl": "shop"})), 409, "PREVIEW_URL_CONFLICT");
+    assert_error(
+        &c.put_json(&format!("{SBX}/previews/shop2"), &json!({"port": 3000, "prefixUrl": "shop"})),
+        409,
+        "PREVIEW_URL_CONFLICT",
+    );
 
     // Timestamps in every accepted form.
     for (at, want) in [
@@ -71,12 +85,17 @@ fn previews_tokens_and_sessions_over_v1() {
         assert_eq!(r.status, 200, "{at}: {}", r.text());
         assert_eq!(r.json()["expiresAt"], want, "{at}");
     }
-    assert_error(&c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 3000, "expiresAt": "next week"})), 400, "BAD_REQUEST");
+    assert_error(
+        &c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 3000, "expiresAt": "next week"})),
+        400,
+        "BAD_REQUEST",
+    );
     assert_error(&c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 80})), 400, "RESERVED_PORT");
     assert_error(&c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 8080})), 400, "RESERVED_PORT");
 
     // Tokens: created with the secret, listed without, revoked by name.
-    let r = post(&gw, &format!("{SBX}/previews/web/tokens"), &json!({"name": "ci", "expiresAt": "2099-01-01T00:00:00Z"}));
+    let r =
+        post(&gw, &format!("{SBX}/previews/web/tokens"), &json!({"name": "ci", "expiresAt": "2099-01-01T00:00:00Z"}));
     assert_eq!(r.status, 201, "{}", r.text());
     let ci = r.json();
     assert!(ci["token"].as_str().is_some_and(|t| t.starts_with("gwpt_")), "{ci}");
@@ -102,7 +121,8 @@ fn previews_tokens_and_sessions_over_v1() {
     assert_eq!(s["preview"]["port"], 443);
     assert_eq!(s["preview"]["public"], false);
     assert_eq!(s["url"], s["preview"]["url"]);
-    let left = time::until(time::parse_timestamp(s["expiresAt"].as_str().expect("expiresAt")).expect("ts"), time::now());
+    let left =
+        time::until(time::parse_timestamp(s["expiresAt"].as_str().expect("expiresAt")).expect("ts"), time::now());
     assert!(left > Duration::from_secs(23 * 3600) && left <= Duration::from_secs(24 * 3600), "{left:?}");
     assert_eq!(s["preview"]["expiresAt"], s["expiresAt"]);
 
@@ -127,10 +147,30 @@ fn the_cli_manages_previews_tokens_and_sessions() {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--admin", &admin, "--token", gw.token()]);
         let out = run_gateway(&all);
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let (code, out, err) = run(&["preview", "create", "web", "-w", "acme", "-s", "app", "--port", "5173", "--public",
-        "--response-header", "Access-Control-Allow-Origin:*", "--ttl", "1h", "-o", "json"]);
+    let (code, out, err) = run(&[
+        "preview",
+        "create",
+        "web",
+        "-w",
+        "acme",
+        "-s",
+        "app",
+        "--port",
+        "5173",
+        "--public",
+        "--response-header",
+        "Access-Control-Allow-Origin:*",
+        "--ttl",
+        "1h",
+        "-o",
+        "json",
+    ]);
     assert_eq!(code, Some(0), "{err}");
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["public"], true);
@@ -138,7 +178,8 @@ fn the_cli_manages_previews_tokens_and_sessions() {
     let (code, out, _) = run(&["preview", "list", "-w", "acme", "-s", "app"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("web") && out.contains("5173") && out.contains(v["url"].as_str().unwrap_or("-")), "{out}");
-    let (code, out, err) = run(&["preview-token", "create", "web", "-w", "acme", "-s", "app", "--name", "ci", "--ttl", "10m"]);
+    let (code, out, err) =
+        run(&["preview-token", "create", "web", "-w", "acme", "-s", "app", "--name", "ci", "--ttl", "10m"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("gwpt_"), "{out}");
     let (code, out, _) = run(&["preview-token", "list", "web", "-w", "acme", "-s", "app"]);

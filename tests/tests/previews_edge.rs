@@ -123,7 +123,8 @@ fn public_and_private_previews_with_header_query_and_cookie_tokens() {
         }
         assert!(!cookie.to_ascii_lowercase().contains("domain="), "host-only cookie: {cookie}");
         let pair = cookie.split(';').next().expect("pair").to_string();
-        let r = c.get(&host, "/page?a=1", &[("accept", html), ("cookie", &format!("theme=dark; {pair}; lang=fr"))]).await;
+        let r =
+            c.get(&host, "/page?a=1", &[("accept", html), ("cookie", &format!("theme=dark; {pair}; lang=fr"))]).await;
         assert_eq!(r.status, 200, "the cookie authenticates: {}", r.text());
         let echo = r.json();
         assert_eq!(seen(&echo, "cookie"), vec!["theme=dark; lang=fr"], "our cookie removed, the app's kept");
@@ -148,7 +149,10 @@ fn public_and_private_previews_with_header_query_and_cookie_tokens() {
         let (_, t2) = new_token(&gw, "priv", json!({}));
         let mut h2 = c.h2(&host).await;
         h2.ready().await.expect("ready");
-        let resp = h2.send_request(build_h2(Method::GET, &host, "/h2", &[("x-blaxel-preview-token", &t2)], empty())).await.expect("h2");
+        let resp = h2
+            .send_request(build_h2(Method::GET, &host, "/h2", &[("x-blaxel-preview-token", &t2)], empty()))
+            .await
+            .expect("h2");
         let r = read_reply(resp).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["uri"], "/h2");
@@ -162,11 +166,15 @@ fn request_and_response_headers_cors_and_preflight() {
     let _rt = rt.enter();
     let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let c = EdgeClient::new(&gw);
-    let cors = put_preview(&gw, "cors", json!({
-        "port": 3000, "public": true,
-        "requestHeaders": {"Authorization": "Bearer app-secret", "X-App": "preview"},
-        "responseHeaders": {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST", "X-Frame-Options": "DENY"}
-    }));
+    let cors = put_preview(
+        &gw,
+        "cors",
+        json!({
+            "port": 3000, "public": true,
+            "requestHeaders": {"Authorization": "Bearer app-secret", "X-App": "preview"},
+            "responseHeaders": {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST", "X-Frame-Options": "DENY"}
+        }),
+    );
     let plain = put_preview(&gw, "plain", json!({"port": 3000, "public": true}));
     let (host, plain_host) = (host_of(&cors), host_of(&plain));
 
@@ -189,14 +197,26 @@ fn request_and_response_headers_cors_and_preflight() {
         // Preflight answered at the edge from responseHeaders; the app is not asked.
         let n = app.requests.load(std::sync::atomic::Ordering::SeqCst);
         let r = c
-            .request(Method::OPTIONS, &host, "/api", &[("origin", "https://x.example"), ("access-control-request-method", "POST")], empty())
+            .request(
+                Method::OPTIONS,
+                &host,
+                "/api",
+                &[("origin", "https://x.example"), ("access-control-request-method", "POST")],
+                empty(),
+            )
             .await;
         assert_eq!(r.status, 204, "{}", r.text());
         assert_eq!(r.headers["access-control-allow-methods"], "GET, POST");
         assert_eq!(app.requests.load(std::sync::atomic::Ordering::SeqCst), n);
         // Without CORS in responseHeaders, OPTIONS goes to the app.
         let r = c
-            .request(Method::OPTIONS, &plain_host, "/api", &[("origin", "https://x.example"), ("access-control-request-method", "POST")], empty())
+            .request(
+                Method::OPTIONS,
+                &plain_host,
+                "/api",
+                &[("origin", "https://x.example"), ("access-control-request-method", "POST")],
+                empty(),
+            )
             .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["method"], "OPTIONS");
@@ -289,7 +309,10 @@ fn a_session_reaches_ports_and_the_sandbox_api_and_expired_previews_vanish() {
         tokio::time::sleep(Duration::from_millis(1600)).await;
         c.get(&bhost, "/", &[]).await.assert_error(404, "ROUTE_NOT_FOUND");
         // A deleted one too; unknown ids as well.
-        assert_eq!(gw.client().delete(&format!("{SBX}/previews/{}", session["name"].as_str().expect("name"))).status, 204);
+        assert_eq!(
+            gw.client().delete(&format!("{SBX}/previews/{}", session["name"].as_str().expect("name"))).status,
+            204
+        );
         c.get(&host, "/port/3000/", &auth).await.assert_error(404, "ROUTE_NOT_FOUND");
         c.get("nope.local.preview.gw.test", "/", &[]).await.assert_error(404, "ROUTE_NOT_FOUND");
     });

@@ -3,7 +3,10 @@
 //! the pinned maps themselves, `gateway dataplane dump`) AND connects with the gateway's mark.
 
 use gateway::{dataplane::maps::KernelMaps, previews::time};
-use gateway_common::{IPPROTO_TCP, policy::{Endpoint, origin}};
+use gateway_common::{
+    IPPROTO_TCP,
+    policy::{Endpoint, origin},
+};
 use gateway_tests::{gateway_process::*, harness::*};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -41,7 +44,8 @@ fn entry(gw: &GatewayProcess, port: u16) -> Option<(Vec<String>, u64)> {
     let r = gw.client().get(&format!("{SBX}/policy"));
     assert_eq!(r.status, 200, "GET policy: {}", r.text());
     r.json()["entries"].as_array().expect("entries").iter().find(|e| e["port"] == port).map(|e| {
-        let origins = e["origin"].as_array().expect("origin").iter().map(|o| o.as_str().unwrap_or("").to_string()).collect();
+        let origins =
+            e["origin"].as_array().expect("origin").iter().map(|o| o.as_str().unwrap_or("").to_string()).collect();
         (origins, e["previewRefs"].as_u64().expect("previewRefs"))
     })
 }
@@ -57,7 +61,10 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 
 fn state_of(gw: &GatewayProcess) -> (String, String) {
-    (gw.client().get(&format!("{SBX}/previews")).text(), gw.client().get(&format!("{SBX}/policy")).json()["entries"].to_string())
+    (
+        gw.client().get(&format!("{SBX}/previews")).text(),
+        gw.client().get(&format!("{SBX}/policy")).json()["entries"].to_string(),
+    )
 }
 
 #[test]
@@ -94,7 +101,8 @@ fn previews_open_undeclared_ports_and_the_last_one_closes_them() {
     let out = run_gateway(&["dataplane", "dump", "--json", "--bpffs", bpffs.as_str()]);
     assert!(out.status.success(), "dump: {}", String::from_utf8_lossy(&out.stderr));
     let dump: Value = serde_json::from_slice(&out.stdout).expect("dump is JSON");
-    let e4000 = dump["sandboxes"][0]["entries"].as_array().expect("entries").iter().find(|e| e["port"] == 4000).cloned();
+    let e4000 =
+        dump["sandboxes"][0]["entries"].as_array().expect("entries").iter().find(|e| e["port"] == 4000).cloned();
     assert_eq!(e4000.map(|e| (e["origin"].clone(), e["previewRefs"].clone())), Some((json!(["preview"]), json!(2))));
 
     // Refused requests change nothing, in the state or in the kernel.

@@ -50,7 +50,12 @@ fn the_python_sdk_manages_previews_and_sessions_and_fetches_ports() {
     });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the SDK script failed ({}):\n{stdout}\n{stderr}\ngateway log:\n{}", out.status, gw.log());
+    assert!(
+        out.status.success(),
+        "the SDK script failed ({}):\n{stdout}\n{stderr}\ngateway log:\n{}",
+        out.status,
+        gw.log()
+    );
     let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("no JSON result ({e}):\n{stdout}\n{stderr}"));
     let ok = |key: &str| -> Value {

@@ -33,7 +33,8 @@ fn admin_addr(gw: &GatewayProcess) -> SocketAddr {
 fn one_request(addr: SocketAddr, path: &str) -> Result<u16, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_TOKEN}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_TOKEN}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
@@ -58,7 +59,10 @@ fn keepalive_request(mut s: TcpStream, path: &str) -> Result<(u16, Option<TcpStr
         let text = String::from_utf8_lossy(&buf).into_owned();
         let Some(end) = text.find("\r\n\r\n") else { continue };
         let head = text[..end].to_ascii_lowercase();
-        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
         if buf.len() < end + 4 + len {
             continue;
         }
@@ -197,7 +201,8 @@ fn setup() -> (BpffsDir, Sandbox, Listener, GatewayProcess) {
     let sb = Sandbox::new();
     let app = spawn_tcp_echo(&sb, sb.sock(3000));
     let gw = GatewayProcess::start_enforcing(bpffs.path());
-    let body = json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
+    let body =
+        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
     let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body);
     assert_eq!(r.status, 200, "PUT: {}", r.text());
     (bpffs, sb, app, gw)
@@ -235,9 +240,9 @@ fn wrk_requests_without_errors(out: std::process::Output) -> u64 {
 
 #[test]
 fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
+    use futures_util::{SinkExt, StreamExt};
     use gateway_tests::edge::*;
     use tokio_tungstenite::tungstenite::Message;
-    use futures_util::{SinkExt, StreamExt};
 
     require_root();
     let rt = runtime();
@@ -298,7 +303,12 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
         if let Some(s) = gw.try_wait_exit() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the old process did not exit; its log:\n{}\nsuccessor:\n{}", gw.log(), successor_log());
+        assert!(
+            Instant::now() < deadline,
+            "the old process did not exit; its log:\n{}\nsuccessor:\n{}",
+            gw.log(),
+            successor_log()
+        );
         thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "old process exit {status}:\n{}", gw.log());
@@ -306,16 +316,29 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
 
     let requests = wrk_requests_without_errors(wrk.wait_with_output().expect("wrk"));
     let (ok, failed, lapses, probes) = observers.finish();
-    assert!(failed.is_empty(), "{} of {} admin requests failed: {:?}\nold:\n{}\nnew:\n{}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)], gw.log(), successor_log());
+    assert!(
+        failed.is_empty(),
+        "{} of {} admin requests failed: {:?}\nold:\n{}\nnew:\n{}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)],
+        gw.log(),
+        successor_log()
+    );
     assert!(requests > 200 && ok > 100, "too little load to mean anything: {requests} HTTPS, {ok} admin requests");
     assert!(lapses.is_empty(), "enforcement lapsed: {lapses:?}");
     assert!(probes > 5, "too few enforcement probes: {probes}");
     assert_ne!(old_pid, u64::from(successor.id()));
     assert!(gw.log().contains("a new gateway process is taking over"), "{}", gw.log());
     // The state directory stays locked by the successor after the old process exited.
-    let third = gateway_command().args(["serve", "--config"]).arg(gw.config_path()).stdin(Stdio::null()).output().expect("run");
+    let third =
+        gateway_command().args(["serve", "--config"]).arg(gw.config_path()).stdin(Stdio::null()).output().expect("run");
     assert!(!third.status.success(), "a third gateway must not start on a locked state directory");
-    assert!(String::from_utf8_lossy(&third.stderr).contains("locked by another running gateway"), "{}", String::from_utf8_lossy(&third.stderr));
+    assert!(
+        String::from_utf8_lossy(&third.stderr).contains("locked by another running gateway"),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
 
     // The successor owns the state and the kernel: a mutation works and is enforced.
     let body = json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}, {"target": 3001}]});

@@ -13,7 +13,16 @@ pub fn run(quick: bool) -> Result<()> {
     setup::run(setup::Scope::All, false)?;
     setup::ensure_packages(setup::BENCH_PACKAGES)?;
     let gateway_bin = build::gateway(true)?;
-    run_cmd(cargo().args(["build", "--release", "-p", "gateway-tests", "--bin", "gateway-bench", "--bin", "gateway-bench-http"]))?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gateway-tests",
+        "--bin",
+        "gateway-bench",
+        "--bin",
+        "gateway-bench-http",
+    ]))?;
     let out_dir = root().join("target/bench");
     fs::create_dir_all(&out_dir)?;
     let mode = if quick { vec!["--quick"] } else { vec![] };
@@ -83,7 +92,11 @@ pub fn run(quick: bool) -> Result<()> {
 
 fn machine() -> String {
     let sh = |c: &str| {
-        Command::new("sh").args(["-c", c]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+        Command::new("sh")
+            .args(["-c", c])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
     };
     format!(
         "cpu: {} ({} CPUs)\nmemory: {}\nkernel: {}\nos: {}",

@@ -86,7 +86,10 @@ impl Drop for Demo {
             let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
             let _ = Command::new("ip").args(["link", "del", HOST_IF]).stderr(Stdio::null()).status();
         }
-        let _ = Command::new(&self.gateway_bin).args(["dataplane", "teardown", "--bpffs", BPFFS]).stdout(Stdio::null()).status();
+        let _ = Command::new(&self.gateway_bin)
+            .args(["dataplane", "teardown", "--bpffs", BPFFS])
+            .stdout(Stdio::null())
+            .status();
         let _ = fs::remove_dir_all(&self.dir);
         println!("demo: removed {}, netns {NETNS}, {BPFFS}", self.dir.display());
     }
@@ -153,20 +156,51 @@ pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
 
     // Register the sandbox, mint a token, make the previews.
     let sandbox = cli(&[
-        "sandbox", "create", SANDBOX, "-w", WORKSPACE, "--address", SANDBOX_ADDR, "--interface", HOST_IF, "--port", &WEB_PORT.to_string(),
+        "sandbox",
+        "create",
+        SANDBOX,
+        "-w",
+        WORKSPACE,
+        "--address",
+        SANDBOX_ADDR,
+        "--interface",
+        HOST_IF,
+        "--port",
+        &WEB_PORT.to_string(),
     ])?;
     let token = cli(&["token", "create", WORKSPACE, "demo"])?;
-    let public = cli(&["preview", "create", "-w", WORKSPACE, "-s", SANDBOX, "--port", &WEB_PORT.to_string(), "--public", "web-public"])?;
-    let private = cli(&["preview", "create", "-w", WORKSPACE, "-s", SANDBOX, "--port", &WEB_PORT.to_string(), "web-private"])?;
-    let preview_token = cli(&["preview-token", "create", "-w", WORKSPACE, "-s", SANDBOX, "--name", "demo", "--ttl", "24h", "web-private"])?;
+    let public = cli(&[
+        "preview",
+        "create",
+        "-w",
+        WORKSPACE,
+        "-s",
+        SANDBOX,
+        "--port",
+        &WEB_PORT.to_string(),
+        "--public",
+        "web-public",
+    ])?;
+    let private =
+        cli(&["preview", "create", "-w", WORKSPACE, "-s", SANDBOX, "--port", &WEB_PORT.to_string(), "web-private"])?;
+    let preview_token = cli(&[
+        "preview-token",
+        "create",
+        "-w",
+        WORKSPACE,
+        "-s",
+        SANDBOX,
+        "--name",
+        "demo",
+        "--ttl",
+        "24h",
+        "web-private",
+    ])?;
     let field = |v: &Value, k: &str| -> Result<String> {
         v[k].as_str().map(str::to_owned).with_context(|| format!("no {k:?} in {v}"))
     };
-    let urls = Urls {
-        sandbox: field(&sandbox, "url")?,
-        public: field(&public, "url")?,
-        private: field(&private, "url")?,
-    };
+    let urls =
+        Urls { sandbox: field(&sandbox, "url")?, public: field(&public, "url")?, private: field(&private, "url")? };
     let secrets = Secrets { workspace: field(&token, "token")?, preview: field(&preview_token, "token")? };
     let ca = dir.join("state/tls/ca.pem");
     if !ca.is_file() {
@@ -213,10 +247,17 @@ fn print_commands(urls: &Urls, secrets: &Secrets, ca: &Path, gateway_bin: &Path,
         format!("curl -sS --cacert {} --resolve {authority}:127.0.0.1", ca.display())
     };
     let cmd = |what: &str, line: String| println!("\n# {what}\n  $ {line}");
-    println!("\ndemo: the gateway serves https://{HTTPS}; sandbox {WORKSPACE}/{SANDBOX} at {SANDBOX_ADDR} (netns {NETNS}), port {WEB_PORT} declared");
+    println!(
+        "\ndemo: the gateway serves https://{HTTPS}; sandbox {WORKSPACE}/{SANDBOX} at {SANDBOX_ADDR} (netns {NETNS}), port {WEB_PORT} declared"
+    );
     cmd(
         "The web app through the sandbox URL, /port/3000 (workspace token)",
-        format!("{} -H 'Authorization: Bearer {}' {}/port/{WEB_PORT}/hello", curl(&urls.sandbox), secrets.workspace, urls.sandbox),
+        format!(
+            "{} -H 'Authorization: Bearer {}' {}/port/{WEB_PORT}/hello",
+            curl(&urls.sandbox),
+            secrets.workspace,
+            urls.sandbox
+        ),
     );
     cmd(
         "The sandbox API (8080 inside) on any other path",
@@ -244,7 +285,10 @@ fn print_commands(urls: &Urls, secrets: &Secrets, ca: &Path, gateway_bin: &Path,
         "A direct connection (no gateway mark) is dropped by the kernel: it times out",
         format!("curl -sS --max-time 3 http://{SANDBOX_ADDR}:{WEB_PORT}/"),
     );
-    cmd("Metrics (the eBPF verdict counters are read at every scrape)", format!("curl -sS --unix-socket {} http://gateway/metrics", config.with_file_name("admin.sock").display()));
+    cmd(
+        "Metrics (the eBPF verdict counters are read at every scrape)",
+        format!("curl -sS --unix-socket {} http://gateway/metrics", config.with_file_name("admin.sock").display()),
+    );
     println!();
 }
 
@@ -292,7 +336,8 @@ fn cleanup_leftovers(dir: &Path, gateway_bin: &Path) {
         println!("demo: removing the leftovers of an earlier demo");
         let _ = Command::new("ip").args(["netns", "del", NETNS]).stderr(Stdio::null()).status();
         let _ = Command::new("ip").args(["link", "del", HOST_IF]).stderr(Stdio::null()).status();
-        let _ = Command::new(gateway_bin).args(["dataplane", "teardown", "--bpffs", BPFFS]).stdout(Stdio::null()).status();
+        let _ =
+            Command::new(gateway_bin).args(["dataplane", "teardown", "--bpffs", BPFFS]).stdout(Stdio::null()).status();
         let _ = fs::remove_dir_all(dir);
     }
 }

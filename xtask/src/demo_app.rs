@@ -100,16 +100,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Head> {
 }
 
 fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    write!(stream, "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
 fn web_conn(stream: TcpStream, port: u16) {
-    let upgrade = peek_head(&stream)
-        .is_some_and(|h| h.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")));
+    let upgrade =
+        peek_head(&stream).is_some_and(|h| h.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")));
     if upgrade {
         websocket(stream);
         return;

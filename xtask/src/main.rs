@@ -139,7 +139,9 @@ fn main() -> ExitCode {
         Cmd::Run { demo: true, gateway_bin, .. } => demo::run(gateway_bin),
         Cmd::Run { demo: false, gateway_bin, args } => run::run(gateway_bin, &args),
         Cmd::DemoApp { web, api } => demo_app::run(web, api),
-        Cmd::Install { systemd, prefix, root, bin } => install::install(&install::Layout { root, prefix }, systemd, bin),
+        Cmd::Install { systemd, prefix, root, bin } => {
+            install::install(&install::Layout { root, prefix }, systemd, bin)
+        }
         Cmd::Uninstall { purge, prefix, root } => install::uninstall(&install::Layout { root, prefix }, purge),
         Cmd::Docs => run_cmd(
             cargo()

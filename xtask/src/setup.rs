@@ -83,9 +83,7 @@ pub fn is_root() -> bool {
 fn nightly_sysroot() -> Result<PathBuf> {
     let out = Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]).output();
     match out {
-        Ok(out) if out.status.success() => {
-            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        }
+        Ok(out) if out.status.success() => Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())),
         _ => bail!(
             "the {NIGHTLY} Rust toolchain is missing (it builds the eBPF programs): \
              install it with `rustup toolchain install {NIGHTLY} --component rust-src`"
@@ -152,8 +150,7 @@ fn ensure_llvm_links(sysroot: &Path) -> Result<Llvm> {
         if link.symlink_metadata().is_ok() {
             fs::remove_file(&link).with_context(|| format!("cannot replace {}", link.display()))?;
         }
-        symlink(&target, &link)
-            .with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))?;
+        symlink(&target, &link).with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))?;
         fixed(&format!("linked {} -> {}", link.display(), target.display()));
     }
     Ok(Llvm { prefix, major })
@@ -211,7 +208,9 @@ fn ensure_bpffs() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("bpffs is not mounted at {BPFFS} and mounting needs root: run as root, or `sudo mount -t bpf bpf {BPFFS}`");
+        bail!(
+            "bpffs is not mounted at {BPFFS} and mounting needs root: run as root, or `sudo mount -t bpf bpf {BPFFS}`"
+        );
     }
     fs::create_dir_all(BPFFS).with_context(|| format!("cannot create {BPFFS}"))?;
     output(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS])).context("cannot mount bpffs")?;

@@ -32,11 +32,21 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut cmd = cargo();
     // --no-fail-fast: one failing test file must not hide the figures of the others.
-    cmd.args(["test", "--release", "--no-fail-fast", "-p", "gateway-tests", "--", "--ignored", "--test-threads=1", "--nocapture"])
-        .args(args)
-        .env("GATEWAY_BIN", &gateway_bin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "gateway-tests",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+        "--nocapture",
+    ])
+    .args(args)
+    .env("GATEWAY_BIN", &gateway_bin)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("cannot start `{}`", show(&cmd)))?;
     // Stream both outputs as they come, keeping the figures and the results for the summary.
     let (tx, rx) = mpsc::channel::<(bool, String)>();

@@ -38,7 +38,11 @@ impl Lookups for Maps {
     /// The kernel's prefilter, built from the same set the way userspace writes it.
     fn protected_port(&self, port: u16, proto: u8) -> bool {
         let mut bits = crate::policy::PortBits::default();
-        for k in self.protected.iter().filter(|k| crate::policy::PortBits::slot(k.port()) == crate::policy::PortBits::slot(port)) {
+        for k in self
+            .protected
+            .iter()
+            .filter(|k| crate::policy::PortBits::slot(k.port()) == crate::policy::PortBits::slot(port))
+        {
             bits.set(k.port(), k.proto);
         }
         bits.has(port, proto)

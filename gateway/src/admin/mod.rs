@@ -207,8 +207,13 @@ pub async fn serve(listener: Arc<Listener>, app: Arc<App>, shutdown: impl Future
 }
 
 /// Serves one connection in its own task, watched for graceful shutdown.
-fn spawn_connection<I>(graceful: &GracefulShutdown, io: I, app: Arc<App>, require_token: bool, draining: &Arc<AtomicBool>)
-where
+fn spawn_connection<I>(
+    graceful: &GracefulShutdown,
+    io: I,
+    app: Arc<App>,
+    require_token: bool,
+    draining: &Arc<AtomicBool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let draining = draining.clone();

@@ -44,9 +44,7 @@ impl Route {
         Some(match *segments {
             ["v1", "workspaces", ws, "sandboxes", name, "previews"] => Route::List(s(ws), s(name)),
             ["v1", "workspaces", ws, "sandboxes", name, "previews", p] => Route::One(s(ws), s(name), s(p)),
-            ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens"] => {
-                Route::Tokens(s(ws), s(name), s(p))
-            }
+            ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens"] => Route::Tokens(s(ws), s(name), s(p)),
             ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens", t] => {
                 Route::Token(s(ws), s(name), s(p), s(t))
             }
@@ -79,7 +77,9 @@ pub async fn handle(app: &App, route: Route, req: Request<Incoming>) -> Result<A
             let previews = app.list_previews(&ws, &name)?.iter().map(|p| app.preview_view(p)).collect();
             json(StatusCode::OK, &List { previews })
         }
-        (Route::One(ws, name, p), Method::GET) => json(StatusCode::OK, &app.preview_view(&*app.get_preview(&ws, &name, &p)?)),
+        (Route::One(ws, name, p), Method::GET) => {
+            json(StatusCode::OK, &app.preview_view(&*app.get_preview(&ws, &name, &p)?))
+        }
         (Route::One(ws, name, p), Method::PUT) => {
             let spec: PreviewSpec = read_json(req).await?;
             let (preview, applied, _) = app.put_preview(&ws, &name, &p, &spec).await?;

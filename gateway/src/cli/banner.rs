@@ -20,11 +20,16 @@ pub fn development(config: &Config, admin: &str, https: &str, bpffs: &Path) -> S
     let gateway = std::env::current_exe().map_or_else(|_| "gateway".to_string(), |p| p.display().to_string());
     let mut out = String::new();
     let _ = writeln!(out, "\ngateway is ready (development defaults: `gateway serve --dev`)\n");
-    let _ = writeln!(out, "  HTTPS       https://{https}  (sandboxes: sbx-{{name}}-{{workspace}}.{suffix}, previews: {{id}}.{}.preview.{})", config.region, config.domain);
+    let _ = writeln!(
+        out,
+        "  HTTPS       https://{https}  (sandboxes: sbx-{{name}}-{{workspace}}.{suffix}, previews: {{id}}.{}.preview.{})",
+        config.region, config.domain
+    );
     let _ = writeln!(out, "  admin API   {admin}");
     let _ = writeln!(out, "  state       {state}");
     let _ = writeln!(out, "  CA          {ca}  (clients must trust it: curl --cacert)");
-    let _ = writeln!(out, "  data plane  {}  (`gateway dataplane status --bpffs {}`)\n", bpffs.display(), bpffs.display());
+    let _ =
+        writeln!(out, "  data plane  {}  (`gateway dataplane status --bpffs {}`)\n", bpffs.display(), bpffs.display());
     let _ = writeln!(out, "Try (another terminal):");
     let _ = writeln!(out, "  export GATEWAY_ADMIN={admin}");
     let _ = writeln!(

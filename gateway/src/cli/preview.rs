@@ -268,7 +268,13 @@ pub(super) fn run_preview(command: PreviewCommand) -> anyhow::Result<u8> {
                 body.insert("responseHeaders".into(), h);
             }
             lifetime(&mut body, &l);
-            Call { admin, method: Method::PUT, path: preview_path(&preview), body: Some(Value::Object(body)), kind: Kind::Preview }
+            Call {
+                admin,
+                method: Method::PUT,
+                path: preview_path(&preview),
+                body: Some(Value::Object(body)),
+                kind: Kind::Preview,
+            }
         }
         PreviewCommand::List { sandbox, admin } => Call {
             admin,
@@ -376,7 +382,10 @@ fn table(kind: Kind, v: &Value) -> String {
     match kind {
         Kind::Preview => {
             let mut rows = vec![
-                vec!["preview".into(), format!("{}/{}/{}", text(&v["workspace"]), text(&v["sandbox"]), text(&v["name"]))],
+                vec![
+                    "preview".into(),
+                    format!("{}/{}/{}", text(&v["workspace"]), text(&v["sandbox"]), text(&v["name"])),
+                ],
                 vec!["url".into(), text(&v["url"])],
                 vec!["port".into(), text(&v["port"])],
                 vec!["public".into(), text(&v["public"])],
@@ -391,7 +400,14 @@ fn table(kind: Kind, v: &Value) -> String {
         Kind::Previews => columns(
             &["NAME", "PORT", "PUBLIC", "EXPIRES", "TOKENS", "URL"],
             &rows_of(&v["previews"], &|p| {
-                vec![text(&p["name"]), text(&p["port"]), text(&p["public"]), expiry(p), text(&p["tokens"]), text(&p["url"])]
+                vec![
+                    text(&p["name"]),
+                    text(&p["port"]),
+                    text(&p["public"]),
+                    expiry(p),
+                    text(&p["tokens"]),
+                    text(&p["url"]),
+                ]
             }),
         ),
         Kind::Token => columns(

@@ -45,7 +45,8 @@ fn walk(out: &mut String, cmd: &clap::Command, parent: &str) {
         return;
     }
     let path = format!("{parent} {}", cmd.get_name());
-    let subs: Vec<&clap::Command> = cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help").collect();
+    let subs: Vec<&clap::Command> =
+        cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help").collect();
     let args: Vec<&clap::Arg> = cmd
         .get_arguments()
         .filter(|a| !a.is_hide_set() && !a.is_global_set() && !matches!(a.get_id().as_str(), "help" | "version"))
@@ -81,9 +82,16 @@ fn table(out: &mut String, args: &[&clap::Arg]) {
         }
         let possible: Vec<String> = arg.get_possible_values().iter().map(|v| v.get_name().to_string()).collect();
         if !possible.is_empty() && arg.get_action().takes_values() {
-            let _ = write!(text, " One of: {}.", possible.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "));
+            let _ =
+                write!(text, " One of: {}.", possible.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "));
         }
-        let _ = writeln!(out, "| {} | {} | {} |", name(arg), cell(&text), if example.is_empty() { String::new() } else { format!("`{}`", example.replace('|', "\\|")) });
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            name(arg),
+            cell(&text),
+            if example.is_empty() { String::new() } else { format!("`{}`", example.replace('|', "\\|")) }
+        );
     }
 }
 
@@ -117,7 +125,8 @@ mod tests {
     #[test]
     fn every_command_is_documented() {
         let md = super::markdown();
-        for cmd in ["`gateway serve`", "`gateway check-config`", "`gateway dataplane dump`", "`gateway sandbox create`"] {
+        for cmd in ["`gateway serve`", "`gateway check-config`", "`gateway dataplane dump`", "`gateway sandbox create`"]
+        {
             assert!(md.contains(&format!("#### {cmd}")), "{cmd} missing:\n{md}");
         }
         assert!(md.contains("`--takeover`"), "{md}");

@@ -41,7 +41,12 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<u8> {
     // Resolved now: after an upgrade replaced the file, /proc/self/exe names the old inode,
     // while this path names the new binary, which a successor must run.
     let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let options = Options { takeover: args.takeover, drain: args.drain_timeout, exe, args: std::env::args_os().skip(1).collect() };
+    let options = Options {
+        takeover: args.takeover,
+        drain: args.drain_timeout,
+        exe,
+        args: std::env::args_os().skip(1).collect(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gateway")
@@ -115,7 +120,10 @@ struct Task {
 }
 
 impl Task {
-    fn spawn<F: Future<Output = ()> + Send + 'static>(name: &'static str, f: impl FnOnce(CancellationToken) -> F) -> Self {
+    fn spawn<F: Future<Output = ()> + Send + 'static>(
+        name: &'static str,
+        f: impl FnOnce(CancellationToken) -> F,
+    ) -> Self {
         let stop = CancellationToken::new();
         let handle = tokio::spawn(f(stop.clone()));
         Self { stop, handle: Some(handle), name }

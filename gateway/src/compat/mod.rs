@@ -150,13 +150,17 @@ where
                 return Err(ApiError::new(
                     409,
                     "PREVIEW_CONFLICT",
-                    format!("sandbox {name:?} already has a preview named {preview:?} (POST with ?force=true to replace it)"),
+                    format!(
+                        "sandbox {name:?} already has a preview named {preview:?} (POST with ?force=true to replace it)"
+                    ),
                 ));
             }
             let (p, _, _) = app.put_preview(&ws, &name, &preview, &body.spec.to_spec()).await?;
             ok(&PreviewOut::new(app, &p))
         }
-        (Route::Preview(name, preview), Method::GET) => ok(&PreviewOut::new(app, &*app.get_preview(&ws, &name, &preview)?)),
+        (Route::Preview(name, preview), Method::GET) => {
+            ok(&PreviewOut::new(app, &*app.get_preview(&ws, &name, &preview)?))
+        }
         (Route::Preview(name, preview), Method::PUT) => {
             let body: PreviewIn = read_json(req).await?;
             if let Some(n) = body.metadata.name.as_deref().filter(|n| !n.is_empty())
@@ -171,7 +175,9 @@ where
             let (p, _, _) = app.put_preview(&ws, &name, &preview, &body.spec.to_spec()).await?;
             ok(&PreviewOut::new(app, &p))
         }
-        (Route::Preview(name, preview), _) => ok(&PreviewOut::new(app, &*app.delete_preview(&ws, &name, &preview).await?)),
+        (Route::Preview(name, preview), _) => {
+            ok(&PreviewOut::new(app, &*app.delete_preview(&ws, &name, &preview).await?))
+        }
         (Route::Tokens(name, preview, _), Method::GET) => {
             let p = app.get_preview(&ws, &name, &preview)?;
             let list: Vec<TokenOut> = p.tokens.iter().map(|t| TokenOut::new(&p, t, now)).collect();
@@ -264,7 +270,8 @@ mod wire_tests {
     }
 
     async fn api() -> Api {
-        let app = App::start(Config::default(), Arc::new(MemoryStore::new()), Dataplane::disabled()).await.expect("start");
+        let app =
+            App::start(Config::default(), Arc::new(MemoryStore::new()), Dataplane::disabled()).await.expect("start");
         let spec = SandboxSpec {
             address: "198.18.0.2".parse().expect("addr"),
             interface: "lo".into(),
@@ -287,11 +294,16 @@ mod wire_tests {
         async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
             self.call_as(&self.token, Some("acme"), method, path, body).await
         }
-        async fn call_as(&self, token: &str, ws: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-            let mut b = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("x-blaxel-authorization", format!("Bearer {token}"));
+        async fn call_as(
+            &self,
+            token: &str,
+            ws: Option<&str>,
+            method: &str,
+            path: &str,
+            body: Option<Value>,
+        ) -> (u16, Value) {
+            let mut b =
+                Request::builder().method(method).uri(path).header("x-blaxel-authorization", format!("Bearer {token}"));
             if let Some(ws) = ws {
                 b = b.header("x-blaxel-workspace", ws);
             }
@@ -312,7 +324,10 @@ mod wire_tests {
         assert_eq!(v["metadata"]["workspace"], "acme");
         assert_eq!(v["metadata"]["url"], "https://sbx-app-acme.local.gw.test", "443: no port");
         assert_eq!(v["spec"]["region"], "local");
-        assert_eq!(v["spec"]["runtime"]["ports"], json!([{"target": 3000, "protocol": "HTTP"}, {"target": 50051, "protocol": "HTTP"}]));
+        assert_eq!(
+            v["spec"]["runtime"]["ports"],
+            json!([{"target": 3000, "protocol": "HTTP"}, {"target": 50051, "protocol": "HTTP"}])
+        );
         assert_eq!(v["status"], "DEPLOYED");
         let (status, v) = api.call("GET", "/v0/sandboxes", None).await;
         assert_eq!(status, 200);
@@ -389,7 +404,8 @@ mod wire_tests {
         assert_eq!(api.call("GET", "/v0/sandboxes/app/previews/nope", None).await.0, 404);
         // Revoke, delete (200 with the record), then 404.
         let name = t["metadata"]["name"].as_str().expect("name").to_string();
-        let (status, v) = api.call("DELETE", &format!("/v0/sandboxes/app/previews/preview-3000/tokens/{name}"), None).await;
+        let (status, v) =
+            api.call("DELETE", &format!("/v0/sandboxes/app/previews/preview-3000/tokens/{name}"), None).await;
         assert_eq!(status, 200, "{v}");
         assert!(v["message"].is_string());
         let (status, v) = api.call("DELETE", "/v0/sandboxes/app/previews/preview-3000", None).await;

@@ -18,7 +18,11 @@ use aya::{
 };
 use gateway_common::names;
 
-use super::{DataplaneError, XdpModeSetting, bpffs::{LinkKind, PinDir}, kernel};
+use super::{
+    DataplaneError, XdpModeSetting,
+    bpffs::{LinkKind, PinDir},
+    kernel,
+};
 
 /// The eBPF object, embedded at build time by `build.rs` (empty when built without bpf-linker).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
@@ -56,7 +60,10 @@ fn raise_memlock_limit() {
 /// The loaded tc program `name`.
 pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DataplaneError> {
     ebpf.program_mut(name)
-        .ok_or_else(|| DataplaneError::Kernel { context: format!("program {name} missing from the object"), source: anyhow::anyhow!("not found") })?
+        .ok_or_else(|| DataplaneError::Kernel {
+            context: format!("program {name} missing from the object"),
+            source: anyhow::anyhow!("not found"),
+        })?
         .try_into()
         .map_err(kernel(format!("program {name} is not a classifier")))
 }
@@ -65,7 +72,10 @@ pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedCla
 pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     let name = names::PROG_EDGE_GUARD;
     ebpf.program_mut(name)
-        .ok_or_else(|| DataplaneError::Kernel { context: format!("program {name} missing from the object"), source: anyhow::anyhow!("not found") })?
+        .ok_or_else(|| DataplaneError::Kernel {
+            context: format!("program {name} missing from the object"),
+            source: anyhow::anyhow!("not found"),
+        })?
         .try_into()
         .map_err(kernel(format!("program {name} is not XDP")))
 }
@@ -85,7 +95,9 @@ pub fn ensure_sandbox_hooks(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifinde
             match prog.attach_to_link(link) {
                 // Close our fd on the link at once; the pin keeps it alive.
                 Ok(id) => drop(prog.take_link(id)),
-                Err(e) => tracing::warn!(interface = ifname, error = %e, "replacing the pinned tcx link failed; attaching anew"),
+                Err(e) => {
+                    tracing::warn!(interface = ifname, error = %e, "replacing the pinned tcx link failed; attaching anew")
+                }
             }
         }
         if !tcx_has(ifindex, attach_type, prog_id) {
@@ -112,7 +124,13 @@ fn tcx_has(ifindex: u32, attach_type: TcAttachType, prog_id: u32) -> bool {
 }
 
 /// Attaches the edge guard to `ifname` in `mode`, or swaps the program behind its pinned link.
-pub fn ensure_edge_guard(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifindex: u32, mode: XdpModeSetting) -> Result<(), DataplaneError> {
+pub fn ensure_edge_guard(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    ifname: &str,
+    ifindex: u32,
+    mode: XdpModeSetting,
+) -> Result<(), DataplaneError> {
     let prog = xdp(ebpf)?;
     let pin = pins.link(LinkKind::Xdp, ifindex);
     if let Ok(pinned) = PinnedLink::from_pin(&pin) {
@@ -132,9 +150,11 @@ pub fn ensure_edge_guard(ebpf: &mut Ebpf, pins: &PinDir, ifname: &str, ifindex: 
         XdpModeSetting::Skb => XdpMode::Skb,
         XdpModeSetting::Native => XdpMode::Driver,
     };
-    let id = prog.attach(ifname, mode).map_err(kernel(format!("attaching the edge guard to {ifname} ({mode:?} mode)")))?;
+    let id =
+        prog.attach(ifname, mode).map_err(kernel(format!("attaching the edge guard to {ifname} ({mode:?} mode)")))?;
     let link = prog.take_link(id).map_err(kernel("taking the XDP link"))?;
-    let fd = FdLink::try_from(link).map_err(kernel("the kernel gave a netlink XDP attachment; bpf links are required"))?;
+    let fd =
+        FdLink::try_from(link).map_err(kernel("the kernel gave a netlink XDP attachment; bpf links are required"))?;
     fd.pin(&pin).map_err(kernel(format!("pinning {}", pin.display())))?;
     Ok(())
 }

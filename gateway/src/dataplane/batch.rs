@@ -1,7 +1,10 @@
 //! `BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH`, which aya does not wrap: one syscall for many
 //! entries (≈ 0.4–0.6 µs per entry instead of 1.2–1.5 µs per single update).
 
-use std::{io, os::fd::{AsRawFd, BorrowedFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -24,9 +27,7 @@ const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
 fn sys_bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix of the size passed; the key
     // and value pointers it carries outlive the call (see callers).
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 

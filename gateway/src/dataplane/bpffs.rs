@@ -7,7 +7,10 @@
 //! <dataplane.bpffs>/links/xdp-<if>       edge_guard on ifindex <if>
 //! ```
 
-use std::{io, path::{Path, PathBuf}};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
 const BPF_FS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xcafe_4a11);
 

@@ -36,9 +36,23 @@ pub fn policy_view(maps: &KernelMaps, address: Ipv4Addr) -> PolicyView {
     let mut entries = Vec::new();
     if record.is_some() {
         for port in [SANDBOX_SYSTEM_PORT, SANDBOX_API_PORT] {
-            entries.push(PolicyEntryView { port, protocol: "TCP", allow_from: "gateway", origin: vec!["builtin"], preview_refs: 0, admitted: None });
+            entries.push(PolicyEntryView {
+                port,
+                protocol: "TCP",
+                allow_from: "gateway",
+                origin: vec!["builtin"],
+                preview_refs: 0,
+                admitted: None,
+            });
         }
-        entries.push(PolicyEntryView { port: SANDBOX_NEVER_PORT, protocol: "TCP", allow_from: "nobody", origin: vec!["reserved"], preview_refs: 0, admitted: None });
+        entries.push(PolicyEntryView {
+            port: SANDBOX_NEVER_PORT,
+            protocol: "TCP",
+            allow_from: "nobody",
+            origin: vec!["reserved"],
+            preview_refs: 0,
+            admitted: None,
+        });
     }
     for (ep, value) in maps.policy_entries() {
         if ep.addr == key.addr {
@@ -88,11 +102,8 @@ fn counters_json(maps: &KernelMaps) -> Result<Value, DataplaneError> {
 /// Every policy entry decoded, by sandbox (like `cilium bpf policy get`).
 pub fn dump(root: &Path) -> Result<Value, DataplaneError> {
     let maps = open_maps(root)?;
-    let mut sandboxes: Vec<(Ipv4Addr, u32)> = maps
-        .sandbox_entries()
-        .into_iter()
-        .map(|(k, r)| (Ipv4Addr::from(k.addr), r.ifindex))
-        .collect();
+    let mut sandboxes: Vec<(Ipv4Addr, u32)> =
+        maps.sandbox_entries().into_iter().map(|(k, r)| (Ipv4Addr::from(k.addr), r.ifindex)).collect();
     sandboxes.sort();
     let mut orphans: Vec<Ipv4Addr> = maps
         .policy_entries()
@@ -102,12 +113,8 @@ pub fn dump(root: &Path) -> Result<Value, DataplaneError> {
         .collect();
     orphans.sort();
     orphans.dedup();
-    let views: Vec<PolicyView> = sandboxes
-        .iter()
-        .map(|(a, _)| *a)
-        .chain(orphans)
-        .map(|a| policy_view(&maps, a))
-        .collect();
+    let views: Vec<PolicyView> =
+        sandboxes.iter().map(|(a, _)| *a).chain(orphans).map(|a| policy_view(&maps, a)).collect();
     Ok(json!({
         "bpffs": root.display().to_string(),
         "sandboxes": views,

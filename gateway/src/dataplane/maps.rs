@@ -171,10 +171,12 @@ impl KernelMaps {
     pub fn sandbox_counters(&self, key: &SandboxKey) -> SandboxStats {
         self.stats.get(key, 0).map_or_else(
             |_| SandboxStats::default(),
-            |v| v.iter().fold(SandboxStats::default(), |a, s| SandboxStats {
-                allowed: a.allowed + s.allowed,
-                dropped: a.dropped + s.dropped,
-            }),
+            |v| {
+                v.iter().fold(SandboxStats::default(), |a, s| SandboxStats {
+                    allowed: a.allowed + s.allowed,
+                    dropped: a.dropped + s.dropped,
+                })
+            },
         )
     }
 

@@ -199,7 +199,8 @@ impl Dataplane {
         // have been killed in between) would pass for a registration with the new programs,
         // which are attached only later (reconcile, apply_sandbox).
         let records: HashSet<[u8; 4]> = maps.sandboxes.keys().filter_map(Result::ok).map(|k| k.addr).collect();
-        let orphans: Vec<SandboxKey> = maps.stats.keys().filter_map(Result::ok).filter(|k| !records.contains(&k.addr)).collect();
+        let orphans: Vec<SandboxKey> =
+            maps.stats.keys().filter_map(Result::ok).filter(|k| !records.contains(&k.addr)).collect();
         for key in orphans {
             let _ = maps.stats.remove(&key);
         }
@@ -363,7 +364,10 @@ fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&
     let adds: Vec<(Endpoint, PolicyValue)> = new
         .ports
         .iter()
-        .filter(|(p, v)| old.ports.get(p).map(|o| (o.allow_from, o.origin, o.preview_refs)) != Some((v.allow_from, v.origin, v.preview_refs)))
+        .filter(|(p, v)| {
+            old.ports.get(p).map(|o| (o.allow_from, o.origin, o.preview_refs))
+                != Some((v.allow_from, v.origin, v.preview_refs))
+        })
         .map(|(p, v)| (endpoint(addr, *p), *v))
         .collect();
     maps.policy_update_batch(&adds)?;
@@ -376,7 +380,8 @@ fn apply_diff(maps: &mut KernelMaps, addr: Ipv4Addr, old: &Shadow, new: Option<&
             maps.stats.insert(key, zero, 0).map_err(kernel("writing GW_SBX_STATS"))?;
         }
     }
-    let removes: Vec<Endpoint> = old.ports.keys().filter(|p| !new.ports.contains_key(p)).map(|p| endpoint(addr, *p)).collect();
+    let removes: Vec<Endpoint> =
+        old.ports.keys().filter(|p| !new.ports.contains_key(p)).map(|p| endpoint(addr, *p)).collect();
     maps.policy_delete_batch(&removes)?;
     if unregister {
         // After its entries: an entry never exists without its sandbox record, which
@@ -400,7 +405,6 @@ fn is_not_found(e: &MapError) -> bool {
         _ => false,
     }
 }
-
 
 /// Reads every sandbox and policy entry back from the kernel.
 fn read_shadow(maps: &KernelMaps) -> HashMap<Ipv4Addr, Shadow> {
@@ -454,7 +458,8 @@ fn spawn_logger(ebpf: &mut Ebpf) {
         Ok(logger) => {
             // SAFETY: the logger owns its ring-buffer fd and is moved into the AsyncFd, which
             // deregisters it before dropping (and so closing) it.
-            let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+            let registered =
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
             let Ok(mut fd) = registered else { return };
             handle.spawn(async move {
                 loop {

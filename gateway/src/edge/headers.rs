@@ -273,7 +273,14 @@ mod tests {
         let got: Vec<&str> = h.get_all(SET_COOKIE).iter().map(|v| v.to_str().expect("ascii")).collect();
         assert_eq!(
             got,
-            ["sid=1; Path=/; HttpOnly", "a=b;Secure", "c=d; SameSite=Lax", "plain=1; Path=/", "e=domain=f; Max-Age=60", "g=h"]
+            [
+                "sid=1; Path=/; HttpOnly",
+                "a=b;Secure",
+                "c=d; SameSite=Lax",
+                "plain=1; Path=/",
+                "e=domain=f; Max-Age=60",
+                "g=h"
+            ]
         );
         assert_eq!(h["x-other"], "Domain=stays");
         // Opaque bytes survive as they are.

@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(normalize("127.0.0.1"), Ok("127.0.0.1".into()));
         assert_eq!(normalize("[FE80::1]"), Ok("[fe80::1]".into()));
         // Found by `cargo xtask fuzz host`: any text in brackets was accepted as an IPv6 literal.
-        for bad in ["", ":443", "a..b", "a.b:x", "a.b:", "user@a.b", "a b", "a/b", "[::1", "a.b.:1:2", ".", "[zz]", "[]", "[<x>]:1"] {
+        for bad in [
+            "", ":443", "a..b", "a.b:x", "a.b:", "user@a.b", "a b", "a/b", "[::1", "a.b.:1:2", ".", "[zz]", "[]",
+            "[<x>]:1",
+        ] {
             assert!(normalize(bad).is_err(), "{bad:?}");
         }
     }

@@ -292,4 +292,3 @@ mod tests {
         toucher.await.expect("toucher");
     }
 }
-

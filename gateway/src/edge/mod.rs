@@ -250,7 +250,10 @@ impl Edge {
         if let Ok(id) = http::HeaderValue::from_str(&log.id) {
             response.headers_mut().insert(access::REQUEST_ID_HEADER, id);
         }
-        if http1 && self.draining.load(std::sync::atomic::Ordering::Acquire) && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        if http1
+            && self.draining.load(std::sync::atomic::Ordering::Acquire)
+            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        {
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
         let log = log.responded(response.status().as_u16());

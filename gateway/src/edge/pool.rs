@@ -61,11 +61,7 @@ pub struct H1Pool {
 impl H1Pool {
     /// An empty pool connecting with these settings.
     pub fn new(settings: ConnectSettings) -> Arc<Self> {
-        Arc::new(Self {
-            settings,
-            idle: Mutex::new(HashMap::new()),
-            sweeper: std::sync::Once::new(),
-        })
+        Arc::new(Self { settings, idle: Mutex::new(HashMap::new()), sweeper: std::sync::Once::new() })
     }
 
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
@@ -90,13 +86,9 @@ impl H1Pool {
             if list.len() >= POOL_MAX_IDLE_PER_HOST {
                 return;
             }
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            list.push(Idle { sender, since: Instant::now() });
         }
-        self.sweeper
-            .call_once(|| spawn_sweeper(Arc::downgrade(self)));
+        self.sweeper.call_once(|| spawn_sweeper(Arc::downgrade(self)));
     }
 
     fn sweep(&self) {
@@ -108,13 +100,8 @@ impl H1Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<UpBody>, ExchangeError> {
-        let stream = connect(addr, self.settings)
-            .await
-            .map_err(ExchangeError::Connect)?;
-        let (sender, conn) = Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ExchangeError::Http)?;
+        let stream = connect(addr, self.settings).await.map_err(ExchangeError::Connect)?;
+        let (sender, conn) = Builder::new().handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
@@ -208,10 +195,7 @@ impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(None) => self.release(),

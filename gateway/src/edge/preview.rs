@@ -10,22 +10,20 @@
 //! client's credentials were removed → `responseHeaders` added where the app set none.
 
 use super::{
-    Edge, EdgeBody,
-    headers,
+    ConnInfo, Edge, EdgeBody, headers,
     host::RequestHost,
     proxy::Outbound,
     route::{self, Route},
     too_many,
-    ConnInfo,
 };
 use crate::{
     api_error::ApiError,
+    previews::gate::{self, Decision},
+    state::model::PortProtocol,
     telemetry::{
         access::RequestLog,
         metrics::{self, RouteKind},
     },
-    previews::gate::{self, Decision},
-    state::model::PortProtocol,
 };
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
@@ -39,7 +37,11 @@ fn boxed(r: Response<Full<Bytes>>) -> Response<EdgeBody> {
 
 impl Edge {
     /// `api.{domain}`: the Blaxel-compatible `/v0` API.
-    pub(super) async fn public_api(&self, req: Request<Incoming>, log: &mut RequestLog) -> Result<Response<EdgeBody>, ApiError> {
+    pub(super) async fn public_api(
+        &self,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<Response<EdgeBody>, ApiError> {
         log.route = RouteKind::Api;
         Ok(boxed(crate::compat::handle(&self.app, req).await))
     }

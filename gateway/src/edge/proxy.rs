@@ -13,7 +13,6 @@
 //!   WebSocket upgrade towards the app; `200` to the client once the app answered `101`.
 //! - Tunnels are cut after the idle timeout like any connection.
 
-use tokio_util::task::TaskTracker;
 use super::{
     EdgeBody,
     connect::{ConnectSettings, connect},
@@ -48,6 +47,7 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
+use tokio_util::task::TaskTracker;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -154,7 +154,12 @@ impl Proxy {
                 headers::set_host(&mut parts.headers, &out.upstream_host)
                     .map_err(|_| ApiError::new(400, "BAD_REQUEST", "the host cannot be forwarded"))?;
                 let request = Request::from_parts(parts, body);
-                match self.http1.exchange(out.addr(), request, self.settings.response_timeout).await.map_err(timed_out)? {
+                match self
+                    .http1
+                    .exchange(out.addr(), request, self.settings.response_timeout)
+                    .await
+                    .map_err(timed_out)?
+                {
                     Ok(r) => r.map(BodyExt::boxed),
                     Err(ExchangeError::Connect(e)) => return Err(connect_failed(&e, to)),
                     Err(ExchangeError::Http(e)) => return Err(exchange_failed(&e, to)),

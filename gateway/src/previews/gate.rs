@@ -23,7 +23,9 @@ use crate::{api_error::ApiError, app::App};
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri,
-    header::{ACCEPT, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_METHOD, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE},
+    header::{
+        ACCEPT, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_METHOD, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE,
+    },
 };
 use http_body_util::Full;
 
@@ -171,7 +173,9 @@ pub fn accepts_html_explicitly(headers: &HeaderMap) -> bool {
         let mut params = range.split(';').map(str::trim);
         let media = params.next().unwrap_or("");
         let zero = params.any(|p| {
-            p.split_once('=').is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+            })
         });
         media.eq_ignore_ascii_case("text/html") && !zero
     })
@@ -202,11 +206,7 @@ pub fn authorize(
     let valid = |list: &[String]| list.iter().find(|t| app.preview_token_valid(preview, t)).cloned();
     let from_query = valid(&presented.query);
     if from_query.is_none() && valid(&presented.header).is_none() && valid(&presented.cookie).is_none() {
-        return Err(ApiError::new(
-            401,
-            "AUTHENTICATION_FAILED",
-            "invalid preview token (unknown, expired or revoked)",
-        ));
+        return Err(ApiError::new(401, "AUTHENTICATION_FAILED", "invalid preview token (unknown, expired or revoked)"));
     }
     if let Some(token) = from_query
         && (method == Method::GET || method == Method::HEAD)
@@ -223,7 +223,8 @@ fn exchange(preview: &Preview, token: &str, uri: &Uri) -> Response<Full<Bytes>> 
     let token_end = preview.tokens.iter().find(|t| t.token == token).map(|t| t.expires_at);
     let max_age = token_end.map_or(0, |end| time::until(end, now).as_secs());
     let location = uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string();
-    let cookie = format!("{TOKEN_PARAM}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=None; Partitioned");
+    let cookie =
+        format!("{TOKEN_PARAM}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=None; Partitioned");
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::FOUND;
     if let Ok(v) = HeaderValue::from_str(&location) {

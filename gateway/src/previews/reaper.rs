@@ -39,11 +39,7 @@ pub async fn run(app: Arc<App>, shutdown: impl std::future::Future<Output = ()>)
 mod tests {
     use super::*;
     use crate::{
-        app::SandboxSpec,
-        config::Config,
-        dataplane::Dataplane,
-        previews::spec::PreviewSpec,
-        state::MemoryStore,
+        app::SandboxSpec, config::Config, dataplane::Dataplane, previews::spec::PreviewSpec, state::MemoryStore,
     };
 
     #[tokio::test]
@@ -59,7 +55,8 @@ mod tests {
         }));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let at = time::add(time::now(), Duration::from_millis(700));
-        let spec = PreviewSpec { port: Some(4000), expires_at: Some(time::format_timestamp(at)), ..PreviewSpec::default() };
+        let spec =
+            PreviewSpec { port: Some(4000), expires_at: Some(time::format_timestamp(at)), ..PreviewSpec::default() };
         app.put_preview("ws", "app", "p", &spec).await.expect("preview");
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while app.next_preview_expiry().is_some() {

@@ -62,7 +62,12 @@ pub(crate) async fn load_index(
             continue;
         }
         if let Some(other) = index.by_id(&preview.id) {
-            return Err(format!("previews {} and {} both claim the host label {}", other.key(), preview.key(), preview.id));
+            return Err(format!(
+                "previews {} and {} both claim the host label {}",
+                other.key(),
+                preview.key(),
+                preview.id
+            ));
         }
         index.insert(Arc::new(preview));
     }
@@ -381,7 +386,12 @@ impl App {
     }
 
     /// The tokens of a preview, sorted by name (expired ones included, marked).
-    pub fn list_preview_tokens(&self, workspace: &str, sandbox: &str, preview: &str) -> Result<Vec<PreviewToken>, ApiError> {
+    pub fn list_preview_tokens(
+        &self,
+        workspace: &str,
+        sandbox: &str,
+        preview: &str,
+    ) -> Result<Vec<PreviewToken>, ApiError> {
         Ok(self.get_preview(workspace, sandbox, preview)?.tokens.clone())
     }
 
@@ -419,7 +429,12 @@ impl App {
 
     /// Creates a session: a private preview on 443 (the sandbox API) plus one token, both
     /// expiring together (default 24 h), written in one store write.
-    pub async fn create_session(&self, workspace: &str, sandbox: &str, spec: &SessionSpec) -> Result<Session, ApiError> {
+    pub async fn create_session(
+        &self,
+        workspace: &str,
+        sandbox: &str,
+        spec: &SessionSpec,
+    ) -> Result<Session, ApiError> {
         let now = time::now();
         let name = match spec.name.as_deref() {
             Some(n) if !n.is_empty() => n.to_string(),
@@ -437,7 +452,8 @@ impl App {
             ..PreviewSpec::default()
         };
         let valid = preview_spec.validate(workspace, now)?;
-        let token_name = ids::new_token_name().map_err(|e| ApiError::new(500, "INTERNAL", e.to_string()).retryable())?;
+        let token_name =
+            ids::new_token_name().map_err(|e| ApiError::new(500, "INTERNAL", e.to_string()).retryable())?;
         let token = new_token(token_name, Some(expires_at), Some(expires_at), now)?;
         let m = self.mutating.lock().await;
         let sandbox = self.sandbox_of(&key.sandbox_id())?;
@@ -654,7 +670,10 @@ mod tests {
             let e = app.put_preview("ws", "app", "web", &spec).await.expect_err("refused");
             assert_eq!(e.code, code, "{spec:?}: {e:?}");
         }
-        assert_eq!(app.put_preview("ws", "nope", "web", &port(3000)).await.expect_err("404").code, "WORKLOAD_NOT_FOUND");
+        assert_eq!(
+            app.put_preview("ws", "nope", "web", &port(3000)).await.expect_err("404").code,
+            "WORKLOAD_NOT_FOUND"
+        );
         assert_eq!(app.put_preview("ws", "app", "Bad_Name", &port(3000)).await.expect_err("name").code, "BAD_REQUEST");
         store.set_fail_writes(true);
         assert_eq!(app.put_preview("ws", "app", "web", &port(5000)).await.expect_err("store").status, 500);
@@ -688,7 +707,11 @@ mod tests {
             .expect("token");
         assert_eq!(long.expires_at, end, "clamped to the preview's expiry");
         assert!(long.name.starts_with("token-"));
-        let named = TokenSpec { name: Some("ci".into()), expires_at: Some("2099-01-01T00:00:00".into()), ..TokenSpec::default() };
+        let named = TokenSpec {
+            name: Some("ci".into()),
+            expires_at: Some("2099-01-01T00:00:00".into()),
+            ..TokenSpec::default()
+        };
         let (p, ci) = app.create_preview_token("ws", "app", "web", &named).await.expect("named");
         assert_eq!(ci.name, "ci");
         assert_eq!(app.create_preview_token("ws", "app", "web", &named).await.expect_err("dup").code, "TOKEN_CONFLICT");

@@ -162,7 +162,10 @@ pub fn expiry(ttl: Option<&str>, expires_at: Option<&str>, now: Timestamp) -> Re
 
 /// Validates a header map: valid names and values, none hop-by-hop or owned by the edge,
 /// bounded size. Names are lower-cased; two names differing only by case are refused.
-pub fn validate_headers(field: &str, headers: Option<&BTreeMap<String, String>>) -> Result<BTreeMap<String, String>, ApiError> {
+pub fn validate_headers(
+    field: &str,
+    headers: Option<&BTreeMap<String, String>>,
+) -> Result<BTreeMap<String, String>, ApiError> {
     let mut out = BTreeMap::new();
     let Some(headers) = headers else { return Ok(out) };
     if headers.len() > MAX_HEADERS {
@@ -266,8 +269,17 @@ mod tests {
         let now = time::now();
         let h = |pairs: &[(&str, &str)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
         let s = PreviewSpec { request_headers: h(&[("Authorization", "Bearer x")]), ..spec(3000) };
-        assert_eq!(s.validate("ws", now).expect("ok").request_headers.get("authorization").map(String::as_str), Some("Bearer x"));
-        for bad in [h(&[("Host", "x")]), h(&[("Transfer-Encoding", "chunked")]), h(&[("bad name", "x")]), h(&[("x", "a\nb")]), h(&[("X-A", "1"), ("x-a", "2")])] {
+        assert_eq!(
+            s.validate("ws", now).expect("ok").request_headers.get("authorization").map(String::as_str),
+            Some("Bearer x")
+        );
+        for bad in [
+            h(&[("Host", "x")]),
+            h(&[("Transfer-Encoding", "chunked")]),
+            h(&[("bad name", "x")]),
+            h(&[("x", "a\nb")]),
+            h(&[("X-A", "1"), ("x-a", "2")]),
+        ] {
             let s = PreviewSpec { response_headers: bad.clone(), ..spec(3000) };
             assert!(s.validate("ws", now).is_err(), "{bad:?}");
         }

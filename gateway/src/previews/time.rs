@@ -88,10 +88,8 @@ pub fn parse_ttl(text: &str) -> Result<Duration, TimeError> {
 
 /// `t + d`, saturating at the far future.
 pub fn add(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_add(time::Duration::try_from(d).unwrap_or(time::Duration::MAX)).unwrap_or(Timestamp::new_utc(
-        time::Date::MAX,
-        time::Time::MIDNIGHT,
-    ))
+    t.checked_add(time::Duration::try_from(d).unwrap_or(time::Duration::MAX))
+        .unwrap_or(Timestamp::new_utc(time::Date::MAX, time::Time::MIDNIGHT))
 }
 
 /// How long from `now` until `t` (zero if past).

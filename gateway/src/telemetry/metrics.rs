@@ -33,10 +33,7 @@
 use std::{
     fmt::{self, Write as _},
     path::Path,
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::AtomicI64,
-    },
+    sync::{Arc, Mutex, OnceLock, atomic::AtomicI64},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -257,9 +254,17 @@ impl Metrics {
             m.policy_apply.clone(),
         );
         registry.register("policy_apply_errors", "Kernel policy updates refused", m.policy_apply_errors.clone());
-        registry.register("dataplane_entries", "Entries the control plane holds in the kernel maps", m.dataplane_entries.clone());
+        registry.register(
+            "dataplane_entries",
+            "Entries the control plane holds in the kernel maps",
+            m.dataplane_entries.clone(),
+        );
         registry.register("state_writes", "Durable state writes by operation and result", m.state_writes.clone());
-        registry.register("state_write_seconds", "Duration of a durable state write (fsync included)", m.state_write_seconds.clone());
+        registry.register(
+            "state_write_seconds",
+            "Duration of a durable state write (fsync included)",
+            m.state_write_seconds.clone(),
+        );
         registry.register("config_reloads", "Configuration reloads (SIGHUP) by result", m.reloads.clone());
         registry.register(
             "config_last_reload_success_timestamp_seconds",
@@ -357,7 +362,9 @@ impl Metrics {
 
     /// How many sandboxes and policy entries the control plane holds in the kernel.
     pub fn dataplane_entries(&self, sandboxes: usize, policy: usize) {
-        let set = |map, n: usize| self.dataplane_entries.get_or_create(&MapLabels { map }).set(i64::try_from(n).unwrap_or(i64::MAX));
+        let set = |map, n: usize| {
+            self.dataplane_entries.get_or_create(&MapLabels { map }).set(i64::try_from(n).unwrap_or(i64::MAX))
+        };
         set("sandboxes", sandboxes);
         set("policy", policy);
     }

@@ -112,7 +112,9 @@ fn hwm_kib(pids: &[u32]) -> u64 {
         .map(|p| {
             fs::read_to_string(format!("/proc/{p}/status"))
                 .ok()
-                .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+                .and_then(|s| {
+                    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                })
                 .unwrap_or(0)
         })
         .sum()
@@ -229,11 +231,7 @@ fn run_load(load: Load, c: &Contender, hosts: &Path, secs: u64, tmp: &Path, rate
             p99 = find("99%").map(|l| parse_latency(l.split_whitespace().nth(1).unwrap_or(""))).unwrap_or(f64::NAN);
             let non2xx = find("Non-2xx").and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0u64);
             let sock = find("Socket errors:")
-                .map(|l| {
-                    l.split(',')
-                        .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                        .sum::<u64>()
-                })
+                .map(|l| l.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>())
                 .unwrap_or(0);
             errors = non2xx + sock;
         }
@@ -270,13 +268,20 @@ fn run_load(load: Load, c: &Contender, hosts: &Path, secs: u64, tmp: &Path, rate
                 .map(|us| us / 1000.0)
                 .collect();
             lat.sort_by(f64::total_cmp);
-            let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+            let pct =
+                |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
             p50 = pct(0.5);
             p99 = pct(0.99);
         }
     }
     let cpu = cpu_seconds(&c.pids) - cpu0;
-    Sample { rps, p50_ms: p50, p99_ms: p99, cpu_per_10k: if requests > 0.0 { cpu * 10_000.0 / requests } else { f64::NAN }, errors }
+    Sample {
+        rps,
+        p50_ms: p50,
+        p99_ms: p99,
+        cpu_per_10k: if requests > 0.0 { cpu * 10_000.0 / requests } else { f64::NAN },
+        errors,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -288,7 +293,26 @@ fn write_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let key = dir.join("key.pem");
     let cert = dir.join("cert.pem");
     run_ok(
-        Command::new("openssl").args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=local.gw.test", "-addext", "subjectAltName=DNS:*.local.gw.test,DNS:local.gw.test"]).arg("-keyout").arg(&key).arg("-out").arg(&cert),
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=local.gw.test",
+                "-addext",
+                "subjectAltName=DNS:*.local.gw.test,DNS:local.gw.test",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
         "openssl req",
     );
     // openssl writes PKCS#8 ("BEGIN PRIVATE KEY"), which rustls, nginx and HAProxy all read.
@@ -314,7 +338,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let hold = args.iter().any(|a| a == "--hold");
-    let out_dir = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
+    let out_dir = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
     fs::create_dir_all(&out_dir).expect("create the output dir");
     // Quick: 4 contenders × 3 loads × 3 rounds × 2 s = 72 s of load, under two minutes in all.
     let (rounds, secs) = if quick { (3, 2) } else { (5, 10) };
@@ -346,7 +374,8 @@ fn main() {
             ),
     )
     .unwrap();
-    let backend = Proc::spawn(sb.ns.command("nginx").args(["-g", "daemon off;", "-c"]).arg(&backend_conf), "backend nginx");
+    let backend =
+        Proc::spawn(sb.ns.command("nginx").args(["-g", "daemon off;", "-c"]).arg(&backend_conf), "backend nginx");
 
     // The gateway: data plane on, one runtime thread (like one nginx worker), same certificate.
     // SAFETY: single-threaded at this point; the variable is read by the spawned gateway only.
@@ -407,7 +436,13 @@ fn main() {
     .unwrap();
 
     let backend_pids = tree(backend.pid());
-    let contender = |name: &'static str, ip: std::net::IpAddr, port: u16, host: &str, path: &str, headers: Vec<String>, pids: Vec<u32>| {
+    let contender = |name: &'static str,
+                     ip: std::net::IpAddr,
+                     port: u16,
+                     host: &str,
+                     path: &str,
+                     headers: Vec<String>,
+                     pids: Vec<u32>| {
         let target = openloop::Target {
             addr: (ip, port).into(),
             host: host.to_string(),
@@ -451,7 +486,10 @@ fn main() {
         println!("# holding the bench topology (Ctrl-C or `kill {}` ends it and cleans up)", std::process::id());
         for c in &contenders {
             let hdr: String = c.headers.iter().map(|h| format!(" -H '{h}'")).collect();
-            let pre = format!("unshare -m --propagation private sh -c 'mount --bind {} /etc/hosts && exec \"$0\" \"$@\"'", hosts.display());
+            let pre = format!(
+                "unshare -m --propagation private sh -c 'mount --bind {} /etc/hosts && exec \"$0\" \"$@\"'",
+                hosts.display()
+            );
             println!("{}: pids {:?}", c.name, c.pids);
             println!("  {pre} wrk -t1 -c50 -d10s{hdr} {}", c.url);
             println!("  {pre} h2load -t1 -c10 -m10 -D 10{hdr} {}", c.url);
@@ -473,7 +511,10 @@ fn main() {
         return;
     }
 
-    println!("# HTTP proxy benchmark ({}): {rounds} alternated rounds × {secs} s per contender and load", if quick { "quick" } else { "full" });
+    println!(
+        "# HTTP proxy benchmark ({}): {rounds} alternated rounds × {secs} s per contender and load",
+        if quick { "quick" } else { "full" }
+    );
     let loads = [Load::Keepalive, Load::Close, Load::H2, Load::FixedRate];
     // samples[load][contender][round]
     let mut samples = vec![vec![Vec::<Sample>::new(); contenders.len()]; loads.len()];
@@ -503,7 +544,11 @@ fn main() {
     let mut json_loads = serde_json::Map::new();
     let mut verdicts = Vec::new();
     let label = |l: Load| {
-        if l == Load::FixedRate { format!("h1 fixed rate {rate:.0} req/s (open loop, 50 conns)") } else { l.name().to_string() }
+        if l == Load::FixedRate {
+            format!("h1 fixed rate {rate:.0} req/s (open loop, 50 conns)")
+        } else {
+            l.name().to_string()
+        }
     };
     for (li, load) in loads.iter().enumerate() {
         let med = |ci: usize, f: fn(&Sample) -> f64| median(samples[li][ci].iter().map(f).collect());
@@ -513,7 +558,8 @@ fn main() {
         for (ci, c) in contenders.iter().enumerate() {
             let rps: Vec<f64> = samples[li][ci].iter().map(|s| s.rps).collect();
             let (min, max) = (rps.iter().copied().fold(f64::MAX, f64::min), rps.iter().copied().fold(0.0, f64::max));
-            let (r, p50, p99, cpu) = (med(ci, |s| s.rps), med(ci, |s| s.p50_ms), med(ci, |s| s.p99_ms), med(ci, |s| s.cpu_per_10k));
+            let (r, p50, p99, cpu) =
+                (med(ci, |s| s.rps), med(ci, |s| s.p50_ms), med(ci, |s| s.p99_ms), med(ci, |s| s.cpu_per_10k));
             let errors: u64 = samples[li][ci].iter().map(|s| s.errors).sum();
             table.push_str(&format!(
                 "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.3} | {:.1} | {:.2} | {:.2} |\n",
@@ -582,7 +628,11 @@ fn main() {
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
     fs::write(out_dir.join("http.json"), serde_json::to_string_pretty(&result).unwrap()).unwrap();
-    fs::write(out_dir.join("http.md"), format!("{table}\n{}\n", verdicts.iter().map(|v| format!("- {v}")).collect::<Vec<_>>().join("\n"))).unwrap();
+    fs::write(
+        out_dir.join("http.md"),
+        format!("{table}\n{}\n", verdicts.iter().map(|v| format!("- {v}")).collect::<Vec<_>>().join("\n")),
+    )
+    .unwrap();
     fs::write(out_dir.join("http.svg"), svg(&loads, &contenders, &samples)).unwrap();
     println!("\nwrote {}/http.{{json,md,svg}} in {:.0} s", out_dir.display(), started.elapsed().as_secs_f64());
     drop((haproxy, nginx, gw, backend, link_b));

@@ -37,19 +37,8 @@ pub fn ensure_bpffs() -> io::Result<()> {
     if bpffs_mounted_at(BPFFS_ROOT)? {
         return Ok(());
     }
-    mount(
-        Some("bpf"),
-        BPFFS_ROOT,
-        Some("bpf"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| {
-        io::Error::new(
-            io::Error::from(e).kind(),
-            format!("mount -t bpf bpf {BPFFS_ROOT}: {e}"),
-        )
-    })
+    mount(Some("bpf"), BPFFS_ROOT, Some("bpf"), MsFlags::empty(), None::<&str>)
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("mount -t bpf bpf {BPFFS_ROOT}: {e}")))
 }
 
 /// A unique directory `/sys/fs/bpf/gwt-<pid>-<counter>` for a test's pins (e.g. the gateway's
@@ -75,8 +64,7 @@ impl BpffsDir {
             // Left by an earlier process that had our pid.
             fs::remove_dir_all(&path)?;
         }
-        fs::create_dir(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", path.display())))?;
+        fs::create_dir(&path).map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", path.display())))?;
         Ok(BpffsDir { path })
     }
 

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrStorage, connect, getsockopt, setsockopt, socket,
-    sockopt,
+    AddressFamily, SockFlag, SockType, SockaddrStorage, connect, getsockopt, setsockopt, socket, sockopt,
 };
 
 use super::link::{OutsideClient, Sandbox};
@@ -38,34 +37,22 @@ pub struct Origin<'a> {
 impl<'a> Origin<'a> {
     /// The host namespace, no mark: an ordinary host process.
     pub fn host() -> Origin<'static> {
-        Origin {
-            ns: None,
-            mark: None,
-        }
+        Origin { ns: None, mark: None }
     }
 
     /// The host namespace with `SO_MARK = mark`: how the gateway's sockets look.
     pub fn host_marked(mark: u32) -> Origin<'static> {
-        Origin {
-            ns: None,
-            mark: Some(mark),
-        }
+        Origin { ns: None, mark: Some(mark) }
     }
 
     /// Inside `ns`, no mark.
     pub fn ns(ns: &'a Netns) -> Origin<'a> {
-        Origin {
-            ns: Some(ns),
-            mark: None,
-        }
+        Origin { ns: Some(ns), mark: None }
     }
 
     /// The same origin with `SO_MARK = mark`.
     pub fn with_mark(self, mark: u32) -> Origin<'a> {
-        Origin {
-            mark: Some(mark),
-            ..self
-        }
+        Origin { mark: Some(mark), ..self }
     }
 }
 
@@ -102,25 +89,15 @@ impl fmt::Display for Origin<'_> {
 
 /// Connects to `addr` from the calling thread's namespace (the host, for test code), with
 /// `SO_MARK = mark` when given. Times out with [`io::ErrorKind::TimedOut`] after `timeout`.
-pub fn try_connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    mark: Option<u32>,
-) -> io::Result<TcpStream> {
+pub fn try_connect(addr: SocketAddr, timeout: Duration, mark: Option<u32>) -> io::Result<TcpStream> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
     };
-    let fd: OwnedFd = socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    let fd: OwnedFd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
     if let Some(m) = mark {
-        setsockopt(&fd, sockopt::Mark, &m).map_err(|e| {
-            io::Error::new(io::Error::from(e).kind(), format!("SO_MARK {m:#x}: {e}"))
-        })?;
+        setsockopt(&fd, sockopt::Mark, &m)
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("SO_MARK {m:#x}: {e}")))?;
     }
     match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
         Ok(()) => {}
@@ -162,11 +139,7 @@ pub fn try_connect_from(ns: &Netns, addr: SocketAddr, timeout: Duration) -> io::
 }
 
 /// Connects to `addr` from `origin` (namespace and mark).
-pub fn connect_from(
-    origin: Origin<'_>,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
+pub fn connect_from(origin: Origin<'_>, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     match origin.ns {
         None => try_connect(addr, timeout, origin.mark),
         Some(ns) => ns.run(|| try_connect(addr, timeout, origin.mark)),
@@ -231,10 +204,8 @@ pub fn assert_unreachable<'a>(from: impl Into<Origin<'a>>, to: SocketAddr, what:
         Reach::Connected(s) => panic!(
             "{what}: expected {from} -> {to} to be DROPPED (connect timing out after \
              {DROP_TIMEOUT:?}), but the connection was ESTABLISHED (local {}, peer {})",
-            s.local_addr()
-                .map_or_else(|e| e.to_string(), |a| a.to_string()),
-            s.peer_addr()
-                .map_or_else(|e| e.to_string(), |a| a.to_string()),
+            s.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            s.peer_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         ),
         Reach::Refused => panic!(
             "{what}: expected {from} -> {to} to be DROPPED (connect timing out after \
@@ -262,10 +233,9 @@ pub fn assert_refused<'a>(from: impl Into<Origin<'a>>, to: SocketAddr, what: &st
             "{what}: expected {from} -> {to} to be REFUSED (RST), but it TIMED OUT after \
              {REACH_TIMEOUT:?}: something dropped the SYN or the RST"
         ),
-        Reach::Failed(e) => panic!(
-            "{what}: expected {from} -> {to} to be REFUSED (RST), but connect failed: {e} ({:?})",
-            e.kind()
-        ),
+        Reach::Failed(e) => {
+            panic!("{what}: expected {from} -> {to} to be REFUSED (RST), but connect failed: {e} ({:?})", e.kind())
+        }
     }
 }
 
@@ -288,7 +258,5 @@ pub fn read_greeting(stream: &mut TcpStream) -> io::Result<String> {
     };
     stream.set_read_timeout(previous)?;
     result?;
-    Ok(String::from_utf8_lossy(&line)
-        .trim_end_matches('\r')
-        .to_owned())
+    Ok(String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned())
 }

@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::netns::Netns;
 use super::sys::{
-    self, STATE_DIR, ensure_ip_forward, global_lock, ifindex, ip, pid_alive, write_sysctl,
-    write_sysctl_if_present,
+    self, STATE_DIR, ensure_ip_forward, global_lock, ifindex, ip, pid_alive, write_sysctl, write_sysctl_if_present,
 };
 
 /// The range every harness address comes from.
@@ -44,9 +43,7 @@ pub(crate) fn claims_dir() -> PathBuf {
 
 /// Parses `gh<n>` / `gs<n>` into `n` (only names the harness could have made).
 pub(crate) fn harness_ifname_block(name: &str) -> Option<u32> {
-    let digits = name
-        .strip_prefix(HOST_IF_PREFIX)
-        .or_else(|| name.strip_prefix(SANDBOX_IF_PREFIX))?;
+    let digits = name.strip_prefix(HOST_IF_PREFIX).or_else(|| name.strip_prefix(SANDBOX_IF_PREFIX))?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 5 {
         return None;
     }
@@ -55,9 +52,7 @@ pub(crate) fn harness_ifname_block(name: &str) -> Option<u32> {
 
 /// The pid recorded in the claim of block `n`, if any.
 pub(crate) fn claim_owner(n: u32) -> Option<i32> {
-    fs::read_to_string(claims_dir().join(n.to_string()))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+    fs::read_to_string(claims_dir().join(n.to_string())).ok().and_then(|s| s.trim().parse().ok())
 }
 
 /// A claimed /30 block; the claim file is removed on drop.
@@ -74,10 +69,7 @@ impl Claim {
         let pid = std::process::id();
         let n = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
         let usable = BLOCKS - RESERVED_BLOCKS;
-        let start = (pid
-            .wrapping_mul(2_654_435_761)
-            .wrapping_add(n.wrapping_mul(40_503)))
-            % usable;
+        let start = (pid.wrapping_mul(2_654_435_761).wrapping_add(n.wrapping_mul(40_503))) % usable;
         for step in 0..usable {
             let block = RESERVED_BLOCKS + (start + step) % usable;
             let path = dir.join(block.to_string());
@@ -87,19 +79,14 @@ impl Claim {
             }
             // Free, or left by a dead process: take it, and remove what that process left.
             fs::write(&path, pid.to_string())?;
-            for name in [
-                format!("{HOST_IF_PREFIX}{block}"),
-                format!("{SANDBOX_IF_PREFIX}{block}"),
-            ] {
+            for name in [format!("{HOST_IF_PREFIX}{block}"), format!("{SANDBOX_IF_PREFIX}{block}")] {
                 if ifindex(&name).is_some() {
                     let _ = ip(&["link", "del", &name]);
                 }
             }
             return Ok(Claim { block });
         }
-        Err(io::Error::other(
-            "all 32768 harness address blocks (198.18.0.0/15) are claimed",
-        ))
+        Err(io::Error::other("all 32768 harness address blocks (198.18.0.0/15) are claimed"))
     }
 }
 
@@ -146,8 +133,7 @@ impl SandboxLink {
     /// Creates the pair and moves the sandbox end into `ns`; panics with the failing step.
     pub fn new(ns: &Netns) -> SandboxLink {
         sys::require_root();
-        SandboxLink::try_new(ns)
-            .unwrap_or_else(|e| panic!("cannot create a veth link into {ns}: {e}"))
+        SandboxLink::try_new(ns).unwrap_or_else(|e| panic!("cannot create a veth link into {ns}: {e}"))
     }
 
     /// Fallible [`SandboxLink::new`]. On error, whatever was created is removed.
@@ -173,20 +159,9 @@ impl SandboxLink {
         let sandbox_cidr = format!("{}/{LINK_PREFIX}", self.sandbox_addr());
         let host_addr = self.host_addr().to_string();
 
-        ip(&[
-            "link",
-            "add",
-            &h,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &s,
-            "netns",
-            ns.name(),
-        ])?;
-        self.host_ifindex = ifindex(&h)
-            .ok_or_else(|| io::Error::other(format!("{h} vanished right after creation")))?;
+        ip(&["link", "add", &h, "type", "veth", "peer", "name", &s, "netns", ns.name()])?;
+        self.host_ifindex =
+            ifindex(&h).ok_or_else(|| io::Error::other(format!("{h} vanished right after creation")))?;
 
         write_sysctl_if_present(&format!("/proc/sys/net/ipv6/conf/{h}/disable_ipv6"), "1")?;
         write_sysctl(&format!("/proc/sys/net/ipv4/conf/{h}/rp_filter"), "0")?;

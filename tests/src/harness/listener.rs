@@ -105,11 +105,7 @@ impl Listener {
     /// The request heads (request line and headers, as received) seen by an HTTP listener,
     /// in order. Empty for echo listeners.
     pub fn requests(&self) -> Vec<String> {
-        self.stats
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.stats.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -149,11 +145,7 @@ pub fn spawn_tcp_echo<'a>(place: impl Into<Place<'a>>, addr: SocketAddr) -> List
 /// supported: the connection is closed after the response). Request heads are recorded
 /// ([`Listener::requests`]).
 pub fn spawn_http_ok(ns: &Netns, port: u16, body: &str) -> Listener {
-    spawn_http_ok_at(
-        ns,
-        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)),
-        body,
-    )
+    spawn_http_ok_at(ns, SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)), body)
 }
 
 /// [`spawn_http_ok`] on any address and place (e.g. `127.0.0.1:port` inside a sandbox, to model
@@ -169,12 +161,8 @@ fn spawn(place: Place<'_>, addr: SocketAddr, kind: Kind, body: String) -> Listen
         Place::Ns(ns) => ns.run(bind),
     }
     .unwrap_or_else(|e| panic!("cannot listen on {addr} in {place}: {e}"));
-    let local = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("local_addr of listener {addr} in {place}: {e}"));
-    listener
-        .set_nonblocking(true)
-        .unwrap_or_else(|e| panic!("set_nonblocking on listener {local}: {e}"));
+    let local = listener.local_addr().unwrap_or_else(|e| panic!("local_addr of listener {addr} in {place}: {e}"));
+    listener.set_nonblocking(true).unwrap_or_else(|e| panic!("set_nonblocking on listener {local}: {e}"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Stats::default());
@@ -188,12 +176,7 @@ fn spawn(place: Place<'_>, addr: SocketAddr, kind: Kind, body: String) -> Listen
         .name(format!("listener {local}"))
         .spawn(move || accept_loop(listener, local, kind, Arc::new(body), stop2, stats2))
         .unwrap_or_else(|e| panic!("cannot spawn listener thread: {e}"));
-    Listener {
-        addr: local,
-        stop,
-        stats,
-        thread: Some(thread),
-    }
+    Listener { addr: local, stop, stats, thread: Some(thread) }
 }
 
 const TICK: Duration = Duration::from_millis(50);
@@ -212,17 +195,12 @@ fn accept_loop(
             Ok((stream, _peer)) => {
                 stats.accepted.fetch_add(1, Ordering::SeqCst);
                 let (stop, stats, body) = (stop.clone(), stats.clone(), body.clone());
-                let spawned =
-                    thread::Builder::new()
-                        .name(format!("conn {local}"))
-                        .spawn(move || {
-                            let _ = match kind {
-                                Kind::Echo => serve_echo(stream, local.port(), &stop),
-                                Kind::Http => {
-                                    serve_http(stream, local.port(), &body, &stop, &stats)
-                                }
-                            };
-                        });
+                let spawned = thread::Builder::new().name(format!("conn {local}")).spawn(move || {
+                    let _ = match kind {
+                        Kind::Echo => serve_echo(stream, local.port(), &stop),
+                        Kind::Http => serve_http(stream, local.port(), &body, &stop, &stats),
+                    };
+                });
                 match spawned {
                     Ok(h) => conns.push(h),
                     Err(e) => eprintln!("harness: listener {local}: cannot spawn: {e}"),
@@ -252,10 +230,7 @@ fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
     match s.read(buf) {
         Ok(n) => Ok(Some(n)),
         Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-            ) =>
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) =>
         {
             Ok(None)
         }
@@ -289,13 +264,7 @@ fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
     })
 }
 
-fn serve_http(
-    mut s: TcpStream,
-    port: u16,
-    body: &str,
-    stop: &AtomicBool,
-    stats: &Stats,
-) -> io::Result<()> {
+fn serve_http(mut s: TcpStream, port: u16, body: &str, stop: &AtomicBool, stats: &Stats) -> io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(TICK))?;
     let mut buf: Vec<u8> = Vec::new();
@@ -314,16 +283,10 @@ fn serve_http(
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
-        stats
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(head.clone());
+        stats.requests.lock().unwrap_or_else(PoisonError::into_inner).push(head.clone());
 
         // Discard the request body.
-        let mut remaining: usize = header(&head, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let mut remaining: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let take = remaining.min(buf.len());
         buf.drain(..take);
         remaining -= take;
@@ -340,8 +303,7 @@ fn serve_http(
         }
 
         let first = head.lines().next().unwrap_or("");
-        let chunked = header(&head, "transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let chunked = header(&head, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let close = chunked
             || first.ends_with("HTTP/1.0")
             || header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));

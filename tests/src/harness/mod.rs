@@ -71,12 +71,11 @@ mod sys;
 
 pub use bpffs::{BPFFS_PREFIX, BPFFS_ROOT, BpffsDir, bpffs_mounted_at, ensure_bpffs};
 pub use client::{
-    DROP_TIMEOUT, Origin, REACH_TIMEOUT, Reach, assert_reachable, assert_refused,
-    assert_unreachable, connect_from, probe, read_greeting, try_connect, try_connect_from,
+    DROP_TIMEOUT, Origin, REACH_TIMEOUT, Reach, assert_reachable, assert_refused, assert_unreachable, connect_from,
+    probe, read_greeting, try_connect, try_connect_from,
 };
 pub use link::{
-    HARNESS_NET, HARNESS_PREFIX, HOST_IF_PREFIX, LINK_PREFIX, OutsideClient, SANDBOX_IF_PREFIX,
-    Sandbox, SandboxLink,
+    HARNESS_NET, HARNESS_PREFIX, HOST_IF_PREFIX, LINK_PREFIX, OutsideClient, SANDBOX_IF_PREFIX, Sandbox, SandboxLink,
 };
 pub use listener::{Listener, Place, spawn_http_ok, spawn_http_ok_at, spawn_tcp_echo};
 pub use netns::{NETNS_PREFIX, Netns};

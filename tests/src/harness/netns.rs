@@ -61,10 +61,7 @@ impl Netns {
             Ok(f) => f,
             Err(e) => {
                 let _ = ip(&["netns", "del", &name]);
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot open /run/netns/{name}: {e}"),
-                ));
+                return Err(io::Error::new(e.kind(), format!("cannot open /run/netns/{name}: {e}")));
             }
         };
         // From here on, Drop cleans up.
@@ -117,10 +114,8 @@ impl Netns {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let file = self
-            .file
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cannot duplicate the fd of netns {}: {e}", self.name));
+        let file =
+            self.file.try_clone().unwrap_or_else(|e| panic!("cannot duplicate the fd of netns {}: {e}", self.name));
         let name = self.name.clone();
         thread::Builder::new()
             .name(format!("netns {name}"))
@@ -151,9 +146,8 @@ impl Netns {
     /// Runs `args[0] args[1..]` inside the namespace; returns stdout, or an error with the
     /// command line, exit status and stderr.
     pub fn exec(&self, args: &[&str]) -> io::Result<String> {
-        let (program, rest) = args
-            .split_first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        let (program, rest) =
+            args.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
         sys::run(self.command(program).args(rest))
     }
 

@@ -25,10 +25,7 @@ pub struct SweepReport {
 impl SweepReport {
     /// Whether nothing was found.
     pub fn is_empty(&self) -> bool {
-        self.netns.is_empty()
-            && self.links.is_empty()
-            && self.bpffs_dirs.is_empty()
-            && self.claims.is_empty()
+        self.netns.is_empty() && self.links.is_empty() && self.bpffs_dirs.is_empty() && self.claims.is_empty()
     }
 }
 
@@ -41,12 +38,7 @@ fn owner_pid(name: &str, prefix: &str) -> Option<i32> {
 }
 
 fn names_in(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()).unwrap_or_default()
 }
 
 /// Deletes leftovers of earlier, dead test processes: `gwt-*` namespaces, `gh*`/`gs*` veth
@@ -89,9 +81,7 @@ pub fn sweep_stale() -> SweepReport {
         let Ok(block) = name.parse::<u32>() else {
             continue;
         };
-        if !claim_owner(block).is_some_and(pid_alive)
-            && fs::remove_file(claims_dir().join(&name)).is_ok()
-        {
+        if !claim_owner(block).is_some_and(pid_alive) && fs::remove_file(claims_dir().join(&name)).is_ok() {
             report.claims.push(block);
         }
     }

@@ -37,9 +37,7 @@ pub(crate) fn ip(args: &[&str]) -> io::Result<String> {
 /// Runs a prepared command; a non-zero exit becomes an error naming the command and its stderr.
 pub(crate) fn run(cmd: &mut Command) -> io::Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {shown}: {e}")))?;
+    let out = cmd.output().map_err(|e| io::Error::new(e.kind(), format!("cannot run {shown}: {e}")))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -56,13 +54,11 @@ pub(crate) fn run(cmd: &mut Command) -> io::Result<String> {
 /// /proc/sys/net is resolved against the network namespace of the calling *thread*, so calling
 /// this inside [`super::Netns::run`] sets the namespace's own value.
 pub(crate) fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
-    let current = fs::read_to_string(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}")))?;
+    let current = fs::read_to_string(path).map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}")))?;
     if current.trim() == value {
         return Ok(());
     }
-    fs::write(path, value)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot write {value} to {path}: {e}")))
+    fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("cannot write {value} to {path}: {e}")))
 }
 
 /// Like [`write_sysctl`], but a missing file (e.g. IPv6 compiled out) is not an error.

@@ -65,8 +65,10 @@ impl Inner {
                 continue;
             }
             let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
-            let record: PreviewRecord = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: format!("not a preview record: {e}") })?;
+            let record: PreviewRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("not a preview record: {e}"),
+            })?;
             if record.version != PREVIEW_RECORD_VERSION {
                 return Err(StoreError::Corrupt {
                     path,
@@ -112,8 +114,9 @@ impl Inner {
                 if meta.permissions().mode() & 0o077 != 0 {
                     return Err(StoreError::Corrupt {
                         path,
-                        reason: "a secret readable by group or others: chmod 600 it (or remove it to generate a new one)"
-                            .into(),
+                        reason:
+                            "a secret readable by group or others: chmod 600 it (or remove it to generate a new one)"
+                                .into(),
                     });
                 }
                 unhex32(&text)

@@ -20,25 +20,22 @@ mod scale;
 mod stats;
 mod veth;
 
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::PathBuf,
-    process::Command,
-    time::Instant,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, process::Command, time::Instant};
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::maps::PerCpuValues;
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use gateway::dataplane::{
-    Dataplane, DataplaneSettings, PortGrant, SandboxPolicy, XdpModeSetting, bpffs::PinDir, load_object,
+    Dataplane, DataplaneSettings, PortGrant, SandboxPolicy, XdpModeSetting,
+    bpffs::PinDir,
+    load_object,
     maps::{KernelMaps, nr_cpus},
 };
-use serde_json::json;
 use gateway_common::{
-    IPPROTO_TCP, names, testpkt,
+    IPPROTO_TCP, names,
     policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin},
+    testpkt,
 };
+use serde_json::json;
 
 const MARK: u32 = 0x6777;
 
@@ -111,15 +108,45 @@ impl Drop for RemoveDir {
 
 fn standard_paths(sbx: [u8; 4]) -> Vec<Path> {
     vec![
-        Path { name: "trivial program (baseline)", prog: names::PROG_BENCH_NOOP, pkt: tcp(sbx, 3000, true), mark: MARK },
+        Path {
+            name: "trivial program (baseline)",
+            prog: names::PROG_BENCH_NOOP,
+            pkt: tcp(sbx, 3000, true),
+            mark: MARK,
+        },
         Path { name: "sandbox_in: allowed SYN", prog: names::PROG_SANDBOX_IN, pkt: tcp(sbx, 3000, true), mark: MARK },
-        Path { name: "sandbox_in: dropped SYN (unmarked)", prog: names::PROG_SANDBOX_IN, pkt: tcp(sbx, 3000, true), mark: 0 },
-        Path { name: "sandbox_in: dropped SYN (closed port)", prog: names::PROG_SANDBOX_IN, pkt: tcp(sbx, 3001, true), mark: MARK },
+        Path {
+            name: "sandbox_in: dropped SYN (unmarked)",
+            prog: names::PROG_SANDBOX_IN,
+            pkt: tcp(sbx, 3000, true),
+            mark: 0,
+        },
+        Path {
+            name: "sandbox_in: dropped SYN (closed port)",
+            prog: names::PROG_SANDBOX_IN,
+            pkt: tcp(sbx, 3001, true),
+            mark: MARK,
+        },
         Path { name: "sandbox_in: established", prog: names::PROG_SANDBOX_IN, pkt: tcp(sbx, 3000, false), mark: 0 },
         Path { name: "sandbox_in: non-IP (ARP)", prog: names::PROG_SANDBOX_IN, pkt: testpkt::arp(), mark: 0 },
-        Path { name: "sandbox_out: to the internet", prog: names::PROG_SANDBOX_OUT, pkt: testpkt::tcp(sbx, [1, 1, 1, 1], 443, true, false), mark: 0 },
-        Path { name: "trivial XDP program (edge baseline)", prog: names::PROG_BENCH_NOOP_XDP, pkt: tcp([198, 18, 0, 1], 22, true), mark: 0 },
-        Path { name: "edge_guard: dropped SYN", prog: names::PROG_EDGE_GUARD, pkt: tcp([198, 18, 0, 1], 22, true), mark: 0 },
+        Path {
+            name: "sandbox_out: to the internet",
+            prog: names::PROG_SANDBOX_OUT,
+            pkt: testpkt::tcp(sbx, [1, 1, 1, 1], 443, true, false),
+            mark: 0,
+        },
+        Path {
+            name: "trivial XDP program (edge baseline)",
+            prog: names::PROG_BENCH_NOOP_XDP,
+            pkt: tcp([198, 18, 0, 1], 22, true),
+            mark: 0,
+        },
+        Path {
+            name: "edge_guard: dropped SYN",
+            prog: names::PROG_EDGE_GUARD,
+            pkt: tcp([198, 18, 0, 1], 22, true),
+            mark: 0,
+        },
     ]
 }
 
@@ -134,7 +161,8 @@ fn program_costs(ebpf: &mut aya::Ebpf, paths: &[Path], rounds: usize, repeat: u3
     }
     // Each program against the trivial program of its own type (tc or XDP).
     let base = median(&mut samples[0].clone());
-    let xdp_base = paths.iter().position(|p| p.prog == names::PROG_BENCH_NOOP_XDP).map(|i| median(&mut samples[i].clone()));
+    let xdp_base =
+        paths.iter().position(|p| p.prog == names::PROG_BENCH_NOOP_XDP).map(|i| median(&mut samples[i].clone()));
     paths
         .iter()
         .zip(samples)
@@ -163,8 +191,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let json_path = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).map(PathBuf::from);
-    let only: Option<Vec<String>> =
-        args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(|s| s.split(',').map(str::to_string).collect());
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect());
     // `--summarize PATH`: the targets of an earlier run's JSON, nothing measured.
     if let Some(path) = args.iter().position(|a| a == "--summarize").and_then(|i| args.get(i + 1)) {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("read json")).expect("json");
@@ -180,7 +211,8 @@ fn main() {
     let root = PathBuf::from(format!("/sys/fs/bpf/gwbench-{}", std::process::id()));
     let _cleanup = Cleanup { root: root.clone(), ifname: ifname.clone() };
     let peer = format!("{ifname}p");
-    let ok = Command::new("ip").args(["link", "add", &ifname, "type", "veth", "peer", "name", &peer]).status().expect("ip");
+    let ok =
+        Command::new("ip").args(["link", "add", &ifname, "type", "veth", "peer", "name", &peer]).status().expect("ip");
     assert!(ok.success(), "creating veth {ifname}");
     let _ = Command::new("ip").args(["link", "set", &ifname, "up"]).status();
 
@@ -191,17 +223,29 @@ fn main() {
     if want("program") {
         let pins = PinDir::new(root.join("prog"));
         let mut ebpf = load_object(&pins, 3).expect("load object");
-        let noop: &mut SchedClassifier = ebpf.program_mut(names::PROG_BENCH_NOOP).expect("noop").try_into().expect("tc");
+        let noop: &mut SchedClassifier =
+            ebpf.program_mut(names::PROG_BENCH_NOOP).expect("noop").try_into().expect("tc");
         noop.load().expect("load noop");
-        let noop_xdp: &mut Xdp = ebpf.program_mut(names::PROG_BENCH_NOOP_XDP).expect("noop xdp").try_into().expect("xdp");
+        let noop_xdp: &mut Xdp =
+            ebpf.program_mut(names::PROG_BENCH_NOOP_XDP).expect("noop xdp").try_into().expect("xdp");
         noop_xdp.load().expect("load noop xdp");
         let mut maps = KernelMaps::open(&pins.maps()).expect("maps");
         maps.config.set(0, DataplaneConfig { mark: MARK, flags: 0 }, 0).expect("config");
-        maps.sandboxes.insert(SandboxKey { addr: [198, 18, 0, 2] }, SandboxRecord { ifindex: 1, flags: 0 }, 0).expect("sbx");
+        maps.sandboxes
+            .insert(SandboxKey { addr: [198, 18, 0, 2] }, SandboxRecord { ifindex: 1, flags: 0 }, 0)
+            .expect("sbx");
         maps.stats
-            .insert(SandboxKey { addr: [198, 18, 0, 2] }, PerCpuValues::try_from(vec![SandboxStats::default(); nr_cpus()]).expect("cpus"), 0)
+            .insert(
+                SandboxKey { addr: [198, 18, 0, 2] },
+                PerCpuValues::try_from(vec![SandboxStats::default(); nr_cpus()]).expect("cpus"),
+                0,
+            )
             .expect("stats");
-        maps.policy_insert(Endpoint::new([198, 18, 0, 2], 3000, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0)).expect("pol");
+        maps.policy_insert(
+            Endpoint::new([198, 18, 0, 2], 3000, IPPROTO_TCP),
+            PolicyValue::gateway(origin::DECLARED, 0),
+        )
+        .expect("pol");
         maps.public.insert(PortKey::new(443, IPPROTO_TCP), 1, 0).expect("pub");
         println!("\n## Program cost, BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds} alternated rounds");
         let costs = program_costs(&mut ebpf, &standard_paths([198, 18, 0, 2]), rounds, repeat);
@@ -227,7 +271,10 @@ fn main() {
             let policy = |ports: &[u16]| SandboxPolicy {
                 address: addr,
                 interface: ifname.clone(),
-                ports: ports.iter().map(|p| (*p, PortGrant { origin: origin::DECLARED, preview_refs: 0 })).collect::<BTreeMap<_, _>>(),
+                ports: ports
+                    .iter()
+                    .map(|p| (*p, PortGrant { origin: origin::DECLARED, preview_refs: 0 }))
+                    .collect::<BTreeMap<_, _>>(),
             };
             dp.apply_sandbox(&policy(&[3000])).expect("first apply");
             let mut one = Vec::new();
@@ -242,8 +289,16 @@ fn main() {
                 one.push(took.as_nanos() as f64 / 1000.0);
             }
             println!("\n## Policy update: one port changed (open one, close one), {updates} updates");
-            println!("map updates only:        median {:.1} µs, p99 {:.1} µs", median(&mut one.clone()), percentile(&mut one.clone(), 0.99));
-            println!("call → visible in map:   median {:.1} µs, p99 {:.1} µs", median(&mut visible.clone()), percentile(&mut visible.clone(), 0.99));
+            println!(
+                "map updates only:        median {:.1} µs, p99 {:.1} µs",
+                median(&mut one.clone()),
+                percentile(&mut one.clone(), 0.99)
+            );
+            println!(
+                "call → visible in map:   median {:.1} µs, p99 {:.1} µs",
+                median(&mut visible.clone()),
+                percentile(&mut visible.clone(), 0.99)
+            );
             let big: Vec<u16> = (10_000..11_000).collect();
             let mut per_entry = Vec::new();
             for round in 0..rounds {
@@ -276,10 +331,14 @@ fn main() {
             let slab_after = slab_kib();
             println!("\n## Scale: {n} sandboxes × 3 ports loaded by reconcile in {:.2} s", load_time.as_secs_f64());
             let slab = slab_after.saturating_sub(slab_before);
-            println!("kernel slab growth: {slab} KiB ({:.0} bytes per sandbox incl. 3 policy entries)", slab as f64 * 1024.0 / n as f64);
+            println!(
+                "kernel slab growth: {slab} KiB ({:.0} bytes per sandbox incl. 3 policy entries)",
+                slab as f64 * 1024.0 / n as f64
+            );
             // Time the programs against the full maps: re-use the bench object on the dp pins.
             let mut big_ebpf = load_object(&PinDir::new(root.join("dp")), 3).expect("reload on full maps");
-            let noop: &mut SchedClassifier = big_ebpf.program_mut(names::PROG_BENCH_NOOP).expect("noop").try_into().expect("tc");
+            let noop: &mut SchedClassifier =
+                big_ebpf.program_mut(names::PROG_BENCH_NOOP).expect("noop").try_into().expect("tc");
             noop.load().expect("load noop");
             let mid = veth::sandbox_addr(n / 2).octets();
             let paths: Vec<Path> = standard_paths(mid).into_iter().take(4).collect();
@@ -322,7 +381,8 @@ fn main() {
     print!("{summary}");
 
     if let Some(path) = json_path {
-        std::fs::write(&path, serde_json::to_string_pretty(&serde_json::Value::Object(report)).expect("json")).expect("write json");
+        std::fs::write(&path, serde_json::to_string_pretty(&serde_json::Value::Object(report)).expect("json"))
+            .expect("write json");
     }
 }
 
@@ -334,7 +394,12 @@ fn targets(r: &serde_json::Map<String, serde_json::Value>) -> String {
     if let Some(paths) = r.get("program_cost").and_then(|v| v.as_array()) {
         for p in paths.iter().filter(|p| !p["path"].as_str().unwrap_or("").starts_with("trivial")) {
             let x = p["x_trivial"].as_f64().unwrap_or(f64::NAN);
-            let _ = writeln!(s, "- program cost ≤ 2× trivial, {}: {x:.2}× ({})", p["path"].as_str().unwrap_or(""), met(x <= 2.0));
+            let _ = writeln!(
+                s,
+                "- program cost ≤ 2× trivial, {}: {x:.2}× ({})",
+                p["path"].as_str().unwrap_or(""),
+                met(x <= 2.0)
+            );
         }
         let _ = writeln!(
             s,
@@ -343,7 +408,11 @@ fn targets(r: &serde_json::Map<String, serde_json::Value>) -> String {
     }
     if let Some(flood) = r.get("veth").and_then(|v| v["flood"].as_array()) {
         let recv = |g: &serde_json::Value, lane: &str| {
-            g["lanes"].as_array().and_then(|ls| ls.iter().find(|l| l["lane"] == lane)).and_then(|l| l["receive_ns"].as_f64()).unwrap_or(f64::NAN)
+            g["lanes"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["lane"] == lane))
+                .and_then(|l| l["receive_ns"].as_f64())
+                .unwrap_or(f64::NAN)
         };
         if let Some(g) = flood.iter().find(|g| g["sandboxes"] == 1000) {
             let x = recv(g, "tcx") / recv(g, "iptables");
@@ -377,7 +446,12 @@ fn targets(r: &serde_json::Map<String, serde_json::Value>) -> String {
     }
     if let Some(g) = r.get("gateway_scale") {
         let b = g["rss_bytes_per_sandbox"].as_f64().unwrap_or(f64::NAN);
-        let _ = writeln!(s, "- gateway memory ≤ 2 KiB per sandbox at {} sandboxes: {b:.0} bytes ({})", g["sandboxes"], met(b <= 2048.0));
+        let _ = writeln!(
+            s,
+            "- gateway memory ≤ 2 KiB per sandbox at {} sandboxes: {b:.0} bytes ({})",
+            g["sandboxes"],
+            met(b <= 2048.0)
+        );
         let _ = writeln!(
             s,
             "  (the admin API acknowledges a change after the file store's fsyncs: its latency is the disk's, the data-plane part is the call → enforced figure above)"
@@ -387,7 +461,10 @@ fn targets(r: &serde_json::Map<String, serde_json::Value>) -> String {
 }
 
 fn costs_json(costs: &[(String, f64, f64, f64)]) -> serde_json::Value {
-    costs.iter().map(|(name, ns, ratio, spread)| json!({"path": name, "ns": ns, "x_trivial": ratio, "spread_ns": spread})).collect()
+    costs
+        .iter()
+        .map(|(name, ns, ratio, spread)| json!({"path": name, "ns": ns, "x_trivial": ratio, "spread_ns": spread}))
+        .collect()
 }
 
 fn print_costs(costs: &[(String, f64, f64, f64)]) {

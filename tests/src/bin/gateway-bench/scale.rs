@@ -31,7 +31,10 @@ use gateway_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::{stats::median, veth::{PORTS, sandbox_addr}};
+use crate::{
+    stats::median,
+    veth::{PORTS, sandbox_addr},
+};
 
 fn sandbox(i: usize, interface: &str) -> Sandbox {
     Sandbox {
@@ -147,7 +150,9 @@ pub fn run(n: usize, interface: &str) -> (String, Value) {
     // Ten sandboxes through the API: the small-size admin figure.
     for i in 0..10 {
         let s = sandbox(i, interface);
-        let r = gw.client().put_json(&format!("/v1/workspaces/{}/sandboxes/{}", s.workspace, s.name), &put_body(i, interface, None));
+        let r = gw
+            .client()
+            .put_json(&format!("/v1/workspaces/{}/sandboxes/{}", s.workspace, s.name), &put_body(i, interface, None));
         assert!(r.status == 200 || r.status == 201, "PUT: {} {}", r.status, r.text());
     }
     let (call_10, enforced_10) = admin_to_enforced(&gw, bpffs.path(), 5, interface, 50);
@@ -204,8 +209,16 @@ pub fn run(n: usize, interface: &str) -> (String, Value) {
     let lookup_small = route_lookup_ns(10);
     let lookup_n = route_lookup_ns(n);
     let per_sbx = (rss_full.saturating_sub(rss_empty)) as f64 * 1024.0 / n as f64;
-    let _ = writeln!(text, "\n## Scale: a real gateway with {n} sandboxes × 3 ports ({} policy entries), loaded from a prepared state directory", n * 3);
-    let _ = writeln!(text, "state written in {write_s:.1} s; start → /live {start_s:.2} s (reconcile {:.2} s)", reconcile_us.unwrap_or(0) as f64 / 1e6);
+    let _ = writeln!(
+        text,
+        "\n## Scale: a real gateway with {n} sandboxes × 3 ports ({} policy entries), loaded from a prepared state directory",
+        n * 3
+    );
+    let _ = writeln!(
+        text,
+        "state written in {write_s:.1} s; start → /live {start_s:.2} s (reconcile {:.2} s)",
+        reconcile_us.unwrap_or(0) as f64 / 1e6
+    );
     let _ = writeln!(
         text,
         "gateway RSS: empty {:.1} MiB, with {n} sandboxes {:.1} MiB (peak {:.1} MiB): {per_sbx:.0} bytes per sandbox (target ≤ 2048)",
@@ -219,8 +232,14 @@ pub fn run(n: usize, interface: &str) -> (String, Value) {
         kernel_before as f64 / 1048576.0,
         kernel_after as f64 / 1048576.0
     );
-    let _ = writeln!(text, "admin PUT (one port changed) → 200: median {call_10:.0} µs at 10 sandboxes, {call_n:.0} µs at {n}; → entry in the kernel map: {enforced_10:.0} µs / {enforced_n:.0} µs");
-    let _ = writeln!(text, "route lookup (App::sandbox_by_label): {lookup_small:.0} ns at 10 sandboxes, {lookup_n:.0} ns at {n}");
+    let _ = writeln!(
+        text,
+        "admin PUT (one port changed) → 200: median {call_10:.0} µs at 10 sandboxes, {call_n:.0} µs at {n}; → entry in the kernel map: {enforced_10:.0} µs / {enforced_n:.0} µs"
+    );
+    let _ = writeln!(
+        text,
+        "route lookup (App::sandbox_by_label): {lookup_small:.0} ns at 10 sandboxes, {lookup_n:.0} ns at {n}"
+    );
     let json = json!({
         "sandboxes": n, "ports": n * 3,
         "rss_empty_kib": rss_empty, "rss_kib": rss_full, "peak_rss_kib": hwm_full, "rss_bytes_per_sandbox": per_sbx,

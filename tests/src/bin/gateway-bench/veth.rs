@@ -34,8 +34,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway::dataplane::{Dataplane, DataplaneSettings, PortGrant, SandboxPolicy, XdpModeSetting, maps::KernelMaps, bpffs::PinDir};
-use gateway_common::{IPPROTO_TCP, counters::{Hook, Reason}, policy::{Endpoint, origin}};
+use gateway::dataplane::{
+    Dataplane, DataplaneSettings, PortGrant, SandboxPolicy, XdpModeSetting, bpffs::PinDir, maps::KernelMaps,
+};
+use gateway_common::{
+    IPPROTO_TCP,
+    counters::{Hook, Reason},
+    policy::{Endpoint, origin},
+};
 use gateway_tests::harness::Netns;
 use serde_json::{Value, json};
 
@@ -113,12 +119,14 @@ fn ip(args: &[&str]) {
 }
 
 fn mac_of(ns: &Netns, ifname: &str) -> String {
-    let j: Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", "dev", ifname]).expect("ip link show")).expect("json");
+    let j: Value =
+        serde_json::from_str(&ns.ip(&["-j", "link", "show", "dev", ifname]).expect("ip link show")).expect("json");
     j[0]["address"].as_str().expect("mac").to_string()
 }
 
 fn link_counter(ns: &Netns, ifname: &str, dir: &str) -> u64 {
-    let j: Value = serde_json::from_str(&ns.ip(&["-j", "-s", "link", "show", "dev", ifname]).expect("ip -s link")).expect("json");
+    let j: Value =
+        serde_json::from_str(&ns.ip(&["-j", "-s", "link", "show", "dev", ifname]).expect("ip -s link")).expect("json");
     let s = &j[0]["stats64"][dir];
     s["packets"].as_u64().unwrap_or(0) + s["dropped"].as_u64().unwrap_or(0)
 }
@@ -235,7 +243,8 @@ fn write_cfg(lane: &Lane, n: usize) {
         x ^= x >> 7;
         x ^= x << 17;
         let i = (x % n as u64) as usize;
-        let frame = syn_frame(src_mac, dst_mac, sandbox_addr(i), PORTS[(x >> 32) as usize % 3], 1024 + (k as u16 % 60000));
+        let frame =
+            syn_frame(src_mac, dst_mac, sandbox_addr(i), PORTS[(x >> 32) as usize % 3], 1024 + (k as u16 % 60000));
         text.push_str("{ ");
         for (j, b) in frame.iter().enumerate() {
             let _ = write!(text, "{}0x{b:02x}", if j == 0 { "" } else { ", " });
@@ -246,10 +255,16 @@ fn write_cfg(lane: &Lane, n: usize) {
 }
 
 fn iptables_rules(n: usize) -> String {
-    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A FORWARD -p tcp ! --syn -j ACCEPT\n");
+    let mut s = String::from(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A FORWARD -p tcp ! --syn -j ACCEPT\n",
+    );
     for i in 0..n {
         for p in PORTS {
-            let _ = writeln!(s, "-A FORWARD -d {}/32 -p tcp -m tcp --dport {p} -m mark --mark 0x{MARK:x} -j ACCEPT", sandbox_addr(i));
+            let _ = writeln!(
+                s,
+                "-A FORWARD -d {}/32 -p tcp -m tcp --dport {p} -m mark --mark 0x{MARK:x} -j ACCEPT",
+                sandbox_addr(i)
+            );
         }
     }
     s.push_str("-A FORWARD -p tcp --syn -j DROP\nCOMMIT\n");
@@ -257,7 +272,9 @@ fn iptables_rules(n: usize) -> String {
 }
 
 fn nft_ruleset(n: usize) -> String {
-    let mut s = String::from("table ip gwb\ndelete table ip gwb\ntable ip gwb {\n  set allowed {\n    type ipv4_addr . inet_service\n    size 1048576\n");
+    let mut s = String::from(
+        "table ip gwb\ndelete table ip gwb\ntable ip gwb {\n  set allowed {\n    type ipv4_addr . inet_service\n    size 1048576\n",
+    );
     if n > 0 {
         s.push_str("    elements = {");
         for i in 0..n {
@@ -448,7 +465,16 @@ pub fn run(opts: &Options) -> (String, Value) {
 /// Policy updates with `n` sandboxes loaded: ours (one call, and per entry in a batch) and the
 /// same change with iptables and nft (wall time of the command, run inside the namespace).
 #[allow(clippy::too_many_arguments)]
-fn updates(text: &mut String, dp: &Dataplane, maps: &KernelMaps, ipt: &Lane, nft: &Lane, work: &Path, n: usize, reps: usize) -> Value {
+fn updates(
+    text: &mut String,
+    dp: &Dataplane,
+    maps: &KernelMaps,
+    ipt: &Lane,
+    nft: &Lane,
+    work: &Path,
+    n: usize,
+    reps: usize,
+) -> Value {
     let probe = sandbox_addr(n / 2);
     let policy = |ports: &[u16]| SandboxPolicy {
         address: probe,
@@ -486,7 +512,22 @@ fn updates(text: &mut String, dp: &Dataplane, maps: &KernelMaps, ipt: &Lane, nft
     let big_chain = n >= 20_000;
     let ipt_reps = if big_chain { 1 } else { reps };
     let rule = |port: u16| {
-        vec!["-d".to_string(), format!("{probe}/32"), "-p".into(), "tcp".into(), "-m".into(), "tcp".into(), "--dport".into(), port.to_string(), "-m".into(), "mark".into(), "--mark".into(), format!("0x{MARK:x}"), "-j".into(), "ACCEPT".into()]
+        vec![
+            "-d".to_string(),
+            format!("{probe}/32"),
+            "-p".into(),
+            "tcp".into(),
+            "-m".into(),
+            "tcp".into(),
+            "--dport".into(),
+            port.to_string(),
+            "-m".into(),
+            "mark".into(),
+            "--mark".into(),
+            format!("0x{MARK:x}"),
+            "-j".into(),
+            "ACCEPT".into(),
+        ]
     };
     let mut ipt_add = Vec::new();
     let mut ipt_del = Vec::new();
@@ -503,8 +544,14 @@ fn updates(text: &mut String, dp: &Dataplane, maps: &KernelMaps, ipt: &Lane, nft
     let mut add_file = String::from("*filter\n");
     let mut del_file = String::from("*filter\n");
     for p in 10_000..11_000u16 {
-        let _ = writeln!(add_file, "-A FORWARD -d {batch_addr}/32 -p tcp -m tcp --dport {p} -m mark --mark 0x{MARK:x} -j ACCEPT");
-        let _ = writeln!(del_file, "-D FORWARD -d {batch_addr}/32 -p tcp -m tcp --dport {p} -m mark --mark 0x{MARK:x} -j ACCEPT");
+        let _ = writeln!(
+            add_file,
+            "-A FORWARD -d {batch_addr}/32 -p tcp -m tcp --dport {p} -m mark --mark 0x{MARK:x} -j ACCEPT"
+        );
+        let _ = writeln!(
+            del_file,
+            "-D FORWARD -d {batch_addr}/32 -p tcp -m tcp --dport {p} -m mark --mark 0x{MARK:x} -j ACCEPT"
+        );
     }
     add_file.push_str("COMMIT\n");
     del_file.push_str("COMMIT\n");
@@ -538,11 +585,34 @@ fn updates(text: &mut String, dp: &Dataplane, maps: &KernelMaps, ipt: &Lane, nft
 
     let m = |v: &Vec<f64>| median(&mut v.clone());
     let p99 = |v: &Vec<f64>| percentile(&mut v.clone(), 0.99);
-    let _ = writeln!(text, "policy updates with {n} sandboxes loaded (median wall time; iptables/nft run as processes inside the namespace):");
-    let _ = writeln!(text, "  gateway apply_sandbox, one port opened + one closed, call → visible in map: median {:.1} µs, p99 {:.1} µs ({} calls)", m(&visible), p99(&visible), visible.len());
+    let _ = writeln!(
+        text,
+        "policy updates with {n} sandboxes loaded (median wall time; iptables/nft run as processes inside the namespace):"
+    );
+    let _ = writeln!(
+        text,
+        "  gateway apply_sandbox, one port opened + one closed, call → visible in map: median {:.1} µs, p99 {:.1} µs ({} calls)",
+        m(&visible),
+        p99(&visible),
+        visible.len()
+    );
     let _ = writeln!(text, "  gateway batched, 1,000 ports in one call: {:.3} µs per entry", m(&ours_batch));
-    let _ = writeln!(text, "  iptables -A: {:.0} µs, -D: {:.0} µs ({ipt_reps} each); iptables-restore --noflush 1,000 rules: {:.1} µs per entry (delete {:.1})", m(&ipt_add), m(&ipt_del), ipt_batch, ipt_batch_del);
-    let _ = writeln!(text, "  nft add element: {:.0} µs, delete element: {:.0} µs ({reps} each); nft -f 1,000 elements: {:.2} µs per entry (delete {:.2})", m(&nft_add), m(&nft_del), nft_batch, nft_batch_del);
+    let _ = writeln!(
+        text,
+        "  iptables -A: {:.0} µs, -D: {:.0} µs ({ipt_reps} each); iptables-restore --noflush 1,000 rules: {:.1} µs per entry (delete {:.1})",
+        m(&ipt_add),
+        m(&ipt_del),
+        ipt_batch,
+        ipt_batch_del
+    );
+    let _ = writeln!(
+        text,
+        "  nft add element: {:.0} µs, delete element: {:.0} µs ({reps} each); nft -f 1,000 elements: {:.2} µs per entry (delete {:.2})",
+        m(&nft_add),
+        m(&nft_del),
+        nft_batch,
+        nft_batch_del
+    );
     json!({
         "sandboxes": n,
         "gateway_call_to_visible_us": {"median": m(&visible), "p99": p99(&visible), "calls": visible.len()},
