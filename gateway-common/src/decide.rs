@@ -182,13 +182,11 @@ pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict
     if s.dst != s.src && maps.sandbox(s.dst).found {
         return Verdict::of(Reason::DropSandboxToSandbox);
     }
-    if let Some((proto, port)) = dest(&s) {
-        if maps.protected_port(port, proto)
-            && (maps.protected(&Endpoint::new(s.dst, port, proto))
-                || maps.protected(&Endpoint::new([0; 4], port, proto)))
-        {
-            return Verdict::of(Reason::DropProtected);
-        }
+    if let Some((proto, port)) = dest(&s)
+        && maps.protected_port(port, proto)
+        && (maps.protected(&Endpoint::new(s.dst, port, proto)) || maps.protected(&Endpoint::new([0; 4], port, proto)))
+    {
+        return Verdict::of(Reason::DropProtected);
     }
     let mut v = Verdict::of(Reason::PassOut);
     if s.transport == Transport::Udp {

@@ -64,7 +64,7 @@ impl KernelMaps {
     pub fn count_sandbox(&self, addr: [u8; 4], dropped: bool) {
         let mut s = self.stats.get();
         if s.is_null() {
-            s = GW_SBX_STATS.get_ptr_mut(SandboxKey { addr }).unwrap_or(core::ptr::null_mut());
+            s = GW_SBX_STATS.get_ptr_mut(SandboxKey { addr }).unwrap_or_default();
         }
         if !s.is_null() {
             // SAFETY: a live per-CPU value, no concurrent writer on this CPU.

@@ -354,7 +354,8 @@ fn h2_paths_and_authorities_follow_the_same_rules() {
         let mut stream = 1;
         // (:authority, :path, status or None for a stream reset, line at 3000, line at 8080)
         let userinfo = format!("user@{host}");
-        let cases: Vec<(&str, &str, Option<u16>, Option<&str>, Option<&str>)> = vec![
+        type Case<'a> = (&'a str, &'a str, Option<u16>, Option<&'a str>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
             (&host, "/port/3000//x", Some(200), Some("GET //x HTTP/1.1"), None),
             (&host, "/port/3000/../8080", Some(200), Some("GET /../8080 HTTP/1.1"), None),
             (&host, "//port/3000/x", Some(200), None, Some("GET //port/3000/x HTTP/1.1")),

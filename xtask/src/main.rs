@@ -8,6 +8,8 @@ mod demo;
 mod demo_app;
 mod fuzz;
 mod install;
+mod lint;
+mod modules;
 mod run;
 mod setup;
 mod soak;
@@ -40,7 +42,11 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
-    /// Run the host unit tests, then the privileged kernel/netns tests (needs root).
+    /// Check formatting, clippy (-D warnings, userspace and eBPF) and the module graph.
+    Lint,
+    /// Print the module graph of gateway/src, lowest layer first.
+    Modules,
+    /// Run the lint gate, the host unit tests, then the privileged kernel/netns tests (needs root).
     Test {
         /// Arguments passed to both test harnesses (after `--`), e.g. a test-name filter.
         #[arg(last = true)]
@@ -135,6 +141,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup => setup::run(setup::Scope::All, true),
         Cmd::Build { debug } => build::run(debug),
+        Cmd::Lint => setup::run(setup::Scope::Toolchain, false).and_then(|()| lint::run()),
+        Cmd::Modules => modules::print(&root().join("gateway/src")),
         Cmd::Test { args } => test::run(&args),
         Cmd::Run { demo: true, gateway_bin, .. } => demo::run(gateway_bin),
         Cmd::Run { demo: false, gateway_bin, args } => run::run(gateway_bin, &args),

@@ -1,11 +1,11 @@
-//! `cargo xtask test`: host unit tests, then the privileged kernel/netns tests.
+//! `cargo xtask test`: the lint gate, host unit tests, then the privileged kernel/netns tests.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{build, cargo, output, run_cmd, setup};
+use crate::{build, cargo, lint, output, run_cmd, setup};
 
 /// The package holding the privileged tests (run as root, one at a time).
 const PRIVILEGED_PACKAGE: &str = "gateway-tests";
@@ -13,6 +13,7 @@ const PRIVILEGED_PACKAGE: &str = "gateway-tests";
 pub fn run(args: &[String]) -> Result<()> {
     let start = Instant::now();
     setup::run(setup::Scope::All, false)?;
+    lint::run()?;
     let gateway_bin = build::gateway(false)?;
 
     // Host tests: every default workspace member except the privileged package.

@@ -37,7 +37,7 @@ pub fn update<K: Copy, V: Copy>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -
     if keys.is_empty() {
         return Ok(());
     }
-    if values.len() % keys.len() != 0 || values.is_empty() {
+    if !values.len().is_multiple_of(keys.len()) || values.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "batch update: values are not a whole number per key"));
     }
     let mut attr = BatchAttr {

@@ -92,7 +92,7 @@ pub fn normalize(raw: &str) -> Result<String, &'static str> {
         return Err("empty host");
     }
     if let Some(literal) = host.strip_prefix('[') {
-        if !literal.strip_suffix(']').is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()) {
+        if literal.strip_suffix(']').is_none_or(|a| a.parse::<std::net::Ipv6Addr>().is_err()) {
             return Err("not an IPv6 address");
         }
         return Ok(host.to_ascii_lowercase());

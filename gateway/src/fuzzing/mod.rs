@@ -17,9 +17,12 @@ mod host;
 mod port_path;
 mod util;
 
+/// A target's property check: panics when the property does not hold for the input.
+pub type Check = fn(&[u8]);
+
 /// Every target: its name (the fuzz target `fuzz/fuzz_targets/{name}.rs` and the corpus
 /// directory `fuzz/corpus/{name}/`) and its property check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("host", host::check),
     ("port_path", port_path::check),
     ("credentials", credentials::check),

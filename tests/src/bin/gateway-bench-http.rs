@@ -317,13 +317,17 @@ fn write_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     );
     // openssl writes PKCS#8 ("BEGIN PRIVATE KEY"), which rustls, nginx and HAProxy all read.
     let combined = dir.join("combined.pem");
-    fs::write(&combined, [fs::read(&cert).unwrap(), fs::read(&key).unwrap()].concat()).unwrap();
+    fs::write(
+        &combined,
+        [fs::read(&cert).expect("read the certificate"), fs::read(&key).expect("read the key")].concat(),
+    )
+    .expect("write the combined PEM");
     (cert, key, combined)
 }
 
 fn nginx_common(tmp: &Path, name: &str) -> String {
     let d = tmp.join(name);
-    fs::create_dir_all(&d).unwrap();
+    fs::create_dir_all(&d).expect("create the peer's directory");
     format!(
         "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
          events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
@@ -373,7 +377,7 @@ fn main() {
                 key = key.display()
             ),
     )
-    .unwrap();
+    .expect("write a configuration file");
     let backend =
         Proc::spawn(sb.ns.command("nginx").args(["-g", "daemon off;", "-c"]).arg(&backend_conf), "backend nginx");
 
@@ -405,7 +409,7 @@ fn main() {
                 key = key.display()
             ),
     )
-    .unwrap();
+    .expect("write a configuration file");
     let nginx = Proc::spawn(Command::new("nginx").args(["-g", "daemon off;", "-c"]).arg(&nginx_conf), "proxy nginx");
 
     // HAProxy.
@@ -421,7 +425,7 @@ fn main() {
             combined = combined.display()
         ),
     )
-    .unwrap();
+    .expect("write a configuration file");
     let haproxy = Proc::spawn(Command::new("haproxy").arg("-f").arg(&haproxy_conf).arg("-db"), "haproxy");
 
     wait_port(nginx_port, "nginx");
@@ -433,7 +437,7 @@ fn main() {
         &hosts,
         format!("127.0.0.1 localhost\n127.0.0.1 {gw_host} nginx.local.gw.test haproxy.local.gw.test\n{b_addr} direct.local.gw.test\n"),
     )
-    .unwrap();
+    .expect("write a configuration file");
 
     let backend_pids = tree(backend.pid());
     let contender = |name: &'static str,
@@ -627,13 +631,14 @@ fn main() {
         "loads": json_loads, "targets": verdicts, "versions": versions,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
-    fs::write(out_dir.join("http.json"), serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    fs::write(out_dir.join("http.json"), serde_json::to_string_pretty(&result).expect("JSON"))
+        .expect("write http.json");
     fs::write(
         out_dir.join("http.md"),
         format!("{table}\n{}\n", verdicts.iter().map(|v| format!("- {v}")).collect::<Vec<_>>().join("\n")),
     )
-    .unwrap();
-    fs::write(out_dir.join("http.svg"), svg(&loads, &contenders, &samples)).unwrap();
+    .expect("write http.md");
+    fs::write(out_dir.join("http.svg"), svg(&loads, &contenders, &samples)).expect("write http.svg");
     println!("\nwrote {}/http.{{json,md,svg}} in {:.0} s", out_dir.display(), started.elapsed().as_secs_f64());
     drop((haproxy, nginx, gw, backend, link_b));
 }

@@ -196,8 +196,7 @@ pub fn run(n: usize, interface: &str) -> (String, Value) {
     let reconcile_us: Option<u64> = fs::read_to_string(&log_path)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("data plane reconciled"))
-        .last()
+        .rfind(|l| l.contains("data plane reconciled"))
         .and_then(|l| l.split("micros=").nth(1))
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok()));
     let kernel_after = maps_memlock(bpffs.path());
