@@ -12,9 +12,9 @@
 //! a sandbox's kernel policy is always computed from its declared ports AND its live previews.
 
 use crate::{
-    api_error::ApiError,
     config::{Config, is_dns_label, is_interface_name},
     dataplane::{Dataplane, DataplaneError, PolicyView, PortGrant, SandboxPolicy},
+    errors::{ApiError, ErrorCode},
     previews::{index::PreviewIndex, model::Preview},
     state::{
         Store, StoreError,
@@ -112,8 +112,7 @@ impl Index {
             && other.id() != id
         {
             return Err(ApiError::new(
-                409,
-                "ADDRESS_CONFLICT",
+                ErrorCode::AddressConflict,
                 format!("address {} is already used by sandbox {}", sandbox.address, other.id()),
             ));
         }
@@ -122,8 +121,7 @@ impl Index {
             && other.id() != id
         {
             return Err(ApiError::new(
-                409,
-                "LABEL_CONFLICT",
+                ErrorCode::LabelConflict,
                 format!(
                     "host label {label} is already the label of sandbox {} (name {:?}, workspace {:?}); choose another name",
                     other.id(),
@@ -213,27 +211,30 @@ pub fn policy_of<'a>(sandbox: &Sandbox, previews: impl IntoIterator<Item = &'a P
 /// The API error for a data plane error.
 pub fn dataplane_error(e: &DataplaneError) -> ApiError {
     match e {
-        DataplaneError::UnknownInterface(_) => ApiError::new(400, "UNKNOWN_INTERFACE", e.to_string()),
-        DataplaneError::Disabled => ApiError::new(503, "DATAPLANE_DISABLED", e.to_string()),
-        DataplaneError::NoProgram => ApiError::new(503, "DATAPLANE_UNAVAILABLE", e.to_string()),
-        DataplaneError::HandedOver => ApiError::new(503, "GATEWAY_RESTARTING", e.to_string()).retryable(),
+        DataplaneError::UnknownInterface(_) => ApiError::new(ErrorCode::UnknownInterface, e.to_string()),
+        DataplaneError::Disabled => ApiError::new(ErrorCode::DataplaneDisabled, e.to_string()),
+        DataplaneError::NoProgram => ApiError::new(ErrorCode::DataplaneUnavailable, e.to_string()),
+        DataplaneError::HandedOver => ApiError::new(ErrorCode::GatewayRestarting, e.to_string()),
         DataplaneError::Kernel { .. } => {
-            ApiError::new(500, "DATAPLANE_ERROR", format!("the kernel refused the policy update: {e}")).retryable()
+            ApiError::new(ErrorCode::DataplaneError, format!("the kernel refused the policy update: {e}"))
         }
     }
 }
 
 /// The API error for a failed store write (nothing was changed).
 pub fn state_write_failed(e: &StoreError) -> ApiError {
-    ApiError::new(500, "STATE_WRITE_FAILED", format!("the state could not be saved: {e}")).retryable()
+    ApiError::new(ErrorCode::StateWriteFailed, format!("the state could not be saved: {e}"))
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::new(400, "BAD_REQUEST", message)
+    ApiError::new(ErrorCode::BadRequest, message)
 }
 
 fn not_found(id: &SandboxId) -> ApiError {
-    ApiError::new(404, "WORKLOAD_NOT_FOUND", format!("sandbox {:?} not found in workspace {:?}", id.name, id.workspace))
+    ApiError::new(
+        ErrorCode::WorkloadNotFound,
+        format!("sandbox {:?} not found in workspace {:?}", id.name, id.workspace),
+    )
 }
 
 /// Checks a workspace and a sandbox name, and the label they make.
@@ -265,8 +266,7 @@ pub fn validate_ports(ports: &[PortRequest]) -> Result<Vec<PortSpec>, ApiError> 
         };
         if gateway_common::is_reserved_port(target) {
             return Err(ApiError::new(
-                400,
-                "RESERVED_PORT",
+                ErrorCode::ReservedPort,
                 format!(
                     "port {target} is reserved and can never be declared (reserved: {})",
                     gateway_common::RESERVED_PORTS.map(|p| p.to_string()).join(", ")
@@ -298,7 +298,7 @@ pub fn validate_interface(interface: &str) -> Result<(), ApiError> {
         )));
     }
     nix::net::if_::if_nametoindex(interface).map_err(|_| {
-        ApiError::new(400, "UNKNOWN_INTERFACE", format!("interface {interface:?} does not exist on this host"))
+        ApiError::new(ErrorCode::UnknownInterface, format!("interface {interface:?} does not exist on this host"))
     })?;
     Ok(())
 }
@@ -593,21 +593,21 @@ mod tests {
         let app = app(store.clone()).await;
         app.put_sandbox("c", "a-b", spec("198.18.0.2", &[3000])).await.expect("put");
         let e = app.put_sandbox("b-c", "a", spec("198.18.0.3", &[])).await.expect_err("label");
-        assert_eq!(e.code, "LABEL_CONFLICT");
+        assert_eq!(e.code, ErrorCode::LabelConflict);
         let e = app.put_sandbox("c", "x", spec("198.18.0.2", &[])).await.expect_err("address");
-        assert_eq!(e.code, "ADDRESS_CONFLICT");
+        assert_eq!(e.code, ErrorCode::AddressConflict);
         let e = app.put_sandbox("c", "x", spec("198.18.0.4", &[8080])).await.expect_err("reserved");
-        assert_eq!(e.code, "RESERVED_PORT");
+        assert_eq!(e.code, ErrorCode::ReservedPort);
         assert!(e.message.contains("8080"));
         store.set_fail_writes(true);
         let e = app.put_sandbox("c", "a-b", spec("198.18.0.2", &[3001])).await.expect_err("store");
-        assert_eq!(e.status, 500);
+        assert_eq!(e.status(), 500);
         assert_eq!(app.get("c", "a-b").expect("get").ports[0].target, 3000);
         let e = app.delete_sandbox("c", "a-b").await.expect_err("store");
-        assert_eq!(e.status, 500);
+        assert_eq!(e.status(), 500);
         store.set_fail_writes(false);
         app.delete_sandbox("c", "a-b").await.expect("delete");
-        assert_eq!(app.get("c", "a-b").expect_err("gone").code, "WORKLOAD_NOT_FOUND");
+        assert_eq!(app.get("c", "a-b").expect_err("gone").code, ErrorCode::WorkloadNotFound);
         assert!(app.sandbox_by_address("198.18.0.2".parse().expect("addr")).is_none());
     }
 
@@ -619,11 +619,11 @@ mod tests {
             )
         };
         assert_eq!(p(&[5000, 3000]).expect("ok").iter().map(|p| p.target).collect::<Vec<_>>(), vec![3000, 5000]);
-        assert_eq!(p(&[0]).expect_err("0").code, "BAD_REQUEST");
-        assert_eq!(p(&[65536]).expect_err("big").code, "BAD_REQUEST");
-        assert_eq!(p(&[3000, 3000]).expect_err("dup").code, "BAD_REQUEST");
-        assert_eq!(p(&[80]).expect_err("80").code, "RESERVED_PORT");
-        assert_eq!(p(&[443]).expect_err("443").code, "RESERVED_PORT");
+        assert_eq!(p(&[0]).expect_err("0").code, ErrorCode::BadRequest);
+        assert_eq!(p(&[65536]).expect_err("big").code, ErrorCode::BadRequest);
+        assert_eq!(p(&[3000, 3000]).expect_err("dup").code, ErrorCode::BadRequest);
+        assert_eq!(p(&[80]).expect_err("80").code, ErrorCode::ReservedPort);
+        assert_eq!(p(&[443]).expect_err("443").code, ErrorCode::ReservedPort);
     }
 
     #[test]

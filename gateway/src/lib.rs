@@ -4,7 +4,6 @@
 //! edge → route → auth → proxy → connector (marked socket) → sandbox. See docs/ARCHITECTURE.md.
 
 pub mod admin;
-pub mod api_error;
 pub mod app;
 pub mod auth;
 pub mod cli;
@@ -13,6 +12,7 @@ pub mod config;
 pub mod connector;
 pub mod dataplane;
 pub mod edge;
+pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handoff;

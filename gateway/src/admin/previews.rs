@@ -10,8 +10,8 @@
 
 use super::router::{AdminResponse, json, no_content, read_json};
 use crate::{
-    api_error::ApiError,
     app::App,
+    errors::{ApiError, ErrorCode},
     previews::{
         spec::{PreviewSpec, SessionSpec, TokenSpec},
         time,
@@ -107,7 +107,7 @@ pub async fn handle(app: &App, route: Route, req: Request<Incoming>) -> Result<A
         (Route::Token(ws, name, p, t), Method::GET) => {
             let tokens = app.list_preview_tokens(&ws, &name, &p)?;
             let token = tokens.iter().find(|x| x.name == t).ok_or_else(|| {
-                ApiError::new(404, "TOKEN_NOT_FOUND", format!("preview {p:?} has no token named {t:?}"))
+                ApiError::new(ErrorCode::TokenNotFound, format!("preview {p:?} has no token named {t:?}"))
             })?;
             json(StatusCode::OK, &TokenView::listed(token, time::now()))
         }
@@ -129,7 +129,8 @@ async fn read_json_or_empty<T: serde::de::DeserializeOwned + Default>(req: Reque
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
 }
 
 #[cfg(test)]

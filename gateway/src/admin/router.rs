@@ -1,8 +1,8 @@
 //! Admin request handling: authentication, routing, bodies, JSON answers.
 
 use crate::{
-    api_error::ApiError,
     app::{App, SandboxSpec, SandboxView},
+    errors::{ApiError, ErrorCode},
     telemetry::metrics,
     tokens::{TokenRequest, TokenView},
 };
@@ -96,13 +96,12 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         authenticate(app, &req)?;
     }
     let Some(route) = route else {
-        return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no admin route for {}", req.uri().path())));
+        return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no admin route for {}", req.uri().path())));
     };
     if !route.methods().contains(req.method()) {
         let allowed = allow(&route);
         let e = ApiError::new(
-            405,
-            "METHOD_NOT_ALLOWED",
+            ErrorCode::MethodNotAllowed,
             format!("{} is not allowed on {} (allowed: {allowed})", req.method(), req.uri().path()),
         );
         let mut r = error_response(&e);
@@ -129,7 +128,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
             let (ws, name) = (ws.to_string(), name.to_string());
             let body = read_body(req).await?;
             let spec: SandboxSpec = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))?;
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))?;
             let (sandbox, applied) = app.put_sandbox(&ws, &name, spec).await?;
             json(StatusCode::OK, &app.view(&sandbox, Some(applied)))
         }
@@ -149,7 +148,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
             let ws = ws.to_string();
             let body = read_body(req).await?;
             let request: TokenRequest = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))?;
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))?;
             let created = app.create_token(&ws, request).await?;
             let mut r = json(StatusCode::CREATED, &created)?;
             // The secret is in this answer, and only in this one.
@@ -166,7 +165,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         }
         (Route::Preview(r), _) => super::previews::handle(app, r, req).await,
         (Route::Sandbox(..) | Route::Tokens(..) | Route::Token(..), _) => {
-            Err(ApiError::new(405, "METHOD_NOT_ALLOWED", "method not allowed"))
+            Err(ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed"))
         }
     }
 }
@@ -195,12 +194,11 @@ fn list(app: &App, workspace: Option<&str>) -> Result<AdminResponse, ApiError> {
 fn authenticate(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
-            401,
-            "AUTHENTICATION_REQUIRED",
+            ErrorCode::AuthenticationRequired,
             "the admin API needs `Authorization: Bearer <admin.token>`",
         ));
     };
-    let failed = || ApiError::new(401, "AUTHENTICATION_FAILED", "invalid admin token");
+    let failed = || ApiError::new(ErrorCode::AuthenticationFailed, "invalid admin token");
     let value = value.as_bytes();
     let token = match value.get(..7) {
         Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
@@ -214,7 +212,8 @@ fn authenticate(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
 /// Reads a JSON body of at most [`BODY_LIMIT`] bytes.
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let body = read_body(req).await?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
 }
 
 /// An empty 204.
@@ -227,7 +226,7 @@ pub(super) fn no_content() -> AdminResponse {
 /// Reads a body of at most [`BODY_LIMIT`] bytes.
 pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let too_large =
-        || ApiError::new(413, "REQUEST_ENTITY_TOO_LARGE", format!("the request body exceeds {BODY_LIMIT} bytes"));
+        || ApiError::new(ErrorCode::RequestEntityTooLarge, format!("the request body exceeds {BODY_LIMIT} bytes"));
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
@@ -236,21 +235,23 @@ pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError>
     match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::new(400, "BAD_REQUEST", format!("cannot read the request body: {e}"))),
+        Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("cannot read the request body: {e}"))),
     }
 }
 
 pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Result<AdminResponse, ApiError> {
     let body = serde_json::to_vec(value)
-        .map_err(|e| ApiError::new(500, "INTERNAL", format!("cannot serialize the answer: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot serialize the answer: {e}")))?;
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
-/// The JSON answer of an error (shared with the other API).
-pub use crate::api_error::json_response as error_response;
+/// The JSON answer of an error (an API answers JSON whatever the client accepts).
+pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    crate::errors::render(e, false)
+}
 
 #[cfg(test)]
 mod tests {

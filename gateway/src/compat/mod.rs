@@ -22,9 +22,9 @@
 pub mod wire;
 
 use crate::{
-    api_error::ApiError,
     app::App,
     auth,
+    errors::{ApiError, ErrorCode},
     previews::{spec::TokenSpec, time},
 };
 use bytes::Bytes;
@@ -113,13 +113,12 @@ where
     // Authenticate before saying anything about paths; every call is scoped to this workspace.
     let ws = auth::authenticate_caller(app, req.headers())?.workspace;
     let Some(route) = route else {
-        return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no API route for {}", req.uri().path())));
+        return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no API route for {}", req.uri().path())));
     };
     if !route.methods().contains(req.method()) {
         let allowed = route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
         let mut r = error_response(&ApiError::new(
-            405,
-            "METHOD_NOT_ALLOWED",
+            ErrorCode::MethodNotAllowed,
             format!("{} is not allowed on {} (allowed: {allowed})", req.method(), req.uri().path()),
         ));
         if let Ok(v) = HeaderValue::from_str(&allowed) {
@@ -144,12 +143,11 @@ where
             let force = force(&req);
             let body: PreviewIn = read_json(req).await?;
             let Some(preview) = body.metadata.name.filter(|n| !n.is_empty()) else {
-                return Err(ApiError::new(400, "BAD_REQUEST", "metadata.name is required"));
+                return Err(ApiError::new(ErrorCode::BadRequest, "metadata.name is required"));
             };
             if !force && app.get_preview(&ws, &name, &preview).is_ok() {
                 return Err(ApiError::new(
-                    409,
-                    "PREVIEW_CONFLICT",
+                    ErrorCode::PreviewConflict,
                     format!(
                         "sandbox {name:?} already has a preview named {preview:?} (POST with ?force=true to replace it)"
                     ),
@@ -167,8 +165,7 @@ where
                 && n != preview
             {
                 return Err(ApiError::new(
-                    400,
-                    "BAD_REQUEST",
+                    ErrorCode::BadRequest,
                     format!("metadata.name {n:?} differs from the preview named in the path ({preview:?})"),
                 ));
             }
@@ -203,7 +200,7 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let too_large =
-        || ApiError::new(413, "REQUEST_ENTITY_TOO_LARGE", format!("the request body exceeds {BODY_LIMIT} bytes"));
+        || ApiError::new(ErrorCode::RequestEntityTooLarge, format!("the request body exceeds {BODY_LIMIT} bytes"));
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
@@ -212,24 +209,27 @@ where
     let body = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => return Err(ApiError::new(400, "BAD_REQUEST", format!("cannot read the request body: {e}"))),
+        Err(e) => return Err(ApiError::new(ErrorCode::BadRequest, format!("cannot read the request body: {e}"))),
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::new(400, "BAD_REQUEST", format!("invalid request body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
 }
 
 fn ok(value: &impl Serialize) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = serde_json::to_vec(value)
-        .map_err(|e| ApiError::new(500, "INTERNAL", format!("cannot serialize the answer: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot serialize the answer: {e}")))?;
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
-/// The JSON answer of an error (shared with the other API).
-pub use crate::api_error::json_response as error_response;
+/// The JSON answer of an error (an API answers JSON whatever the client accepts).
+pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    crate::errors::render(e, false)
+}
 
 #[cfg(test)]
 mod tests {
@@ -333,14 +333,14 @@ mod wire_tests {
         assert_eq!(status, 200);
         assert_eq!(v.as_array().map(Vec::len), Some(1), "only the caller's workspace: {v}");
         let (status, v) = api.call("GET", "/v0/sandboxes/nope", None).await;
-        assert_eq!((status, v["error"]["code"].clone()), (404, json!("WORKLOAD_NOT_FOUND")));
+        assert_eq!((status, v["error"]["code"].clone()), (404, json!(ErrorCode::WorkloadNotFound)));
     }
 
     #[tokio::test]
     async fn authentication() {
         let api = api().await;
         let (status, v) = api.call_as("gw_nope", Some("acme"), "GET", "/v0/sandboxes", None).await;
-        assert_eq!((status, v["error"]["code"].clone()), (401, json!("AUTHENTICATION_FAILED")));
+        assert_eq!((status, v["error"]["code"].clone()), (401, json!(ErrorCode::AuthenticationFailed)));
         let (status, _) = api.call_as(&api.other, Some("acme"), "GET", "/v0/sandboxes", None).await;
         assert_eq!(status, 403, "a token of another workspace");
         // Without X-Blaxel-Workspace, the token's own workspace.
@@ -353,7 +353,7 @@ mod wire_tests {
         let (status, _) = api.call_as("gw_nope", Some("acme"), "GET", "/v0/agents", None).await;
         assert_eq!(status, 401);
         let (status, v) = api.call("GET", "/v0/agents", None).await;
-        assert_eq!((status, v["error"]["code"].clone()), (404, json!("ROUTE_NOT_FOUND")));
+        assert_eq!((status, v["error"]["code"].clone()), (404, json!(ErrorCode::RouteNotFound)));
     }
 
     #[tokio::test]
@@ -371,7 +371,7 @@ mod wire_tests {
         assert!(url.starts_with("https://") && url.ends_with(".local.preview.gw.test"), "{url}");
         // A second POST conflicts; ?force=true replaces.
         let (status, v) = api.call("POST", "/v0/sandboxes/app/previews", Some(body.clone())).await;
-        assert_eq!((status, v["error"]["code"].clone()), (409, json!("PREVIEW_CONFLICT")));
+        assert_eq!((status, v["error"]["code"].clone()), (409, json!(ErrorCode::PreviewConflict)));
         let forced = json!({"metadata": {"name": "preview-3000"}, "spec": {"port": 3000, "public": true}});
         let (status, v) = api.call("POST", "/v0/sandboxes/app/previews?force=true", Some(forced)).await;
         assert_eq!((status, v["spec"]["public"].clone(), v["spec"]["url"].clone()), (200, json!(true), json!(url)));
@@ -398,7 +398,7 @@ mod wire_tests {
         // Errors: reserved port, bad timestamp, unknown preview.
         let bad = json!({"metadata": {"name": "p80"}, "spec": {"port": 80}});
         let (status, v) = api.call("POST", "/v0/sandboxes/app/previews", Some(bad)).await;
-        assert_eq!((status, v["error"]["code"].clone()), (400, json!("RESERVED_PORT")));
+        assert_eq!((status, v["error"]["code"].clone()), (400, json!(ErrorCode::ReservedPort)));
         let bad = json!({"metadata": {"name": "p"}, "spec": {"port": 3000, "expires": "2099-01-02T03:04:05+02:00Z"}});
         assert_eq!(api.call("POST", "/v0/sandboxes/app/previews", Some(bad)).await.0, 400);
         assert_eq!(api.call("GET", "/v0/sandboxes/app/previews/nope", None).await.0, 404);

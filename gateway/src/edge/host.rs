@@ -2,7 +2,7 @@
 //! `Host` header, normalised (lower-case, trailing dot and explicit port removed), then
 //! classified against `{region}.{domain}`.
 
-use crate::api_error::ApiError;
+use crate::errors::{ApiError, ErrorCode};
 use http::{HeaderMap, Uri, header::HOST};
 
 /// The host of a request: as sent (forwarded to apps under `host_header = "preserve"`) and
@@ -29,7 +29,7 @@ pub enum HostKind {
 }
 
 fn bad_host(message: impl Into<String>) -> ApiError {
-    ApiError::new(400, "BAD_REQUEST", message)
+    ApiError::new(ErrorCode::BadRequest, message)
 }
 
 /// The host of a request from its URI authority or its single `Host` header.
@@ -168,8 +168,8 @@ mod tests {
         let host = request_host(&origin, &h).expect("host");
         assert_eq!((host.raw.as_str(), host.name.as_str()), ("Other.local.gw.test", "other.local.gw.test"));
         h.append(HOST, HeaderValue::from_static("second.local.gw.test"));
-        assert_eq!(request_host(&origin, &h).map_err(|e| e.status), Err(400));
-        assert_eq!(request_host(&origin, &HeaderMap::new()).map_err(|e| e.status), Err(400));
+        assert_eq!(request_host(&origin, &h).map_err(|e| e.status()), Err(400));
+        assert_eq!(request_host(&origin, &HeaderMap::new()).map_err(|e| e.status()), Err(400));
     }
 
     #[test]
@@ -179,7 +179,7 @@ mod tests {
         let with = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert(HOST, HeaderValue::from_static(v));
-            check_h2_host(&host, &h).map_err(|e| e.status)
+            check_h2_host(&host, &h).map_err(|e| e.status())
         };
         assert_eq!(check_h2_host(&host, &HeaderMap::new()), Ok(()));
         assert_eq!(with("SBX-A-B.local.gw.test.:443"), Ok(()));

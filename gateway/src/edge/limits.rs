@@ -31,8 +31,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Connections accepted beyond `max_connections` only to be answered 429.
 pub const REJECT_SLACK: usize = 256;
-/// `Retry-After` of a 429, in seconds.
-pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// The counters.
 #[derive(Debug)]

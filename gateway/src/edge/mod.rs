@@ -23,10 +23,10 @@ pub mod tls;
 pub mod upstream_errors;
 
 use crate::{
-    api_error::ApiError,
     app::App,
     auth,
     config::{Config, HostHeaderPolicy, IpNet},
+    errors::{ApiError, ErrorCode},
     telemetry::{
         access::{self, LoggedBody, RequestLog},
         metrics::{self, RouteKind},
@@ -234,13 +234,13 @@ impl Edge {
         let ambiguous = headers::framing_violation(req.headers());
         let close = http1 && ambiguous.is_some();
         let result = match ambiguous {
-            Some(why) => Err(ApiError::new(400, "BAD_REQUEST", why)),
+            Some(why) => Err(ApiError::new(ErrorCode::BadRequest, why)),
             None => self.route_and_forward(conn, req, &mut log).await,
         };
         let mut response = match result {
             Ok(response) => response,
             Err(e) => {
-                tracing::debug!(id = %log.id, peer = %conn.peer, status = e.status, code = e.code, message = %e.message, "refused");
+                tracing::debug!(id = %log.id, peer = %conn.peer, status = e.status(), code = %e.code, message = %e.message, "refused");
                 render(&e, html)
             }
         };
@@ -278,8 +278,7 @@ impl Edge {
         }
         if !conn.cert.covers(&host.name) {
             return Err(ApiError::new(
-                421,
-                "MISDIRECTED_REQUEST",
+                ErrorCode::MisdirectedRequest,
                 format!(
                     "host {:?} is not served on this connection: its certificate covers {}",
                     host.name,
@@ -293,16 +292,16 @@ impl Edge {
             HostKind::Api => return self.public_api(req, log).await,
             HostKind::Preview(id) => return self.preview(conn, host, &id, req, log).await,
             HostKind::Other => {
-                return Err(ApiError::new(404, "ROUTE_NOT_FOUND", format!("no route for host {:?}", host.name)));
+                return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route for host {:?}", host.name)));
             }
         };
         let sandbox = self.app.sandbox_by_label(&label).ok_or_else(|| {
-            ApiError::new(404, "WORKLOAD_NOT_FOUND", format!("no sandbox answers at {:?}", host.name))
+            ApiError::new(ErrorCode::WorkloadNotFound, format!("no sandbox answers at {:?}", host.name))
         })?;
         let path_and_query = match req.uri().path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => pq.as_str(),
             None if req.method() != Method::CONNECT => "/",
-            _ => return Err(ApiError::new(400, "BAD_REQUEST", "the request target must be an absolute path")),
+            _ => return Err(ApiError::new(ErrorCode::BadRequest, "the request target must be an absolute path")),
         };
         log.workspace = Some(sandbox.workspace.clone());
         log.sandbox = Some(sandbox.name.clone());

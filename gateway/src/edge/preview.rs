@@ -17,7 +17,7 @@ use super::{
     too_many,
 };
 use crate::{
-    api_error::ApiError,
+    errors::{ApiError, ErrorCode},
     previews::gate::{self, Decision},
     state::model::PortProtocol,
     telemetry::{
@@ -56,7 +56,7 @@ impl Edge {
         log: &mut RequestLog,
     ) -> Result<Response<EdgeBody>, ApiError> {
         log.route = RouteKind::Preview;
-        let not_found = || ApiError::new(404, "ROUTE_NOT_FOUND", format!("no preview answers at {:?}", host.name));
+        let not_found = || ApiError::new(ErrorCode::RouteNotFound, format!("no preview answers at {:?}", host.name));
         let preview = self.app.preview_by_host_label(id).ok_or_else(not_found)?;
         let sandbox = self.app.get(&preview.workspace, &preview.sandbox).map_err(|_| not_found())?;
         log.workspace = Some(preview.workspace.clone());
@@ -73,7 +73,7 @@ impl Edge {
         let path_and_query = match parts.uri.path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
             None if parts.method != Method::CONNECT => "/".to_string(),
-            _ => return Err(ApiError::new(400, "BAD_REQUEST", "the request target must be an absolute path")),
+            _ => return Err(ApiError::new(ErrorCode::BadRequest, "the request target must be an absolute path")),
         };
         let route = if preview.is_sandbox_api() {
             route::resolve(route::parse_target(&path_and_query)?, &sandbox, &path_and_query)?

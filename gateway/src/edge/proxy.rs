@@ -23,8 +23,8 @@ use super::{
     upstream_errors::{Destination, connect_failed, exchange_failed, response_timed_out},
 };
 use crate::{
-    api_error::ApiError,
     auth,
+    errors::{ApiError, ErrorCode},
     state::model::{PortProtocol, Sandbox},
 };
 use bytes::Bytes;
@@ -120,11 +120,10 @@ impl Proxy {
             return match req.extensions().get::<hyper::ext::Protocol>() {
                 Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => self.websocket_over_h2(req, out).await,
                 Some(p) => Err(ApiError::new(
-                    501,
-                    "NOT_IMPLEMENTED",
+                    ErrorCode::NotImplemented,
                     format!("extended CONNECT with protocol {:?} is not supported (only websocket)", p.as_str()),
                 )),
-                None => Err(ApiError::new(405, "METHOD_NOT_ALLOWED", "CONNECT is not supported")),
+                None => Err(ApiError::new(ErrorCode::MethodNotAllowed, "CONNECT is not supported")),
             };
         }
         if let Some(upgrade) = requested_upgrade(&req) {
@@ -152,7 +151,7 @@ impl Proxy {
                 parts.version = Version::HTTP_11;
                 parts.uri = origin_form(&out.route.path_and_query)?;
                 headers::set_host(&mut parts.headers, &out.upstream_host)
-                    .map_err(|_| ApiError::new(400, "BAD_REQUEST", "the host cannot be forwarded"))?;
+                    .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the host cannot be forwarded"))?;
                 let request = Request::from_parts(parts, body);
                 match self
                     .http1
@@ -170,8 +169,7 @@ impl Proxy {
             // Only an upgrade request (`upgrade_h1`, `websocket_over_h2`) may be answered 101: an
             // app switching protocols unasked would end the client's HTTP connection on its word.
             return Err(ApiError::new(
-                502,
-                "BAD_GATEWAY",
+                ErrorCode::BadGateway,
                 format!(
                     "the app on port {} of sandbox {:?} answered 101 Switching Protocols to a request that asked for no upgrade",
                     to.port, to.sandbox
@@ -222,7 +220,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         parts.uri = origin_form(&out.route.path_and_query)?;
         headers::set_host(&mut parts.headers, &out.upstream_host)
-            .map_err(|_| ApiError::new(400, "BAD_REQUEST", "the host cannot be forwarded"))?;
+            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the host cannot be forwarded"))?;
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, upgrade);
         let mut response = self.send_upgrade(&out, Request::from_parts(parts, body.boxed())).await?;
@@ -254,7 +252,7 @@ impl Proxy {
         parts.extensions = http::Extensions::new();
         let h = &mut parts.headers;
         headers::set_host(h, &out.upstream_host)
-            .map_err(|_| ApiError::new(400, "BAD_REQUEST", "the host cannot be forwarded"))?;
+            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the host cannot be forwarded"))?;
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(SEC_WEBSOCKET_VERSION, version);
@@ -307,7 +305,7 @@ fn prepare_headers(h: &mut HeaderMap, out: &Outbound) {
 }
 
 fn bad_target() -> ApiError {
-    ApiError::new(400, "BAD_REQUEST", "the request target cannot be forwarded")
+    ApiError::new(ErrorCode::BadRequest, "the request target cannot be forwarded")
 }
 
 fn upstream_uri(authority: &str, path_and_query: &str) -> Result<Uri, ApiError> {

@@ -11,7 +11,7 @@
 //! after authentication, since its error lists them).
 
 use crate::{
-    api_error::ApiError,
+    errors::{ApiError, ErrorCode},
     state::model::{PortProtocol, Sandbox},
 };
 use gateway_common::{RESERVED_PORTS, is_reserved_port};
@@ -60,8 +60,7 @@ pub fn parse_target(path_and_query: &str) -> Result<Target, ApiError> {
     let port = parse_port(n)?;
     if is_reserved_port(port) {
         return Err(ApiError::new(
-            403,
-            "FORBIDDEN",
+            ErrorCode::Forbidden,
             format!(
                 "port {port} is reserved and cannot be reached through /port/{port} (reserved ports: {}); the sandbox API is served on every path that does not start with /port/",
                 RESERVED_PORTS.map(|p| p.to_string()).join(", ")
@@ -80,8 +79,7 @@ pub fn parse_target(path_and_query: &str) -> Result<Target, ApiError> {
 fn parse_port(n: &str) -> Result<u16, ApiError> {
     let bad = |why: &str| {
         ApiError::new(
-            400,
-            "BAD_REQUEST",
+            ErrorCode::BadRequest,
             format!(
                 "invalid port {n:?} in /port/{{N}}: {why}; N is a decimal number from 1 to 65535 without sign, leading zero or encoding"
             ),
@@ -119,8 +117,7 @@ pub fn resolve(target: Target, sandbox: &Sandbox, original_path_and_query: &str)
                     sandbox.ports.iter().map(|p| p.target.to_string()).collect::<Vec<_>>().join(", ")
                 };
                 Err(ApiError::new(
-                    404,
-                    "ROUTE_NOT_FOUND",
+                    ErrorCode::RouteNotFound,
                     format!(
                         "port {port} is not declared for sandbox {:?} of workspace {:?}; declared ports: {declared}",
                         sandbox.name, sandbox.workspace
@@ -150,7 +147,7 @@ mod tests {
     }
 
     fn route(pq: &str) -> Result<Route, (u16, &'static str)> {
-        parse_target(pq).and_then(|t| resolve(t, &sandbox(), pq)).map_err(|e| (e.status, e.code))
+        parse_target(pq).and_then(|t| resolve(t, &sandbox(), pq)).map_err(|e| (e.status(), e.code.as_str()))
     }
 
     fn to(port: u16, pq: &str) -> Result<Route, (u16, &'static str)> {

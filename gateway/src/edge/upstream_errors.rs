@@ -6,12 +6,10 @@
 use super::{
     EdgeBody,
     connect::{ConnectError, ConnectFailure},
-    limits::RETRY_AFTER_SECS,
 };
-use crate::api_error::ApiError;
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use crate::errors::{ApiError, ErrorCode};
+use http::{HeaderMap, Response, header};
+use http_body_util::BodyExt;
 use std::{error::Error as StdError, time::Duration};
 
 /// Where the failing request was going, for messages.
@@ -43,7 +41,7 @@ pub fn connect_failed(e: &ConnectError, to: Destination<'_>) -> ApiError {
             format!("cannot connect to port {port} of sandbox {name:?}: {}", e.source)
         }
     };
-    ApiError::new(502, "BAD_GATEWAY", message).retryable()
+    ApiError::new(ErrorCode::BadGateway, message)
 }
 
 /// The error of a failed upstream exchange: a [`ConnectError`] anywhere in the source chain is a
@@ -72,21 +70,18 @@ pub fn exchange_failed(err: &(dyn StdError + 'static), to: Destination<'_>) -> A
         src = s.source();
     }
     ApiError::new(
-        502,
-        "BAD_GATEWAY",
+        ErrorCode::BadGateway,
         format!(
             "the app on port {} of sandbox {:?} closed the connection or sent an invalid response ({detail})",
             to.port, to.sandbox
         ),
     )
-    .retryable()
 }
 
 /// The 504 of an app that sent no response head in time.
 pub fn response_timed_out(timeout: Duration, to: Destination<'_>) -> ApiError {
     ApiError::new(
-        504,
-        "GATEWAY_TIMEOUT",
+        ErrorCode::GatewayTimeout,
         format!(
             "the app on port {} of sandbox {:?} accepted the connection but sent no response within {} s",
             to.port,
@@ -94,12 +89,11 @@ pub fn response_timed_out(timeout: Duration, to: Destination<'_>) -> ApiError {
             timeout.as_secs_f64()
         ),
     )
-    .retryable()
 }
 
 /// The 429 of a cap.
 pub fn too_many(message: impl Into<String>) -> ApiError {
-    ApiError::new(429, "TOO_MANY_REQUESTS", message).retryable()
+    ApiError::new(ErrorCode::TooManyRequests, message)
 }
 
 /// Whether the client prefers `text/html` to JSON (`Accept` q-values; ties go to JSON).
@@ -124,41 +118,15 @@ pub fn prefers_html(headers: &HeaderMap) -> bool {
     html > json
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// An error as a response: JSON, or HTML when `html`; 429s carry `Retry-After`.
+/// An error as a response of the edge: JSON, or HTML when `html` (see [`crate::errors::render`]).
 pub fn render(e: &ApiError, html: bool) -> Response<EdgeBody> {
-    let (content_type, body) = if html {
-        let reason = StatusCode::from_u16(e.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
-        (
-            "text/html; charset=utf-8",
-            format!(
-                "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{status} {reason}</title></head>\n<body><h1>{status} {reason}</h1>\n<p>{message}</p>\n<p><small>{code} · gateway</small></p></body></html>\n",
-                status = e.status,
-                reason = escape(reason),
-                message = escape(&e.message),
-                code = escape(e.code),
-            ),
-        )
-    } else {
-        ("application/json", e.to_json())
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
-    *response.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if e.status == 429 || e.status == 503 {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-    }
-    response
+    crate::errors::render(e, html).map(|body| body.map_err(|never| match never {}).boxed())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use std::io;
 
     fn accept(v: &str) -> HeaderMap {
@@ -187,14 +155,14 @@ mod tests {
         };
         let wrapped = io::Error::other(e);
         let api = exchange_failed(&wrapped, Destination { sandbox: "web", port: 3000 });
-        assert_eq!((api.status, api.code), (502, "BAD_GATEWAY"));
+        assert_eq!((api.status(), api.code), (502, ErrorCode::BadGateway));
         assert!(api.message.contains("0.0.0.0:3000") && api.message.contains("127.0.0.1"), "{}", api.message);
         assert!(api.message.contains("refused"), "{}", api.message);
     }
 
     #[test]
     fn html_page_escapes() {
-        let r = render(&ApiError::new(404, "ROUTE_NOT_FOUND", "<script>"), true);
+        let r = render(&ApiError::new(ErrorCode::RouteNotFound, "<script>"), true);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
         let r = render(&too_many("busy"), false);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");

@@ -14,6 +14,7 @@ use crate::{
     app::{PortRequest, SandboxSpec, validate_address, validate_ports},
     compat::wire::{PreviewIn, TokenIn},
     config::{is_dns_label, is_interface_name},
+    errors::ErrorCode,
     previews::{
         spec::{
             MAX_HEADER_BYTES, MAX_HEADERS, PreviewSpec, SessionSpec, TokenSpec, expiry, validate_headers, validate_name,
@@ -140,7 +141,7 @@ fn check_sandbox(spec: &SandboxSpec) {
         }
         Err(e) => {
             assert!(!(spec.ports.iter().all(valid) && unique), "{:?} refused: {e:?}", spec.ports);
-            assert_eq!(e.status, 400);
+            assert_eq!(e.status(), 400);
         }
     }
     let a = spec.address;
@@ -164,7 +165,7 @@ enum Rounding {
 }
 
 fn check_expiry(
-    got: Result<Option<Timestamp>, crate::api_error::ApiError>,
+    got: Result<Option<Timestamp>, crate::errors::ApiError>,
     ttl: Option<&str>,
     at: Option<&str>,
     now: Timestamp,
@@ -195,7 +196,7 @@ fn check_expiry(
                 assert!(parsed - t < time::Duration::MILLISECOND && parsed >= t, "{at:?} stored as {t}");
             }
         }
-        Err(e) => assert_eq!(e.status, 400, "{e:?}"),
+        Err(e) => assert_eq!(e.status(), 400, "{e:?}"),
     }
 }
 
@@ -233,9 +234,9 @@ fn check_preview(spec: &PreviewSpec, now: Timestamp) {
             check_expiry(Ok(v.expires_at), ttl, at, now, Rounding::Millis);
         }
         Err(e) => {
-            assert_eq!(e.status, 400, "{e:?}");
+            assert_eq!(e.status(), 400, "{e:?}");
             let port_ok = spec.port.is_some_and(|p| (1..=65535).contains(&p) && p != 80 && p != 8080);
-            if e.code == "RESERVED_PORT" {
+            if e.code == ErrorCode::ReservedPort {
                 assert!(matches!(spec.port, Some(80 | 8080)), "{e:?}");
             } else if !port_ok {
                 // Refused for the port: fine whatever else is wrong.

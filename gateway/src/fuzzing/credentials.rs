@@ -133,7 +133,7 @@ fn check_workspace_auth(headers: &HeaderMap) {
             assert_eq!((principal.workspace.as_str(), principal.token_name.as_str()), (WORKSPACE, "ci"));
         }
         Err(e) => {
-            assert_eq!(expected, Err((e.status, e.code)), "{headers:?}: {e:?}");
+            assert_eq!(expected, Err((e.status(), e.code.as_str())), "{headers:?}: {e:?}");
             // A refusal names the offending X-Blaxel-Workspace value (the client's own text, not a
             // credential): a secret is only looked for when it was not also sent there.
             let in_workspace_header = |secret: &str| {

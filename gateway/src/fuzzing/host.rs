@@ -30,7 +30,7 @@ pub fn check(data: &[u8]) {
                 assert_eq!(normalize(&h.raw).as_deref(), Ok(h.name.as_str()));
                 check_name(&h.raw, &h.name);
             }
-            Err(e) => assert_eq!(e.status, 400, "{e:?}"),
+            Err(e) => assert_eq!(e.status(), 400, "{e:?}"),
         }
     }
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -44,7 +44,7 @@ pub fn check(data: &[u8]) {
     {
         let from_uri = request_host(&uri, &HeaderMap::new());
         assert_eq!(
-            from_uri.as_ref().map(|h| h.name.as_str()).map_err(|e| e.status),
+            from_uri.as_ref().map(|h| h.name.as_str()).map_err(|e| e.status()),
             normalized.as_deref().map_err(|_| 400),
             "authority {text:?}"
         );

@@ -9,6 +9,7 @@
 
 use crate::{
     edge::route::{SANDBOX_API_PORT, Target, parse_target, resolve},
+    errors::ErrorCode,
     state::model::{PortProtocol, PortSpec, Sandbox},
 };
 use gateway_common::is_reserved_port;
@@ -80,14 +81,14 @@ fn check_target(pq: &str) {
             let others: Vec<u16> =
                 [3000, 50051, port.wrapping_add(1).max(1)].into_iter().filter(|&p| p != port).collect();
             let e = resolve(target, &sandbox(&others), pq).expect_err("an undeclared port is refused");
-            assert_eq!((e.status, e.code), (404, "ROUTE_NOT_FOUND"));
+            assert_eq!((e.status(), e.code), (404, ErrorCode::RouteNotFound));
         }
         Err(e) => match reference_port(n) {
             Some(p) => {
                 assert!(is_reserved_port(p), "{pq:?}: port {p} refused with {e:?}");
-                assert_eq!((e.status, e.code), (403, "FORBIDDEN"), "{pq:?}");
+                assert_eq!((e.status(), e.code), (403, ErrorCode::Forbidden), "{pq:?}");
             }
-            None => assert_eq!((e.status, e.code), (400, "BAD_REQUEST"), "{pq:?}"),
+            None => assert_eq!((e.status(), e.code), (400, ErrorCode::BadRequest), "{pq:?}"),
         },
     }
 }

@@ -19,7 +19,10 @@
 //!   the same header (so `Access-Control-Allow-Origin` never appears twice).
 
 use super::{model::Preview, time};
-use crate::{api_error::ApiError, app::App};
+use crate::{
+    app::App,
+    errors::{ApiError, ErrorCode},
+};
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri,
@@ -196,8 +199,7 @@ pub fn authorize(
     }
     if presented.is_empty() {
         return Err(ApiError::new(
-            401,
-            "AUTHENTICATION_REQUIRED",
+            ErrorCode::AuthenticationRequired,
             format!(
                 "this preview is private: send a preview token in the X-Blaxel-Preview-Token header or the {TOKEN_PARAM} query parameter"
             ),
@@ -206,7 +208,10 @@ pub fn authorize(
     let valid = |list: &[String]| list.iter().find(|t| app.preview_token_valid(preview, t)).cloned();
     let from_query = valid(&presented.query);
     if from_query.is_none() && valid(&presented.header).is_none() && valid(&presented.cookie).is_none() {
-        return Err(ApiError::new(401, "AUTHENTICATION_FAILED", "invalid preview token (unknown, expired or revoked)"));
+        return Err(ApiError::new(
+            ErrorCode::AuthenticationFailed,
+            "invalid preview token (unknown, expired or revoked)",
+        ));
     }
     if let Some(token) = from_query
         && (method == Method::GET || method == Method::HEAD)

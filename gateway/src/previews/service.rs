@@ -16,9 +16,9 @@ use super::{
     views::{PreviewView, SessionView, TokenView},
 };
 use crate::{
-    api_error::ApiError,
     app::{App, Mutating, dataplane_error, policy_of, validate_names},
     dataplane::SandboxPolicy,
+    errors::{ApiError, ErrorCode},
     state::{
         Store,
         model::{Sandbox, SandboxId},
@@ -34,14 +34,13 @@ pub const MAX_TOKENS_PER_PREVIEW: usize = 100;
 
 fn preview_not_found(key: &PreviewKey) -> ApiError {
     ApiError::new(
-        404,
-        "PREVIEW_NOT_FOUND",
+        ErrorCode::PreviewNotFound,
         format!("preview {:?} of sandbox {:?} not found in workspace {:?}", key.name, key.sandbox, key.workspace),
     )
 }
 
 fn state_write_failed(e: &crate::state::StoreError) -> ApiError {
-    ApiError::new(500, "STATE_WRITE_FAILED", format!("the state could not be saved: {e}")).retryable()
+    ApiError::new(ErrorCode::StateWriteFailed, format!("the state could not be saved: {e}"))
 }
 
 /// Builds the preview index at start: previews of sandboxes that no longer exist are deleted
@@ -197,8 +196,7 @@ impl App {
             && other.key() != *key
         {
             return Err(ApiError::new(
-                409,
-                "PREVIEW_URL_CONFLICT",
+                ErrorCode::PreviewUrlConflict,
                 format!(
                     "the preview URL {} is already used by preview {:?} of sandbox {:?}; choose another prefixUrl",
                     self.preview_url(&id),
@@ -209,8 +207,7 @@ impl App {
         }
         if prev.is_none() && previews.of(&key.sandbox_id()).count() >= MAX_PREVIEWS_PER_SANDBOX {
             return Err(ApiError::new(
-                400,
-                "BAD_REQUEST",
+                ErrorCode::BadRequest,
                 format!("a sandbox holds at most {MAX_PREVIEWS_PER_SANDBOX} previews; delete one first"),
             ));
         }
@@ -343,7 +340,7 @@ impl App {
                 validate_name("token name", n)?;
                 n.to_string()
             }
-            _ => ids::new_token_name().map_err(|e| ApiError::new(500, "INTERNAL", e.to_string()).retryable())?,
+            _ => ids::new_token_name().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?,
         };
         let m = self.mutating.lock().await;
         let sandbox = self.sandbox_of(&key.sandbox_id())?;
@@ -355,8 +352,7 @@ impl App {
             .ok_or_else(|| preview_not_found(&key))?;
         if prev.tokens.iter().any(|t| t.name == name) {
             return Err(ApiError::new(
-                409,
-                "TOKEN_CONFLICT",
+                ErrorCode::TokenConflict,
                 format!("preview {:?} already has a token named {name:?}", key.name),
             ));
         }
@@ -367,8 +363,7 @@ impl App {
         }
         if next.tokens.len() >= MAX_TOKENS_PER_PREVIEW {
             return Err(ApiError::new(
-                400,
-                "BAD_REQUEST",
+                ErrorCode::BadRequest,
                 format!("a preview holds at most {MAX_TOKENS_PER_PREVIEW} tokens; revoke one first"),
             ));
         }
@@ -414,8 +409,7 @@ impl App {
             .ok_or_else(|| preview_not_found(&key))?;
         let Some(revoked) = prev.tokens.iter().find(|t| t.name == token).cloned() else {
             return Err(ApiError::new(
-                404,
-                "TOKEN_NOT_FOUND",
+                ErrorCode::TokenNotFound,
                 format!("preview {:?} has no token named {token:?}", key.name),
             ));
         };
@@ -452,15 +446,13 @@ impl App {
             ..PreviewSpec::default()
         };
         let valid = preview_spec.validate(workspace, now)?;
-        let token_name =
-            ids::new_token_name().map_err(|e| ApiError::new(500, "INTERNAL", e.to_string()).retryable())?;
+        let token_name = ids::new_token_name().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let token = new_token(token_name, Some(expires_at), Some(expires_at), now)?;
         let m = self.mutating.lock().await;
         let sandbox = self.sandbox_of(&key.sandbox_id())?;
         if self.previews_read().get(&key).is_some_and(|p| !p.is_expired(now)) {
             return Err(ApiError::new(
-                409,
-                "PREVIEW_CONFLICT",
+                ErrorCode::PreviewConflict,
                 format!("sandbox {:?} already has a preview named {name:?}", key.sandbox),
             ));
         }
@@ -560,7 +552,7 @@ fn new_token(
         // A token never outlives its preview.
         expires_at = expires_at.min(end);
     }
-    let token = ids::new_token_secret().map_err(|e| ApiError::new(500, "INTERNAL", e.to_string()).retryable())?;
+    let token = ids::new_token_secret().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     Ok(PreviewToken { name, token, expires_at, created_at: time::truncate_millis(now) })
 }
 
@@ -646,7 +638,7 @@ mod tests {
         assert_eq!(d.id, "shop-ws");
         let before = observe(&app);
         let e = app.put_preview("ws", "app", "shop2", &pre).await.expect_err("conflict");
-        assert_eq!((e.status, e.code), (409, "PREVIEW_URL_CONFLICT"));
+        assert_eq!((e.status(), e.code), (409, ErrorCode::PreviewUrlConflict));
         assert_eq!(observe(&app), before);
         assert!(app.preview_by_host_label("shop-ws").is_some());
     }
@@ -661,30 +653,33 @@ mod tests {
         let sandbox = app.get("ws", "app").expect("sandbox");
         let policy = app.policy_for(&sandbox);
         for (spec, code) in [
-            (port(80), "RESERVED_PORT"),
-            (port(8080), "RESERVED_PORT"),
-            (port(0), "BAD_REQUEST"),
-            (PreviewSpec { ttl: Some("soon".into()), ..port(3000) }, "BAD_REQUEST"),
-            (PreviewSpec { expires_at: Some("2001-01-01T00:00:00Z".into()), ..port(3000) }, "BAD_REQUEST"),
+            (port(80), ErrorCode::ReservedPort),
+            (port(8080), ErrorCode::ReservedPort),
+            (port(0), ErrorCode::BadRequest),
+            (PreviewSpec { ttl: Some("soon".into()), ..port(3000) }, ErrorCode::BadRequest),
+            (PreviewSpec { expires_at: Some("2001-01-01T00:00:00Z".into()), ..port(3000) }, ErrorCode::BadRequest),
         ] {
             let e = app.put_preview("ws", "app", "web", &spec).await.expect_err("refused");
             assert_eq!(e.code, code, "{spec:?}: {e:?}");
         }
         assert_eq!(
             app.put_preview("ws", "nope", "web", &port(3000)).await.expect_err("404").code,
-            "WORKLOAD_NOT_FOUND"
+            ErrorCode::WorkloadNotFound
         );
-        assert_eq!(app.put_preview("ws", "app", "Bad_Name", &port(3000)).await.expect_err("name").code, "BAD_REQUEST");
-        store.set_fail_writes(true);
-        assert_eq!(app.put_preview("ws", "app", "web", &port(5000)).await.expect_err("store").status, 500);
-        assert_eq!(app.put_preview("ws", "app", "new", &port(5000)).await.expect_err("store").status, 500);
-        assert_eq!(app.delete_preview("ws", "app", "web").await.expect_err("store").status, 500);
         assert_eq!(
-            app.create_preview_token("ws", "app", "web", &TokenSpec::default()).await.expect_err("store").status,
+            app.put_preview("ws", "app", "Bad_Name", &port(3000)).await.expect_err("name").code,
+            ErrorCode::BadRequest
+        );
+        store.set_fail_writes(true);
+        assert_eq!(app.put_preview("ws", "app", "web", &port(5000)).await.expect_err("store").status(), 500);
+        assert_eq!(app.put_preview("ws", "app", "new", &port(5000)).await.expect_err("store").status(), 500);
+        assert_eq!(app.delete_preview("ws", "app", "web").await.expect_err("store").status(), 500);
+        assert_eq!(
+            app.create_preview_token("ws", "app", "web", &TokenSpec::default()).await.expect_err("store").status(),
             500
         );
-        assert_eq!(app.revoke_preview_token("ws", "app", "web", &token.name).await.expect_err("store").status, 500);
-        assert_eq!(app.create_session("ws", "app", &SessionSpec::default()).await.expect_err("store").status, 500);
+        assert_eq!(app.revoke_preview_token("ws", "app", "web", &token.name).await.expect_err("store").status(), 500);
+        assert_eq!(app.create_session("ws", "app", &SessionSpec::default()).await.expect_err("store").status(), 500);
         store.set_fail_writes(false);
         assert_eq!(observe(&app), before);
         assert_eq!(app.policy_for(&sandbox), policy);
@@ -714,7 +709,10 @@ mod tests {
         };
         let (p, ci) = app.create_preview_token("ws", "app", "web", &named).await.expect("named");
         assert_eq!(ci.name, "ci");
-        assert_eq!(app.create_preview_token("ws", "app", "web", &named).await.expect_err("dup").code, "TOKEN_CONFLICT");
+        assert_eq!(
+            app.create_preview_token("ws", "app", "web", &named).await.expect_err("dup").code,
+            ErrorCode::TokenConflict
+        );
         assert!(app.preview_token_valid(&p, &ci.token));
         assert!(app.preview_token_valid(&p, &long.token));
         assert!(!app.preview_token_valid(&p, "gwpt_nope"));
@@ -723,7 +721,10 @@ mod tests {
         let p = app.preview_by_host_label(&p.id).expect("live");
         assert!(!app.preview_token_valid(&p, &ci.token));
         assert!(app.preview_token_valid(&p, &long.token));
-        assert_eq!(app.revoke_preview_token("ws", "app", "web", "ci").await.expect_err("gone").code, "TOKEN_NOT_FOUND");
+        assert_eq!(
+            app.revoke_preview_token("ws", "app", "web", "ci").await.expect_err("gone").code,
+            ErrorCode::TokenNotFound
+        );
         // Shortening the preview clamps its tokens.
         let shorter = PreviewSpec { ttl: Some("10m".into()), ..port(3000) };
         let (p, _, created) = app.put_preview("ws", "app", "web", &shorter).await.expect("replace");
@@ -753,7 +754,7 @@ mod tests {
         assert_eq!(app.reap_expired_previews().await, 0);
         tokio::time::sleep(Duration::from_millis(1300)).await;
         assert!(app.preview_by_host_label(&p.id).is_none(), "expired: gone at once");
-        assert_eq!(app.get_preview("ws", "app", "brief").expect_err("404").code, "PREVIEW_NOT_FOUND");
+        assert_eq!(app.get_preview("ws", "app", "brief").expect_err("404").code, ErrorCode::PreviewNotFound);
         let sandbox = app.get("ws", "app").expect("sandbox");
         assert!(!app.policy_for(&sandbox).ports.contains_key(&4000));
         assert_eq!(app.reap_expired_previews().await, 1);

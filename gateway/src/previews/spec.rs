@@ -5,7 +5,10 @@ use super::{
     model::SANDBOX_API_PORT,
     time::{self, Timestamp},
 };
-use crate::{api_error::ApiError, config::is_dns_label};
+use crate::{
+    config::is_dns_label,
+    errors::{ApiError, ErrorCode},
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -112,7 +115,7 @@ pub struct SessionSpec {
 pub const DEFAULT_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(400, "BAD_REQUEST", message)
+    ApiError::new(ErrorCode::BadRequest, message)
 }
 
 /// Checks a preview or token name: one DNS label.
@@ -134,8 +137,7 @@ pub fn validate_port(port: i64) -> Result<u16, ApiError> {
     };
     if port != SANDBOX_API_PORT && gateway_common::is_reserved_port(port) {
         return Err(ApiError::new(
-            400,
-            "RESERVED_PORT",
+            ErrorCode::ReservedPort,
             format!(
                 "port {port} is reserved and cannot be previewed (80 is the system port, 8080 the sandbox API inside the sandbox; preview port 443 to reach the sandbox API)"
             ),
@@ -241,11 +243,11 @@ mod tests {
         let now = time::now();
         assert_eq!(spec(3000).validate("ws", now).expect("3000").port, 3000);
         assert_eq!(spec(443).validate("ws", now).expect("443").port, 443);
-        assert_eq!(spec(80).validate("ws", now).expect_err("80").code, "RESERVED_PORT");
-        assert_eq!(spec(8080).validate("ws", now).expect_err("8080").code, "RESERVED_PORT");
-        assert_eq!(spec(0).validate("ws", now).expect_err("0").code, "BAD_REQUEST");
-        assert_eq!(spec(65536).validate("ws", now).expect_err("big").code, "BAD_REQUEST");
-        assert_eq!(PreviewSpec::default().validate("ws", now).expect_err("none").code, "BAD_REQUEST");
+        assert_eq!(spec(80).validate("ws", now).expect_err("80").code, ErrorCode::ReservedPort);
+        assert_eq!(spec(8080).validate("ws", now).expect_err("8080").code, ErrorCode::ReservedPort);
+        assert_eq!(spec(0).validate("ws", now).expect_err("0").code, ErrorCode::BadRequest);
+        assert_eq!(spec(65536).validate("ws", now).expect_err("big").code, ErrorCode::BadRequest);
+        assert_eq!(PreviewSpec::default().validate("ws", now).expect_err("none").code, ErrorCode::BadRequest);
     }
 
     #[test]

@@ -15,9 +15,9 @@ use super::{
     secret::{Secret, Sha256Digest},
 };
 use crate::{
-    api_error::ApiError,
     app::state_write_failed,
     config::is_dns_label,
+    errors::{ApiError, ErrorCode},
     previews::time::{add, format_timestamp, parse_timestamp, parse_ttl, truncate_millis},
     state::{
         Store,
@@ -95,11 +95,11 @@ pub struct TokenRegistry {
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::new(400, "BAD_REQUEST", message)
+    ApiError::new(ErrorCode::BadRequest, message)
 }
 
 fn not_found(id: &TokenId) -> ApiError {
-    ApiError::new(404, "TOKEN_NOT_FOUND", format!("no token named {:?} in workspace {:?}", id.name, id.workspace))
+    ApiError::new(ErrorCode::TokenNotFound, format!("no token named {:?} in workspace {:?}", id.name, id.workspace))
 }
 
 /// Checks a workspace and a token name (DNS label rules, like sandbox names).
@@ -224,8 +224,7 @@ impl TokenRegistry {
         let id = TokenId::new(workspace, &request.name);
         if self.read().by_id.contains_key(&id) {
             return Err(ApiError::new(
-                409,
-                "TOKEN_CONFLICT",
+                ErrorCode::TokenConflict,
                 format!(
                     "a token named {:?} already exists in workspace {workspace:?}: revoke it first, or choose another name",
                     request.name
@@ -234,7 +233,7 @@ impl TokenRegistry {
         }
         let secret = Secret::generate().map_err(|e| {
             tracing::error!(error = %e, "the OS random number generator failed");
-            ApiError::new(500, "INTERNAL", format!("cannot generate a secret: {e}")).retryable()
+            ApiError::new(ErrorCode::Internal, format!("cannot generate a secret: {e}"))
         })?;
         let token = AccessToken {
             workspace: workspace.to_string(),
@@ -315,14 +314,14 @@ mod tests {
         assert!(!serde_json::to_string(&stored[0]).expect("json").contains(&secret));
 
         let e = reg.create(&store, "acme", request("ci"), now()).await.expect_err("dup");
-        assert_eq!((e.status, e.code), (409, "TOKEN_CONFLICT"));
+        assert_eq!((e.status(), e.code), (409, ErrorCode::TokenConflict));
         // The same name in another workspace is another token.
         reg.create(&store, "other", request("ci"), now()).await.expect("other ws");
 
         reg.revoke(&store, "acme", "ci").await.expect("revoke");
         assert_eq!(reg.verify(secret.as_bytes(), now()), Verdict::Unknown);
         let e = reg.revoke(&store, "acme", "ci").await.expect_err("gone");
-        assert_eq!((e.status, e.code), (404, "TOKEN_NOT_FOUND"));
+        assert_eq!((e.status(), e.code), (404, ErrorCode::TokenNotFound));
         assert_eq!(store.load().await.expect("load").tokens.len(), 1);
     }
 
@@ -341,7 +340,7 @@ mod tests {
         assert!(!reg.list("acme", now()).expect("list")[0].expired);
         // An expired token keeps its name until revoked.
         let e = reg.create(&store, "acme", request("short"), now() + time::Duration::hours(2)).await.expect_err("dup");
-        assert_eq!(e.code, "TOKEN_CONFLICT");
+        assert_eq!(e.code, ErrorCode::TokenConflict);
     }
 
     #[test]
@@ -375,7 +374,7 @@ mod tests {
             (None, Some("100000000000000d"), "ttl"),
         ] {
             let err = at(e, t).expect_err(needle);
-            assert_eq!(err.code, "BAD_REQUEST");
+            assert_eq!(err.code, ErrorCode::BadRequest);
             assert!(err.message.contains(needle), "{needle}: {}", err.message);
         }
     }
@@ -387,13 +386,13 @@ mod tests {
         reg.create(&store, "acme", request("ci"), now()).await.expect("create");
         for (ws, name) in [("acme", "Upper"), ("acme", "-x"), ("acme", "a.b"), ("Acme", "ok"), ("acme", "")] {
             let e = reg.create(&store, ws, request(name), now()).await.expect_err(name);
-            assert_eq!(e.code, "BAD_REQUEST", "{ws}/{name}");
+            assert_eq!(e.code, ErrorCode::BadRequest, "{ws}/{name}");
         }
         store.set_fail_writes(true);
         let e = reg.create(&store, "acme", request("new"), now()).await.expect_err("store");
-        assert_eq!((e.status, e.code), (500, "STATE_WRITE_FAILED"));
+        assert_eq!((e.status(), e.code), (500, ErrorCode::StateWriteFailed));
         let e = reg.revoke(&store, "acme", "ci").await.expect_err("store");
-        assert_eq!(e.status, 500);
+        assert_eq!(e.status(), 500);
         store.set_fail_writes(false);
         let names: Vec<String> = reg.list("acme", now()).expect("list").into_iter().map(|t| t.name).collect();
         assert_eq!(names, vec!["ci"]);
