@@ -1,24 +1,22 @@
-//! The module graph of `gateway/src`, read from its `crate::` paths: `cargo xtask lint` fails on
-//! a cycle, `cargo xtask modules` prints the graph layer by layer (docs/ARCHITECTURE.md).
+//! The module graph of `gateway/src`, read from its paths (`crate::`, `super::`, `self::`):
+//! `cargo xtask lint` fails on a cycle, `cargo xtask modules` prints the top-level graph layer by
+//! layer (docs/ARCHITECTURE.md).
 //!
-//! A node is a top-level module (`src/edge/` or `src/config.rs`); under the folders of
-//! [`GROUPS`] each child is a node of its own (`service::previews`), so the services cannot lean
-//! on each other in a circle either. Comments and string literals are skipped: a doc link is not
-//! a dependency. Hand-written rather than `syn`-based: paths are all it needs, and a
-//! lexer for comments, strings and braces is short.
+//! Every level counts: the top-level modules (`edge`, `service`) and the children of each module
+//! (`service::previews`, `admin::router`) must not import each other in a circle. A parent naming
+//! its child (re-exports) and a child naming its parent (`super::Item`) are not edges. Comments
+//! and string literals are skipped: a doc link is not a dependency. Hand-written rather than
+//! `syn`-based: paths are all it needs, and a lexer for comments, strings and braces is short.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
 
-/// Folders whose children are nodes of their own.
-const GROUPS: &[&str] = &["service"];
-
-/// Module → the modules it names.
+/// Module (`edge::proxy`) → the sibling modules it names.
 pub type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// Fails with every cycle's members when the graph of `src` has one.
@@ -40,14 +38,17 @@ pub fn check(src: &Path) -> Result<()> {
     bail!("the modules of {} import each other in a circle:{text}", src.display())
 }
 
-/// Prints the graph, lowest layer first: each module with what it imports.
+/// Prints the top-level graph, lowest layer first (each module with what it imports), then any
+/// cycle at any level.
 pub fn print(src: &Path) -> Result<()> {
     let graph = graph(src)?;
-    for (depth, layer) in layers(&graph).iter().enumerate() {
+    let top: Graph =
+        graph.iter().filter(|(m, _)| !m.contains("::")).map(|(m, deps)| (m.clone(), deps.clone())).collect();
+    for (depth, layer) in layers(&top).iter().enumerate() {
         println!("layer {depth}:");
         for module in layer {
-            let deps: Vec<&str> = graph[module].iter().map(String::as_str).collect();
-            println!("  {module:<20} → {}", if deps.is_empty() { "-".to_string() } else { deps.join(", ") });
+            let deps: Vec<&str> = top[module].iter().map(String::as_str).collect();
+            println!("  {module:<12} → {}", if deps.is_empty() { "-".to_string() } else { deps.join(", ") });
         }
     }
     for cycle in components(&graph).into_iter().filter(|c| c.len() > 1) {
@@ -56,33 +57,40 @@ pub fn print(src: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads every `.rs` file under `src`.
+/// Reads every `.rs` file under `src`. A path naming a module outside the file's own ancestry
+/// is an edge between the two siblings where the module paths part: `edge/proxy.rs` naming
+/// `crate::service::App` is `edge → service`; naming `super::pool` is `edge::proxy → edge::pool`.
 pub fn graph(src: &Path) -> Result<Graph> {
-    let mut graph = Graph::new();
     let mut files = Vec::new();
     walk(src, &mut files)?;
-    let nodes = nodes(src, &files);
+    let mut modules: Vec<(Vec<String>, &PathBuf)> = Vec::new();
     for file in &files {
         let rel = file.strip_prefix(src).context("a file outside src")?;
-        let Some(from) = node_of(rel) else { continue };
+        modules.push((module_of(rel), file));
+    }
+    let known: BTreeSet<Vec<String>> = modules.iter().map(|(m, _)| m.clone()).collect();
+    let mut graph = Graph::new();
+    for m in known.iter().filter(|m| !m.is_empty()) {
+        graph.entry(m.join("::")).or_default();
+    }
+    for (from, file) in &modules {
         let text = fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let deps = graph.entry(from.clone()).or_default();
-        for path in crate_paths(&strip(&text)) {
-            let mut to = path.first().cloned().unwrap_or_default();
-            if GROUPS.contains(&to.as_str())
-                && let Some(child) = path.get(1)
-            {
-                to = format!("{to}::{child}");
+        for path in paths(&strip(&text), from) {
+            // The longest prefix of the path that is a module is what it names.
+            let Some(to) = (1..=path.len()).rev().map(|n| &path[..n]).find(|p| known.contains(*p)) else {
+                continue;
+            };
+            let k = from.iter().zip(to.iter()).take_while(|(a, b)| a == b).count();
+            if k == to.len() || k == from.len() {
+                continue;
             }
-            if to != from && nodes.contains(&to) {
-                deps.insert(to);
-            }
+            graph.entry(from[..=k].join("::")).or_default().insert(to[..=k].join("::"));
         }
     }
     Ok(graph)
 }
 
-fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) -> Result<()> {
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry?.path();
         if path.is_dir() {
@@ -95,25 +103,14 @@ fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// `edge/proxy.rs` → `edge`, `service/previews/gate.rs` → `service::previews`; the crate roots
-/// (`lib.rs`, `main.rs`) wire everything and are no node.
-fn node_of(rel: &Path) -> Option<String> {
-    let parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
-    let first = parts.first()?;
-    if parts.len() == 1 && (first == "lib" || first == "main") {
-        return None;
+/// `edge/proxy.rs` → `[edge, proxy]`, `edge/mod.rs` → `[edge]`, `lib.rs` and `main.rs` → `[]`.
+fn module_of(rel: &Path) -> Vec<String> {
+    let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
+    let root = parts.len() == 1 && matches!(parts[0].as_str(), "lib" | "main");
+    if root || parts.last().is_some_and(|l| l == "mod") {
+        parts.pop();
     }
-    if GROUPS.contains(&first.as_str())
-        && let Some(child) = parts.get(1)
-        && child != "mod"
-    {
-        return Some(format!("{first}::{child}"));
-    }
-    Some(first.clone())
-}
-
-fn nodes(src: &Path, files: &[std::path::PathBuf]) -> BTreeSet<String> {
-    files.iter().filter_map(|f| f.strip_prefix(src).ok()).filter_map(node_of).collect()
+    parts
 }
 
 /// The text without comments, string and char literals (each replaced by a space).
@@ -212,21 +209,35 @@ fn ident_byte(b: &[u8], i: usize) -> bool {
     b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-/// Every path that starts with `crate::`, as its segments; a group `crate::{a::b, c}` gives
-/// one path per member.
-fn crate_paths(text: &str) -> Vec<Vec<String>> {
-    let mut paths = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("crate::") {
-        let before = &text[..text.len() - rest.len() + at];
-        let is_word = before.as_bytes().last().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
-        rest = &rest[at + "crate::".len()..];
-        if is_word {
+/// Every path that starts with `crate::`, `super::` or `self::`, made absolute (segments from
+/// the crate root) for a file whose module is `module`; a group `crate::{a::b, c}` gives one
+/// path per member.
+fn paths(text: &str, module: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices("::") {
+        let start = text[..at].rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+        let mut base: Vec<String> = match &text[start..at] {
+            "crate" => Vec::new(),
+            "self" => module.to_vec(),
+            "super" => module[..module.len().saturating_sub(1)].to_vec(),
+            _ => continue,
+        };
+        // Only where a path starts (not `a::super::…`).
+        if text[..start].ends_with("::") {
             continue;
         }
-        paths.extend(tree(rest.trim_start()));
+        let mut rest = &text[at + 2..];
+        while let Some(r) = rest.strip_prefix("super::") {
+            base.pop();
+            rest = r;
+        }
+        for p in tree(rest.trim_start()) {
+            let mut full = base.clone();
+            full.extend(p);
+            out.push(full);
+        }
     }
-    paths
+    out
 }
 
 /// The paths of a use tree at the start of `s`: `a::b::{c, d::e}` or `{a, b}`.
@@ -383,10 +394,16 @@ mod tests {
     fn use_trees_comments_and_strings() {
         let text = strip(
             "use crate::{a::{B, c::D}, e};\n// crate::f\n/* crate::g */\nlet s = \"crate::h\";\n\
-             fn x<'a>(c: char) { let _ = 'x'; crate::i::j(); my_crate::k(); }\n",
+             fn x<'a>(c: char) { let _ = 'x'; crate::i::j(); my_crate::k(); super::l::M; }\n",
         );
-        let firsts: BTreeSet<String> = crate_paths(&text).into_iter().filter_map(|p| p.first().cloned()).collect();
-        assert_eq!(firsts, ["a", "e", "i"].map(String::from).into());
+        let module = ["p".to_string(), "q".to_string()];
+        let got: BTreeSet<Vec<String>> = paths(&text, &module).into_iter().collect();
+        let want: BTreeSet<Vec<String>> =
+            [vec!["a", "B"], vec!["a", "c", "D"], vec!["e"], vec!["i", "j"], vec!["p", "l", "M"]]
+                .into_iter()
+                .map(|p| p.into_iter().map(String::from).collect())
+                .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
