@@ -10,10 +10,10 @@
 //! revocation or an expiry applies to the very next request.
 
 use crate::{
-    app::App,
     errors::{ApiError, ErrorCode},
-    previews::time::format_timestamp,
-    tokens::{TokenRegistry, Verdict},
+    model::time::format_timestamp,
+    service::App,
+    service::tokens::{TokenRegistry, Verdict},
 };
 use http::{HeaderMap, HeaderName, header::AUTHORIZATION};
 use time::OffsetDateTime;
@@ -171,11 +171,11 @@ pub fn strip_credentials(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{state::MemoryStore, tokens::TokenRequest};
+    use crate::{service::tokens::TokenRequest, state::MemoryStore};
     use http::HeaderValue;
 
     fn now() -> OffsetDateTime {
-        crate::previews::time::parse_timestamp("2030-01-01T00:00:00Z").expect("time")
+        crate::model::time::parse_timestamp("2030-01-01T00:00:00Z").expect("time")
     }
 
     /// A registry with `acme/ci` (no expiry), `acme/short` (1 h) and `other/ci`; their secrets.

@@ -5,6 +5,7 @@
 //! of a file at once, each as (file, key, reason), before anything is bound or opened.
 
 use crate::dataplane::{DataplaneSettings, XdpModeSetting};
+pub use crate::model::{is_dns_label, is_interface_name};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::{
     fmt,
@@ -477,27 +478,9 @@ pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// Whether `s` is one DNS label: 1..=63 of `a-z`, `0-9`, `-`, neither first nor last `-`.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// Whether `s` is a lower-case DNS name (labels as [`is_dns_label`], ≤ 253 bytes, no trailing dot).
 pub fn is_dns_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// Whether `s` can be a Linux interface name.
-pub fn is_interface_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() < libc::IFNAMSIZ
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
 impl Config {

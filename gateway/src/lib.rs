@@ -4,7 +4,6 @@
 //! edge → route → auth → proxy → connector (marked socket) → sandbox. See docs/ARCHITECTURE.md.
 
 pub mod admin;
-pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod compat;
@@ -17,8 +16,8 @@ pub mod errors;
 pub mod fuzzing;
 pub mod handoff;
 pub mod lifecycle;
+pub mod model;
 pub mod paths;
-pub mod previews;
+pub mod service;
 pub mod state;
 pub mod telemetry;
-pub mod tokens;

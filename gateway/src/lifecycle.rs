@@ -18,9 +18,9 @@ use std::{io, path::PathBuf, sync::Arc, time::Duration};
 use sd_notify::NotifyState;
 
 use crate::{
-    app::App,
     config::{self, Config, ConfigErrors},
     paths,
+    service::App,
     telemetry::metrics,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};

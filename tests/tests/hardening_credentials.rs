@@ -12,9 +12,9 @@
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test hardening_credentials -- --test-threads=1`.
 
 use gateway::{
-    previews::time,
-    state::model::AccessToken,
-    tokens::{TokenRegistry, Verdict, secret},
+    model::sandbox::AccessToken,
+    model::time,
+    service::tokens::{TokenRegistry, Verdict, secret},
 };
 use gateway_tests::{
     edge::*,

@@ -204,7 +204,7 @@ fn ssl3_tls10_and_tls11_handshakes_are_refused() {
 /// `*.local.gw.test`, written under `dir`: (CA file, chain file, key file).
 fn public_like_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, CrlDistributionPoint, IsCa, Issuer, KeyPair};
-    let now = gateway::previews::time::now();
+    let now = gateway::model::time::now();
     let day = Duration::from_secs(86_400);
     let ca_key = KeyPair::generate().expect("key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");

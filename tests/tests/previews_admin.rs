@@ -2,7 +2,7 @@
 //! binary with `dataplane.enabled = false`, sandboxes on `lo` (the kernel side is
 //! `previews_kernel.rs`).
 
-use gateway::previews::time;
+use gateway::model::time;
 use gateway_tests::gateway_process::{GatewayProcess, Response, run_gateway};
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! sandbox API.
 
 use futures_util::{SinkExt, StreamExt};
-use gateway::previews::time;
+use gateway::model::time;
 use gateway_tests::{
     edge::*,
     gateway_process::{GatewayProcess, Response},

@@ -2,7 +2,7 @@
 //! a sandbox in a network namespace. Every check reads the kernel back (the admin policy view,
 //! the pinned maps themselves, `gateway dataplane dump`) AND connects with the gateway's mark.
 
-use gateway::{dataplane::maps::KernelMaps, previews::time};
+use gateway::{dataplane::maps::KernelMaps, model::time};
 use gateway_common::{
     IPPROTO_TCP,
     policy::{Endpoint, origin},

@@ -4,7 +4,7 @@
 //!
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test tokens_api`.
 
-use gateway::previews::time::parse_timestamp;
+use gateway::model::time::parse_timestamp;
 use gateway_tests::gateway_process::{AdminAddr, AdminClient, GatewayProcess, Response, TempDir, run_gateway};
 use serde_json::{Value, json};
 use std::{

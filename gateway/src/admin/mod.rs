@@ -12,7 +12,7 @@
 pub mod previews;
 pub mod router;
 
-use crate::{app::App, config::AdminListen};
+use crate::{config::AdminListen, service::App};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},

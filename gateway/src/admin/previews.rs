@@ -10,11 +10,11 @@
 
 use super::router::{AdminResponse, json, no_content, read_json};
 use crate::{
-    app::App,
     errors::{ApiError, ErrorCode},
-    previews::{
+    model::time,
+    service::App,
+    service::previews::{
         spec::{PreviewSpec, SessionSpec, TokenSpec},
-        time,
         views::{PreviewView, TokenView},
     },
 };

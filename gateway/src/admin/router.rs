@@ -1,10 +1,10 @@
 //! Admin request handling: authentication, routing, bodies, JSON answers.
 
 use crate::{
-    app::{App, SandboxSpec, SandboxView},
     errors::{ApiError, ErrorCode},
+    service::tokens::{TokenRequest, TokenView},
+    service::{App, SandboxSpec, SandboxView},
     telemetry::metrics,
-    tokens::{TokenRequest, TokenView},
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};

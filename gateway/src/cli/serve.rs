@@ -5,13 +5,13 @@
 use super::{ServeArgs, print_problems};
 use crate::{
     admin,
-    app::App,
     config::{self, Config},
     dataplane::Dataplane,
     edge::{self, EdgeListener},
     handoff::{self, HandoffServer, Inherited, Successor},
     lifecycle::{self, ConfigSource, Event, Notifier, Reloadable, Signals},
     paths,
+    service::App,
     state::FileStore,
 };
 use anyhow::Context;
@@ -169,7 +169,7 @@ impl Serving {
 
     fn reaper(app: &Arc<App>) -> Task {
         let app = app.clone();
-        Task::spawn("preview reaper", move |stop| crate::previews::reaper::run(app, stop.cancelled_owned()))
+        Task::spawn("preview reaper", move |stop| crate::service::previews::reaper::run(app, stop.cancelled_owned()))
     }
 
     /// Stops accepting admin connections and lets the requests in flight finish; stops the

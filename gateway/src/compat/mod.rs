@@ -22,10 +22,11 @@
 pub mod wire;
 
 use crate::{
-    app::App,
     auth,
     errors::{ApiError, ErrorCode},
-    previews::{spec::TokenSpec, time},
+    model::time,
+    service::App,
+    service::previews::spec::TokenSpec,
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
@@ -254,11 +255,12 @@ mod tests {
 mod wire_tests {
     use super::*;
     use crate::{
-        app::{PortRequest, SandboxSpec},
         config::Config,
         dataplane::Dataplane,
-        state::{MemoryStore, model::PortProtocol},
-        tokens::TokenRequest,
+        model::sandbox::PortProtocol,
+        service::tokens::TokenRequest,
+        service::{PortRequest, SandboxSpec},
+        state::MemoryStore,
     };
     use serde_json::{Value, json};
     use std::sync::Arc;

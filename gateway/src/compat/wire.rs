@@ -4,13 +4,11 @@
 //! `metadata.resourceName` of a preview).
 
 use crate::{
-    app::App,
-    previews::{
-        model::{Preview, PreviewToken},
-        spec::PreviewSpec,
-        time::{self, Timestamp},
-    },
-    state::model::{PortProtocol, Sandbox},
+    model::preview::{Preview, PreviewToken},
+    model::sandbox::{PortProtocol, Sandbox},
+    model::time::{self, Timestamp},
+    service::App,
+    service::previews::spec::PreviewSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@
 //! - [`proxy`]: streaming HTTP/1.1, h2c, upgrades and WebSocket over HTTP/2.
 //! - [`limits`], [`upstream_errors`]: caps, timeouts, and the answers when things fail.
 //! - [`cancellations`]: connections whose client cancels most requests (HTTP/2 rapid reset).
-//! - `preview`: preview hosts and the `/v0` API host (`crate::previews`, `crate::compat`).
+//! - `preview`: preview hosts and the `/v0` API host (`crate::service::previews`, `crate::compat`).
 
 pub mod cancellations;
 pub mod connect;
@@ -23,10 +23,10 @@ pub mod tls;
 pub mod upstream_errors;
 
 use crate::{
-    app::App,
     auth,
     config::{Config, HostHeaderPolicy, IpNet},
     errors::{ApiError, ErrorCode},
+    service::App,
     telemetry::{
         access::{self, LoggedBody, RequestLog},
         metrics::{self, RouteKind},

@@ -1,6 +1,6 @@
 //! Preview hosts (`{id}.{region}.preview.{domain}`, `{id}.preview.{domain}`) and the public API
 //! host (`api.{domain}`) on the HTTPS edge: the hooks that hand those requests to
-//! [`crate::previews::gate`] and [`crate::compat`] and then to the same proxy as sandbox hosts.
+//! [`crate::service::previews::gate`] and [`crate::compat`] and then to the same proxy as sandbox hosts.
 //!
 //! A preview request: the live preview by host label (an unknown or expired one answers 404
 //! `ROUTE_NOT_FOUND` at once) → CORS preflight from `responseHeaders` → preview token (header,
@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     errors::{ApiError, ErrorCode},
-    previews::gate::{self, Decision},
-    state::model::PortProtocol,
+    model::sandbox::PortProtocol,
+    service::previews::gate::{self, Decision},
     telemetry::{
         access::RequestLog,
         metrics::{self, RouteKind},

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     auth,
     errors::{ApiError, ErrorCode},
-    state::model::{PortProtocol, Sandbox},
+    model::sandbox::{PortProtocol, Sandbox},
 };
 use bytes::Bytes;
 use http::{

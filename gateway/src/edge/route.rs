@@ -12,7 +12,7 @@
 
 use crate::{
     errors::{ApiError, ErrorCode},
-    state::model::{PortProtocol, Sandbox},
+    model::sandbox::{PortProtocol, Sandbox},
 };
 use gateway_common::{RESERVED_PORTS, is_reserved_port};
 
@@ -131,7 +131,7 @@ pub fn resolve(target: Target, sandbox: &Sandbox, original_path_and_query: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::model::PortSpec;
+    use crate::model::sandbox::PortSpec;
 
     fn sandbox() -> Sandbox {
         Sandbox {

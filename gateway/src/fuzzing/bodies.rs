@@ -11,20 +11,18 @@
 
 use super::util::fixed_now;
 use crate::{
-    app::{PortRequest, SandboxSpec, validate_address, validate_ports},
     compat::wire::{PreviewIn, TokenIn},
-    config::{is_dns_label, is_interface_name},
     errors::ErrorCode,
-    previews::{
-        spec::{
-            MAX_HEADER_BYTES, MAX_HEADERS, PreviewSpec, SessionSpec, TokenSpec, expiry, validate_headers, validate_name,
-        },
-        time::{MAX_TTL, Timestamp, format_timestamp, parse_timestamp, parse_ttl},
+    model::time::{MAX_TTL, Timestamp, format_timestamp, parse_timestamp, parse_ttl},
+    model::{is_dns_label, is_interface_name},
+    service::previews::spec::{
+        MAX_HEADER_BYTES, MAX_HEADERS, PreviewSpec, SessionSpec, TokenSpec, expiry, validate_headers, validate_name,
     },
-    tokens::{
+    service::tokens::{
         TokenRequest,
         registry::{requested_expiry, validate_names},
     },
+    service::{PortRequest, SandboxSpec, validate_address, validate_ports},
 };
 use gateway_common::is_reserved_port;
 use serde::{Serialize, de::DeserializeOwned};

@@ -16,9 +16,9 @@
 use super::util::{fixed_now, form_decode, tagged_lines};
 use crate::{
     auth::{X_BLAXEL_AUTHORIZATION, X_BLAXEL_WORKSPACE, check as auth_check, strip_credentials},
-    previews::gate::{TOKEN_HEADER, TOKEN_PARAM, accepts_html_explicitly, take_credentials},
-    state::model::AccessToken,
-    tokens::{TokenRegistry, secret::digest},
+    model::sandbox::AccessToken,
+    service::previews::gate::{TOKEN_HEADER, TOKEN_PARAM, accepts_html_explicitly, take_credentials},
+    service::tokens::{TokenRegistry, secret::digest},
 };
 use http::{
     HeaderMap, HeaderName, HeaderValue, Uri,

@@ -9,7 +9,7 @@
 use super::util::fixed_now;
 use crate::{
     config::HumanDuration,
-    previews::time::{MAX_TTL, add, format_timestamp, parse_timestamp, parse_ttl, truncate_millis, until},
+    model::time::{MAX_TTL, add, format_timestamp, parse_timestamp, parse_ttl, truncate_millis, until},
 };
 use std::time::Duration;
 

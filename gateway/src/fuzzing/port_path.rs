@@ -10,7 +10,7 @@
 use crate::{
     edge::route::{SANDBOX_API_PORT, Target, parse_target, resolve},
     errors::ErrorCode,
-    state::model::{PortProtocol, PortSpec, Sandbox},
+    model::sandbox::{PortProtocol, PortSpec, Sandbox},
 };
 use gateway_common::is_reserved_port;
 use std::net::Ipv4Addr;

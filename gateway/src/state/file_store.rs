@@ -18,10 +18,9 @@
 
 mod previews;
 
-use super::{
-    model::{AccessToken, Sandbox, SandboxId, TokenId},
-    store::{StateSnapshot, Store, StoreError, StoreFuture},
-};
+use crate::model::sandbox::{AccessToken, Sandbox, SandboxId, TokenId};
+
+use super::store::{StateSnapshot, Store, StoreError, StoreFuture};
 use crate::{
     paths::{STATE_FORMAT_FILE, STATE_LOCK_FILE, STATE_SANDBOXES, STATE_TOKENS, TEMP_SUFFIX},
     telemetry::metrics,
@@ -363,10 +362,10 @@ impl Store for FileStore {
     fn delete_token(&self, id: TokenId) -> StoreFuture<'_, ()> {
         Box::pin(self.blocking(move |inner| inner.delete_token(id)))
     }
-    fn put_preview(&self, preview: crate::previews::model::Preview) -> StoreFuture<'_, ()> {
+    fn put_preview(&self, preview: crate::model::preview::Preview) -> StoreFuture<'_, ()> {
         Box::pin(self.blocking(move |inner| inner.put_preview(preview)))
     }
-    fn delete_preview(&self, key: crate::previews::model::PreviewKey) -> StoreFuture<'_, ()> {
+    fn delete_preview(&self, key: crate::model::preview::PreviewKey) -> StoreFuture<'_, ()> {
         Box::pin(self.blocking(move |inner| inner.delete_preview(&key)))
     }
     fn secret(&self, name: &'static str) -> StoreFuture<'_, [u8; 32]> {
@@ -390,7 +389,7 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::model::{PortProtocol, PortSpec};
+    use crate::model::sandbox::{PortProtocol, PortSpec};
 
     fn tempdir() -> PathBuf {
         std::env::temp_dir().join(format!(

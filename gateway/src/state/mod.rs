@@ -1,10 +1,9 @@
-//! Durable state: the domain model, the [`Store`] trait, and the file store under `state.dir`.
+//! Durable state: the [`Store`] trait, and the file store under `state.dir`.
 //!
 //! Every acknowledged mutation is durable before the API answers: the service layer
-//! (`crate::app`) awaits the store write before it replies.
+//! (`crate::service`) awaits the store write before it replies.
 
 pub mod file_store;
-pub mod model;
 pub mod store;
 
 pub use file_store::FileStore;

@@ -4,8 +4,8 @@
 //! (etcd, a database) can be added later without touching callers. New record kinds (previews)
 //! are added as new methods and new fields of [`StateSnapshot`].
 
-use super::model::{AccessToken, Sandbox, SandboxId, TokenId};
-use crate::previews::model::{Preview, PreviewKey};
+use crate::model::preview::{Preview, PreviewKey};
+use crate::model::sandbox::{AccessToken, Sandbox, SandboxId, TokenId};
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -186,7 +186,7 @@ impl Store for MemoryStore {
             if let Some(s) = secrets.get(name) {
                 return Ok(*s);
             }
-            let s = crate::previews::ids::random_bytes::<32>().map_err(|e| StoreError::Task(e.to_string()))?;
+            let s = new_secret()?;
             secrets.insert(name, s);
             Ok(s)
         })
@@ -194,4 +194,11 @@ impl Store for MemoryStore {
     fn describe(&self) -> String {
         "memory".into()
     }
+}
+/// 32 bytes from the OS random number generator: a new named secret.
+pub(crate) fn new_secret() -> Result<[u8; 32], StoreError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| StoreError::Task(format!("the OS random number generator failed: {e}")))?;
+    Ok(secret)
 }

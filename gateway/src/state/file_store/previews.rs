@@ -2,8 +2,8 @@
 
 use super::{Inner, io_err, remove_durably, write_atomic};
 use crate::{
+    model::preview::{Preview, PreviewKey},
     paths::TEMP_SUFFIX,
-    previews::model::{Preview, PreviewKey},
     state::StoreError,
 };
 use serde::{Deserialize, Serialize};
@@ -123,7 +123,7 @@ impl Inner {
                     .ok_or_else(|| StoreError::Corrupt { path, reason: "not 64 hexadecimal characters".into() })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let secret = crate::previews::ids::random_bytes::<32>().map_err(|e| StoreError::Task(e.to_string()))?;
+                let secret = crate::state::store::new_secret()?;
                 write_atomic(&self.secrets, &file, format!("{}\n", hex(&secret)).as_bytes())?;
                 tracing::info!(path = %path.display(), "generated a new secret");
                 Ok(secret)
@@ -137,7 +137,8 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::{
-        previews::{model::PreviewToken, time},
+        model::preview::PreviewToken,
+        model::time,
         state::{FileStore, Store},
     };
 

@@ -17,12 +17,10 @@ use std::{
 };
 
 use gateway::{
-    app::App,
     dataplane::{Dataplane, bpffs::PinDir, maps::KernelMaps},
-    state::{
-        model::{PortProtocol, PortSpec, Sandbox},
-        store::{MemoryStore, Store},
-    },
+    model::sandbox::{PortProtocol, PortSpec, Sandbox},
+    service::App,
+    state::store::{MemoryStore, Store},
 };
 use gateway_common::{IPPROTO_TCP, names, policy::Endpoint};
 use gateway_tests::{

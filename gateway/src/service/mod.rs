@@ -1,6 +1,6 @@
 //! The service layer shared by the admin API (and, later, the HTTPS edge): configuration, store,
 //! data plane, the in-memory index of registered sandboxes, and the access tokens
-//! ([`crate::tokens`]).
+//! ([`crate::service::tokens`]).
 //!
 //! A mutation runs under one async mutex, in this order: validate everything → program the
 //! data plane → write the store (durable) → update the index → answer. A refused request
@@ -8,22 +8,26 @@
 //! Reads (`get`, `list`, route lookups by host label) take a short read lock on the index and
 //! never wait for a mutation in progress.
 //!
-//! Previews (`crate::previews::service`) are mutations of the same kind under the same mutex:
+//! Previews (`crate::service::previews::service`) are mutations of the same kind under the same mutex:
 //! a sandbox's kernel policy is always computed from its declared ports AND its live previews.
 
+pub mod previews;
+pub mod tokens;
+
 use crate::{
-    config::{Config, is_dns_label, is_interface_name},
+    config::Config,
     dataplane::{Dataplane, DataplaneError, PolicyView, PortGrant, SandboxPolicy},
     errors::{ApiError, ErrorCode},
-    previews::{index::PreviewIndex, model::Preview},
-    state::{
-        Store, StoreError,
-        model::{PortProtocol, PortSpec, Sandbox, SandboxId, sandbox_label},
+    model::{
+        is_dns_label, is_interface_name,
+        preview::Preview,
+        sandbox::{PortProtocol, PortSpec, Sandbox, SandboxId, sandbox_label},
     },
-    tokens::{CreatedToken, TokenRegistry, TokenRequest, TokenView},
+    state::{Store, StoreError},
 };
 use arc_swap::ArcSwap;
 use gateway_common::policy::origin;
+use previews::index::PreviewIndex;
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeMap, HashMap},
@@ -34,6 +38,7 @@ use std::{
     },
     time::Duration,
 };
+use tokens::{CreatedToken, TokenRegistry, TokenRequest, TokenView};
 
 /// Body of `PUT /v1/workspaces/{ws}/sandboxes/{name}`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -186,7 +191,7 @@ pub struct App {
     tokens: TokenRegistry,
     /// Previews and their tokens, by key and by host label.
     pub(crate) previews: RwLock<PreviewIndex>,
-    /// Key of derived preview ids (see `crate::previews::ids`).
+    /// Key of derived preview ids (see `crate::service::previews::ids`).
     pub(crate) preview_key: [u8; 32],
     /// Wakes the preview reaper when previews change.
     pub(crate) previews_changed: tokio::sync::Notify,
@@ -316,14 +321,15 @@ impl App {
         }
         let tokens = TokenRegistry::load(snapshot.tokens).map_err(StartError::Inconsistent)?;
         let preview_key = store
-            .secret(crate::previews::ids::KEY_SECRET)
+            .secret(crate::service::previews::ids::KEY_SECRET)
             .await
             .map_err(|source| StartError::Load { store: store.describe(), source })?;
-        let previews =
-            crate::previews::service::load_index(store.as_ref(), snapshot.previews, |id| index.by_id.contains_key(id))
-                .await
-                .map_err(StartError::Inconsistent)?;
-        let now = crate::previews::time::now();
+        let previews = crate::service::previews::service_impl::load_index(store.as_ref(), snapshot.previews, |id| {
+            index.by_id.contains_key(id)
+        })
+        .await
+        .map_err(StartError::Inconsistent)?;
+        let now = crate::model::time::now();
         let policies: Vec<SandboxPolicy> =
             index.by_id.values().map(|s| policy_of(s, previews.live_of(&s.id(), now))).collect();
         let started = std::time::Instant::now();

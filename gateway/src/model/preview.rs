@@ -2,7 +2,7 @@
 //! token can never outlive its preview (deleting the record deletes them all at once).
 
 use super::time::{Timestamp, serde_ts};
-use crate::state::model::SandboxId;
+use crate::model::sandbox::SandboxId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -3,8 +3,8 @@
 //! early when previews change. Expired previews stop answering at once anyway (every lookup
 //! checks the expiry); the reaper makes the state and the kernel follow.
 
-use super::time;
-use crate::app::App;
+use crate::model::time;
+use crate::service::App;
 use std::{sync::Arc, time::Duration};
 
 /// Longest sleep between two passes.
@@ -39,7 +39,8 @@ pub async fn run(app: Arc<App>, shutdown: impl std::future::Future<Output = ()>)
 mod tests {
     use super::*;
     use crate::{
-        app::SandboxSpec, config::Config, dataplane::Dataplane, previews::spec::PreviewSpec, state::MemoryStore,
+        config::Config, dataplane::Dataplane, service::SandboxSpec, service::previews::spec::PreviewSpec,
+        state::MemoryStore,
     };
 
     #[tokio::test]

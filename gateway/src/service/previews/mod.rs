@@ -7,16 +7,14 @@
 //! - [`model`]: the durable records (a preview holds its tokens, so none outlives it);
 //! - [`spec`]: request bodies and their validation; [`time`]: timestamps and lifetimes;
 //! - [`ids`]: stable derived ids, token secrets; [`index`]: the in-memory lookups;
-//! - [`service`]: the mutations on [`crate::app::App`] and the edge's lookups;
+//! - [`service`]: the mutations on [`crate::service::App`] and the edge's lookups;
 //! - [`gate`]: what the HTTPS edge does for a preview request (tokens, cookie, CORS, headers);
 //! - [`reaper`]: deletes expired previews; [`views`]: what `/v1` answers.
 
 pub mod gate;
 pub mod ids;
 pub mod index;
-pub mod model;
 pub mod reaper;
-pub mod service;
+pub mod service_impl;
 pub mod spec;
-pub mod time;
 pub mod views;

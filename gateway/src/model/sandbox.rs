@@ -98,10 +98,10 @@ pub struct AccessToken {
     #[serde(with = "hex")]
     pub secret_sha256: [u8; 32],
     /// When it was created (UTC).
-    #[serde(with = "crate::previews::time::serde_ts")]
+    #[serde(with = "crate::model::time::serde_ts")]
     pub created_at: time::OffsetDateTime,
     /// When it stops working (UTC, whole milliseconds); `None`: until revoked.
-    #[serde(with = "crate::previews::time::serde_ts::option", default)]
+    #[serde(with = "crate::model::time::serde_ts::option", default)]
     pub expires_at: Option<time::OffsetDateTime>,
 }
 

@@ -3,26 +3,24 @@
 //! the lookups the HTTPS edge makes on every preview request.
 //!
 //! A sandbox's kernel policy is recomputed from its declared ports and its live previews on
-//! every change ([`crate::app::policy_of`]), so a preview on an undeclared port opens it, and
+//! every change ([`crate::service::policy_of`]), so a preview on an undeclared port opens it, and
 //! deleting (or reaping) the last preview using it closes it again unless it is declared. A
 //! refused request changes nothing; a failed store write puts the previous kernel policy back.
 
 use super::{
     ids,
     index::PreviewIndex,
-    model::{Preview, PreviewKey, PreviewToken},
     spec::{DEFAULT_SESSION_TTL, PreviewSpec, SessionSpec, TokenSpec, ValidPreview, expiry, validate_name},
-    time::{self, Timestamp},
     views::{PreviewView, SessionView, TokenView},
 };
+use crate::model::preview::{Preview, PreviewKey, PreviewToken};
+use crate::model::time::{self, Timestamp};
 use crate::{
-    app::{App, Mutating, dataplane_error, policy_of, validate_names},
     dataplane::SandboxPolicy,
     errors::{ApiError, ErrorCode},
-    state::{
-        Store,
-        model::{Sandbox, SandboxId},
-    },
+    model::sandbox::{Sandbox, SandboxId},
+    service::{App, Mutating, dataplane_error, policy_of, validate_names},
+    state::Store,
 };
 use std::{sync::Arc, time::Duration};
 use subtle::ConstantTimeEq;
@@ -438,7 +436,7 @@ impl App {
         let requested = expiry(spec.ttl.as_deref(), spec.expires_at.as_deref(), now)?;
         let expires_at = requested.unwrap_or_else(|| time::truncate_millis(time::add(now, DEFAULT_SESSION_TTL)));
         let preview_spec = PreviewSpec {
-            port: Some(i64::from(super::model::SANDBOX_API_PORT)),
+            port: Some(i64::from(crate::model::preview::SANDBOX_API_PORT)),
             public: Some(false),
             request_headers: spec.request_headers.clone(),
             response_headers: spec.response_headers.clone(),
@@ -560,10 +558,11 @@ fn new_token(
 mod tests {
     use super::*;
     use crate::{
-        app::{PortRequest, SandboxSpec},
         config::Config,
         dataplane::{Dataplane, PortGrant},
-        state::{MemoryStore, model::PortProtocol},
+        model::sandbox::PortProtocol,
+        service::{PortRequest, SandboxSpec},
+        state::MemoryStore,
     };
     use gateway_common::policy::origin;
 

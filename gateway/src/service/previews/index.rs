@@ -1,10 +1,8 @@
 //! The in-memory index of previews: by key (workspace, sandbox, name) and by host label (id).
 
-use super::{
-    model::{Preview, PreviewKey},
-    time::Timestamp,
-};
-use crate::state::model::SandboxId;
+use crate::model::preview::{Preview, PreviewKey};
+use crate::model::sandbox::SandboxId;
+use crate::model::time::Timestamp;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,

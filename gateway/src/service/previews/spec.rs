@@ -1,13 +1,11 @@
 //! Request bodies of the preview, token and session calls, and their validation into the
 //! normalized values the service layer stores. Every refusal is a 400 naming the field.
 
-use super::{
-    model::SANDBOX_API_PORT,
-    time::{self, Timestamp},
-};
+use crate::model::preview::SANDBOX_API_PORT;
+use crate::model::time::{self, Timestamp};
 use crate::{
-    config::is_dns_label,
     errors::{ApiError, ErrorCode},
+    model::is_dns_label,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,9 +1,7 @@
 //! What the admin API (`/v1`) answers for previews, tokens and sessions.
 
-use super::{
-    model::{Preview, PreviewToken},
-    time::{Timestamp, format_timestamp},
-};
+use crate::model::preview::{Preview, PreviewToken};
+use crate::model::time::{Timestamp, format_timestamp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 

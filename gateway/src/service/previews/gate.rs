@@ -18,10 +18,11 @@
 //!   headers of the same name); `responseHeaders` are added to the response unless the app set
 //!   the same header (so `Access-Control-Allow-Origin` never appears twice).
 
-use super::{model::Preview, time};
+use crate::model::preview::Preview;
+use crate::model::time;
 use crate::{
-    app::App,
     errors::{ApiError, ErrorCode},
+    service::App,
 };
 use bytes::Bytes;
 use http::{

@@ -15,14 +15,12 @@ use super::{
     secret::{Secret, Sha256Digest},
 };
 use crate::{
-    app::state_write_failed,
-    config::is_dns_label,
     errors::{ApiError, ErrorCode},
-    previews::time::{add, format_timestamp, parse_timestamp, parse_ttl, truncate_millis},
-    state::{
-        Store,
-        model::{AccessToken, TokenId},
-    },
+    model::is_dns_label,
+    model::sandbox::{AccessToken, TokenId},
+    model::time::{add, format_timestamp, parse_timestamp, parse_ttl, truncate_millis},
+    service::state_write_failed,
+    state::Store,
 };
 use std::{
     collections::{BTreeMap, HashMap},

@@ -4,7 +4,7 @@
 //! - [`registry`]: the in-memory index (by name, and by digest for O(1) checks), creation with
 //!   validation, revocation, and [`registry::TokenRegistry::verify`].
 //!
-//! Timestamps and lifetimes are read and written by [`crate::previews::time`], as for previews:
+//! Timestamps and lifetimes are read and written by [`crate::model::time`], as for previews:
 //! RFC 3339 with `Z`, an offset or none (UTC), answered in UTC to the millisecond.
 //!
 //! The admin API (`/v1/workspaces/{ws}/tokens`) manages them; `crate::auth` checks them.
@@ -16,7 +16,7 @@ pub mod secret;
 
 pub use registry::{TokenRegistry, Verdict};
 
-use crate::{previews::time::serde_ts, state::model::AccessToken};
+use crate::{model::sandbox::AccessToken, model::time::serde_ts};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
