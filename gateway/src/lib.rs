@@ -15,6 +15,7 @@ pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handoff;
+pub mod json_api;
 pub mod lifecycle;
 pub mod model;
 pub mod paths;

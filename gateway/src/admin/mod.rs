@@ -35,6 +35,9 @@ use std::{
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 /// How long a client may take to send request headers.
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -8,9 +8,10 @@
 //! | `…/previews/{preview}/tokens/{token}` | GET, DELETE (204) |
 //! | `/v1/workspaces/{ws}/sandboxes/{name}/sessions` | POST (201) |
 
-use super::router::{AdminResponse, json, no_content, read_json};
+use super::BODY_LIMIT;
 use crate::{
     errors::{ApiError, ErrorCode},
+    json_api::{JsonResponse, json, no_content, parse_json, parse_json_or_default, read_body},
     model::time,
     service::App,
     service::previews::{
@@ -66,7 +67,7 @@ impl Route {
 }
 
 /// Handles a preview route (method already checked).
-pub async fn handle(app: &App, route: Route, req: Request<Incoming>) -> Result<AdminResponse, ApiError> {
+pub async fn handle(app: &App, route: Route, req: Request<Incoming>) -> Result<JsonResponse, ApiError> {
     let method = req.method().clone();
     match (route, method) {
         (Route::List(ws, name), _) => {
@@ -123,14 +124,14 @@ pub async fn handle(app: &App, route: Route, req: Request<Incoming>) -> Result<A
     }
 }
 
-/// Like `read_json`, but an empty body means the type's default.
+/// Reads a JSON body; an empty body means the type's default.
 async fn read_json_or_empty<T: serde::de::DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let body = super::router::read_body(req).await?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
+    parse_json_or_default(&read_body(req, BODY_LIMIT).await?)
+}
+
+/// Reads a JSON body.
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    parse_json(&read_body(req, BODY_LIMIT).await?)
 }
 
 #[cfg(test)]

@@ -1,24 +1,20 @@
 //! Admin request handling: authentication, routing, bodies, JSON answers.
 
+use super::BODY_LIMIT;
 use crate::{
     errors::{ApiError, ErrorCode},
+    json_api::{JsonResponse, error_response, json, no_content, parse_json, read_body},
     service::tokens::{TokenRequest, TokenView},
     service::{App, SandboxSpec, SandboxView},
     telemetry::metrics,
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
-
-/// Largest accepted request body.
-pub const BODY_LIMIT: usize = 1024 * 1024;
-
-/// An admin answer.
-pub type AdminResponse = Response<Full<Bytes>>;
 
 /// What a path names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +66,7 @@ impl Route<'_> {
 }
 
 /// Handles one request; never fails (errors are answered as JSON) and logs it.
-pub async fn handle(app: &App, req: Request<Incoming>, require_token: bool) -> AdminResponse {
+pub async fn handle(app: &App, req: Request<Incoming>, require_token: bool) -> JsonResponse {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -89,7 +85,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, require_token: bool) -> A
     response
 }
 
-async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Result<AdminResponse, ApiError> {
+async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Result<JsonResponse, ApiError> {
     let route = Route::parse(req.uri().path());
     // Authenticate before saying anything about paths.
     if require_token && route.as_ref().is_none_or(Route::needs_token) {
@@ -126,9 +122,8 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         }
         (Route::Sandbox(ws, name), Method::PUT) => {
             let (ws, name) = (ws.to_string(), name.to_string());
-            let body = read_body(req).await?;
-            let spec: SandboxSpec = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))?;
+            let body = read_body(req, BODY_LIMIT).await?;
+            let spec: SandboxSpec = parse_json(&body)?;
             let (sandbox, applied) = app.put_sandbox(&ws, &name, spec).await?;
             json(StatusCode::OK, &app.view(&sandbox, Some(applied)))
         }
@@ -146,9 +141,8 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         }
         (Route::Tokens(ws), Method::POST) => {
             let ws = ws.to_string();
-            let body = read_body(req).await?;
-            let request: TokenRequest = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))?;
+            let body = read_body(req, BODY_LIMIT).await?;
+            let request: TokenRequest = parse_json(&body)?;
             let created = app.create_token(&ws, request).await?;
             let mut r = json(StatusCode::CREATED, &created)?;
             // The secret is in this answer, and only in this one.
@@ -171,7 +165,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
 }
 
 /// `GET /metrics`: the Prometheus text exposition; the eBPF counters are read at this moment.
-fn metrics_response() -> AdminResponse {
+fn metrics_response() -> JsonResponse {
     let mut r = Response::new(Full::new(Bytes::from(metrics::global().encode())));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
     r
@@ -181,7 +175,7 @@ fn allow(route: &Route<'_>) -> String {
     route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
 }
 
-fn list(app: &App, workspace: Option<&str>) -> Result<AdminResponse, ApiError> {
+fn list(app: &App, workspace: Option<&str>) -> Result<JsonResponse, ApiError> {
     #[derive(Serialize)]
     struct List {
         sandboxes: Vec<SandboxView>,
@@ -207,50 +201,6 @@ fn authenticate(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     let config = app.config();
     let expected = config.admin.token.as_bytes();
     if !expected.is_empty() && bool::from(token.ct_eq(expected)) { Ok(()) } else { Err(failed()) }
-}
-
-/// Reads a JSON body of at most [`BODY_LIMIT`] bytes.
-pub(super) async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let body = read_body(req).await?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
-}
-
-/// An empty 204.
-pub(super) fn no_content() -> AdminResponse {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
-}
-
-/// Reads a body of at most [`BODY_LIMIT`] bytes.
-pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let too_large =
-        || ApiError::new(ErrorCode::RequestEntityTooLarge, format!("the request body exceeds {BODY_LIMIT} bytes"));
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("cannot read the request body: {e}"))),
-    }
-}
-
-pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Result<AdminResponse, ApiError> {
-    let body = serde_json::to_vec(value)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot serialize the answer: {e}")))?;
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
-}
-
-/// The JSON answer of an error (an API answers JSON whatever the client accepts).
-pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
-    crate::errors::render(e, false)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::{
     paths,
     service::App,
     state::FileStore,
+    telemetry::metrics,
 };
 use anyhow::Context;
 use std::{
@@ -92,8 +93,15 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
     .with_context(|| format!("cannot open the state directory {}", config.state.dir.display()))?;
     let lock_fd = store.lock_fd();
     let dataplane = if config.dataplane.enabled {
-        Dataplane::open(&config.dataplane_settings())
+        let dataplane = Dataplane::open(&config.dataplane_settings())
             .with_context(|| format!("cannot open the data plane at {}", config.dataplane.bpffs.display()))?
+            .with_observer(metrics::global());
+        if let Some(maps) = dataplane.maps_dir()
+            && let Err(e) = metrics::global().attach_dataplane(&maps)
+        {
+            tracing::warn!(error = %e, "the verdict counters will be missing from /metrics");
+        }
+        dataplane
     } else {
         tracing::warn!("dataplane.enabled = false: sandbox ports are NOT enforced in the kernel");
         Dataplane::disabled()

@@ -24,13 +24,14 @@ pub mod wire;
 use crate::{
     auth,
     errors::{ApiError, ErrorCode},
+    json_api::{JsonResponse, error_response, json, parse_json_or_default, read_body},
     model::time,
     service::App,
     service::previews::spec::TokenSpec,
 };
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
 use hyper::body::Body;
 use serde::Serialize;
 use std::time::Instant;
@@ -200,36 +201,11 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let too_large =
-        || ApiError::new(ErrorCode::RequestEntityTooLarge, format!("the request body exceeds {BODY_LIMIT} bytes"));
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-        return Err(too_large());
-    }
-    let body = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => return Err(ApiError::new(ErrorCode::BadRequest, format!("cannot read the request body: {e}"))),
-    };
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
+    parse_json_or_default(&read_body(req, BODY_LIMIT).await?)
 }
 
-fn ok(value: &impl Serialize) -> Result<Response<Full<Bytes>>, ApiError> {
-    let body = serde_json::to_vec(value)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot serialize the answer: {e}")))?;
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
-}
-
-/// The JSON answer of an error (an API answers JSON whatever the client accepts).
-pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
-    crate::errors::render(e, false)
+fn ok(value: &impl Serialize) -> Result<JsonResponse, ApiError> {
+    json(StatusCode::OK, value)
 }
 
 #[cfg(test)]
@@ -262,6 +238,7 @@ mod wire_tests {
         service::{PortRequest, SandboxSpec},
         state::MemoryStore,
     };
+    use http_body_util::BodyExt;
     use serde_json::{Value, json};
     use std::sync::Arc;
 

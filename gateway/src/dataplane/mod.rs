@@ -32,7 +32,6 @@ use gateway_common::{
 pub use attach::{EBPF_OBJECT, load_object, teardown};
 pub use inspect::{dump, status};
 
-use crate::telemetry::metrics;
 use bpffs::PinDir;
 use maps::KernelMaps;
 
@@ -123,12 +122,39 @@ where
     move |e| DataplaneError::Kernel { context, source: anyhow::Error::new(e) }
 }
 
-/// The running data plane (or a disabled stand-in).
+/// What the data plane reports as it works. The metrics implement it and are connected at
+/// start-up ([`Dataplane::with_observer`]), so the data plane imports nothing above it.
+pub trait Observer: Send + Sync {
+    /// A policy update reached the kernel and took `took`.
+    fn policy_applied(&self, took: Duration);
+    /// The kernel refused a policy update.
+    fn policy_apply_failed(&self);
+    /// How many sandboxes and policy entries the kernel holds now.
+    fn entries(&self, sandboxes: usize, policy_entries: usize);
+}
+
+/// The observer until one is connected: reports go nowhere.
+struct Unobserved;
+
+impl Observer for Unobserved {
+    fn policy_applied(&self, _: Duration) {}
+    fn policy_apply_failed(&self) {}
+    fn entries(&self, _: usize, _: usize) {}
+}
+
+/// The running data plane, or a stand-in that enforces nothing.
 pub struct Dataplane {
-    inner: Option<Mutex<Inner>>,
-    /// The kernel maps belong to a successor process (zero-downtime restart): every mutation
-    /// is refused.
-    handed_over: bool,
+    state: State,
+}
+
+enum State {
+    /// `dataplane.enabled = false`: every mutation is accepted and does nothing.
+    Disabled,
+    /// This process programs the kernel.
+    Enforcing(Mutex<Inner>),
+    /// The kernel maps belong to a successor process (zero-downtime restart): every call is
+    /// refused.
+    HandedOver,
 }
 
 struct Inner {
@@ -142,6 +168,7 @@ struct Inner {
     /// Policy entries in `shadow`, kept by every mutation (summing them per call costs
     /// ~200 µs at 100,000 sandboxes).
     policy_entries: usize,
+    observer: &'static dyn Observer,
 }
 
 impl Inner {
@@ -157,7 +184,7 @@ impl Inner {
     /// Exports how many sandboxes and policy entries the kernel holds (from the shadow, which
     /// every mutation keeps equal to the kernel: no map walk at scrape time).
     fn publish_entries(&self) {
-        metrics::global().dataplane_entries(self.shadow.len(), self.policy_entries);
+        self.observer.entries(self.shadow.len(), self.policy_entries);
     }
 }
 
@@ -218,38 +245,54 @@ impl Dataplane {
             tracing::info!(link = %name, "removed stale link pin");
         }
         let shadow = read_shadow(&maps);
-        if let Err(e) = metrics::global().attach_dataplane(&pins.maps()) {
-            tracing::warn!(error = %e, "the verdict counters will be missing from /metrics");
-        }
         let policy_entries = shadow.values().map(|s| s.ports.len()).sum();
-        let inner = Inner { ebpf, maps, pins, shadow, attached: HashSet::new(), policy_entries };
-        inner.publish_entries();
-        Ok(Self { inner: Some(Mutex::new(inner)), handed_over: false })
+        let observer = &Unobserved;
+        let inner = Inner { ebpf, maps, pins, shadow, attached: HashSet::new(), policy_entries, observer };
+        Ok(Self { state: State::Enforcing(Mutex::new(inner)) })
+    }
+
+    /// Reports to `observer` from now on, starting with the entries the kernel holds.
+    pub fn with_observer(mut self, observer: &'static dyn Observer) -> Self {
+        if let State::Enforcing(inner) = &mut self.state {
+            let inner = inner.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+            inner.observer = observer;
+            inner.publish_entries();
+        }
+        self
+    }
+
+    /// Where the maps are pinned (`None` when nothing is enforced): the metrics read the verdict
+    /// counters from there at every scrape.
+    pub fn maps_dir(&self) -> Option<PathBuf> {
+        self.lock().map(|inner| inner.pins.maps())
     }
 
     /// A stand-in for `dataplane.enabled = false`: every mutation is accepted and does nothing.
     pub fn disabled() -> Self {
-        Self { inner: None, handed_over: false }
+        Self { state: State::Disabled }
     }
 
     /// A stand-in for a data plane handed over to a successor (`crate::handoff`): every call
     /// fails with [`DataplaneError::HandedOver`], so a mutation racing a restart fails fast and
     /// can be retried against the successor.
     pub fn handed_over() -> Self {
-        Self { inner: None, handed_over: true }
+        Self { state: State::HandedOver }
     }
 
     fn check_owned(&self) -> Result<(), DataplaneError> {
-        if self.handed_over { Err(DataplaneError::HandedOver) } else { Ok(()) }
+        if matches!(self.state, State::HandedOver) { Err(DataplaneError::HandedOver) } else { Ok(()) }
     }
 
     /// Whether the kernel is enforced by this instance.
     pub fn is_enabled(&self) -> bool {
-        self.inner.is_some()
+        matches!(self.state, State::Enforcing(_))
     }
 
     fn lock(&self) -> Option<std::sync::MutexGuard<'_, Inner>> {
-        self.inner.as_ref().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        match &self.state {
+            State::Enforcing(m) => Some(m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)),
+            State::Disabled | State::HandedOver => None,
+        }
     }
 
     /// Sets or replaces one sandbox's kernel policy: attaches the programs to its interface if
@@ -265,13 +308,13 @@ impl Dataplane {
         let old = inner.shadow.get(&policy.address).cloned().unwrap_or_default();
         let new = desired_shadow(policy, ifindex);
         if let Err(e) = apply_diff(&mut inner.maps, policy.address, &old, Some(&new)) {
-            metrics::global().policy_apply_failed();
+            inner.observer.policy_apply_failed();
             return Err(e);
         }
         let took = started.elapsed();
         inner.policy_entries = (inner.policy_entries + new.ports.len()).saturating_sub(old.ports.len());
         inner.shadow.insert(policy.address, new);
-        metrics::global().policy_applied(took);
+        inner.observer.policy_applied(took);
         inner.publish_entries();
         Ok(took)
     }
@@ -285,7 +328,7 @@ impl Dataplane {
         inner.policy_entries = inner.policy_entries.saturating_sub(old.ports.len());
         let result = apply_diff(&mut inner.maps, address, &old, None);
         if result.is_err() {
-            metrics::global().policy_apply_failed();
+            inner.observer.policy_apply_failed();
         }
         inner.publish_entries();
         result

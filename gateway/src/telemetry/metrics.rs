@@ -50,7 +50,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::dataplane::{DataplaneError, maps::VerdictMap};
+use crate::dataplane::{DataplaneError, Observer, maps::VerdictMap};
 
 /// `Content-Type` of [`Metrics::encode`] (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -476,6 +476,21 @@ pub fn sum_samples(text: &str, name: &str, label_filter: &[(&str, &str)]) -> u64
         }
     }
     total
+}
+
+/// The data plane reports policy updates and its fill here (connected at start-up).
+impl Observer for Metrics {
+    fn policy_applied(&self, took: Duration) {
+        Metrics::policy_applied(self, took);
+    }
+
+    fn policy_apply_failed(&self) {
+        Metrics::policy_apply_failed(self);
+    }
+
+    fn entries(&self, sandboxes: usize, policy_entries: usize) {
+        self.dataplane_entries(sandboxes, policy_entries);
+    }
 }
 
 #[cfg(test)]
