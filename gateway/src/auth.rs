@@ -180,7 +180,10 @@ mod tests {
 
     /// A registry with `acme/ci` (no expiry), `acme/short` (1 h) and `other/ci`; their secrets.
     async fn registry() -> (TokenRegistry, String, String, String) {
-        let store = MemoryStore::new();
+        let store = crate::service::mutation::Mutating::new(
+            crate::dataplane::Dataplane::disabled(),
+            std::sync::Arc::new(MemoryStore::new()),
+        );
         let reg = TokenRegistry::default();
         let mut secrets = Vec::new();
         for (ws, name, ttl) in [("acme", "ci", None), ("acme", "short", Some("1h")), ("other", "ci", None)] {
@@ -287,7 +290,10 @@ mod tests {
 
     #[tokio::test]
     async fn revocation_applies_to_the_next_request() {
-        let store = MemoryStore::new();
+        let store = crate::service::mutation::Mutating::new(
+            crate::dataplane::Dataplane::disabled(),
+            std::sync::Arc::new(MemoryStore::new()),
+        );
         let reg = TokenRegistry::default();
         let created = reg
             .create(&store, "acme", TokenRequest { name: "ci".into(), ..TokenRequest::default() }, now())

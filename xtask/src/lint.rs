@@ -3,12 +3,13 @@
 //! - `cargo fmt --check` over the workspace and the fuzz crate (rustfmt.toml at the root);
 //! - `cargo clippy --all-targets -D warnings` over the userspace crates (stable) and over the
 //!   eBPF crate (nightly, bpf target: the only way it compiles);
+//! - the module graph of `gateway/src` has no cycle ([`crate::modules`]).
 
 use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{cargo, path_with_cargo_bin, root, run_cmd, setup::NIGHTLY};
+use crate::{cargo, modules, path_with_cargo_bin, root, run_cmd, setup::NIGHTLY};
 
 pub fn run() -> Result<()> {
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
@@ -40,6 +41,7 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    println!("xtask lint: formatted, clippy clean");
+    modules::check(&root().join("gateway/src"))?;
+    println!("xtask lint: formatted, clippy clean, module graph without cycles");
     Ok(())
 }

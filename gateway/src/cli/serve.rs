@@ -177,7 +177,7 @@ impl Serving {
 
     fn reaper(app: &Arc<App>) -> Task {
         let app = app.clone();
-        Task::spawn("preview reaper", move |stop| crate::service::previews::reaper::run(app, stop.cancelled_owned()))
+        Task::spawn("preview reaper", move |stop| crate::service::reaper::run(app, stop.cancelled_owned()))
     }
 
     /// Stops accepting admin connections and lets the requests in flight finish; stops the

@@ -26,12 +26,16 @@ use aya::{
 use gateway_common::{
     IPPROTO_TCP, IPPROTO_UDP,
     counters::{Hook, Reason},
-    policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats},
+    policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin},
 };
 
 pub use attach::{EBPF_OBJECT, load_object, teardown};
 pub use inspect::{dump, status};
 
+use crate::{
+    errors::{ApiError, ErrorCode},
+    model::{preview::Preview, sandbox::Sandbox},
+};
 use bpffs::PinDir;
 use maps::KernelMaps;
 
@@ -87,6 +91,23 @@ pub struct SandboxPolicy {
     pub ports: BTreeMap<u16, PortGrant>,
 }
 
+impl SandboxPolicy {
+    /// The kernel policy of a sandbox: every declared port (origin DECLARED) and every port a
+    /// preview holds open (origin PREVIEW, `preview_refs` = how many). A port is open if it is
+    /// declared OR used by at least one of `previews` (pass only live ones). A preview of the
+    /// sandbox API (built in) needs no entry.
+    pub fn of<'a>(sandbox: &Sandbox, previews: impl IntoIterator<Item = &'a Preview>) -> Self {
+        let mut ports: BTreeMap<u16, PortGrant> =
+            sandbox.ports.iter().map(|p| (p.target, PortGrant { origin: origin::DECLARED, preview_refs: 0 })).collect();
+        for port in previews.into_iter().filter_map(Preview::kernel_port) {
+            let grant = ports.entry(port).or_default();
+            grant.origin |= origin::PREVIEW;
+            grant.preview_refs += 1;
+        }
+        SandboxPolicy { address: sandbox.address, interface: sandbox.interface.clone(), ports }
+    }
+}
+
 /// Errors of the data plane, by cause.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -111,6 +132,25 @@ pub enum DataplaneError {
         #[source]
         source: anyhow::Error,
     },
+}
+
+impl DataplaneError {
+    /// The answer to a client whose change this error refused (nothing was changed).
+    pub fn api_error(&self) -> ApiError {
+        let code = match self {
+            DataplaneError::UnknownInterface(_) => ErrorCode::UnknownInterface,
+            DataplaneError::Disabled => ErrorCode::DataplaneDisabled,
+            DataplaneError::NoProgram => ErrorCode::DataplaneUnavailable,
+            DataplaneError::HandedOver => ErrorCode::GatewayRestarting,
+            DataplaneError::Kernel { .. } => {
+                return ApiError::new(
+                    ErrorCode::DataplaneError,
+                    format!("the kernel refused the policy update: {self}"),
+                );
+            }
+        };
+        ApiError::new(code, self.to_string())
+    }
 }
 
 /// Wraps an error with what we were doing.
@@ -151,7 +191,7 @@ enum State {
     /// `dataplane.enabled = false`: every mutation is accepted and does nothing.
     Disabled,
     /// This process programs the kernel.
-    Enforcing(Mutex<Inner>),
+    Enforcing(Box<Mutex<Inner>>),
     /// The kernel maps belong to a successor process (zero-downtime restart): every call is
     /// refused.
     HandedOver,
@@ -248,7 +288,7 @@ impl Dataplane {
         let policy_entries = shadow.values().map(|s| s.ports.len()).sum();
         let observer = &Unobserved;
         let inner = Inner { ebpf, maps, pins, shadow, attached: HashSet::new(), policy_entries, observer };
-        Ok(Self { state: State::Enforcing(Mutex::new(inner)) })
+        Ok(Self { state: State::Enforcing(Box::new(Mutex::new(inner))) })
     }
 
     /// Reports to `observer` from now on, starting with the entries the kernel holds.

@@ -18,11 +18,11 @@ use crate::{
     service::previews::spec::{
         MAX_HEADER_BYTES, MAX_HEADERS, PreviewSpec, SessionSpec, TokenSpec, expiry, validate_headers, validate_name,
     },
+    service::sandboxes::{PortRequest, SandboxSpec, validate_address, validate_ports},
     service::tokens::{
         TokenRequest,
-        registry::{requested_expiry, validate_names},
+        registry::{requested_expiry, validate_token_names},
     },
-    service::{PortRequest, SandboxSpec, validate_address, validate_ports},
 };
 use gateway_common::is_reserved_port;
 use serde::{Serialize, de::DeserializeOwned};
@@ -54,7 +54,7 @@ pub fn admin(data: &[u8]) {
         }
         1 => {
             if let Some(req) = parse::<TokenRequest>(body) {
-                let names = validate_names(WORKSPACE, Some(&req.name));
+                let names = validate_token_names(WORKSPACE, Some(&req.name));
                 assert_eq!(names.is_ok(), reference_label(&req.name), "token name {:?}", req.name);
                 let got = requested_expiry(&req, now);
                 check_expiry(got, req.ttl.as_deref(), req.expires_at.as_deref(), now, Rounding::UpToSecond);

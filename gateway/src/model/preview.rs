@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The port meaning "the sandbox API" (8080 inside the sandbox).
-pub const SANDBOX_API_PORT: u16 = 443;
+pub const API_PREVIEW_PORT: u16 = 443;
 
 /// Identity of a preview: (workspace, sandbox, preview name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -91,7 +91,7 @@ impl Preview {
     }
     /// Whether it targets the sandbox API (port 443 → 8080 inside).
     pub fn is_sandbox_api(&self) -> bool {
-        self.port == SANDBOX_API_PORT
+        self.port == API_PREVIEW_PORT
     }
     /// The kernel port it holds open, if any (none for the sandbox API, which is built in).
     pub fn kernel_port(&self) -> Option<u16> {

@@ -1,5 +1,8 @@
-//! The durable domain model: what the platform registered.
+//! Sandboxes, their declared ports, and the workspace access tokens: what the platform
+//! registered.
 
+use super::is_dns_label;
+use crate::errors::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -55,6 +58,31 @@ impl Sandbox {
 /// `sbx-{name}-{workspace}`, lower-case.
 pub fn sandbox_label(name: &str, workspace: &str) -> String {
     format!("sbx-{name}-{workspace}").to_ascii_lowercase()
+}
+
+/// Checks a workspace and a sandbox name, and the host label they make.
+pub fn validate_names(workspace: &str, name: &str) -> Result<(), ApiError> {
+    for (what, value) in [("workspace", workspace), ("sandbox name", name)] {
+        if !is_dns_label(value) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "invalid {what} {value:?}: use 1 to 63 characters among lower-case a-z, 0-9 and '-', not starting or ending with '-'"
+                ),
+            ));
+        }
+    }
+    let label = sandbox_label(name, workspace);
+    if label.len() > 63 {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the host label {label:?} is {} characters long; sbx-{{name}}-{{workspace}} must fit in 63",
+                label.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The identity of a sandbox: (workspace, name).

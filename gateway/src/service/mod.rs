@@ -1,143 +1,53 @@
-//! The service layer shared by the admin API (and, later, the HTTPS edge): configuration, store,
-//! data plane, the in-memory index of registered sandboxes, and the access tokens
-//! ([`crate::service::tokens`]).
+//! The service layer: the three services and the one mutation mutex that orders their changes.
 //!
-//! A mutation runs under one async mutex, in this order: validate everything → program the
-//! data plane → write the store (durable) → update the index → answer. A refused request
-//! changes nothing; if a later step fails, the earlier ones are rolled back before answering.
-//! Reads (`get`, `list`, route lookups by host label) take a short read lock on the index and
-//! never wait for a mutation in progress.
+//! - [`sandboxes`]: registered sandboxes (the index by id, host label and address);
+//! - [`previews`]: preview URLs, their tokens and sessions;
+//! - [`tokens`]: workspace access tokens;
+//! - [`mutation`]: the kernel and the store, reached only through the mutex's guard;
+//! - [`reaper`]: deletes expired previews in the background.
 //!
-//! Previews (`crate::service::previews::service`) are mutations of the same kind under the same mutex:
-//! a sandbox's kernel policy is always computed from its declared ports AND its live previews.
+//! [`App`] wires them: every mutation takes the mutex, then runs in one order: validate
+//! everything → program the data plane → write the store (durable) → update the index →
+//! answer. A refused request changes nothing; if a later step fails, the earlier ones are rolled
+//! back before answering. Reads (lookups by host label, lists) take a short read lock on an
+//! index and never wait for a mutation in progress. A sandbox's kernel policy is always
+//! computed from its declared ports AND its live previews.
 
+pub mod mutation;
 pub mod previews;
+pub mod reaper;
+pub mod sandboxes;
 pub mod tokens;
 
 use crate::{
     config::Config,
-    dataplane::{Dataplane, DataplaneError, PolicyView, PortGrant, SandboxPolicy},
+    dataplane::{Dataplane, DataplaneError, PolicyView, SandboxPolicy},
     errors::{ApiError, ErrorCode},
     model::{
-        is_dns_label, is_interface_name,
-        preview::Preview,
-        sandbox::{PortProtocol, PortSpec, Sandbox, SandboxId, sandbox_label},
+        preview::{API_PREVIEW_PORT, Preview, PreviewKey, PreviewToken},
+        sandbox::{Sandbox, SandboxId, validate_names},
+        time::{self, Timestamp},
     },
-    state::{Store, StoreError},
+    state::Store,
 };
 use arc_swap::ArcSwap;
-use gateway_common::policy::origin;
-use previews::index::PreviewIndex;
-use serde::{Deserialize, Serialize};
+use mutation::Mutating;
+use previews::{
+    ids,
+    registry::{PreviewRegistry, new_token},
+    spec::{DEFAULT_SESSION_TTL, PreviewSpec, SessionSpec, TokenSpec, expiry, validate_name},
+    views::{self, PreviewView, SessionView},
+};
+use sandboxes::Sandboxes;
+pub use sandboxes::{PortRequest, SandboxSpec, SandboxView};
 use std::{
-    collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 use tokens::{CreatedToken, TokenRegistry, TokenRequest, TokenView};
-
-/// Body of `PUT /v1/workspaces/{ws}/sandboxes/{name}`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SandboxSpec {
-    /// The sandbox's private address.
-    pub address: Ipv4Addr,
-    /// The host-side interface leading to it.
-    pub interface: String,
-    /// Declared ports.
-    #[serde(default)]
-    pub ports: Vec<PortRequest>,
-}
-
-/// One declared port as requested (wide integer, so an out-of-range port gets a clear message).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortRequest {
-    /// The port inside the sandbox.
-    pub target: i64,
-    /// How the gateway speaks to it.
-    #[serde(default)]
-    pub protocol: PortProtocol,
-}
-
-/// A sandbox as answered by the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxView {
-    /// Workspace.
-    pub workspace: String,
-    /// Name.
-    pub name: String,
-    /// Private address.
-    pub address: Ipv4Addr,
-    /// Host-side interface.
-    pub interface: String,
-    /// Declared ports, sorted.
-    pub ports: Vec<PortSpec>,
-    /// `https://sbx-{name}-{ws}.{region}.{domain}[:port]`.
-    pub url: String,
-    /// How long the kernel update took (answers to a PUT only).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub policy_applied_micros: Option<u64>,
-}
-
-/// The in-memory index of registered sandboxes.
-#[derive(Default)]
-struct Index {
-    by_id: BTreeMap<SandboxId, Arc<Sandbox>>,
-    by_label: HashMap<String, Arc<Sandbox>>,
-    by_address: HashMap<Ipv4Addr, Arc<Sandbox>>,
-}
-
-impl Index {
-    fn insert(&mut self, sandbox: Arc<Sandbox>) {
-        if let Some(old) = self.by_id.insert(sandbox.id(), sandbox.clone()) {
-            self.by_label.remove(&old.label());
-            self.by_address.remove(&old.address);
-        }
-        self.by_label.insert(sandbox.label(), sandbox.clone());
-        self.by_address.insert(sandbox.address, sandbox);
-    }
-
-    fn remove(&mut self, id: &SandboxId) {
-        if let Some(old) = self.by_id.remove(id) {
-            self.by_label.remove(&old.label());
-            self.by_address.remove(&old.address);
-        }
-    }
-
-    /// 409 if `sandbox` clashes with a sandbox other than itself.
-    fn check_conflicts(&self, sandbox: &Sandbox) -> Result<(), ApiError> {
-        let id = sandbox.id();
-        if let Some(other) = self.by_address.get(&sandbox.address)
-            && other.id() != id
-        {
-            return Err(ApiError::new(
-                ErrorCode::AddressConflict,
-                format!("address {} is already used by sandbox {}", sandbox.address, other.id()),
-            ));
-        }
-        let label = sandbox.label();
-        if let Some(other) = self.by_label.get(&label)
-            && other.id() != id
-        {
-            return Err(ApiError::new(
-                ErrorCode::LabelConflict,
-                format!(
-                    "host label {label} is already the label of sandbox {} (name {:?}, workspace {:?}); choose another name",
-                    other.id(),
-                    other.name,
-                    other.workspace
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Errors that stop the gateway from starting.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +57,6 @@ pub enum StartError {
     Load {
         /// Which store.
         store: String,
-        /// Why.
         #[source]
         source: crate::state::StoreError,
     },
@@ -157,11 +66,6 @@ pub enum StartError {
     /// The data plane refused the stored state.
     #[error("cannot reconcile the data plane with the stored state: {0}")]
     Reconcile(#[source] DataplaneError),
-}
-
-/// What only a mutation may touch.
-pub(crate) struct Mutating {
-    pub(crate) dataplane: Dataplane,
 }
 
 /// Mutations held by [`App::freeze`].
@@ -176,162 +80,53 @@ impl Frozen<'_> {
     /// keep answering from memory while in-flight requests drain.
     pub fn hand_over(mut self) {
         self.guard.dataplane = Dataplane::handed_over();
-        self.app.store.seal();
+        self.guard.store.seal();
         self.app.ready.store(false, Ordering::Release);
     }
 }
 
-/// The shared application state.
+/// A session as created: its preview and its one token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The preview (of the sandbox API, private).
+    pub preview: Arc<Preview>,
+    /// Its token.
+    pub token: PreviewToken,
+}
+
+/// The service layer, shared by the admin API, `/v0` and the HTTPS edge.
 pub struct App {
     /// Swapped whole by a reload (`crate::lifecycle`); readers take a snapshot.
     config: ArcSwap<Config>,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) mutating: tokio::sync::Mutex<Mutating>,
-    index: RwLock<Index>,
+    mutating: tokio::sync::Mutex<Mutating>,
+    sandboxes: Sandboxes,
+    previews: PreviewRegistry,
     tokens: TokenRegistry,
-    /// Previews and their tokens, by key and by host label.
-    pub(crate) previews: RwLock<PreviewIndex>,
-    /// Key of derived preview ids (see `crate::service::previews::ids`).
-    pub(crate) preview_key: [u8; 32],
-    /// Wakes the preview reaper when previews change.
-    pub(crate) previews_changed: tokio::sync::Notify,
     ready: AtomicBool,
 }
 
-/// The kernel policy of a sandbox: every declared port (origin DECLARED) and every port a
-/// preview holds open (origin PREVIEW, `preview_refs` = how many). A port is open if it is
-/// declared OR used by at least one of `previews` (pass only live ones). A preview on 443 (the
-/// sandbox API, 8080 inside, built in) needs no entry.
-pub fn policy_of<'a>(sandbox: &Sandbox, previews: impl IntoIterator<Item = &'a Preview>) -> SandboxPolicy {
-    let mut ports: BTreeMap<u16, PortGrant> =
-        sandbox.ports.iter().map(|p| (p.target, PortGrant { origin: origin::DECLARED, preview_refs: 0 })).collect();
-    for port in previews.into_iter().filter_map(Preview::kernel_port) {
-        let grant = ports.entry(port).or_default();
-        grant.origin |= origin::PREVIEW;
-        grant.preview_refs += 1;
-    }
-    SandboxPolicy { address: sandbox.address, interface: sandbox.interface.clone(), ports }
+fn check_key(workspace: &str, sandbox: &str, name: &str) -> Result<PreviewKey, ApiError> {
+    validate_names(workspace, sandbox)?;
+    validate_name("preview name", name)?;
+    Ok(PreviewKey::new(workspace, sandbox, name))
 }
 
-/// The API error for a data plane error.
-pub fn dataplane_error(e: &DataplaneError) -> ApiError {
-    match e {
-        DataplaneError::UnknownInterface(_) => ApiError::new(ErrorCode::UnknownInterface, e.to_string()),
-        DataplaneError::Disabled => ApiError::new(ErrorCode::DataplaneDisabled, e.to_string()),
-        DataplaneError::NoProgram => ApiError::new(ErrorCode::DataplaneUnavailable, e.to_string()),
-        DataplaneError::HandedOver => ApiError::new(ErrorCode::GatewayRestarting, e.to_string()),
-        DataplaneError::Kernel { .. } => {
-            ApiError::new(ErrorCode::DataplaneError, format!("the kernel refused the policy update: {e}"))
-        }
-    }
-}
-
-/// The API error for a failed store write (nothing was changed).
-pub fn state_write_failed(e: &StoreError) -> ApiError {
-    ApiError::new(ErrorCode::StateWriteFailed, format!("the state could not be saved: {e}"))
-}
-
-fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::BadRequest, message)
-}
-
-fn not_found(id: &SandboxId) -> ApiError {
-    ApiError::new(
-        ErrorCode::WorkloadNotFound,
-        format!("sandbox {:?} not found in workspace {:?}", id.name, id.workspace),
-    )
-}
-
-/// Checks a workspace and a sandbox name, and the label they make.
-pub fn validate_names(workspace: &str, name: &str) -> Result<(), ApiError> {
-    for (what, value) in [("workspace", workspace), ("sandbox name", name)] {
-        if !is_dns_label(value) {
-            return Err(bad_request(format!(
-                "invalid {what} {value:?}: use 1 to 63 characters among lower-case a-z, 0-9 and '-', not starting or ending with '-'"
-            )));
-        }
-    }
-    let label = sandbox_label(name, workspace);
-    if label.len() > 63 {
-        return Err(bad_request(format!(
-            "the host label {label:?} is {} characters long; sbx-{{name}}-{{workspace}} must fit in 63",
-            label.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Checks declared ports: range, reserved, duplicates. Returns them sorted.
-pub fn validate_ports(ports: &[PortRequest]) -> Result<Vec<PortSpec>, ApiError> {
-    let mut out: BTreeMap<u16, PortSpec> = BTreeMap::new();
-    for p in ports {
-        let target = match u16::try_from(p.target) {
-            Ok(t) if t != 0 => t,
-            _ => return Err(bad_request(format!("port {} is out of range: a port is 1 to 65535", p.target))),
-        };
-        if gateway_common::is_reserved_port(target) {
-            return Err(ApiError::new(
-                ErrorCode::ReservedPort,
-                format!(
-                    "port {target} is reserved and can never be declared (reserved: {})",
-                    gateway_common::RESERVED_PORTS.map(|p| p.to_string()).join(", ")
-                ),
-            ));
-        }
-        if out.insert(target, PortSpec { target, protocol: p.protocol }).is_some() {
-            return Err(bad_request(format!("port {target} is declared more than once")));
-        }
-    }
-    Ok(out.into_values().collect())
-}
-
-/// Checks that an address can be a sandbox's.
-pub fn validate_address(address: Ipv4Addr) -> Result<(), ApiError> {
-    if address.is_unspecified() || address.is_broadcast() || address.is_multicast() || address.is_loopback() {
-        return Err(bad_request(format!(
-            "address {address} cannot be a sandbox address (unspecified, broadcast, multicast and loopback addresses are refused)"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that an interface exists on this host.
-pub fn validate_interface(interface: &str) -> Result<(), ApiError> {
-    if !is_interface_name(interface) {
-        return Err(bad_request(format!(
-            "{interface:?} is not a valid interface name (1 to 15 printable characters, no '/' or ':')"
-        )));
-    }
-    nix::net::if_::if_nametoindex(interface).map_err(|_| {
-        ApiError::new(ErrorCode::UnknownInterface, format!("interface {interface:?} does not exist on this host"))
-    })?;
-    Ok(())
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
 }
 
 impl App {
     /// Starts the service layer: loads the state, reconciles the data plane with it.
     pub async fn start(config: Config, store: Arc<dyn Store>, dataplane: Dataplane) -> Result<Self, StartError> {
-        let snapshot = store.load().await.map_err(|source| StartError::Load { store: store.describe(), source })?;
-        let mut index = Index::default();
-        for sandbox in snapshot.sandboxes {
-            if let Err(e) = index.check_conflicts(&sandbox) {
-                return Err(StartError::Inconsistent(format!("sandbox {}: {}", sandbox.id(), e.message)));
-            }
-            index.insert(Arc::new(sandbox));
-        }
+        let load_error = |source| StartError::Load { store: store.describe(), source };
+        let snapshot = store.load().await.map_err(load_error)?;
+        let sandboxes = Sandboxes::load(snapshot.sandboxes).map_err(StartError::Inconsistent)?;
         let tokens = TokenRegistry::load(snapshot.tokens).map_err(StartError::Inconsistent)?;
-        let preview_key = store
-            .secret(crate::service::previews::ids::KEY_SECRET)
+        let key = store.secret(ids::KEY_SECRET).await.map_err(load_error)?;
+        let previews = PreviewRegistry::load(store.as_ref(), snapshot.previews, key, |id| sandboxes.contains(id))
             .await
-            .map_err(|source| StartError::Load { store: store.describe(), source })?;
-        let previews = crate::service::previews::service_impl::load_index(store.as_ref(), snapshot.previews, |id| {
-            index.by_id.contains_key(id)
-        })
-        .await
-        .map_err(StartError::Inconsistent)?;
-        let now = crate::model::time::now();
-        let policies: Vec<SandboxPolicy> =
-            index.by_id.values().map(|s| policy_of(s, previews.live_of(&s.id(), now))).collect();
+            .map_err(StartError::Inconsistent)?;
+        let policies: Vec<SandboxPolicy> = sandboxes.all().iter().map(|s| previews.policy_for(s)).collect();
         let started = std::time::Instant::now();
         dataplane.reconcile(&policies).map_err(StartError::Reconcile)?;
         tracing::info!(
@@ -343,13 +138,10 @@ impl App {
         );
         Ok(Self {
             config: ArcSwap::from_pointee(config),
-            store,
-            mutating: tokio::sync::Mutex::new(Mutating { dataplane }),
-            index: RwLock::new(index),
+            mutating: tokio::sync::Mutex::new(Mutating::new(dataplane, store)),
+            sandboxes,
+            previews,
             tokens,
-            previews: RwLock::new(previews),
-            preview_key,
-            previews_changed: tokio::sync::Notify::new(),
             ready: AtomicBool::new(true),
         })
     }
@@ -378,61 +170,31 @@ impl App {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
-    }
+    // ---- sandboxes ----
 
     /// The sandbox whose host label is `label` (exact, lower-case).
     pub fn sandbox_by_label(&self, label: &str) -> Option<Arc<Sandbox>> {
-        self.read().by_label.get(label).cloned()
+        self.sandboxes.by_label(label)
     }
 
     /// The sandbox at `address`.
-    pub fn sandbox_by_address(&self, address: Ipv4Addr) -> Option<Arc<Sandbox>> {
-        self.read().by_address.get(&address).cloned()
+    pub fn sandbox_by_address(&self, address: std::net::Ipv4Addr) -> Option<Arc<Sandbox>> {
+        self.sandboxes.by_address(address)
     }
 
     /// A sandbox as answered by the API.
     pub fn view(&self, sandbox: &Sandbox, applied: Option<Duration>) -> SandboxView {
-        SandboxView {
-            workspace: sandbox.workspace.clone(),
-            name: sandbox.name.clone(),
-            address: sandbox.address,
-            interface: sandbox.interface.clone(),
-            ports: sandbox.ports.clone(),
-            url: self.config.load().sandbox_url(&sandbox.label()),
-            policy_applied_micros: applied.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        }
+        SandboxView::of(sandbox, self.config.load().sandbox_url(&sandbox.label()), applied)
     }
 
     /// One sandbox.
     pub fn get(&self, workspace: &str, name: &str) -> Result<Arc<Sandbox>, ApiError> {
-        validate_names(workspace, name)?;
-        let id = SandboxId::new(workspace, name);
-        self.read().by_id.get(&id).cloned().ok_or_else(|| not_found(&id))
+        self.sandboxes.get(workspace, name)
     }
 
     /// The sandboxes of a workspace (every sandbox if `None`), sorted by (workspace, name).
     pub fn list(&self, workspace: Option<&str>) -> Result<Vec<Arc<Sandbox>>, ApiError> {
-        if let Some(ws) = workspace
-            && !is_dns_label(ws)
-        {
-            return Err(bad_request(format!("invalid workspace {ws:?}")));
-        }
-        let index = self.read();
-        Ok(match workspace {
-            Some(ws) => index
-                .by_id
-                .range(SandboxId::new(ws, "")..)
-                .take_while(|(id, _)| id.workspace == ws)
-                .map(|(_, s)| s.clone())
-                .collect(),
-            None => index.by_id.values().cloned().collect(),
-        })
+        self.sandboxes.list(workspace)
     }
 
     /// Creates or replaces a sandbox. Returns it and how long the kernel update took.
@@ -442,87 +204,46 @@ impl App {
         name: &str,
         spec: SandboxSpec,
     ) -> Result<(Arc<Sandbox>, Duration), ApiError> {
-        validate_names(workspace, name)?;
-        let ports = validate_ports(&spec.ports)?;
-        validate_address(spec.address)?;
-        validate_interface(&spec.interface)?;
-        let sandbox = Sandbox {
-            workspace: workspace.to_string(),
-            name: name.to_string(),
-            address: spec.address,
-            interface: spec.interface,
-            ports,
-        };
-        let id = sandbox.id();
-
+        let sandbox = sandboxes::validate(workspace, name, spec)?;
         let m = self.mutating.lock().await;
-        let prev = {
-            let index = self.read();
-            index.check_conflicts(&sandbox)?;
-            index.by_id.get(&id).cloned()
-        };
-        let policy = self.policy_for(&sandbox);
-
-        // An address change: the old address's entries go first (fail closed).
-        if let Some(prev) = &prev
-            && prev.address != sandbox.address
-            && let Err(e) = m.dataplane.remove_sandbox(prev.address)
-        {
-            tracing::error!(sandbox = %id, error = %e, "removing the old address failed");
-            self.restore(&m, Some(prev), None);
-            return Err(dataplane_error(&e));
-        }
-        let applied = match m.dataplane.apply_sandbox(&policy) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(sandbox = %id, error = %e, "the data plane refused the policy");
-                self.restore(&m, prev.as_deref(), Some(sandbox.address));
-                return Err(dataplane_error(&e));
-            }
-        };
-        if prev.as_deref() != Some(&sandbox)
-            && let Err(e) = self.store.put_sandbox(sandbox.clone()).await
-        {
-            tracing::error!(sandbox = %id, error = %e, "state write failed; rolling the data plane back");
-            self.restore(&m, prev.as_deref(), Some(sandbox.address));
-            return Err(state_write_failed(&e));
-        }
-        let sandbox = Arc::new(sandbox);
-        self.write().insert(sandbox.clone());
+        let (sandbox, applied, created) = self.sandboxes.put(&m, &self.previews, sandbox).await?;
         drop(m);
         tracing::info!(
-            sandbox = %id,
+            sandbox = %sandbox.id(),
             address = %sandbox.address,
             ports = sandbox.ports.len(),
             applied_micros = applied.as_micros() as u64,
-            created = prev.is_none(),
+            created,
             "sandbox registered"
         );
         Ok((sandbox, applied))
     }
 
-    /// Deletes a sandbox: its kernel entries first, then its record.
+    /// Deletes a sandbox: its kernel entries first, then its record, then its previews.
     pub async fn delete_sandbox(&self, workspace: &str, name: &str) -> Result<(), ApiError> {
         validate_names(workspace, name)?;
         let id = SandboxId::new(workspace, name);
         let m = self.mutating.lock().await;
-        let prev = self.read().by_id.get(&id).cloned().ok_or_else(|| not_found(&id))?;
-        if let Err(e) = m.dataplane.remove_sandbox(prev.address) {
-            tracing::error!(sandbox = %id, error = %e, "removing the kernel policy failed");
-            self.restore(&m, Some(&prev), None);
-            return Err(dataplane_error(&e));
-        }
-        if let Err(e) = self.store.delete_sandbox(id.clone()).await {
-            tracing::error!(sandbox = %id, error = %e, "state write failed; restoring the kernel policy");
-            self.restore(&m, Some(&prev), None);
-            return Err(state_write_failed(&e));
-        }
-        self.write().remove(&id);
-        self.forget_previews_of(&id).await;
+        let prev = self.sandboxes.delete(&m, &self.previews, &id).await?;
+        self.previews.forget_of(&m, &id).await;
         drop(m);
         tracing::info!(sandbox = %id, address = %prev.address, "sandbox deleted");
         Ok(())
     }
+
+    /// What the kernel holds for a sandbox.
+    pub async fn policy(&self, workspace: &str, name: &str) -> Result<PolicyView, ApiError> {
+        let sandbox = self.get(workspace, name)?;
+        let m = self.mutating.lock().await;
+        m.dataplane.policy_view(sandbox.address).map_err(|e| e.api_error())
+    }
+
+    /// The kernel policy of `sandbox` with its live previews.
+    pub fn policy_for(&self, sandbox: &Sandbox) -> SandboxPolicy {
+        self.previews.policy_for(sandbox)
+    }
+
+    // ---- workspace tokens ----
 
     /// The workspace access tokens (what `crate::auth` checks).
     pub fn tokens(&self) -> &TokenRegistry {
@@ -531,54 +252,270 @@ impl App {
 
     /// The tokens of a workspace, without secrets.
     pub fn list_tokens(&self, workspace: &str) -> Result<Vec<TokenView>, ApiError> {
-        self.tokens.list(workspace, time::OffsetDateTime::now_utc())
+        self.tokens.list(workspace, ::time::OffsetDateTime::now_utc())
     }
 
     /// One token, without its secret.
     pub fn get_token(&self, workspace: &str, name: &str) -> Result<TokenView, ApiError> {
-        self.tokens.get(workspace, name, time::OffsetDateTime::now_utc())
+        self.tokens.get(workspace, name, ::time::OffsetDateTime::now_utc())
     }
 
     /// Creates a token; the answer holds its secret (shown this once).
     pub async fn create_token(&self, workspace: &str, request: TokenRequest) -> Result<CreatedToken, ApiError> {
-        let _m = self.mutating.lock().await;
-        self.tokens.create(self.store.as_ref(), workspace, request, time::OffsetDateTime::now_utc()).await
+        let m = self.mutating.lock().await;
+        self.tokens.create(&m, workspace, request, ::time::OffsetDateTime::now_utc()).await
     }
 
     /// Revokes a token: the next request that presents it is refused.
     pub async fn revoke_token(&self, workspace: &str, name: &str) -> Result<(), ApiError> {
-        let _m = self.mutating.lock().await;
-        self.tokens.revoke(self.store.as_ref(), workspace, name).await
-    }
-
-    /// What the kernel holds for a sandbox.
-    pub async fn policy(&self, workspace: &str, name: &str) -> Result<PolicyView, ApiError> {
-        let sandbox = self.get(workspace, name)?;
         let m = self.mutating.lock().await;
-        m.dataplane.policy_view(sandbox.address).map_err(|e| dataplane_error(&e))
+        self.tokens.revoke(&m, workspace, name).await
     }
 
-    /// Best-effort return of the kernel to the stored state after a failed mutation:
-    /// `attempted` (an address we may have programmed) is removed unless it is `prev`'s, and
-    /// `prev` is re-applied.
-    fn restore(&self, m: &Mutating, prev: Option<&Sandbox>, attempted: Option<Ipv4Addr>) {
-        if let Some(addr) = attempted
-            && prev.map(|p| p.address) != Some(addr)
-            && let Err(e) = m.dataplane.remove_sandbox(addr)
-        {
-            tracing::error!(address = %addr, error = %e, "rollback: removing the attempted address failed");
+    // ---- previews ----
+
+    /// `https://{id}.{region}.preview.{domain}`, with the public port when it is not 443.
+    pub fn preview_url(&self, id: &str) -> String {
+        views::preview_url(&self.config(), id)
+    }
+
+    /// The `/v1` view of a preview.
+    pub fn preview_view(&self, preview: &Preview) -> PreviewView {
+        PreviewView::new(preview, self.preview_url(&preview.id), time::now())
+    }
+
+    /// One preview (404 once expired: it no longer exists for clients).
+    pub fn get_preview(&self, workspace: &str, sandbox: &str, name: &str) -> Result<Arc<Preview>, ApiError> {
+        let key = check_key(workspace, sandbox, name)?;
+        self.sandboxes.get(workspace, sandbox)?;
+        self.previews.get(&key)
+    }
+
+    /// The live previews of a sandbox, sorted by name.
+    pub fn list_previews(&self, workspace: &str, sandbox: &str) -> Result<Vec<Arc<Preview>>, ApiError> {
+        let sandbox = self.sandboxes.get(workspace, sandbox)?;
+        Ok(self.previews.list(&sandbox.id()))
+    }
+
+    /// Creates or replaces a preview. Returns it, how long the kernel update took, and whether
+    /// it was created (rather than replaced).
+    pub async fn put_preview(
+        &self,
+        workspace: &str,
+        sandbox: &str,
+        name: &str,
+        spec: &PreviewSpec,
+    ) -> Result<(Arc<Preview>, Duration, bool), ApiError> {
+        let key = check_key(workspace, sandbox, name)?;
+        let now = time::now();
+        let valid = spec.validate(workspace, now)?;
+        let m = self.mutating.lock().await;
+        let sandbox = self.sandboxes.get(workspace, sandbox)?;
+        let prev = self.previews.get(&key).ok();
+        let preview = self.previews.build(&self.config(), &key, valid, prev.as_deref(), now)?;
+        let (preview, applied) = self.previews.commit(&m, &sandbox, preview).await?;
+        drop(m);
+        let created = prev.is_none();
+        tracing::info!(
+            preview = %key,
+            id = %preview.id,
+            port = preview.port,
+            public = preview.public,
+            expires_at = ?preview.expires_at.map(time::format_timestamp),
+            created,
+            "preview saved"
+        );
+        Ok((preview, applied, created))
+    }
+
+    /// Deletes a preview and its tokens; its port closes unless declared or used by another.
+    pub async fn delete_preview(&self, workspace: &str, sandbox: &str, name: &str) -> Result<Arc<Preview>, ApiError> {
+        let key = check_key(workspace, sandbox, name)?;
+        let m = self.mutating.lock().await;
+        let sandbox = self.sandboxes.get(workspace, sandbox)?;
+        let prev = self.previews.get(&key)?;
+        self.previews.remove(&m, &sandbox, &key).await?;
+        drop(m);
+        tracing::info!(preview = %key, id = %prev.id, port = prev.port, "preview deleted");
+        Ok(prev)
+    }
+
+    /// Creates a token for a preview (its expiry clamped to the preview's).
+    pub async fn create_preview_token(
+        &self,
+        workspace: &str,
+        sandbox: &str,
+        preview: &str,
+        spec: &TokenSpec,
+    ) -> Result<(Arc<Preview>, PreviewToken), ApiError> {
+        let key = check_key(workspace, sandbox, preview)?;
+        let now = time::now();
+        let requested = expiry(spec.ttl.as_deref(), spec.expires_at.as_deref(), now)?;
+        let name = match spec.name.as_deref() {
+            Some(n) if !n.is_empty() => {
+                validate_name("token name", n)?;
+                n.to_string()
+            }
+            _ => ids::new_token_name().map_err(internal)?,
+        };
+        let m = self.mutating.lock().await;
+        let sandbox = self.sandboxes.get(workspace, sandbox)?;
+        let prev = self.previews.get(&key)?;
+        let token = new_token(name, requested, prev.expires_at, now)?;
+        let next = PreviewRegistry::with_token(&prev, token.clone(), now)?;
+        let (preview, _) = self.previews.commit(&m, &sandbox, next).await?;
+        drop(m);
+        tracing::info!(
+            preview = %key,
+            token = %token.name,
+            expires_at = %time::format_timestamp(token.expires_at),
+            "preview token created"
+        );
+        Ok((preview, token))
+    }
+
+    /// The tokens of a preview, sorted by name (expired ones included, marked).
+    pub fn list_preview_tokens(
+        &self,
+        workspace: &str,
+        sandbox: &str,
+        preview: &str,
+    ) -> Result<Vec<PreviewToken>, ApiError> {
+        Ok(self.get_preview(workspace, sandbox, preview)?.tokens.clone())
+    }
+
+    /// Revokes one token by name: it stops working at once.
+    pub async fn revoke_preview_token(
+        &self,
+        workspace: &str,
+        sandbox: &str,
+        preview: &str,
+        token: &str,
+    ) -> Result<PreviewToken, ApiError> {
+        let key = check_key(workspace, sandbox, preview)?;
+        let m = self.mutating.lock().await;
+        let sandbox = self.sandboxes.get(workspace, sandbox)?;
+        let prev = self.previews.get(&key)?;
+        let (next, revoked) = PreviewRegistry::without_token(&prev, token)?;
+        self.previews.commit(&m, &sandbox, next).await?;
+        drop(m);
+        tracing::info!(preview = %key, token = %revoked.name, "preview token revoked");
+        Ok(revoked)
+    }
+
+    /// Creates a session: a private preview of the sandbox API plus one token, both expiring
+    /// together (default 24 h), written in one store write.
+    pub async fn create_session(
+        &self,
+        workspace: &str,
+        sandbox: &str,
+        spec: &SessionSpec,
+    ) -> Result<Session, ApiError> {
+        let now = time::now();
+        let name = match spec.name.as_deref() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => format!("session-{}", (now.unix_timestamp_nanos() / 1_000_000).max(0)),
+        };
+        let key = check_key(workspace, sandbox, &name)?;
+        let requested = expiry(spec.ttl.as_deref(), spec.expires_at.as_deref(), now)?;
+        let expires_at = requested.unwrap_or_else(|| time::truncate_millis(time::add(now, DEFAULT_SESSION_TTL)));
+        let preview_spec = PreviewSpec {
+            port: Some(i64::from(API_PREVIEW_PORT)),
+            public: Some(false),
+            request_headers: spec.request_headers.clone(),
+            response_headers: spec.response_headers.clone(),
+            expires_at: Some(time::format_timestamp(expires_at)),
+            ..PreviewSpec::default()
+        };
+        let valid = preview_spec.validate(workspace, now)?;
+        let token_name = ids::new_token_name().map_err(internal)?;
+        let token = new_token(token_name, Some(expires_at), Some(expires_at), now)?;
+        let m = self.mutating.lock().await;
+        let sandbox = self.sandboxes.get(workspace, sandbox)?;
+        if self.previews.exists(&key, now) {
+            return Err(ApiError::new(
+                ErrorCode::PreviewConflict,
+                format!("sandbox {:?} already has a preview named {name:?}", key.sandbox),
+            ));
         }
-        if let Some(prev) = prev
-            && let Err(e) = m.dataplane.apply_sandbox(&self.policy_for(prev))
-        {
-            tracing::error!(sandbox = %prev.id(), error = %e, "rollback: re-applying the previous policy failed");
+        let mut preview = self.previews.build(&self.config(), &key, valid, None, now)?;
+        preview.tokens = vec![token.clone()];
+        let (preview, _) = self.previews.commit(&m, &sandbox, preview).await?;
+        drop(m);
+        tracing::info!(preview = %key, id = %preview.id, expires_at = %time::format_timestamp(expires_at), "session created");
+        Ok(Session { preview, token })
+    }
+
+    /// The `/v1` view of a session.
+    pub fn session_view(&self, session: &Session) -> SessionView {
+        SessionView {
+            name: session.preview.name.clone(),
+            url: self.preview_url(&session.preview.id),
+            token: session.token.token.clone(),
+            expires_at: time::format_timestamp(session.token.expires_at),
+            preview: self.preview_view(&session.preview),
         }
+    }
+
+    /// The `/v1` views of tokens.
+    pub fn token_views(&self, tokens: &[PreviewToken]) -> Vec<views::TokenView> {
+        let now = time::now();
+        tokens.iter().map(|t| views::TokenView::listed(t, now)).collect()
+    }
+
+    /// The live preview whose host label is `id` (lower-case); `None` once expired, at once.
+    pub fn preview_by_host_label(&self, id: &str) -> Option<Arc<Preview>> {
+        self.previews.by_host_label(id)
+    }
+
+    /// Whether `secret` is a live token of `preview` (constant-time comparison of digests).
+    pub fn preview_token_valid(&self, preview: &Preview, secret: &str) -> bool {
+        PreviewRegistry::token_valid(preview, secret)
+    }
+
+    // ---- the reaper ----
+
+    /// Resolves when previews change.
+    pub fn previews_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.previews.changed()
+    }
+
+    /// The earliest preview expiry.
+    pub fn next_preview_expiry(&self) -> Option<Timestamp> {
+        self.previews.next_expiry()
+    }
+
+    /// Deletes every expired preview (kernel, store, index). Returns how many.
+    pub async fn reap_expired_previews(&self) -> usize {
+        let expired = self.previews.expired(time::now());
+        let mut reaped = 0;
+        for key in expired {
+            let m = self.mutating.lock().await;
+            // Re-check under the mutex: it may have been replaced or deleted meanwhile.
+            if !self.previews.is_expired(&key, time::now()) {
+                continue;
+            }
+            let result = match self.sandboxes.get(&key.workspace, &key.sandbox).ok() {
+                Some(sandbox) => self.previews.remove(&m, &sandbox, &key).await,
+                None => self.previews.remove_orphan(&m, &key).await,
+            };
+            drop(m);
+            match result {
+                Ok(()) => {
+                    reaped += 1;
+                    tracing::info!(preview = %key, "expired preview reaped");
+                }
+                Err(e) => tracing::error!(preview = %key, error = %e.message, "reaping an expired preview failed"),
+            }
+        }
+        reaped
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::sandbox::PortProtocol;
     use crate::state::MemoryStore;
 
     fn spec(address: &str, ports: &[i64]) -> SandboxSpec {
@@ -616,28 +553,219 @@ mod tests {
         assert_eq!(app.get("c", "a-b").expect_err("gone").code, ErrorCode::WorkloadNotFound);
         assert!(app.sandbox_by_address("198.18.0.2".parse().expect("addr")).is_none());
     }
+}
 
-    #[test]
-    fn ports() {
-        let p = |t: &[i64]| {
-            validate_ports(
-                &t.iter().map(|&target| PortRequest { target, protocol: PortProtocol::Http }).collect::<Vec<_>>(),
-            )
-        };
-        assert_eq!(p(&[5000, 3000]).expect("ok").iter().map(|p| p.target).collect::<Vec<_>>(), vec![3000, 5000]);
-        assert_eq!(p(&[0]).expect_err("0").code, ErrorCode::BadRequest);
-        assert_eq!(p(&[65536]).expect_err("big").code, ErrorCode::BadRequest);
-        assert_eq!(p(&[3000, 3000]).expect_err("dup").code, ErrorCode::BadRequest);
-        assert_eq!(p(&[80]).expect_err("80").code, ErrorCode::ReservedPort);
-        assert_eq!(p(&[443]).expect_err("443").code, ErrorCode::ReservedPort);
+#[cfg(test)]
+mod preview_tests {
+    use super::*;
+    use crate::{
+        config::Config,
+        dataplane::{Dataplane, PortGrant},
+        model::sandbox::PortProtocol,
+        service::{PortRequest, SandboxSpec},
+        state::MemoryStore,
+    };
+    use gateway_common::policy::origin;
+
+    async fn app(store: Arc<MemoryStore>) -> App {
+        App::start(Config::default(), store, Dataplane::disabled()).await.expect("start")
     }
 
-    #[test]
-    fn names() {
-        assert!(validate_names("ws", "my-sandbox").is_ok());
-        assert!(validate_names("ws", "-x").is_err());
-        assert!(validate_names("WS", "x").is_err());
-        assert!(validate_names("ws", "a.b").is_err());
-        assert!(validate_names(&"w".repeat(30), &"n".repeat(30)).is_err());
+    async fn with_sandbox(store: Arc<MemoryStore>) -> App {
+        let app = app(store).await;
+        let spec = SandboxSpec {
+            address: "198.18.0.2".parse().expect("addr"),
+            interface: "lo".into(),
+            ports: vec![PortRequest { target: 3000, protocol: PortProtocol::Http }],
+        };
+        app.put_sandbox("ws", "app", spec).await.expect("sandbox");
+        app
+    }
+
+    fn port(p: i64) -> PreviewSpec {
+        PreviewSpec { port: Some(p), ..PreviewSpec::default() }
+    }
+
+    /// Everything a client can observe of the previews of ws/app.
+    fn observe(app: &App) -> Vec<(String, String, u16, usize)> {
+        app.list_previews("ws", "app")
+            .expect("list")
+            .iter()
+            .map(|p| (p.name.clone(), p.id.clone(), p.port, p.tokens.len()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_policy_counts_previews_per_port() {
+        let app = with_sandbox(Arc::new(MemoryStore::new())).await;
+        for (name, p) in [("a", 3000), ("b", 4000), ("c", 4000), ("api", 443)] {
+            app.put_preview("ws", "app", name, &port(p)).await.expect("put");
+        }
+        let sandbox = app.get("ws", "app").expect("sandbox");
+        let policy = app.policy_for(&sandbox);
+        assert_eq!(
+            policy.ports.into_iter().collect::<Vec<_>>(),
+            vec![
+                (3000, PortGrant { origin: origin::DECLARED | origin::PREVIEW, preview_refs: 1 }),
+                (4000, PortGrant { origin: origin::PREVIEW, preview_refs: 2 }),
+            ]
+        );
+        app.delete_preview("ws", "app", "b").await.expect("delete");
+        app.delete_preview("ws", "app", "c").await.expect("delete");
+        app.delete_preview("ws", "app", "a").await.expect("delete");
+        let policy = app.policy_for(&sandbox);
+        assert_eq!(
+            policy.ports.into_iter().collect::<Vec<_>>(),
+            vec![(3000, PortGrant { origin: origin::DECLARED, preview_refs: 0 })]
+        );
+    }
+
+    #[tokio::test]
+    async fn ids_are_stable_across_delete_and_recreate_and_prefixes_conflict() {
+        let app = with_sandbox(Arc::new(MemoryStore::new())).await;
+        let (a, _, created) = app.put_preview("ws", "app", "web", &port(3000)).await.expect("put");
+        assert!(created);
+        assert_eq!(a.id.len(), 16);
+        assert_eq!(app.preview_url(&a.id), format!("https://{}.local.preview.gw.test:443", a.id).replace(":443", ""));
+        app.delete_preview("ws", "app", "web").await.expect("delete");
+        let (b, _, _) = app.put_preview("ws", "app", "web", &port(5000)).await.expect("re-create");
+        assert_eq!(a.id, b.id, "same (sandbox, name), same URL");
+        let (c, _, _) = app.put_preview("ws", "app", "other", &port(5000)).await.expect("other");
+        assert_ne!(c.id, b.id);
+
+        let pre = PreviewSpec { prefix_url: Some("shop".into()), ..port(3000) };
+        let (d, _, _) = app.put_preview("ws", "app", "shop", &pre).await.expect("prefix");
+        assert_eq!(d.id, "shop-ws");
+        let before = observe(&app);
+        let e = app.put_preview("ws", "app", "shop2", &pre).await.expect_err("conflict");
+        assert_eq!((e.status(), e.code), (409, ErrorCode::PreviewUrlConflict));
+        assert_eq!(observe(&app), before);
+        assert!(app.preview_by_host_label("shop-ws").is_some());
+    }
+
+    #[tokio::test]
+    async fn every_refusal_and_store_failure_changes_nothing() {
+        let store = Arc::new(MemoryStore::new());
+        let app = with_sandbox(store.clone()).await;
+        app.put_preview("ws", "app", "web", &port(4000)).await.expect("put");
+        let (_, token) = app.create_preview_token("ws", "app", "web", &TokenSpec::default()).await.expect("token");
+        let before = observe(&app);
+        let sandbox = app.get("ws", "app").expect("sandbox");
+        let policy = app.policy_for(&sandbox);
+        for (spec, code) in [
+            (port(80), ErrorCode::ReservedPort),
+            (port(8080), ErrorCode::ReservedPort),
+            (port(0), ErrorCode::BadRequest),
+            (PreviewSpec { ttl: Some("soon".into()), ..port(3000) }, ErrorCode::BadRequest),
+            (PreviewSpec { expires_at: Some("2001-01-01T00:00:00Z".into()), ..port(3000) }, ErrorCode::BadRequest),
+        ] {
+            let e = app.put_preview("ws", "app", "web", &spec).await.expect_err("refused");
+            assert_eq!(e.code, code, "{spec:?}: {e:?}");
+        }
+        assert_eq!(
+            app.put_preview("ws", "nope", "web", &port(3000)).await.expect_err("404").code,
+            ErrorCode::WorkloadNotFound
+        );
+        assert_eq!(
+            app.put_preview("ws", "app", "Bad_Name", &port(3000)).await.expect_err("name").code,
+            ErrorCode::BadRequest
+        );
+        store.set_fail_writes(true);
+        assert_eq!(app.put_preview("ws", "app", "web", &port(5000)).await.expect_err("store").status(), 500);
+        assert_eq!(app.put_preview("ws", "app", "new", &port(5000)).await.expect_err("store").status(), 500);
+        assert_eq!(app.delete_preview("ws", "app", "web").await.expect_err("store").status(), 500);
+        assert_eq!(
+            app.create_preview_token("ws", "app", "web", &TokenSpec::default()).await.expect_err("store").status(),
+            500
+        );
+        assert_eq!(app.revoke_preview_token("ws", "app", "web", &token.name).await.expect_err("store").status(), 500);
+        assert_eq!(app.create_session("ws", "app", &SessionSpec::default()).await.expect_err("store").status(), 500);
+        store.set_fail_writes(false);
+        assert_eq!(observe(&app), before);
+        assert_eq!(app.policy_for(&sandbox), policy);
+        let web = app.get_preview("ws", "app", "web").expect("web");
+        assert!(app.preview_token_valid(&web, &token.token));
+        // What the store holds is what the index holds.
+        let stored = store.load().await.expect("load").previews;
+        assert_eq!(stored.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["web"]);
+    }
+
+    #[tokio::test]
+    async fn tokens_never_outlive_their_preview_and_revocation_is_immediate() {
+        let app = with_sandbox(Arc::new(MemoryStore::new())).await;
+        let spec = PreviewSpec { ttl: Some("1h".into()), ..port(3000) };
+        let (p, _, _) = app.put_preview("ws", "app", "web", &spec).await.expect("put");
+        let end = p.expires_at.expect("expiry");
+        let (_, long) = app
+            .create_preview_token("ws", "app", "web", &TokenSpec { ttl: Some("7d".into()), ..TokenSpec::default() })
+            .await
+            .expect("token");
+        assert_eq!(long.expires_at, end, "clamped to the preview's expiry");
+        assert!(long.name.starts_with("token-"));
+        let named = TokenSpec {
+            name: Some("ci".into()),
+            expires_at: Some("2099-01-01T00:00:00".into()),
+            ..TokenSpec::default()
+        };
+        let (p, ci) = app.create_preview_token("ws", "app", "web", &named).await.expect("named");
+        assert_eq!(ci.name, "ci");
+        assert_eq!(
+            app.create_preview_token("ws", "app", "web", &named).await.expect_err("dup").code,
+            ErrorCode::TokenConflict
+        );
+        assert!(app.preview_token_valid(&p, &ci.token));
+        assert!(app.preview_token_valid(&p, &long.token));
+        assert!(!app.preview_token_valid(&p, "gwpt_nope"));
+        assert!(!app.preview_token_valid(&p, ""));
+        app.revoke_preview_token("ws", "app", "web", "ci").await.expect("revoke");
+        let p = app.preview_by_host_label(&p.id).expect("live");
+        assert!(!app.preview_token_valid(&p, &ci.token));
+        assert!(app.preview_token_valid(&p, &long.token));
+        assert_eq!(
+            app.revoke_preview_token("ws", "app", "web", "ci").await.expect_err("gone").code,
+            ErrorCode::TokenNotFound
+        );
+        // Shortening the preview clamps its tokens.
+        let shorter = PreviewSpec { ttl: Some("10m".into()), ..port(3000) };
+        let (p, _, created) = app.put_preview("ws", "app", "web", &shorter).await.expect("replace");
+        assert!(!created);
+        assert!(p.tokens.iter().all(|t| Some(t.expires_at) <= p.expires_at));
+    }
+
+    #[tokio::test]
+    async fn sessions_expiry_reaping_and_sandbox_deletion() {
+        let store = Arc::new(MemoryStore::new());
+        let app = with_sandbox(store.clone()).await;
+        let s = app.create_session("ws", "app", &SessionSpec::default()).await.expect("session");
+        assert_eq!(s.preview.port, 443);
+        assert!(!s.preview.public);
+        assert_eq!(s.preview.tokens.len(), 1);
+        let day = time::until(s.token.expires_at, time::now());
+        assert!(day > Duration::from_secs(23 * 3600) && day <= Duration::from_secs(24 * 3600), "{day:?}");
+        assert!(app.preview_token_valid(&s.preview, &s.token.token));
+        let v = app.session_view(&s);
+        assert_eq!(v.url, app.preview_url(&s.preview.id));
+
+        // An expiry 1 s away: answers until then, 404 right after, reaped by the reaper.
+        let soon = time::format_timestamp(time::add(time::now(), Duration::from_millis(1200)));
+        let spec = PreviewSpec { expires_at: Some(soon), ..port(4000) };
+        let (p, _, _) = app.put_preview("ws", "app", "brief", &spec).await.expect("put");
+        assert!(app.preview_by_host_label(&p.id).is_some());
+        assert_eq!(app.reap_expired_previews().await, 0);
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(app.preview_by_host_label(&p.id).is_none(), "expired: gone at once");
+        assert_eq!(app.get_preview("ws", "app", "brief").expect_err("404").code, ErrorCode::PreviewNotFound);
+        let sandbox = app.get("ws", "app").expect("sandbox");
+        assert!(!app.policy_for(&sandbox).ports.contains_key(&4000));
+        assert_eq!(app.reap_expired_previews().await, 1);
+        assert!(store.load().await.expect("load").previews.iter().all(|p| p.name != "brief"));
+
+        // Deleting the sandbox deletes its previews; re-creating it does not bring them back.
+        app.delete_sandbox("ws", "app").await.expect("delete");
+        assert!(store.load().await.expect("load").previews.is_empty());
+        assert!(app.preview_by_host_label(&s.preview.id).is_none());
+        let spec = SandboxSpec { address: "198.18.0.2".parse().expect("addr"), interface: "lo".into(), ports: vec![] };
+        app.put_sandbox("ws", "app", spec).await.expect("again");
+        assert!(app.list_previews("ws", "app").expect("list").is_empty());
     }
 }

@@ -4,6 +4,7 @@
 //! (etcd, a database) can be added later without touching callers. New record kinds (previews)
 //! are added as new methods and new fields of [`StateSnapshot`].
 
+use crate::errors::{ApiError, ErrorCode};
 use crate::model::preview::{Preview, PreviewKey};
 use crate::model::sandbox::{AccessToken, Sandbox, SandboxId, TokenId};
 use std::{
@@ -195,6 +196,13 @@ impl Store for MemoryStore {
         "memory".into()
     }
 }
+impl StoreError {
+    /// The answer to a client whose change could not be saved (nothing was changed).
+    pub fn write_failed(&self) -> ApiError {
+        ApiError::new(ErrorCode::StateWriteFailed, format!("the state could not be saved: {self}"))
+    }
+}
+
 /// 32 bytes from the OS random number generator: a new named secret.
 pub(crate) fn new_secret() -> Result<[u8; 32], StoreError> {
     let mut secret = [0u8; 32];

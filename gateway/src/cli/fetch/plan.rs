@@ -2,7 +2,11 @@
 //! connect, and the request's method, headers and body. Pure, so it is unit-tested.
 
 use super::FetchArgs;
-use crate::{auth, config::Config, model::sandbox::sandbox_label, service::validate_names};
+use crate::{
+    auth,
+    config::Config,
+    model::sandbox::{sandbox_label, validate_names},
+};
 use anyhow::{Context, anyhow, bail};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header, uri::Authority, uri::PathAndQuery};
 use std::{

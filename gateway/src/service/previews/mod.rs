@@ -14,7 +14,6 @@
 pub mod gate;
 pub mod ids;
 pub mod index;
-pub mod reaper;
-pub mod service_impl;
+pub mod registry;
 pub mod spec;
 pub mod views;

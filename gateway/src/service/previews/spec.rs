@@ -1,7 +1,7 @@
 //! Request bodies of the preview, token and session calls, and their validation into the
 //! normalized values the service layer stores. Every refusal is a 400 naming the field.
 
-use crate::model::preview::SANDBOX_API_PORT;
+use crate::model::preview::API_PREVIEW_PORT;
 use crate::model::time::{self, Timestamp};
 use crate::{
     errors::{ApiError, ErrorCode},
@@ -133,7 +133,7 @@ pub fn validate_port(port: i64) -> Result<u16, ApiError> {
         Ok(p) if p != 0 => p,
         _ => return Err(bad(format!("port {port} is out of range: a port is 1 to 65535"))),
     };
-    if port != SANDBOX_API_PORT && gateway_common::is_reserved_port(port) {
+    if port != API_PREVIEW_PORT && gateway_common::is_reserved_port(port) {
         return Err(ApiError::new(
             ErrorCode::ReservedPort,
             format!(

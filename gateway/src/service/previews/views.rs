@@ -1,9 +1,17 @@
 //! What the admin API (`/v1`) answers for previews, tokens and sessions.
 
+use crate::config::Config;
 use crate::model::preview::{Preview, PreviewToken};
 use crate::model::time::{Timestamp, format_timestamp};
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// `https://{id}.{region}.preview.{domain}`, with the public port when it is not 443.
+pub fn preview_url(config: &Config, id: &str) -> String {
+    let port = config.https_addr().map(|a| a.port()).unwrap_or(443);
+    let host = format!("{id}.{}.preview.{}", config.region, config.domain);
+    if port == 443 { format!("https://{host}") } else { format!("https://{host}:{port}") }
+}
 
 /// A preview as answered by `/v1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -19,8 +19,7 @@ use crate::{
     model::is_dns_label,
     model::sandbox::{AccessToken, TokenId},
     model::time::{add, format_timestamp, parse_timestamp, parse_ttl, truncate_millis},
-    service::state_write_failed,
-    state::Store,
+    service::mutation::Mutating,
 };
 use std::{
     collections::{BTreeMap, HashMap},
@@ -101,7 +100,7 @@ fn not_found(id: &TokenId) -> ApiError {
 }
 
 /// Checks a workspace and a token name (DNS label rules, like sandbox names).
-pub fn validate_names(workspace: &str, name: Option<&str>) -> Result<(), ApiError> {
+pub fn validate_token_names(workspace: &str, name: Option<&str>) -> Result<(), ApiError> {
     for (what, value) in [("workspace", Some(workspace)), ("token name", name)] {
         if let Some(value) = value
             && !is_dns_label(value)
@@ -191,7 +190,7 @@ impl TokenRegistry {
 
     /// The tokens of a workspace, by name, without secrets.
     pub fn list(&self, workspace: &str, now: OffsetDateTime) -> Result<Vec<TokenView>, ApiError> {
-        validate_names(workspace, None)?;
+        validate_token_names(workspace, None)?;
         let index = self.read();
         Ok(index
             .by_id
@@ -203,21 +202,21 @@ impl TokenRegistry {
 
     /// One token, without its secret.
     pub fn get(&self, workspace: &str, name: &str, now: OffsetDateTime) -> Result<TokenView, ApiError> {
-        validate_names(workspace, Some(name))?;
+        validate_token_names(workspace, Some(name))?;
         let id = TokenId::new(workspace, name);
         self.read().by_id.get(&id).map(|t| TokenView::of(t, now)).ok_or_else(|| not_found(&id))
     }
 
     /// Creates a token: validates, generates the secret, writes the record (durable), then
-    /// indexes it. Call under the mutation lock.
-    pub(crate) async fn create(
+    /// indexes it.
+    pub async fn create(
         &self,
-        store: &dyn Store,
+        m: &Mutating,
         workspace: &str,
         request: TokenRequest,
         now: OffsetDateTime,
     ) -> Result<CreatedToken, ApiError> {
-        validate_names(workspace, Some(&request.name))?;
+        validate_token_names(workspace, Some(&request.name))?;
         let expires_at = requested_expiry(&request, now)?;
         let id = TokenId::new(workspace, &request.name);
         if self.read().by_id.contains_key(&id) {
@@ -241,9 +240,9 @@ impl TokenRegistry {
             created_at: now.replace_nanosecond(0).unwrap_or(now),
             expires_at,
         };
-        if let Err(e) = store.put_token(token.clone()).await {
+        if let Err(e) = m.store.put_token(token.clone()).await {
             tracing::error!(token = %id, error = %e, "state write failed; token not created");
-            return Err(state_write_failed(&e));
+            return Err(e.write_failed());
         }
         let token = Arc::new(token);
         self.write().insert(token.clone());
@@ -263,16 +262,16 @@ impl TokenRegistry {
     }
 
     /// Revokes a token: deletes its record (durable), then un-indexes it, so the next request
-    /// with it fails. Call under the mutation lock.
-    pub(crate) async fn revoke(&self, store: &dyn Store, workspace: &str, name: &str) -> Result<(), ApiError> {
-        validate_names(workspace, Some(name))?;
+    /// with it fails.
+    pub async fn revoke(&self, m: &Mutating, workspace: &str, name: &str) -> Result<(), ApiError> {
+        validate_token_names(workspace, Some(name))?;
         let id = TokenId::new(workspace, name);
         if !self.read().by_id.contains_key(&id) {
             return Err(not_found(&id));
         }
-        if let Err(e) = store.delete_token(id.clone()).await {
+        if let Err(e) = m.store.delete_token(id.clone()).await {
             tracing::error!(token = %id, error = %e, "state write failed; token not revoked");
-            return Err(state_write_failed(&e));
+            return Err(e.write_failed());
         }
         self.write().remove(&id);
         tracing::info!(workspace = %workspace, token = %name, "access token revoked");
@@ -283,7 +282,10 @@ impl TokenRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::MemoryStore;
+    use crate::{
+        dataplane::Dataplane,
+        state::{MemoryStore, Store},
+    };
 
     fn now() -> OffsetDateTime {
         parse_timestamp("2030-01-01T00:00:00Z").expect("time")
@@ -295,9 +297,10 @@ mod tests {
 
     #[tokio::test]
     async fn create_verify_revoke() {
-        let store = MemoryStore::new();
+        let store = Arc::new(MemoryStore::new());
+        let m = Mutating::new(Dataplane::disabled(), store.clone());
         let reg = TokenRegistry::default();
-        let created = reg.create(&store, "acme", request("ci"), now()).await.expect("create");
+        let created = reg.create(&m, "acme", request("ci"), now()).await.expect("create");
         let secret = created.token.expose().to_string();
         assert!(secret.starts_with("gw_"));
         let Verdict::Valid(t) = reg.verify(secret.as_bytes(), now()) else { panic!("valid") };
@@ -311,24 +314,25 @@ mod tests {
         assert_eq!(stored[0].secret_sha256, super::super::secret::digest(secret.as_bytes()));
         assert!(!serde_json::to_string(&stored[0]).expect("json").contains(&secret));
 
-        let e = reg.create(&store, "acme", request("ci"), now()).await.expect_err("dup");
+        let e = reg.create(&m, "acme", request("ci"), now()).await.expect_err("dup");
         assert_eq!((e.status(), e.code), (409, ErrorCode::TokenConflict));
         // The same name in another workspace is another token.
-        reg.create(&store, "other", request("ci"), now()).await.expect("other ws");
+        reg.create(&m, "other", request("ci"), now()).await.expect("other ws");
 
-        reg.revoke(&store, "acme", "ci").await.expect("revoke");
+        reg.revoke(&m, "acme", "ci").await.expect("revoke");
         assert_eq!(reg.verify(secret.as_bytes(), now()), Verdict::Unknown);
-        let e = reg.revoke(&store, "acme", "ci").await.expect_err("gone");
+        let e = reg.revoke(&m, "acme", "ci").await.expect_err("gone");
         assert_eq!((e.status(), e.code), (404, ErrorCode::TokenNotFound));
         assert_eq!(store.load().await.expect("load").tokens.len(), 1);
     }
 
     #[tokio::test]
     async fn expiry() {
-        let store = MemoryStore::new();
+        let store = Arc::new(MemoryStore::new());
+        let m = Mutating::new(Dataplane::disabled(), store.clone());
         let reg = TokenRegistry::default();
         let req = TokenRequest { ttl: Some("1h".into()), ..request("short") };
-        let created = reg.create(&store, "acme", req, now()).await.expect("create");
+        let created = reg.create(&m, "acme", req, now()).await.expect("create");
         assert_eq!(created.expires_at, Some(now() + time::Duration::hours(1)));
         let secret = created.token.expose().as_bytes().to_vec();
         assert!(matches!(reg.verify(&secret, now() + time::Duration::minutes(59)), Verdict::Valid(_)));
@@ -337,7 +341,7 @@ mod tests {
         assert!(list[0].expired);
         assert!(!reg.list("acme", now()).expect("list")[0].expired);
         // An expired token keeps its name until revoked.
-        let e = reg.create(&store, "acme", request("short"), now() + time::Duration::hours(2)).await.expect_err("dup");
+        let e = reg.create(&m, "acme", request("short"), now() + time::Duration::hours(2)).await.expect_err("dup");
         assert_eq!(e.code, ErrorCode::TokenConflict);
     }
 
@@ -379,17 +383,18 @@ mod tests {
 
     #[tokio::test]
     async fn refused_creations_change_nothing() {
-        let store = MemoryStore::new();
+        let store = Arc::new(MemoryStore::new());
+        let m = Mutating::new(Dataplane::disabled(), store.clone());
         let reg = TokenRegistry::default();
-        reg.create(&store, "acme", request("ci"), now()).await.expect("create");
+        reg.create(&m, "acme", request("ci"), now()).await.expect("create");
         for (ws, name) in [("acme", "Upper"), ("acme", "-x"), ("acme", "a.b"), ("Acme", "ok"), ("acme", "")] {
-            let e = reg.create(&store, ws, request(name), now()).await.expect_err(name);
+            let e = reg.create(&m, ws, request(name), now()).await.expect_err(name);
             assert_eq!(e.code, ErrorCode::BadRequest, "{ws}/{name}");
         }
         store.set_fail_writes(true);
-        let e = reg.create(&store, "acme", request("new"), now()).await.expect_err("store");
+        let e = reg.create(&m, "acme", request("new"), now()).await.expect_err("store");
         assert_eq!((e.status(), e.code), (500, ErrorCode::StateWriteFailed));
-        let e = reg.revoke(&store, "acme", "ci").await.expect_err("store");
+        let e = reg.revoke(&m, "acme", "ci").await.expect_err("store");
         assert_eq!(e.status(), 500);
         store.set_fail_writes(false);
         let names: Vec<String> = reg.list("acme", now()).expect("list").into_iter().map(|t| t.name).collect();

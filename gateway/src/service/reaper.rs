@@ -3,8 +3,8 @@
 //! early when previews change. Expired previews stop answering at once anyway (every lookup
 //! checks the expiry); the reaper makes the state and the kernel follow.
 
+use super::App;
 use crate::model::time;
-use crate::service::App;
 use std::{sync::Arc, time::Duration};
 
 /// Longest sleep between two passes.
@@ -15,7 +15,7 @@ pub async fn run(app: Arc<App>, shutdown: impl std::future::Future<Output = ()>)
     tokio::pin!(shutdown);
     loop {
         // Registered before reading the next expiry, so a change in between is not missed.
-        let changed = app.previews_changed.notified();
+        let changed = app.previews_changed();
         tokio::pin!(changed);
         changed.as_mut().enable();
         let sleep = app.next_preview_expiry().map_or(MAX_SLEEP, |t| time::until(t, time::now()).min(MAX_SLEEP));
@@ -39,7 +39,9 @@ pub async fn run(app: Arc<App>, shutdown: impl std::future::Future<Output = ()>)
 mod tests {
     use super::*;
     use crate::{
-        config::Config, dataplane::Dataplane, service::SandboxSpec, service::previews::spec::PreviewSpec,
+        config::Config,
+        dataplane::Dataplane,
+        service::{SandboxSpec, previews::spec::PreviewSpec},
         state::MemoryStore,
     };
 
