@@ -1,4 +1,4 @@
-//! Workspace access tokens as the HTTPS edge checks them (BRIEF §2):
+//! Workspace access tokens as the HTTPS edge checks them:
 //! `Authorization: Bearer …` or `X-Blaxel-Authorization: Bearer …`, plus an optional
 //! `X-Blaxel-Workspace` that must match.
 //!

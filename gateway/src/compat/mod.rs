@@ -17,7 +17,7 @@
 //! | `GET`, `POST` (200) `…/previews/{preview}/tokens` | bare array / token (with its secret) |
 //! | `DELETE …/previews/{preview}/tokens/{token}` | 200 `{"message"}` |
 //!
-//! Creates answer 200 (the SDK treats 201 as an error); errors are the JSON of BRIEF §2.
+//! Creates answer 200 (the SDK treats 201 as an error); errors are the JSON of `crate::errors`.
 
 pub mod wire;
 

@@ -1,6 +1,6 @@
 //! Timestamps and lifetimes as the APIs accept and answer them.
 //!
-//! Accepted timestamps (issue 4): RFC 3339 with `Z`, `+00:00` (or any other offset), or no
+//! Accepted timestamps: RFC 3339 with `Z`, `+00:00` (or any other offset), or no
 //! offset at all (read as UTC), with or without fractional seconds; a space instead of `T` is
 //! tolerated. Answers are always UTC with `Z`, to the millisecond when there is a fraction.
 //! Lifetimes (`ttl`) are humantime durations: `"1h"`, `"24h"`, `"7d"`, `"90m"`, `"1h 30m"`.

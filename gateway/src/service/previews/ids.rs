@@ -5,7 +5,7 @@
 //!   (16 characters of `a-z2-7`), where `key` is a 256-bit secret generated once per state
 //!   directory. Without the key the id is as unpredictable as 80 random bits; with it, the same
 //!   (workspace, sandbox, preview name) always gets the same URL, across delete and re-create
-//!   and across restarts (issue 4: stable URLs). The key never leaves the state directory.
+//!   and across restarts (stable URLs). The key never leaves the state directory.
 //! - With `prefixUrl` the id is `{prefix}-{workspace}` instead.
 //! - Token secrets are 256 random bits from the OS, `gwpt_` + 52 base32 characters.
 

@@ -1,4 +1,4 @@
-//! Preview URLs, preview tokens and sessions (issue 4, BRIEF §2).
+//! Preview URLs, preview tokens and sessions.
 //!
 //! A preview maps `https://{id}.{region}.preview.{domain}` to one (sandbox, port); port 443
 //! means the sandbox API. Creating one on an undeclared port opens that port in the kernel;

@@ -1,4 +1,4 @@
-//! Workspace access tokens: what the HTTPS edge accepts as `Bearer` credentials (BRIEF §2).
+//! Workspace access tokens: what the HTTPS edge accepts as `Bearer` credentials.
 //!
 //! - [`secret`]: generation (`gw_…`, 256 bits from the OS RNG) and SHA-256 digests;
 //! - [`registry`]: the in-memory index (by name, and by digest for O(1) checks), creation with
