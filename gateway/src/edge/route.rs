@@ -1,4 +1,4 @@
-//! Where a request to a sandbox goes (BRIEF §2), as pure functions:
+//! Where a request to a sandbox goes, as pure functions:
 //!
 //! - `/port/{N}/{rest}?{q}` → port N, path `/{rest}?{q}` (`/port/N` alone → `/`). N must be a
 //!   canonical decimal 1..=65535: no sign, no leading zero, no `%`-encoding (else 400). A
