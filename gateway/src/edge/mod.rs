@@ -1,14 +1,25 @@
-//! The public HTTPS edge: TLS → host → route → auth → proxy → marked connection → sandbox.
+//! The public HTTPS edge: TLS → host → routing (per host kind) → one forward step → proxy →
+//! marked connection → sandbox.
 //!
 //! - [`tls`]: rustls, ALPN h2/http1.1, certificates by SNI, development CA.
 //! - [`host`]: the Host/`:authority`, normalised; 421 when the connection's certificate does not
-//!   cover it.
-//! - [`route`]: `sbx-…` label lookup (exact), `/port/{N}/…` or the sandbox API on 8080.
+//!   cover it; the host kind (sandbox, preview, `/v0` API).
+//! - `request`: the request path every host kind shares — the request filter, each kind's
+//!   routing into a `Routed` (the edge's own answer, or an `Upstream`: sandbox, port, protocol,
+//!   request rewrite), and the one forward step (sandbox slot, proxy, latency metric).
+//! - [`route`]: `/port/{N}/…` or the sandbox API on 8080, as pure functions.
 //! - [`crate::auth`]: the workspace token, then its removal before forwarding.
-//! - [`proxy`]: streaming HTTP/1.1, h2c, upgrades and WebSocket over HTTP/2.
+//! - `preview`: the routing of preview hosts and the `/v0` API host (`crate::service::previews`,
+//!   `crate::compat`).
+//! - [`proxy`]: streaming HTTP/1.1, h2c, upgrades and WebSocket over HTTP/2; [`headers`]: what
+//!   is removed, added and rewritten on the way.
+//! - `pool`: the upstream connectors (HTTP/1.1 pool, h2c, dedicated upgrade connections) over
+//!   [`connect`] (marked sockets, waiting for a port).
 //! - [`limits`], [`upstream_errors`]: caps, timeouts, and the answers when things fail.
 //! - [`cancellations`]: connections whose client cancels most requests (HTTP/2 rapid reset).
-//! - `preview`: preview hosts and the `/v0` API host (`crate::service::previews`, `crate::compat`).
+//!
+//! `Edge::handle` wraps the path: framing checks first, errors rendered (JSON or HTML), the
+//! request id, and the access log written when the response body ends.
 
 pub mod cancellations;
 pub mod connect;
@@ -18,25 +29,24 @@ pub mod limits;
 mod pool;
 mod preview;
 pub mod proxy;
+mod request;
 pub mod route;
 pub mod tls;
 pub mod upstream_errors;
 
 use crate::{
-    auth,
     config::{Config, HostHeaderPolicy, IpNet},
     errors::{ApiError, ErrorCode},
     service::App,
     telemetry::{
         access::{self, LoggedBody, RequestLog},
-        metrics::{self, RouteKind},
+        metrics,
     },
 };
 use bytes::Bytes;
 use cancellations::Cancellations;
 use connect::ConnectSettings;
-use host::HostKind;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -44,7 +54,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use limits::{Activity, ActivityIo, Admission, Limits, idle_timeout, no_request_by};
-use proxy::{Outbound, Proxy, ProxySettings};
+use proxy::{Proxy, ProxySettings};
 use std::{
     convert::Infallible,
     future::Future,
@@ -258,87 +268,6 @@ impl Edge {
         }
         let log = log.responded(response.status().as_u16());
         response.map(|body| LoggedBody::new(body, log).boxed())
-    }
-
-    async fn route_and_forward(
-        &self,
-        conn: &ConnInfo,
-        req: Request<Incoming>,
-        log: &mut RequestLog,
-    ) -> Result<Response<EdgeBody>, ApiError> {
-        if conn.reject {
-            return Err(too_many(format!(
-                "the gateway is serving its maximum of {} connections; retry later",
-                self.max_connections
-            )));
-        }
-        let host = host::request_host(req.uri(), req.headers())?;
-        if req.version() == http::Version::HTTP_2 {
-            host::check_h2_host(&host, req.headers())?;
-        }
-        if !conn.cert.covers(&host.name) {
-            return Err(ApiError::new(
-                ErrorCode::MisdirectedRequest,
-                format!(
-                    "host {:?} is not served on this connection: its certificate covers {}",
-                    host.name,
-                    conn.cert.names().join(", ")
-                ),
-            ));
-        }
-        let config = self.app.config();
-        let label = match host::classify(&host.name, &config.region, &config.domain) {
-            HostKind::Sandbox(label) => label,
-            HostKind::Api => return self.public_api(req, log).await,
-            HostKind::Preview(id) => return self.preview(conn, host, &id, req, log).await,
-            HostKind::Other => {
-                return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route for host {:?}", host.name)));
-            }
-        };
-        let sandbox = self.app.sandbox_by_label(&label).ok_or_else(|| {
-            ApiError::new(ErrorCode::WorkloadNotFound, format!("no sandbox answers at {:?}", host.name))
-        })?;
-        let path_and_query = match req.uri().path_and_query() {
-            Some(pq) if pq.as_str().starts_with('/') => pq.as_str(),
-            None if req.method() != Method::CONNECT => "/",
-            _ => return Err(ApiError::new(ErrorCode::BadRequest, "the request target must be an absolute path")),
-        };
-        log.workspace = Some(sandbox.workspace.clone());
-        log.sandbox = Some(sandbox.name.clone());
-        let target = route::parse_target(path_and_query)?;
-        log.route = match target {
-            route::Target::SandboxApi => RouteKind::SandboxApi,
-            route::Target::Port { port, .. } => {
-                log.port = Some(port);
-                RouteKind::Port
-            }
-        };
-        let principal = auth::authenticate(&self.app, &sandbox.workspace, req.headers())?;
-        log.token = Some(principal.token_name.clone());
-        let route = route::resolve(target, &sandbox, path_and_query)?;
-        log.port = Some(route.port);
-        let slot = self.limits.sandbox_slot(sandbox.address).ok_or_else(|| {
-            too_many(format!(
-                "sandbox {:?} has its maximum of {} concurrent requests in flight; retry later",
-                sandbox.name,
-                self.app.config().proxy.max_connections_per_sandbox
-            ))
-        })?;
-        tracing::trace!(sandbox = %sandbox.name, workspace = %sandbox.workspace, token = %principal.token_name, port = route.port, "routed");
-        let out = Outbound {
-            upstream_host: headers::upstream_host(self.host_policy, &host.raw, route.port),
-            peer: conn.peer,
-            client_host: host.raw,
-            trusted: headers::is_trusted(conn.peer.ip(), &self.trusted),
-            sandbox,
-            route,
-            slot,
-            set_headers: Vec::new(),
-        };
-        let sent = Instant::now();
-        let response = self.proxy.forward(req, out).await?;
-        metrics::global().upstream_latency(log.route, sent.elapsed());
-        Ok(response)
     }
 }
 

@@ -1,5 +1,9 @@
-//! Kept-alive HTTP/1.1 connections to apps, per (address, port).
+//! The upstream connectors, side by side: kept-alive HTTP/1.1 connections per (address, port)
+//! ([`H1Pool`]), one multiplexed h2c connection per (address, port) for `HTTP2`/`GRPC` ports
+//! ([`H2Pool`]), and a dedicated HTTP/1.1 connection per upgrade ([`upgrade_connection`]).
+//! Every one is made through [`connect`], marked.
 //!
+//! The HTTP/1.1 pool:
 //! A request takes the most recently used idle connection of its destination (or connects one
 //! through [`connect`], marked), and the connection goes back to the pool when the response
 //! body has been read to its end ([`PooledBody`]); a response abandoned midway takes its
@@ -18,15 +22,18 @@ use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     client::conn::http1::{Builder, SendRequest},
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     collections::HashMap,
+    error::Error as StdError,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
+
+type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The body type sent to apps.
 pub type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -212,4 +219,74 @@ impl Body for PooledBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// One multiplexed h2c connection per (address, port), reconnected when closed.
+pub struct H2Pool {
+    settings: ConnectSettings,
+    conns: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<UpBody>>>,
+}
+
+impl H2Pool {
+    pub fn new(settings: ConnectSettings) -> Self {
+        Self { settings, conns: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached(&self, addr: SocketAddr) -> Option<hyper::client::conn::http2::SendRequest<UpBody>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        match conns.get(&addr) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                conns.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub async fn sender(&self, addr: SocketAddr) -> Result<hyper::client::conn::http2::SendRequest<UpBody>, BoxError> {
+        if let Some(s) = self.cached(addr) {
+            return Ok(s);
+        }
+        let stream = connect(addr, self.settings).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "h2c upstream connection ended with an error");
+            }
+        });
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    pub async fn send(
+        mut sender: hyper::client::conn::http2::SendRequest<UpBody>,
+        request: Request<UpBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
+}
+
+/// A dedicated HTTP/1.1 connection to `addr`, for one upgrade request (WebSocket…): after a
+/// `101` it carries the tunnel, so it never goes back to a pool.
+pub async fn upgrade_connection(
+    addr: SocketAddr,
+    settings: ConnectSettings,
+    sandbox: &str,
+) -> Result<SendRequest<UpBody>, ExchangeError> {
+    let stream = connect(addr, settings).await.map_err(ExchangeError::Connect)?;
+    let (sender, conn) = Builder::new().handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
+    let sandbox = sandbox.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(sandbox, error = %e, "upstream upgrade connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

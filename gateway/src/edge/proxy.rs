@@ -2,7 +2,8 @@
 //!
 //! - HTTP ports: kept-alive HTTP/1.1 connections ([`H1Pool`]), marked like every upstream
 //!   connection. `HTTP2`/`GRPC` ports: one multiplexed h2c connection per
-//!   (address, port) ([`H2Pool`]), so gRPC trailers and streaming work end to end.
+//!   (address, port) ([`H2Pool`]), so gRPC trailers and streaming work end to end. The
+//!   connectors are side by side in `pool`.
 //! - Bodies stream both ways frame by frame (hyper's flow control bounds memory); nothing is
 //!   buffered, so SSE and chunked responses reach the client as the app writes them.
 //! - HTTP/1.1 `Upgrade` (WebSocket and others): a dedicated upstream connection; the client's
@@ -15,10 +16,10 @@
 
 use super::{
     EdgeBody,
-    connect::{ConnectSettings, connect},
+    connect::ConnectSettings,
     headers::{self, Forwarding},
     limits::{Activity, ActivityIo, SandboxSlot, idle_timeout},
-    pool::{ExchangeError, H1Pool, UpBody},
+    pool::{ExchangeError, H1Pool, H2Pool, UpBody, upgrade_connection},
     route::Route,
     upstream_errors::{Destination, connect_failed, exchange_failed, response_timed_out},
 };
@@ -37,19 +38,15 @@ use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     upgrade::OnUpgrade,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::{
-    collections::HashMap,
-    error::Error as StdError,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 use tokio_util::task::TaskTracker;
-
-type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Timeouts of the proxy.
 #[derive(Clone, Copy, Debug)]
@@ -180,27 +177,15 @@ impl Proxy {
         Ok(response.map(|b| GuardedBody::wrap(b, out.slot)))
     }
 
-    /// A dedicated HTTP/1.1 connection to the app, for upgrades.
-    async fn dedicated_h1(&self, out: &Outbound) -> Result<hyper::client::conn::http1::SendRequest<UpBody>, ApiError> {
-        let to = out.destination();
-        let stream = connect(out.addr(), self.settings.connect).await.map_err(|e| connect_failed(&e, to))?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| exchange_failed(&e, to))?;
-        let sandbox = out.sandbox.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(sandbox, error = %e, "upstream upgrade connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Sends the upgrade request and waits (bounded) for the app's response head.
+    /// Sends the upgrade request on a dedicated connection and waits (bounded) for the app's
+    /// response head.
     async fn send_upgrade(&self, out: &Outbound, request: Request<UpBody>) -> Result<Response<Incoming>, ApiError> {
         let to = out.destination();
-        let mut sender = self.dedicated_h1(out).await?;
+        let mut sender = match upgrade_connection(out.addr(), self.settings.connect, &out.sandbox.name).await {
+            Ok(sender) => sender,
+            Err(ExchangeError::Connect(e)) => return Err(connect_failed(&e, to)),
+            Err(ExchangeError::Http(e)) => return Err(exchange_failed(&e, to)),
+        };
         match tokio::time::timeout(self.settings.response_timeout, sender.send_request(request)).await {
             Err(_) => Err(response_timed_out(self.settings.response_timeout, to)),
             Ok(Err(e)) => Err(exchange_failed(&e, to)),
@@ -412,58 +397,6 @@ impl Body for GuardedBody {
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// One multiplexed h2c connection per (address, port), reconnected when closed.
-struct H2Pool {
-    settings: ConnectSettings,
-    conns: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<UpBody>>>,
-}
-
-impl H2Pool {
-    fn new(settings: ConnectSettings) -> Self {
-        Self { settings, conns: Mutex::new(HashMap::new()) }
-    }
-
-    fn cached(&self, addr: SocketAddr) -> Option<hyper::client::conn::http2::SendRequest<UpBody>> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        match conns.get(&addr) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                conns.remove(&addr);
-                None
-            }
-            None => None,
-        }
-    }
-
-    async fn sender(&self, addr: SocketAddr) -> Result<hyper::client::conn::http2::SendRequest<UpBody>, BoxError> {
-        if let Some(s) = self.cached(addr) {
-            return Ok(s);
-        }
-        let stream = connect(addr, self.settings).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "h2c upstream connection ended with an error");
-            }
-        });
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, sender.clone());
-        Ok(sender)
-    }
-
-    async fn send(
-        mut sender: hyper::client::conn::http2::SendRequest<UpBody>,
-        request: Request<UpBody>,
-    ) -> Result<Response<Incoming>, BoxError> {
-        sender.ready().await?;
-        Ok(sender.send_request(request).await?)
     }
 }
 

@@ -1,0 +1,192 @@
+//! One request through the edge, in phases:
+//!
+//! 1. request filter ([`Edge::route`]): the connection cap, the host, the certificate check,
+//!    then the host kind's own routing — [`Edge::sandbox_host`] here, [`Edge::preview_host`]
+//!    and [`Edge::api_host`] in `preview` — which authenticates, fills the access-log fields it
+//!    learns, and ends in a [`Routed`]: an answer of the edge itself, or an [`Upstream`];
+//! 2. upstream and proxy ([`Edge::forward`], the same for every host kind): the sandbox's
+//!    concurrency slot (else 429), the forwarding facts, [`Proxy::forward`], the upstream
+//!    latency metric, then the upstream's response filter;
+//! 3. logging: `Edge::handle` renders errors and hands the response to the access log.
+//!
+//! [`Proxy::forward`]: super::proxy::Proxy::forward
+
+use super::{ConnInfo, Edge, EdgeBody, headers, host, host::HostKind, proxy::Outbound, route, route::Route, too_many};
+use crate::{
+    auth,
+    errors::{ApiError, ErrorCode},
+    model::sandbox::Sandbox,
+    telemetry::{
+        access::RequestLog,
+        metrics::{self, RouteKind},
+    },
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use std::{sync::Arc, time::Instant};
+
+/// What routing decided for a request.
+pub(super) enum Routed {
+    /// The edge answers itself (the `/v0` API, a preview's CORS preflight or cookie exchange).
+    Answer(Response<EdgeBody>),
+    /// The request goes to an app in a sandbox (the upstream boxed to keep the variants of
+    /// similar size).
+    Forward(Box<Upstream>, Request<Incoming>),
+}
+
+/// Changes the app's response headers.
+pub(super) type ResponseFilter = Box<dyn FnOnce(&mut HeaderMap) + Send>;
+
+/// Where a routed request goes and how it is rewritten on the way.
+pub(super) struct Upstream {
+    /// The sandbox.
+    pub sandbox: Arc<Sandbox>,
+    /// The port, its protocol and the request target the app sees.
+    pub route: Route,
+    /// Headers set on the upstream request after the client's credentials were removed (a
+    /// preview's `requestHeaders`).
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Applied to the app's response headers (a preview's `responseHeaders`).
+    pub response_filter: Option<ResponseFilter>,
+}
+
+impl Upstream {
+    /// To `route` of `sandbox`, the request otherwise unchanged.
+    pub fn new(sandbox: Arc<Sandbox>, route: Route) -> Self {
+        Self { sandbox, route, set_headers: Vec::new(), response_filter: None }
+    }
+}
+
+/// The request target as an absolute path (`/` for an empty one), or 400.
+pub(super) fn path_and_query<'a>(method: &Method, uri: &'a Uri) -> Result<&'a str, ApiError> {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Ok(pq.as_str()),
+        None if method != Method::CONNECT => Ok("/"),
+        _ => Err(ApiError::new(ErrorCode::BadRequest, "the request target must be an absolute path")),
+    }
+}
+
+impl Edge {
+    /// Routes the request, then forwards it or returns the edge's own answer.
+    pub(super) async fn route_and_forward(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<Response<EdgeBody>, ApiError> {
+        match self.route(conn, req, log).await? {
+            (Routed::Answer(response), _) => Ok(response),
+            (Routed::Forward(upstream, req), client_host) => self.forward(conn, client_host, upstream, req, log).await,
+        }
+    }
+
+    /// The request filter: what every request passes, then the routing of its host's kind.
+    /// Returns the host as the client sent it with the decision.
+    async fn route(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<(Routed, String), ApiError> {
+        if conn.reject {
+            return Err(too_many(format!(
+                "the gateway is serving its maximum of {} connections; retry later",
+                self.max_connections
+            )));
+        }
+        let host = host::request_host(req.uri(), req.headers())?;
+        if req.version() == http::Version::HTTP_2 {
+            host::check_h2_host(&host, req.headers())?;
+        }
+        if !conn.cert.covers(&host.name) {
+            return Err(ApiError::new(
+                ErrorCode::MisdirectedRequest,
+                format!(
+                    "host {:?} is not served on this connection: its certificate covers {}",
+                    host.name,
+                    conn.cert.names().join(", ")
+                ),
+            ));
+        }
+        let config = self.app.config();
+        let routed = match host::classify(&host.name, &config.region, &config.domain) {
+            HostKind::Sandbox(label) => self.sandbox_host(&host.name, &label, req, log)?,
+            HostKind::Api => self.api_host(req, log).await,
+            HostKind::Preview(id) => self.preview_host(&host.name, &id, req, log)?,
+            HostKind::Other => {
+                return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route for host {:?}", host.name)));
+            }
+        };
+        Ok((routed, host.raw))
+    }
+
+    /// `{label}.{region}.{domain}`: the sandbox by label (exact), `/port/{N}/…` or the sandbox
+    /// API, the workspace token. Path errors come before authentication (they reveal nothing
+    /// about the sandbox); an undeclared port only after (its error lists the declared ones).
+    fn sandbox_host(
+        &self,
+        name: &str,
+        label: &str,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<Routed, ApiError> {
+        let sandbox = self
+            .app
+            .sandbox_by_label(label)
+            .ok_or_else(|| ApiError::new(ErrorCode::WorkloadNotFound, format!("no sandbox answers at {name:?}")))?;
+        let path_and_query = path_and_query(req.method(), req.uri())?;
+        log.workspace = Some(sandbox.workspace.clone());
+        log.sandbox = Some(sandbox.name.clone());
+        let target = route::parse_target(path_and_query)?;
+        log.route = match target {
+            route::Target::SandboxApi => RouteKind::SandboxApi,
+            route::Target::Port { port, .. } => {
+                log.port = Some(port);
+                RouteKind::Port
+            }
+        };
+        let principal = auth::authenticate(&self.app, &sandbox.workspace, req.headers())?;
+        log.token = Some(principal.token_name);
+        let route = route::resolve(target, &sandbox, path_and_query)?;
+        Ok(Routed::Forward(Box::new(Upstream::new(sandbox, route)), req))
+    }
+
+    /// The one forward step of every host kind: the sandbox's slot (held until the response
+    /// body or tunnel ends), the outbound request, the proxy, the upstream latency.
+    async fn forward(
+        &self,
+        conn: &ConnInfo,
+        client_host: String,
+        upstream: Box<Upstream>,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<Response<EdgeBody>, ApiError> {
+        let Upstream { sandbox, route, set_headers, response_filter } = *upstream;
+        log.port = Some(route.port);
+        let slot = self.limits.sandbox_slot(sandbox.address).ok_or_else(|| {
+            too_many(format!(
+                "sandbox {:?} has its maximum of {} concurrent requests in flight; retry later",
+                sandbox.name,
+                self.app.config().proxy.max_connections_per_sandbox
+            ))
+        })?;
+        tracing::trace!(route = log.route.as_str(), sandbox = %sandbox.name, workspace = %sandbox.workspace, token = log.token.as_deref().unwrap_or("-"), port = route.port, "routed");
+        let out = Outbound {
+            upstream_host: headers::upstream_host(self.host_policy, &client_host, route.port),
+            peer: conn.peer,
+            client_host,
+            trusted: headers::is_trusted(conn.peer.ip(), &self.trusted),
+            sandbox,
+            route,
+            slot,
+            set_headers,
+        };
+        let sent = Instant::now();
+        let mut response = self.proxy.forward(req, out).await?;
+        metrics::global().upstream_latency(log.route, sent.elapsed());
+        if let Some(filter) = response_filter {
+            filter(response.headers_mut());
+        }
+        Ok(response)
+    }
+}
