@@ -8,7 +8,7 @@ use super::{
     connect::{ConnectError, ConnectFailure},
     limits::RETRY_AFTER_SECS,
 };
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, accept_ranges};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -106,19 +106,11 @@ pub fn too_many(message: impl Into<String>) -> ApiError {
 pub fn prefers_html(headers: &HeaderMap) -> bool {
     let mut html = 0.0f32;
     let mut json = 0.0f32;
-    for value in headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()) {
-        for item in value.split(',') {
-            let mut parts = item.split(';');
-            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            match media.as_str() {
-                "text/html" => html = html.max(q),
-                "application/json" | "application/*" | "*/*" => json = json.max(q),
-                _ => {}
-            }
+    for (media, q) in accept_ranges(headers) {
+        match media.as_str() {
+            "text/html" => html = html.max(q),
+            "application/json" | "application/*" | "*/*" => json = json.max(q),
+            _ => {}
         }
     }
     html > json
