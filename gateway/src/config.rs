@@ -120,7 +120,8 @@ impl Default for ProxyConfig {
     }
 }
 
-/// A duration written as `"500ms"`, `"10s"`, `"15m"`, `"1h"` or `"0s"` (a whole number and a unit).
+/// A duration in humantime's syntax, as the admin API's `ttl` and the CLI's durations:
+/// `"500ms"`, `"10s"`, `"15m"`, `"1h"`, `"0s"`, also `"1h 30m"`, `"1.5s"`, `"2 minutes"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
@@ -137,40 +138,18 @@ impl HumanDuration {
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms == 0 {
-            write!(f, "0s")
-        } else if ms.is_multiple_of(3_600_000) {
-            write!(f, "{}h", ms / 3_600_000)
-        } else if ms.is_multiple_of(60_000) {
-            write!(f, "{}m", ms / 60_000)
-        } else if ms.is_multiple_of(1000) {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
-        }
+        fmt::Display::fmt(&humantime::format_duration(self.0), f)
     }
 }
 
 impl std::str::FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
+        humantime::parse_duration(s).map(Self).map_err(|e| {
             format!(
-                "{s:?} is not a duration: write a whole number and a unit, e.g. \"500ms\", \"10s\", \"15m\", \"1h\""
+                "{s:?} is not a duration ({e}): write a number and a unit, e.g. \"500ms\", \"10s\", \"15m\", \"1h\""
             )
-        };
-        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        let ms = match unit {
-            "ms" => Some(n),
-            "s" => n.checked_mul(1000),
-            "m" => n.checked_mul(60_000),
-            "h" => n.checked_mul(3_600_000),
-            _ => return Err(bad()),
-        };
-        ms.map(|ms| Self(Duration::from_millis(ms))).ok_or_else(bad)
+        })
     }
 }
 
@@ -189,25 +168,15 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 /// An address or a CIDR block of `proxy.trusted_proxies`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
-    /// Parses `"10.0.0.1"`, `"10.0.0.0/8"`, `"::1"` or `"fd00::/8"`.
+    /// Parses `"10.0.0.1"`, `"10.0.0.0/8"`, `"::1"` or `"fd00::/8"` (an address alone is a /32 or /128).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\")");
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().map_err(|_| bad())?, Some(p.parse::<u8>().map_err(|_| bad())?)),
-            None => (s.parse::<IpAddr>().map_err(|_| bad())?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(Self { addr, prefix })
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(Self)
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\")"))
     }
 
     /// Whether `ip` is inside (IPv4-mapped IPv6 addresses count as IPv4).
@@ -216,17 +185,7 @@ impl IpNet {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
@@ -381,7 +340,7 @@ certificates = []
 # key = "/etc/gateway/tls/other.key"
 
 [proxy]
-# Durations are a whole number and a unit: "500ms", "10s", "15m", "1h". Changes need a restart.
+# Durations are a number and a unit (humantime): "500ms", "10s", "15m", "1h", "1h 30m". Changes need a restart.
 # Time a client has for its TLS handshake, then for each request head (slowloris cut-off).
 header_read_timeout = "10s"
 # A client connection (WebSocket and other tunnels included) idle this long is closed.
@@ -987,7 +946,7 @@ bogus = 1
 cert = "/b.pem"
 [proxy]
 header_read_timeout = "0s"
-idle_timeout = "15 minutes"
+idle_timeout = "15 fortnights"
 max_header_bytes = 100
 max_connections = 0
 listen_backlog = 70000
@@ -1014,13 +973,25 @@ trusted_proxies = ["10.0.0.0/33", "x"]
 
     #[test]
     fn durations() {
-        for (s, ms) in [("0s", 0), ("250ms", 250), ("10s", 10_000), ("15m", 900_000), ("2h", 7_200_000)] {
+        for (s, ms, shown) in [
+            ("0s", 0, "0s"),
+            ("250ms", 250, "250ms"),
+            ("10s", 10_000, "10s"),
+            ("15m", 900_000, "15m"),
+            ("2h", 7_200_000, "2h"),
+            ("90m", 5_400_000, "1h 30m"),
+            ("1.5s", 1_500, "1s 500ms"),
+            ("10 s", 10_000, "10s"),
+            ("2 minutes", 120_000, "2m"),
+        ] {
             let d: HumanDuration = s.parse().expect(s);
             assert_eq!(d.get(), Duration::from_millis(ms), "{s}");
+            assert_eq!(d.to_string(), shown, "{s}");
             assert_eq!(d.to_string().parse::<HumanDuration>(), Ok(d));
         }
-        for s in ["", "10", "s", "1.5s", "-1s", "10 s", "1d"] {
-            assert!(s.parse::<HumanDuration>().is_err(), "{s}");
+        for s in ["", "10", "s", "-1s", "1 parsec", "1s2"] {
+            let e = s.parse::<HumanDuration>().expect_err(s);
+            assert!(e.contains("is not a duration"), "{e}");
         }
     }
 

@@ -1,22 +1,12 @@
 //! The one way the gateway opens a connection towards a sandbox: a TCP socket carrying the
 //! data plane's `SO_MARK`, which `sandbox_in` requires for every new connection.
 
-use std::{io, net::SocketAddr, os::fd::AsRawFd, time::Duration};
+use std::{io, net::SocketAddr, os::fd::AsFd, time::Duration};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Sets `SO_MARK` on a socket (needs CAP_NET_ADMIN).
-pub fn set_mark(fd: &impl AsRawFd, mark: u32) -> io::Result<()> {
-    // SAFETY: `fd` is an open socket; the option value is a live u32 of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
+    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::Mark, &mark).map_err(io::Error::from)
 }
 
 /// Opens a marked TCP connection to `addr`, failing with `TimedOut` after `timeout`.

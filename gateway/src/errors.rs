@@ -5,7 +5,7 @@
 //! every 401 and `Retry-After` on every 429 and 503.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
@@ -209,6 +209,23 @@ pub fn render(e: &ApiError, html: bool) -> Response<Full<Bytes>> {
     response
 }
 
+/// The media ranges of a request's `Accept` headers, lower-cased, each with its weight: the
+/// first `q` parameter that parses (name case-insensitive, spaces allowed), 1 when there is
+/// none. The one `Accept` parser: content negotiation of error pages and the preview cookie
+/// exchange both read it.
+pub fn accept_ranges(headers: &HeaderMap) -> impl Iterator<Item = (String, f32)> + '_ {
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(|range| {
+        let mut params = range.split(';');
+        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = params
+            .filter_map(|p| p.split_once('='))
+            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .find_map(|(_, value)| value.trim().parse::<f32>().ok().filter(|q| !q.is_nan()))
+            .unwrap_or(1.0);
+        (media, q)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +255,17 @@ mod tests {
         let r = render(&ApiError::new(ErrorCode::GatewayRestarting, "later"), false);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         assert!(ApiError::new(ErrorCode::GatewayRestarting, "later").retryable());
+    }
+
+    #[test]
+    fn accept_ranges_and_weights() {
+        let mut h = HeaderMap::new();
+        h.append(header::ACCEPT, HeaderValue::from_static("Text/HTML;level=1;Q=0.5, application/json ;q = 0"));
+        h.append(header::ACCEPT, HeaderValue::from_static("*/*;q=NaN,image/png;q=x"));
+        let got: Vec<(String, f32)> = accept_ranges(&h).collect();
+        let want = [("text/html", 0.5), ("application/json", 0.0), ("*/*", 1.0), ("image/png", 1.0)];
+        assert_eq!(got, want.map(|(m, q)| (m.to_string(), q)));
+        assert_eq!(accept_ranges(&HeaderMap::new()).count(), 0);
     }
 
     #[test]

@@ -7,8 +7,8 @@ use super::{
     EdgeBody,
     connect::{ConnectError, ConnectFailure},
 };
-use crate::errors::{ApiError, ErrorCode};
-use http::{HeaderMap, Response, header};
+use crate::errors::{ApiError, ErrorCode, accept_ranges};
+use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 use std::{error::Error as StdError, time::Duration};
 
@@ -100,19 +100,11 @@ pub fn too_many(message: impl Into<String>) -> ApiError {
 pub fn prefers_html(headers: &HeaderMap) -> bool {
     let mut html = 0.0f32;
     let mut json = 0.0f32;
-    for value in headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()) {
-        for item in value.split(',') {
-            let mut parts = item.split(';');
-            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            match media.as_str() {
-                "text/html" => html = html.max(q),
-                "application/json" | "application/*" | "*/*" => json = json.max(q),
-                _ => {}
-            }
+    for (media, q) in accept_ranges(headers) {
+        match media.as_str() {
+            "text/html" => html = html.max(q),
+            "application/json" | "application/*" | "*/*" => json = json.max(q),
+            _ => {}
         }
     }
     html > json
@@ -126,7 +118,7 @@ pub fn render(e: &ApiError, html: bool) -> Response<EdgeBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderValue, header};
     use std::io;
 
     fn accept(v: &str) -> HeaderMap {

@@ -54,10 +54,10 @@ fn process_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
         let mut b = [0u8; 4];
-        if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+        if getrandom::fill(&mut b).is_err() {
             b = std::process::id().to_le_bytes();
         }
-        b.iter().map(|x| format!("{x:02x}")).collect()
+        hex::encode(b)
     })
 }
 

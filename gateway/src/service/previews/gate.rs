@@ -21,15 +21,13 @@
 use crate::model::preview::Preview;
 use crate::model::time;
 use crate::{
-    errors::{ApiError, ErrorCode},
+    errors::{ApiError, ErrorCode, accept_ranges},
     service::App,
 };
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri,
-    header::{
-        ACCEPT, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_METHOD, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE,
-    },
+    header::{ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_METHOD, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE},
 };
 use http_body_util::Full;
 
@@ -145,44 +143,22 @@ fn split_query(query: &str) -> (String, Vec<String>, bool) {
     (kept.join("&"), taken, removed)
 }
 
-/// `application/x-www-form-urlencoded` decoding of one component (`+` is a space).
+/// `application/x-www-form-urlencoded` decoding of one component (`+` is a space), strict: a `%`
+/// not followed by two hex digits, or a result that is not UTF-8, is no value at all
+/// (`percent_decode_str` alone would pass a stray `%` through).
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                // Two hex digits: `from_str_radix` alone would also take a sign (`%+1`).
-                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let escapes_valid =
+        s.split('%').skip(1).all(|rest| rest.as_bytes().get(..2).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)));
+    if !escapes_valid {
+        return None;
     }
-    String::from_utf8(out).ok()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
 
 /// Whether `Accept` explicitly lists `text/html` (with a non-zero q).
 pub fn accepts_html_explicitly(headers: &HeaderMap) -> bool {
-    headers.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
-        let mut params = range.split(';').map(str::trim);
-        let media = params.next().unwrap_or("");
-        let zero = params.any(|p| {
-            p.split_once('=').is_some_and(|(k, v)| {
-                k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
-            })
-        });
-        media.eq_ignore_ascii_case("text/html") && !zero
-    })
+    accept_ranges(headers).any(|(media, q)| media == "text/html" && q > 0.0)
 }
 
 /// Decides a request to `preview`: credentials are taken off the request first, whatever the
@@ -333,10 +309,19 @@ mod tests {
     }
 
     #[test]
+    fn form_components_decode_strictly() {
+        assert_eq!(percent_decode("a+b%2B%41%c3%A9").as_deref(), Some("a b+A\u{e9}"));
+        assert_eq!(percent_decode("").as_deref(), Some(""));
+        for bad in ["%", "%4", "%zz", "%+1", "a%4g", "%%41", "%41%", "%ff"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn html_must_be_listed_explicitly() {
         let accept = |v: &'static str| {
             let mut h = HeaderMap::new();
-            h.insert(ACCEPT, HeaderValue::from_static(v));
+            h.insert(http::header::ACCEPT, HeaderValue::from_static(v));
             accepts_html_explicitly(&h)
         };
         assert!(accept("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"));

@@ -28,19 +28,9 @@ fn file_name(key: &PreviewKey) -> String {
     format!("{}.{}.{}.json", key.workspace, key.sandbox, key.name)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 
@@ -124,7 +114,7 @@ impl Inner {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let secret = crate::state::store::new_secret()?;
-                write_atomic(&self.secrets, &file, format!("{}\n", hex(&secret)).as_bytes())?;
+                write_atomic(&self.secrets, &file, format!("{}\n", hex::encode(secret)).as_bytes())?;
                 tracing::info!(path = %path.display(), "generated a new secret");
                 Ok(secret)
             }
@@ -141,6 +131,18 @@ mod tests {
         model::time,
         state::{FileStore, Store},
     };
+
+    #[test]
+    fn secret_files_are_lower_case_hex() {
+        let secret: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        let text = format!("{}\n", hex::encode(secret));
+        assert_eq!(&text[..8], "00254a6f");
+        assert_eq!(unhex32(&text), Some(secret));
+        assert_eq!(unhex32(&text.to_uppercase()), Some(secret));
+        assert_eq!(unhex32(&text[2..]), None);
+        assert_eq!(unhex32(&format!("{text}00")), None);
+        assert_eq!(unhex32(&text.replace('a', "g")), None);
+    }
 
     #[tokio::test]
     async fn previews_and_secrets_roundtrip() {
