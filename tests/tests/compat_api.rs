@@ -17,7 +17,7 @@ fn the_v0_api_serves_sandboxes_previews_and_tokens() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing(pins.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let token = create_token(&gw, WS, "sdk");
     let rt = runtime();
     let _rt = rt.enter();

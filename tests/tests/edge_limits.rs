@@ -28,8 +28,8 @@ fn per_sandbox_cap_answers_429_with_retry_after() {
     let busy = Sandbox::new();
     let calm = Sandbox::new();
     let gw = gateway(&pins, "[proxy]\nmax_connections_per_sandbox = 2\n");
-    register(&gw, "busy", &busy, &[(3000, "HTTP")]);
-    register(&gw, "calm", &calm, &[(3000, "HTTP")]);
+    register(&gw, WS, "busy", &busy, &[(3000, "HTTP")]);
+    register(&gw, WS, "calm", &calm, &[(3000, "HTTP")]);
     let _a = spawn_backend(&busy, busy.addr(), 3000, Speaks::Http1);
     let _b = spawn_backend(&calm, calm.addr(), 3000, Speaks::Http1);
     let c = EdgeClient::new(&gw);
@@ -152,7 +152,7 @@ fn idle_connections_and_tunnels_are_closed_after_the_idle_timeout() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = gateway(&pins, "[proxy]\nidle_timeout = \"2s\"\n");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let c = EdgeClient::new(&gw);
     let host = sandbox_host("web");

@@ -40,7 +40,7 @@ struct Env {
 /// A gateway (data plane on) with sandbox `web` of `sb` declaring `ports`, and a token.
 fn env(pins: &BpffsDir, sb: &Sandbox, ports: &[(u16, &str)], extra: &str) -> Env {
     let gw = GatewayProcess::start_enforcing_with(pins.path(), extra);
-    register(&gw, "web", sb, ports);
+    register(&gw, WS, "web", sb, ports);
     let client = EdgeClient::new(&gw);
     let bearer = format!("Bearer {}", create_token(&gw, WS, "proxy"));
     Env { gw, client, bearer, host: sandbox_host("web") }

@@ -25,7 +25,7 @@ fn routing_answers_every_case_with_its_status_and_code() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP"), (5173, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP"), (5173, "HTTP")]);
     let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let api = spawn_backend(&sb, sb.addr(), 8080, Speaks::Http1);
     let c = EdgeClient::new(&gw);
@@ -108,7 +108,7 @@ fn hosts_are_normalised_and_checked_against_the_certificate() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let c = EdgeClient::new(&gw);
     let host = sandbox_host("web");
@@ -161,8 +161,8 @@ fn one_h2_connection_with_sni_any_serves_many_sandboxes() {
     let web = Sandbox::new();
     let db = Sandbox::new();
     let gw = gateway(&pins, "");
-    register(&gw, "web", &web, &[(3000, "HTTP")]);
-    register(&gw, "db", &db, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &web, &[(3000, "HTTP")]);
+    register(&gw, WS, "db", &db, &[(3000, "HTTP")]);
     let web_app = spawn_backend(&web, web.addr(), 3000, Speaks::Http1);
     let db_app = spawn_backend(&db, db.addr(), 3000, Speaks::Http1);
     let c = EdgeClient::new(&gw);
@@ -219,7 +219,7 @@ fn the_app_sees_forwarding_headers_and_no_credentials() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let _api = spawn_backend(&sb, sb.addr(), 8080, Speaks::Http1);
     let c = EdgeClient::new(&gw);
@@ -293,7 +293,7 @@ fn trusted_proxies_and_the_localhost_host_policy() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = gateway(&pins, "[proxy]\nhost_header = \"localhost\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let c = EdgeClient::new(&gw);
     let host = sandbox_host("web");
@@ -384,7 +384,7 @@ fn configured_certificates_are_chosen_by_sni() {
     let _rt = rt.enter();
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
-    let dir = gateway_tests::gateway_process::TempDir::new("edge-certs");
+    let dir = gateway_tests::gateway_process::temp_dir("edge-certs");
     let ca = make_certificates(dir.path());
     let d = dir.path().display();
     let extra = format!(
@@ -392,7 +392,7 @@ fn configured_certificates_are_chosen_by_sni() {
     );
     let gw = gateway(&pins, &extra);
     assert!(!gw.dev_ca_path().exists(), "no development CA when certificates are configured");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let c = EdgeClient::with_ca(gw.https_addr(), &ca);
     let host = sandbox_host("web");
     rt.block_on(async {
@@ -419,7 +419,7 @@ fn gateway_fetch_reaches_an_app_through_the_edge() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let token = create_token(&gw, WS, "fetch");
     let config = gw.config_path().to_str().expect("utf-8").to_string();
@@ -462,7 +462,7 @@ fn revoked_and_expired_tokens_stop_working_at_once() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let c = EdgeClient::new(&gw);
     let host = sandbox_host("web");
@@ -511,7 +511,7 @@ fn a_reload_serves_new_certificates_to_new_handshakes() {
     let rt = runtime();
     let _rt = rt.enter();
     let pins = BpffsDir::new();
-    let dir = gateway_tests::gateway_process::TempDir::new("edge-certs-reload");
+    let dir = gateway_tests::gateway_process::temp_dir("edge-certs-reload");
     let ca = make_certificates(dir.path());
     let d = dir.path().display();
     let gw = gateway(&pins, &format!("[tls]\ncert = \"{d}/main.pem\"\nkey = \"{d}/main.key\"\n"));

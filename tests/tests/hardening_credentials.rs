@@ -67,7 +67,7 @@ fn secrets_never_reach_logs_metrics_error_bodies_or_apps() {
     gw.kill();
     gw.set_log_filter("trace");
     gw.spawn();
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let app = spawn_raw_backend(&sb, sb.addr(), 3000);
     let api = spawn_raw_backend(&sb, sb.addr(), 8080);
     let c = EdgeClient::new(&gw);
@@ -249,7 +249,7 @@ fn revoked_tokens_are_refused_on_the_very_next_request() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let app = spawn_raw_backend(&sb, sb.addr(), 3000);
     let c = EdgeClient::new(&gw);
     let host = sandbox_host("web");
@@ -304,7 +304,7 @@ fn the_admin_api_is_unreachable_from_a_sandbox() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let mut gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let admin: SocketAddr = match gw.admin() {
         gateway_tests::gateway_process::AdminAddr::Tcp(a) => *a,
         other => panic!("TCP admin expected: {other:?}"),

@@ -13,17 +13,6 @@ use gateway_tests::{
     harness::{BpffsDir, Sandbox, require_root},
     raw::*,
 };
-use serde_json::json;
-
-/// Registers `sb` as sandbox `name` of workspace `ws` declaring `ports` (HTTP).
-fn register_in(gw: &GatewayProcess, ws: &str, name: &str, sb: &Sandbox, ports: &[u16]) -> u16 {
-    let body = json!({
-        "address": sb.addr().to_string(),
-        "interface": sb.link.host_ifname(),
-        "ports": ports.iter().map(|p| json!({"target": p, "protocol": "HTTP"})).collect::<Vec<_>>(),
-    });
-    gw.client().put_json(&format!("/v1/workspaces/{ws}/sandboxes/{name}"), &body).status
-}
 
 fn host_of(name: &str, ws: &str) -> String {
     format!("sbx-{name}-{ws}.{SUFFIX}")
@@ -44,7 +33,7 @@ fn paths_and_ports_reach_exactly_the_port_and_path_they_name() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    assert_eq!(register_in(&gw, WS, "web", &sb, &[3000, 5173]), 200);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP"), (5173, "HTTP")]);
     let app = spawn_raw_backend(&sb, sb.addr(), 3000);
     let api = spawn_raw_backend(&sb, sb.addr(), 8080);
     let c = EdgeClient::new(&gw);
@@ -150,7 +139,7 @@ fn hosts_route_by_their_name_only() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    assert_eq!(register_in(&gw, WS, "web", &sb, &[3000]), 200);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let app = spawn_raw_backend(&sb, sb.addr(), 3000);
     let api = spawn_raw_backend(&sb, sb.addr(), 8080);
     let c = EdgeClient::new(&gw);
@@ -222,12 +211,14 @@ fn authority_sni_and_host_never_mix_sandboxes_or_workspaces() {
     let web_sb = Sandbox::new();
     let db_sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    assert_eq!(register_in(&gw, WS, "web", &web_sb, &[3000]), 200);
-    assert_eq!(register_in(&gw, "beta", "db", &db_sb, &[3000]), 200);
+    register(&gw, WS, "web", &web_sb, &[(3000, "HTTP")]);
+    register(&gw, "beta", "db", &db_sb, &[(3000, "HTTP")]);
     // Labels are unique across workspaces: `sbx-a-b-c` cannot be two sandboxes.
     let third = Sandbox::new();
-    assert_eq!(register_in(&gw, "c", "a-b", &third, &[3000]), 200);
-    assert_eq!(register_in(&gw, "b-c", "a", &Sandbox::new(), &[3000]), 409, "label collision refused");
+    register(&gw, "c", "a-b", &third, &[(3000, "HTTP")]);
+    let collision =
+        gw.client().put_json("/v1/workspaces/b-c/sandboxes/a", &sandbox_body(&Sandbox::new(), &[(3000, "HTTP")]));
+    assert_eq!(collision.status, 409, "label collision refused");
     let web = spawn_raw_backend(&web_sb, web_sb.addr(), 3000);
     let db = spawn_raw_backend(&db_sb, db_sb.addr(), 3000);
     let c = EdgeClient::new(&gw);
@@ -342,7 +333,7 @@ fn h2_paths_and_authorities_follow_the_same_rules() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    assert_eq!(register_in(&gw, WS, "web", &sb, &[3000]), 200);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let app = spawn_raw_backend(&sb, sb.addr(), 3000);
     let api = spawn_raw_backend(&sb, sb.addr(), 8080);
     let c = EdgeClient::new(&gw);

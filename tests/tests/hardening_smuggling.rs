@@ -27,7 +27,7 @@ struct Env {
 
 fn env(pins: &BpffsDir, sb: &Sandbox) -> Env {
     let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    register(&gw, "web", sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", sb, &[(3000, "HTTP")]);
     let client = EdgeClient::new(&gw);
     let bearer = format!("Bearer {}", create_token(&gw, WS, "smuggling"));
     Env { _gw: gw, client, host: sandbox_host("web"), bearer }
@@ -620,8 +620,8 @@ fn a_malicious_app_cannot_desync_the_client_connection() {
     let good_sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
     let evil_ports: Vec<(u16, &str)> = (3001..=3010).map(|p| (p, "HTTP")).collect();
-    register(&gw, "evil", &evil_sb, &evil_ports);
-    register(&gw, "good", &good_sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "evil", &evil_sb, &evil_ports);
+    register(&gw, WS, "good", &good_sb, &[(3000, "HTTP")]);
     let c = EdgeClient::new(&gw);
     let bearer = format!("Bearer {}", create_token(&gw, WS, "desync"));
     let good = spawn_raw_backend(&good_sb, good_sb.addr(), 3000);

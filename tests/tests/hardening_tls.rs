@@ -237,7 +237,7 @@ fn public_like_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::p
 fn soak_testssl_reports_no_high_or_critical_finding() {
     require_root();
     let pins = BpffsDir::new();
-    let dir = gateway_tests::gateway_process::TempDir::new("testssl-certs");
+    let dir = gateway_tests::gateway_process::temp_dir("testssl-certs");
     let (ca, chain, key) = public_like_certificate(dir.path());
     let gw = GatewayProcess::start_enforcing_with(
         pins.path(),

@@ -15,8 +15,7 @@ use std::{
 };
 
 use gateway::telemetry::metrics::sum_samples;
-use gateway_tests::{gateway_process::*, harness::*};
-use serde_json::json;
+use gateway_tests::{edge::sandbox_body, gateway_process::*, harness::*};
 
 const MARK: u32 = 0x6777;
 
@@ -38,7 +37,7 @@ fn unit_for_tests(dir: &Path) -> PathBuf {
 
 #[test]
 fn the_systemd_unit_verifies_and_asks_for_what_the_issue_lists() {
-    let dir = TempDir::new("gateway-unit");
+    let dir = temp_dir("gateway-unit");
     let unit = unit_for_tests(dir.path());
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -171,7 +170,7 @@ impl Drop for Killed {
 fn notify_ready_watchdog_reload_and_stop_with_only_the_units_capabilities() {
     require_root();
     let bpffs = BpffsDir::new();
-    let dir = TempDir::new("gateway-notify");
+    let dir = temp_dir("gateway-notify");
     let sb = Sandbox::new();
     let _app = spawn_tcp_echo(&sb, sb.sock(3000));
     let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
@@ -203,9 +202,7 @@ fn notify_ready_watchdog_reload_and_stop_with_only_the_units_capabilities() {
     );
 
     // The data plane works with these capabilities: attach, maps, enforcement.
-    let body =
-        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
-    let r = client.put_json("/v1/workspaces/ws1/sandboxes/app", &body);
+    let r = client.put_json("/v1/workspaces/ws1/sandboxes/app", &sandbox_body(&sb, &[(3000, "HTTP")]));
     assert_eq!(r.status, 200, "PUT: {}\n{}", r.text(), show_log());
     assert_reachable(Origin::host_marked(MARK), sb.sock(3000), "declared port, marked");
     assert_unreachable(Origin::host(), sb.sock(3000), "declared port, unmarked");
@@ -350,7 +347,7 @@ fn sighup_keeps_https_connections_and_refuses_unreadable_certificates() {
     };
     fs::write(gw.config_path(), with_tls("cert.pem")).expect("config");
     gw.spawn();
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let bearer = format!("Bearer {}", create_token(&gw, WS, "reload"));
     let client = EdgeClient::new(&gw);

@@ -2,8 +2,7 @@
 //! the `log` → `tracing` bridge (target `gateway_ebpf`), and `--log-format json` writes one JSON
 //! object per line, without terminal colours.
 
-use gateway_tests::{gateway_process::*, harness::*};
-use serde_json::json;
+use gateway_tests::{edge::register, gateway_process::*, harness::*};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -16,9 +15,7 @@ fn ebpf_log_records_are_bridged_into_the_gateway_log() {
     gw.kill();
     gw.set_log_filter("info,gateway_ebpf=debug");
     gw.spawn();
-    let body =
-        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
-    assert_eq!(gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body).status, 200);
+    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
 
     // An unmarked SYN is dropped by sandbox_in (hook 0) as not from the gateway (reason 19).
     assert_unreachable(Origin::host(), sb.sock(3000), "unmarked");
@@ -80,7 +77,7 @@ fn the_edge_writes_an_access_line_per_request_without_secrets() {
     let bpffs = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let secret = create_token(&gw, WS, "access-log");
     let bearer = format!("Bearer {secret}");

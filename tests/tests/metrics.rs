@@ -3,8 +3,7 @@
 //! and the control-plane metrics (policy apply, state writes) move with admin calls.
 
 use gateway::telemetry::metrics::sum_samples;
-use gateway_tests::{gateway_process::*, harness::*};
-use serde_json::json;
+use gateway_tests::{edge::register, gateway_process::*, harness::*};
 use std::time::{Duration, Instant};
 
 const MARK: u32 = 0x6777;
@@ -58,13 +57,7 @@ fn metrics_show_kernel_verdicts_and_control_plane_work() {
     assert!(before.contains("gateway_dataplane_up 1"), "the pinned maps are read:\n{before}");
     assert!(before.contains("gateway_build_info{version="), "{before}");
 
-    let body = json!({
-        "address": sb.addr().to_string(),
-        "interface": sb.link.host_ifname(),
-        "ports": [{"target": 3000, "protocol": "HTTP"}],
-    });
-    let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body);
-    assert_eq!(r.status, 200, "PUT: {}", r.text());
+    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
 
     let registered = scrape(&gw);
     assert!(
@@ -114,7 +107,7 @@ fn edge_requests_connections_tls_and_websockets_are_counted() {
     let bpffs = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let bearer = format!("Bearer {}", create_token(&gw, WS, "metrics"));
     let client = EdgeClient::new(&gw);

@@ -64,7 +64,7 @@ fn setup() -> Setup {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing(pins.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     Setup { _pins: pins, sb, gw }
 }
 

@@ -23,7 +23,7 @@ fn the_python_sdk_manages_previews_and_sessions_and_fetches_ports() {
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start_enforcing(pins.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let token = create_token(&gw, WS, "python-sdk");
     let rt = runtime();
     let _rt = rt.enter();
