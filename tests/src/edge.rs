@@ -179,6 +179,11 @@ impl EdgeClient {
         Self::with_ca(gw.https_addr(), &gw.dev_ca_path())
     }
 
+    /// A client of `addr` trusting no CA (for a gateway serving configured certificates).
+    pub fn untrusting(addr: SocketAddr) -> Self {
+        Self { addr, roots: Arc::new(RootCertStore::empty()) }
+    }
+
     /// A client of `addr` trusting the CA(s) in the PEM file `ca`.
     pub fn with_ca(addr: SocketAddr, ca: &Path) -> Self {
         let mut roots = RootCertStore::empty();
