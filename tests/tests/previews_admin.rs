@@ -9,7 +9,8 @@ use std::time::Duration;
 
 const SBX: &str = "/v1/workspaces/acme/sandboxes/app";
 
-fn gateway() -> GatewayProcess {
+/// An unprivileged gateway (data plane off) with sandbox `acme/app` on `lo` declaring 3000.
+fn gateway_with_app() -> GatewayProcess {
     let gw = GatewayProcess::start();
     let r =
         gw.client().put_json(SBX, &json!({"address": "198.18.0.2", "interface": "lo", "ports": [{"target": 3000}]}));
@@ -24,7 +25,7 @@ fn post(gw: &GatewayProcess, path: &str, body: &Value) -> Response {
 
 #[test]
 fn previews_tokens_and_sessions_over_v1() {
-    let gw = gateway();
+    let gw = gateway_with_app();
     let c = gw.client();
     let port = gw.https_port();
 
@@ -128,7 +129,7 @@ fn previews_tokens_and_sessions_over_v1() {
 
 #[test]
 fn the_cli_manages_previews_tokens_and_sessions() {
-    let gw = gateway();
+    let gw = gateway_with_app();
     let admin = gw.admin().config_value();
     let run = |args: &[&str]| {
         let mut all: Vec<&str> = args.to_vec();
