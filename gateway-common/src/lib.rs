@@ -19,6 +19,8 @@ pub mod parse;
 pub mod policy;
 #[cfg(any(test, feature = "test-packets"))]
 pub mod testpkt;
+#[cfg(any(test, feature = "test-packets"))]
+pub mod verdict_cases;
 
 /// TCP, as carried in the IPv4 protocol / IPv6 next-header field.
 pub const IPPROTO_TCP: u8 = 6;

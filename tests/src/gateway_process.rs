@@ -13,7 +13,6 @@ use std::{
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -60,35 +59,11 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
 }
 
-/// A directory removed on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
+pub use tempfile::TempDir;
 
-impl TempDir {
-    /// A new empty directory under the system temp dir.
-    pub fn new(prefix: &str) -> TempDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&path).expect("create a temp dir");
-        TempDir { path }
-    }
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
+/// A new empty directory under the system temp dir named `{prefix}…`, removed on drop.
+pub fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("{prefix}-")).tempdir().expect("create a temp dir")
 }
 
 /// Where the admin API of a test gateway listens.
@@ -140,12 +115,13 @@ dir = "{state}"
 
 [dataplane]
 enabled = {enabled}
-mark = 0x6777
+mark = {mark:#x}
 bpffs = "{bpffs}"
 public_interface = ""
 xdp_mode = "skb"
 "#,
         admin = admin.config_value(),
+        mark = crate::harness::GATEWAY_MARK,
         state = state_dir.display(),
         enabled = bpffs.is_some(),
         bpffs = bpffs.map_or_else(|| "/sys/fs/bpf/gateway-test-unused".to_string(), |p| p.display().to_string()),
@@ -173,7 +149,7 @@ impl GatewayProcess {
 
     /// A gateway whose admin API listens on a unix socket inside its directory.
     pub fn start_unix() -> GatewayProcess {
-        let dir = TempDir::new("gateway-admin-test");
+        let dir = temp_dir("gateway-admin-test");
         let admin = AdminAddr::Unix(dir.path().join("run/admin.sock"));
         Self::start_in(dir, admin)
     }
@@ -181,18 +157,18 @@ impl GatewayProcess {
     /// A gateway enforcing in the kernel, its pins under `bpffs` (use a harness `BpffsDir`).
     pub fn start_enforcing(bpffs: &Path) -> GatewayProcess {
         let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
-        Self::start_configured(TempDir::new("gateway-dp-test"), admin, Some(bpffs), "")
+        Self::start_configured(temp_dir("gateway-dp-test"), admin, Some(bpffs), "")
     }
 
     /// [`GatewayProcess::start_enforcing`] with `extra_config` (TOML, e.g. a `[proxy]` section)
     /// appended to the configuration.
     pub fn start_enforcing_with(bpffs: &Path, extra_config: &str) -> GatewayProcess {
         let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
-        Self::start_configured(TempDir::new("gateway-edge-test"), admin, Some(bpffs), extra_config)
+        Self::start_configured(temp_dir("gateway-edge-test"), admin, Some(bpffs), extra_config)
     }
 
     fn start_with_admin(admin: AdminAddr) -> GatewayProcess {
-        Self::start_in(TempDir::new("gateway-admin-test"), admin)
+        Self::start_in(temp_dir("gateway-admin-test"), admin)
     }
 
     fn start_in(dir: TempDir, admin: AdminAddr) -> GatewayProcess {
@@ -420,6 +396,30 @@ impl Response {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): status {} body {:?}", self.status, self.text()))
     }
+    /// Asserts the gateway's error shape with this status and code ([`assert_error`]); returns
+    /// the error object.
+    pub fn assert_error(&self, status: u16, code: &str) -> serde_json::Value {
+        assert_error(self.status, self.header("content-type").map(str::as_bytes), &self.body, status, code)
+    }
+}
+
+/// Asserts that an answer (`got` status, content type, body) is the gateway's error shape with
+/// `status` and `code`: `application/json`, `{"error": {"code", "status", "origin": "gateway",
+/// "retryable": bool, "message": non-empty}}`. Returns the error object. Used by the admin
+/// client's [`Response`] and the edge client's `Reply`.
+pub fn assert_error(got: u16, content_type: Option<&[u8]>, body: &[u8], status: u16, code: &str) -> serde_json::Value {
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(got, status, "expected {status} {code}, got {got}: {text}");
+    assert_eq!(content_type, Some(&b"application/json"[..]), "content type of {status} {code}: {text}");
+    let v: serde_json::Value =
+        serde_json::from_slice(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    let e = v.get("error").unwrap_or_else(|| panic!("no error object: {v}")).clone();
+    assert_eq!(e["code"], code, "{v}");
+    assert_eq!(e["status"], status, "{v}");
+    assert_eq!(e["origin"], "gateway", "{v}");
+    assert!(e["retryable"].is_boolean(), "{v}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    e
 }
 
 /// A blocking HTTP/1.1 client for the admin API (one connection per request).

@@ -1,5 +1,6 @@
 pub mod attack;
 pub mod edge;
+pub mod env;
 pub mod gateway_process;
 pub mod harness;
 pub mod openloop;

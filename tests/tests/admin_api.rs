@@ -3,7 +3,7 @@
 //!
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test admin_api`.
 
-use gateway_tests::gateway_process::{AdminAddr, AdminClient, GatewayProcess, Response, TempDir, run_gateway};
+use gateway_tests::gateway_process::{AdminAddr, AdminClient, GatewayProcess, Response, run_gateway, temp_dir};
 use serde_json::{Value, json};
 use std::{fs, os::unix::fs::PermissionsExt};
 
@@ -26,20 +26,6 @@ fn everything(c: &AdminClient) -> Value {
     let r = c.get("/v1/sandboxes");
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
-}
-
-/// Asserts the BRIEF's error shape and returns the error object.
-fn assert_error(r: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(r.status, status, "expected {status} {code}, got {}: {}", r.status, r.text());
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let v = r.json();
-    let e = v.get("error").unwrap_or_else(|| panic!("no error object: {v}")).clone();
-    assert_eq!(e["code"], code, "{v}");
-    assert_eq!(e["status"], status, "{v}");
-    assert_eq!(e["origin"], "gateway", "{v}");
-    assert!(e["retryable"].is_boolean(), "{v}");
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    e
 }
 
 fn message(e: &Value) -> String {
@@ -99,9 +85,9 @@ fn put_get_list_delete_and_idempotence() {
     let r = c.delete(&sandbox_path(WS, "web"));
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(r.body.is_empty());
-    assert_error(&c.get(&sandbox_path(WS, "web")), 404, "WORKLOAD_NOT_FOUND");
-    assert_error(&c.delete(&sandbox_path(WS, "web")), 404, "WORKLOAD_NOT_FOUND");
-    assert_error(&c.get(&format!("{}/policy", sandbox_path(WS, "web"))), 404, "WORKLOAD_NOT_FOUND");
+    c.get(&sandbox_path(WS, "web")).assert_error(404, "WORKLOAD_NOT_FOUND");
+    c.delete(&sandbox_path(WS, "web")).assert_error(404, "WORKLOAD_NOT_FOUND");
+    c.get(&format!("{}/policy", sandbox_path(WS, "web"))).assert_error(404, "WORKLOAD_NOT_FOUND");
     // The address is free again.
     assert_eq!(c.put_json(&sandbox_path(WS, "web2"), &body("198.18.0.2", &[3000])).status, 200);
 }
@@ -117,7 +103,7 @@ fn refused_requests_change_nothing() {
 
     let put = |ws: &str, name: &str, b: &Value| c.put_json(&sandbox_path(ws, name), b);
     let check = |what: &str, r: Response, status: u16, code: &str, needle: &str| {
-        let e = assert_error(&r, status, code);
+        let e = r.assert_error(status, code);
         assert!(message(&e).contains(needle), "{what}: message {:?} should mention {needle:?}", message(&e));
         assert_eq!(everything(&c), before, "{what} changed the state");
     };
@@ -223,27 +209,21 @@ fn refused_requests_change_nothing() {
 
     // Authentication.
     let anon = gw.anonymous_client();
-    let e = assert_error(
-        &anon.put_json(&sandbox_path(WS, "new"), &body("198.18.0.20", &[3000])),
-        401,
-        "AUTHENTICATION_REQUIRED",
-    );
+    let e = anon
+        .put_json(&sandbox_path(WS, "new"), &body("198.18.0.20", &[3000]))
+        .assert_error(401, "AUTHENTICATION_REQUIRED");
     assert!(!message(&e).contains(gw.token()));
-    assert_error(&anon.get("/v1/sandboxes"), 401, "AUTHENTICATION_REQUIRED");
-    assert_error(&anon.get("/no/such/route"), 401, "AUTHENTICATION_REQUIRED");
+    anon.get("/v1/sandboxes").assert_error(401, "AUTHENTICATION_REQUIRED");
+    anon.get("/no/such/route").assert_error(401, "AUTHENTICATION_REQUIRED");
     let wrong = AdminClient::new(gw.admin().clone(), Some("wrong-token".into()));
-    assert_error(
-        &wrong.put_json(&sandbox_path(WS, "new"), &body("198.18.0.20", &[3000])),
-        401,
-        "AUTHENTICATION_FAILED",
-    );
-    assert_error(&wrong.delete(&sandbox_path(WS, "web")), 401, "AUTHENTICATION_FAILED");
+    wrong.put_json(&sandbox_path(WS, "new"), &body("198.18.0.20", &[3000])).assert_error(401, "AUTHENTICATION_FAILED");
+    wrong.delete(&sandbox_path(WS, "web")).assert_error(401, "AUTHENTICATION_FAILED");
     let prefix = AdminClient::new(gw.admin().clone(), Some(format!("{}x", gw.token())));
-    assert_error(&prefix.get("/v1/sandboxes"), 401, "AUTHENTICATION_FAILED");
+    prefix.get("/v1/sandboxes").assert_error(401, "AUTHENTICATION_FAILED");
     let r = anon
         .request("GET", "/v1/sandboxes", &[("authorization", &format!("Basic {}", gw.token()))], None)
         .expect("basic");
-    assert_error(&r, 401, "AUTHENTICATION_FAILED");
+    r.assert_error(401, "AUTHENTICATION_FAILED");
     let r = anon
         .request("GET", "/v1/sandboxes", &[("authorization", &format!("bearer {}", gw.token()))], None)
         .expect("lower");
@@ -268,7 +248,7 @@ fn refused_requests_change_nothing() {
     check("unknown", c.get(&sandbox_path(WS, "ghost")), 404, "WORKLOAD_NOT_FOUND", "ghost");
     check("unknown", c.delete(&sandbox_path(WS, "ghost")), 404, "WORKLOAD_NOT_FOUND", "ghost");
     // The data plane is disabled: the kernel view is unavailable, and says why.
-    let e = assert_error(&c.get(&format!("{}/policy", sandbox_path(WS, "web"))), 503, "DATAPLANE_DISABLED");
+    let e = c.get(&format!("{}/policy", sandbox_path(WS, "web"))).assert_error(503, "DATAPLANE_DISABLED");
     assert!(message(&e).contains("disabled"));
 
     assert_eq!(everything(&c), before);
@@ -302,13 +282,12 @@ fn state_survives_kill_and_restart() {
     // SIGKILL right after the answers: acknowledged means durable.
     gw.restart();
     assert_eq!(everything(&gw.client()), before);
-    assert_error(&gw.client().get(&sandbox_path(WS, "two")), 404, "WORKLOAD_NOT_FOUND");
+    gw.client().get(&sandbox_path(WS, "two")).assert_error(404, "WORKLOAD_NOT_FOUND");
     // The reloaded index still refuses clashes.
-    let e = assert_error(
-        &gw.client().put_json(&sandbox_path(WS, "four"), &body("198.18.1.30", &[])),
-        409,
-        "ADDRESS_CONFLICT",
-    );
+    let e = gw
+        .client()
+        .put_json(&sandbox_path(WS, "four"), &body("198.18.1.30", &[]))
+        .assert_error(409, "ADDRESS_CONFLICT");
     assert!(message(&e).contains("three"));
 
     // A clean stop (SIGTERM) exits 0 and keeps the state too.
@@ -337,7 +316,7 @@ fn unreadable_state_stops_the_start() {
 #[test]
 fn second_gateway_on_the_same_state_is_refused() {
     let gw = GatewayProcess::start();
-    let dir = TempDir::new("gateway-admin-test-second");
+    let dir = temp_dir("gateway-admin-test-second");
     let config = dir.path().join("gateway.toml");
     let port = gateway_tests::gateway_process::free_port();
     let text = gateway_tests::gateway_process::test_config(
@@ -454,7 +433,7 @@ fn cli_clients() {
 
 #[test]
 fn check_config_lists_every_problem() {
-    let dir = TempDir::new("gateway-check-config");
+    let dir = temp_dir("gateway-check-config");
     let file = dir.path().join("bad.toml");
     fs::write(
         &file,
@@ -521,7 +500,7 @@ bpffs = "relative/dir"
 
 #[test]
 fn unknown_keys_are_rejected() {
-    let dir = TempDir::new("gateway-check-config");
+    let dir = temp_dir("gateway-check-config");
     let file = dir.path().join("unknown.toml");
     let f = file.to_str().expect("utf-8");
     for (text, key) in [
@@ -561,7 +540,7 @@ fn default_config_passes_check_config() {
         assert!(text.contains(key), "{key} missing");
     }
     assert!(text.lines().filter(|l| l.starts_with('#')).count() >= 12);
-    let dir = TempDir::new("gateway-default-config");
+    let dir = temp_dir("gateway-default-config");
     let file = dir.path().join("default.toml");
     fs::write(&file, &text).expect("write");
     let out = run_gateway(&["check-config", "--config", file.to_str().expect("utf-8")]);

@@ -1,11 +1,7 @@
 //! The Blaxel-compatible `/v0` API end to end: `api.gw.test` on the HTTPS listener, workspace
 //! tokens, the wire shapes the SDKs parse, and a preview made through it serving an app.
 
-use gateway_tests::{
-    edge::*,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, Sandbox, require_root},
-};
+use gateway_tests::{edge::*, env::Env};
 use http::Method;
 use serde_json::{Value, json};
 
@@ -13,17 +9,12 @@ const API: &str = "api.gw.test";
 
 #[test]
 fn the_v0_api_serves_sandboxes_previews_and_tokens() {
-    require_root();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing(pins.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let token = create_token(&gw, WS, "sdk");
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("sdk").start();
+    let Env { gw, client: c, rt, bearer, .. } = &e;
+    let sb = e.sb();
+    let _token = e.token().to_string();
     let _rt = rt.enter();
-    let _app = spawn_backend(&sb, sb.addr(), 4000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let bearer = format!("Bearer {token}");
+    let _app = spawn_backend(sb, sb.addr(), 4000, Speaks::Http1);
     let auth =
         [("x-blaxel-authorization", bearer.as_str()), ("x-blaxel-workspace", WS), ("content-type", "application/json")];
     let port = gw.https_port();

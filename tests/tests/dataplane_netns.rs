@@ -10,12 +10,10 @@ use gateway::dataplane::{Dataplane, DataplaneSettings, PortGrant, SandboxPolicy,
 use gateway_common::policy::origin;
 use gateway_tests::harness::*;
 
-const MARK: u32 = 0x6777;
-
 fn settings(pins: &BpffsDir) -> DataplaneSettings {
     DataplaneSettings {
         enabled: true,
-        mark: MARK,
+        mark: GATEWAY_MARK,
         bpffs: pins.path().to_path_buf(),
         public_interface: None,
         xdp_mode: XdpModeSetting::Skb,
@@ -35,10 +33,6 @@ fn policy(sb: &Sandbox, ports: &[u16]) -> SandboxPolicy {
     }
 }
 
-fn gateway() -> Origin<'static> {
-    Origin::host_marked(MARK)
-}
-
 #[test]
 fn a_registered_sandbox_is_reachable_only_from_the_gateway_on_allowed_ports() {
     require_root();
@@ -48,19 +42,19 @@ fn a_registered_sandbox_is_reachable_only_from_the_gateway_on_allowed_ports() {
     let dp = Dataplane::open(&settings(&pins)).expect("open data plane");
     dp.apply_sandbox(&policy(&sb, &[3000])).expect("register");
 
-    let mut s = assert_reachable(gateway(), sb.sock(3000), "declared port from the gateway");
+    let mut s = assert_reachable(Origin::gateway(), sb.sock(3000), "declared port from the gateway");
     assert_eq!(read_greeting(&mut s).expect("greeting"), "port 3000");
-    assert_reachable(gateway(), sb.sock(8080), "sandbox API from the gateway");
-    assert_unreachable(gateway(), sb.sock(3001), "undeclared port from the gateway");
-    assert_unreachable(gateway(), sb.sock(443), "443 from the gateway");
+    assert_reachable(Origin::gateway(), sb.sock(8080), "sandbox API from the gateway");
+    assert_unreachable(Origin::gateway(), sb.sock(3001), "undeclared port from the gateway");
+    assert_unreachable(Origin::gateway(), sb.sock(443), "443 from the gateway");
     assert_unreachable(Origin::host(), sb.sock(3000), "declared port, unmarked");
     assert_unreachable(Origin::host(), sb.sock(8080), "sandbox API, unmarked");
-    assert_unreachable(Origin::host_marked(MARK + 1), sb.sock(3000), "declared port, another mark");
+    assert_unreachable(Origin::host_marked(GATEWAY_MARK + 1), sb.sock(3000), "declared port, another mark");
 
     // A second PUT replaces the port list: 3000 closes, 3001 opens.
     dp.apply_sandbox(&policy(&sb, &[3001])).expect("replace ports");
-    assert_unreachable(gateway(), sb.sock(3000), "removed port");
-    assert_reachable(gateway(), sb.sock(3001), "added port");
+    assert_unreachable(Origin::gateway(), sb.sock(3000), "removed port");
+    assert_reachable(Origin::gateway(), sb.sock(3001), "added port");
 
     let view = dp.policy_view(sb.addr()).expect("policy view");
     assert!(view.registered);
@@ -77,8 +71,8 @@ fn a_registered_sandbox_is_reachable_only_from_the_gateway_on_allowed_ports() {
 
     // Unregistered: nothing is reachable, the interface stays closed.
     dp.remove_sandbox(sb.addr()).expect("remove");
-    assert_unreachable(gateway(), sb.sock(3001), "after delete, declared port");
-    assert_unreachable(gateway(), sb.sock(8080), "after delete, sandbox API");
+    assert_unreachable(Origin::gateway(), sb.sock(3001), "after delete, declared port");
+    assert_unreachable(Origin::gateway(), sb.sock(8080), "after delete, sandbox API");
     assert!(!dp.policy_view(sb.addr()).expect("view").registered);
 }
 
@@ -97,7 +91,7 @@ fn sandboxes_cannot_reach_each_other_or_protected_host_sockets() {
     dp.apply_sandbox(&policy(&a, &[3000])).expect("register a");
     dp.apply_sandbox(&policy(&b, &[3000])).expect("register b");
 
-    assert_reachable(gateway(), a.sock(3000), "gateway to a");
+    assert_reachable(Origin::gateway(), a.sock(3000), "gateway to a");
     assert_unreachable(&b, a.sock(3000), "sandbox b to sandbox a");
     assert_unreachable(&b, b.link.host_sock(19901), "sandbox b to the protected admin socket");
     assert_reachable(&b, b.link.host_sock(19902), "sandbox b to an unprotected host port");
@@ -116,14 +110,14 @@ fn enforcement_outlives_the_control_plane_and_a_new_one_takes_over() {
     drop(dp); // every fd of this "process" is closed; the pins keep programs and maps.
 
     assert_unreachable(Origin::host(), sb.sock(3000), "unmarked, no control plane");
-    assert_unreachable(gateway(), sb.sock(3001), "undeclared, no control plane");
-    assert_reachable(gateway(), sb.sock(3000), "declared, no control plane");
+    assert_unreachable(Origin::gateway(), sb.sock(3001), "undeclared, no control plane");
+    assert_reachable(Origin::gateway(), sb.sock(3000), "declared, no control plane");
 
     // A new control plane swaps the programs behind the pinned links and reconciles.
     let dp = Dataplane::open(&settings(&pins)).expect("reopen");
     dp.reconcile(&[policy(&sb, &[3001])]).expect("reconcile");
-    assert_unreachable(gateway(), sb.sock(3000), "stale port after reconcile");
-    assert_reachable(gateway(), sb.sock(3001), "reconciled port");
+    assert_unreachable(Origin::gateway(), sb.sock(3000), "stale port after reconcile");
+    assert_reachable(Origin::gateway(), sb.sock(3001), "reconciled port");
     let status = gateway::dataplane::status(pins.path()).expect("status");
     let links = status["links"].as_array().expect("links").len();
     assert_eq!(links, 2, "one tcx link per direction, none leaked: {status:#}");

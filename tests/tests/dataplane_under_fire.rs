@@ -28,7 +28,6 @@ use gateway_tests::{
 };
 use serde_json::json;
 
-const MARK: u32 = 0x6777;
 /// Every port the sandbox listens on: the reserved ones, those it declares in turn, one never
 /// declared.
 const LISTENING: [u16; 7] = [80, 443, 8080, 3000, 3001, 3002, 3999];
@@ -74,8 +73,8 @@ impl Field {
             config.replace("public_interface = \"\"", &format!("public_interface = \"{}\"", outside.host_ifname()));
         fs::write(gw.config_path(), config).expect("write config");
         gw.spawn();
-        register(&gw, "target", &sb, &[(3000, "HTTP")]);
-        register(&gw, "other", &other, &[(3000, "HTTP")]);
+        register(&gw, WS, "target", &sb, &[(3000, "HTTP")]);
+        register(&gw, WS, "other", &other, &[(3000, "HTTP")]);
         let token = create_token(&gw, WS, "fire");
         Field { _pins: pins, sb, other, outside, _listeners: listeners, _app: app, gw, token }
     }
@@ -92,7 +91,7 @@ impl Field {
             Prober::start(
                 "host, gateway mark, 443 and never-declared 3999",
                 None,
-                Some(MARK),
+                Some(GATEWAY_MARK),
                 vec![self.sb.sock(443), self.sb.sock(3999)],
                 tick,
             ),
@@ -100,11 +99,7 @@ impl Field {
     }
 
     fn put_ports(&self, ports: &[u16]) -> u16 {
-        let body = json!({
-            "address": self.sb.addr().to_string(),
-            "interface": self.sb.link.host_ifname(),
-            "ports": ports.iter().map(|p| json!({"target": p, "protocol": "HTTP"})).collect::<Vec<_>>(),
-        });
+        let body = sandbox_body(&self.sb, &ports.iter().map(|p| (*p, "HTTP")).collect::<Vec<_>>());
         match self.gw.client().request(
             "PUT",
             &format!("/v1/workspaces/{WS}/sandboxes/target"),
@@ -148,7 +143,7 @@ fn judge(probers: Vec<Prober>, phase: &str, min_attempts: u64, took: Duration) -
 fn assert_gateway_reaches(f: &Field, port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match try_connect(f.sb.sock(port), Duration::from_millis(500), Some(MARK)) {
+        match try_connect(f.sb.sock(port), Duration::from_millis(500), Some(GATEWAY_MARK)) {
             Ok(_) => return,
             Err(e) => assert!(Instant::now() < deadline, "{what}: the gateway's mark cannot reach {port}: {e}"),
         }
@@ -352,13 +347,13 @@ fn a_removed_port_keeps_established_flows_and_refuses_new_ones() {
     let _echo = spawn_tcp_echo(&sb, sb.sock(3001));
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let gw = GatewayProcess::start_enforcing(pins.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP"), (3001, "TCP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP"), (3001, "TCP")]);
     let bearer = format!("Bearer {}", create_token(&gw, WS, "removal"));
     let host = sandbox_host("web");
     let client = EdgeClient::new(&gw);
 
     // Kernel level: a marked (gateway) connection to 3001, open across the removal.
-    let mut flow = assert_reachable(Origin::host_marked(MARK), sb.sock(3001), "declared port");
+    let mut flow = assert_reachable(Origin::gateway(), sb.sock(3001), "declared port");
     assert_eq!(read_greeting(&mut flow).expect("greeting"), "port 3001");
     // Edge level: a WebSocket to 3000 and a kept-alive HTTP/1.1 connection.
     let (mut ws, mut keepalive) = rt.block_on(async {
@@ -374,9 +369,7 @@ fn a_removed_port_keeps_established_flows_and_refuses_new_ones() {
     });
 
     // Both ports removed (3002 declared instead).
-    let body =
-        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3002}]});
-    assert_eq!(gw.client().put_json(&format!("/v1/workspaces/{WS}/sandboxes/web"), &body).status, 200);
+    register(&gw, WS, "web", &sb, &[(3002, "HTTP")]);
 
     flow.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
     for i in 0..3 {
@@ -386,8 +379,8 @@ fn a_removed_port_keeps_established_flows_and_refuses_new_ones() {
         flow.read_exact(&mut buf).expect("the established flow still echoes");
         assert_eq!(buf, msg.as_bytes());
     }
-    assert_unreachable(Origin::host_marked(MARK), sb.sock(3001), "a new connection to the removed port");
-    assert_unreachable(Origin::host_marked(MARK), sb.sock(3000), "a new connection to the removed app port");
+    assert_unreachable(Origin::gateway(), sb.sock(3001), "a new connection to the removed port");
+    assert_unreachable(Origin::gateway(), sb.sock(3000), "a new connection to the removed app port");
     rt.block_on(async {
         ws.send(Message::text("after removal")).await.expect("send on the WebSocket");
         let back = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo in time");

@@ -16,19 +16,18 @@ use gateway_common::{
     counters::{Hook, Reason},
     names,
     policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, origin},
-    testpkt::{arp, icmp, tcp, tcp6, udp, udp6, vlan_tagged, with_ip_options},
+    verdict_cases::{Case, MARK, SBX, SBX2, cases, syn, udp_flow_sequence, unconfigured_cases},
 };
 
-const MARK: u32 = 0x6777;
-const SBX: [u8; 4] = [198, 18, 0, 2];
-const SBX2: [u8; 4] = [198, 18, 1, 2];
-const HOST: [u8; 4] = [198, 18, 0, 1];
 const PASS_TC: u32 = -1i32 as u32; // TCX_NEXT
 const DROP_TC: u32 = 2; // TC_ACT_SHOT
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 /// `ifindex` of loopback: `BPF_PROG_TEST_RUN` runs skb programs on it.
 const LO: u32 = 1;
+/// `BPF_PROG_TEST_RUN` refuses an skb frame shorter than Ethernet + IPv4 headers (EINVAL): the
+/// shorter cases of the table run on the host only.
+const MIN_SKB_FRAME: usize = 14 + 20;
 
 /// A loaded object with its maps pinned in a private bpffs directory, removed on drop.
 struct Loaded {
@@ -121,116 +120,37 @@ fn expect(l: &mut Loaded, hook: Hook, pkt: &[u8], mark: u32, reason: Reason, wha
     }
 }
 
-fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
-    tcp(HOST, dst, dport, true, false)
+/// [`expect`] for a case of the table; false when the kernel cannot run it (a short skb).
+fn run_case(l: &mut Loaded, case: &Case) -> bool {
+    if case.hook != Hook::Edge && case.packet.len() < MIN_SKB_FRAME {
+        return false;
+    }
+    expect(l, case.hook, &case.packet, case.mark, case.reason, &case.what);
+    true
 }
 
 #[test]
-fn sandbox_in_verdicts() {
+fn the_verdict_table() {
     let mut l = load();
-    let h = Hook::SandboxIn;
-    let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
-        ("declared port from the gateway", syn(SBX, 3000), MARK, Reason::PassAllowed),
-        ("declared port, unmarked", syn(SBX, 3000), 0, Reason::DropNotFromGateway),
-        ("declared port, wrong mark", syn(SBX, 3000), MARK ^ 1, Reason::DropNotFromGateway),
-        ("undeclared port from the gateway", syn(SBX, 3001), MARK, Reason::DropPortClosed),
-        ("sandbox API 8080 from the gateway", syn(SBX, 8080), MARK, Reason::PassSandboxApi),
-        ("system port 80 from the gateway", syn(SBX, 80), MARK, Reason::PassSandboxApi),
-        ("8080 unmarked", syn(SBX, 8080), 0, Reason::DropNotFromGateway),
-        ("80 unmarked", syn(SBX, 80), 0, Reason::DropNotFromGateway),
-        ("443 from the gateway", syn(SBX, 443), MARK, Reason::DropReservedPort),
-        ("443 unmarked", syn(SBX, 443), 0, Reason::DropReservedPort),
-        ("unknown sandbox", syn([198, 18, 9, 9], 3000), MARK, Reason::DropUnknownSandbox),
-        ("established (ACK)", tcp(HOST, SBX, 3001, false, true), 0, Reason::PassEstablished),
-        ("SYN+ACK", tcp(HOST, SBX, 3001, true, true), 0, Reason::PassEstablished),
-        ("new UDP", udp([8, 8, 8, 8], SBX, 53, 5353), MARK, Reason::DropUdp),
-        ("IP options followed (allowed port)", with_ip_options(&syn(SBX, 3000)), MARK, Reason::PassAllowed),
-        ("IP options followed (closed port)", with_ip_options(&syn(SBX, 3001)), MARK, Reason::DropPortClosed),
-        ("VLAN tag followed (allowed)", vlan_tagged(&syn(SBX, 3000)), MARK, Reason::PassAllowed),
-        ("VLAN tag followed (unmarked)", vlan_tagged(&syn(SBX, 3000)), 0, Reason::DropNotFromGateway),
-    ];
-    for (what, pkt, mark, reason) in cases {
-        expect(&mut l, h, &pkt, mark, reason, what);
-    }
-    expect(&mut l, h, &icmp(HOST, SBX), 0, Reason::PassIcmp, "ICMP echo");
-    expect(&mut l, h, &arp(), 0, Reason::PassNonIp, "ARP");
-    expect(&mut l, h, &tcp6(3000, true), MARK, Reason::DropIpv6, "IPv6 SYN");
-    expect(&mut l, h, &udp6(3000), MARK, Reason::DropIpv6, "IPv6 UDP");
-    expect(&mut l, h, &tcp6(3000, false), 0, Reason::PassEstablished, "IPv6 established");
+    let ran = cases().iter().filter(|case| run_case(&mut l, case)).count();
+    assert!(ran > 0, "no case ran in the kernel");
 }
 
 #[test]
-fn sandbox_in_fails_closed_on_truncated_and_malformed_headers() {
+fn udp_replies_follow_flows_the_sandbox_started() {
     let mut l = load();
-    let full = syn(SBX, 3000);
-    // BPF_PROG_TEST_RUN refuses an IPv4 frame shorter than Ethernet + IPv4 headers (EINVAL),
-    // so kernel cuts start at 34; the host tests of `gateway-common` cover the shorter ones.
-    for cut in [34, 40, 47] {
-        expect(&mut l, Hook::SandboxIn, &full[..cut], MARK, Reason::DropMalformed, &format!("cut at {cut} bytes"));
+    for case in udp_flow_sequence() {
+        assert!(run_case(&mut l, &case), "{}", case.what);
     }
-    let mut bad_version = full.clone();
-    bad_version[14] = 0x65;
-    expect(&mut l, Hook::SandboxIn, &bad_version, MARK, Reason::DropMalformed, "IP version 6 in an IPv4 frame");
-    let mut bad_ihl = full.clone();
-    bad_ihl[14] = 0x43;
-    expect(&mut l, Hook::SandboxIn, &bad_ihl, MARK, Reason::DropMalformed, "IHL 3");
-    let mut big_ihl = full.clone();
-    big_ihl[14] = 0x4f;
-    expect(&mut l, Hook::SandboxIn, &big_ihl, MARK, Reason::DropMalformed, "IHL 15 past the end");
-    let mut bad_doff = full.clone();
-    bad_doff[14 + 20 + 12] = 0x20;
-    expect(&mut l, Hook::SandboxIn, &bad_doff, MARK, Reason::DropMalformed, "TCP data offset 2");
 }
 
 #[test]
 fn an_unconfigured_dataplane_drops_every_new_connection() {
     let mut l = load();
     l.maps.config.set(0, DataplaneConfig { mark: 0, flags: 0 }, 0).expect("config");
-    expect(&mut l, Hook::SandboxIn, &syn(SBX, 3000), 0, Reason::DropNotFromGateway, "mark 0, unmarked");
-    expect(&mut l, Hook::SandboxIn, &syn(SBX, 8080), 0, Reason::DropNotFromGateway, "mark 0, 8080");
-}
-
-#[test]
-fn sandbox_out_verdicts() {
-    let mut l = load();
-    let h = Hook::SandboxOut;
-    expect(&mut l, h, &tcp(SBX, [1, 1, 1, 1], 443, true, false), 0, Reason::PassOut, "to the internet");
-    expect(&mut l, h, &tcp(SBX, SBX2, 3000, true, false), 0, Reason::DropSandboxToSandbox, "to another sandbox");
-    expect(
-        &mut l,
-        h,
-        &tcp(SBX, SBX2, 3000, false, true),
-        0,
-        Reason::DropSandboxToSandbox,
-        "established to another sandbox",
-    );
-    expect(&mut l, h, &tcp(SBX, HOST, 9901, true, false), 0, Reason::DropProtected, "to the admin API");
-    expect(&mut l, h, &tcp(SBX, HOST, 9902, true, false), 0, Reason::PassOut, "to another host port");
-    expect(&mut l, h, &tcp(SBX2, [1, 1, 1, 1], 443, true, false), 0, Reason::DropSpoofed, "spoofing another sandbox");
-    expect(&mut l, h, &tcp(SBX, [1, 1, 1, 1], 443, true, false)[..40], 0, Reason::DropMalformed, "truncated TCP");
-    expect(&mut l, h, &arp(), 0, Reason::PassNonIp, "ARP");
-}
-
-#[test]
-fn udp_replies_follow_flows_the_sandbox_started() {
-    let mut l = load();
-    expect(&mut l, Hook::SandboxIn, &udp([9, 9, 9, 9], SBX, 53, 5353), 0, Reason::DropUdp, "before the query");
-    expect(&mut l, Hook::SandboxOut, &udp(SBX, [9, 9, 9, 9], 5353, 53), 0, Reason::PassOut, "the query");
-    expect(&mut l, Hook::SandboxIn, &udp([9, 9, 9, 9], SBX, 53, 5353), 0, Reason::PassUdpReply, "the reply");
-    expect(&mut l, Hook::SandboxIn, &udp([9, 9, 9, 9], SBX, 54, 5353), 0, Reason::DropUdp, "other source port");
-}
-
-#[test]
-fn edge_guard_verdicts() {
-    let mut l = load();
-    let h = Hook::Edge;
-    expect(&mut l, h, &syn(HOST, 443), 0, Reason::PassEdgePublic, "public port");
-    expect(&mut l, h, &syn(HOST, 22), 0, Reason::DropEdgeClosedPort, "closed port");
-    expect(&mut l, h, &vlan_tagged(&syn(HOST, 22)), 0, Reason::DropEdgeClosedPort, "closed port, VLAN");
-    expect(&mut l, h, &with_ip_options(&syn(HOST, 443)), 0, Reason::PassEdgePublic, "public port, IP options");
-    expect(&mut l, h, &tcp(HOST, HOST, 22, false, true), 0, Reason::PassEdgeOther, "established");
-    expect(&mut l, h, &udp(HOST, HOST, 1, 22), 0, Reason::PassEdgeOther, "UDP");
-    expect(&mut l, h, &syn(HOST, 22)[..30], 0, Reason::PassEdgeMalformed, "truncated");
+    for case in unconfigured_cases() {
+        assert!(run_case(&mut l, &case), "{}", case.what);
+    }
 }
 
 #[test]

@@ -5,35 +5,26 @@
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test edge_limits -- --test-threads=1`.
 
 use futures_util::{SinkExt, StreamExt};
-use gateway_tests::{
-    edge::*,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, Sandbox, require_root},
-};
+use gateway_tests::{edge::*, env::Env, harness::Sandbox};
 use http::Method;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-fn gateway(pins: &BpffsDir, extra: &str) -> GatewayProcess {
-    GatewayProcess::start_enforcing_with(pins.path(), extra)
-}
-
 #[test]
 fn per_sandbox_cap_answers_429_with_retry_after() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new()
+        .config("[proxy]\nmax_connections_per_sandbox = 2\n")
+        .sandbox("busy", &[(3000, "HTTP")])
+        .token("caps")
+        .start();
+    let Env { gw, client: c, rt, bearer, .. } = &e;
+    let busy = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let busy = Sandbox::new();
     let calm = Sandbox::new();
-    let gw = gateway(&pins, "[proxy]\nmax_connections_per_sandbox = 2\n");
-    register(&gw, "busy", &busy, &[(3000, "HTTP")]);
-    register(&gw, "calm", &calm, &[(3000, "HTTP")]);
-    let _a = spawn_backend(&busy, busy.addr(), 3000, Speaks::Http1);
+    register(gw, WS, "calm", &calm, &[(3000, "HTTP")]);
+    let _a = spawn_backend(busy, busy.addr(), 3000, Speaks::Http1);
     let _b = spawn_backend(&calm, calm.addr(), 3000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "caps"));
 
     rt.block_on(async {
         let slow: Vec<_> = (0..2)
@@ -45,17 +36,17 @@ fn per_sandbox_cap_answers_429_with_retry_after() {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = c.get(&sandbox_host("busy"), "/port/3000/", &[("authorization", &bearer)]).await;
+        let r = c.get(&sandbox_host("busy"), "/port/3000/", &[("authorization", bearer)]).await;
         let m = r.assert_error(429, "TOO_MANY_REQUESTS");
         assert_eq!(r.headers["retry-after"], "1");
         assert!(m.contains("busy"), "{m}");
         // Other sandboxes are not affected.
-        assert_eq!(c.get(&sandbox_host("calm"), "/port/3000/", &[("authorization", &bearer)]).await.status, 200);
+        assert_eq!(c.get(&sandbox_host("calm"), "/port/3000/", &[("authorization", bearer)]).await.status, 200);
         for t in slow {
             assert_eq!(t.await.expect("task"), 200);
         }
         // Slots are released when the responses end.
-        assert_eq!(c.get(&sandbox_host("busy"), "/port/3000/", &[("authorization", &bearer)]).await.status, 200);
+        assert_eq!(c.get(&sandbox_host("busy"), "/port/3000/", &[("authorization", bearer)]).await.status, 200);
     });
 }
 
@@ -64,11 +55,9 @@ fn per_sandbox_cap_answers_429_with_retry_after() {
 /// SYNs dropped.
 #[test]
 fn the_listen_backlog_is_configured() {
-    require_root();
-    let pins = BpffsDir::new();
-    let backlog = |gw: &GatewayProcess| -> u32 {
+    let backlog = |e: Env| -> u32 {
         let out = std::process::Command::new("ss")
-            .args(["-Hltn", &format!("sport = :{}", gw.https_port())])
+            .args(["-Hltn", &format!("sport = :{}", e.gw.https_port())])
             .output()
             .expect("ss");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -76,19 +65,15 @@ fn the_listen_backlog_is_configured() {
         assert_eq!(cols.first(), Some(&"LISTEN"), "ss: {text}");
         cols[2].parse().unwrap_or_else(|_| panic!("ss: {text}"))
     };
-    assert_eq!(backlog(&gateway(&pins, "")), 4096);
-    let pins = BpffsDir::new();
-    assert_eq!(backlog(&gateway(&pins, "[proxy]\nlisten_backlog = 100\n")), 100);
+    assert_eq!(backlog(Env::new().start()), 4096);
+    assert_eq!(backlog(Env::new().config("[proxy]\nlisten_backlog = 100\n").start()), 100);
 }
 
 #[test]
 fn total_connection_cap_answers_429_with_retry_after() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().config("[proxy]\nmax_connections = 3\n").start();
+    let Env { client: c, rt, .. } = &e;
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let gw = gateway(&pins, "[proxy]\nmax_connections = 3\n");
-    let c = EdgeClient::new(&gw);
     let host = sandbox_host("web");
     rt.block_on(async {
         let mut held = Vec::new();
@@ -109,12 +94,9 @@ fn total_connection_cap_answers_429_with_retry_after() {
 
 #[test]
 fn slow_clients_are_cut_after_the_header_read_timeout() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().config("[proxy]\nheader_read_timeout = \"1s\"\n").start();
+    let Env { gw, client: c, rt, .. } = &e;
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let gw = gateway(&pins, "[proxy]\nheader_read_timeout = \"1s\"\n");
-    let c = EdgeClient::new(&gw);
     let host = sandbox_host("web");
     rt.block_on(async {
         // Slowloris: a request head trickled one byte every 200 ms never completes.
@@ -146,17 +128,12 @@ fn slow_clients_are_cut_after_the_header_read_timeout() {
 
 #[test]
 fn idle_connections_and_tunnels_are_closed_after_the_idle_timeout() {
-    require_root();
-    let rt = runtime();
+    let e =
+        Env::new().config("[proxy]\nidle_timeout = \"2s\"\n").sandbox("web", &[(3000, "HTTP")]).token("idle").start();
+    let Env { client: c, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = gateway(&pins, "[proxy]\nidle_timeout = \"2s\"\n");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "idle"));
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
 
     let open_ws = |c: EdgeClient, host: String, bearer: String| async move {
         open_websocket(&c, &host, "/port/3000/ws", &bearer).await
@@ -164,7 +141,7 @@ fn idle_connections_and_tunnels_are_closed_after_the_idle_timeout() {
 
     rt.block_on(async {
         // A kept-alive HTTP connection left idle.
-        let mut tls = c.tls(&host, Alpn::H1).await.expect("tls");
+        let mut tls = c.tls(host, Alpn::H1).await.expect("tls");
         tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.expect("write");
         let closed = until_closed(&mut tls, Duration::from_secs(6)).await.expect("idle connection not closed");
         assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}");
@@ -186,12 +163,9 @@ fn idle_connections_and_tunnels_are_closed_after_the_idle_timeout() {
 
 #[test]
 fn oversized_request_heads_are_refused() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().config("[proxy]\nmax_header_bytes = 16384\n").start();
+    let Env { client: c, rt, .. } = &e;
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let gw = gateway(&pins, "[proxy]\nmax_header_bytes = 16384\n");
-    let c = EdgeClient::new(&gw);
     let host = sandbox_host("web");
     rt.block_on(async {
         let big = "x".repeat(32 * 1024);

@@ -6,11 +6,7 @@
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use gateway_tests::{
-    edge::*,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, Sandbox, require_root},
-};
+use gateway_tests::{edge::*, env::Env};
 use http::Method;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -30,22 +26,6 @@ use tokio_tungstenite::{
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-struct Env {
-    gw: GatewayProcess,
-    client: EdgeClient,
-    bearer: String,
-    host: String,
-}
-
-/// A gateway (data plane on) with sandbox `web` of `sb` declaring `ports`, and a token.
-fn env(pins: &BpffsDir, sb: &Sandbox, ports: &[(u16, &str)], extra: &str) -> Env {
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), extra);
-    register(&gw, "web", sb, ports);
-    let client = EdgeClient::new(&gw);
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "proxy"));
-    Env { gw, client, bearer, host: sandbox_host("web") }
-}
-
 async fn echo_round_trips(ws: &mut WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) {
     for i in 0..5 {
         let text = format!("hello {i}");
@@ -61,13 +41,10 @@ async fn echo_round_trips(ws: &mut WebSocketStream<TokioIo<hyper::upgrade::Upgra
 
 #[test]
 fn websocket_echo_over_http1_and_http2() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("proxy").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb, &[(3000, "HTTP")], "");
-    let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
 
     rt.block_on(async {
         // HTTP/1.1 Upgrade.
@@ -117,13 +94,10 @@ fn websocket_echo_over_http1_and_http2() {
 
 #[test]
 fn nothing_is_forwarded_after_an_upgrade_request_unless_the_app_answered_101() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("proxy").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb, &[(3000, "HTTP")], "");
-    let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
 
     let raw = rt.block_on(async {
         let mut tls = e.client.tls(&e.host, Alpn::H1).await.expect("tls");
@@ -161,13 +135,10 @@ fn nothing_is_forwarded_after_an_upgrade_request_unless_the_app_answered_101() {
 /// HTTP/2 alike, the rest of each cookie and the other headers arrive as the app sent them.
 #[test]
 fn app_cookies_are_host_only() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("proxy").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb, &[(3000, "HTTP")], "");
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
     let want = ["tossed=1; Path=/; HttpOnly", "session=abc; Path=/; Secure", "own=2; Path=/"];
     rt.block_on(async {
         let r = e.client.get(&e.host, "/port/3000/set-cookie", &[("authorization", &e.bearer)]).await;
@@ -185,13 +156,10 @@ fn app_cookies_are_host_only() {
 
 #[test]
 fn sse_events_arrive_before_the_stream_ends() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("proxy").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb, &[(3000, "HTTP")], "");
-    let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
 
     rt.block_on(async {
         for h2 in [false, true] {
@@ -224,15 +192,12 @@ fn sse_events_arrive_before_the_stream_ends() {
 
 #[test]
 fn a_gibibyte_streams_both_ways_with_bounded_gateway_memory() {
-    require_root();
     const GIB: u64 = 1 << 30;
     const BOUND_KIB: u64 = 12 * 1024;
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("proxy").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb, &[(3000, "HTTP")], "");
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
     let pid = e.gw.pid().expect("pid");
 
     let upload = |len: u64| {
@@ -307,14 +272,11 @@ fn a_gibibyte_streams_both_ways_with_bounded_gateway_memory() {
 
 #[test]
 fn grpc_and_h2c_reach_an_h2c_backend() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(50051, "GRPC"), (8081, "HTTP2")]).token("proxy").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb, &[(50051, "GRPC"), (8081, "HTTP2")], "");
-    let _grpc = spawn_backend(&sb, sb.addr(), 50051, Speaks::H2c);
-    let _h2c = spawn_backend(&sb, sb.addr(), 8081, Speaks::H2c);
+    let _grpc = spawn_backend(sb, sb.addr(), 50051, Speaks::H2c);
+    let _h2c = spawn_backend(sb, sb.addr(), 8081, Speaks::H2c);
 
     rt.block_on(async {
         let mut h2 = e.client.h2("any.local.gw.test").await;
@@ -352,19 +314,15 @@ fn grpc_and_h2c_reach_an_h2c_backend() {
 
 #[test]
 fn upstream_failures_say_what_is_wrong() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new()
+        .config("[proxy]\nconnect_timeout = \"1s\"\nresponse_timeout = \"1s\"\n")
+        .sandbox("web", &[(3000, "HTTP"), (3001, "HTTP"), (3002, "HTTP"), (3003, "HTTP"), (3004, "HTTP")])
+        .token("proxy")
+        .start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(
-        &pins,
-        &sb,
-        &[(3000, "HTTP"), (3001, "HTTP"), (3002, "HTTP"), (3003, "HTTP"), (3004, "HTTP")],
-        "[proxy]\nconnect_timeout = \"1s\"\nresponse_timeout = \"1s\"\n",
-    );
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let _local_only = spawn_backend(&sb, Ipv4Addr::LOCALHOST, 3002, Speaks::Http1);
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let _local_only = spawn_backend(sb, Ipv4Addr::LOCALHOST, 3002, Speaks::Http1);
     // Port 3003 drops SYNs inside the sandbox: the connection times out.
     sb.ns
         .exec(&["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "3003", "-j", "DROP"])
@@ -399,18 +357,19 @@ fn upstream_failures_say_what_is_wrong() {
 
 #[test]
 fn wait_for_port_holds_the_first_request_while_the_app_starts() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new()
+        .config("[proxy]\nwait_for_port = \"3s\"\n")
+        .sandbox("web", &[(3000, "HTTP"), (3001, "HTTP")])
+        .token("proxy")
+        .start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb, &[(3000, "HTTP"), (3001, "HTTP")], "[proxy]\nwait_for_port = \"3s\"\n");
     let auth = [("authorization", e.bearer.as_str())];
     rt.block_on(async {
         let started = Instant::now();
         let late = async {
             tokio::time::sleep(Duration::from_millis(800)).await;
-            spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1)
+            spawn_backend(sb, sb.addr(), 3000, Speaks::Http1)
         };
         let (r, _app) = tokio::join!(e.client.get(&e.host, "/port/3000/late", &auth), late);
         assert_eq!(r.status, 200, "{}", r.text());

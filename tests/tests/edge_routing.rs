@@ -4,32 +4,18 @@
 //!
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test edge_routing -- --test-threads=1`.
 
-use gateway_tests::{
-    edge::*,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, Sandbox, require_root},
-};
+use gateway_tests::{edge::*, env::Env, harness::Sandbox};
 use http::Method;
 use std::fs;
 
-/// A gateway enforcing in the kernel with `extra` appended to its configuration.
-fn gateway(pins: &BpffsDir, extra: &str) -> GatewayProcess {
-    GatewayProcess::start_enforcing_with(pins.path(), extra)
-}
-
 #[test]
 fn routing_answers_every_case_with_its_status_and_code() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP"), (5173, "HTTP")]).start();
+    let Env { gw, client: c, rt, host, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP"), (5173, "HTTP")]);
-    let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let api = spawn_backend(&sb, sb.addr(), 8080, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
+    let app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let api = spawn_backend(sb, sb.addr(), 8080, Speaks::Http1);
 
     rt.block_on(async {
         // Answered before authentication: they reveal nothing about the sandbox.
@@ -47,7 +33,7 @@ fn routing_answers_every_case_with_its_status_and_code() {
             ("/port/443/x", 403, "FORBIDDEN"),
             ("/port/8080/x?y", 403, "FORBIDDEN"),
         ] {
-            let r = c.get(&host, path, &[]).await;
+            let r = c.get(host, path, &[]).await;
             let message = r.assert_error(status, code);
             if status == 403 {
                 assert!(message.contains("reserved"), "{path}: {message}");
@@ -58,16 +44,16 @@ fn routing_answers_every_case_with_its_status_and_code() {
         c.get("api.gw.test", "/v0/sandboxes", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
         c.get("abc.local.preview.gw.test", "/", &[]).await.assert_error(404, "ROUTE_NOT_FOUND");
         // A valid route without a token: 401, and the app never sees it.
-        c.get(&host, "/port/3000/", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
-        c.get(&host, "/", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
-        c.get(&host, "/port/3000/", &[("authorization", "Bearer gw_not-a-token")])
+        c.get(host, "/port/3000/", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
+        c.get(host, "/", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
+        c.get(host, "/port/3000/", &[("authorization", "Bearer gw_not-a-token")])
             .await
             .assert_error(401, "AUTHENTICATION_FAILED");
     });
     assert_eq!(app.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(api.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "routing"));
+    let bearer = format!("Bearer {}", create_token(gw, WS, "routing"));
     let auth = [("authorization", bearer.as_str())];
     rt.block_on(async {
         for (path, port, seen) in [
@@ -84,34 +70,29 @@ fn routing_answers_every_case_with_its_status_and_code() {
             if port == 5173 {
                 continue; // declared, nothing listening: see edge_proxy's 502 cases
             }
-            let r = c.get(&host, path, &auth).await;
+            let r = c.get(host, path, &auth).await;
             assert_eq!(r.status, 200, "{path}: {}", r.text());
             let v = r.json();
             assert_eq!(v["port"], port, "{path}: {v}");
             assert_eq!(v["uri"], seen, "{path}: {v}");
         }
-        let message = c.get(&host, "/port/3001/x", &auth).await.assert_error(404, "ROUTE_NOT_FOUND");
+        let message = c.get(host, "/port/3001/x", &auth).await.assert_error(404, "ROUTE_NOT_FOUND");
         assert!(message.contains("3000, 5173"), "{message}");
     });
     // A valid token of another workspace is forbidden here.
-    let other = format!("Bearer {}", create_token(&gw, "other", "routing"));
+    let other = format!("Bearer {}", create_token(gw, "other", "routing"));
     rt.block_on(async {
-        c.get(&host, "/port/3000/", &[("authorization", &other)]).await.assert_error(403, "FORBIDDEN");
+        c.get(host, "/port/3000/", &[("authorization", &other)]).await.assert_error(403, "FORBIDDEN");
     });
 }
 
 #[test]
 fn hosts_are_normalised_and_checked_against_the_certificate() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, client: c, rt, host, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
     let variants = [
         host.to_ascii_uppercase(),
         format!("{host}."),
@@ -141,7 +122,7 @@ fn hosts_are_normalised_and_checked_against_the_certificate() {
         send1(&mut conn, build(Method::GET, "a b", "/", &[], empty())).await.assert_error(400, "BAD_REQUEST");
     });
 
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "hosts"));
+    let bearer = format!("Bearer {}", create_token(gw, WS, "hosts"));
     rt.block_on(async {
         for h in &variants {
             let r = c.get(h, "/port/3000/", &[("authorization", &bearer)]).await;
@@ -154,19 +135,14 @@ fn hosts_are_normalised_and_checked_against_the_certificate() {
 
 #[test]
 fn one_h2_connection_with_sni_any_serves_many_sandboxes() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("sdk").start();
+    let Env { gw, client: c, rt, bearer, .. } = &e;
+    let web = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let web = Sandbox::new();
     let db = Sandbox::new();
-    let gw = gateway(&pins, "");
-    register(&gw, "web", &web, &[(3000, "HTTP")]);
-    register(&gw, "db", &db, &[(3000, "HTTP")]);
-    let web_app = spawn_backend(&web, web.addr(), 3000, Speaks::Http1);
+    register(gw, WS, "db", &db, &[(3000, "HTTP")]);
+    let web_app = spawn_backend(web, web.addr(), 3000, Speaks::Http1);
     let db_app = spawn_backend(&db, db.addr(), 3000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "sdk"));
 
     rt.block_on(async {
         let mut h2 = c.h2("any.local.gw.test").await;
@@ -195,7 +171,7 @@ fn one_h2_connection_with_sni_any_serves_many_sandboxes() {
         for i in 0..20 {
             let mut sender = h2.clone();
             let name = if i % 2 == 0 { "web" } else { "db" };
-            let req = build_h2(Method::GET, &sandbox_host(name), "/port/3000/", &[("authorization", &bearer)], empty());
+            let req = build_h2(Method::GET, &sandbox_host(name), "/port/3000/", &[("authorization", bearer)], empty());
             tasks.push(tokio::spawn(
                 async move { read_reply(sender.send_request(req).await.expect("send")).await.status },
             ));
@@ -204,7 +180,7 @@ fn one_h2_connection_with_sni_any_serves_many_sandboxes() {
             assert_eq!(t.await.expect("task"), 200);
         }
         // A host outside the certificate on the same connection: 421.
-        let req = build_h2(Method::GET, "evil.test", "/", &[("authorization", &bearer)], empty());
+        let req = build_h2(Method::GET, "evil.test", "/", &[("authorization", bearer)], empty());
         read_reply(h2.send_request(req).await.expect("send")).await.assert_error(421, "MISDIRECTED_REQUEST");
     });
     assert_eq!(web_app.requests.load(std::sync::atomic::Ordering::SeqCst), 13);
@@ -213,19 +189,13 @@ fn one_h2_connection_with_sni_any_serves_many_sandboxes() {
 
 #[test]
 fn the_app_sees_forwarding_headers_and_no_credentials() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("headers").start();
+    let Env { client: c, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
+    let token = e.token().to_string();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let _api = spawn_backend(&sb, sb.addr(), 8080, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let token = create_token(&gw, WS, "headers");
-    let bearer = format!("Bearer {token}");
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let _api = spawn_backend(sb, sb.addr(), 8080, Speaks::Http1);
 
     rt.block_on(async {
         for (path, credential) in [
@@ -235,7 +205,7 @@ fn the_app_sees_forwarding_headers_and_no_credentials() {
         ] {
             let r = c
                 .get(
-                    &host,
+                    host,
                     path,
                     &[
                         credential,
@@ -287,25 +257,23 @@ fn the_app_sees_forwarding_headers_and_no_credentials() {
 
 #[test]
 fn trusted_proxies_and_the_localhost_host_policy() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new()
+        .config("[proxy]\nhost_header = \"localhost\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n")
+        .sandbox("web", &[(3000, "HTTP")])
+        .token("proxies")
+        .start();
+    let Env { client: c, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = gateway(&pins, "[proxy]\nhost_header = \"localhost\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "proxies"));
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
 
     rt.block_on(async {
         let r = c
             .get(
-                &host,
+                host,
                 "/port/3000/",
                 &[
-                    ("authorization", &bearer),
+                    ("authorization", bearer),
                     ("x-forwarded-for", "203.0.113.7"),
                     ("x-forwarded-proto", "https"),
                     ("x-forwarded-host", "public.example"),
@@ -319,8 +287,8 @@ fn trusted_proxies_and_the_localhost_host_policy() {
         assert_eq!(h["x-forwarded-for"], serde_json::json!(["203.0.113.7, 127.0.0.1"]), "{v}");
         assert_eq!(h["x-forwarded-host"], serde_json::json!(["public.example"]), "{v}");
         // The same Host policy for WebSocket upgrades.
-        let mut conn = c.h1(&host).await;
-        let response = conn.send_request(websocket_upgrade(&host, "/port/3000/ws", &bearer)).await.expect("send");
+        let mut conn = c.h1(host).await;
+        let response = conn.send_request(websocket_upgrade(host, "/port/3000/ws", bearer)).await.expect("send");
         assert_eq!(response.status(), 101);
         assert_eq!(response.headers()["x-seen-host"], "localhost:3000");
     });
@@ -328,11 +296,9 @@ fn trusted_proxies_and_the_localhost_host_policy() {
 
 #[test]
 fn the_development_ca_is_generated_once_and_reused() {
-    require_root();
-    let rt = runtime();
+    let mut e = Env::new().start();
+    let Env { gw, client: c, rt, .. } = &mut e;
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let mut gw = gateway(&pins, "");
     let ca = fs::read(gw.dev_ca_path()).expect("ca.pem generated");
     let cert = fs::read(gw.state_dir().join("tls/cert.pem")).expect("cert.pem generated");
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
@@ -342,7 +308,6 @@ fn the_development_ca_is_generated_once_and_reused() {
     gw.restart();
     assert_eq!(fs::read(gw.dev_ca_path()).expect("ca.pem"), ca, "CA reused");
     assert_eq!(fs::read(gw.state_dir().join("tls/cert.pem")).expect("cert.pem"), cert, "certificate reused");
-    let c = EdgeClient::new(&gw);
     rt.block_on(async {
         for sni in ["any.local.gw.test", "abc.local.preview.gw.test", "abc.preview.gw.test", "api.gw.test"] {
             let tls = c.tls(sni, Alpn::H2).await.unwrap_or_else(|e| panic!("{sni}: {e}"));
@@ -379,32 +344,27 @@ fn make_certificates(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn configured_certificates_are_chosen_by_sni() {
-    require_root();
-    let rt = runtime();
-    let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let dir = gateway_tests::gateway_process::TempDir::new("edge-certs");
+    let dir = gateway_tests::gateway_process::temp_dir("edge-certs");
     let ca = make_certificates(dir.path());
     let d = dir.path().display();
     let extra = format!(
         "[tls]\ncert = \"{d}/main.pem\"\nkey = \"{d}/main.key\"\n[[tls.certificates]]\ncert = \"{d}/other.pem\"\nkey = \"{d}/other.key\"\n"
     );
-    let gw = gateway(&pins, &extra);
+    let e = Env::new().config(&extra).sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, rt, host, .. } = &e;
+    let _rt = rt.enter();
     assert!(!gw.dev_ca_path().exists(), "no development CA when certificates are configured");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
     let c = EdgeClient::with_ca(gw.https_addr(), &ca);
-    let host = sandbox_host("web");
     rt.block_on(async {
         // The handshake verifies the served certificate against the SNI: success proves the choice.
         c.tls("x.other.test", Alpn::H1).await.expect("other certificate for *.other.test");
         c.tls("any.local.gw.test", Alpn::H1).await.expect("main certificate");
         // The connection's certificate decides which Hosts it may carry.
         let mut other = c.h1("x.other.test").await;
-        let r = read_reply(other.send_request(build(Method::GET, &host, "/", &[], empty())).await.expect("send")).await;
+        let r = read_reply(other.send_request(build(Method::GET, host, "/", &[], empty())).await.expect("send")).await;
         r.assert_error(421, "MISDIRECTED_REQUEST");
         let mut main = c.h1("any.local.gw.test").await;
-        let r = read_reply(main.send_request(build(Method::GET, &host, "/", &[], empty())).await.expect("send")).await;
+        let r = read_reply(main.send_request(build(Method::GET, host, "/", &[], empty())).await.expect("send")).await;
         r.assert_error(401, "AUTHENTICATION_REQUIRED");
         // An unknown SNI gets the default certificate (which then fails the client's check).
         assert!(c.tls("unknown.example", Alpn::H1).await.is_err());
@@ -413,15 +373,12 @@ fn configured_certificates_are_chosen_by_sni() {
 
 #[test]
 fn gateway_fetch_reaches_an_app_through_the_edge() {
-    require_root();
-    let rt = runtime();
-    let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let token = create_token(&gw, WS, "fetch");
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("fetch").start();
+    let Env { gw, .. } = &e;
+    let sb = e.sb();
+    let token = e.token().to_string();
+    let _rt = e.rt.enter();
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
     let config = gw.config_path().to_str().expect("utf-8").to_string();
     // `gateway fetch` is a blocking process: run it off the runtime so the backend keeps serving.
     let out = std::thread::spawn(move || {
@@ -456,17 +413,12 @@ fn gateway_fetch_reaches_an_app_through_the_edge() {
 
 #[test]
 fn revoked_and_expired_tokens_stop_working_at_once() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, client: c, rt, host, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = gateway(&pins, "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let revoked = format!("Bearer {}", create_token(&gw, WS, "soon-revoked"));
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let revoked = format!("Bearer {}", create_token(gw, WS, "soon-revoked"));
     let body = serde_json::to_vec(&serde_json::json!({"name": "short", "ttl": "2s"})).expect("json");
     let r = gw
         .client()
@@ -500,21 +452,19 @@ fn revoked_and_expired_tokens_stop_working_at_once() {
         assert_eq!(r.status, 401, "expired token still works: {}", r.text());
         r.assert_error(401, "AUTHENTICATION_FAILED");
         let mut h2 = h2.clone();
-        let req = build_h2(Method::GET, &host, "/", &[], empty());
+        let req = build_h2(Method::GET, host, "/", &[], empty());
         read_reply(h2.send_request(req).await.expect("send")).await.assert_error(401, "AUTHENTICATION_REQUIRED");
     });
 }
 
 #[test]
 fn a_reload_serves_new_certificates_to_new_handshakes() {
-    require_root();
-    let rt = runtime();
-    let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let dir = gateway_tests::gateway_process::TempDir::new("edge-certs-reload");
+    let dir = gateway_tests::gateway_process::temp_dir("edge-certs-reload");
     let ca = make_certificates(dir.path());
     let d = dir.path().display();
-    let gw = gateway(&pins, &format!("[tls]\ncert = \"{d}/main.pem\"\nkey = \"{d}/main.key\"\n"));
+    let e = Env::new().config(&format!("[tls]\ncert = \"{d}/main.pem\"\nkey = \"{d}/main.key\"\n")).start();
+    let Env { gw, rt, .. } = &e;
+    let _rt = rt.enter();
     let c = EdgeClient::with_ca(gw.https_addr(), &ca);
     rt.block_on(async {
         c.tls("any.local.gw.test", Alpn::H1).await.expect("main certificate");

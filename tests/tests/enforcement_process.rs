@@ -9,25 +9,8 @@ use gateway_common::{
     IPPROTO_TCP,
     policy::{Endpoint, PolicyValue, origin},
 };
-use gateway_tests::{gateway_process::*, harness::*};
+use gateway_tests::{edge::register, gateway_process::*, harness::*};
 use serde_json::json;
-
-const MARK: u32 = 0x6777;
-
-fn gateway() -> Origin<'static> {
-    Origin::host_marked(MARK)
-}
-
-fn register(gw: &GatewayProcess, sb: &Sandbox, ports: &[u16]) -> serde_json::Value {
-    let body = json!({
-        "address": sb.addr().to_string(),
-        "interface": sb.link.host_ifname(),
-        "ports": ports.iter().map(|p| json!({"target": p, "protocol": "HTTP"})).collect::<Vec<_>>(),
-    });
-    let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body);
-    assert_eq!(r.status, 200, "PUT sandbox: {}", r.text());
-    r.json()
-}
 
 fn kernel_ports(gw: &GatewayProcess) -> BTreeSet<u64> {
     let r = gw.client().get("/v1/workspaces/ws1/sandboxes/app/policy");
@@ -64,19 +47,19 @@ fn the_admin_api_programs_the_kernel_and_enforcement_survives_kill_9() {
     assert!(r.text().contains("gwt-nope0"), "the error names the interface: {}", r.text());
     assert_eq!(gw.client().get("/v1/workspaces/ws1/sandboxes").text(), before, "a refused PUT changes nothing");
 
-    let v = register(&gw, &sb, &[3000]);
+    let v = register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
     assert!(v["policyAppliedMicros"].as_u64().is_some(), "PUT reports the kernel update time: {v}");
     assert_eq!(v["url"], json!(format!("https://sbx-app-ws1.local.gw.test:{}", gw.https_port())));
     assert_eq!(kernel_ports(&gw), BTreeSet::from([3000]));
-    assert_reachable(gateway(), sb.sock(3000), "declared port from the gateway");
-    assert_reachable(gateway(), sb.sock(8080), "sandbox API from the gateway");
-    assert_unreachable(gateway(), sb.sock(3001), "undeclared port");
+    assert_reachable(Origin::gateway(), sb.sock(3000), "declared port from the gateway");
+    assert_reachable(Origin::gateway(), sb.sock(8080), "sandbox API from the gateway");
+    assert_unreachable(Origin::gateway(), sb.sock(3001), "undeclared port");
     assert_unreachable(Origin::host(), sb.sock(3000), "declared port, unmarked");
 
     // A crash: the process is gone, the kernel keeps enforcing, the pins stay readable.
     gw.kill();
-    assert_reachable(gateway(), sb.sock(3000), "declared port, gateway dead");
-    assert_unreachable(gateway(), sb.sock(3001), "undeclared port, gateway dead");
+    assert_reachable(Origin::gateway(), sb.sock(3000), "declared port, gateway dead");
+    assert_unreachable(Origin::gateway(), sb.sock(3001), "undeclared port, gateway dead");
     assert_unreachable(Origin::host(), sb.sock(3000), "unmarked, gateway dead");
     let d = dump(&bpffs);
     let ports: Vec<u64> = d["sandboxes"][0]["entries"]
@@ -93,17 +76,17 @@ fn the_admin_api_programs_the_kernel_and_enforcement_survives_kill_9() {
     let r = gw.client().get("/v1/workspaces/ws1/sandboxes/app");
     assert_eq!(r.status, 200, "state survived: {}", r.text());
     assert_eq!(kernel_ports(&gw), BTreeSet::from([3000]));
-    assert_reachable(gateway(), sb.sock(3000), "declared port after restart");
+    assert_reachable(Origin::gateway(), sb.sock(3000), "declared port after restart");
 
     // A second PUT replaces the ports; the kernel follows.
-    register(&gw, &sb, &[3001]);
-    assert_unreachable(gateway(), sb.sock(3000), "removed port");
-    assert_reachable(gateway(), sb.sock(3001), "added port");
+    register(&gw, "ws1", "app", &sb, &[(3001, "HTTP")]);
+    assert_unreachable(Origin::gateway(), sb.sock(3000), "removed port");
+    assert_reachable(Origin::gateway(), sb.sock(3001), "added port");
 
     // DELETE: nothing is reachable any more, the interface stays closed.
     assert_eq!(gw.client().delete("/v1/workspaces/ws1/sandboxes/app").status, 204);
     for port in [3000, 3001, 8080] {
-        assert_unreachable(gateway(), sb.sock(port), &format!("port {port} after DELETE"));
+        assert_unreachable(Origin::gateway(), sb.sock(port), &format!("port {port} after DELETE"));
     }
     assert_eq!(gw.client().get("/v1/workspaces/ws1/sandboxes/app/policy").status, 404);
     assert_eq!(dump(&bpffs)["sandboxes"], json!([]));
@@ -116,7 +99,7 @@ fn a_restart_reconciles_the_kernel_with_the_state() {
     let sb = Sandbox::new();
     let _apps: Vec<Listener> = [3000, 3001].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
     let mut gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, &sb, &[3000]);
+    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
     gw.kill();
 
     // Drift while the gateway is down: an entry the state does not hold, one it lost.
@@ -124,11 +107,11 @@ fn a_restart_reconciles_the_kernel_with_the_state() {
     maps.policy_insert(Endpoint::new(sb.addr().octets(), 3001, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0))
         .expect("insert a stale entry");
     maps.policy_remove(&Endpoint::new(sb.addr().octets(), 3000, IPPROTO_TCP)).expect("remove an entry");
-    assert_reachable(gateway(), sb.sock(3001), "the stale entry is enforced as written");
-    assert_unreachable(gateway(), sb.sock(3000), "the lost entry is closed");
+    assert_reachable(Origin::gateway(), sb.sock(3001), "the stale entry is enforced as written");
+    assert_unreachable(Origin::gateway(), sb.sock(3000), "the lost entry is closed");
 
     gw.spawn();
     assert_eq!(kernel_ports(&gw), BTreeSet::from([3000]));
-    assert_reachable(gateway(), sb.sock(3000), "missing entry added back");
-    assert_unreachable(gateway(), sb.sock(3001), "stale entry removed");
+    assert_reachable(Origin::gateway(), sb.sock(3000), "missing entry added back");
+    assert_unreachable(Origin::gateway(), sb.sock(3001), "stale entry removed");
 }

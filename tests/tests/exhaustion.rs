@@ -68,8 +68,8 @@ impl Setup {
                 header_read_timeout.as_secs()
             ),
         );
-        register(&gw, "victim", &victim, &[(3000, "HTTP")]);
-        register(&gw, "evil", &evil, &[(3000, "HTTP")]);
+        register(&gw, WS, "victim", &victim, &[(3000, "HTTP")]);
+        register(&gw, WS, "evil", &evil, &[(3000, "HTTP")]);
         // The attacked sandbox's app runs on a runtime of its own (another VM, in real life), so
         // that what it does cannot slow the victim's app down inside this test process.
         let evil_rt = tokio::runtime::Builder::new_multi_thread()

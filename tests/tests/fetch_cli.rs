@@ -59,7 +59,7 @@ fn fetch_through_the_edge_like_the_sdk() {
     let _rt = rt.enter();
     let sb = Sandbox::new();
     let gw = GatewayProcess::start();
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let config = gw.config_path().to_str().expect("utf-8").to_string();
     let token = create_token(&gw, WS, "fetch");

@@ -17,7 +17,7 @@ const DEV_BPFFS: &str = "/sys/fs/bpf/gateway-dev";
 #[test]
 fn serve_dev_needs_nothing_and_prints_commands_that_work() {
     require_root();
-    let dir = TempDir::new("gateway-first-run");
+    let dir = temp_dir("gateway-first-run");
     let state = dir.path().join("state");
     let pins_existed = Path::new(DEV_BPFFS).exists();
     let mut child = gateway_command()

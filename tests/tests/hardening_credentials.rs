@@ -18,8 +18,9 @@ use gateway::{
 };
 use gateway_tests::{
     edge::*,
+    env::Env,
     gateway_process::{GatewayProcess, Response},
-    harness::{BpffsDir, Origin, Reach, Sandbox, probe, require_root},
+    harness::{Origin, Reach, probe},
     raw::*,
 };
 use http::Method;
@@ -58,23 +59,15 @@ fn near_miss(s: &str) -> String {
 
 #[test]
 fn secrets_never_reach_logs_metrics_error_bodies_or_apps() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().log_filter("trace").sandbox("web", &[(3000, "HTTP")]).token("leak-check").start();
+    let Env { gw, client: c, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
+    let token = e.token().to_string();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let mut gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    gw.kill();
-    gw.set_log_filter("trace");
-    gw.spawn();
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let app = spawn_raw_backend(&sb, sb.addr(), 3000);
-    let api = spawn_raw_backend(&sb, sb.addr(), 8080);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let token = create_token(&gw, WS, "leak-check");
-    let other_ws = create_token(&gw, "other", "leak-check");
-    let (preview_host, _, preview) = preview_with_token(&gw, "priv");
+    let app = spawn_raw_backend(sb, sb.addr(), 3000);
+    let api = spawn_raw_backend(sb, sb.addr(), 8080);
+    let other_ws = create_token(gw, "other", "leak-check");
+    let (preview_host, _, preview) = preview_with_token(gw, "priv");
     // Secrets that must never show up anywhere but in the client's own requests (and, for the
     // preview token, in the one Set-Cookie of the cookie exchange).
     // The admin token too: the admin requests above and below carry it.
@@ -86,7 +79,6 @@ fn secrets_never_reach_logs_metrics_error_bodies_or_apps() {
         near_miss(&preview),
         gw.token().to_string(),
     ];
-    let bearer = format!("Bearer {token}");
     let mut answers: Vec<(String, String)> = Vec::new();
 
     rt.block_on(async {
@@ -103,10 +95,10 @@ fn secrets_never_reach_logs_metrics_error_bodies_or_apps() {
             ("/sandbox-api?x=1", "authorization"),
         ] {
             let r =
-                record(&mut answers, path, c.get(&host, path, &[(header, &bearer), ("x-blaxel-workspace", WS)]).await);
+                record(&mut answers, path, c.get(host, path, &[(header, bearer), ("x-blaxel-workspace", WS)]).await);
             assert_eq!(r.status, 200, "{}", r.text());
-            let mut h2 = c.h2(&host).await;
-            let req = build_h2(Method::GET, &host, path, &[(header, &bearer)], empty());
+            let mut h2 = c.h2(host).await;
+            let req = build_h2(Method::GET, host, path, &[(header, bearer)], empty());
             let r = record(&mut answers, path, read_reply(h2.send_request(req).await.expect("send")).await);
             assert_eq!(r.status, 200, "{}", r.text());
         }
@@ -124,12 +116,12 @@ fn secrets_never_reach_logs_metrics_error_bodies_or_apps() {
         ];
         for (what, headers) in &refusals {
             let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            let r = record(&mut answers, what, c.get(&host, "/port/3000/refused", &h).await);
+            let r = record(&mut answers, what, c.get(host, "/port/3000/refused", &h).await);
             assert!(r.status == 401 || r.status == 403, "{what}: {}", r.text());
         }
         // A token in the query of a sandbox host is not a credential: forwarded as query text
         // is the app's business, but it must not authenticate.
-        let r = record(&mut answers, "query token", c.get(&host, &format!("/port/3000/q?token={token}"), &[]).await);
+        let r = record(&mut answers, "query token", c.get(host, &format!("/port/3000/q?token={token}"), &[]).await);
         assert_eq!(r.status, 401);
         // The `/v0` API host.
         let r = record(
@@ -139,7 +131,7 @@ fn secrets_never_reach_logs_metrics_error_bodies_or_apps() {
         );
         assert_eq!(r.status, 401, "{}", r.text());
         let r =
-            record(&mut answers, "v0 ok", c.get("api.gw.test", "/v0/sandboxes", &[("authorization", &bearer)]).await);
+            record(&mut answers, "v0 ok", c.get("api.gw.test", "/v0/sandboxes", &[("authorization", bearer)]).await);
         assert_eq!(r.status, 200, "{}", r.text());
 
         // Preview: header, query, cookie; refusals; the cookie exchange.
@@ -171,12 +163,12 @@ fn secrets_never_reach_logs_metrics_error_bodies_or_apps() {
         assert!(!r.text().contains(&preview));
         // Raw HTTP/1.1 that the parser refuses, carrying a token: the 400 does not echo it.
         let bytes = format!("GET /port/3000/x HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nX Bad: 1\r\n\r\n");
-        let got = h1_exchange(&c, &host, bytes.as_bytes(), 1).await;
+        let got = h1_exchange(c, host, bytes.as_bytes(), 1).await;
         answers.push(("raw 400".into(), got.text()));
         let bytes = format!(
             "GET /port/3000/x HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nTransfer_Encoding: chunked\r\n\r\n"
         );
-        let got = h1_exchange(&c, &host, bytes.as_bytes(), 1).await;
+        let got = h1_exchange(c, host, bytes.as_bytes(), 1).await;
         assert_eq!(got.statuses(), [400]);
         answers.push(("gateway 400".into(), got.text()));
     });
@@ -243,25 +235,20 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn revoked_tokens_are_refused_on_the_very_next_request() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, client: c, rt, host, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let app = spawn_raw_backend(&sb, sb.addr(), 3000);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let (preview_host, preview_token_name, preview) = preview_with_token(&gw, "priv");
+    let app = spawn_raw_backend(sb, sb.addr(), 3000);
+    let (preview_host, preview_token_name, preview) = preview_with_token(gw, "priv");
 
     rt.block_on(async {
         // One keep-alive HTTP/1.1 connection each; revoke between two requests, no pause.
-        let mut sandbox_conn = RawH1::connect(&c, &host).await;
-        let mut preview_conn = RawH1::connect(&c, &preview_host).await;
+        let mut sandbox_conn = RawH1::connect(c, host).await;
+        let mut preview_conn = RawH1::connect(c, &preview_host).await;
         for round in 0..5 {
             let name = format!("r{round}");
-            let token = create_token(&gw, WS, &name);
+            let token = create_token(gw, WS, &name);
             let req =
                 format!("GET /port/3000/{round} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n");
             sandbox_conn.received.clear();
@@ -300,11 +287,9 @@ fn revoked_tokens_are_refused_on_the_very_next_request() {
 /// 0.0.0.0 (dropped by `sandbox_out` before the host stack sees it).
 #[test]
 fn the_admin_api_is_unreachable_from_a_sandbox() {
-    require_root();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let mut gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    let mut e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, sandbox, .. } = &mut e;
+    let sb = sandbox.as_ref().expect("sandbox");
     let admin: SocketAddr = match gw.admin() {
         gateway_tests::gateway_process::AdminAddr::Tcp(a) => *a,
         other => panic!("TCP admin expected: {other:?}"),

@@ -7,23 +7,7 @@
 //!
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test hardening_paths -- --test-threads=1`.
 
-use gateway_tests::{
-    edge::*,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, Sandbox, require_root},
-    raw::*,
-};
-use serde_json::json;
-
-/// Registers `sb` as sandbox `name` of workspace `ws` declaring `ports` (HTTP).
-fn register_in(gw: &GatewayProcess, ws: &str, name: &str, sb: &Sandbox, ports: &[u16]) -> u16 {
-    let body = json!({
-        "address": sb.addr().to_string(),
-        "interface": sb.link.host_ifname(),
-        "ports": ports.iter().map(|p| json!({"target": p, "protocol": "HTTP"})).collect::<Vec<_>>(),
-    });
-    gw.client().put_json(&format!("/v1/workspaces/{ws}/sandboxes/{name}"), &body).status
-}
+use gateway_tests::{edge::*, env::Env, harness::Sandbox, raw::*};
 
 fn host_of(name: &str, ws: &str) -> String {
     format!("sbx-{name}-{ws}.{SUFFIX}")
@@ -38,18 +22,12 @@ fn take(b: &RawBackend) -> Vec<String> {
 
 #[test]
 fn paths_and_ports_reach_exactly_the_port_and_path_they_name() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP"), (5173, "HTTP")]).token("paths").start();
+    let Env { client: c, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    assert_eq!(register_in(&gw, WS, "web", &sb, &[3000, 5173]), 200);
-    let app = spawn_raw_backend(&sb, sb.addr(), 3000);
-    let api = spawn_raw_backend(&sb, sb.addr(), 8080);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "paths"));
+    let app = spawn_raw_backend(sb, sb.addr(), 3000);
+    let api = spawn_raw_backend(sb, sb.addr(), 8080);
     let get = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\n\r\n");
 
     rt.block_on(async {
@@ -93,7 +71,7 @@ fn paths_and_ports_reach_exactly_the_port_and_path_they_name() {
             ("port/3000/x".into(), 400, None, None),
         ];
         for (target, status, at_app, at_api) in cases {
-            let got = h1_exchange(&c, &host, get(&target).as_bytes(), 1).await;
+            let got = h1_exchange(c, host, get(&target).as_bytes(), 1).await;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             assert_eq!(got.statuses(), [status], "{target}: {}", got.text());
             assert_eq!(take(&app), at_app.into_iter().collect::<Vec<_>>(), "{target}: at port 3000");
@@ -101,7 +79,7 @@ fn paths_and_ports_reach_exactly_the_port_and_path_they_name() {
         }
         // A fragment never goes on the wire in HTTP; sent anyway it is refused or dropped,
         // never a way to another port.
-        let got = h1_exchange(&c, &host, get("/port/3000/a#/../../port/8080").as_bytes(), 1).await;
+        let got = h1_exchange(c, host, get("/port/3000/a#/../../port/8080").as_bytes(), 1).await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let (app_lines, api_lines) = (take(&app), take(&api));
         assert!(api_lines.is_empty(), "{api_lines:?}");
@@ -112,18 +90,18 @@ fn paths_and_ports_reach_exactly_the_port_and_path_they_name() {
         }
 
         // Raw non-ASCII in the target: refused by the parser.
-        let got = h1_exchange(&c, &host, get("/port/３０００/x").as_bytes(), 1).await;
+        let got = h1_exchange(c, host, get("/port/３０００/x").as_bytes(), 1).await;
         assert!(got.statuses() == [400] || got.statuses().is_empty() && got.closed, "{}", got.text());
         assert!(take(&app).is_empty() && take(&api).is_empty());
 
         // Overlong targets: 8 KiB is forwarded intact; 64 KiB is refused (the parser's limit or
         // the header-bytes cap), never forwarded, and the connection closed.
         let long = format!("/port/3000/{}", "a".repeat(8 * 1024));
-        let got = h1_exchange(&c, &host, get(&long).as_bytes(), 1).await;
+        let got = h1_exchange(c, host, get(&long).as_bytes(), 1).await;
         assert_eq!(got.statuses(), [200], "8 KiB path");
         assert_eq!(take(&app), [format!("GET /{} HTTP/1.1", "a".repeat(8 * 1024))]);
         let overlong = format!("/port/3000/{}", "a".repeat(64 * 1024));
-        let got = h1_exchange(&c, &host, get(&overlong).as_bytes(), 1).await;
+        let got = h1_exchange(c, host, get(&overlong).as_bytes(), 1).await;
         let statuses = got.statuses();
         assert!(
             statuses.len() == 1 && [400, 414, 431].contains(&statuses[0]) || statuses.is_empty() && got.closed,
@@ -135,7 +113,7 @@ fn paths_and_ports_reach_exactly_the_port_and_path_they_name() {
         // CONNECT on HTTP/1.1 (authority form): refused, nothing opened.
         let connect =
             format!("CONNECT {}:3000 HTTP/1.1\r\nHost: {}:3000\r\nAuthorization: {bearer}\r\n\r\n", sb.addr(), host);
-        let got = h1_exchange(&c, &host, connect.as_bytes(), 1).await;
+        let got = h1_exchange(c, host, connect.as_bytes(), 1).await;
         let statuses = got.statuses();
         assert!(statuses.len() == 1 && (400..500).contains(&statuses[0]), "CONNECT: {}", got.text());
         assert!(take(&app).is_empty() && take(&api).is_empty(), "CONNECT forwarded");
@@ -144,18 +122,12 @@ fn paths_and_ports_reach_exactly_the_port_and_path_they_name() {
 
 #[test]
 fn hosts_route_by_their_name_only() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("hosts").start();
+    let Env { gw, client: c, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    assert_eq!(register_in(&gw, WS, "web", &sb, &[3000]), 200);
-    let app = spawn_raw_backend(&sb, sb.addr(), 3000);
-    let api = spawn_raw_backend(&sb, sb.addr(), 8080);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "hosts"));
+    let app = spawn_raw_backend(sb, sb.addr(), 3000);
+    let api = spawn_raw_backend(sb, sb.addr(), 8080);
     let port = gw.https_port();
 
     rt.block_on(async {
@@ -191,20 +163,16 @@ fn hosts_route_by_their_name_only() {
         ];
         for (host_lines, status, at_app) in cases {
             let bytes = format!("GET /port/3000/h HTTP/1.1\r\n{host_lines}Authorization: {bearer}\r\n\r\n");
-            let got = h1_exchange(&c, &host, bytes.as_bytes(), 1).await;
+            let got = h1_exchange(c, host, bytes.as_bytes(), 1).await;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             assert_eq!(got.statuses(), [status], "{host_lines:?}: {}", got.text());
             assert_eq!(take(&app), at_app.into_iter().collect::<Vec<_>>(), "{host_lines:?}");
             assert!(take(&api).is_empty(), "{host_lines:?}");
         }
         // HTTP/1.0 without Host: refused as well.
-        let got = h1_exchange(
-            &c,
-            &host,
-            format!("GET /port/3000/h HTTP/1.0\r\nAuthorization: {bearer}\r\n\r\n").as_bytes(),
-            1,
-        )
-        .await;
+        let got =
+            h1_exchange(c, host, format!("GET /port/3000/h HTTP/1.0\r\nAuthorization: {bearer}\r\n\r\n").as_bytes(), 1)
+                .await;
         assert_eq!(got.statuses(), [400], "{}", got.text());
         assert!(take(&app).is_empty());
     });
@@ -215,33 +183,31 @@ fn hosts_route_by_their_name_only() {
 /// that sandbox's workspace's, whatever the SNI, the Host header or an absolute-form target say.
 #[test]
 fn authority_sni_and_host_never_mix_sandboxes_or_workspaces() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, client: c, rt, .. } = &e;
+    let web_sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let web_sb = Sandbox::new();
     let db_sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    assert_eq!(register_in(&gw, WS, "web", &web_sb, &[3000]), 200);
-    assert_eq!(register_in(&gw, "beta", "db", &db_sb, &[3000]), 200);
+    register(gw, "beta", "db", &db_sb, &[(3000, "HTTP")]);
     // Labels are unique across workspaces: `sbx-a-b-c` cannot be two sandboxes.
     let third = Sandbox::new();
-    assert_eq!(register_in(&gw, "c", "a-b", &third, &[3000]), 200);
-    assert_eq!(register_in(&gw, "b-c", "a", &Sandbox::new(), &[3000]), 409, "label collision refused");
-    let web = spawn_raw_backend(&web_sb, web_sb.addr(), 3000);
+    register(gw, "c", "a-b", &third, &[(3000, "HTTP")]);
+    let collision =
+        gw.client().put_json("/v1/workspaces/b-c/sandboxes/a", &sandbox_body(&Sandbox::new(), &[(3000, "HTTP")]));
+    assert_eq!(collision.status, 409, "label collision refused");
+    let web = spawn_raw_backend(web_sb, web_sb.addr(), 3000);
     let db = spawn_raw_backend(&db_sb, db_sb.addr(), 3000);
-    let c = EdgeClient::new(&gw);
     let web_host = sandbox_host("web");
     let db_host = host_of("db", "beta");
-    let acme = format!("Bearer {}", create_token(&gw, WS, "acme-token"));
-    let beta = format!("Bearer {}", create_token(&gw, "beta", "beta-token"));
+    let acme = format!("Bearer {}", create_token(gw, WS, "acme-token"));
+    let beta = format!("Bearer {}", create_token(gw, "beta", "beta-token"));
 
     rt.block_on(async {
         // HTTP/1.1, SNI of web, Host of db: allowed (one certificate covers both), routed to
         // db, and authenticated for db's workspace.
         for (token, status, to_db) in [(&acme, 403, false), (&beta, 200, true)] {
             let bytes = format!("GET /port/3000/sni HTTP/1.1\r\nHost: {db_host}\r\nAuthorization: {token}\r\n\r\n");
-            let got = h1_exchange(&c, &web_host, bytes.as_bytes(), 1).await;
+            let got = h1_exchange(c, &web_host, bytes.as_bytes(), 1).await;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             assert_eq!(got.statuses(), [status], "SNI web, Host db: {}", got.text());
             assert_eq!(take(&db), if to_db { vec!["GET /sni HTTP/1.1".to_string()] } else { vec![] });
@@ -258,7 +224,7 @@ fn authority_sni_and_host_never_mix_sandboxes_or_workspaces() {
             let bytes = format!(
                 "GET https://{authority}/port/3000/abs HTTP/1.1\r\nHost: {header}\r\nAuthorization: {token}\r\n\r\n"
             );
-            let got = h1_exchange(&c, "any.local.gw.test", bytes.as_bytes(), 1).await;
+            let got = h1_exchange(c, "any.local.gw.test", bytes.as_bytes(), 1).await;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             assert_eq!(got.statuses(), [status], "absolute {authority} / Host {header}: {}", got.text());
             let (wreq, dreq) = (web.requests(), db.requests());
@@ -277,7 +243,7 @@ fn authority_sni_and_host_never_mix_sandboxes_or_workspaces() {
         // HTTP/2: a `host` field naming another host than `:authority` makes the request
         // malformed (RFC 9113 §8.3.1): 400, nothing forwarded, whichever token. The same host
         // spelled otherwise is fine, and the app sees `:authority` as Host.
-        let mut h2 = RawH2::connect(&c, &web_host).await;
+        let mut h2 = RawH2::connect(c, &web_host).await;
         let mut stream = 1;
         let upper_web = format!("{}:{}", web_host.to_ascii_uppercase(), gw.https_port());
         for (authority, header, token, status, to) in [
@@ -336,34 +302,28 @@ fn authority_sni_and_host_never_mix_sandboxes_or_workspaces() {
 /// The same path and authority rules on HTTP/2 (`:path`, `:authority` written by hand).
 #[test]
 fn h2_paths_and_authorities_follow_the_same_rules() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("h2-paths").start();
+    let Env { client: c, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    assert_eq!(register_in(&gw, WS, "web", &sb, &[3000]), 200);
-    let app = spawn_raw_backend(&sb, sb.addr(), 3000);
-    let api = spawn_raw_backend(&sb, sb.addr(), 8080);
-    let c = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "h2-paths"));
+    let app = spawn_raw_backend(sb, sb.addr(), 3000);
+    let api = spawn_raw_backend(sb, sb.addr(), 8080);
 
     rt.block_on(async {
-        let mut h2 = RawH2::connect(&c, &host).await;
+        let mut h2 = RawH2::connect(c, host).await;
         let mut stream = 1;
         // (:authority, :path, status or None for a stream reset, line at 3000, line at 8080)
         let userinfo = format!("user@{host}");
         type Case<'a> = (&'a str, &'a str, Option<u16>, Option<&'a str>, Option<&'a str>);
         let cases: Vec<Case> = vec![
-            (&host, "/port/3000//x", Some(200), Some("GET //x HTTP/1.1"), None),
-            (&host, "/port/3000/../8080", Some(200), Some("GET /../8080 HTTP/1.1"), None),
-            (&host, "//port/3000/x", Some(200), None, Some("GET //port/3000/x HTTP/1.1")),
-            (&host, "/port/08080", Some(400), None, None),
-            (&host, "/port/3000%2F..", Some(400), None, None),
-            (&host, "/port/65536", Some(400), None, None),
-            (&host, "/port/8080", Some(403), None, None),
-            (&host, "/port/4000", Some(404), None, None),
+            (host, "/port/3000//x", Some(200), Some("GET //x HTTP/1.1"), None),
+            (host, "/port/3000/../8080", Some(200), Some("GET /../8080 HTTP/1.1"), None),
+            (host, "//port/3000/x", Some(200), None, Some("GET //port/3000/x HTTP/1.1")),
+            (host, "/port/08080", Some(400), None, None),
+            (host, "/port/3000%2F..", Some(400), None, None),
+            (host, "/port/65536", Some(400), None, None),
+            (host, "/port/8080", Some(403), None, None),
+            (host, "/port/4000", Some(404), None, None),
             (&userinfo, "/port/3000/x", None, None, None),
             ("127.0.0.1", "/port/3000/x", Some(421), None, None),
             ("evil.test", "/port/3000/x", Some(421), None, None),
@@ -443,7 +403,7 @@ fn h2_paths_and_authorities_follow_the_same_rules() {
             );
             assert!(take(&app).is_empty() && take(&api).is_empty(), "{name}: forwarded");
             if matches!(outcome, H2Outcome::GoAway(_)) {
-                h2 = RawH2::connect(&c, &host).await;
+                h2 = RawH2::connect(c, host).await;
                 stream = 1;
             }
         }

@@ -11,27 +11,7 @@
 //!
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test hardening_smuggling -- --test-threads=1`.
 
-use gateway_tests::{
-    edge::*,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, Sandbox, require_root},
-    raw::*,
-};
-
-struct Env {
-    _gw: GatewayProcess,
-    client: EdgeClient,
-    host: String,
-    bearer: String,
-}
-
-fn env(pins: &BpffsDir, sb: &Sandbox) -> Env {
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
-    register(&gw, "web", sb, &[(3000, "HTTP")]);
-    let client = EdgeClient::new(&gw);
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "smuggling"));
-    Env { _gw: gw, client, host: sandbox_host("web"), bearer }
-}
+use gateway_tests::{edge::*, env::Env, harness::Sandbox, raw::*};
 
 /// What a case must produce.
 struct Expect {
@@ -43,7 +23,14 @@ struct Expect {
     backend: Vec<(&'static str, &'static [u8])>,
 }
 
-impl Env {
+/// The requests of these tests, to the fixture's sandbox with its token.
+trait Smuggling {
+    fn req(&self, method: &str, path: &str, extra: &str, body: &str) -> String;
+    fn get(&self, path: &str) -> String;
+    async fn check(&self, backend: &RawBackend, name: &str, bytes: &[u8], want: Expect);
+}
+
+impl Smuggling for Env {
     /// `{method} /port/3000{path} HTTP/1.1` with Host and the token, `extra` header lines
     /// (each ending in CRLF), the blank line, then `body`.
     fn req(&self, method: &str, path: &str, extra: &str, body: &str) -> String {
@@ -88,13 +75,10 @@ const NO: &[u8] = b"";
 
 #[test]
 fn ambiguous_framing_is_refused_and_never_forwarded() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("smuggling").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb);
-    let backend = spawn_raw_backend(&sb, sb.addr(), 3000);
+    let backend = spawn_raw_backend(sb, sb.addr(), 3000);
     let smuggled =
         format!("GET /port/3000/smuggled HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\r\n", e.host, e.bearer);
     let next = e.get("/next");
@@ -255,13 +239,10 @@ fn ambiguous_framing_is_refused_and_never_forwarded() {
 
 #[test]
 fn broken_chunked_bodies_never_reach_the_app_whole() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("smuggling").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb);
-    let backend = spawn_raw_backend(&sb, sb.addr(), 3000);
+    let backend = spawn_raw_backend(sb, sb.addr(), 3000);
     let next = e.get("/next");
 
     rt.block_on(async {
@@ -297,13 +278,10 @@ fn broken_chunked_bodies_never_reach_the_app_whole() {
 
 #[test]
 fn pipelined_requests_are_forwarded_in_order_and_stop_at_the_first_bad_one() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("smuggling").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb);
-    let backend = spawn_raw_backend(&sb, sb.addr(), 3000);
+    let backend = spawn_raw_backend(sb, sb.addr(), 3000);
 
     rt.block_on(async {
         let bytes = [
@@ -375,13 +353,10 @@ fn pipelined_requests_are_forwarded_in_order_and_stop_at_the_first_bad_one() {
 
 #[test]
 fn bytes_after_an_upgrade_request_wait_for_the_apps_101() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("smuggling").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb);
-    let backend = spawn_raw_backend(&sb, sb.addr(), 3000);
+    let backend = spawn_raw_backend(sb, sb.addr(), 3000);
     let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     let smuggled = format!("GET /port/3000/smuggled HTTP/1.1\r\nHost: {}\r\n\r\n", e.host);
 
@@ -463,13 +438,10 @@ fn bytes_after_an_upgrade_request_wait_for_the_apps_101() {
 
 #[test]
 fn h2_requests_with_connection_specific_headers_are_reset_and_not_downgraded() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("smuggling").start();
+    let (rt, sb) = (&e.rt, e.sb());
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let e = env(&pins, &sb);
-    let backend = spawn_raw_backend(&sb, sb.addr(), 3000);
+    let backend = spawn_raw_backend(sb, sb.addr(), 3000);
 
     rt.block_on(async {
         let mut h2 = RawH2::connect(&e.client, &e.host).await;
@@ -612,19 +584,14 @@ fn spawn_canned(sb: &Sandbox, port: u16, response: &'static [u8]) -> tokio::task
 /// here to another sandbox, gets its own answer, never bytes the malicious app wrote.
 #[test]
 fn a_malicious_app_cannot_desync_the_client_connection() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("good", &[(3000, "HTTP")]).token("desync").start();
+    let Env { gw, client: c, rt, bearer, .. } = &e;
+    let good_sb = e.sb();
     let _rt = rt.enter();
-    let pins = BpffsDir::new();
     let evil_sb = Sandbox::new();
-    let good_sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
     let evil_ports: Vec<(u16, &str)> = (3001..=3010).map(|p| (p, "HTTP")).collect();
-    register(&gw, "evil", &evil_sb, &evil_ports);
-    register(&gw, "good", &good_sb, &[(3000, "HTTP")]);
-    let c = EdgeClient::new(&gw);
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "desync"));
-    let good = spawn_raw_backend(&good_sb, good_sb.addr(), 3000);
+    register(gw, WS, "evil", &evil_sb, &evil_ports);
+    let good = spawn_raw_backend(good_sb, good_sb.addr(), 3000);
     let cases: [(u16, &str, &'static [u8]); 10] = [
         (3001, "extra response after the answer", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: 1\r\n\r\ninjected"),
         (3002, "CL and TE", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: 1\r\n\r\ninjected"),
@@ -645,7 +612,7 @@ fn a_malicious_app_cannot_desync_the_client_connection() {
         for (port, name, _) in cases {
             good.clear();
             // One client connection (SNI any: both hosts allowed): the evil app, then the good one.
-            let mut conn = RawH1::connect(&c, "any.local.gw.test").await;
+            let mut conn = RawH1::connect(c, "any.local.gw.test").await;
             let first = format!("GET /port/{port}/x HTTP/1.1\r\nHost: {evil_host}\r\nAuthorization: {bearer}\r\n\r\n");
             conn.send(first.as_bytes()).await;
             conn.read(1, std::time::Duration::from_millis(300), std::time::Duration::from_secs(10)).await;
@@ -677,7 +644,7 @@ fn a_malicious_app_cannot_desync_the_client_connection() {
                 _ => panic!("{name}: more answers than requests:\n{}", answered.text()),
             }
             if answered.closed {
-                conn = RawH1::connect(&c, "any.local.gw.test").await;
+                conn = RawH1::connect(c, "any.local.gw.test").await;
             }
             let before = conn.received.len();
             let second =

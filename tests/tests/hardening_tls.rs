@@ -13,6 +13,7 @@
 //! (add `--ignored` for testssl.sh).
 
 use gateway_tests::{
+    env::Env,
     gateway_process::GatewayProcess,
     harness::{BpffsDir, require_root},
 };
@@ -144,9 +145,8 @@ fn send_hello(addr: SocketAddr, hello: &[u8]) -> Answer {
 
 #[test]
 fn ssl3_tls10_and_tls11_handshakes_are_refused() {
-    require_root();
-    let pins = BpffsDir::new();
-    let gw = GatewayProcess::start_enforcing_with(pins.path(), "");
+    let e = Env::new().start();
+    let Env { gw, .. } = &e;
     let addr = gw.https_addr();
 
     // The control: the same hello offering TLS 1.2 is served (TLS 1.3 is covered by every
@@ -237,7 +237,7 @@ fn public_like_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::p
 fn soak_testssl_reports_no_high_or_critical_finding() {
     require_root();
     let pins = BpffsDir::new();
-    let dir = gateway_tests::gateway_process::TempDir::new("testssl-certs");
+    let dir = gateway_tests::gateway_process::temp_dir("testssl-certs");
     let (ca, chain, key) = public_like_certificate(dir.path());
     let gw = GatewayProcess::start_enforcing_with(
         pins.path(),

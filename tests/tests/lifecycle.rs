@@ -15,8 +15,8 @@ use std::{
 };
 
 use gateway::telemetry::metrics::sum_samples;
-use gateway_tests::{gateway_process::*, harness::*};
-use serde_json::json;
+use gateway_tests::env::Env;
+use gateway_tests::{edge::sandbox_body, gateway_process::*, harness::*};
 
 const MARK: u32 = 0x6777;
 
@@ -38,7 +38,7 @@ fn unit_for_tests(dir: &Path) -> PathBuf {
 
 #[test]
 fn the_systemd_unit_verifies_and_asks_for_what_the_issue_lists() {
-    let dir = TempDir::new("gateway-unit");
+    let dir = temp_dir("gateway-unit");
     let unit = unit_for_tests(dir.path());
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -171,7 +171,7 @@ impl Drop for Killed {
 fn notify_ready_watchdog_reload_and_stop_with_only_the_units_capabilities() {
     require_root();
     let bpffs = BpffsDir::new();
-    let dir = TempDir::new("gateway-notify");
+    let dir = temp_dir("gateway-notify");
     let sb = Sandbox::new();
     let _app = spawn_tcp_echo(&sb, sb.sock(3000));
     let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
@@ -203,9 +203,7 @@ fn notify_ready_watchdog_reload_and_stop_with_only_the_units_capabilities() {
     );
 
     // The data plane works with these capabilities: attach, maps, enforcement.
-    let body =
-        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
-    let r = client.put_json("/v1/workspaces/ws1/sandboxes/app", &body);
+    let r = client.put_json("/v1/workspaces/ws1/sandboxes/app", &sandbox_body(&sb, &[(3000, "HTTP")]));
     assert_eq!(r.status, 200, "PUT: {}\n{}", r.text(), show_log());
     assert_reachable(Origin::host_marked(MARK), sb.sock(3000), "declared port, marked");
     assert_unreachable(Origin::host(), sb.sock(3000), "declared port, unmarked");
@@ -328,13 +326,11 @@ fn sighup_applies_a_valid_configuration_without_dropping_connections_and_refuses
 #[test]
 fn sighup_keeps_https_connections_and_refuses_unreadable_certificates() {
     use gateway_tests::edge::*;
-    require_root();
-    let rt = runtime();
+    let mut e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("reload").start();
+    let Env { gw, sandbox, client, rt, host, bearer, .. } = &mut e;
+    let sb = sandbox.as_ref().expect("sandbox");
     let _rt = rt.enter();
-    let bpffs = BpffsDir::new();
-    let sb = Sandbox::new();
     // First start: the development certificate; then serve it from files named in [tls].
-    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
     gw.kill();
     let certs = gw.dir().join("certs");
     fs::create_dir_all(&certs).expect("certs dir");
@@ -350,30 +346,26 @@ fn sighup_keeps_https_connections_and_refuses_unreadable_certificates() {
     };
     fs::write(gw.config_path(), with_tls("cert.pem")).expect("config");
     gw.spawn();
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "reload"));
-    let client = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
     let mut h2 = rt.block_on(client.h2("any.local.gw.test"));
     let ask = |h2: &mut hyper::client::conn::http2::SendRequest<TestBody>| {
-        let req = build_h2(http::Method::GET, &host, "/port/3000/x", &[("authorization", &bearer)], empty());
+        let req = build_h2(http::Method::GET, host, "/port/3000/x", &[("authorization", bearer)], empty());
         rt.block_on(async { read_reply(h2.send_request(req).await.expect("send on the open connection")).await.status })
     };
     assert_eq!(ask(&mut h2), 200);
 
     fs::write(gw.config_path(), with_tls("missing.pem")).expect("config");
-    sighup(&gw);
-    wait_reloads(&gw, "refused", 1);
+    sighup(gw);
+    wait_reloads(gw, "refused", 1);
     assert!(gw.log().contains("missing.pem"), "the refusal names the file:\n{}", gw.log());
     assert_eq!(ask(&mut h2), 200, "the open connection survives a refused reload");
     rt.block_on(client.tls("any.local.gw.test", Alpn::H1))
         .expect("the running certificate still serves new handshakes");
 
     fs::write(gw.config_path(), with_tls("cert.pem")).expect("config");
-    sighup(&gw);
-    wait_reloads(&gw, "ok", 1);
+    sighup(gw);
+    wait_reloads(gw, "ok", 1);
     assert_eq!(ask(&mut h2), 200, "the open connection survives an applied reload");
-    let r = rt.block_on(client.get(&host, "/port/3000/y", &[("authorization", &bearer)]));
+    let r = rt.block_on(client.get(host, "/port/3000/y", &[("authorization", bearer)]));
     assert_eq!(r.status, 200, "a new connection after the reload");
 }

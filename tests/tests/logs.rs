@@ -2,23 +2,17 @@
 //! the `log` → `tracing` bridge (target `gateway_ebpf`), and `--log-format json` writes one JSON
 //! object per line, without terminal colours.
 
-use gateway_tests::{gateway_process::*, harness::*};
-use serde_json::json;
+use gateway_tests::env::Env;
+use gateway_tests::{edge::register, gateway_process::*, harness::*};
 use std::time::{Duration, Instant};
 
 #[test]
 fn ebpf_log_records_are_bridged_into_the_gateway_log() {
-    require_root();
-    let bpffs = BpffsDir::new();
+    let e = Env::new().log_filter("info,gateway_ebpf=debug").start();
+    let Env { gw, .. } = &e;
     let sb = Sandbox::new();
     let _app = spawn_tcp_echo(&sb, sb.sock(3000));
-    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
-    gw.kill();
-    gw.set_log_filter("info,gateway_ebpf=debug");
-    gw.spawn();
-    let body =
-        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
-    assert_eq!(gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body).status, 200);
+    register(gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
 
     // An unmarked SYN is dropped by sandbox_in (hook 0) as not from the gateway (reason 19).
     assert_unreachable(Origin::host(), sb.sock(3000), "unmarked");
@@ -74,21 +68,15 @@ fn json_logs_are_one_object_per_line_without_colours() {
 #[test]
 fn the_edge_writes_an_access_line_per_request_without_secrets() {
     use gateway_tests::edge::*;
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("access-log").start();
+    let Env { gw, client, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
+    let secret = e.token().to_string();
     let _rt = rt.enter();
-    let bpffs = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let secret = create_token(&gw, WS, "access-log");
-    let bearer = format!("Bearer {secret}");
-    let client = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
     let (ok, refused) = rt.block_on(async {
-        let ok = client.get(&host, "/port/3000/items?bl_preview_token=not-logged", &[("authorization", &bearer)]).await;
-        let refused = client.get(&host, "/port/3000/items", &[]).await;
+        let ok = client.get(host, "/port/3000/items?bl_preview_token=not-logged", &[("authorization", bearer)]).await;
+        let refused = client.get(host, "/port/3000/items", &[]).await;
         (ok, refused)
     });
     assert_eq!(ok.status, 200, "{}", ok.text());

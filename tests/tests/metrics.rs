@@ -3,8 +3,8 @@
 //! and the control-plane metrics (policy apply, state writes) move with admin calls.
 
 use gateway::telemetry::metrics::sum_samples;
-use gateway_tests::{gateway_process::*, harness::*};
-use serde_json::json;
+use gateway_tests::env::Env;
+use gateway_tests::{edge::register, gateway_process::*, harness::*};
 use std::time::{Duration, Instant};
 
 const MARK: u32 = 0x6777;
@@ -47,26 +47,19 @@ fn verdicts(text: &str, hook: &str, reason: &str) -> u64 {
 
 #[test]
 fn metrics_show_kernel_verdicts_and_control_plane_work() {
-    require_root();
-    let bpffs = BpffsDir::new();
+    let e = Env::new().start();
+    let Env { gw, .. } = &e;
     let sb = Sandbox::new();
     let _apps: Vec<Listener> = [3000, 3001].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
-    let gw = GatewayProcess::start_enforcing(bpffs.path());
 
-    let before = scrape(&gw);
+    let before = scrape(gw);
     assert_well_formed(&before);
     assert!(before.contains("gateway_dataplane_up 1"), "the pinned maps are read:\n{before}");
     assert!(before.contains("gateway_build_info{version="), "{before}");
 
-    let body = json!({
-        "address": sb.addr().to_string(),
-        "interface": sb.link.host_ifname(),
-        "ports": [{"target": 3000, "protocol": "HTTP"}],
-    });
-    let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body);
-    assert_eq!(r.status, 200, "PUT: {}", r.text());
+    register(gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
 
-    let registered = scrape(&gw);
+    let registered = scrape(gw);
     assert!(
         sum_samples(&registered, "gateway_policy_apply_seconds_count", &[])
             > sum_samples(&before, "gateway_policy_apply_seconds_count", &[]),
@@ -88,7 +81,7 @@ fn metrics_show_kernel_verdicts_and_control_plane_work() {
     assert_unreachable(Origin::host(), sb.sock(3000), "declared port, unmarked");
     assert_unreachable(Origin::host_marked(MARK), sb.sock(3001), "undeclared port, marked");
 
-    let after = scrape(&gw);
+    let after = scrape(gw);
     assert_well_formed(&after);
     let moved = |reason: &str| verdicts(&after, "sandbox_in", reason) - verdicts(&registered, "sandbox_in", reason);
     assert!(moved("pass_allowed") >= N, "pass_allowed moved by {} (want ≥ {N}):\n{after}", moved("pass_allowed"));
@@ -108,25 +101,19 @@ fn edge_requests_connections_tls_and_websockets_are_counted() {
     use gateway_tests::edge::*;
     use tokio::io::AsyncWriteExt;
 
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("metrics").start();
+    let Env { gw, client, rt, host, bearer, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let bpffs = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "metrics"));
-    let client = EdgeClient::new(&gw);
-    let host = sandbox_host("web");
-    let before = scrape(&gw);
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let before = scrape(gw);
 
     rt.block_on(async {
         for _ in 0..3 {
-            let r = client.get(&host, "/port/3000/hello", &[("authorization", &bearer)]).await;
+            let r = client.get(host, "/port/3000/hello", &[("authorization", bearer)]).await;
             assert_eq!(r.status, 200, "{}", r.text());
         }
-        let r = client.get(&host, "/port/3000/hello", &[]).await;
+        let r = client.get(host, "/port/3000/hello", &[]).await;
         assert_eq!(r.status, 401);
         // Not TLS at all: a failed handshake.
         let mut raw = tokio::net::TcpStream::connect(gw.https_addr()).await.expect("connect");
@@ -136,10 +123,10 @@ fn edge_requests_connections_tls_and_websockets_are_counted() {
             .await;
 
         // A WebSocket, open while we scrape.
-        let io = open_websocket(&client, &host, "/port/3000/ws", &bearer).await;
+        let io = open_websocket(client, host, "/port/3000/ws", bearer).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let during = scrape(&gw);
+            let during = scrape(gw);
             if sum_samples(&during, "gateway_websockets_open", &[]) == 1 {
                 break;
             }
@@ -149,7 +136,7 @@ fn edge_requests_connections_tls_and_websockets_are_counted() {
         drop(io);
     });
 
-    let after = scrape(&gw);
+    let after = scrape(gw);
     assert_well_formed(&after);
     let delta =
         |name: &str, labels: &[(&str, &str)]| sum_samples(&after, name, labels) - sum_samples(&before, name, labels);
@@ -170,7 +157,7 @@ fn edge_requests_connections_tls_and_websockets_are_counted() {
     assert!(delta("gateway_connections_total", &[]) >= 6, "{after}");
     assert_eq!(delta("gateway_websockets_total", &[]), 1, "{after}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sum_samples(&scrape(&gw), "gateway_websockets_open", &[]) != 0 {
+    while sum_samples(&scrape(gw), "gateway_websockets_open", &[]) != 0 {
         assert!(Instant::now() < deadline, "the WebSocket is still counted as open");
         std::thread::sleep(Duration::from_millis(20));
     }

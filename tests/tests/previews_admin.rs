@@ -9,19 +9,13 @@ use std::time::Duration;
 
 const SBX: &str = "/v1/workspaces/acme/sandboxes/app";
 
-fn gateway() -> GatewayProcess {
+/// An unprivileged gateway (data plane off) with sandbox `acme/app` on `lo` declaring 3000.
+fn gateway_with_app() -> GatewayProcess {
     let gw = GatewayProcess::start();
     let r =
         gw.client().put_json(SBX, &json!({"address": "198.18.0.2", "interface": "lo", "ports": [{"target": 3000}]}));
     assert_eq!(r.status, 200, "{}", r.text());
     gw
-}
-
-fn assert_error(r: &Response, status: u16, code: &str) {
-    assert_eq!(r.status, status, "expected {status} {code}: {}", r.text());
-    let v = r.json();
-    assert_eq!(v["error"]["code"], code, "{v}");
-    assert_eq!(v["error"]["origin"], "gateway", "{v}");
 }
 
 fn post(gw: &GatewayProcess, path: &str, body: &Value) -> Response {
@@ -31,7 +25,7 @@ fn post(gw: &GatewayProcess, path: &str, body: &Value) -> Response {
 
 #[test]
 fn previews_tokens_and_sessions_over_v1() {
-    let gw = gateway();
+    let gw = gateway_with_app();
     let c = gw.client();
     let port = gw.https_port();
 
@@ -67,11 +61,8 @@ fn previews_tokens_and_sessions_over_v1() {
         .map(|p| p["name"].clone())
         .collect();
     assert_eq!(names, vec![json!("shop"), json!("web")]);
-    assert_error(
-        &c.put_json(&format!("{SBX}/previews/shop2"), &json!({"port": 3000, "prefixUrl": "shop"})),
-        409,
-        "PREVIEW_URL_CONFLICT",
-    );
+    c.put_json(&format!("{SBX}/previews/shop2"), &json!({"port": 3000, "prefixUrl": "shop"}))
+        .assert_error(409, "PREVIEW_URL_CONFLICT");
 
     // Timestamps in every accepted form.
     for (at, want) in [
@@ -85,13 +76,10 @@ fn previews_tokens_and_sessions_over_v1() {
         assert_eq!(r.status, 200, "{at}: {}", r.text());
         assert_eq!(r.json()["expiresAt"], want, "{at}");
     }
-    assert_error(
-        &c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 3000, "expiresAt": "next week"})),
-        400,
-        "BAD_REQUEST",
-    );
-    assert_error(&c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 80})), 400, "RESERVED_PORT");
-    assert_error(&c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 8080})), 400, "RESERVED_PORT");
+    c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 3000, "expiresAt": "next week"}))
+        .assert_error(400, "BAD_REQUEST");
+    c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 80})).assert_error(400, "RESERVED_PORT");
+    c.put_json(&format!("{SBX}/previews/when"), &json!({"port": 8080})).assert_error(400, "RESERVED_PORT");
 
     // Tokens: created with the secret, listed without, revoked by name.
     let r =
@@ -107,10 +95,10 @@ fn previews_tokens_and_sessions_over_v1() {
     assert!(!list.text().contains("gwpt_"), "no secrets in lists: {}", list.text());
     assert_eq!(list.json()["tokens"].as_array().map(Vec::len), Some(2));
     assert_eq!(c.get(&format!("{SBX}/previews/web/tokens/ci")).json()["expired"], false);
-    assert_error(&post(&gw, &format!("{SBX}/previews/web/tokens"), &json!({"name": "ci"})), 409, "TOKEN_CONFLICT");
+    post(&gw, &format!("{SBX}/previews/web/tokens"), &json!({"name": "ci"})).assert_error(409, "TOKEN_CONFLICT");
     assert_eq!(c.delete(&format!("{SBX}/previews/web/tokens/ci")).status, 204);
-    assert_error(&c.delete(&format!("{SBX}/previews/web/tokens/ci")), 404, "TOKEN_NOT_FOUND");
-    assert_error(&post(&gw, &format!("{SBX}/previews/nope/tokens"), &json!({})), 404, "PREVIEW_NOT_FOUND");
+    c.delete(&format!("{SBX}/previews/web/tokens/ci")).assert_error(404, "TOKEN_NOT_FOUND");
+    post(&gw, &format!("{SBX}/previews/nope/tokens"), &json!({})).assert_error(404, "PREVIEW_NOT_FOUND");
     assert!(!gw.log().contains(ci["token"].as_str().unwrap_or("-")), "secrets are never logged");
 
     // Sessions: private preview on 443 + one token, 24 h by default.
@@ -128,7 +116,7 @@ fn previews_tokens_and_sessions_over_v1() {
 
     // Stable URL across delete and re-create.
     assert_eq!(c.delete(&format!("{SBX}/previews/web")).status, 204);
-    assert_error(&c.get(&format!("{SBX}/previews/web")), 404, "PREVIEW_NOT_FOUND");
+    c.get(&format!("{SBX}/previews/web")).assert_error(404, "PREVIEW_NOT_FOUND");
     let again = c.put_json(&format!("{SBX}/previews/web"), &json!({"port": 4000}));
     assert_eq!(again.json()["url"], web["url"]);
     assert_eq!(again.json()["tokens"], 0, "tokens died with the preview");
@@ -141,7 +129,7 @@ fn previews_tokens_and_sessions_over_v1() {
 
 #[test]
 fn the_cli_manages_previews_tokens_and_sessions() {
-    let gw = gateway();
+    let gw = gateway_with_app();
     let admin = gw.admin().config_value();
     let run = |args: &[&str]| {
         let mut all: Vec<&str> = args.to_vec();

@@ -10,8 +10,8 @@ use futures_util::{SinkExt, StreamExt};
 use gateway::model::time;
 use gateway_tests::{
     edge::*,
+    env::Env,
     gateway_process::{GatewayProcess, Response},
-    harness::{BpffsDir, Sandbox, require_root},
 };
 use http::Method;
 use hyper_util::rt::TokioIo;
@@ -53,31 +53,17 @@ fn seen<'a>(echo: &'a Value, name: &str) -> Vec<&'a str> {
     echo["headers"][name].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
 }
 
-struct Setup {
-    _pins: BpffsDir,
-    sb: Sandbox,
-    gw: GatewayProcess,
-}
-
-fn setup() -> Setup {
-    require_root();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing(pins.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    Setup { _pins: pins, sb, gw }
-}
-
 #[test]
 fn public_and_private_previews_with_header_query_and_cookie_tokens() {
-    let Setup { _pins, sb, gw } = setup();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, rt, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let app = spawn_backend(&sb, sb.addr(), 4000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let public = put_preview(&gw, "pub", json!({"port": 4000, "public": true}));
-    let private = put_preview(&gw, "priv", json!({"port": 4000}));
-    let (token_name, token) = new_token(&gw, "priv", json!({"name": "t1"}));
+    let app = spawn_backend(sb, sb.addr(), 4000, Speaks::Http1);
+    let c = EdgeClient::new(gw);
+    let public = put_preview(gw, "pub", json!({"port": 4000, "public": true}));
+    let private = put_preview(gw, "priv", json!({"port": 4000}));
+    let (token_name, token) = new_token(gw, "priv", json!({"name": "t1"}));
     let (pub_host, host) = (host_of(&public), host_of(&private));
     let short_host = host.replace(".local.preview.", ".preview.");
 
@@ -94,7 +80,7 @@ fn public_and_private_previews_with_header_query_and_cookie_tokens() {
         c.get(&host, "/", &[]).await.assert_error(401, "AUTHENTICATION_REQUIRED");
         c.get(&host, "/", &[("x-blaxel-preview-token", "gwpt_nope")]).await.assert_error(401, "AUTHENTICATION_FAILED");
         c.get(&host, "/?bl_preview_token=gwpt_nope", &[]).await.assert_error(401, "AUTHENTICATION_FAILED");
-        let (_, other) = new_token(&gw, "pub", json!({}));
+        let (_, other) = new_token(gw, "pub", json!({}));
         c.get(&host, "/", &[("x-blaxel-preview-token", &other)]).await.assert_error(401, "AUTHENTICATION_FAILED");
         let before = app.requests.load(std::sync::atomic::Ordering::SeqCst);
 
@@ -136,7 +122,7 @@ fn public_and_private_previews_with_header_query_and_cookie_tokens() {
 
         // Expiry of a token: at once.
         let soon = time::format_timestamp(time::add(time::now(), Duration::from_millis(1500)));
-        let (_, brief) = new_token(&gw, "priv", json!({"expiresAt": soon}));
+        let (_, brief) = new_token(gw, "priv", json!({"expiresAt": soon}));
         assert_eq!(c.get(&host, "/", &[("x-blaxel-preview-token", &brief)]).await.status, 200);
         tokio::time::sleep(Duration::from_millis(1700)).await;
         c.get(&host, "/", &[("x-blaxel-preview-token", &brief)]).await.assert_error(401, "AUTHENTICATION_FAILED");
@@ -146,7 +132,7 @@ fn public_and_private_previews_with_header_query_and_cookie_tokens() {
         assert_eq!(after - before, 5, "only the accepted requests reached the app");
 
         // HTTP/2 too.
-        let (_, t2) = new_token(&gw, "priv", json!({}));
+        let (_, t2) = new_token(gw, "priv", json!({}));
         let mut h2 = c.h2(&host).await;
         h2.ready().await.expect("ready");
         let resp = h2
@@ -161,13 +147,14 @@ fn public_and_private_previews_with_header_query_and_cookie_tokens() {
 
 #[test]
 fn request_and_response_headers_cors_and_preflight() {
-    let Setup { _pins, sb, gw } = setup();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, rt, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
+    let app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let c = EdgeClient::new(gw);
     let cors = put_preview(
-        &gw,
+        gw,
         "cors",
         json!({
             "port": 3000, "public": true,
@@ -175,7 +162,7 @@ fn request_and_response_headers_cors_and_preflight() {
             "responseHeaders": {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST", "X-Frame-Options": "DENY"}
         }),
     );
-    let plain = put_preview(&gw, "plain", json!({"port": 3000, "public": true}));
+    let plain = put_preview(gw, "plain", json!({"port": 3000, "public": true}));
     let (host, plain_host) = (host_of(&cors), host_of(&plain));
 
     rt.block_on(async {
@@ -225,13 +212,14 @@ fn request_and_response_headers_cors_and_preflight() {
 
 #[test]
 fn a_websocket_through_a_private_preview_with_the_cookie() {
-    let Setup { _pins, sb, gw } = setup();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, rt, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let _app = spawn_backend(&sb, sb.addr(), 5173, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let p = put_preview(&gw, "hmr", json!({"port": 5173}));
-    let (_, token) = new_token(&gw, "hmr", json!({}));
+    let _app = spawn_backend(sb, sb.addr(), 5173, Speaks::Http1);
+    let c = EdgeClient::new(gw);
+    let p = put_preview(gw, "hmr", json!({"port": 5173}));
+    let (_, token) = new_token(gw, "hmr", json!({}));
     let host = host_of(&p);
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -277,19 +265,20 @@ fn a_websocket_through_a_private_preview_with_the_cookie() {
 
 #[test]
 fn a_session_reaches_ports_and_the_sandbox_api_and_expired_previews_vanish() {
-    let Setup { _pins, sb, gw } = setup();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).start();
+    let Env { gw, rt, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let _api = spawn_backend(&sb, sb.addr(), 8080, Speaks::Http1);
-    let c = EdgeClient::new(&gw);
-    let r = post(&gw, &format!("{SBX}/sessions"), json!({}));
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let _api = spawn_backend(sb, sb.addr(), 8080, Speaks::Http1);
+    let c = EdgeClient::new(gw);
+    let r = post(gw, &format!("{SBX}/sessions"), json!({}));
     assert_eq!(r.status, 201, "{}", r.text());
     let session = r.json();
     let host = host_of(&session);
     let token = session["token"].as_str().expect("token").to_string();
     let soon = time::format_timestamp(time::add(time::now(), Duration::from_millis(1500)));
-    let brief = put_preview(&gw, "brief", json!({"port": 3000, "public": true, "expiresAt": soon}));
+    let brief = put_preview(gw, "brief", json!({"port": 3000, "public": true, "expiresAt": soon}));
 
     rt.block_on(async {
         let auth = [("x-blaxel-preview-token", token.as_str())];

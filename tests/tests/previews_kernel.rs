@@ -7,26 +7,11 @@ use gateway_common::{
     IPPROTO_TCP,
     policy::{Endpoint, origin},
 };
-use gateway_tests::{gateway_process::*, harness::*};
+use gateway_tests::{edge::register, gateway_process::*, harness::*};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const MARK: u32 = 0x6777;
 const SBX: &str = "/v1/workspaces/ws1/sandboxes/app";
-
-fn gateway() -> Origin<'static> {
-    Origin::host_marked(MARK)
-}
-
-fn register(gw: &GatewayProcess, sb: &Sandbox, ports: &[u16]) {
-    let body = json!({
-        "address": sb.addr().to_string(),
-        "interface": sb.link.host_ifname(),
-        "ports": ports.iter().map(|p| json!({"target": p})).collect::<Vec<_>>(),
-    });
-    let r = gw.client().put_json(SBX, &body);
-    assert_eq!(r.status, 200, "PUT sandbox: {}", r.text());
-}
 
 fn put_preview(gw: &GatewayProcess, name: &str, body: Value) -> Value {
     let r = gw.client().put_json(&format!("{SBX}/previews/{name}"), &body);
@@ -74,8 +59,8 @@ fn previews_open_undeclared_ports_and_the_last_one_closes_them() {
     let sb = Sandbox::new();
     let _apps: Vec<Listener> = [3000, 4000, 5000, 8080].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
     let mut gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, &sb, &[3000]);
-    assert_unreachable(gateway(), sb.sock(4000), "undeclared port before any preview");
+    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
+    assert_unreachable(Origin::gateway(), sb.sock(4000), "undeclared port before any preview");
     assert_eq!(entry(&gw, 4000), None);
 
     // A preview on an undeclared port opens it, for the gateway only.
@@ -83,7 +68,7 @@ fn previews_open_undeclared_ports_and_the_last_one_closes_them() {
     assert!(v["policyAppliedMicros"].is_u64(), "{v}");
     assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 1)));
     assert_eq!(map_entry(&bpffs, &sb, 4000), Some((origin::PREVIEW, 1)));
-    assert_reachable(gateway(), sb.sock(4000), "preview port from the gateway");
+    assert_reachable(Origin::gateway(), sb.sock(4000), "preview port from the gateway");
     assert_unreachable(Origin::host(), sb.sock(4000), "preview port, unmarked");
 
     // Two previews on one port: counted; a preview on a declared port: both origins.
@@ -121,31 +106,31 @@ fn previews_open_undeclared_ports_and_the_last_one_closes_them() {
     let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/nope/previews/p9", &json!({"port": 5000}));
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(state_of(&gw), before);
-    assert_unreachable(gateway(), sb.sock(5000), "a refused preview opened nothing");
+    assert_unreachable(Origin::gateway(), sb.sock(5000), "a refused preview opened nothing");
 
     // Re-registering the sandbox with other declared ports keeps the preview ports.
-    register(&gw, &sb, &[]);
+    register(&gw, "ws1", "app", &sb, &[]);
     assert_eq!(entry(&gw, 3000), Some((strings(&["preview"]), 1)));
-    assert_reachable(gateway(), sb.sock(4000), "preview port after re-registration");
-    register(&gw, &sb, &[3000]);
+    assert_reachable(Origin::gateway(), sb.sock(4000), "preview port after re-registration");
+    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
 
     // A crash and a restart: the state comes back and the kernel agrees.
     gw.kill();
-    assert_reachable(gateway(), sb.sock(4000), "preview port while the gateway is dead");
+    assert_reachable(Origin::gateway(), sb.sock(4000), "preview port while the gateway is dead");
     gw.spawn();
     assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 2)));
 
     // Deleting previews: the port stays while one uses it, closes with the last, unless declared.
     delete_preview(&gw, "p1");
     assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 1)));
-    assert_reachable(gateway(), sb.sock(4000), "one preview left");
+    assert_reachable(Origin::gateway(), sb.sock(4000), "one preview left");
     delete_preview(&gw, "p2");
     assert_eq!(entry(&gw, 4000), None);
     assert_eq!(map_entry(&bpffs, &sb, 4000), None);
-    assert_unreachable(gateway(), sb.sock(4000), "last preview deleted");
+    assert_unreachable(Origin::gateway(), sb.sock(4000), "last preview deleted");
     delete_preview(&gw, "p3");
     assert_eq!(entry(&gw, 3000), Some((strings(&["declared"]), 0)));
-    assert_reachable(gateway(), sb.sock(3000), "declared port outlives its preview");
+    assert_reachable(Origin::gateway(), sb.sock(3000), "declared port outlives its preview");
     assert_eq!(gw.client().delete(&format!("{SBX}/previews/p3")).status, 404);
 }
 
@@ -156,11 +141,11 @@ fn an_expired_preview_is_reaped_and_its_port_closed() {
     let sb = Sandbox::new();
     let _app = spawn_tcp_echo(&sb, sb.sock(4000));
     let gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, &sb, &[]);
+    register(&gw, "ws1", "app", &sb, &[]);
     let expires = time::add(time::now(), Duration::from_secs(2));
     let v = put_preview(&gw, "brief", json!({"port": 4000, "expiresAt": time::format_timestamp(expires)}));
     assert_eq!(v["expiresAt"], time::format_timestamp(time::truncate_millis(expires)));
-    assert_reachable(gateway(), sb.sock(4000), "before expiry");
+    assert_reachable(Origin::gateway(), sb.sock(4000), "before expiry");
     assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 1)));
 
     // Reaped within a second of its expiry: state, kernel and connections agree.
@@ -172,7 +157,7 @@ fn an_expired_preview_is_reaped_and_its_port_closed() {
     assert!(time::now() >= expires, "reaped before its expiry");
     assert!(time::until(time::now(), expires) < Duration::from_millis(1500), "reaped late");
     assert_eq!(map_entry(&bpffs, &sb, 4000), None);
-    assert_unreachable(gateway(), sb.sock(4000), "after expiry");
+    assert_unreachable(Origin::gateway(), sb.sock(4000), "after expiry");
     assert_eq!(gw.client().get(&format!("{SBX}/previews/brief")).status, 404);
     assert_eq!(gw.client().get(&format!("{SBX}/previews")).json(), json!({"previews": []}));
     assert!(gw.log().contains("expired preview reaped"), "{}", gw.log());
@@ -185,15 +170,15 @@ fn deleting_a_sandbox_deletes_its_previews() {
     let sb = Sandbox::new();
     let _app = spawn_tcp_echo(&sb, sb.sock(4000));
     let mut gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, &sb, &[]);
+    register(&gw, "ws1", "app", &sb, &[]);
     let first = put_preview(&gw, "web", json!({"port": 4000}));
     assert_eq!(gw.client().delete(SBX).status, 204);
-    assert_unreachable(gateway(), sb.sock(4000), "sandbox deleted");
+    assert_unreachable(Origin::gateway(), sb.sock(4000), "sandbox deleted");
     assert_eq!(gw.client().get(&format!("{SBX}/previews")).status, 404);
     gw.restart();
-    register(&gw, &sb, &[]);
+    register(&gw, "ws1", "app", &sb, &[]);
     assert_eq!(gw.client().get(&format!("{SBX}/previews")).json(), json!({"previews": []}));
-    assert_unreachable(gateway(), sb.sock(4000), "re-registered without previews");
+    assert_unreachable(Origin::gateway(), sb.sock(4000), "re-registered without previews");
     // The URL of a re-created preview is the same as before.
     let again = put_preview(&gw, "web", json!({"port": 4000}));
     assert_eq!(again["url"], first["url"]);

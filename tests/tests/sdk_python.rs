@@ -7,28 +7,20 @@
 //! Covered: `SandboxInstance.get(name)` → `fetch(port, path)`; `previews.create` →
 //! `tokens.create` → a request with the token; `sessions.create` → `from_session` → `fetch`.
 
-use gateway_tests::{
-    edge::*,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, Sandbox, require_root},
-    sdk,
-};
+use gateway_tests::{edge::*, env::Env, sdk};
 use serde_json::{Value, json};
 use std::process::Command;
 
 #[test]
 fn the_python_sdk_manages_previews_and_sessions_and_fetches_ports() {
-    require_root();
-    let python = sdk::blaxel_python();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start_enforcing(pins.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
-    let token = create_token(&gw, WS, "python-sdk");
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("python-sdk").start();
+    let Env { gw, rt, .. } = &e;
+    let sb = e.sb();
+    let token = e.token().to_string();
     let _rt = rt.enter();
-    let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let _api = spawn_backend(&sb, sb.addr(), 8080, Speaks::Http1);
+    let python = sdk::blaxel_python();
+    let app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let _api = spawn_backend(sb, sb.addr(), 8080, Speaks::Http1);
     let port = gw.https_port();
 
     // The script runs on a thread while this runtime serves the backends.

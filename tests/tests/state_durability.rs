@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{gateway_process::*, harness::*};
+use gateway_tests::{edge::sandbox_body, gateway_process::*, harness::*};
 use serde_json::{Value, json};
 
 const WS: &str = "acme";
@@ -97,11 +97,7 @@ impl Op {
             Op::PutSandbox(i, ports) => (
                 "PUT",
                 format!("{base}/{}", name(*i)),
-                Some(json!({
-                    "address": sbs[*i].addr().to_string(),
-                    "interface": sbs[*i].link.host_ifname(),
-                    "ports": ports.iter().map(|p| json!({"target": p, "protocol": "HTTP"})).collect::<Vec<_>>(),
-                })),
+                Some(sandbox_body(&sbs[*i], &ports.iter().map(|p| (*p, "HTTP")).collect::<Vec<_>>())),
             ),
             Op::DeleteSandbox(i) => ("DELETE", format!("{base}/{}", name(*i)), None),
             Op::PutPreview(i, p, port) => {

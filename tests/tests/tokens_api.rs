@@ -5,7 +5,7 @@
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test tokens_api`.
 
 use gateway::model::time::parse_timestamp;
-use gateway_tests::gateway_process::{AdminAddr, AdminClient, GatewayProcess, Response, TempDir, run_gateway};
+use gateway_tests::gateway_process::{AdminAddr, AdminClient, GatewayProcess, Response, run_gateway, temp_dir};
 use serde_json::{Value, json};
 use std::{
     fs,
@@ -30,20 +30,6 @@ fn unix_now() -> i64 {
 fn unix(text: &Value) -> i64 {
     let text = text.as_str().unwrap_or_else(|| panic!("not a timestamp: {text}"));
     parse_timestamp(text).unwrap_or_else(|e| panic!("{e}")).unix_timestamp()
-}
-
-/// Asserts the BRIEF's error shape and returns the error object.
-fn assert_error(r: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(r.status, status, "expected {status} {code}, got {}: {}", r.status, r.text());
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let v = r.json();
-    let e = v.get("error").unwrap_or_else(|| panic!("no error object: {v}")).clone();
-    assert_eq!(e["code"], code, "{v}");
-    assert_eq!(e["status"], status, "{v}");
-    assert_eq!(e["origin"], "gateway", "{v}");
-    assert!(e["retryable"].is_boolean(), "{v}");
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    e
 }
 
 /// Creates a token; returns the 201 answer.
@@ -156,8 +142,8 @@ fn create_list_get_revoke() {
     let r = c.delete(&token_path(WS, "ci"));
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(r.body.is_empty());
-    assert_error(&c.get(&token_path(WS, "ci")), 404, "TOKEN_NOT_FOUND");
-    let e = assert_error(&c.delete(&token_path(WS, "ci")), 404, "TOKEN_NOT_FOUND");
+    c.get(&token_path(WS, "ci")).assert_error(404, "TOKEN_NOT_FOUND");
+    let e = c.delete(&token_path(WS, "ci")).assert_error(404, "TOKEN_NOT_FOUND");
     assert!(e["message"].as_str().is_some_and(|m| m.contains("ci")), "{e}");
     assert!(!token_files(&gw.state_dir()).contains(&"acme.ci.json".to_string()));
     assert_eq!(list(&c, "other")["tokens"][0]["name"], "ci", "the other workspace's token stays");
@@ -183,7 +169,7 @@ fn expired_tokens_are_listed_as_expired() {
     }
     assert_eq!(list(&c, WS)["tokens"][0]["expired"], true);
     // An expired token keeps its name until revoked.
-    assert_error(&c.post_json(&tokens_path(WS), &json!({"name": "short"})), 409, "TOKEN_CONFLICT");
+    c.post_json(&tokens_path(WS), &json!({"name": "short"})).assert_error(409, "TOKEN_CONFLICT");
     assert_eq!(c.delete(&token_path(WS, "short")).status, 204);
     create(&c, WS, json!({"name": "short"}));
 }
@@ -200,7 +186,7 @@ fn refused_requests_change_nothing() {
     let snapshot = || (list(&c, WS), list(&c, "other"), token_files(&state));
 
     let check = |what: &str, r: Response, status: u16, code: &str, needle: &str| {
-        let e = assert_error(&r, status, code);
+        let e = r.assert_error(status, code);
         let message = e["message"].as_str().unwrap_or_default();
         assert!(message.contains(needle), "{what}: message {message:?} should mention {needle:?}");
         assert_eq!(snapshot(), before, "{what} changed the state");
@@ -276,7 +262,7 @@ fn refused_requests_change_nothing() {
     // A workspace access token is not an admin token.
     let workspace_token = create(&c, "spare", json!({"name": "t"}))["token"].as_str().expect("token").to_string();
     let as_admin = AdminClient::new(gw.admin().clone(), Some(workspace_token));
-    assert_error(&as_admin.get(&tokens_path(WS)), 401, "AUTHENTICATION_FAILED");
+    as_admin.get(&tokens_path(WS)).assert_error(401, "AUTHENTICATION_FAILED");
     assert_eq!(c.delete(&token_path("spare", "t")).status, 204);
 
     assert_eq!(snapshot(), before);
@@ -302,10 +288,10 @@ fn tokens_survive_restart_and_secrets_never_leak() {
     gw.restart();
     let c = gw.client();
     assert_eq!((list(&c, WS), list(&c, "other")), before);
-    assert_error(&c.get(&token_path(WS, "gone")), 404, "TOKEN_NOT_FOUND");
+    c.get(&token_path(WS, "gone")).assert_error(404, "TOKEN_NOT_FOUND");
     assert!(plain(&gw.log()).contains("tokens=3"), "the start counts the tokens:\n{}", gw.log());
     // The reloaded index refuses duplicates.
-    assert_error(&c.post_json(&tokens_path(WS), &json!({"name": "deploy"})), 409, "TOKEN_CONFLICT");
+    c.post_json(&tokens_path(WS), &json!({"name": "deploy"})).assert_error(409, "TOKEN_CONFLICT");
 
     // With every log enabled, more token traffic.
     gw.set_log_filter("trace");
@@ -404,7 +390,7 @@ fn fetch_cli_reports_the_edge_errors_and_bad_cas() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("404 WORKLOAD_NOT_FOUND"), "{stderr}");
 
-    let dir = TempDir::new("gateway-fetch-cli");
+    let dir = temp_dir("gateway-fetch-cli");
     let ca = dir.path().join("ca.pem");
     fs::write(&ca, "not a certificate\n").expect("write");
     let out = run_gateway(&["fetch", "acme/web", "3000", "--config", &config, "--cacert", ca.to_str().expect("utf-8")]);

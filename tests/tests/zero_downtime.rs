@@ -17,10 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{gateway_process::*, harness::*};
-use serde_json::json;
-
-const MARK: u32 = 0x6777;
+use gateway_tests::{edge::register, gateway_process::*, harness::*};
 
 fn admin_addr(gw: &GatewayProcess) -> SocketAddr {
     match gw.admin() {
@@ -152,7 +149,7 @@ impl Observers {
                 if try_connect(declared, Duration::from_millis(50), None).is_ok() {
                     lapses.lock().expect("lock").push("an unmarked connection reached the declared port".into());
                 }
-                if let Err(e) = try_connect(declared, Duration::from_secs(2), Some(MARK)) {
+                if let Err(e) = try_connect(declared, Duration::from_secs(2), Some(GATEWAY_MARK)) {
                     lapses.lock().expect("lock").push(format!("a marked connection failed: {e}"));
                 }
                 probes.fetch_add(1, Ordering::Relaxed);
@@ -201,10 +198,7 @@ fn setup() -> (BpffsDir, Sandbox, Listener, GatewayProcess) {
     let sb = Sandbox::new();
     let app = spawn_tcp_echo(&sb, sb.sock(3000));
     let gw = GatewayProcess::start_enforcing(bpffs.path());
-    let body =
-        json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}]});
-    let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/app", &body);
-    assert_eq!(r.status, 200, "PUT: {}", r.text());
+    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
     (bpffs, sb, app, gw)
 }
 
@@ -250,7 +244,7 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
     let bpffs = BpffsDir::new();
     let sb = Sandbox::new();
     let mut gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "web", &sb, &[(3000, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
     let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
     let token = create_token(&gw, WS, "load");
     let host = sandbox_host("web");
@@ -341,11 +335,11 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
     );
 
     // The successor owns the state and the kernel: a mutation works and is enforced.
-    let body = json!({"address": sb.addr().to_string(), "interface": sb.link.host_ifname(), "ports": [{"target": 3000}, {"target": 3001}]});
+    let body = sandbox_body(&sb, &[(3000, "HTTP"), (3001, "HTTP")]);
     let r = gw.client().put_json("/v1/workspaces/acme/sandboxes/web", &body);
     assert_eq!(r.status, 200, "PUT after the takeover: {}\n{}", r.text(), successor_log());
     let _app2 = spawn_tcp_echo(&sb, sb.sock(3001));
-    assert_reachable(Origin::host_marked(MARK), sb.sock(3001), "a port opened by the successor");
+    assert_reachable(Origin::gateway(), sb.sock(3001), "a port opened by the successor");
     let r = rt.block_on(client.get(&host, "/port/3000/after", &[("authorization", &format!("Bearer {token}"))]));
     assert_eq!(r.status, 200, "HTTPS through the successor: {}", r.text());
 

@@ -32,7 +32,7 @@ use std::{
 
 use gateway_tests::{
     edge::{WS, create_token, register, sandbox_host},
-    gateway_process::{GatewayProcess, TempDir},
+    gateway_process::{GatewayProcess, temp_dir},
     harness::{BpffsDir, Sandbox, SandboxLink, require_root},
     openloop,
 };
@@ -357,7 +357,7 @@ fn main() {
         );
     }
     let started = Instant::now();
-    let tmp = TempDir::new("gateway-bench-http");
+    let tmp = temp_dir("gateway-bench-http");
     let (cert, key, combined) = write_certs(tmp.path());
 
     // Sandbox namespace with the backend, two links (A registered with the gateway, B not).
@@ -391,7 +391,7 @@ fn main() {
     );
     gw.set_log_filter("warn");
     gw.restart();
-    register(&gw, "web", &sb, &[(BACKEND_PLAIN, "HTTP")]);
+    register(&gw, WS, "web", &sb, &[(BACKEND_PLAIN, "HTTP")]);
     let token = create_token(&gw, WS, "bench");
     let gw_host = sandbox_host("web");
 

@@ -24,6 +24,10 @@ pub const REACH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long [`assert_unreachable`] waits before concluding the SYN was dropped.
 pub const DROP_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// The `SO_MARK` of the gateway's sockets towards sandboxes (`dataplane.mark` of the test
+/// configuration).
+pub const GATEWAY_MARK: u32 = 0x6777;
+
 /// Where a connection is made from: the host namespace or a [`Netns`], with or without
 /// `SO_MARK` (setting a mark needs CAP_NET_ADMIN, which the tests have as root).
 #[derive(Clone, Copy, Debug)]
@@ -40,9 +44,14 @@ impl<'a> Origin<'a> {
         Origin { ns: None, mark: None }
     }
 
-    /// The host namespace with `SO_MARK = mark`: how the gateway's sockets look.
+    /// The host namespace with `SO_MARK = mark`.
     pub fn host_marked(mark: u32) -> Origin<'static> {
         Origin { ns: None, mark: Some(mark) }
+    }
+
+    /// The host namespace with [`GATEWAY_MARK`]: how the gateway's sockets look.
+    pub fn gateway() -> Origin<'static> {
+        Origin::host_marked(GATEWAY_MARK)
     }
 
     /// Inside `ns`, no mark.

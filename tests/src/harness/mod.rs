@@ -50,7 +50,7 @@
 //! require_root();
 //! let sb = Sandbox::new();
 //! let declared = spawn_tcp_echo(&sb, sb.sock(3000));
-//! let mut s = assert_reachable(Origin::host_marked(0x6777), sb.sock(3000), "declared port");
+//! let mut s = assert_reachable(Origin::gateway(), sb.sock(3000), "declared port");
 //! assert_eq!(read_greeting(&mut s).expect("greeting"), "port 3000");
 //!
 //! let other = Sandbox::new();
@@ -71,8 +71,8 @@ mod sys;
 
 pub use bpffs::{BPFFS_PREFIX, BPFFS_ROOT, BpffsDir, bpffs_mounted_at, ensure_bpffs};
 pub use client::{
-    DROP_TIMEOUT, Origin, REACH_TIMEOUT, Reach, assert_reachable, assert_refused, assert_unreachable, connect_from,
-    probe, read_greeting, try_connect, try_connect_from,
+    DROP_TIMEOUT, GATEWAY_MARK, Origin, REACH_TIMEOUT, Reach, assert_reachable, assert_refused, assert_unreachable,
+    connect_from, probe, read_greeting, try_connect, try_connect_from,
 };
 pub use link::{
     HARNESS_NET, HARNESS_PREFIX, HOST_IF_PREFIX, LINK_PREFIX, OutsideClient, SANDBOX_IF_PREFIX, Sandbox, SandboxLink,

@@ -319,9 +319,8 @@ pub struct Options {
 pub fn run(opts: &Options) -> (String, Value) {
     let gens = Netns::new();
     let sbx = Netns::new();
-    let work = PathBuf::from(format!("/tmp/gwbench-veth-{}", std::process::id()));
-    fs::create_dir_all(&work).expect("work dir");
-    let _rm = crate::RemoveDir(work.clone());
+    let work_dir = gateway_tests::gateway_process::temp_dir("gwbench-veth");
+    let work = work_dir.path();
     for ns in [&gens, &sbx] {
         let _ = ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
         let _ = ns.sysctl("net/ipv6/conf/default/disable_ipv6", "1");
@@ -455,7 +454,7 @@ pub fn run(opts: &Options) -> (String, Value) {
             }));
 
             // Item 4 at this size.
-            update_json.push(updates(&mut text, &dp, &maps, ipt, nft, &work, n, opts.update_reps));
+            update_json.push(updates(&mut text, &dp, &maps, ipt, nft, work, n, opts.update_reps));
         }
         dp.reconcile(&[]).expect("unload");
         (text, json!({"flood": flood_json, "updates": update_json, "rounds": opts.rounds, "seconds_per_run": opts.secs}))

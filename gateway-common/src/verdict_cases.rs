@@ -1,0 +1,132 @@
+//! The verdict table: packets, the hook that judges them, the mark they carry and the reason
+//! expected, for one standard set of maps. Run against the host logic (`decide` tests) and the
+//! real kernel object (`tests/tests/ebpf_verdicts.rs`, `BPF_PROG_TEST_RUN`), so both agree.
+//!
+//! The standard maps: gateway mark [`MARK`]; sandboxes [`SBX`] (on the interface the programs
+//! run on) and [`SBX2`] (another interface); [`SBX`]:3000/TCP declared; 9901/TCP protected on
+//! every host address; 443/TCP public on the edge.
+
+use crate::counters::{Hook, Reason};
+use crate::testpkt::{arp, icmp, tcp, tcp6, udp, udp6, vlan_tagged, with_ip_options};
+use std::{format, string::String, vec, vec::Vec};
+
+/// The gateway's mark in the standard maps.
+pub const MARK: u32 = 0x6777;
+/// A registered sandbox, on the interface the programs run on.
+pub const SBX: [u8; 4] = [198, 18, 0, 2];
+/// Another registered sandbox, on another interface.
+pub const SBX2: [u8; 4] = [198, 18, 1, 2];
+/// The host side.
+pub const HOST: [u8; 4] = [198, 18, 0, 1];
+
+/// One case.
+pub struct Case {
+    /// What it shows.
+    pub what: String,
+    /// The program that judges it.
+    pub hook: Hook,
+    /// The frame (Ethernet on).
+    pub packet: Vec<u8>,
+    /// `skb->mark` (tc hooks).
+    pub mark: u32,
+    /// The verdict expected.
+    pub reason: Reason,
+}
+
+fn case(what: &str, hook: Hook, packet: Vec<u8>, mark: u32, reason: Reason) -> Case {
+    Case { what: what.into(), hook, packet, mark, reason }
+}
+
+/// A SYN from the host to `dst:dport`.
+pub fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    tcp(HOST, dst, dport, true, false)
+}
+
+/// Every stateless case, for the standard maps.
+pub fn cases() -> Vec<Case> {
+    use Hook::{Edge, SandboxIn as In, SandboxOut as Out};
+    use Reason::*;
+    let full = syn(SBX, 3000);
+    let patched = |offset: usize, byte: u8| {
+        let mut p = full.clone();
+        p[offset] = byte;
+        p
+    };
+    let mut fragment = syn(SBX, 3001);
+    fragment[14 + 6] = 0x00;
+    fragment[14 + 7] = 0x10;
+    let mut v = vec![
+        case("declared port from the gateway", In, syn(SBX, 3000), MARK, PassAllowed),
+        case("declared port, unmarked", In, syn(SBX, 3000), 0, DropNotFromGateway),
+        case("declared port, wrong mark", In, syn(SBX, 3000), MARK ^ 1, DropNotFromGateway),
+        case("declared port, mark + 1", In, syn(SBX, 3000), MARK + 1, DropNotFromGateway),
+        case("undeclared port from the gateway", In, syn(SBX, 3001), MARK, DropPortClosed),
+        case("sandbox API 8080 from the gateway", In, syn(SBX, 8080), MARK, PassSandboxApi),
+        case("system port 80 from the gateway", In, syn(SBX, 80), MARK, PassSandboxApi),
+        case("8080 unmarked", In, syn(SBX, 8080), 0, DropNotFromGateway),
+        case("80 unmarked", In, syn(SBX, 80), 0, DropNotFromGateway),
+        case("443 from the gateway", In, syn(SBX, 443), MARK, DropReservedPort),
+        case("443 unmarked", In, syn(SBX, 443), 0, DropReservedPort),
+        case("unknown sandbox", In, syn([198, 18, 9, 9], 3000), MARK, DropUnknownSandbox),
+        case("established (ACK)", In, tcp(HOST, SBX, 3001, false, true), 0, PassEstablished),
+        case("SYN+ACK", In, tcp(HOST, SBX, 3001, true, true), 0, PassEstablished),
+        case("new UDP", In, udp([8, 8, 8, 8], SBX, 53, 5353), MARK, DropUdp),
+        case("ICMP echo", In, icmp(HOST, SBX), 0, PassIcmp),
+        case("ARP", In, arp(), 0, PassNonIp),
+        case("IPv6 SYN", In, tcp6(3000, true), MARK, DropIpv6),
+        case("IPv6 UDP", In, udp6(3000), MARK, DropIpv6),
+        case("IPv6 established", In, tcp6(3000, false), 0, PassEstablished),
+        case("IP options followed (allowed port)", In, with_ip_options(&syn(SBX, 3000)), MARK, PassAllowed),
+        case("IP options followed (closed port)", In, with_ip_options(&syn(SBX, 3001)), MARK, DropPortClosed),
+        case("VLAN tag followed (allowed)", In, vlan_tagged(&syn(SBX, 3000)), MARK, PassAllowed),
+        case("VLAN tag followed (unmarked)", In, vlan_tagged(&syn(SBX, 3000)), 0, DropNotFromGateway),
+        case("VLAN tag followed (closed port)", In, vlan_tagged(&syn(SBX, 3001)), MARK, DropPortClosed),
+        case("QinQ followed (allowed)", In, vlan_tagged(&vlan_tagged(&syn(SBX, 3000))), MARK, PassAllowed),
+        case("a fragment after the first", In, fragment, 0, PassFragment),
+        case("IP version 6 in an IPv4 frame", In, patched(14, 0x65), MARK, DropMalformed),
+        case("IHL 3", In, patched(14, 0x43), MARK, DropMalformed),
+        case("IHL 4", In, patched(14, 0x44), MARK, DropMalformed),
+        case("IHL 15 past the end", In, patched(14, 0x4f), MARK, DropMalformed),
+        case("TCP data offset 2", In, patched(14 + 20 + 12, 0x20), MARK, DropMalformed),
+        case("TCP data offset 4", In, patched(14 + 20 + 12, 0x40), MARK, DropMalformed),
+        case("to the internet", Out, tcp(SBX, [1, 1, 1, 1], 443, true, false), 0, PassOut),
+        case("to another sandbox", Out, tcp(SBX, SBX2, 3000, true, false), 0, DropSandboxToSandbox),
+        case("established to another sandbox", Out, tcp(SBX, SBX2, 3000, false, true), 0, DropSandboxToSandbox),
+        case("to the admin API", Out, tcp(SBX, HOST, 9901, true, false), 0, DropProtected),
+        case("to another host port", Out, tcp(SBX, HOST, 9902, true, false), 0, PassOut),
+        case("spoofing another sandbox", Out, tcp(SBX2, [1, 1, 1, 1], 443, true, false), 0, DropSpoofed),
+        case("spoofing another sandbox, port 80", Out, tcp(SBX2, [1, 1, 1, 1], 80, true, false), 0, DropSpoofed),
+        case("truncated TCP", Out, tcp(SBX, [1, 1, 1, 1], 443, true, false)[..40].to_vec(), 0, DropMalformed),
+        case("truncated IP", Out, tcp(SBX, [1, 1, 1, 1], 80, true, false)[..20].to_vec(), 0, DropMalformed),
+        case("ARP out", Out, arp(), 0, PassNonIp),
+        case("public port", Edge, syn(HOST, 443), 0, PassEdgePublic),
+        case("closed port", Edge, syn(HOST, 22), 0, DropEdgeClosedPort),
+        case("closed port, VLAN", Edge, vlan_tagged(&syn(HOST, 22)), 0, DropEdgeClosedPort),
+        case("public port, IP options", Edge, with_ip_options(&syn(HOST, 443)), 0, PassEdgePublic),
+        case("established at the edge", Edge, tcp(HOST, HOST, 22, false, true), 0, PassEdgeOther),
+        case("UDP at the edge", Edge, udp(HOST, HOST, 1, 22), 0, PassEdgeOther),
+        case("truncated at the edge", Edge, syn(HOST, 22)[..30].to_vec(), 0, PassEdgeMalformed),
+    ];
+    for cut in [0, 13, 14, 20, 33, 34, 40, 47] {
+        v.push(case(&format!("cut at {cut} bytes"), In, full[..cut].to_vec(), MARK, DropMalformed));
+    }
+    v
+}
+
+/// UDP replies pass only for flows the sandbox started: run in order, the state carried.
+pub fn udp_flow_sequence() -> Vec<Case> {
+    vec![
+        case("before the query", Hook::SandboxIn, udp([9, 9, 9, 9], SBX, 53, 5353), 0, Reason::DropUdp),
+        case("the query", Hook::SandboxOut, udp(SBX, [9, 9, 9, 9], 5353, 53), 0, Reason::PassOut),
+        case("the reply", Hook::SandboxIn, udp([9, 9, 9, 9], SBX, 53, 5353), 0, Reason::PassUdpReply),
+        case("other source port", Hook::SandboxIn, udp([9, 9, 9, 9], SBX, 54, 5353), 0, Reason::DropUdp),
+    ]
+}
+
+/// With the gateway mark unset (0) in the configuration, every new connection is dropped.
+pub fn unconfigured_cases() -> Vec<Case> {
+    vec![
+        case("mark 0, unmarked", Hook::SandboxIn, syn(SBX, 3000), 0, Reason::DropNotFromGateway),
+        case("mark 0, 8080", Hook::SandboxIn, syn(SBX, 8080), 0, Reason::DropNotFromGateway),
+    ]
+}
