@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compat;
 pub mod config;
 pub mod connector;
+pub mod daemon;
 pub mod dataplane;
 pub mod edge;
 pub mod errors;

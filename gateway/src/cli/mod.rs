@@ -5,7 +5,6 @@
 //! Exit codes: 0 success, 1 failure (the message says why), 2 usage error (clap), 64 invalid
 //! configuration (every problem printed as `FILE: KEY: REASON`, nothing bound or opened).
 
-mod banner;
 mod client;
 mod dataplane;
 mod fetch;
@@ -13,7 +12,6 @@ mod output;
 mod preview;
 pub mod reference;
 mod sandbox;
-mod serve;
 mod token;
 
 pub use fetch::FetchArgs;
@@ -280,7 +278,12 @@ pub enum SandboxCommand {
 /// Runs a parsed command line (telemetry already initialized); returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => crate::daemon::run(crate::daemon::ServeOptions {
+            config: args.config,
+            dev: args.dev,
+            takeover: args.takeover,
+            drain_timeout: args.drain_timeout,
+        }),
         Command::CheckConfig(args) => match config::load(&args.config) {
             Ok(_) => {
                 println!("{}: ok", args.config.display());

@@ -1,8 +1,10 @@
-//! `gateway serve`: configuration → state → data plane → reconcile → listeners → READY, then
-//! signals (reload, shutdown, upgrade) and successors (handoff) until the drain ends. See
-//! [`crate::lifecycle`] and [`crate::handoff`].
+//! The daemon (`gateway serve`) wires every layer: configuration → state → data plane →
+//! service (reconcile) → listeners (admin API, HTTPS edge) → READY, then signals (reload,
+//! shutdown, upgrade) and successors (handoff) until the drain ends. See [`crate::lifecycle`]
+//! and [`crate::handoff`].
 
-use super::{ServeArgs, print_problems};
+mod banner;
+
 use crate::{
     admin,
     config::{self, Config},
@@ -29,16 +31,28 @@ use tokio_util::sync::CancellationToken;
 /// Flag added to the command line of a successor.
 const TAKEOVER_FLAG: &str = "--takeover";
 
-pub(super) fn run(args: ServeArgs) -> anyhow::Result<u8> {
+/// How `gateway serve` was asked to run.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The configuration file (`None`: the default path, unless `dev`).
+    pub config: Option<PathBuf>,
+    /// The built-in development configuration.
+    pub dev: bool,
+    /// Take the listeners over from the running gateway with the same state directory.
+    pub takeover: bool,
+    /// How long in-flight requests may run after a stop or a handover.
+    pub drain_timeout: Duration,
+}
+
+/// Runs the gateway until it stops. A configuration with problems is an error holding
+/// [`config::ConfigErrors`] (exit 64), returned before anything is bound.
+pub fn run(args: ServeOptions) -> anyhow::Result<u8> {
     let source = if args.dev {
         ConfigSource::Dev(paths::dev_state_dir())
     } else {
         ConfigSource::File(args.config.clone().unwrap_or_else(|| paths::DEFAULT_CONFIG.into()))
     };
-    let config = match source.load() {
-        Ok(c) => c,
-        Err(problems) => return Ok(print_problems(&problems)),
-    };
+    let config = source.load()?;
     // Resolved now: after an upgrade replaced the file, /proc/self/exe names the old inode,
     // while this path names the new binary, which a successor must run.
     let exe = std::env::current_exe().context("cannot find this program's path")?;
@@ -253,7 +267,7 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
     tracing::info!(admin = %admin_at, https = %https_at, sandboxes, pid = std::process::id(), "ready");
     if let ConfigSource::Dev(_) = &source {
         let config = app.config();
-        print!("{}", super::banner::development(&config, &admin_at, &https_at, &config.dataplane.bpffs));
+        print!("{}", banner::development(&config, &admin_at, &https_at, &config.dataplane.bpffs));
         let _ = std::io::Write::flush(&mut std::io::stdout());
     }
 
