@@ -56,8 +56,7 @@ impl Edge {
             return Ok(Routed::Answer(boxed(answer)));
         }
         let (mut parts, body) = req.into_parts();
-        if let Decision::Answer(answer) =
-            gate::authorize(&self.app, &preview, &parts.method, &mut parts.uri, &mut parts.headers)?
+        if let Decision::Answer(answer) = gate::authorize(&preview, &parts.method, &mut parts.uri, &mut parts.headers)?
         {
             return Ok(Routed::Answer(boxed(answer)));
         }

@@ -18,12 +18,10 @@
 //!   headers of the same name); `responseHeaders` are added to the response unless the app set
 //!   the same header (so `Access-Control-Allow-Origin` never appears twice).
 
+use super::registry::PreviewRegistry;
+use crate::errors::{ApiError, ErrorCode, accept_ranges};
 use crate::model::preview::Preview;
 use crate::model::time;
-use crate::{
-    errors::{ApiError, ErrorCode, accept_ranges},
-    service::App,
-};
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri,
@@ -164,7 +162,6 @@ pub fn accepts_html_explicitly(headers: &HeaderMap) -> bool {
 /// Decides a request to `preview`: credentials are taken off the request first, whatever the
 /// outcome. `uri` must be the request's URI (origin form for HTTP/1.1, absolute for HTTP/2).
 pub fn authorize(
-    app: &App,
     preview: &Preview,
     method: &Method,
     uri: &mut Uri,
@@ -182,7 +179,7 @@ pub fn authorize(
             ),
         ));
     }
-    let valid = |list: &[String]| list.iter().find(|t| app.preview_token_valid(preview, t)).cloned();
+    let valid = |list: &[String]| list.iter().find(|t| PreviewRegistry::token_valid(preview, t)).cloned();
     let from_query = valid(&presented.query);
     if from_query.is_none() && valid(&presented.header).is_none() && valid(&presented.cookie).is_none() {
         return Err(ApiError::new(
