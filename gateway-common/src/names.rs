@@ -31,7 +31,7 @@ pub const MAP_PUBLIC_PORTS: &str = "GW_PUBLIC";
 pub const MAP_UDP_FLOWS: &str = "GW_UDP_FLOWS";
 /// per-CPU array of `u64`, index `Hook * REASONS_PER_HOOK + Reason`: verdict counters.
 pub const MAP_VERDICTS: &str = "GW_VERDICTS";
-/// array\[1\] of `DataplaneConfig`.
+/// array\[1\] of `KernelConfig`.
 pub const MAP_CONFIG: &str = "GW_CONFIG";
 
 /// Every map, for pinning and reuse.

@@ -182,13 +182,13 @@ const _: () = assert!(core::mem::size_of::<UdpFlowKey>() == 12);
 /// `MAP_CONFIG[0]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct DataplaneConfig {
+pub struct KernelConfig {
     /// The `SO_MARK` identifying the gateway's sockets. Zero: nothing is from the gateway.
     pub mark: u32,
     /// Reserved, zero.
     pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -202,7 +202,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PortBits {}
     unsafe impl aya::Pod for super::UdpFlowKey {}
-    unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::KernelConfig {}
 }
 
 #[cfg(test)]

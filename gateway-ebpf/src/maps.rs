@@ -13,7 +13,7 @@ use gateway_common::{
     decide::{Lookups, SandboxLookup},
     names::{MAX_POLICY_ENTRIES, MAX_PROTECTED, MAX_PUBLIC_PORTS, MAX_SANDBOXES, MAX_UDP_FLOWS, PROTECTED_PORT_SLOTS},
     policy::{
-        DataplaneConfig, Endpoint, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats, UdpFlowKey,
+        Endpoint, KernelConfig, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats, UdpFlowKey,
     },
 };
 
@@ -42,7 +42,7 @@ static GW_UDP_FLOWS: LruHashMap<UdpFlowKey, u32> = LruHashMap::pinned(MAX_UDP_FL
 static GW_VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_SLOTS, 0);
 
 #[map(name = "GW_CONFIG")]
-static GW_CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
+static GW_CONFIG: Array<KernelConfig> = Array::pinned(1, 0);
 
 /// Handle implementing the decision logic's lookups over the real maps. It remembers the
 /// per-sandbox counters found by [`Lookups::registered`], so counting the verdict needs no

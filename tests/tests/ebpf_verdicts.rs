@@ -15,7 +15,7 @@ use gateway_common::{
     IPPROTO_TCP,
     counters::{Hook, Reason},
     names,
-    policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, origin},
+    policy::{Endpoint, KernelConfig, PolicyValue, PortKey, SandboxKey, SandboxRecord, origin},
     verdict_cases::{Case, MARK, SBX, SBX2, cases, syn, udp_flow_sequence, unconfigured_cases},
 };
 
@@ -53,7 +53,7 @@ fn load() -> Loaded {
         ebpf.program_mut(names::PROG_BENCH_NOOP).expect("noop program").try_into().expect("classifier");
     noop.load().expect("load noop");
     let mut maps = KernelMaps::open(&pins.maps()).expect("open maps");
-    maps.config.set(0, DataplaneConfig { mark: MARK, flags: 0 }, 0).expect("config");
+    maps.config.set(0, KernelConfig { mark: MARK, flags: 0 }, 0).expect("config");
     for (addr, ifindex) in [(SBX, LO), (SBX2, 99)] {
         maps.sandboxes.insert(SandboxKey { addr }, SandboxRecord { ifindex, flags: 0 }, 0).expect("sandbox");
     }
@@ -147,7 +147,7 @@ fn udp_replies_follow_flows_the_sandbox_started() {
 #[test]
 fn an_unconfigured_dataplane_drops_every_new_connection() {
     let mut l = load();
-    l.maps.config.set(0, DataplaneConfig { mark: 0, flags: 0 }, 0).expect("config");
+    l.maps.config.set(0, KernelConfig { mark: 0, flags: 0 }, 0).expect("config");
     for case in unconfigured_cases() {
         assert!(run_case(&mut l, &case), "{}", case.what);
     }

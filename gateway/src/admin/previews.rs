@@ -16,7 +16,7 @@ use crate::{
     service::App,
     service::previews::{
         spec::{PreviewSpec, SessionSpec, TokenSpec},
-        views::{PreviewView, TokenView},
+        views::{PreviewTokenView, PreviewView},
     },
 };
 use http::{Method, Request, StatusCode};
@@ -25,7 +25,7 @@ use serde::Serialize;
 
 /// A preview route: (workspace, sandbox, …), owned (the request body is read after parsing).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Route {
+pub enum PreviewRoute {
     /// `…/previews`.
     List(String, String),
     /// `…/previews/{preview}`.
@@ -38,18 +38,20 @@ pub enum Route {
     Sessions(String, String),
 }
 
-impl Route {
+impl PreviewRoute {
     /// Parses the path segments after `/`.
     pub fn parse(segments: &[&str]) -> Option<Self> {
         let s = |x: &str| x.to_string();
         Some(match *segments {
-            ["v1", "workspaces", ws, "sandboxes", name, "previews"] => Route::List(s(ws), s(name)),
-            ["v1", "workspaces", ws, "sandboxes", name, "previews", p] => Route::One(s(ws), s(name), s(p)),
-            ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens"] => Route::Tokens(s(ws), s(name), s(p)),
-            ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens", t] => {
-                Route::Token(s(ws), s(name), s(p), s(t))
+            ["v1", "workspaces", ws, "sandboxes", name, "previews"] => PreviewRoute::List(s(ws), s(name)),
+            ["v1", "workspaces", ws, "sandboxes", name, "previews", p] => PreviewRoute::One(s(ws), s(name), s(p)),
+            ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens"] => {
+                PreviewRoute::Tokens(s(ws), s(name), s(p))
             }
-            ["v1", "workspaces", ws, "sandboxes", name, "sessions"] => Route::Sessions(s(ws), s(name)),
+            ["v1", "workspaces", ws, "sandboxes", name, "previews", p, "tokens", t] => {
+                PreviewRoute::Token(s(ws), s(name), s(p), s(t))
+            }
+            ["v1", "workspaces", ws, "sandboxes", name, "sessions"] => PreviewRoute::Sessions(s(ws), s(name)),
             _ => return None,
         })
     }
@@ -57,20 +59,20 @@ impl Route {
     /// The methods it answers.
     pub fn methods(&self) -> &'static [Method] {
         match self {
-            Route::List(..) => &[Method::GET],
-            Route::One(..) => &[Method::GET, Method::PUT, Method::DELETE],
-            Route::Tokens(..) => &[Method::GET, Method::POST],
-            Route::Token(..) => &[Method::GET, Method::DELETE],
-            Route::Sessions(..) => &[Method::POST],
+            PreviewRoute::List(..) => &[Method::GET],
+            PreviewRoute::One(..) => &[Method::GET, Method::PUT, Method::DELETE],
+            PreviewRoute::Tokens(..) => &[Method::GET, Method::POST],
+            PreviewRoute::Token(..) => &[Method::GET, Method::DELETE],
+            PreviewRoute::Sessions(..) => &[Method::POST],
         }
     }
 }
 
 /// Handles a preview route (method already checked).
-pub async fn handle(app: &App, route: Route, req: Request<Incoming>) -> Result<JsonResponse, ApiError> {
+pub async fn handle(app: &App, route: PreviewRoute, req: Request<Incoming>) -> Result<JsonResponse, ApiError> {
     let method = req.method().clone();
     match (route, method) {
-        (Route::List(ws, name), _) => {
+        (PreviewRoute::List(ws, name), _) => {
             #[derive(Serialize)]
             struct List {
                 previews: Vec<PreviewView>,
@@ -78,45 +80,45 @@ pub async fn handle(app: &App, route: Route, req: Request<Incoming>) -> Result<J
             let previews = app.list_previews(&ws, &name)?.iter().map(|p| app.preview_view(p)).collect();
             json(StatusCode::OK, &List { previews })
         }
-        (Route::One(ws, name, p), Method::GET) => {
+        (PreviewRoute::One(ws, name, p), Method::GET) => {
             json(StatusCode::OK, &app.preview_view(&*app.get_preview(&ws, &name, &p)?))
         }
-        (Route::One(ws, name, p), Method::PUT) => {
+        (PreviewRoute::One(ws, name, p), Method::PUT) => {
             let spec: PreviewSpec = read_json(req).await?;
             let (preview, applied, _) = app.put_preview(&ws, &name, &p, &spec).await?;
             let mut view = app.preview_view(&preview);
             view.policy_applied_micros = Some(u64::try_from(applied.as_micros()).unwrap_or(u64::MAX));
             json(StatusCode::OK, &view)
         }
-        (Route::One(ws, name, p), _) => {
+        (PreviewRoute::One(ws, name, p), _) => {
             app.delete_preview(&ws, &name, &p).await?;
             Ok(no_content())
         }
-        (Route::Tokens(ws, name, p), Method::POST) => {
+        (PreviewRoute::Tokens(ws, name, p), Method::POST) => {
             let spec: TokenSpec = read_json_or_empty(req).await?;
             let (_, token) = app.create_preview_token(&ws, &name, &p, &spec).await?;
-            json(StatusCode::CREATED, &TokenView::created(&token, time::now()))
+            json(StatusCode::CREATED, &PreviewTokenView::created(&token, time::now()))
         }
-        (Route::Tokens(ws, name, p), _) => {
+        (PreviewRoute::Tokens(ws, name, p), _) => {
             #[derive(Serialize)]
             struct List {
-                tokens: Vec<TokenView>,
+                tokens: Vec<PreviewTokenView>,
             }
             let tokens = app.token_views(&app.list_preview_tokens(&ws, &name, &p)?);
             json(StatusCode::OK, &List { tokens })
         }
-        (Route::Token(ws, name, p, t), Method::GET) => {
+        (PreviewRoute::Token(ws, name, p, t), Method::GET) => {
             let tokens = app.list_preview_tokens(&ws, &name, &p)?;
             let token = tokens.iter().find(|x| x.name == t).ok_or_else(|| {
                 ApiError::new(ErrorCode::TokenNotFound, format!("preview {p:?} has no token named {t:?}"))
             })?;
-            json(StatusCode::OK, &TokenView::listed(token, time::now()))
+            json(StatusCode::OK, &PreviewTokenView::listed(token, time::now()))
         }
-        (Route::Token(ws, name, p, t), _) => {
+        (PreviewRoute::Token(ws, name, p, t), _) => {
             app.revoke_preview_token(&ws, &name, &p, &t).await?;
             Ok(no_content())
         }
-        (Route::Sessions(ws, name), _) => {
+        (PreviewRoute::Sessions(ws, name), _) => {
             let spec: SessionSpec = read_json_or_empty(req).await?;
             let session = app.create_session(&ws, &name, &spec).await?;
             json(StatusCode::CREATED, &app.session_view(&session))
@@ -140,16 +142,19 @@ mod tests {
 
     #[test]
     fn routes() {
-        let p = |path: &'static str| Route::parse(&path.split('/').skip(1).collect::<Vec<_>>());
+        let p = |path: &'static str| PreviewRoute::parse(&path.split('/').skip(1).collect::<Vec<_>>());
         let s = |x: &str| x.to_string();
-        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews"), Some(Route::List(s("w"), s("s"))));
-        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews/p"), Some(Route::One(s("w"), s("s"), s("p"))));
-        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews/p/tokens"), Some(Route::Tokens(s("w"), s("s"), s("p"))));
+        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews"), Some(PreviewRoute::List(s("w"), s("s"))));
+        assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews/p"), Some(PreviewRoute::One(s("w"), s("s"), s("p"))));
+        assert_eq!(
+            p("/v1/workspaces/w/sandboxes/s/previews/p/tokens"),
+            Some(PreviewRoute::Tokens(s("w"), s("s"), s("p")))
+        );
         assert_eq!(
             p("/v1/workspaces/w/sandboxes/s/previews/p/tokens/t"),
-            Some(Route::Token(s("w"), s("s"), s("p"), s("t")))
+            Some(PreviewRoute::Token(s("w"), s("s"), s("p"), s("t")))
         );
-        assert_eq!(p("/v1/workspaces/w/sandboxes/s/sessions"), Some(Route::Sessions(s("w"), s("s"))));
+        assert_eq!(p("/v1/workspaces/w/sandboxes/s/sessions"), Some(PreviewRoute::Sessions(s("w"), s("s"))));
         assert_eq!(p("/v1/workspaces/w/sandboxes/s/previews/p/x"), None);
     }
 }

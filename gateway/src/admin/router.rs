@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 /// What a path names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Route<'a> {
+enum AdminRoute<'a> {
     Live,
     Ready,
     Metrics,
@@ -29,39 +29,39 @@ enum Route<'a> {
     Tokens(&'a str),
     Token(&'a str, &'a str),
     /// Previews, their tokens, sessions (`super::previews`).
-    Preview(super::previews::Route),
+    Preview(super::previews::PreviewRoute),
 }
 
-impl Route<'_> {
-    fn parse(path: &str) -> Option<Route<'_>> {
+impl AdminRoute<'_> {
+    fn parse(path: &str) -> Option<AdminRoute<'_>> {
         let rest = path.strip_prefix('/')?;
         let segments: Vec<&str> = rest.split('/').collect();
         Some(match segments.as_slice() {
-            ["live"] => Route::Live,
-            ["ready"] => Route::Ready,
-            ["metrics"] => Route::Metrics,
-            ["v1", "sandboxes"] => Route::ListAll,
-            ["v1", "workspaces", ws, "sandboxes"] => Route::List(ws),
-            ["v1", "workspaces", ws, "sandboxes", name] => Route::Sandbox(ws, name),
-            ["v1", "workspaces", ws, "sandboxes", name, "policy"] => Route::Policy(ws, name),
-            ["v1", "workspaces", ws, "tokens"] => Route::Tokens(ws),
-            ["v1", "workspaces", ws, "tokens", name] => Route::Token(ws, name),
-            _ => return super::previews::Route::parse(&segments).map(Route::Preview),
+            ["live"] => AdminRoute::Live,
+            ["ready"] => AdminRoute::Ready,
+            ["metrics"] => AdminRoute::Metrics,
+            ["v1", "sandboxes"] => AdminRoute::ListAll,
+            ["v1", "workspaces", ws, "sandboxes"] => AdminRoute::List(ws),
+            ["v1", "workspaces", ws, "sandboxes", name] => AdminRoute::Sandbox(ws, name),
+            ["v1", "workspaces", ws, "sandboxes", name, "policy"] => AdminRoute::Policy(ws, name),
+            ["v1", "workspaces", ws, "tokens"] => AdminRoute::Tokens(ws),
+            ["v1", "workspaces", ws, "tokens", name] => AdminRoute::Token(ws, name),
+            _ => return super::previews::PreviewRoute::parse(&segments).map(AdminRoute::Preview),
         })
     }
 
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Sandbox(..) => &[Method::GET, Method::PUT, Method::DELETE],
-            Route::Tokens(..) => &[Method::GET, Method::POST],
-            Route::Token(..) => &[Method::GET, Method::DELETE],
-            Route::Preview(r) => r.methods(),
+            AdminRoute::Sandbox(..) => &[Method::GET, Method::PUT, Method::DELETE],
+            AdminRoute::Tokens(..) => &[Method::GET, Method::POST],
+            AdminRoute::Token(..) => &[Method::GET, Method::DELETE],
+            AdminRoute::Preview(r) => r.methods(),
             _ => &[Method::GET],
         }
     }
 
     fn needs_token(&self) -> bool {
-        !matches!(self, Route::Live | Route::Ready | Route::Metrics)
+        !matches!(self, AdminRoute::Live | AdminRoute::Ready | AdminRoute::Metrics)
     }
 }
 
@@ -86,9 +86,9 @@ pub async fn handle(app: &App, req: Request<Incoming>, require_token: bool) -> J
 }
 
 async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Result<JsonResponse, ApiError> {
-    let route = Route::parse(req.uri().path());
+    let route = AdminRoute::parse(req.uri().path());
     // Authenticate before saying anything about paths.
-    if require_token && route.as_ref().is_none_or(Route::needs_token) {
+    if require_token && route.as_ref().is_none_or(AdminRoute::needs_token) {
         authenticate(app, &req)?;
     }
     let Some(route) = route else {
@@ -107,39 +107,39 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         return Ok(r);
     }
     match (route, req.method().clone()) {
-        (Route::Live, _) => json(
+        (AdminRoute::Live, _) => json(
             StatusCode::OK,
             &serde_json::json!({"status": "live", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
         ),
-        (Route::Ready, _) if app.is_ready() => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
-        (Route::Ready, _) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "starting"})),
-        (Route::Metrics, _) => Ok(metrics_response()),
-        (Route::ListAll, _) => list(app, None),
-        (Route::List(ws), _) => list(app, Some(ws)),
-        (Route::Sandbox(ws, name), Method::GET) => {
+        (AdminRoute::Ready, _) if app.is_ready() => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        (AdminRoute::Ready, _) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "starting"})),
+        (AdminRoute::Metrics, _) => Ok(metrics_response()),
+        (AdminRoute::ListAll, _) => list(app, None),
+        (AdminRoute::List(ws), _) => list(app, Some(ws)),
+        (AdminRoute::Sandbox(ws, name), Method::GET) => {
             let sandbox = app.get(ws, name)?;
             json(StatusCode::OK, &app.view(&sandbox, None))
         }
-        (Route::Sandbox(ws, name), Method::PUT) => {
+        (AdminRoute::Sandbox(ws, name), Method::PUT) => {
             let (ws, name) = (ws.to_string(), name.to_string());
             let body = read_body(req, BODY_LIMIT).await?;
             let spec: SandboxSpec = parse_json(&body)?;
             let (sandbox, applied) = app.put_sandbox(&ws, &name, spec).await?;
             json(StatusCode::OK, &app.view(&sandbox, Some(applied)))
         }
-        (Route::Sandbox(ws, name), Method::DELETE) => {
+        (AdminRoute::Sandbox(ws, name), Method::DELETE) => {
             app.delete_sandbox(ws, name).await?;
             Ok(no_content())
         }
-        (Route::Policy(ws, name), _) => json(StatusCode::OK, &app.policy(ws, name).await?),
-        (Route::Tokens(ws), Method::GET) => {
+        (AdminRoute::Policy(ws, name), _) => json(StatusCode::OK, &app.policy(ws, name).await?),
+        (AdminRoute::Tokens(ws), Method::GET) => {
             #[derive(Serialize)]
             struct List {
                 tokens: Vec<TokenView>,
             }
             json(StatusCode::OK, &List { tokens: app.list_tokens(ws)? })
         }
-        (Route::Tokens(ws), Method::POST) => {
+        (AdminRoute::Tokens(ws), Method::POST) => {
             let ws = ws.to_string();
             let body = read_body(req, BODY_LIMIT).await?;
             let request: TokenRequest = parse_json(&body)?;
@@ -152,13 +152,13 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
             }
             Ok(r)
         }
-        (Route::Token(ws, name), Method::GET) => json(StatusCode::OK, &app.get_token(ws, name)?),
-        (Route::Token(ws, name), Method::DELETE) => {
+        (AdminRoute::Token(ws, name), Method::GET) => json(StatusCode::OK, &app.get_token(ws, name)?),
+        (AdminRoute::Token(ws, name), Method::DELETE) => {
             app.revoke_token(ws, name).await?;
             Ok(no_content())
         }
-        (Route::Preview(r), _) => super::previews::handle(app, r, req).await,
-        (Route::Sandbox(..) | Route::Tokens(..) | Route::Token(..), _) => {
+        (AdminRoute::Preview(r), _) => super::previews::handle(app, r, req).await,
+        (AdminRoute::Sandbox(..) | AdminRoute::Tokens(..) | AdminRoute::Token(..), _) => {
             Err(ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed"))
         }
     }
@@ -171,7 +171,7 @@ fn metrics_response() -> JsonResponse {
     r
 }
 
-fn allow(route: &Route<'_>) -> String {
+fn allow(route: &AdminRoute<'_>) -> String {
     route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
 }
 
@@ -209,16 +209,16 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(Route::parse("/live"), Some(Route::Live));
-        assert_eq!(Route::parse("/metrics"), Some(Route::Metrics));
-        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes"), Some(Route::List("w")));
-        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n"), Some(Route::Sandbox("w", "n")));
-        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n/policy"), Some(Route::Policy("w", "n")));
-        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/"), Some(Route::Sandbox("w", "")));
-        assert_eq!(Route::parse("/v1/workspaces/w/tokens"), Some(Route::Tokens("w")));
-        assert_eq!(Route::parse("/v1/workspaces/w/tokens/ci"), Some(Route::Token("w", "ci")));
-        assert_eq!(Route::parse("/v1/workspaces/w/tokens/ci/x"), None);
-        assert_eq!(Route::parse("/v2"), None);
-        assert_eq!(Route::parse("/v1/workspaces/w/sandboxes/n/x"), None);
+        assert_eq!(AdminRoute::parse("/live"), Some(AdminRoute::Live));
+        assert_eq!(AdminRoute::parse("/metrics"), Some(AdminRoute::Metrics));
+        assert_eq!(AdminRoute::parse("/v1/workspaces/w/sandboxes"), Some(AdminRoute::List("w")));
+        assert_eq!(AdminRoute::parse("/v1/workspaces/w/sandboxes/n"), Some(AdminRoute::Sandbox("w", "n")));
+        assert_eq!(AdminRoute::parse("/v1/workspaces/w/sandboxes/n/policy"), Some(AdminRoute::Policy("w", "n")));
+        assert_eq!(AdminRoute::parse("/v1/workspaces/w/sandboxes/"), Some(AdminRoute::Sandbox("w", "")));
+        assert_eq!(AdminRoute::parse("/v1/workspaces/w/tokens"), Some(AdminRoute::Tokens("w")));
+        assert_eq!(AdminRoute::parse("/v1/workspaces/w/tokens/ci"), Some(AdminRoute::Token("w", "ci")));
+        assert_eq!(AdminRoute::parse("/v1/workspaces/w/tokens/ci/x"), None);
+        assert_eq!(AdminRoute::parse("/v2"), None);
+        assert_eq!(AdminRoute::parse("/v1/workspaces/w/sandboxes/n/x"), None);
     }
 }

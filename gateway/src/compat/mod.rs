@@ -42,7 +42,7 @@ pub const BODY_LIMIT: usize = 256 * 1024;
 
 /// What a `/v0` path names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Route {
+enum ApiRoute {
     Sandboxes,
     Sandbox(String),
     Previews(String),
@@ -51,27 +51,27 @@ enum Route {
     Token(String, String, String),
 }
 
-impl Route {
-    fn parse(path: &str) -> Option<Route> {
+impl ApiRoute {
+    fn parse(path: &str) -> Option<ApiRoute> {
         let segments: Vec<&str> = path.strip_prefix("/v0/")?.trim_end_matches('/').split('/').collect();
         let s = |x: &str| x.to_string();
         Some(match segments.as_slice() {
-            ["sandboxes"] => Route::Sandboxes,
-            ["sandboxes", name] => Route::Sandbox(s(name)),
-            ["sandboxes", name, "previews"] => Route::Previews(s(name)),
-            ["sandboxes", name, "previews", p] => Route::Preview(s(name), s(p)),
-            ["sandboxes", name, "previews", p, "tokens"] => Route::Tokens(s(name), s(p), String::new()),
-            ["sandboxes", name, "previews", p, "tokens", t] => Route::Token(s(name), s(p), s(t)),
+            ["sandboxes"] => ApiRoute::Sandboxes,
+            ["sandboxes", name] => ApiRoute::Sandbox(s(name)),
+            ["sandboxes", name, "previews"] => ApiRoute::Previews(s(name)),
+            ["sandboxes", name, "previews", p] => ApiRoute::Preview(s(name), s(p)),
+            ["sandboxes", name, "previews", p, "tokens"] => ApiRoute::Tokens(s(name), s(p), String::new()),
+            ["sandboxes", name, "previews", p, "tokens", t] => ApiRoute::Token(s(name), s(p), s(t)),
             _ => return None,
         })
     }
 
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Sandboxes | Route::Sandbox(_) => &[Method::GET],
-            Route::Previews(_) | Route::Tokens(..) => &[Method::GET, Method::POST],
-            Route::Preview(..) => &[Method::GET, Method::PUT, Method::DELETE],
-            Route::Token(..) => &[Method::DELETE],
+            ApiRoute::Sandboxes | ApiRoute::Sandbox(_) => &[Method::GET],
+            ApiRoute::Previews(_) | ApiRoute::Tokens(..) => &[Method::GET, Method::POST],
+            ApiRoute::Preview(..) => &[Method::GET, Method::PUT, Method::DELETE],
+            ApiRoute::Token(..) => &[Method::DELETE],
         }
     }
 }
@@ -111,7 +111,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let route = Route::parse(req.uri().path());
+    let route = ApiRoute::parse(req.uri().path());
     // Authenticate before saying anything about paths; every call is scoped to this workspace.
     let ws = auth::authenticate_caller(app, req.headers())?.workspace;
     let Some(route) = route else {
@@ -131,17 +131,17 @@ where
     let method = req.method().clone();
     let now = time::now();
     match (route, method) {
-        (Route::Sandboxes, _) => {
+        (ApiRoute::Sandboxes, _) => {
             let list: Vec<SandboxOut> = app.list(Some(&ws))?.iter().map(|s| SandboxOut::new(app, s)).collect();
             ok(&list)
         }
-        (Route::Sandbox(name), _) => ok(&SandboxOut::new(app, &*app.get(&ws, &name)?)),
-        (Route::Previews(name), Method::GET) => {
+        (ApiRoute::Sandbox(name), _) => ok(&SandboxOut::new(app, &*app.get(&ws, &name)?)),
+        (ApiRoute::Previews(name), Method::GET) => {
             let list: Vec<PreviewOut> =
                 app.list_previews(&ws, &name)?.iter().map(|p| PreviewOut::new(app, p)).collect();
             ok(&list)
         }
-        (Route::Previews(name), _) => {
+        (ApiRoute::Previews(name), _) => {
             let force = force(&req);
             let body: PreviewIn = read_json(req).await?;
             let Some(preview) = body.metadata.name.filter(|n| !n.is_empty()) else {
@@ -158,10 +158,10 @@ where
             let (p, _, _) = app.put_preview(&ws, &name, &preview, &body.spec.to_spec()).await?;
             ok(&PreviewOut::new(app, &p))
         }
-        (Route::Preview(name, preview), Method::GET) => {
+        (ApiRoute::Preview(name, preview), Method::GET) => {
             ok(&PreviewOut::new(app, &*app.get_preview(&ws, &name, &preview)?))
         }
-        (Route::Preview(name, preview), Method::PUT) => {
+        (ApiRoute::Preview(name, preview), Method::PUT) => {
             let body: PreviewIn = read_json(req).await?;
             if let Some(n) = body.metadata.name.as_deref().filter(|n| !n.is_empty())
                 && n != preview
@@ -174,21 +174,21 @@ where
             let (p, _, _) = app.put_preview(&ws, &name, &preview, &body.spec.to_spec()).await?;
             ok(&PreviewOut::new(app, &p))
         }
-        (Route::Preview(name, preview), _) => {
+        (ApiRoute::Preview(name, preview), _) => {
             ok(&PreviewOut::new(app, &*app.delete_preview(&ws, &name, &preview).await?))
         }
-        (Route::Tokens(name, preview, _), Method::GET) => {
+        (ApiRoute::Tokens(name, preview, _), Method::GET) => {
             let p = app.get_preview(&ws, &name, &preview)?;
             let list: Vec<TokenOut> = p.tokens.iter().map(|t| TokenOut::new(&p, t, now)).collect();
             ok(&list)
         }
-        (Route::Tokens(name, preview, _), _) => {
+        (ApiRoute::Tokens(name, preview, _), _) => {
             let body: TokenIn = read_json(req).await?;
             let spec = TokenSpec { name: body.metadata.name, expires_at: body.spec.expires_at, ttl: None };
             let (p, t) = app.create_preview_token(&ws, &name, &preview, &spec).await?;
             ok(&TokenOut::new(&p, &t, now))
         }
-        (Route::Token(name, preview, token), _) => {
+        (ApiRoute::Token(name, preview, token), _) => {
             let t = app.revoke_preview_token(&ws, &name, &preview, &token).await?;
             ok(&serde_json::json!({"message": format!("preview token {:?} deleted", t.name)}))
         }
@@ -215,15 +215,18 @@ mod tests {
     #[test]
     fn routes() {
         let s = |x: &str| x.to_string();
-        assert_eq!(Route::parse("/v0/sandboxes"), Some(Route::Sandboxes));
-        assert_eq!(Route::parse("/v0/sandboxes/"), Some(Route::Sandboxes));
-        assert_eq!(Route::parse("/v0/sandboxes/a"), Some(Route::Sandbox(s("a"))));
-        assert_eq!(Route::parse("/v0/sandboxes/a/previews"), Some(Route::Previews(s("a"))));
-        assert_eq!(Route::parse("/v0/sandboxes/a/previews/p"), Some(Route::Preview(s("a"), s("p"))));
-        assert_eq!(Route::parse("/v0/sandboxes/a/previews/p/tokens"), Some(Route::Tokens(s("a"), s("p"), s(""))));
-        assert_eq!(Route::parse("/v0/sandboxes/a/previews/p/tokens/t"), Some(Route::Token(s("a"), s("p"), s("t"))));
-        assert_eq!(Route::parse("/v0/agents"), None);
-        assert_eq!(Route::parse("/v1/sandboxes"), None);
+        assert_eq!(ApiRoute::parse("/v0/sandboxes"), Some(ApiRoute::Sandboxes));
+        assert_eq!(ApiRoute::parse("/v0/sandboxes/"), Some(ApiRoute::Sandboxes));
+        assert_eq!(ApiRoute::parse("/v0/sandboxes/a"), Some(ApiRoute::Sandbox(s("a"))));
+        assert_eq!(ApiRoute::parse("/v0/sandboxes/a/previews"), Some(ApiRoute::Previews(s("a"))));
+        assert_eq!(ApiRoute::parse("/v0/sandboxes/a/previews/p"), Some(ApiRoute::Preview(s("a"), s("p"))));
+        assert_eq!(ApiRoute::parse("/v0/sandboxes/a/previews/p/tokens"), Some(ApiRoute::Tokens(s("a"), s("p"), s(""))));
+        assert_eq!(
+            ApiRoute::parse("/v0/sandboxes/a/previews/p/tokens/t"),
+            Some(ApiRoute::Token(s("a"), s("p"), s("t")))
+        );
+        assert_eq!(ApiRoute::parse("/v0/agents"), None);
+        assert_eq!(ApiRoute::parse("/v1/sandboxes"), None);
     }
 }
 

@@ -7,7 +7,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use gateway_common::{
     counters::{Hook, Reason, VERDICT_SLOTS},
     names,
-    policy::{DataplaneConfig, Endpoint, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats},
+    policy::{Endpoint, KernelConfig, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats},
 };
 
 use super::{DataplaneError, batch, kernel};
@@ -32,7 +32,7 @@ pub struct KernelMaps {
     /// `GW_VERDICTS`.
     pub verdicts: PerCpuArray<MapData, u64>,
     /// `GW_CONFIG`.
-    pub config: Array<MapData, DataplaneConfig>,
+    pub config: Array<MapData, KernelConfig>,
 }
 
 /// The number of possible CPUs (the length of every per-CPU value).

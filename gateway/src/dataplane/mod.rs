@@ -26,7 +26,7 @@ use aya::{
 use gateway_common::{
     IPPROTO_TCP, IPPROTO_UDP,
     counters::{Hook, Reason},
-    policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin},
+    policy::{Endpoint, KernelConfig, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin},
 };
 
 pub use attach::{EBPF_OBJECT, load_object, teardown};
@@ -258,9 +258,7 @@ impl Dataplane {
         let mut ebpf = attach::load_object(&pins, log_level)?;
         spawn_logger(&mut ebpf);
         let mut maps = KernelMaps::open(&pins.maps())?;
-        maps.config
-            .set(0, DataplaneConfig { mark: settings.mark, flags: 0 }, 0)
-            .map_err(kernel("writing GW_CONFIG"))?;
+        maps.config.set(0, KernelConfig { mark: settings.mark, flags: 0 }, 0).map_err(kernel("writing GW_CONFIG"))?;
         maps.set_protected(&protected_keys(&settings.protected))?;
         // Counters whose record is gone (an older version removed the record first and may
         // have been killed in between) would pass for a registration with the new programs,

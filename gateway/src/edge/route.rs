@@ -16,8 +16,7 @@ use crate::{
 };
 use gateway_common::{RESERVED_PORTS, is_reserved_port};
 
-/// The port of the sandbox API inside every sandbox.
-pub const SANDBOX_API_PORT: u16 = 8080;
+pub use gateway_common::SANDBOX_API_PORT;
 
 /// What the path asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]

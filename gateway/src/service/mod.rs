@@ -458,9 +458,9 @@ impl App {
     }
 
     /// The `/v1` views of tokens.
-    pub fn token_views(&self, tokens: &[PreviewToken]) -> Vec<views::TokenView> {
+    pub fn token_views(&self, tokens: &[PreviewToken]) -> Vec<views::PreviewTokenView> {
         let now = time::now();
-        tokens.iter().map(|t| views::TokenView::listed(t, now)).collect()
+        tokens.iter().map(|t| views::PreviewTokenView::listed(t, now)).collect()
     }
 
     /// The live preview whose host label is `id` (lower-case); `None` once expired, at once.

@@ -45,7 +45,7 @@ const RECORD_VERSION: u32 = 1;
 /// One sandbox file.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SandboxRecord {
+struct StoredSandbox {
     version: u32,
     sandbox: Sandbox,
 }
@@ -210,7 +210,7 @@ fn token_file(id: &TokenId) -> String {
 
 impl Inner {
     fn load(&self) -> Result<StateSnapshot, StoreError> {
-        let mut sandboxes = load_records(&self.sandboxes, "sandbox", |r: SandboxRecord| {
+        let mut sandboxes = load_records(&self.sandboxes, "sandbox", |r: StoredSandbox| {
             (r.version, sandbox_file(&r.sandbox.id()), r.sandbox)
         })?;
         sandboxes.sort_by(|a, b| (&a.workspace, &a.name).cmp(&(&b.workspace, &b.name)));
@@ -223,7 +223,7 @@ impl Inner {
 
     fn put_sandbox(&self, sandbox: Sandbox) -> Result<(), StoreError> {
         let name = sandbox_file(&sandbox.id());
-        self.put_record(&self.sandboxes, &name, &SandboxRecord { version: RECORD_VERSION, sandbox })
+        self.put_record(&self.sandboxes, &name, &StoredSandbox { version: RECORD_VERSION, sandbox })
     }
 
     fn delete_sandbox(&self, id: SandboxId) -> Result<(), StoreError> {

@@ -82,7 +82,7 @@ impl PreviewView {
 /// A preview token as answered by `/v1` (the secret only when created).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TokenView {
+pub struct PreviewTokenView {
     /// Name.
     pub name: String,
     /// The secret: in the answer to its creation only.
@@ -96,7 +96,7 @@ pub struct TokenView {
     pub created_at: String,
 }
 
-impl TokenView {
+impl PreviewTokenView {
     /// Without the secret.
     pub fn listed(t: &PreviewToken, now: Timestamp) -> Self {
         Self {

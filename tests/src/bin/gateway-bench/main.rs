@@ -32,7 +32,7 @@ use gateway::dataplane::{
 };
 use gateway_common::{
     IPPROTO_TCP, names,
-    policy::{DataplaneConfig, Endpoint, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin},
+    policy::{Endpoint, KernelConfig, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin},
     testpkt,
 };
 use serde_json::json;
@@ -230,7 +230,7 @@ fn main() {
             ebpf.program_mut(names::PROG_BENCH_NOOP_XDP).expect("noop xdp").try_into().expect("xdp");
         noop_xdp.load().expect("load noop xdp");
         let mut maps = KernelMaps::open(&pins.maps()).expect("maps");
-        maps.config.set(0, DataplaneConfig { mark: MARK, flags: 0 }, 0).expect("config");
+        maps.config.set(0, KernelConfig { mark: MARK, flags: 0 }, 0).expect("config");
         maps.sandboxes
             .insert(SandboxKey { addr: [198, 18, 0, 2] }, SandboxRecord { ifindex: 1, flags: 0 }, 0)
             .expect("sbx");
