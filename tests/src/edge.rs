@@ -142,8 +142,8 @@ impl Reply {
     /// Asserts the gateway's error shape with this status and code
     /// ([`crate::gateway_process::assert_error`]); returns the message.
     pub fn assert_error(&self, status: u16, code: &str) -> String {
-        let content_type = self.headers.get("content-type").map(|v| v.as_bytes());
-        let e = crate::gateway_process::assert_error(self.status.as_u16(), content_type, &self.body, status, code);
+        let header = |name: &str| self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let e = crate::gateway_process::assert_error(self.status.as_u16(), header, &self.body, status, code);
         e["message"].as_str().unwrap_or_default().to_string()
     }
 }

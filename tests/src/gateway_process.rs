@@ -399,18 +399,30 @@ impl Response {
     /// Asserts the gateway's error shape with this status and code ([`assert_error`]); returns
     /// the error object.
     pub fn assert_error(&self, status: u16, code: &str) -> serde_json::Value {
-        assert_error(self.status, self.header("content-type").map(str::as_bytes), &self.body, status, code)
+        assert_error(self.status, |name| self.header(name).map(str::to_owned), &self.body, status, code)
     }
 }
 
-/// Asserts that an answer (`got` status, content type, body) is the gateway's error shape with
-/// `status` and `code`: `application/json`, `{"error": {"code", "status", "origin": "gateway",
-/// "retryable": bool, "message": non-empty}}`. Returns the error object. Used by the admin
-/// client's [`Response`] and the edge client's `Reply`.
-pub fn assert_error(got: u16, content_type: Option<&[u8]>, body: &[u8], status: u16, code: &str) -> serde_json::Value {
+/// Asserts that an answer (`got` status, its headers by name, body) is the gateway's error shape
+/// with `status` and `code`: `application/json`, `{"error": {"code", "status", "origin":
+/// "gateway", "retryable": bool, "message": non-empty}}`, `WWW-Authenticate: Bearer` on a 401,
+/// `Retry-After` on a 429 or 503. Returns the error object. Used by the admin client's
+/// [`Response`] and the edge client's `Reply`.
+pub fn assert_error(
+    got: u16,
+    header: impl Fn(&str) -> Option<String>,
+    body: &[u8],
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
     let text = String::from_utf8_lossy(body);
     assert_eq!(got, status, "expected {status} {code}, got {got}: {text}");
-    assert_eq!(content_type, Some(&b"application/json"[..]), "content type of {status} {code}: {text}");
+    assert_eq!(header("content-type").as_deref(), Some("application/json"), "content type of {status} {code}: {text}");
+    match status {
+        401 => assert_eq!(header("www-authenticate").as_deref(), Some("Bearer"), "401 {code} without WWW-Authenticate"),
+        429 | 503 => assert!(header("retry-after").is_some(), "{status} {code} without Retry-After"),
+        _ => {}
+    }
     let v: serde_json::Value =
         serde_json::from_slice(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
     let e = v.get("error").unwrap_or_else(|| panic!("no error object: {v}")).clone();
