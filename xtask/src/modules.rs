@@ -37,23 +37,30 @@ pub fn check(src: &Path) -> Result<()> {
     bail!("the modules of {} import each other in a circle:{text}", src.display())
 }
 
-/// Prints the top-level graph, lowest layer first (each module with what it imports), then any
-/// cycle at any level.
+/// Prints the top-level graph ([`render`]), then any cycle at any level.
 pub fn print(src: &Path) -> Result<()> {
     let graph = graph(src)?;
-    let top: Graph =
-        graph.iter().filter(|(m, _)| !m.contains("::")).map(|(m, deps)| (m.clone(), deps.clone())).collect();
-    for (depth, layer) in layers(&top).iter().enumerate() {
-        println!("layer {depth}:");
-        for module in layer {
-            let deps: Vec<&str> = top[module].iter().map(String::as_str).collect();
-            println!("  {module:<12} → {}", if deps.is_empty() { "-".to_string() } else { deps.join(", ") });
-        }
-    }
+    print!("{}", render(&graph));
     for cycle in components(&graph).into_iter().filter(|c| c.len() > 1) {
         println!("cycle: {}", cycle.join(", "));
     }
     Ok(())
+}
+
+/// The top-level modules, highest layer first, each with the modules it imports: what
+/// docs/ARCHITECTURE.md shows between its `modules` markers.
+pub fn render(graph: &Graph) -> String {
+    let top: Graph =
+        graph.iter().filter(|(m, _)| !m.contains("::")).map(|(m, deps)| (m.clone(), deps.clone())).collect();
+    let mut out = String::new();
+    for (depth, layer) in layers(&top).iter().enumerate().rev() {
+        for module in layer {
+            let deps: Vec<&str> = top[module].iter().map(String::as_str).collect();
+            let deps = if deps.is_empty() { "-".to_string() } else { deps.join(", ") };
+            out.push_str(&format!("{depth:>2}  {module:<10} → {deps}\n"));
+        }
+    }
+    out
 }
 
 /// Reads every `.rs` file under `src`. A path naming a module outside the file's own ancestry
@@ -403,6 +410,18 @@ mod tests {
                 .map(|p| p.into_iter().map(String::from).collect())
                 .collect();
         assert_eq!(got, want);
+    }
+
+    /// docs/ARCHITECTURE.md shows the graph of the code as it is (`cargo xtask modules` prints it).
+    #[test]
+    fn the_architecture_doc_shows_the_module_graph() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let doc = fs::read_to_string(root.join("docs/ARCHITECTURE.md")).expect("docs/ARCHITECTURE.md");
+        let (begin, end) = ("<!-- modules:begin -->\n```\n", "```\n<!-- modules:end -->");
+        let start = doc.find(begin).expect("the modules:begin marker") + begin.len();
+        let stop = doc[start..].find(end).expect("the modules:end marker") + start;
+        let want = render(&graph(&root.join("gateway/src")).expect("graph"));
+        assert_eq!(&doc[start..stop], want, "docs/ARCHITECTURE.md: paste `cargo xtask modules` between the markers");
     }
 
     #[test]
