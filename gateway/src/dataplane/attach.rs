@@ -57,27 +57,28 @@ fn raise_memlock_limit() {
     }
 }
 
-/// The loaded tc program `name`.
-pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DataplaneError> {
+/// The loaded program `name` as a `T` (`kind` names it in the error).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str, kind: &str) -> Result<&'a mut T, DataplaneError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or_else(|| DataplaneError::Kernel {
             context: format!("program {name} missing from the object"),
             source: anyhow::anyhow!("not found"),
         })?
         .try_into()
-        .map_err(kernel(format!("program {name} is not a classifier")))
+        .map_err(kernel(format!("program {name} is not {kind}")))
+}
+
+/// The loaded tc program `name`.
+pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    program(ebpf, name, "a classifier")
 }
 
 /// The loaded XDP program.
 pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let name = names::PROG_EDGE_GUARD;
-    ebpf.program_mut(name)
-        .ok_or_else(|| DataplaneError::Kernel {
-            context: format!("program {name} missing from the object"),
-            source: anyhow::anyhow!("not found"),
-        })?
-        .try_into()
-        .map_err(kernel(format!("program {name} is not XDP")))
+    program(ebpf, names::PROG_EDGE_GUARD, "XDP")
 }
 
 /// Attaches `sandbox_in` (tcx egress) and `sandbox_out` (tcx ingress) to `ifname`, or swaps the

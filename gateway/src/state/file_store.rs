@@ -210,12 +210,13 @@ fn token_file(id: &TokenId) -> String {
 
 impl Inner {
     fn load(&self) -> Result<StateSnapshot, StoreError> {
-        let mut sandboxes = load_records(&self.sandboxes, "sandbox", |r: StoredSandbox| {
+        let mut sandboxes = load_records(&self.sandboxes, "sandbox", RECORD_VERSION, |r: StoredSandbox| {
             (r.version, sandbox_file(&r.sandbox.id()), r.sandbox)
         })?;
         sandboxes.sort_by(|a, b| (&a.workspace, &a.name).cmp(&(&b.workspace, &b.name)));
-        let mut tokens =
-            load_records(&self.tokens, "token", |r: TokenRecord| (r.version, token_file(&r.token.id()), r.token))?;
+        let mut tokens = load_records(&self.tokens, "token", RECORD_VERSION, |r: TokenRecord| {
+            (r.version, token_file(&r.token.id()), r.token)
+        })?;
         tokens.sort_by(|a, b| (&a.workspace, &a.name).cmp(&(&b.workspace, &b.name)));
         let previews = self.load_previews()?;
         Ok(StateSnapshot { sandboxes, tokens, previews })
@@ -269,10 +270,12 @@ fn remove_durably(dir: &Path, path: &Path) -> Result<(), StoreError> {
 
 /// Reads every record file of `dir`: removes leftover temp files, skips files that are not
 /// `.json`, and checks each record's version and that it is stored under its own file name.
-/// `unpack` gives a record's (version, expected file name, item).
+/// `unpack` gives a record's (version, expected file name, item); `version` is the one this
+/// gateway reads.
 fn load_records<R: DeserializeOwned, T>(
     dir: &Path,
     what: &str,
+    version: u32,
     unpack: impl Fn(R) -> (u32, String, T),
 ) -> Result<Vec<T>, StoreError> {
     let mut items = Vec::new();
@@ -297,11 +300,11 @@ fn load_records<R: DeserializeOwned, T>(
         let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
         let record: R = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: format!("not a {what} record: {e}") })?;
-        let (version, expected, item) = unpack(record);
-        if version != RECORD_VERSION {
+        let (found, expected, item) = unpack(record);
+        if found != version {
             return Err(StoreError::Corrupt {
                 path,
-                reason: format!("record version {version} (this gateway reads {RECORD_VERSION})"),
+                reason: format!("record version {found} (this gateway reads {version})"),
             });
         }
         if expected != name {

@@ -1,9 +1,8 @@
 //! Preview records and generated secrets in the file store.
 
-use super::{Inner, io_err, remove_durably, write_atomic};
+use super::{Inner, io_err, load_records, remove_durably, write_atomic};
 use crate::{
     model::preview::{Preview, PreviewKey},
-    paths::TEMP_SUFFIX,
     state::StoreError,
 };
 use serde::{Deserialize, Serialize};
@@ -36,43 +35,9 @@ fn unhex32(text: &str) -> Option<[u8; 32]> {
 
 impl Inner {
     pub(super) fn load_previews(&self) -> Result<Vec<Preview>, StoreError> {
-        let mut previews = Vec::new();
-        let entries = fs::read_dir(&self.previews).map_err(io_err("reading", &self.previews))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err("reading", &self.previews))?;
-            let path = entry.path();
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                return Err(StoreError::Corrupt { path, reason: "file name is not UTF-8".into() });
-            };
-            if name.ends_with(TEMP_SUFFIX) {
-                tracing::warn!(path = %path.display(), "removing an incomplete write");
-                fs::remove_file(&path).map_err(io_err("removing", &path))?;
-                continue;
-            }
-            if !name.ends_with(".json") {
-                tracing::warn!(path = %path.display(), "ignoring a file that is not a preview record");
-                continue;
-            }
-            let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
-            let record: PreviewRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                reason: format!("not a preview record: {e}"),
-            })?;
-            if record.version != PREVIEW_RECORD_VERSION {
-                return Err(StoreError::Corrupt {
-                    path,
-                    reason: format!("record version {} (this gateway reads {PREVIEW_RECORD_VERSION})", record.version),
-                });
-            }
-            if file_name(&record.preview.key()) != name {
-                return Err(StoreError::Corrupt {
-                    path,
-                    reason: format!("holds preview {} but is named {name}", record.preview.key()),
-                });
-            }
-            previews.push(record.preview);
-        }
+        let mut previews = load_records(&self.previews, "preview", PREVIEW_RECORD_VERSION, |r: PreviewRecord| {
+            (r.version, file_name(&r.preview.key()), r.preview)
+        })?;
         previews.sort_by_key(Preview::key);
         Ok(previews)
     }
