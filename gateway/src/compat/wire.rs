@@ -8,7 +8,7 @@ use crate::{
     model::sandbox::{PortProtocol, Sandbox},
     model::time::{self, Timestamp},
     service::App,
-    service::previews::spec::PreviewSpec,
+    service::previews::{spec::PreviewSpec, views::PreviewSettings},
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -188,20 +188,9 @@ pub struct PreviewMetadata {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviewSpecOut {
-    /// Port.
-    pub port: u16,
-    /// Public.
-    pub public: bool,
-    /// Readable id prefix.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix_url: Option<String>,
-    /// Added to requests.
-    pub request_headers: BTreeMap<String, String>,
-    /// Added to responses.
-    pub response_headers: BTreeMap<String, String>,
-    /// Lifetime as given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
+    /// Port, access, headers, lifetime (as `/v1` answers them).
+    #[serde(flatten)]
+    pub settings: PreviewSettings,
     /// Expiry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
@@ -224,12 +213,7 @@ impl PreviewOut {
                 created_at: time::format_timestamp(p.created_at),
             },
             spec: PreviewSpecOut {
-                port: p.port,
-                public: p.public,
-                prefix_url: p.prefix_url.clone(),
-                request_headers: p.request_headers.clone(),
-                response_headers: p.response_headers.clone(),
-                ttl: p.ttl.clone(),
+                settings: PreviewSettings::of(p),
                 expires: p.expires_at.map(time::format_timestamp),
                 region: app.config().region.clone(),
                 url: app.preview_url(&p.id),

@@ -30,17 +30,8 @@ use std::collections::BTreeMap;
 
 const WORKSPACE: &str = "acme";
 /// Headers a preview may never set (the documented list).
-const FORBIDDEN: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "host",
-];
+const FORBIDDEN: &str =
+    "connection keep-alive proxy-connection transfer-encoding te trailer upgrade content-length host";
 
 /// `/v1` bodies.
 pub fn admin(data: &[u8]) {
@@ -208,7 +199,7 @@ fn check_headers(headers: Option<&BTreeMap<String, String>>) {
         assert!(!name.bytes().any(|b| b.is_ascii_uppercase()), "{name:?}");
         assert!(http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|n| n.as_str() == name), "{name:?}");
         assert!(http::HeaderValue::from_str(value).is_ok(), "{value:?}");
-        assert!(!FORBIDDEN.contains(&name.as_str()), "{name:?} may not be set");
+        assert!(!FORBIDDEN.split(' ').any(|f| f == name), "{name:?} may not be set");
     }
 }
 

@@ -13,20 +13,10 @@ pub fn preview_url(config: &Config, id: &str) -> String {
     if port == 443 { format!("https://{host}") } else { format!("https://{host}:{port}") }
 }
 
-/// A preview as answered by `/v1`.
+/// What a preview was asked for, as both APIs answer it (flattened into their objects).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PreviewView {
-    /// Workspace.
-    pub workspace: String,
-    /// Sandbox.
-    pub sandbox: String,
-    /// Preview name.
-    pub name: String,
-    /// Host label.
-    pub id: String,
-    /// `https://{id}.{region}.preview.{domain}[:port]`.
-    pub url: String,
+pub struct PreviewSettings {
     /// Target port (443 = the sandbox API).
     pub port: u16,
     /// No token needed.
@@ -41,6 +31,39 @@ pub struct PreviewView {
     /// Lifetime as given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+}
+
+impl PreviewSettings {
+    /// The settings of `p`.
+    pub fn of(p: &Preview) -> Self {
+        Self {
+            port: p.port,
+            public: p.public,
+            prefix_url: p.prefix_url.clone(),
+            request_headers: p.request_headers.clone(),
+            response_headers: p.response_headers.clone(),
+            ttl: p.ttl.clone(),
+        }
+    }
+}
+
+/// A preview as answered by `/v1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewView {
+    /// Workspace.
+    pub workspace: String,
+    /// Sandbox.
+    pub sandbox: String,
+    /// Preview name.
+    pub name: String,
+    /// Host label.
+    pub id: String,
+    /// `https://{id}.{region}.preview.{domain}[:port]`.
+    pub url: String,
+    /// Port, access, headers, lifetime.
+    #[serde(flatten)]
+    pub settings: PreviewSettings,
     /// Expiry (RFC 3339 UTC), absent = never.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
@@ -64,12 +87,7 @@ impl PreviewView {
             name: p.name.clone(),
             id: p.id.clone(),
             url,
-            port: p.port,
-            public: p.public,
-            prefix_url: p.prefix_url.clone(),
-            request_headers: p.request_headers.clone(),
-            response_headers: p.response_headers.clone(),
-            ttl: p.ttl.clone(),
+            settings: PreviewSettings::of(p),
             expires_at: p.expires_at.map(format_timestamp),
             expired: p.is_expired(now),
             created_at: format_timestamp(p.created_at),
