@@ -59,7 +59,6 @@ impl SandboxLookup {
     pub const fn hit(rec: SandboxRecord) -> Self {
         Self { found: true, ifindex: rec.ifindex }
     }
-    /// A miss.
     pub const MISS: Self = Self { found: false, ifindex: 0 };
 }
 

@@ -98,9 +98,7 @@ pub enum Net {
     Malformed,
     /// Not IPv4 or IPv6 (ARP and friends).
     NonIp,
-    /// IPv4.
     Ipv4,
-    /// IPv6.
     Ipv6,
 }
 

@@ -143,7 +143,6 @@ pub struct Successor {
     stream: UnixStream,
     /// Its process id.
     pub pid: u32,
-    /// Its version.
     pub version: String,
 }
 

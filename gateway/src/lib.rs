@@ -1,7 +1,10 @@
 //! The gateway's control plane.
 //!
-//! A policy change travels admin → state → dataplane → kernel map; a request travels
-//! edge → route → auth → proxy → connector (marked socket) → sandbox. See docs/ARCHITECTURE.md.
+//! Layers import only downwards: `errors`, `model` → `dataplane`, `state` → `service` → `admin`,
+//! `compat`, `edge` → `daemon`, `cli`. A policy change travels admin → service (validate, then
+//! under the mutation guard: kernel map → durable store → in-memory index); a request travels
+//! edge (host, route, auth) → one forward step → proxy → marked socket → sandbox. See
+//! docs/ARCHITECTURE.md.
 
 pub mod admin;
 pub mod auth;

@@ -33,11 +33,9 @@ pub struct SandboxOut {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxMetadata {
-    /// Name.
     pub name: String,
     /// Same as `name`.
     pub display_name: String,
-    /// Workspace.
     pub workspace: String,
     /// `https://sbx-{name}-{ws}.{region}.{domain}[:port]`: ALWAYS present (the SDK needs it).
     pub url: String,
@@ -124,7 +122,6 @@ pub struct NameIn {
 pub struct PreviewSpecIn {
     /// Port (443 = the sandbox API).
     pub port: Option<i64>,
-    /// Public.
     pub public: Option<bool>,
     /// Readable id prefix.
     pub prefix_url: Option<String>,
@@ -178,7 +175,6 @@ pub struct PreviewMetadata {
     pub resource_name: String,
     /// `Sandbox`.
     pub resource_type: &'static str,
-    /// Workspace.
     pub workspace: String,
     /// Creation time.
     pub created_at: String,
@@ -263,7 +259,6 @@ pub struct TokenMetadata {
     pub resource_name: String,
     /// `Sandbox`.
     pub resource_type: &'static str,
-    /// Workspace.
     pub workspace: String,
 }
 

@@ -25,7 +25,6 @@ impl PinDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
-    /// The root.
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -83,7 +83,6 @@ pub struct PortGrant {
 /// The kernel policy of one sandbox, as the control plane wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxPolicy {
-    /// Its address.
     pub address: Ipv4Addr,
     /// Its host-side interface.
     pub interface: String,

@@ -61,7 +61,6 @@ pub struct ProxySettings {
 
 /// One request on its way to an app.
 pub struct Outbound {
-    /// The sandbox.
     pub sandbox: Arc<Sandbox>,
     /// Where in it.
     pub route: Route,

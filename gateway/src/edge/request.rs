@@ -39,7 +39,6 @@ pub(super) type ResponseFilter = Box<dyn FnOnce(&mut HeaderMap) + Send>;
 
 /// Where a routed request goes and how it is rewritten on the way.
 pub(super) struct Upstream {
-    /// The sandbox.
     pub sandbox: Arc<Sandbox>,
     /// The port, its protocol and the request target the app sees.
     pub route: Route,

@@ -25,7 +25,6 @@ pub enum Target {
     SandboxApi,
     /// `/port/{port}/…`, with the rewritten path and query.
     Port {
-        /// The port.
         port: u16,
         /// `/{rest}?{q}`.
         path_and_query: String,

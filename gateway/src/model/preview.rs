@@ -12,7 +12,6 @@ pub const API_PREVIEW_PORT: u16 = 443;
 /// Identity of a preview: (workspace, sandbox, preview name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PreviewKey {
-    /// Workspace.
     pub workspace: String,
     /// Sandbox name.
     pub sandbox: String,
@@ -41,7 +40,6 @@ impl std::fmt::Display for PreviewKey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Preview {
-    /// Workspace.
     pub workspace: String,
     /// Sandbox name.
     pub sandbox: String,
@@ -77,7 +75,6 @@ pub struct Preview {
 }
 
 impl Preview {
-    /// Its key.
     pub fn key(&self) -> PreviewKey {
         PreviewKey::new(self.workspace.clone(), self.sandbox.clone(), self.name.clone())
     }

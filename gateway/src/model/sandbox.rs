@@ -88,7 +88,6 @@ pub fn validate_names(workspace: &str, name: &str) -> Result<(), ApiError> {
 /// The identity of a sandbox: (workspace, name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SandboxId {
-    /// Workspace.
     pub workspace: String,
     /// Name within the workspace.
     pub name: String,
@@ -148,7 +147,6 @@ impl AccessToken {
 /// The identity of an access token: (workspace, name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenId {
-    /// Workspace.
     pub workspace: String,
     /// Name within the workspace.
     pub name: String,

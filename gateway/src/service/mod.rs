@@ -90,7 +90,6 @@ impl Frozen<'_> {
 pub struct Session {
     /// The preview (of the sandbox API, private).
     pub preview: Arc<Preview>,
-    /// Its token.
     pub token: PreviewToken,
 }
 

@@ -45,7 +45,6 @@ pub(super) struct Plan {
     pub connect: Connect,
     /// The CA file to trust.
     pub ca: PathBuf,
-    /// Method.
     pub method: Method,
     /// Headers besides `Host` (the token included; `Debug` of a `HeaderMap` marks it sensitive).
     pub headers: HeaderMap,

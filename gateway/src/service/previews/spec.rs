@@ -59,7 +59,6 @@ pub struct PreviewSpec {
 pub struct ValidPreview {
     /// Target port (443 = sandbox API).
     pub port: u16,
-    /// Public.
     pub public: bool,
     /// Prefix, if any.
     pub prefix_url: Option<String>,

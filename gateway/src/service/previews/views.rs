@@ -51,9 +51,7 @@ impl PreviewSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviewView {
-    /// Workspace.
     pub workspace: String,
-    /// Sandbox.
     pub sandbox: String,
     /// Preview name.
     pub name: String,
@@ -101,7 +99,6 @@ impl PreviewView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviewTokenView {
-    /// Name.
     pub name: String,
     /// The secret: in the answer to its creation only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,6 +140,5 @@ pub struct SessionView {
     pub token: String,
     /// When both expire.
     pub expires_at: String,
-    /// The preview.
     pub preview: PreviewView,
 }

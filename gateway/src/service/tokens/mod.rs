@@ -38,9 +38,7 @@ pub struct TokenRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenView {
-    /// Name.
     pub name: String,
-    /// Workspace.
     pub workspace: String,
     /// Creation time (UTC).
     #[serde(with = "serde_ts")]
@@ -69,9 +67,7 @@ impl TokenView {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedToken {
-    /// Name.
     pub name: String,
-    /// Workspace.
     pub workspace: String,
     /// The secret, `gw_…` (redacted in `Debug`).
     pub token: secret::Secret,
