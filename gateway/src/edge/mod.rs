@@ -96,6 +96,9 @@ pub enum EdgeError {
         /// What is wrong.
         reason: String,
     },
+    /// The task loading the certificates panicked or was cancelled.
+    #[error("the certificate loading task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// Binding failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -137,8 +140,7 @@ pub async fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<EdgeLis
     let addr = config.https_addr().map_err(EdgeError::Address)?;
     let owned = config.clone();
     let certs = tokio::task::spawn_blocking(move || CertStore::load(&owned))
-        .await
-        .map_err(|e| EdgeError::Address(format!("certificate task failed: {e}")))??;
+        .await??;
     let certs: SharedCerts = Arc::new(arc_swap::ArcSwap::from_pointee(certs));
     let acceptor = TlsAcceptor::from(tls::server_config(certs.clone())?);
     let tcp = match inherited {
