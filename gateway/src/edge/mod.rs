@@ -139,8 +139,7 @@ impl EdgeListener {
 pub async fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<EdgeListener, EdgeError> {
     let addr = config.https_addr().map_err(EdgeError::Address)?;
     let owned = config.clone();
-    let certs = tokio::task::spawn_blocking(move || CertStore::load(&owned))
-        .await??;
+    let certs = tokio::task::spawn_blocking(move || CertStore::load(&owned)).await??;
     let certs: SharedCerts = Arc::new(arc_swap::ArcSwap::from_pointee(certs));
     let acceptor = TlsAcceptor::from(tls::server_config(certs.clone())?);
     let tcp = match inherited {
