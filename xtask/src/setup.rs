@@ -56,6 +56,7 @@ pub enum Scope {
 pub fn run(scope: Scope, announce: bool) -> Result<()> {
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
+    ensure_lint_components()?;
     let llvm = ensure_llvm_links(&sysroot)?;
     ensure_bpf_linker(&llvm)?;
     if scope == Scope::All {
@@ -98,6 +99,32 @@ fn ensure_rust_src(sysroot: &Path) -> Result<()> {
     output(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
         .context("cannot install rust-src (needed for -Z build-std=core)")?;
     fixed(&format!("installed rust-src for the {NIGHTLY} toolchain"));
+    Ok(())
+}
+
+/// rustfmt and clippy for `cargo xtask lint`: on the default toolchain, and clippy on nightly
+/// (the eBPF crate is linted there).
+fn ensure_lint_components() -> Result<()> {
+    for (toolchain, components) in [(None, &["rustfmt", "clippy"][..]), (Some(NIGHTLY), &["clippy"][..])] {
+        let mut list = Command::new("rustup");
+        list.args(["component", "list", "--installed"]);
+        if let Some(t) = toolchain {
+            list.args(["--toolchain", t]);
+        }
+        let installed = output(&mut list)?;
+        for component in components {
+            if installed.lines().any(|l| l.starts_with(&format!("{component}-")) || l == *component) {
+                continue;
+            }
+            let mut add = Command::new("rustup");
+            add.args(["component", "add", component]);
+            if let Some(t) = toolchain {
+                add.args(["--toolchain", t]);
+            }
+            output(&mut add).with_context(|| format!("cannot install {component} (needed by `cargo xtask lint`)"))?;
+            fixed(&format!("installed {component} for the {} toolchain", toolchain.unwrap_or("default")));
+        }
+    }
     Ok(())
 }
 
