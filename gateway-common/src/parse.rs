@@ -131,6 +131,8 @@ pub struct Summary {
     pub transport: Transport,
     /// TCP flags byte.
     pub tcp_flags: u8,
+    /// ICMP or ICMPv6 type.
+    pub icmp_type: u8,
     /// IPv4 source address (network order).
     pub src: [u8; 4],
     /// IPv4 destination address (network order).
@@ -222,7 +224,11 @@ fn parse_l4<P: Packet + ?Sized>(p: &P, off: usize, proto: u8, mut s: Summary) ->
             s.sport = udp.pair::<0>();
             s.dport = udp.pair::<2>();
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => s.transport = Transport::Icmp,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Type and code (4 bytes: the checked read needs N >= 2, see `Packet`).
+            s.icmp_type = p.header::<4>(off)?.u8::<0>();
+            s.transport = Transport::Icmp;
+        }
         _ => s.transport = Transport::Other,
     }
     Ok(s)

@@ -41,6 +41,13 @@ pub fn icmp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     out
 }
 
+/// Ethernet + IPv4 + ICMP of `icmp_type` (code 0, 8 bytes of header, 8 of payload).
+pub fn icmp_of_type(src: [u8; 4], dst: [u8; 4], icmp_type: u8) -> Vec<u8> {
+    let mut out = icmp(src, dst);
+    out[14 + 20] = icmp_type;
+    out
+}
+
 /// Ethernet + IPv6 + TCP to port `dport`, SYN or ACK.
 pub fn tcp6(dport: u16, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).tcp(1, dport, 1, 100);
