@@ -167,13 +167,16 @@ pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict
         Net::Malformed => return Verdict::of(Reason::DropMalformed),
         Net::NonIp => return Verdict::of(Reason::PassNonIp),
         Net::Ipv6 => {
-            // No sandbox has an IPv6 address yet: only the wildcard protected sockets apply.
+            // No sandbox has an IPv6 address yet and no IPv6 host address is tracked: the
+            // wildcard protected sockets apply, and the host is reached on link-local and
+            // multicast destinations.
             return match dest(&s) {
                 Some((proto, port))
                     if maps.protected_port(port, proto) && maps.protected(&Endpoint::new([0; 4], port, proto)) =>
                 {
                     Verdict::of(Reason::DropProtected)
                 }
+                _ if s.dst_link6 && opens_flow(&s) => host_allow(&s, maps),
                 _ => Verdict::of(Reason::PassOut),
             };
         }
@@ -196,14 +199,11 @@ pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict
     // Established TCP (the bulk) costs no lookup here. A connection the host or the gateway
     // opened into the sandbox only sends SYN+ACK and ACKs back, so it is never judged new.
     if opens_flow(&s) && is_host(s.dst, maps) {
-        let allowed = match dest(&s) {
-            Some((proto, port)) => maps.host_allowed(&PortKey::new(port, proto)),
-            None => false,
-        };
-        if !allowed {
-            return Verdict::of(Reason::DropHost);
+        let h = host_allow(&s, maps);
+        if h.reason.is_drop() {
+            return h;
         }
-        v.reason = Reason::PassHostAllowed;
+        v.reason = h.reason;
     }
     if s.transport == Transport::Udp {
         v.remember_udp = true;
@@ -239,6 +239,9 @@ pub fn edge_guard<L: Lookups>(s: Summary, maps: &L) -> Verdict {
 fn opens_flow(s: &Summary) -> bool {
     match s.transport {
         Transport::Tcp => s.is_new_tcp(),
+        // ICMPv6 also carries neighbour discovery and MLD, which the link needs: only its
+        // queries (echo request, node information query) are new.
+        Transport::Icmp if s.net == Net::Ipv6 => matches!(s.icmp_type, ICMPV6_ECHO_REQUEST | ICMPV6_NODE_INFO_QUERY),
         Transport::Icmp => {
             !matches!(s.icmp_type, ICMP_ECHO_REPLY | ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
         }
@@ -251,6 +254,18 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_NODE_INFO_QUERY: u8 = 139;
+
+/// A new flow to the host: allowed when `MAP_HOST_ALLOW` has its port (TCP and UDP only).
+#[inline(always)]
+fn host_allow<L: Lookups>(s: &Summary, maps: &L) -> Verdict {
+    let allowed = match dest(s) {
+        Some((proto, port)) => maps.host_allowed(&PortKey::new(port, proto)),
+        None => false,
+    };
+    Verdict::of(if allowed { Reason::PassHostAllowed } else { Reason::DropHost })
+}
 
 /// Whether the host itself receives a packet sent to `addr`: one of its addresses, or
 /// multicast, limited broadcast and the reserved 240.0.0.0/4 (first octet 224 and up), which

@@ -8,7 +8,10 @@
 //! with [`HOST_ALLOWED`] open to sandboxes.
 
 use crate::counters::{Hook, Reason};
-use crate::testpkt::{arp, icmp, icmp_of_type, tcp, tcp6, udp, udp6, vlan_tagged, with_ip_options};
+use crate::testpkt::{
+    LINK_LOCAL6, arp, icmp, icmp_of_type, ping6_to, syn6_to, tcp, tcp6, udp, udp6, udp6_to, vlan_tagged,
+    with_ip_options,
+};
 use std::{format, string::String, vec, vec::Vec};
 
 /// The gateway's mark in the standard maps.
@@ -21,6 +24,8 @@ pub const SBX2: [u8; 4] = [198, 18, 1, 2];
 pub const HOST: [u8; 4] = [198, 18, 0, 1];
 /// Another address of the host (another interface's).
 pub const HOST_OTHER: [u8; 4] = [198, 18, 0, 129];
+/// IPv6 all-nodes multicast.
+const ALL_NODES6: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// The host port sandboxes may open connections to: UDP 53 (a host-provided resolver).
 pub const HOST_ALLOWED: (u8, u16) = (crate::IPPROTO_UDP, 53);
 
@@ -117,6 +122,12 @@ pub fn cases() -> Vec<Case> {
         case("ICMP redirect to the host", Out, icmp_of_type(SBX, HOST, 5), 0, DropHost),
         case("ICMP echo request to the internet", Out, icmp(SBX, [1, 1, 1, 1]), 0, PassOut),
         case("UDP to the internet", Out, udp(SBX, [1, 1, 1, 1], 5353, 54), 0, PassOut),
+        case("IPv6 SYN to a global address", Out, tcp6(22, true), 0, PassOut),
+        case("IPv6 SYN to the host's link-local address", Out, syn6_to(LINK_LOCAL6, 22), 0, DropHost),
+        case("IPv6 UDP to all-nodes multicast", Out, udp6_to(ALL_NODES6, 5353), 0, DropHost),
+        case("IPv6 UDP to link-local, allowed port", Out, udp6_to(LINK_LOCAL6, 53), 0, PassHostAllowed),
+        case("IPv6 ping to the host's link-local address", Out, ping6_to(LINK_LOCAL6, false), 0, DropHost),
+        case("IPv6 ping reply to link-local", Out, ping6_to(LINK_LOCAL6, true), 0, PassOut),
         case("spoofing another sandbox", Out, tcp(SBX2, [1, 1, 1, 1], 443, true, false), 0, DropSpoofed),
         case("spoofing another sandbox, port 80", Out, tcp(SBX2, [1, 1, 1, 1], 80, true, false), 0, DropSpoofed),
         case("truncated TCP", Out, tcp(SBX, [1, 1, 1, 1], 443, true, false)[..40].to_vec(), 0, DropMalformed),

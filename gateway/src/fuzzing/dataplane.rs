@@ -105,7 +105,8 @@ fn reference_frame(p: &[u8]) -> Option<Summary> {
             if p.len() < l3 + 40 || p[l3] >> 4 != 6 {
                 return None;
             }
-            (Summary { net: Net::Ipv6, ..Summary::default() }, l3 + 40, p[l3 + 6])
+            let dst_link6 = p[l3 + 24] == 0xff || (p[l3 + 24] == 0xfe && p[l3 + 25] & 0xc0 == 0x80);
+            (Summary { net: Net::Ipv6, dst_link6, ..Summary::default() }, l3 + 40, p[l3 + 6])
         }
         _ => return Some(Summary { net: Net::NonIp, ..Summary::default() }),
     };
@@ -236,6 +237,9 @@ fn check_out(r: &Summary, m: &Maps) {
         assert_eq!(v.reason, Reason::DropMalformed);
         return;
     }
+    if r.net == Net::Ipv6 && r.dst_link6 && opens_flow(r) && m.protected.is_empty() {
+        assert!(matches!(v.reason, Reason::DropHost | Reason::PassHostAllowed), "{r:?}");
+    }
     if r.net != Net::Ipv4 {
         return;
     }
@@ -269,6 +273,7 @@ fn check_out(r: &Summary, m: &Maps) {
 fn opens_flow(r: &Summary) -> bool {
     match r.transport {
         Transport::Tcp => is_syn(r),
+        Transport::Icmp if r.net == Net::Ipv6 => [128, 139].contains(&r.icmp_type),
         Transport::Icmp => ![0, 3, 11, 12].contains(&r.icmp_type),
         Transport::Fragment => false,
         Transport::Udp | Transport::Other | Transport::None => true,
