@@ -53,7 +53,8 @@ pub enum Reason {
     PassSandboxApi = 5,
     /// UDP reply to a flow the sandbox started.
     PassUdpReply = 6,
-    /// Leaving a sandbox towards anything but another sandbox or a protected socket.
+    /// Leaving a sandbox towards anything but another sandbox, a protected socket or a new
+    /// connection to the host.
     PassOut = 7,
     /// New TCP to a public port on the public interface.
     PassEdgePublic = 8,
@@ -61,6 +62,8 @@ pub enum Reason {
     PassEdgeOther = 9,
     /// Unparseable on the public interface (the edge guard only judges what it understands).
     PassEdgeMalformed = 10,
+    /// A new connection from a sandbox to a host address, on a port of `MAP_HOST_ALLOW`.
+    PassHostAllowed = 11,
     /// Truncated or malformed IP/L4 header on a sandbox interface (fail closed).
     DropMalformed = 16,
     /// New flow to an address that is not a registered sandbox (fail closed).
@@ -85,11 +88,14 @@ pub enum Reason {
     DropProtected = 26,
     /// New TCP to a host port that is not public, on the public interface.
     DropEdgeClosedPort = 27,
+    /// A new connection from a sandbox to an address of the host (`MAP_HOST_ADDRS`, broadcast,
+    /// multicast) on a port outside `MAP_HOST_ALLOW`.
+    DropHost = 28,
 }
 
 impl Reason {
     /// Every reason, in slot order.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 25] = [
         Reason::PassNonIp,
         Reason::PassEstablished,
         Reason::PassIcmp,
@@ -101,6 +107,7 @@ impl Reason {
         Reason::PassEdgePublic,
         Reason::PassEdgeOther,
         Reason::PassEdgeMalformed,
+        Reason::PassHostAllowed,
         Reason::DropMalformed,
         Reason::DropUnknownSandbox,
         Reason::DropReservedPort,
@@ -113,6 +120,7 @@ impl Reason {
         Reason::DropSandboxToSandbox,
         Reason::DropProtected,
         Reason::DropEdgeClosedPort,
+        Reason::DropHost,
     ];
 
     /// Whether the packet is dropped. Reasons from 16 up drop, the rest pass.
@@ -139,6 +147,7 @@ impl Reason {
             Reason::PassEdgePublic => "pass_edge_public",
             Reason::PassEdgeOther => "pass_edge_other",
             Reason::PassEdgeMalformed => "pass_edge_malformed",
+            Reason::PassHostAllowed => "pass_host_allowed",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropUnknownSandbox => "drop_unknown_sandbox",
             Reason::DropReservedPort => "drop_reserved_port",
@@ -151,6 +160,7 @@ impl Reason {
             Reason::DropSandboxToSandbox => "drop_sandbox_to_sandbox",
             Reason::DropProtected => "drop_protected",
             Reason::DropEdgeClosedPort => "drop_edge_closed_port",
+            Reason::DropHost => "drop_host",
         }
     }
 }

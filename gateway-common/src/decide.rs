@@ -43,6 +43,10 @@ pub trait Lookups {
     fn public_port(&self, key: &PortKey) -> bool;
     /// Whether `MAP_UDP_FLOWS` holds `key`.
     fn udp_flow(&self, key: &UdpFlowKey) -> bool;
+    /// Whether `MAP_HOST_ADDRS` holds `addr`.
+    fn host_addr(&self, addr: [u8; 4]) -> bool;
+    /// Whether `MAP_HOST_ALLOW` holds `key`.
+    fn host_allowed(&self, key: &PortKey) -> bool;
 }
 
 /// The result of a `MAP_SANDBOXES` lookup (fully initialised on a miss, see `Lookups`).
@@ -162,13 +166,16 @@ pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict
         Net::Malformed => return Verdict::of(Reason::DropMalformed),
         Net::NonIp => return Verdict::of(Reason::PassNonIp),
         Net::Ipv6 => {
-            // No sandbox has an IPv6 address yet: only the wildcard protected sockets apply.
+            // No sandbox has an IPv6 address yet and no IPv6 host address is tracked: the
+            // wildcard protected sockets apply, and the host is reached on link-local and
+            // multicast destinations.
             return match dest(&s) {
                 Some((proto, port))
                     if maps.protected_port(port, proto) && maps.protected(&Endpoint::new([0; 4], port, proto)) =>
                 {
                     Verdict::of(Reason::DropProtected)
                 }
+                _ if s.dst_link6 && opens_flow(&s) => host_allow(&s, maps),
                 _ => Verdict::of(Reason::PassOut),
             };
         }
@@ -188,6 +195,15 @@ pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict
         return Verdict::of(Reason::DropProtected);
     }
     let mut v = Verdict::of(Reason::PassOut);
+    // Established TCP (the bulk) costs no lookup here. A connection the host or the gateway
+    // opened into the sandbox only sends SYN+ACK and ACKs back, so it is never judged new.
+    if opens_flow(&s) && is_host(s.dst, maps) {
+        let h = host_allow(&s, maps);
+        if h.reason.is_drop() {
+            return h;
+        }
+        v.reason = h.reason;
+    }
     if s.transport == Transport::Udp {
         v.remember_udp = true;
         v.udp_flow = UdpFlowKey { sandbox: s.src, peer: s.dst, sandbox_port: s.sport, peer_port: s.dport };
@@ -210,6 +226,52 @@ pub fn edge_guard<L: Lookups>(s: Summary, maps: &L) -> Verdict {
         }
         Net::Ipv4 | Net::Ipv6 => Verdict::of(Reason::PassEdgeOther),
     }
+}
+
+/// Whether a packet leaving a sandbox may open a flow on the host, rather than answer one the
+/// host opened: a TCP SYN; any UDP (`sandbox_in` lets UDP into a sandbox only as a reply to a
+/// flow the sandbox started, so the host has no UDP flow a sandbox could be answering); ICMP
+/// other than an echo reply or an error about a packet the host sent; any other protocol (no
+/// state to tell). Non-first fragments pass: the kernel drops them unless it already has the
+/// first fragment, which was judged.
+#[inline(always)]
+fn opens_flow(s: &Summary) -> bool {
+    match s.transport {
+        Transport::Tcp => s.is_new_tcp(),
+        // ICMPv6 also carries neighbour discovery and MLD, which the link needs: only its
+        // queries (echo request, node information query) are new.
+        Transport::Icmp if s.net == Net::Ipv6 => matches!(s.icmp_type, ICMPV6_ECHO_REQUEST | ICMPV6_NODE_INFO_QUERY),
+        Transport::Icmp => {
+            !matches!(s.icmp_type, ICMP_ECHO_REPLY | ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+        }
+        Transport::Fragment => false,
+        Transport::Udp | Transport::Other | Transport::None => true,
+    }
+}
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_NODE_INFO_QUERY: u8 = 139;
+
+/// A new flow to the host: allowed when `MAP_HOST_ALLOW` has its port (TCP and UDP only).
+#[inline(always)]
+fn host_allow<L: Lookups>(s: &Summary, maps: &L) -> Verdict {
+    let allowed = match dest(s) {
+        Some((proto, port)) => maps.host_allowed(&PortKey::new(port, proto)),
+        None => false,
+    };
+    Verdict::of(if allowed { Reason::PassHostAllowed } else { Reason::DropHost })
+}
+
+/// Whether the host itself receives a packet sent to `addr`: one of its addresses, or
+/// multicast, limited broadcast and the reserved 240.0.0.0/4 (first octet 224 and up), which
+/// the host delivers to its own sockets and never forwards for a sandbox.
+#[inline(always)]
+fn is_host<L: Lookups>(addr: [u8; 4], maps: &L) -> bool {
+    addr[0] >= 224 || maps.host_addr(addr)
 }
 
 #[inline(always)]

@@ -29,13 +29,19 @@ pub const MAP_PROTECTED_PORTS: &str = "GW_PROT_PORTS";
 pub const MAP_PUBLIC_PORTS: &str = "GW_PUBLIC";
 /// LRU, `UdpFlowKey` → `u32`: UDP flows a sandbox started, whose replies may come back in.
 pub const MAP_UDP_FLOWS: &str = "GW_UDP_FLOWS";
+/// `HostAddr` → `u32`: every IPv4 address of the host (interface addresses and their
+/// broadcast addresses), followed from netlink by userspace. New connections from a sandbox to
+/// these are dropped unless `MAP_HOST_ALLOW` has the port.
+pub const MAP_HOST_ADDRS: &str = "GW_HOST_ADDRS";
+/// `PortKey` → `u32`: host ports (`dataplane.host_allow`) sandboxes may open connections to.
+pub const MAP_HOST_ALLOW: &str = "GW_HOST_ALLOW";
 /// per-CPU array of `u64`, index `Hook * REASONS_PER_HOOK + Reason`: verdict counters.
 pub const MAP_VERDICTS: &str = "GW_VERDICTS";
 /// array\[1\] of `KernelConfig`.
 pub const MAP_CONFIG: &str = "GW_CONFIG";
 
 /// Every map, for pinning and reuse.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_POLICY,
     MAP_SANDBOXES,
     MAP_SANDBOX_STATS,
@@ -43,6 +49,8 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_PROTECTED_PORTS,
     MAP_PUBLIC_PORTS,
     MAP_UDP_FLOWS,
+    MAP_HOST_ADDRS,
+    MAP_HOST_ALLOW,
     MAP_VERDICTS,
     MAP_CONFIG,
 ];
@@ -59,3 +67,8 @@ pub const PROTECTED_PORT_SLOTS: u32 = 1024;
 pub const MAX_PUBLIC_PORTS: u32 = 256;
 /// Capacity of `MAP_UDP_FLOWS`.
 pub const MAX_UDP_FLOWS: u32 = 65_536;
+/// Capacity of `MAP_HOST_ADDRS`: an address and a broadcast address on every sandbox's
+/// host-side interface, and room for the host's own.
+pub const MAX_HOST_ADDRS: u32 = 2 * MAX_SANDBOXES + 1024;
+/// Capacity of `MAP_HOST_ALLOW`.
+pub const MAX_HOST_ALLOW: u32 = 256;

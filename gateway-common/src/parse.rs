@@ -129,6 +129,11 @@ pub struct Summary {
     pub transport: Transport,
     /// TCP flags byte.
     pub tcp_flags: u8,
+    /// ICMP or ICMPv6 type.
+    pub icmp_type: u8,
+    /// IPv6 only: the destination is link-local (fe80::/10) or multicast (ff00::/8), where a
+    /// sandbox reaches the host itself.
+    pub dst_link6: bool,
     /// IPv4 source address (network order).
     pub src: [u8; 4],
     /// IPv4 destination address (network order).
@@ -198,7 +203,9 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Summary, ParseErr
     if ip.u8::<0>() >> 4 != 6 {
         return Err(ParseError::Truncated);
     }
-    parse_l4(p, off + 40, ip.u8::<6>(), Summary { net: Net::Ipv6, ..Summary::default() })
+    let (d0, d1) = (ip.u8::<24>(), ip.u8::<25>());
+    let dst_link6 = d0 == 0xff || (d0 == 0xfe && d1 & 0xc0 == 0x80);
+    parse_l4(p, off + 40, ip.u8::<6>(), Summary { net: Net::Ipv6, dst_link6, ..Summary::default() })
 }
 
 #[inline(always)]
@@ -220,7 +227,11 @@ fn parse_l4<P: Packet + ?Sized>(p: &P, off: usize, proto: u8, mut s: Summary) ->
             s.sport = udp.pair::<0>();
             s.dport = udp.pair::<2>();
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => s.transport = Transport::Icmp,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Type and code (4 bytes: the checked read needs N >= 2, see `Packet`).
+            s.icmp_type = p.header::<4>(off)?.u8::<0>();
+            s.transport = Transport::Icmp;
+        }
         _ => s.transport = Transport::Other,
     }
     Ok(s)

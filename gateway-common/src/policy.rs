@@ -79,6 +79,15 @@ pub struct SandboxKey {
 }
 const _: () = assert!(core::mem::size_of::<SandboxKey>() == 4);
 
+/// Key of `MAP_HOST_ADDRS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct HostAddr {
+    /// IPv4 address, network order.
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<HostAddr>() == 4);
+
 /// Value of `MAP_SANDBOXES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -197,6 +206,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::SandboxKey {}
+    unsafe impl aya::Pod for super::HostAddr {}
     unsafe impl aya::Pod for super::SandboxRecord {}
     unsafe impl aya::Pod for super::SandboxStats {}
     unsafe impl aya::Pod for super::PortKey {}

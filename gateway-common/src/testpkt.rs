@@ -41,12 +41,54 @@ pub fn icmp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     out
 }
 
+/// Ethernet + IPv4 + ICMP of `icmp_type` (code 0, 8 bytes of header, 8 of payload).
+pub fn icmp_of_type(src: [u8; 4], dst: [u8; 4], icmp_type: u8) -> Vec<u8> {
+    let mut out = icmp(src, dst);
+    out[14 + 20] = icmp_type;
+    out
+}
+
 /// Ethernet + IPv6 + TCP to port `dport`, SYN or ACK.
 pub fn tcp6(dport: u16, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], [2; 16], 64).tcp(1, dport, 1, 100);
     let b = if syn { b.syn() } else { b.ack(5) };
     let mut out = Vec::new();
     b.write(&mut out, &[]).expect("a valid IPv6 TCP packet");
+    out
+}
+
+/// The host's IPv6 link-local address on a sandbox's interface, in the packets below.
+pub const LINK_LOCAL6: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// Ethernet + IPv6 + TCP SYN to `dst`.
+pub fn syn6_to(dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([1; 6], [2; 6])
+        .ipv6([1; 16], dst, 64)
+        .tcp(1, dport, 1, 100)
+        .syn()
+        .write(&mut out, &[])
+        .expect("a valid IPv6 TCP packet");
+    out
+}
+
+/// Ethernet + IPv6 + UDP to `dst`.
+pub fn udp6_to(dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([1; 6], [2; 6])
+        .ipv6([1; 16], dst, 64)
+        .udp(1, dport)
+        .write(&mut out, &[0; 8])
+        .expect("a valid IPv6 UDP packet");
+    out
+}
+
+/// Ethernet + IPv6 + ICMPv6 echo request (or reply) to `dst`.
+pub fn ping6_to(dst: [u8; 16], reply: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([1; 16], dst, 64);
+    let b = if reply { b.icmpv6_echo_reply(1, 1) } else { b.icmpv6_echo_request(1, 1) };
+    let mut out = Vec::new();
+    b.write(&mut out, &[0; 8]).expect("a valid ICMPv6 packet");
     out
 }
 

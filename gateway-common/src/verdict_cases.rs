@@ -4,10 +4,14 @@
 //!
 //! The standard maps: gateway mark [`MARK`]; sandboxes [`SBX`] (on the interface the programs
 //! run on) and [`SBX2`] (another interface); [`SBX`]:3000/TCP declared; 9901/TCP protected on
-//! every host address; 443/TCP public on the edge.
+//! every host address; 443/TCP public on the edge; host addresses [`HOST`] and [`HOST_OTHER`],
+//! with [`HOST_ALLOWED`] open to sandboxes.
 
 use crate::counters::{Hook, Reason};
-use crate::testpkt::{arp, icmp, tcp, tcp6, udp, udp6, vlan_tagged, with_ip_options};
+use crate::testpkt::{
+    LINK_LOCAL6, arp, icmp, icmp_of_type, ping6_to, syn6_to, tcp, tcp6, udp, udp6, udp6_to, vlan_tagged,
+    with_ip_options,
+};
 use std::{format, string::String, vec, vec::Vec};
 
 /// The gateway's mark in the standard maps.
@@ -18,6 +22,12 @@ pub const SBX: [u8; 4] = [198, 18, 0, 2];
 pub const SBX2: [u8; 4] = [198, 18, 1, 2];
 /// The host side.
 pub const HOST: [u8; 4] = [198, 18, 0, 1];
+/// Another address of the host (another interface's).
+pub const HOST_OTHER: [u8; 4] = [198, 18, 0, 129];
+/// IPv6 all-nodes multicast.
+const ALL_NODES6: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// The host port sandboxes may open connections to: UDP 53 (a host-provided resolver).
+pub const HOST_ALLOWED: (u8, u16) = (crate::IPPROTO_UDP, 53);
 
 /// One case.
 pub struct Case {
@@ -72,6 +82,7 @@ pub fn cases() -> Vec<Case> {
         case("SYN+ACK", In, tcp(HOST, SBX, 3001, true, true), 0, PassEstablished),
         case("new UDP", In, udp([8, 8, 8, 8], SBX, 53, 5353), MARK, DropUdp),
         case("ICMP echo", In, icmp(HOST, SBX), 0, PassIcmp),
+        case("truncated ICMP", In, icmp(HOST, SBX)[..14 + 20 + 3].to_vec(), 0, DropMalformed),
         case("ARP", In, arp(), 0, PassNonIp),
         case("IPv6 SYN", In, tcp6(3000, true), MARK, DropIpv6),
         case("IPv6 UDP", In, udp6(3000), MARK, DropIpv6),
@@ -93,7 +104,30 @@ pub fn cases() -> Vec<Case> {
         case("to another sandbox", Out, tcp(SBX, SBX2, 3000, true, false), 0, DropSandboxToSandbox),
         case("established to another sandbox", Out, tcp(SBX, SBX2, 3000, false, true), 0, DropSandboxToSandbox),
         case("to the admin API", Out, tcp(SBX, HOST, 9901, true, false), 0, DropProtected),
-        case("to another host port", Out, tcp(SBX, HOST, 9902, true, false), 0, PassOut),
+        case("to the admin API, SYN+ACK", Out, tcp(SBX, HOST, 9901, true, true), 0, DropProtected),
+        case("to another host port", Out, tcp(SBX, HOST, 9902, true, false), 0, DropHost),
+        case("to another host address", Out, tcp(SBX, HOST_OTHER, 22, true, false), 0, DropHost),
+        case("to a host address, SYN+ACK", Out, tcp(SBX, HOST_OTHER, 22, true, true), 0, PassOut),
+        case("to a host address, ACK", Out, tcp(SBX, HOST, 9902, false, true), 0, PassOut),
+        case("to a host address, allowed port", Out, udp(SBX, HOST, 5353, 53), 0, PassHostAllowed),
+        case("to a host address, allowed port on TCP", Out, tcp(SBX, HOST, 53, true, false), 0, DropHost),
+        case("UDP to a host address", Out, udp(SBX, HOST_OTHER, 5353, 54), 0, DropHost),
+        case("UDP to limited broadcast", Out, udp(SBX, [255; 4], 68, 67), 0, DropHost),
+        case("UDP to multicast", Out, udp(SBX, [224, 0, 0, 251], 5353, 5353), 0, DropHost),
+        case("UDP to multicast, allowed port", Out, udp(SBX, [224, 0, 0, 251], 5353, 53), 0, PassHostAllowed),
+        case("ICMP echo request to the host", Out, icmp(SBX, HOST), 0, DropHost),
+        case("ICMP echo reply to the host", Out, icmp_of_type(SBX, HOST, 0), 0, PassOut),
+        case("ICMP unreachable to the host", Out, icmp_of_type(SBX, HOST, 3), 0, PassOut),
+        case("ICMP time exceeded to the host", Out, icmp_of_type(SBX, HOST_OTHER, 11), 0, PassOut),
+        case("ICMP redirect to the host", Out, icmp_of_type(SBX, HOST, 5), 0, DropHost),
+        case("ICMP echo request to the internet", Out, icmp(SBX, [1, 1, 1, 1]), 0, PassOut),
+        case("UDP to the internet", Out, udp(SBX, [1, 1, 1, 1], 5353, 54), 0, PassOut),
+        case("IPv6 SYN to a global address", Out, tcp6(22, true), 0, PassOut),
+        case("IPv6 SYN to the host's link-local address", Out, syn6_to(LINK_LOCAL6, 22), 0, DropHost),
+        case("IPv6 UDP to all-nodes multicast", Out, udp6_to(ALL_NODES6, 5353), 0, DropHost),
+        case("IPv6 UDP to link-local, allowed port", Out, udp6_to(LINK_LOCAL6, 53), 0, PassHostAllowed),
+        case("IPv6 ping to the host's link-local address", Out, ping6_to(LINK_LOCAL6, false), 0, DropHost),
+        case("IPv6 ping reply to link-local", Out, ping6_to(LINK_LOCAL6, true), 0, PassOut),
         case("spoofing another sandbox", Out, tcp(SBX2, [1, 1, 1, 1], 443, true, false), 0, DropSpoofed),
         case("spoofing another sandbox, port 80", Out, tcp(SBX2, [1, 1, 1, 1], 80, true, false), 0, DropSpoofed),
         case("truncated TCP", Out, tcp(SBX, [1, 1, 1, 1], 443, true, false)[..40].to_vec(), 0, DropMalformed),

@@ -11,9 +11,13 @@ use core::cell::Cell;
 use gateway_common::{
     counters::VERDICT_SLOTS,
     decide::{Lookups, SandboxLookup},
-    names::{MAX_POLICY_ENTRIES, MAX_PROTECTED, MAX_PUBLIC_PORTS, MAX_SANDBOXES, MAX_UDP_FLOWS, PROTECTED_PORT_SLOTS},
+    names::{
+        MAX_HOST_ADDRS, MAX_HOST_ALLOW, MAX_POLICY_ENTRIES, MAX_PROTECTED, MAX_PUBLIC_PORTS, MAX_SANDBOXES,
+        MAX_UDP_FLOWS, PROTECTED_PORT_SLOTS,
+    },
     policy::{
-        Endpoint, KernelConfig, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats, UdpFlowKey,
+        Endpoint, HostAddr, KernelConfig, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats,
+        UdpFlowKey,
     },
 };
 
@@ -37,6 +41,12 @@ static GW_PUBLIC: HashMap<PortKey, u32> = HashMap::pinned(MAX_PUBLIC_PORTS, 0);
 
 #[map(name = "GW_UDP_FLOWS")]
 static GW_UDP_FLOWS: LruHashMap<UdpFlowKey, u32> = LruHashMap::pinned(MAX_UDP_FLOWS, 0);
+
+#[map(name = "GW_HOST_ADDRS")]
+static GW_HOST_ADDRS: HashMap<HostAddr, u32> = HashMap::pinned(MAX_HOST_ADDRS, BPF_F_NO_PREALLOC);
+
+#[map(name = "GW_HOST_ALLOW")]
+static GW_HOST_ALLOW: HashMap<PortKey, u32> = HashMap::pinned(MAX_HOST_ALLOW, 0);
 
 #[map(name = "GW_VERDICTS")]
 static GW_VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_SLOTS, 0);
@@ -137,6 +147,14 @@ impl Lookups for KernelMaps {
     #[inline(always)]
     fn udp_flow(&self, key: &UdpFlowKey) -> bool {
         GW_UDP_FLOWS.get_ptr(key).is_some()
+    }
+    #[inline(always)]
+    fn host_addr(&self, addr: [u8; 4]) -> bool {
+        GW_HOST_ADDRS.get_ptr(HostAddr { addr }).is_some()
+    }
+    #[inline(always)]
+    fn host_allowed(&self, key: &PortKey) -> bool {
+        GW_HOST_ALLOW.get_ptr(key).is_some()
     }
 }
 

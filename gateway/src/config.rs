@@ -4,7 +4,7 @@
 //! print-default-config` prints), unknown keys are refused, and [`load`] reports EVERY problem
 //! of a file at once, each as (file, key, reason), before anything is bound or opened.
 
-use crate::dataplane::{DataplaneSettings, XdpModeSetting};
+use crate::dataplane::{DataplaneSettings, HostPort, XdpModeSetting};
 pub use crate::model::{is_dns_label, is_interface_name};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::{
@@ -237,6 +237,8 @@ pub struct DataplaneConfig {
     pub xdp_mode: XdpModeSetting,
     /// Host TCP ports the edge guard never blocks (failsafe), besides the public listeners.
     pub extra_public_ports: Vec<u16>,
+    /// Host ports sandboxes may open connections to (`"udp/53"`), besides the HTTPS listener.
+    pub host_allow: Vec<String>,
 }
 
 impl Default for Config {
@@ -281,6 +283,7 @@ impl Default for DataplaneConfig {
             public_interface: String::new(),
             xdp_mode: XdpModeSetting::Skb,
             extra_public_ports: vec![22],
+            host_allow: Vec::new(),
         }
     }
 }
@@ -323,6 +326,11 @@ public_interface = ""
 xdp_mode = "skb"
 # Host TCP ports the edge guard never blocks (failsafe, e.g. SSH), besides listen.https.
 extra_public_ports = [22]
+# Host ports sandboxes may open connections to, on any address of the host: "udp/PORT" or
+# "tcp/PORT", e.g. ["udp/53", "tcp/53"] for a resolver on the host. Every other new connection
+# from a sandbox to the host is dropped in the kernel; listen.https's port is always allowed
+# (public URLs resolve to the host), the admin API never is.
+host_allow = []
 
 [tls]
 # Default certificate of the HTTPS listener: PEM full chain (leaf first) and its private key.
@@ -529,6 +537,11 @@ impl Config {
                 bad(&format!("dataplane.extra_public_ports[{i}]"), "port 0 is not a valid port (1..65535)".into());
             }
         }
+        for (i, entry) in self.dataplane.host_allow.iter().enumerate() {
+            if let Err(e) = entry.parse::<HostPort>() {
+                bad(&format!("dataplane.host_allow[{i}]"), e);
+            }
+        }
         self.validate_tls(&mut bad);
         self.validate_proxy(&mut bad);
         problems
@@ -626,6 +639,12 @@ impl Config {
         public_ports.extend(self.dataplane.extra_public_ports.iter().copied().filter(|p| *p != 0));
         public_ports.sort_unstable();
         public_ports.dedup();
+        let mut host_allow: Vec<HostPort> = self.dataplane.host_allow.iter().filter_map(|p| p.parse().ok()).collect();
+        if let Ok(h) = self.https_addr() {
+            host_allow.push(HostPort::tcp(h.port()));
+        }
+        host_allow.sort_unstable();
+        host_allow.dedup();
         DataplaneSettings {
             enabled: self.dataplane.enabled,
             mark: self.dataplane.mark,
@@ -635,6 +654,7 @@ impl Config {
             xdp_mode: self.dataplane.xdp_mode,
             protected,
             public_ports,
+            host_allow,
         }
     }
 }
@@ -864,6 +884,7 @@ mark = 0x1234
 bpffs = "/sys/fs/bpf/x"
 public_interface = "eth0"
 xdp_mode = "native"
+host_allow = ["udp/53", "tcp/53", "udp/53"]
 "#;
         let c = parse("f", text).expect("valid");
         assert_eq!(c.admin_listen(), Ok(AdminListen::Unix("/run/gateway/admin.sock".into())));
@@ -873,6 +894,7 @@ xdp_mode = "native"
         assert!(s.protected.is_empty());
         assert_eq!(s.public_ports, vec![22, 443]);
         assert_eq!(s.public_interface.as_deref(), Some("eth0"));
+        assert_eq!(s.host_allow, vec![HostPort::tcp(53), HostPort::tcp(443), HostPort::udp(53)], "plus listen.https");
     }
 
     #[test]
@@ -891,8 +913,10 @@ mark = 0
 xdp_mode = "turbo"
 extra = true
 bpffs = "relative"
+host_allow = ["udp/53", "sctp/9", "tcp/0", "udp", "tcp/65536"]
 "#;
         let keys: Vec<String> = problems(text).into_iter().map(|p| p.key).collect();
+        assert!(!keys.iter().any(|x| x == "dataplane.host_allow[0]"), "udp/53 is valid: {keys:?}");
         for k in [
             "domain",
             "region",
@@ -903,6 +927,10 @@ bpffs = "relative"
             "dataplane.xdp_mode",
             "dataplane.extra",
             "dataplane.bpffs",
+            "dataplane.host_allow[1]",
+            "dataplane.host_allow[2]",
+            "dataplane.host_allow[3]",
+            "dataplane.host_allow[4]",
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }

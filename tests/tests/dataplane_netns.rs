@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use gateway::dataplane::{Dataplane, DataplaneSettings, PortGrant, SandboxPolicy, XdpModeSetting};
+use gateway::dataplane::{Dataplane, DataplaneSettings, HostPort, PortGrant, SandboxPolicy, XdpModeSetting};
 use gateway_common::policy::origin;
 use gateway_tests::harness::*;
 
@@ -19,6 +19,7 @@ fn settings(pins: &BpffsDir) -> DataplaneSettings {
         xdp_mode: XdpModeSetting::Skb,
         protected: vec![],
         public_ports: vec![],
+        host_allow: vec![],
     }
 }
 
@@ -77,7 +78,7 @@ fn a_registered_sandbox_is_reachable_only_from_the_gateway_on_allowed_ports() {
 }
 
 #[test]
-fn sandboxes_cannot_reach_each_other_or_protected_host_sockets() {
+fn sandboxes_cannot_reach_each_other_protected_host_sockets_or_the_host() {
     require_root();
     let pins = BpffsDir::new();
     let a = Sandbox::new();
@@ -85,8 +86,11 @@ fn sandboxes_cannot_reach_each_other_or_protected_host_sockets() {
     let _app = spawn_tcp_echo(&a, a.sock(3000));
     let admin = spawn_tcp_echo(Place::Host, b.link.host_sock(19901));
     let other_host_port = spawn_tcp_echo(Place::Host, b.link.host_sock(19902));
+    let allowed_host_port = spawn_tcp_echo(Place::Host, b.link.host_sock(19903));
     let mut s = settings(&pins);
     s.protected = vec![SocketAddr::from(([0, 0, 0, 0], 19901))];
+    // Allowing the protected port too: protection wins.
+    s.host_allow = vec![HostPort::tcp(19903), HostPort::tcp(19901)];
     let dp = Dataplane::open(&s).expect("open");
     dp.apply_sandbox(&policy(&a, &[3000])).expect("register a");
     dp.apply_sandbox(&policy(&b, &[3000])).expect("register b");
@@ -94,9 +98,11 @@ fn sandboxes_cannot_reach_each_other_or_protected_host_sockets() {
     assert_reachable(Origin::gateway(), a.sock(3000), "gateway to a");
     assert_unreachable(&b, a.sock(3000), "sandbox b to sandbox a");
     assert_unreachable(&b, b.link.host_sock(19901), "sandbox b to the protected admin socket");
-    assert_reachable(&b, b.link.host_sock(19902), "sandbox b to an unprotected host port");
+    assert_unreachable(&b, b.link.host_sock(19902), "sandbox b to a host port not in host_allow");
+    assert_reachable(&b, b.link.host_sock(19903), "sandbox b to a host port in host_allow");
     assert_eq!(admin.accepted(), 0);
-    drop(other_host_port);
+    assert_eq!(other_host_port.accepted(), 0);
+    drop(allowed_host_port);
 }
 
 #[test]

@@ -15,8 +15,10 @@ use gateway_common::{
     IPPROTO_TCP,
     counters::{Hook, Reason},
     names,
-    policy::{Endpoint, KernelConfig, PolicyValue, PortKey, SandboxKey, SandboxRecord, origin},
-    verdict_cases::{Case, MARK, SBX, SBX2, cases, syn, udp_flow_sequence, unconfigured_cases},
+    policy::{Endpoint, HostAddr, KernelConfig, PolicyValue, PortKey, SandboxKey, SandboxRecord, origin},
+    verdict_cases::{
+        Case, HOST, HOST_ALLOWED, HOST_OTHER, MARK, SBX, SBX2, cases, syn, udp_flow_sequence, unconfigured_cases,
+    },
 };
 
 const PASS_TC: u32 = -1i32 as u32; // TCX_NEXT
@@ -61,6 +63,10 @@ fn load() -> Loaded {
         .expect("policy");
     maps.protect(Endpoint::new([0; 4], 9901, IPPROTO_TCP)).expect("protected");
     maps.public.insert(PortKey::new(443, IPPROTO_TCP), 1, 0).expect("public");
+    for addr in [HOST, HOST_OTHER] {
+        maps.host_addrs.insert(HostAddr { addr }, 1, 0).expect("host address");
+    }
+    maps.host_allow.insert(PortKey::new(HOST_ALLOWED.1, HOST_ALLOWED.0), 1, 0).expect("host allow");
     Loaded { ebpf, maps, root }
 }
 

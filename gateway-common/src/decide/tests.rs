@@ -6,7 +6,9 @@ use crate::counters::Hook;
 use crate::parse::{Packet, parse};
 use crate::policy::{PolicyValue, origin};
 use crate::testpkt::udp;
-use crate::verdict_cases::{Case, MARK, SBX, SBX2, cases, syn, udp_flow_sequence, unconfigured_cases};
+use crate::verdict_cases::{
+    Case, HOST, HOST_ALLOWED, HOST_OTHER, MARK, SBX, SBX2, cases, syn, udp_flow_sequence, unconfigured_cases,
+};
 use std::collections::{HashMap, HashSet};
 
 /// The interface of [`SBX`] in these maps.
@@ -20,6 +22,8 @@ struct Maps {
     protected: HashSet<Endpoint>,
     public: HashSet<PortKey>,
     udp: HashSet<UdpFlowKey>,
+    host_addrs: HashSet<[u8; 4]>,
+    host_allow: HashSet<PortKey>,
 }
 
 impl Lookups for Maps {
@@ -53,6 +57,12 @@ impl Lookups for Maps {
     fn udp_flow(&self, key: &UdpFlowKey) -> bool {
         self.udp.contains(key)
     }
+    fn host_addr(&self, addr: [u8; 4]) -> bool {
+        self.host_addrs.contains(&addr)
+    }
+    fn host_allowed(&self, key: &PortKey) -> bool {
+        self.host_allow.contains(key)
+    }
 }
 
 fn maps() -> Maps {
@@ -62,6 +72,8 @@ fn maps() -> Maps {
     m.policy.insert(Endpoint::new(SBX, 3000, IPPROTO_TCP), PolicyValue::gateway(origin::DECLARED, 0));
     m.protected.insert(Endpoint::new([0; 4], 9901, IPPROTO_TCP));
     m.public.insert(PortKey::new(443, IPPROTO_TCP));
+    m.host_addrs.extend([HOST, HOST_OTHER]);
+    m.host_allow.insert(PortKey::new(HOST_ALLOWED.1, HOST_ALLOWED.0));
     m
 }
 
@@ -120,6 +132,24 @@ fn a_udp_query_out_is_remembered() {
     let out = out_of_sandbox(parse(&udp(SBX, [8, 8, 8, 8], 5353, 53)[..]), SBX_IFINDEX, &maps());
     assert_eq!(out.reason, Reason::PassOut);
     assert!(out.remember_udp);
+}
+
+#[test]
+fn a_query_to_an_allowed_host_port_is_remembered_and_answered() {
+    let mut m = maps();
+    let out = out_of_sandbox(parse(&udp(SBX, HOST, 5353, 53)[..]), SBX_IFINDEX, &m);
+    assert_eq!(out.reason, Reason::PassHostAllowed);
+    assert!(out.remember_udp);
+    m.udp.insert(out.udp_flow);
+    assert_eq!(into_sandbox(parse(&udp(HOST, SBX, 53, 5353)[..]), 0, &m).reason, Reason::PassUdpReply);
+}
+
+#[test]
+fn the_host_allow_list_does_not_open_protected_sockets() {
+    let mut m = maps();
+    m.host_allow.insert(PortKey::new(9901, IPPROTO_TCP));
+    let to_admin = crate::testpkt::tcp(SBX, HOST, 9901, true, false);
+    assert_eq!(out_of_sandbox(parse(&to_admin[..]), SBX_IFINDEX, &m).reason, Reason::DropProtected);
 }
 
 #[test]

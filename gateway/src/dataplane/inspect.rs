@@ -121,8 +121,24 @@ pub fn dump(root: &Path) -> Result<Value, DataplaneError> {
         "protected": maps.protected.keys().filter_map(Result::ok)
             .map(|k| format!("{}:{}/{}", Ipv4Addr::from(k.addr), k.port(), proto_name(k.proto))).collect::<Vec<_>>(),
         "publicPorts": maps.public.keys().filter_map(Result::ok).map(|k| k.port()).collect::<Vec<_>>(),
+        "hostAddresses": host_addresses(&maps),
+        "hostAllow": host_allow(&maps),
         "counters": counters_json(&maps)?,
     }))
+}
+
+/// `GW_HOST_ADDRS`, sorted.
+fn host_addresses(maps: &KernelMaps) -> Vec<String> {
+    let mut v: Vec<Ipv4Addr> = maps.host_addrs.keys().filter_map(Result::ok).map(|k| Ipv4Addr::from(k.addr)).collect();
+    v.sort();
+    v.iter().map(Ipv4Addr::to_string).collect()
+}
+
+/// `GW_HOST_ALLOW` as written in `dataplane.host_allow`, sorted.
+fn host_allow(maps: &KernelMaps) -> Vec<String> {
+    let mut v: Vec<(u8, u16)> = maps.host_allow.keys().filter_map(Result::ok).map(|k| (k.proto, k.port())).collect();
+    v.sort();
+    v.iter().map(|(proto, port)| format!("{}/{port}", proto_name(*proto))).collect()
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -163,7 +179,9 @@ pub fn status(root: &Path) -> Result<Value, DataplaneError> {
             "policy": {"entries": maps.policy.keys().count(), "capacity": gateway_common::names::MAX_POLICY_ENTRIES},
             "protected": {"entries": maps.protected.keys().count(), "capacity": gateway_common::names::MAX_PROTECTED},
             "publicPorts": {"entries": maps.public.keys().count(), "capacity": gateway_common::names::MAX_PUBLIC_PORTS},
+            "hostAddresses": {"entries": maps.host_addrs.keys().count(), "capacity": gateway_common::names::MAX_HOST_ADDRS},
         },
+        "hostAllow": host_allow(&maps),
         "counters": counters_json(&maps)?,
     }))
 }

@@ -7,7 +7,9 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use gateway_common::{
     counters::{Hook, Reason, VERDICT_SLOTS},
     names,
-    policy::{Endpoint, KernelConfig, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats},
+    policy::{
+        Endpoint, HostAddr, KernelConfig, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats,
+    },
 };
 
 use super::{DataplaneError, batch, kernel};
@@ -29,6 +31,10 @@ pub struct KernelMaps {
     pub protected_ports: Array<MapData, PortBits>,
     /// `GW_PUBLIC`.
     pub public: HashMap<MapData, PortKey, u32>,
+    /// `GW_HOST_ADDRS` (written by the host address watcher).
+    pub host_addrs: HashMap<MapData, HostAddr, u32>,
+    /// `GW_HOST_ALLOW`.
+    pub host_allow: HashMap<MapData, PortKey, u32>,
     /// `GW_VERDICTS`.
     pub verdicts: PerCpuArray<MapData, u64>,
     /// `GW_CONFIG`.
@@ -94,6 +100,8 @@ impl KernelMaps {
             protected: typed(dir, names::MAP_PROTECTED)?,
             protected_ports: typed(dir, names::MAP_PROTECTED_PORTS)?,
             public: typed(dir, names::MAP_PUBLIC_PORTS)?,
+            host_addrs: typed(dir, names::MAP_HOST_ADDRS)?,
+            host_allow: typed(dir, names::MAP_HOST_ALLOW)?,
             verdicts: typed(dir, names::MAP_VERDICTS)?,
             config: typed(dir, names::MAP_CONFIG)?,
         })

@@ -7,6 +7,7 @@
 mod attach;
 mod batch;
 pub mod bpffs;
+mod hostaddrs;
 pub mod inspect;
 pub mod maps;
 mod query;
@@ -58,6 +59,51 @@ pub struct DataplaneSettings {
     /// Host TCP ports open to new connections on the public interface (the gateway's public
     /// listeners and `dataplane.extra_public_ports`).
     pub public_ports: Vec<u16>,
+    /// Host ports sandboxes may open connections to, on any address of the host
+    /// (`dataplane.host_allow` and the HTTPS listener's port). Every other new connection from
+    /// a sandbox to the host is dropped.
+    pub host_allow: Vec<HostPort>,
+}
+
+/// A port on the host, as written in `dataplane.host_allow`: `udp/53`, `tcp/8443`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// The port (1..65535).
+    pub port: u16,
+}
+
+impl HostPort {
+    /// A TCP port.
+    pub const fn tcp(port: u16) -> Self {
+        Self { proto: IPPROTO_TCP, port }
+    }
+    /// A UDP port.
+    pub const fn udp(port: u16) -> Self {
+        Self { proto: IPPROTO_UDP, port }
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not \"tcp/PORT\" or \"udp/PORT\" with PORT in 1..65535");
+        let (proto, port) = s.split_once('/').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+        match proto {
+            "tcp" => Ok(Self::tcp(port)),
+            "udp" => Ok(Self::udp(port)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = if self.proto == IPPROTO_UDP { "udp" } else { "tcp" };
+        write!(f, "{proto}/{}", self.port)
+    }
 }
 
 /// `dataplane.xdp_mode`.
@@ -208,6 +254,8 @@ struct Inner {
     /// ~200 µs at 100,000 sandboxes).
     policy_entries: usize,
     observer: &'static dyn Observer,
+    /// Keeps `GW_HOST_ADDRS` equal to the host's addresses while the data plane is open.
+    _host_addrs: hostaddrs::HostAddrWatcher,
 }
 
 impl Inner {
@@ -270,6 +318,10 @@ impl Dataplane {
         }
         let public = settings.public_ports.iter().map(|p| PortKey::new(*p, IPPROTO_TCP)).collect();
         sync_set(&mut maps.public, public, "GW_PUBLIC")?;
+        let host_allow = settings.host_allow.iter().map(|p| PortKey::new(p.port, p.proto)).collect();
+        sync_set(&mut maps.host_allow, host_allow, "GW_HOST_ALLOW")?;
+        // Before any program is attached to a new interface (reconcile, apply_sandbox).
+        let host_addrs = hostaddrs::watch(&pins.maps())?;
         let edge = match &settings.public_interface {
             Some(ifname) => {
                 let ifindex = ifindex_of(ifname)?;
@@ -284,7 +336,16 @@ impl Dataplane {
         let shadow = read_shadow(&maps);
         let policy_entries = shadow.values().map(|s| s.ports.len()).sum();
         let observer = &Unobserved;
-        let inner = Inner { ebpf, maps, pins, shadow, attached: HashSet::new(), policy_entries, observer };
+        let inner = Inner {
+            ebpf,
+            maps,
+            pins,
+            shadow,
+            attached: HashSet::new(),
+            policy_entries,
+            observer,
+            _host_addrs: host_addrs,
+        };
         Ok(Self { state: State::Enforcing(Box::new(Mutex::new(inner))) })
     }
 

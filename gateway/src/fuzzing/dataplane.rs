@@ -3,7 +3,8 @@
 //!
 //! Input: byte 0 selects map contents (bits: destination registered, source registered, on
 //! which interface, policy entry, public port, protected sockets, UDP flow), byte 1 the socket
-//! mark and whether the gateway configured one, the rest is the Ethernet frame.
+//! mark, whether the gateway configured one, whether the destination is a host address and
+//! whether the host allow-list has its port, the rest is the Ethernet frame.
 //!
 //! Properties: the parser agrees with an independent reference parser on every frame (libFuzzer
 //! hands over exactly-sized buffers, so AddressSanitizer reports any read past the frame);
@@ -11,7 +12,8 @@
 //! fragment) carrying the gateway's configured mark, to a port the policy allows (or the
 //! sandbox API / system port of a registered sandbox), never to 443; malformed frames are
 //! dropped; out of a sandbox, spoofed sources, other sandboxes and protected sockets are never
-//! reached; on the public interface a new connection passes only to a public port. And the
+//! reached, and the host only by an allowed port or an answer to a flow it started; on the
+//! public interface a new connection passes only to a public port. And the
 //! converse: a well-formed allowed SYN from the gateway is admitted.
 
 use gateway_common::{
@@ -33,6 +35,8 @@ struct Maps {
     protected: Vec<Endpoint>,
     public: Vec<PortKey>,
     udp: Vec<UdpFlowKey>,
+    host_addrs: Vec<[u8; 4]>,
+    host_allow: Vec<PortKey>,
 }
 
 impl Lookups for Maps {
@@ -55,6 +59,12 @@ impl Lookups for Maps {
     }
     fn udp_flow(&self, key: &UdpFlowKey) -> bool {
         self.udp.contains(key)
+    }
+    fn host_addr(&self, addr: [u8; 4]) -> bool {
+        self.host_addrs.contains(&addr)
+    }
+    fn host_allowed(&self, key: &PortKey) -> bool {
+        self.host_allow.contains(key)
     }
 }
 
@@ -95,7 +105,8 @@ fn reference_frame(p: &[u8]) -> Option<Summary> {
             if p.len() < l3 + 40 || p[l3] >> 4 != 6 {
                 return None;
             }
-            (Summary { net: Net::Ipv6, ..Summary::default() }, l3 + 40, p[l3 + 6])
+            let dst_link6 = p[l3 + 24] == 0xff || (p[l3 + 24] == 0xfe && p[l3 + 25] & 0xc0 == 0x80);
+            (Summary { net: Net::Ipv6, dst_link6, ..Summary::default() }, l3 + 40, p[l3 + 6])
         }
         _ => return Some(Summary { net: Net::NonIp, ..Summary::default() }),
     };
@@ -113,7 +124,13 @@ fn reference_frame(p: &[u8]) -> Option<Summary> {
             }
             s.transport = Transport::Udp;
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => s.transport = Transport::Icmp,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if p.len() < l4 + 4 {
+                return None;
+            }
+            s.transport = Transport::Icmp;
+            s.icmp_type = p[l4];
+        }
         _ => s.transport = Transport::Other,
     }
     if matches!(s.transport, Transport::Tcp | Transport::Udp) {
@@ -154,6 +171,12 @@ pub fn check(data: &[u8]) {
     }
     if bit(7) {
         m.udp.push(UdpFlowKey { sandbox: r.dst, peer: r.src, sandbox_port: r.dport, peer_port: r.sport });
+    }
+    if mark_sel & 0x40 != 0 {
+        m.host_addrs.push(r.dst);
+    }
+    if mark_sel & 0x20 != 0 {
+        m.host_allow.push(PortKey::new(port, proto));
     }
     let mark = match mark_sel & 3 {
         0 => GATEWAY_MARK,
@@ -214,6 +237,9 @@ fn check_out(r: &Summary, m: &Maps) {
         assert_eq!(v.reason, Reason::DropMalformed);
         return;
     }
+    if r.net == Net::Ipv6 && r.dst_link6 && opens_flow(r) && m.protected.is_empty() {
+        assert!(matches!(v.reason, Reason::DropHost | Reason::PassHostAllowed), "{r:?}");
+    }
     if r.net != Net::Ipv4 {
         return;
     }
@@ -224,6 +250,11 @@ fn check_out(r: &Summary, m: &Maps) {
         assert_eq!(v.reason, Reason::DropSandboxToSandbox, "{r:?}");
     } else if matches!(r.transport, Transport::Tcp | Transport::Udp) && !m.protected.is_empty() {
         assert_eq!(v.reason, Reason::DropProtected, "{r:?}");
+    } else if opens_flow(r) && (r.dst[0] >= 224 || m.host_addrs.contains(&r.dst)) {
+        let proto = if r.transport == Transport::Udp { IPPROTO_UDP } else { IPPROTO_TCP };
+        let allowed = matches!(r.transport, Transport::Tcp | Transport::Udp)
+            && m.host_allow.contains(&PortKey::new(r.dest_port(), proto));
+        assert_eq!(v.reason, if allowed { Reason::PassHostAllowed } else { Reason::DropHost }, "{r:?}");
     } else {
         assert_eq!(v.reason, Reason::PassOut, "{r:?}");
         assert_eq!(v.remember_udp, r.transport == Transport::Udp);
@@ -233,6 +264,19 @@ fn check_out(r: &Summary, m: &Maps) {
                 UdpFlowKey { sandbox: r.src, peer: r.dst, sandbox_port: r.sport, peer_port: r.dport }
             );
         }
+    }
+}
+
+/// Whether a packet out of a sandbox may start a flow on the host: a SYN, UDP, another
+/// protocol, ICMP other than echo reply (0), unreachable (3), time exceeded (11), parameter
+/// problem (12).
+fn opens_flow(r: &Summary) -> bool {
+    match r.transport {
+        Transport::Tcp => is_syn(r),
+        Transport::Icmp if r.net == Net::Ipv6 => [128, 139].contains(&r.icmp_type),
+        Transport::Icmp => ![0, 3, 11, 12].contains(&r.icmp_type),
+        Transport::Fragment => false,
+        Transport::Udp | Transport::Other | Transport::None => true,
     }
 }
 

@@ -262,6 +262,7 @@ fn main() {
         xdp_mode: XdpModeSetting::Skb,
         protected: vec![],
         public_ports: vec![],
+        host_allow: vec![],
     };
     if want("updates") || want("scale") {
         let dp = Dataplane::open(&settings).expect("open dataplane");

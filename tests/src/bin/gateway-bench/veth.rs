@@ -374,6 +374,7 @@ pub fn run(opts: &Options) -> (String, Value) {
             xdp_mode: XdpModeSetting::Skb,
             protected: vec![],
             public_ports: vec![],
+            host_allow: vec![],
         };
         let dp = Dataplane::open(&settings).expect("open dataplane");
         let maps = KernelMaps::open(&PinDir::new(&pins).maps()).expect("maps");
