@@ -162,7 +162,8 @@ pub struct DataplaneArgs {
 /// How the clients reach the admin API.
 #[derive(Debug, Args, Clone)]
 pub struct AdminArgs {
-    /// Admin API address, `IP:PORT` or `unix:PATH` (wins over --config).
+    /// Admin API address, `IP:PORT` or `unix:PATH` (wins over --config; default: listen.admin
+    /// of /etc/gateway/gateway.toml if present, else unix:/run/gateway/admin.sock).
     ///
     /// Example: --admin 127.0.0.1:9901
     #[arg(long, value_name = "ADDR", env = "GATEWAY_ADMIN")]
