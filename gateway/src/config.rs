@@ -1207,6 +1207,12 @@ trusted_proxies = ["10.0.0.0/33", "x"]
         path
     }
 
+    fn remove_secret_files(paths: &[&Path]) {
+        for p in paths {
+            let _ = std::fs::remove_dir_all(p.parent().expect("its directory"));
+        }
+    }
+
     #[test]
     fn token_file_is_read_and_its_line_break_trimmed() {
         let path = secret_file("ok", &format!("{GOOD}\n"));
@@ -1221,6 +1227,7 @@ trusted_proxies = ["10.0.0.0/33", "x"]
         assert_eq!(rotated.admin.secret(), GOOD.to_uppercase());
         assert_ne!(rotated, c);
         assert!(restart_only_changes(&c, &rotated).is_empty());
+        remove_secret_files(&[&path]);
     }
 
     #[test]
@@ -1253,8 +1260,9 @@ trusted_proxies = ["10.0.0.0/33", "x"]
         assert!(reason.contains("set one of them"), "{reason}");
         // A token_file that was never read (a configuration built in code) authorizes nothing.
         let mut c = Config::default();
-        c.admin.token_file = good;
+        c.admin.token_file = good.clone();
         assert_eq!((c.admin.secret(), c.admin.tcp_secret()), ("", None));
+        remove_secret_files(&[&missing, &empty, &short, &example, &long, &good]);
     }
 
     #[test]
