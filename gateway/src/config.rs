@@ -200,17 +200,87 @@ pub struct ListenConfig {
 }
 
 /// `[admin]`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Bearer token required on a TCP admin listener.
+    /// Bearer token required on a TCP admin listener; empty = none.
     pub token: String,
+    /// File holding the token instead of `token` (a systemd credential, a secret manager's
+    /// file); empty = none. Read by [`parse`], so again at every reload.
+    pub token_file: PathBuf,
+    /// Accept a TCP admin listener on a non-loopback address (the admin API has no TLS).
+    pub allow_plaintext_remote: bool,
+    /// What reading `token_file` gave (the token, or why it could not be read).
+    #[serde(skip)]
+    file_token: Option<Result<String, String>>,
 }
 
 impl fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminConfig").field("token", &"<redacted>").finish()
+        f.debug_struct("AdminConfig")
+            .field("token", &"<redacted>")
+            .field("token_file", &self.token_file)
+            .field("allow_plaintext_remote", &self.allow_plaintext_remote)
+            .finish()
     }
+}
+
+/// Shortest admin token accepted on a TCP listener, in bytes (`openssl rand -hex 32` gives 64).
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+/// Tokens that earlier defaults and examples published: refused whatever their length.
+const WELL_KNOWN_ADMIN_TOKENS: &[&str] = &["change-me"];
+/// Largest `admin.token_file` read: a token is one short line, anything longer is a wrong path.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+impl AdminConfig {
+    /// The admin secret: `token`, or what `token_file` holds ("" when it could not be read, so
+    /// that nothing matches it).
+    pub fn secret(&self) -> &str {
+        match &self.file_token {
+            Some(Ok(token)) => token,
+            Some(Err(_)) => "",
+            None if !self.token_file.as_os_str().is_empty() => "",
+            None => &self.token,
+        }
+    }
+
+    /// The secret if a TCP admin listener may accept it: set, not a published example and long
+    /// enough. [`Config::validate`] refuses a TCP listener without one; the admin API checks
+    /// again, so that no configuration, however it was built, accepts an empty or well-known
+    /// credential.
+    pub fn tcp_secret(&self) -> Option<&str> {
+        let secret = self.secret();
+        (secret.len() >= MIN_ADMIN_TOKEN_BYTES && !WELL_KNOWN_ADMIN_TOKENS.contains(&secret)).then_some(secret)
+    }
+
+    /// The key that holds the secret, to name in problems.
+    fn secret_key(&self) -> &'static str {
+        if self.token_file.as_os_str().is_empty() { "admin.token" } else { "admin.token_file" }
+    }
+
+    /// Reads `token_file` (when set) into the configuration.
+    fn read_token_file(&mut self) {
+        if !self.token_file.as_os_str().is_empty() {
+            self.file_token = Some(read_secret_file(&self.token_file));
+        }
+    }
+}
+
+/// The one-line secret in `path`, without its trailing line break.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_TOKEN_FILE_BYTES + 1).read_to_end(&mut bytes)).map_err(cannot)?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!("{} is longer than {MAX_TOKEN_FILE_BYTES} bytes: not a token file", path.display()));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not text", path.display()))?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(token.to_string())
 }
 
 /// `[state]`.
@@ -258,13 +328,7 @@ impl Default for Config {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { admin: "127.0.0.1:9901".into(), https: "0.0.0.0:443".into() }
-    }
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self { token: "change-me".into() }
+        Self { admin: format!("unix:{}", crate::paths::DEFAULT_ADMIN_SOCKET), https: "0.0.0.0:443".into() }
     }
 }
 
@@ -299,15 +363,27 @@ domain = "gw.test"
 region = "local"
 
 [listen]
-# Admin API: "IP:PORT" (Bearer token required) or "unix:/run/gateway/admin.sock" (socket file
-# mode 0600: access is controlled by file permissions).
-admin = "127.0.0.1:9901"
+# Admin API: "unix:PATH" (socket file mode 0600 in a directory created 0700: only the gateway's
+# user, root, can use it, with no token) or "IP:PORT" (TCP: every request needs
+# `Authorization: Bearer <admin.token>`; a non-loopback address also needs
+# admin.allow_plaintext_remote, as the admin API has no TLS).
+admin = "unix:/run/gateway/admin.sock"
 # Public HTTPS listener. Its port is opened in the edge guard, and appears in URLs when not 443.
 https = "0.0.0.0:443"
 
 [admin]
-# Bearer token required on a TCP admin listener: `Authorization: Bearer <token>`. CHANGE IT.
-token = "change-me"
+# Bearer token of a TCP listen.admin (unused on a unix socket): at least 32 bytes, e.g. from
+# `openssl rand -hex 32`. "change-me" and shorter tokens are refused. A reload applies a new one.
+token = ""
+# Or read the token from this file (one line; a trailing line break is ignored), read again at
+# every reload: e.g. "/etc/gateway/admin.token" (mode 0600), or the systemd credential
+# "/run/credentials/gateway.service/admin.token" (packaging/gateway.service shows both; systemd
+# copies a credential at start only). Set token or token_file, not both.
+token_file = ""
+# Accept a TCP listen.admin on a non-loopback address (e.g. "0.0.0.0:9901"). The admin API
+# speaks plain HTTP: the token and every request cross the network readable by anyone on the
+# path. Prefer loopback behind an SSH tunnel or a TLS-terminating proxy.
+allow_plaintext_remote = false
 
 [state]
 # Durable state (registered sandboxes). Created with mode 0700 if missing.
@@ -504,14 +580,7 @@ impl Config {
         {
             bad("listen.admin", format!("{a} clashes with listen.https {h}"));
         }
-        if let Ok(AdminListen::Tcp(_)) = admin
-            && self.admin.token.is_empty()
-        {
-            bad("admin.token", "must not be empty when listen.admin is a TCP address".into());
-        }
-        if !self.admin.token.bytes().all(|b| b.is_ascii_graphic()) {
-            bad("admin.token", "must be printable ASCII without spaces (it is sent in an HTTP header)".into());
-        }
+        self.validate_admin(&admin, &mut bad);
         if self.state.dir.as_os_str().is_empty() {
             bad("state.dir", "must not be empty".into());
         }
@@ -545,6 +614,62 @@ impl Config {
         self.validate_tls(&mut bad);
         self.validate_proxy(&mut bad);
         problems
+    }
+
+    /// The admin credential: no well-known or empty secret on TCP, and no plain-text admin API
+    /// off loopback unless asked for.
+    fn validate_admin(&self, listen: &Result<AdminListen, String>, bad: &mut impl FnMut(&str, String)) {
+        let a = &self.admin;
+        if let Ok(AdminListen::Tcp(addr)) = listen
+            && !addr.ip().to_canonical().is_loopback()
+            && !a.allow_plaintext_remote
+        {
+            bad(
+                "listen.admin",
+                format!(
+                    "{addr} is not a loopback address and the admin API has no TLS: its token and every request would cross the network in clear text. Listen on 127.0.0.1, [::1] or a unix socket (remote access through an SSH tunnel or a TLS-terminating proxy), or set admin.allow_plaintext_remote = true"
+                ),
+            );
+        }
+        let has_file = !a.token_file.as_os_str().is_empty();
+        if has_file && !a.token.is_empty() {
+            bad("admin.token_file", "is set together with admin.token: set one of them".into());
+            return;
+        }
+        if let Some(Err(e)) = &a.file_token {
+            bad("admin.token_file", e.clone());
+            return;
+        }
+        let (key, secret) = (a.secret_key(), a.secret());
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            bad(key, "must be printable ASCII without spaces (it is sent in an HTTP header)".into());
+            return;
+        }
+        let Ok(AdminListen::Tcp(addr)) = listen else { return };
+        if secret.is_empty() {
+            bad(
+                key,
+                format!(
+                    "is required with a TCP listen.admin ({addr}): set admin.token or admin.token_file to a random secret of at least {MIN_ADMIN_TOKEN_BYTES} bytes (`openssl rand -hex 32`), or listen on a unix socket (\"unix:{}\")",
+                    crate::paths::DEFAULT_ADMIN_SOCKET
+                ),
+            );
+        } else if WELL_KNOWN_ADMIN_TOKENS.contains(&secret) {
+            bad(
+                key,
+                format!(
+                    "{secret:?} is a published example and is never accepted: use a random secret of at least {MIN_ADMIN_TOKEN_BYTES} bytes (`openssl rand -hex 32`)"
+                ),
+            );
+        } else if secret.len() < MIN_ADMIN_TOKEN_BYTES {
+            bad(
+                key,
+                format!(
+                    "is {} bytes long: a TCP listen.admin needs at least {MIN_ADMIN_TOKEN_BYTES} (`openssl rand -hex 32`)",
+                    secret.len()
+                ),
+            );
+        }
     }
 
     fn validate_tls(&self, bad: &mut impl FnMut(&str, String)) {
@@ -663,7 +788,8 @@ impl Config {
 /// listeners (sockets are bound once), the names in URLs (`domain`, `region`), the state
 /// directory (locked by the running process), the data plane and `[proxy]` (the edge's
 /// connection builders, caps and upstream clients are set up once). Every other key
-/// (`admin.token`, `[tls]`: new certificates for new handshakes) is reloadable.
+/// (`[admin]`: the token, or `admin.token_file` read again; `[tls]`: new certificates for new
+/// handshakes) is reloadable.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut check = |key: &'static str, differs: bool| {
@@ -694,7 +820,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse(&file, &text)
 }
 
-/// Parses and validates configuration text; `file` names it in problems.
+/// Parses and validates configuration text; `file` names it in problems. The one file it reads
+/// is `admin.token_file`.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     let table: toml::Table = match text.parse() {
@@ -733,13 +860,14 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
             }
         }
     }
-    let config: Config = match toml::Value::Table(clean).try_into() {
+    let mut config: Config = match toml::Value::Table(clean).try_into() {
         Ok(c) => c,
         Err(e) => {
             problems.push(Problem { file: file.into(), key: "-".into(), reason: e.message().trim().to_string() });
             return Err(ConfigErrors(problems));
         }
     };
+    config.admin.read_token_file();
     problems.extend(config.validate(file));
     if problems.is_empty() { Ok(config) } else { Err(ConfigErrors(problems)) }
 }
@@ -1023,11 +1151,146 @@ trusted_proxies = ["10.0.0.0/33", "x"]
         }
     }
 
+    /// A token that TCP accepts (32 bytes).
+    const GOOD: &str = "0123456789abcdef0123456789abcdef";
+
+    fn tcp(admin: &str, admin_section: &str) -> String {
+        format!("[listen]\nadmin = \"{admin}\"\n[admin]\n{admin_section}\n")
+    }
+
+    /// The one problem of `text`, as (key, reason).
+    fn one_problem(text: &str) -> (String, String) {
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{text}: {p:?}");
+        (p[0].key.clone(), p[0].reason.clone())
+    }
+
     #[test]
-    fn empty_token_on_tcp() {
-        let p = problems("[admin]\ntoken = \"\"\n");
-        assert_eq!(p.len(), 1);
-        assert_eq!(p[0].key, "admin.token");
+    fn the_default_admin_is_a_unix_socket_without_token() {
+        let c = Config::default();
+        assert_eq!(c.admin_listen(), Ok(AdminListen::Unix(crate::paths::DEFAULT_ADMIN_SOCKET.into())));
+        assert_eq!(c.admin.secret(), "");
+        assert_eq!(c.admin.tcp_secret(), None, "no TCP listener may accept the default");
+        assert!(c.validate("default").is_empty());
+        assert!(c.dataplane_settings().protected.is_empty());
+    }
+
+    #[test]
+    fn tcp_admin_refuses_missing_well_known_and_short_tokens() {
+        for (section, says) in [
+            ("", "is required with a TCP listen.admin"),
+            ("token = \"\"", "is required with a TCP listen.admin"),
+            ("token = \"change-me\"", "\"change-me\" is a published example and is never accepted"),
+            (&format!("token = \"{}\"", &GOOD[1..]), "is 31 bytes long: a TCP listen.admin needs at least 32"),
+            ("token = \"with space 0123456789abcdef0123456789\"", "must be printable ASCII"),
+        ] {
+            let (key, reason) = one_problem(&tcp("127.0.0.1:9901", section));
+            assert_eq!(key, "admin.token", "{section}");
+            assert!(reason.contains(says), "{section}: {reason}");
+        }
+        let mut c = Config::default();
+        c.listen.admin = "127.0.0.1:9901".into();
+        c.admin.token = "change-me".into();
+        assert_eq!(c.admin.tcp_secret(), None);
+        c.admin.token = GOOD.into();
+        assert_eq!(c.admin.tcp_secret(), Some(GOOD));
+    }
+
+    #[test]
+    fn tcp_admin_accepts_a_long_token_on_loopback() {
+        for admin in ["127.0.0.1:9901", "127.1.2.3:9901", "[::1]:9901", "[::ffff:127.0.0.1]:9901"] {
+            let c = parse("f", &tcp(admin, &format!("token = \"{GOOD}\""))).expect(admin);
+            assert_eq!(c.admin.tcp_secret(), Some(GOOD));
+        }
+        // On a unix socket the token is unused, so none is needed.
+        assert!(problems(&tcp("unix:/run/x.sock", "")).is_empty());
+    }
+
+    #[test]
+    fn remote_tcp_admin_needs_the_explicit_opt_in() {
+        for admin in ["0.0.0.0:9901", "[::]:9901", "192.0.2.1:9901"] {
+            let (key, reason) = one_problem(&tcp(admin, &format!("token = \"{GOOD}\"")));
+            assert_eq!(key, "listen.admin");
+            assert!(
+                reason.contains("not a loopback address") && reason.contains("admin.allow_plaintext_remote = true")
+            );
+            let text = tcp(admin, &format!("token = \"{GOOD}\"\nallow_plaintext_remote = true"));
+            assert!(problems(&text).is_empty(), "{admin}");
+        }
+        // The configuration: both problems at once.
+        let keys: Vec<_> = problems(&tcp("0.0.0.0:19999", "")).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["listen.admin", "admin.token"]);
+        // The opt-in does not lift the token rules.
+        let (key, _) = one_problem(&tcp("0.0.0.0:19999", "allow_plaintext_remote = true\ntoken = \"change-me\""));
+        assert_eq!(key, "admin.token");
+    }
+
+    /// A file with `content` in a fresh directory.
+    fn secret_file(name: &str, content: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gw-config-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("admin.token");
+        std::fs::write(&path, content).expect("write");
+        path
+    }
+
+    fn remove_secret_files(paths: &[&Path]) {
+        for p in paths {
+            let _ = std::fs::remove_dir_all(p.parent().expect("its directory"));
+        }
+    }
+
+    #[test]
+    fn token_file_is_read_and_its_line_break_trimmed() {
+        let path = secret_file("ok", &format!("{GOOD}\n"));
+        let text = tcp("127.0.0.1:9901", &format!("token_file = \"{}\"", path.display()));
+        let c = parse("f", &text).expect("valid");
+        assert_eq!(c.admin.secret(), GOOD);
+        assert_eq!(c.admin.tcp_secret(), Some(GOOD));
+        assert!(!format!("{c:?}").contains(GOOD), "Debug redacts the file's token");
+        // Read again by every parse (a reload): a rotated file is a reloadable change.
+        std::fs::write(&path, format!("{}\r\n", GOOD.to_uppercase())).expect("rotate");
+        let rotated = parse("f", &text).expect("valid");
+        assert_eq!(rotated.admin.secret(), GOOD.to_uppercase());
+        assert_ne!(rotated, c);
+        assert!(restart_only_changes(&c, &rotated).is_empty());
+        remove_secret_files(&[&path]);
+    }
+
+    #[test]
+    fn token_file_problems_name_it() {
+        let missing = secret_file("missing", "").with_file_name("absent");
+        let empty = secret_file("empty", "\n");
+        let short = secret_file("short", "short\n");
+        let example = secret_file("example", "change-me\n");
+        let long = secret_file("long", &"a".repeat(5000));
+        for (path, says) in [
+            (&missing, "cannot read"),
+            (&empty, "is empty"),
+            (&short, "is 5 bytes long"),
+            (&example, "is a published example"),
+            (&long, "longer than 4096 bytes"),
+        ] {
+            let text = tcp("127.0.0.1:9901", &format!("token_file = \"{}\"", path.display()));
+            let (key, reason) = one_problem(&text);
+            assert_eq!(key, "admin.token_file", "{}", path.display());
+            assert!(reason.contains(says), "{}: {reason}", path.display());
+        }
+        // Unreadable even on a unix socket: the file was asked for.
+        let (key, _) = one_problem(&tcp("unix:/run/x.sock", &format!("token_file = \"{}\"", missing.display())));
+        assert_eq!(key, "admin.token_file");
+        // Both ways at once.
+        let good = secret_file("both", GOOD);
+        let text = tcp("127.0.0.1:9901", &format!("token = \"{GOOD}\"\ntoken_file = \"{}\"", good.display()));
+        let (key, reason) = one_problem(&text);
+        assert_eq!(key, "admin.token_file");
+        assert!(reason.contains("set one of them"), "{reason}");
+        // A token_file that was never read (a configuration built in code) authorizes nothing.
+        let mut c = Config::default();
+        c.admin.token_file = good.clone();
+        assert_eq!((c.admin.secret(), c.admin.tcp_secret()), ("", None));
+        remove_secret_files(&[&missing, &empty, &short, &example, &long, &good]);
     }
 
     #[test]
@@ -1042,7 +1305,8 @@ trusted_proxies = ["10.0.0.0/33", "x"]
         let old = Config::default();
         let mut new = old.clone();
         new.admin.token = "another".into();
-        assert!(restart_only_changes(&old, &new).is_empty(), "admin.token is reloadable");
+        new.admin.allow_plaintext_remote = true;
+        assert!(restart_only_changes(&old, &new).is_empty(), "[admin] is reloadable");
         new.listen.https = "127.0.0.1:8443".into();
         new.dataplane.mark = 7;
         assert_eq!(restart_only_changes(&old, &new), vec!["listen.https", "[dataplane]"]);

@@ -8,8 +8,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/gateway/gateway.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
 /// Default `dataplane.bpffs`.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gateway";
-/// Default admin address of the CLI clients when neither `--admin` nor a config is found.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Default `listen.admin` (as `unix:PATH`), and where the CLI clients look when neither
+/// `--admin` nor a configuration is found. systemd creates its directory (`RuntimeDirectory=`);
+/// otherwise the gateway does, mode 0700.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
 
 /// `dataplane.bpffs` of `gateway serve --dev`.
 pub const DEV_BPFFS: &str = "/sys/fs/bpf/gateway-dev";

@@ -16,8 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The admin token the default test configuration uses.
-pub const TEST_TOKEN: &str = "test-admin-token";
+/// The admin token the default test configuration uses (a TCP admin listener needs ≥ 32 bytes).
+pub const TEST_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 /// How long the gateway may take to answer after spawning.
 const START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -323,7 +323,7 @@ fn second_gateway_on_the_same_state_is_refused() {
         &AdminAddr::Tcp(([127, 0, 0, 1], port).into()),
         gateway_tests::gateway_process::free_port(),
         &gw.state_dir(),
-        "t",
+        gateway_tests::gateway_process::TEST_TOKEN,
     );
     fs::write(&config, text).expect("write");
     let out = gateway_tests::gateway_process::gateway_command()

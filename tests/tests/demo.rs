@@ -136,6 +136,8 @@ fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
             expect(p, true, "3000");
         } else if w.contains("dropped by the kernel") {
             expect(p, false, "timed out");
+        } else if w.contains("admin API on its unix socket") {
+            expect(p, true, "\"name\":\"demo\"");
         } else if w.contains("Metrics") {
             expect(p, true, "gateway_dataplane_verdicts_total{hook=\"sandbox_in\"");
         } else {

@@ -304,7 +304,9 @@ fn the_admin_api_is_unreachable_from_a_sandbox() {
     // An admin listener on every address: reachable from the host, dropped from the sandbox.
     gw.kill();
     let config = std::fs::read_to_string(gw.config_path()).expect("config");
-    let wildcard = config.replace(&format!("admin = \"{admin}\""), &format!("admin = \"0.0.0.0:{}\"", admin.port()));
+    let wildcard = config
+        .replace(&format!("admin = \"{admin}\""), &format!("admin = \"0.0.0.0:{}\"", admin.port()))
+        .replace("[admin]\n", "[admin]\nallow_plaintext_remote = true\n");
     assert_ne!(config, wildcard, "admin address rewritten");
     std::fs::write(gw.config_path(), wildcard).expect("write config");
     gw.spawn();

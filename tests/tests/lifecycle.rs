@@ -278,6 +278,9 @@ fn wait_reloads(gw: &GatewayProcess, result: &str, n: u64) {
     }
 }
 
+/// The admin token after a rotation.
+const ROTATED: &str = "rotated-admin-token-0123456789abcdef";
+
 #[test]
 fn sighup_applies_a_valid_configuration_without_dropping_connections_and_refuses_a_bad_one() {
     let gw = GatewayProcess::start();
@@ -290,11 +293,11 @@ fn sighup_applies_a_valid_configuration_without_dropping_connections_and_refuses
     assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", TEST_TOKEN), 200);
 
     // A valid change of a reloadable key (admin.token): applied; the open connection lives on.
-    let rotated = original.replace(TEST_TOKEN, "rotated-token");
+    let rotated = original.replace(TEST_TOKEN, ROTATED);
     fs::write(gw.config_path(), &rotated).expect("write");
     sighup(&gw);
     wait_reloads(&gw, "ok", 1);
-    assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", "rotated-token"), 200, "same connection, new token");
+    assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", ROTATED), 200, "same connection, new token");
     assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", TEST_TOKEN), 401, "the old token is refused");
 
     // An invalid file: refused, logged with the key, counted; the running configuration serves.
@@ -302,13 +305,13 @@ fn sighup_applies_a_valid_configuration_without_dropping_connections_and_refuses
     sighup(&gw);
     wait_reloads(&gw, "refused", 1);
     assert!(gw.log().contains("bogus_key"), "the refusal names the key:\n{}", gw.log());
-    assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", "rotated-token"), 200);
+    assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", ROTATED), 200);
 
     // A syntax error: the same.
     fs::write(gw.config_path(), "domain = \"unterminated\n").expect("write");
     sighup(&gw);
     wait_reloads(&gw, "refused", 2);
-    assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", "rotated-token"), 200);
+    assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", ROTATED), 200);
 
     // A restart-only key: refused with what to do instead.
     let port_moved = rotated.replace(&format!("127.0.0.1:{}", gw.https_port()), &format!("127.0.0.1:{}", free_port()));
@@ -316,7 +319,7 @@ fn sighup_applies_a_valid_configuration_without_dropping_connections_and_refuses
     sighup(&gw);
     wait_reloads(&gw, "refused", 3);
     assert!(gw.log().contains("listen.https changed: restart the gateway"), "{}", gw.log());
-    assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", "rotated-token"), 200);
+    assert_eq!(keepalive_request(&mut conn, "/v1/sandboxes", ROTATED), 200);
     assert_eq!(reloads(&gw, "ok"), 1);
 }
 

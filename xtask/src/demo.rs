@@ -286,6 +286,13 @@ fn print_commands(urls: &Urls, secrets: &Secrets, ca: &Path, gateway_bin: &Path,
         format!("curl -sS --max-time 3 http://{SANDBOX_ADDR}:{WEB_PORT}/"),
     );
     cmd(
+        "The admin API on its unix socket (mode 0600: only root opens it, so there is no token to leak)",
+        format!(
+            "curl -sS --unix-socket {} http://gateway/v1/workspaces/{WORKSPACE}/sandboxes",
+            config.with_file_name("admin.sock").display()
+        ),
+    );
+    cmd(
         "Metrics (the eBPF verdict counters are read at every scrape)",
         format!("curl -sS --unix-socket {} http://gateway/metrics", config.with_file_name("admin.sock").display()),
     );
@@ -299,6 +306,7 @@ domain = "gw.test"
 region = "local"
 
 [listen]
+# A unix socket (mode 0600): file permissions are the admin credential, there is no token.
 admin = "unix:{admin}"
 https = "{HTTPS}"
 

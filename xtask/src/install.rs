@@ -3,7 +3,7 @@
 //! | what | where (under `--root`, default `/`) |
 //! | --- | --- |
 //! | the release binary (eBPF object embedded) | `{prefix}/bin/gateway` (default prefix `/usr/local`) |
-//! | the commented default configuration, with a random `admin.token` | `/etc/gateway/gateway.toml` (0600; never overwritten) |
+//! | the commented default configuration (admin API on the unix socket `/run/gateway/admin.sock`, no token) | `/etc/gateway/gateway.toml` (0600; never overwritten) |
 //! | with `--systemd`: the unit, its paths rewritten to the prefix | `/etc/systemd/system/gateway.service` |
 //! | with `--systemd`: the README the unit's `Documentation=` names | `{prefix}/share/doc/gateway/README.md` |
 //!
@@ -17,7 +17,7 @@
 
 use std::{
     fs,
-    io::{Read, Write},
+    io::Write,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
@@ -84,7 +84,7 @@ pub fn install(layout: &Layout, systemd: bool, binary: Option<PathBuf>) -> Resul
         println!("install: systemctl daemon-reload done");
     }
     println!(
-        "install: next: edit {} (admin.token is a fresh random secret), then {}",
+        "install: next: review {} (the admin API is the unix socket /run/gateway/admin.sock, for root only), then {}",
         layout.config().display(),
         if systemd { "`systemctl enable --now gateway`" } else { "run `gateway serve`" }
     );
@@ -102,10 +102,11 @@ pub fn install_files(layout: &Layout, bin: &Path, systemd: bool) -> Result<Vec<S
     if config.exists() {
         done.push(format!("kept the existing configuration {}", config.display()));
     } else {
+        // The defaults hold no secret: the admin API is a unix socket (file permissions), and a
+        // TCP listener needs a token the operator sets (`admin.token_file` keeps it out of here).
         let text = default_config(&target)?;
-        let text = text.replacen("token = \"change-me\"", &format!("token = \"{}\"", random_token()?), 1);
         write_new(&config, text.as_bytes(), 0o600)?;
-        done.push(format!("configuration {} (commented defaults, random admin.token)", config.display()));
+        done.push(format!("configuration {} (commented defaults)", config.display()));
     }
 
     if systemd {
@@ -203,13 +204,6 @@ fn default_config(bin: &Path) -> Result<String> {
     output(Command::new(bin).arg("print-default-config"))
 }
 
-/// 32 random bytes from the kernel, hex.
-fn random_token() -> Result<String> {
-    let mut bytes = [0u8; 32];
-    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("cannot read /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn create_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -272,7 +266,7 @@ mod tests {
         let root = staging();
         // A stand-in binary that prints a default configuration like the real one.
         let fake = root.join("fake-gateway");
-        fs::write(&fake, "#!/bin/sh\nprintf '# comment\\n[admin]\\ntoken = \"change-me\"\\n'\n").expect("fake");
+        fs::write(&fake, "#!/bin/sh\nprintf '# comment\\n[admin]\\ntoken = \"\"\\n'\n").expect("fake");
         fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).expect("chmod");
         let layout = Layout { root: root.join("sys"), prefix: PathBuf::from("/opt/gw") };
 
@@ -282,7 +276,7 @@ mod tests {
         assert!(bin.is_file());
         let config = fs::read_to_string(root.join("sys/etc/gateway/gateway.toml")).expect("config");
         assert!(config.starts_with("# comment"), "{config}");
-        assert!(!config.contains("change-me") && config.contains("token = \""), "random token: {config}");
+        assert!(config.contains("token = \"\""), "the defaults as printed: {config}");
         let mode = fs::metadata(root.join("sys/etc/gateway/gateway.toml")).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let unit = fs::read_to_string(root.join("sys/etc/systemd/system/gateway.service")).expect("unit");

@@ -23,7 +23,7 @@ pub(super) struct AdminClient {
 
 impl AdminClient {
     /// From `--admin`, `--config`, `--token`; else the default config file if present; else
-    /// 127.0.0.1:9901.
+    /// the default admin socket.
     pub(super) fn from_args(args: &AdminArgs) -> anyhow::Result<Self> {
         let config = match &args.config {
             Some(path) => Some(load_config(path)?),
@@ -35,9 +35,10 @@ impl AdminClient {
         let target = match (&args.admin, &config) {
             (Some(a), _) => config::parse_admin_listen(a).map_err(|e| anyhow::anyhow!("--admin: {e}"))?,
             (None, Some(c)) => c.admin_listen().map_err(|e| anyhow::anyhow!("listen.admin: {e}"))?,
-            (None, None) => config::parse_admin_listen(paths::DEFAULT_ADMIN).map_err(anyhow::Error::msg)?,
+            (None, None) => AdminListen::Unix(paths::DEFAULT_ADMIN_SOCKET.into()),
         };
-        let token = args.token.clone().or_else(|| config.map(|c| c.admin.token));
+        let token =
+            args.token.clone().or_else(|| config.map(|c| c.admin.secret().to_string()).filter(|t| !t.is_empty()));
         Ok(Self { target, token })
     }
 

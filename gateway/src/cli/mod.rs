@@ -162,19 +162,20 @@ pub struct DataplaneArgs {
 /// How the clients reach the admin API.
 #[derive(Debug, Args, Clone)]
 pub struct AdminArgs {
-    /// Admin API address, `IP:PORT` or `unix:PATH` (wins over --config).
+    /// Admin API address, `IP:PORT` or `unix:PATH` (wins over --config; default: listen.admin
+    /// of /etc/gateway/gateway.toml if present, else unix:/run/gateway/admin.sock).
     ///
     /// Example: --admin 127.0.0.1:9901
     #[arg(long, value_name = "ADDR", env = "GATEWAY_ADMIN")]
     pub admin: Option<String>,
-    /// Read listen.admin and admin.token from this configuration file.
+    /// Read listen.admin and the admin token from this configuration file.
     ///
     /// Example: --config /etc/gateway/gateway.toml
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Admin token for a TCP admin API (default: admin.token of --config).
+    /// Admin token for a TCP admin API (default: admin.token or admin.token_file of --config).
     ///
-    /// Example: --token change-me
+    /// Example: --token "$(cat /etc/gateway/admin.token)"
     #[arg(long, value_name = "TOKEN", env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Output format.

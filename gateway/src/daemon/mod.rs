@@ -7,7 +7,7 @@ mod banner;
 
 use crate::{
     admin,
-    config::{self, Config},
+    config::Config,
     dataplane::Dataplane,
     edge::{self, EdgeListener},
     handoff::{self, HandoffServer, Inherited, Successor},
@@ -45,7 +45,7 @@ pub struct ServeOptions {
 }
 
 /// Runs the gateway until it stops. A configuration with problems is an error holding
-/// [`config::ConfigErrors`] (exit 64), returned before anything is bound.
+/// [`crate::config::ConfigErrors`] (exit 64), returned before anything is bound.
 pub fn run(args: ServeOptions) -> anyhow::Result<u8> {
     let source = if args.dev {
         ConfigSource::Dev(paths::dev_state_dir())
@@ -90,9 +90,6 @@ struct Started {
 /// reconciles, and binds (or adopts) the listeners.
 async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Result<Started> {
     let admin_listen = config.admin_listen().map_err(|e| anyhow::anyhow!("listen.admin: {e}"))?;
-    if matches!(admin_listen, config::AdminListen::Tcp(_)) && config.admin.token == "change-me" {
-        tracing::warn!("admin.token is the default \"change-me\": set a secret token");
-    }
     let state_dir = config.state.dir.clone();
     let lock = match &inherited {
         Some(h) => Some(h.take_lock().context("the inherited state lock")?),

@@ -118,7 +118,7 @@ fn route_lookup_ns(n: usize) -> f64 {
             store.put_sandbox(sandbox(i, "lo")).await.expect("put");
         }
         let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 1)));
-        let text = test_config(&admin, 2, Path::new("/nonexistent-gwbench"), "bench-token-0123456789abcdef");
+        let text = test_config(&admin, 2, Path::new("/nonexistent-gwbench"), "bench-admin-token-0123456789abcdef");
         let config = gateway::config::parse("bench.toml", &text).expect("config");
         let app = App::start(config, store, Dataplane::disabled()).await.expect("app");
         let labels: Vec<String> = (0..4096).map(|k| sandbox((k * 7919) % n, "lo").label()).collect();
