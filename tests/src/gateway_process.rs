@@ -332,6 +332,15 @@ impl GatewayProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Runs `gateway COMMAND ARGS --admin ADDR --token TOKEN` against this gateway's admin API.
+    pub fn cli(&self, command: &str, args: &[&str]) -> Output {
+        let admin = self.admin.config_value();
+        let mut full = vec![command];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--admin", &admin, "--token", &self.token]);
+        run_gateway(&full)
+    }
+
     /// An authenticated admin client.
     pub fn client(&self) -> AdminClient {
         AdminClient { addr: self.admin.clone(), token: Some(self.token.clone()) }
