@@ -25,7 +25,7 @@
 
 use crate::{
     edge::{EdgeClient, WS, create_token, register, runtime, sandbox_host},
-    gateway_process::{GatewayProcess, dataplane_dump},
+    gateway_process::GatewayProcess,
     harness::{BpffsDir, Sandbox},
 };
 use serde_json::Value;
@@ -105,11 +105,6 @@ impl Env {
     pub fn sandbox_path(&self) -> String {
         let name = self.sandbox_name.as_deref().expect("Env built without a sandbox");
         format!("/v1/workspaces/{WS}/sandboxes/{name}")
-    }
-
-    /// What the kernel holds: `gateway dataplane dump --json` of the pin directory.
-    pub fn dump(&self) -> Value {
-        dataplane_dump(self.pins.path())
     }
 }
 

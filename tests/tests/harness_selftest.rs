@@ -1,7 +1,7 @@
 //! Self-test of the privileged test harness (`gateway_tests::harness`), without any BPF:
 //! namespaces, veth links, routing through the host, listeners, clients, cleanup.
 //!
-//! Needs root: `CARGO_TARGET_DIR=/work/target-harness cargo test -p gateway-tests --test harness_selftest`.
+//! Needs root: `cargo test -p gateway-tests --test harness_selftest`.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
