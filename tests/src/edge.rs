@@ -653,13 +653,7 @@ impl RawRequest {
     }
     /// The values of header `name` (case-insensitive), trimmed, in order.
     pub fn header(&self, name: &str) -> Vec<String> {
-        self.head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-            .collect()
+        crate::raw::header_values(&self.head, name)
     }
 }
 

@@ -128,6 +128,13 @@ xdp_mode = "skb"
     )
 }
 
+/// `gateway dataplane dump --json` of the pins under `bpffs` (what the kernel holds).
+pub fn dataplane_dump(bpffs: &Path) -> serde_json::Value {
+    let out = run_gateway(&["dataplane", "dump", "--json", "--bpffs", bpffs.to_str().expect("UTF-8 path")]);
+    assert!(out.status.success(), "dataplane dump: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("dump is JSON")
+}
+
 /// A running `gateway serve`, killed on drop.
 pub struct GatewayProcess {
     child: Option<Child>,
@@ -163,8 +170,17 @@ impl GatewayProcess {
     /// [`GatewayProcess::start_enforcing`] with `extra_config` (TOML, e.g. a `[proxy]` section)
     /// appended to the configuration.
     pub fn start_enforcing_with(bpffs: &Path, extra_config: &str) -> GatewayProcess {
+        let mut gw = Self::enforcing(bpffs, extra_config);
+        gw.spawn();
+        gw
+    }
+
+    /// [`GatewayProcess::start_enforcing_with`] not yet spawned: its configuration written, for
+    /// [`GatewayProcess::edit_config`] and [`GatewayProcess::set_log_filter`] before
+    /// [`GatewayProcess::spawn`].
+    pub fn enforcing(bpffs: &Path, extra_config: &str) -> GatewayProcess {
         let admin = AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
-        Self::start_configured(temp_dir("gateway-edge-test"), admin, Some(bpffs), extra_config)
+        Self::configured(temp_dir("gateway-edge-test"), admin, Some(bpffs), extra_config)
     }
 
     fn start_with_admin(admin: AdminAddr) -> GatewayProcess {
@@ -176,13 +192,19 @@ impl GatewayProcess {
     }
 
     fn start_configured(dir: TempDir, admin: AdminAddr, bpffs: Option<&Path>, extra_config: &str) -> GatewayProcess {
+        let mut gw = Self::configured(dir, admin, bpffs, extra_config);
+        gw.spawn();
+        gw
+    }
+
+    fn configured(dir: TempDir, admin: AdminAddr, bpffs: Option<&Path>, extra_config: &str) -> GatewayProcess {
         let https_port = free_port();
         let config_path = dir.path().join("gateway.toml");
         let log_path = dir.path().join("gateway.log");
         let state = dir.path().join("state");
         let config = test_config_with(&admin, https_port, &state, TEST_TOKEN, bpffs) + extra_config;
         fs::write(&config_path, config).expect("write the config");
-        let mut gw = GatewayProcess {
+        GatewayProcess {
             child: None,
             dir,
             config_path,
@@ -191,9 +213,7 @@ impl GatewayProcess {
             https_port,
             token: TEST_TOKEN.to_string(),
             log_filter: "info".to_string(),
-        };
-        gw.spawn();
-        gw
+        }
     }
 
     /// Spawns `gateway serve` and waits until `/live` answers (panics with the log if it exits).
@@ -254,6 +274,12 @@ impl GatewayProcess {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Rewrites the configuration file (read by the next start).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let config = fs::read_to_string(&self.config_path).expect("read the config");
+        fs::write(&self.config_path, edit(config)).expect("write the config");
+    }
+
     /// The `GATEWAY_LOG` filter of the next start (default `info`), e.g. `trace`.
     pub fn set_log_filter(&mut self, filter: &str) {
         self.log_filter = filter.to_string();
@@ -304,6 +330,15 @@ impl GatewayProcess {
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `gateway COMMAND ARGS --admin ADDR --token TOKEN` against this gateway's admin API.
+    pub fn cli(&self, command: &str, args: &[&str]) -> Output {
+        let admin = self.admin.config_value();
+        let mut full = vec![command];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--admin", &admin, "--token", &self.token]);
+        run_gateway(&full)
     }
 
     /// An authenticated admin client.

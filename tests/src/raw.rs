@@ -22,16 +22,21 @@ pub struct RawResponse {
     pub body: Vec<u8>,
 }
 
+/// The values of header `name` (case-insensitive), trimmed, in order, in an HTTP/1.1 `head`
+/// (start line, then header lines, `\r\n`-separated).
+pub fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
 impl RawResponse {
     /// Values of a header (case-insensitive).
     pub fn header(&self, name: &str) -> Vec<String> {
-        self.head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-            .collect()
+        header_values(&self.head, name)
     }
     /// The body as text.
     pub fn text(&self) -> String {
@@ -171,18 +176,29 @@ pub async fn h1_exchange(c: &EdgeClient, sni: &str, bytes: &[u8], responses: usi
 // HTTP/2 by hand
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const CONTINUATION: u8 = 9;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
+
+use frame_flags::*;
+use frame_types::*;
+
+/// Frame types (RFC 9113 §6).
+mod frame_types {
+    pub(super) const DATA: u8 = 0;
+    pub(super) const HEADERS: u8 = 1;
+    pub(super) const RST_STREAM: u8 = 3;
+    pub(super) const SETTINGS: u8 = 4;
+    pub(super) const PING: u8 = 6;
+    pub(super) const GOAWAY: u8 = 7;
+    pub(super) const CONTINUATION: u8 = 9;
+}
+
+/// Frame flags (RFC 9113 §6): END_STREAM on DATA and HEADERS, ACK on SETTINGS and PING.
+mod frame_flags {
+    pub(super) const END_STREAM: u8 = 0x1;
+    pub(super) const ACK: u8 = 0x1;
+    pub(super) const END_HEADERS: u8 = 0x4;
+    pub(super) const PADDED: u8 = 0x8;
+    pub(super) const PRIORITY: u8 = 0x20;
+}
 
 /// How an HTTP/2 stream ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -359,12 +359,7 @@ fn cli_clients() {
     let gw = GatewayProcess::start();
     let AdminAddr::Tcp(addr) = gw.admin().clone() else { panic!("tcp") };
     let admin = addr.to_string();
-    let run = |args: &[&str]| {
-        let mut full = vec!["sandbox"];
-        full.extend_from_slice(args);
-        full.extend_from_slice(&["--admin", &admin, "--token", gw.token()]);
-        run_gateway(&full)
-    };
+    let run = |args: &[&str]| gw.cli("sandbox", args);
     let out = run(&[
         "create",
         "web",

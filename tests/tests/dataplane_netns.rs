@@ -36,7 +36,6 @@ fn policy(sb: &Sandbox, ports: &[u16]) -> SandboxPolicy {
 
 #[test]
 fn a_registered_sandbox_is_reachable_only_from_the_gateway_on_allowed_ports() {
-    require_root();
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let _apps: Vec<Listener> = [3000, 3001, 8080, 443].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
@@ -79,7 +78,6 @@ fn a_registered_sandbox_is_reachable_only_from_the_gateway_on_allowed_ports() {
 
 #[test]
 fn sandboxes_cannot_reach_each_other_protected_host_sockets_or_the_host() {
-    require_root();
     let pins = BpffsDir::new();
     let a = Sandbox::new();
     let b = Sandbox::new();
@@ -107,7 +105,6 @@ fn sandboxes_cannot_reach_each_other_protected_host_sockets_or_the_host() {
 
 #[test]
 fn enforcement_outlives_the_control_plane_and_a_new_one_takes_over() {
-    require_root();
     let pins = BpffsDir::new();
     let sb = Sandbox::new();
     let _apps: Vec<Listener> = [3000, 3001].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
@@ -131,7 +128,6 @@ fn enforcement_outlives_the_control_plane_and_a_new_one_takes_over() {
 
 #[test]
 fn the_edge_guard_drops_new_connections_to_closed_host_ports() {
-    require_root();
     let pins = BpffsDir::new();
     let client = OutsideClient::new();
     let public = spawn_tcp_echo(Place::Host, client.host_sock(18443));

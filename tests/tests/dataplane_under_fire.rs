@@ -1,4 +1,4 @@
-//! The data plane under fire (issue 7, item 6): probers start a TCP connection every
+//! The data plane under fire: probers start a TCP connection every
 //! millisecond to every reserved and undeclared port of a sandbox (and to its declared ports,
 //! when they have no mark), from the host namespace without a mark, from another sandbox, from
 //! an outside namespace through the public interface (XDP edge guard), and with the gateway's
@@ -22,6 +22,7 @@ use std::{
 use gateway_tests::{
     attack::{Wrk, raise_nofile},
     edge::*,
+    env::Env,
     gateway_process::*,
     harness::*,
     prober::{ProbeSummary, Prober},
@@ -34,30 +35,25 @@ const LISTENING: [u16; 7] = [80, 443, 8080, 3000, 3001, 3002, 3999];
 /// The declared port sets the re-registration loop cycles through.
 const PORT_SETS: [&[u16]; 4] = [&[3000], &[3001], &[3000, 3002], &[3001, 3002]];
 
+/// The gateway (`e`, its sandbox `target`) and what attacks it.
 struct Field {
-    _pins: BpffsDir,
-    sb: Sandbox,
-    other: Sandbox,
-    outside: OutsideClient,
     _listeners: Vec<Listener>,
     _app: Backend,
-    gw: GatewayProcess,
-    token: String,
+    other: Sandbox,
+    outside: OutsideClient,
+    e: Env,
 }
 
 impl Field {
-    fn new(rt: &tokio::runtime::Runtime) -> Field {
-        require_root();
+    fn new() -> Field {
         raise_nofile(100_000);
-        let _rt = rt.enter();
-        let pins = BpffsDir::new();
-        let sb = Sandbox::new();
-        let other = Sandbox::new();
         let outside = OutsideClient::new();
+        // The outside client's link is the public interface (the XDP edge guard's).
+        let e = Env::new().sandbox("target", &[(3000, "HTTP")]).token("fire").public_interface(outside.host_ifname());
+        let sb = e.sb();
         // 3000 is an HTTP app (the load goes there); every other port a TCP echo.
         let listeners: Vec<Listener> =
-            LISTENING.iter().filter(|p| **p != 3000).map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
-        let app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+            LISTENING.iter().filter(|p| **p != 3000).map(|p| spawn_tcp_echo(sb, sb.sock(*p))).collect();
 
         // Positive control: without the data plane, the prober sees the listeners.
         let control = Prober::start("control", None, None, vec![sb.sock(3001)], Duration::from_millis(1));
@@ -65,24 +61,20 @@ impl Field {
         let control = control.finish();
         assert!(control.established > 10, "the prober sees an open port: {control:?}");
 
-        let mut gw = GatewayProcess::start_enforcing(pins.path());
-        // The outside client's link is the public interface (the XDP edge guard's).
-        gw.stop();
-        let config = fs::read_to_string(gw.config_path()).expect("config");
-        let config =
-            config.replace("public_interface = \"\"", &format!("public_interface = \"{}\"", outside.host_ifname()));
-        fs::write(gw.config_path(), config).expect("write config");
-        gw.spawn();
-        register(&gw, WS, "target", &sb, &[(3000, "HTTP")]);
-        register(&gw, WS, "other", &other, &[(3000, "HTTP")]);
-        let token = create_token(&gw, WS, "fire");
-        Field { _pins: pins, sb, other, outside, _listeners: listeners, _app: app, gw, token }
+        let e = e.start();
+        let app = {
+            let _rt = e.rt.enter();
+            spawn_backend(e.sb(), e.sb().addr(), 3000, Speaks::Http1)
+        };
+        let other = Sandbox::new();
+        register(&e.gw, WS, "other", &other, &[(3000, "HTTP")]);
+        Field { _listeners: listeners, _app: app, other, outside, e }
     }
 
     /// The probers: unmarked from the host, from the other sandbox and from outside to every
     /// listening port; marked (the gateway's mark) to 443 and the never-declared 3999.
     fn probers(&self) -> Vec<Prober> {
-        let all: Vec<SocketAddr> = LISTENING.iter().map(|p| self.sb.sock(*p)).collect();
+        let all: Vec<SocketAddr> = LISTENING.iter().map(|p| self.e.sb().sock(*p)).collect();
         let tick = Duration::from_millis(1);
         vec![
             Prober::start("host, unmarked", None, None, all.clone(), tick),
@@ -92,15 +84,15 @@ impl Field {
                 "host, gateway mark, 443 and never-declared 3999",
                 None,
                 Some(GATEWAY_MARK),
-                vec![self.sb.sock(443), self.sb.sock(3999)],
+                vec![self.e.sb().sock(443), self.e.sb().sock(3999)],
                 tick,
             ),
         ]
     }
 
     fn put_ports(&self, ports: &[u16]) -> u16 {
-        let body = sandbox_body(&self.sb, &ports.iter().map(|p| (*p, "HTTP")).collect::<Vec<_>>());
-        match self.gw.client().request(
+        let body = sandbox_body(self.e.sb(), &ports.iter().map(|p| (*p, "HTTP")).collect::<Vec<_>>());
+        match self.e.gw.client().request(
             "PUT",
             &format!("/v1/workspaces/{WS}/sandboxes/target"),
             &[("content-type", "application/json")],
@@ -143,7 +135,7 @@ fn judge(probers: Vec<Prober>, phase: &str, min_attempts: u64, took: Duration) -
 fn assert_gateway_reaches(f: &Field, port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match try_connect(f.sb.sock(port), Duration::from_millis(500), Some(GATEWAY_MARK)) {
+        match try_connect(f.e.sb().sock(port), Duration::from_millis(500), Some(GATEWAY_MARK)) {
             Ok(_) => return,
             Err(e) => assert!(Instant::now() < deadline, "{what}: the gateway's mark cannot reach {port}: {e}"),
         }
@@ -152,10 +144,10 @@ fn assert_gateway_reaches(f: &Field, port: u16, what: &str) {
 
 fn kill_and_restart(f: &mut Field, rounds: usize) {
     for _ in 0..rounds {
-        f.gw.kill();
+        f.e.gw.kill();
         // Dead for a while: the pinned programs enforce alone.
         thread::sleep(Duration::from_millis(300));
-        f.gw.spawn();
+        f.e.gw.spawn();
         assert_gateway_reaches(f, 3000, "after a restart");
     }
 }
@@ -174,10 +166,10 @@ fn reregister(f: &Field, duration: Duration) -> usize {
 
 /// Zero-downtime upgrades under `wrk` load: `rounds` successive `serve --takeover`.
 fn upgrade_under_load(f: &mut Field, rounds: usize) -> (usize, f64) {
-    let wrk = Wrk::new(f.gw.https_addr(), &sandbox_host("target"), &f.token, "/port/3000/load", f.gw.dir());
+    let wrk = Wrk::new(f.e.gw.https_addr(), &f.e.host, f.e.token(), "/port/3000/load", f.e.gw.dir());
     let wrk_run = {
         let script = wrk.script.clone();
-        let url = format!("https://{}/port/3000/load", f.gw.https_addr());
+        let url = format!("https://{}/port/3000/load", f.e.gw.https_addr());
         let secs = (rounds * 4 + 2).to_string();
         thread::spawn(move || {
             std::process::Command::new("wrk")
@@ -192,12 +184,12 @@ fn upgrade_under_load(f: &mut Field, rounds: usize) -> (usize, f64) {
     thread::sleep(Duration::from_millis(500));
     let mut current: Option<Child> = None;
     for i in 0..rounds {
-        let log = f.gw.dir().join(format!("successor-{i}.log"));
+        let log = f.e.gw.dir().join(format!("successor-{i}.log"));
         let out = fs::File::create(&log).expect("log");
         let err = out.try_clone().expect("log");
         let successor = gateway_command()
             .args(["serve", "--config"])
-            .arg(f.gw.config_path())
+            .arg(f.e.gw.config_path())
             .args(["--takeover", "--drain-timeout", "5s"])
             .stdin(Stdio::null())
             .stdout(out)
@@ -208,11 +200,11 @@ fn upgrade_under_load(f: &mut Field, rounds: usize) -> (usize, f64) {
         let deadline = Instant::now() + Duration::from_secs(30);
         match current.take() {
             None => {
-                while f.gw.try_wait_exit().is_none() {
+                while f.e.gw.try_wait_exit().is_none() {
                     assert!(
                         Instant::now() < deadline,
                         "the first process did not hand over:\n{}\n{}",
-                        f.gw.log(),
+                        f.e.gw.log(),
                         fs::read_to_string(&log).unwrap_or_default()
                     );
                     thread::sleep(Duration::from_millis(20));
@@ -253,14 +245,14 @@ fn upgrade_under_load(f: &mut Field, rounds: usize) -> (usize, f64) {
         let _ = last.wait();
     }
     // Back to a managed process on the same state (a plain restart: enforcement holds).
-    f.gw.spawn();
+    f.e.gw.spawn();
     (requests, rps)
 }
 
 #[test]
 fn no_probe_connects_while_the_gateway_is_killed_upgraded_and_reconfigured() {
-    let rt = runtime();
-    let mut f = Field::new(&rt);
+    let mut f = Field::new();
+    let rt = f.e.rt.handle().clone();
     let _rt = rt.enter();
 
     let (probers, t0) = (f.probers(), Instant::now());
@@ -282,8 +274,8 @@ fn no_probe_connects_while_the_gateway_is_killed_upgraded_and_reconfigured() {
 #[test]
 #[ignore = "soak: run by cargo xtask soak"]
 fn soak_no_probe_connects_under_repeated_kills_upgrades_and_reconfiguration() {
-    let rt = runtime();
-    let mut f = Field::new(&rt);
+    let mut f = Field::new();
+    let rt = f.e.rt.handle().clone();
     let _rt = rt.enter();
     let mut totals = 0u64;
 
@@ -304,7 +296,7 @@ fn soak_no_probe_connects_under_repeated_kills_upgrades_and_reconfiguration() {
     // All at once: re-registrations while the gateway is killed and restarted.
     let (probers, t0) = (f.probers(), Instant::now());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (admin, sb_addr, ifname) = (f.gw.client(), f.sb.addr(), f.sb.link.host_ifname().to_string());
+    let (admin, sb_addr, ifname) = (f.e.gw.client(), f.e.sb().addr(), f.e.sb().link.host_ifname().to_string());
     let stop2 = stop.clone();
     let churn = thread::spawn(move || {
         let mut n = 0usize;
@@ -339,29 +331,23 @@ fn a_removed_port_keeps_established_flows_and_refuses_new_ones() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP"), (3001, "TCP")]).token("removal").start();
+    let Env { rt, host, bearer, client, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    require_root();
-    let pins = BpffsDir::new();
-    let sb = Sandbox::new();
-    let _echo = spawn_tcp_echo(&sb, sb.sock(3001));
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let gw = GatewayProcess::start_enforcing(pins.path());
-    register(&gw, WS, "web", &sb, &[(3000, "HTTP"), (3001, "TCP")]);
-    let bearer = format!("Bearer {}", create_token(&gw, WS, "removal"));
-    let host = sandbox_host("web");
-    let client = EdgeClient::new(&gw);
+    let _echo = spawn_tcp_echo(sb, sb.sock(3001));
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
 
     // Kernel level: a marked (gateway) connection to 3001, open across the removal.
     let mut flow = assert_reachable(Origin::gateway(), sb.sock(3001), "declared port");
     assert_eq!(read_greeting(&mut flow).expect("greeting"), "port 3001");
     // Edge level: a WebSocket to 3000 and a kept-alive HTTP/1.1 connection.
     let (mut ws, mut keepalive) = rt.block_on(async {
-        let ws = open_websocket(&client, &host, "/port/3000/ws", &bearer).await;
-        let mut keepalive = client.h1(&host).await;
+        let ws = open_websocket(client, host, "/port/3000/ws", bearer).await;
+        let mut keepalive = client.h1(host).await;
         let r = send1(
             &mut keepalive,
-            build(http::Method::GET, &host, "/port/3000/before", &[("authorization", &bearer)], empty()),
+            build(http::Method::GET, host, "/port/3000/before", &[("authorization", bearer)], empty()),
         )
         .await;
         assert_eq!(r.status, 200);
@@ -369,7 +355,7 @@ fn a_removed_port_keeps_established_flows_and_refuses_new_ones() {
     });
 
     // Both ports removed (3002 declared instead).
-    register(&gw, WS, "web", &sb, &[(3002, "HTTP")]);
+    e.register(&[(3002, "HTTP")]);
 
     flow.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
     for i in 0..3 {
@@ -388,11 +374,11 @@ fn a_removed_port_keeps_established_flows_and_refuses_new_ones() {
         // A new request, even on a connection that reached the port before, is refused.
         let r = send1(
             &mut keepalive,
-            build(http::Method::GET, &host, "/port/3000/after", &[("authorization", &bearer)], empty()),
+            build(http::Method::GET, host, "/port/3000/after", &[("authorization", bearer)], empty()),
         )
         .await;
         r.assert_error(404, "ROUTE_NOT_FOUND");
-        let r = client.get(&host, "/port/3000/after", &[("authorization", &bearer)]).await;
+        let r = client.get(host, "/port/3000/after", &[("authorization", bearer)]).await;
         r.assert_error(404, "ROUTE_NOT_FOUND");
     });
     drop(flow);

@@ -1,4 +1,4 @@
-//! Resource exhaustion against the HTTPS edge (issue 7, item 4): slow clients (slowloris, slow
+//! Resource exhaustion against the HTTPS edge: slow clients (slowloris, slow
 //! POST, slow read), HTTP/2 floods (rapid reset, CONTINUATION, empty DATA, SETTINGS), thousands
 //! of idle connections and huge headers. Each attack runs while legitimate `wrk` traffic goes to
 //! another sandbox; its throughput must stay at 0.8× or more of what it was just before, the
@@ -11,12 +11,7 @@
 //! with the gateway and wrk, and their own CPU is not the gateway's cost.
 
 use gateway::telemetry::metrics::sum_samples;
-use gateway_tests::{
-    attack::*,
-    edge::*,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, Sandbox, require_root},
-};
+use gateway_tests::{attack::*, edge::*, env::Env, harness::Sandbox};
 use std::{
     sync::{
         Arc,
@@ -36,40 +31,35 @@ const WANT_RATIO: f64 = 0.8;
 /// the gateway cuts it.
 const PACE: (usize, Duration) = (64, Duration::from_millis(10));
 
+/// The gateway (`e`, its sandbox `victim` with the legitimate app, the token `soak`), the
+/// attacked sandbox `evil` and its app, and `wrk` to the victim.
 struct Setup {
-    _pins: BpffsDir,
-    _victim: Sandbox,
-    _evil: Sandbox,
+    wrk: Wrk,
     _apps: Vec<Backend>,
     _evil_rt: tokio::runtime::Runtime,
-    gw: GatewayProcess,
-    token: String,
-    client: EdgeClient,
-    wrk: Wrk,
+    _evil: Sandbox,
+    e: Env,
 }
 
 impl Setup {
-    fn new(rt: &tokio::runtime::Runtime) -> Setup {
-        Self::with_header_read_timeout(rt, HEADER_READ_TIMEOUT)
+    fn new() -> Setup {
+        Self::with_header_read_timeout(HEADER_READ_TIMEOUT)
     }
 
-    fn with_header_read_timeout(rt: &tokio::runtime::Runtime, header_read_timeout: Duration) -> Setup {
-        require_root();
+    fn with_header_read_timeout(header_read_timeout: Duration) -> Setup {
         let nofile = raise_nofile(200_000);
         assert!(nofile >= 16_384, "RLIMIT_NOFILE {nofile}: the 10,000-connection tests need more");
-        let _rt = rt.enter();
-        let pins = BpffsDir::new();
-        let victim = Sandbox::new();
-        let evil = Sandbox::new();
-        let gw = GatewayProcess::start_enforcing_with(
-            pins.path(),
-            &format!(
+        let e = Env::new()
+            .config(&format!(
                 "[proxy]\nheader_read_timeout = \"{}s\"\nmax_connections = 15000\nmax_header_bytes = 16384\n",
                 header_read_timeout.as_secs()
-            ),
-        );
-        register(&gw, WS, "victim", &victim, &[(3000, "HTTP")]);
-        register(&gw, WS, "evil", &evil, &[(3000, "HTTP")]);
+            ))
+            .sandbox("victim", &[(3000, "HTTP")])
+            .token("soak")
+            .start();
+        let entered = e.rt.enter();
+        let evil = Sandbox::new();
+        register(&e.gw, WS, "evil", &evil, &[(3000, "HTTP")]);
         // The attacked sandbox's app runs on a runtime of its own (another VM, in real life), so
         // that what it does cannot slow the victim's app down inside this test process.
         let evil_rt = tokio::runtime::Builder::new_multi_thread()
@@ -82,28 +72,24 @@ impl Setup {
             let _e = evil_rt.enter();
             spawn_backend(&evil, evil.addr(), 3000, Speaks::Http1)
         };
-        let apps = vec![spawn_backend(&victim, victim.addr(), 3000, Speaks::Http1), evil_app];
-        let token = create_token(&gw, WS, "soak");
-        let client = EdgeClient::new(&gw);
-        let wrk = Wrk::new(gw.https_addr(), &sandbox_host("victim"), &token, "/port/3000/hello", gw.dir());
-        Setup { _pins: pins, _victim: victim, _evil: evil, _apps: apps, _evil_rt: evil_rt, gw, token, client, wrk }
+        let apps = vec![spawn_backend(e.sb(), e.sb().addr(), 3000, Speaks::Http1), evil_app];
+        let wrk = Wrk::new(e.gw.https_addr(), &e.host, e.token(), "/port/3000/hello", e.gw.dir());
+        drop(entered);
+        Setup { wrk, _apps: apps, _evil_rt: evil_rt, _evil: evil, e }
     }
 
     fn pid(&self) -> u32 {
-        self.gw.pid().expect("gateway running")
+        self.e.gw.pid().expect("gateway running")
     }
 
     fn bearer(&self) -> String {
-        format!("Bearer {}", self.token)
+        self.e.bearer.clone()
     }
 
     /// A request to the victim still works.
-    fn healthy(&self, rt: &tokio::runtime::Runtime) {
-        let r = rt.block_on(self.client.get(
-            &sandbox_host("victim"),
-            "/port/3000/ok",
-            &[("authorization", &self.bearer())],
-        ));
+    fn healthy(&self) {
+        let r =
+            self.e.rt.block_on(self.e.client.get(&self.e.host, "/port/3000/ok", &[("authorization", &self.bearer())]));
         assert_eq!(r.status, 200, "a legitimate request after the attack: {}", r.text());
     }
 }
@@ -127,7 +113,7 @@ impl Running {
 /// on their own runtime; counts connections and the GOAWAY codes seen.
 fn h2_flood(s: &Setup, attack: H2Attack, conns: usize, tally: Arc<Tally>) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
-    let client = s.client.clone();
+    let client = s.e.client.clone();
     let host = sandbox_host("evil");
     let bearer = s.bearer();
     let stop2 = stop.clone();
@@ -202,7 +188,7 @@ impl Tally {
 /// back-pressure (nothing is buffered beyond the socket buffers).
 fn slow_clients_of(s: &Setup, n: usize, kinds: std::ops::Range<usize>) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
-    let (client, host, bearer, stop2) = (s.client.clone(), sandbox_host("evil"), s.bearer(), stop.clone());
+    let (client, host, bearer, stop2) = (s.e.client.clone(), sandbox_host("evil"), s.bearer(), stop.clone());
     let t = thread::spawn(move || {
         attacker_priority();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
@@ -277,8 +263,8 @@ fn figure(line: String) {
 /// reading from it, quickly, and keeps serving others.
 #[test]
 fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
-    let rt = runtime();
-    let s = Setup::new(&rt);
+    let s = Setup::new();
+    let rt = &s.e.rt;
     let _rt = rt.enter();
     let host = sandbox_host("evil");
     let bearer = s.bearer();
@@ -287,7 +273,7 @@ fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
         let rss_before = vm_rss_kib(s.pid());
         let o = rt
             .block_on(h2_attack(
-                &s.client,
+                &s.e.client,
                 &host,
                 "/port/3000/flood",
                 &[("authorization", &bearer)],
@@ -321,7 +307,7 @@ fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
                 assert!(grew < 16 * 1024, "SETTINGS flood: RSS grew by {grew} KiB: {o:?}")
             }
         }
-        s.healthy(&rt);
+        s.healthy();
     }
     figure(format!("h2 floods, one connection each: gateway VmHWM {} KiB", vm_hwm_kib(s.pid())));
 }
@@ -335,12 +321,12 @@ fn h2_floods_are_cut_and_the_gateway_keeps_serving() {
 /// answered is not cut.
 #[test]
 fn rapid_reset_after_accept_is_closed_after_a_hundred_cancelled_requests() {
-    let rt = runtime();
-    let s = Setup::new(&rt);
+    let s = Setup::new();
+    let rt = &s.e.rt;
     let _rt = rt.enter();
     let cut = |s: &Setup| {
         sum_samples(
-            &s.gw.anonymous_client().get("/metrics").text(),
+            &s.e.gw.anonymous_client().get("/metrics").text(),
             "gateway_connections_cut_total",
             &[("reason", "cancelled_requests")],
         )
@@ -349,7 +335,7 @@ fn rapid_reset_after_accept_is_closed_after_a_hundred_cancelled_requests() {
     let never = AtomicBool::new(false);
     let o = rt
         .block_on(h2_attack(
-            &s.client,
+            &s.e.client,
             &sandbox_host("evil"),
             "/port/3000/slow/2000",
             &[("authorization", &s.bearer())],
@@ -367,15 +353,14 @@ fn rapid_reset_after_accept_is_closed_after_a_hundred_cancelled_requests() {
     let r = s.wrk.run(2);
     assert!(r.1.is_empty(), "legitimate requests failed: {}", r.1);
     assert_eq!(cut(&s), before + 1, "a client whose requests are answered was cut");
-    s.healthy(&rt);
+    s.healthy();
 }
 
 /// Header-less connections (TCP without TLS, TLS without a request on HTTP/1.1, TLS with only
 /// the HTTP/2 preface) are all closed by the header read timeout, not before, not much after.
 #[test]
 fn idle_header_less_connections_are_closed_by_the_header_read_timeout() {
-    let rt = runtime();
-    let s = Setup::new(&rt);
+    let s = Setup::new();
     let hold = IdleHold::start(&s, 1200, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2], Duration::from_secs(15), None);
     let lives = hold.finish();
     figure(format!(
@@ -400,21 +385,21 @@ fn idle_header_less_connections_are_closed_by_the_header_read_timeout() {
         "closed too late: {:?}",
         lives.max()
     );
-    s.healthy(&rt);
+    s.healthy();
 }
 
 /// Huge request heads: 431 on HTTP/1.1; on HTTP/2 the stream is refused (431 or a reset) and
 /// the connection (or at least the gateway) keeps serving.
 #[test]
 fn huge_headers_are_refused_on_http1_and_http2() {
-    let rt = runtime();
-    let s = Setup::new(&rt);
+    let s = Setup::new();
+    let rt = &s.e.rt;
     let _rt = rt.enter();
     let host = sandbox_host("victim");
     let bearer = s.bearer();
     rt.block_on(async {
         let big = "x".repeat(60 * 1024);
-        let mut tls = s.client.tls(&host, Alpn::H1).await.expect("tls");
+        let mut tls = s.e.client.tls(&host, Alpn::H1).await.expect("tls");
         let _ = tls
             .write_all(
                 format!("GET /port/3000/ HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nX-Big: {big}\r\n\r\n")
@@ -427,14 +412,14 @@ fn huge_headers_are_refused_on_http1_and_http2() {
         assert!(text.starts_with("HTTP/1.1 431"), "HTTP/1.1: {text}");
 
         // HTTP/2 through hyper's client: a header list over max_header_bytes.
-        let mut h2 = s.client.h2(&host).await;
+        let mut h2 = s.e.client.h2(&host).await;
         let req =
             build_h2(http::Method::GET, &host, "/port/3000/", &[("authorization", &bearer), ("x-big", &big)], empty());
         match h2.send_request(req).await {
             Ok(r) => assert_eq!(r.status(), 431, "HTTP/2 huge headers"),
             Err(e) => figure(format!("HTTP/2 huge headers: the stream was reset ({e})")),
         }
-        let mut h2 = s.client.h2(&host).await;
+        let mut h2 = s.e.client.h2(&host).await;
         let r = h2
             .send_request(build_h2(http::Method::GET, &host, "/port/3000/ok", &[("authorization", &bearer)], empty()))
             .await
@@ -446,8 +431,7 @@ fn huge_headers_are_refused_on_http1_and_http2() {
 /// Legitimate throughput to one sandbox while another is attacked (short runs).
 #[test]
 fn h2_floods_leave_legitimate_throughput() {
-    let rt = runtime();
-    let s = Setup::new(&rt);
+    let s = Setup::new();
     let stop = Arc::new(AtomicBool::new(false));
     let rss = rss_sampler(s.pid(), stop.clone());
     let mut worst = f64::MAX;
@@ -479,7 +463,7 @@ fn h2_floods_leave_legitimate_throughput() {
     let peak = rss.join().expect("rss");
     figure(format!("short floods: worst h2 ratio {worst:.2}, gateway RSS peak {peak} KiB"));
     assert!(peak < 256 * 1024, "gateway RSS peaked at {peak} KiB");
-    s.healthy(&rt);
+    s.healthy();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,12 +475,11 @@ fn h2_floods_leave_legitimate_throughput() {
 #[test]
 #[ignore = "soak: run by cargo xtask soak"]
 fn soak_slowhttptest_slowloris_slow_post_slow_read() {
-    let rt = runtime();
     // The default header read timeout (10 s): 1,000 connections opened at 200/s are all held.
-    let s = Setup::with_header_read_timeout(&rt, Duration::from_secs(10));
+    let s = Setup::with_header_read_timeout(Duration::from_secs(10));
     let stop = Arc::new(AtomicBool::new(false));
     let rss = rss_sampler(s.pid(), stop.clone());
-    let url = format!("https://127.0.0.1:{}/", s.gw.https_port());
+    let url = format!("https://127.0.0.1:{}/", s.e.gw.https_port());
     let modes: [(&str, &[&str]); 3] = [
         ("slowloris -H", &["-H", "-c", "1000", "-r", "200", "-i", "5", "-l", "12", "-s", "8192", "-p", "3"]),
         ("slow POST -B", &["-B", "-c", "1000", "-r", "200", "-i", "5", "-l", "12", "-s", "1000000", "-p", "3"]),
@@ -510,7 +493,7 @@ fn soak_slowhttptest_slowloris_slow_post_slow_read() {
     ];
     let (pid, base_fds) = (s.pid(), open_fds(s.pid()));
     for (name, args) in modes {
-        let log = s.gw.dir().join(format!("slowhttptest-{}.log", &name[..4]));
+        let log = s.e.gw.dir().join(format!("slowhttptest-{}.log", &name[..4]));
         let (log2, url2) = (log.clone(), url.clone());
         let held = Arc::new(AtomicU64::new(0));
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -553,7 +536,7 @@ fn soak_slowhttptest_slowloris_slow_post_slow_read() {
         ));
         assert!(r.problems.is_empty(), "{name}: legitimate requests failed: {}", r.problems);
         assert!(r.ratio() >= WANT_RATIO, "{name}: {r:?}");
-        s.healthy(&rt);
+        s.healthy();
     }
     stop.store(true, Ordering::Relaxed);
     let peak = rss.join().expect("rss");
@@ -571,9 +554,8 @@ fn soak_slowhttptest_slowloris_slow_post_slow_read() {
 #[ignore = "soak: run by cargo xtask soak"]
 fn soak_ten_thousand_idle_connections() {
     const N: usize = 10_000;
-    let rt = runtime();
     let timeout = Duration::from_secs(30);
-    let s = Setup::with_header_read_timeout(&rt, timeout);
+    let s = Setup::with_header_read_timeout(timeout);
     let stop = Arc::new(AtomicBool::new(false));
     let rss = rss_sampler(s.pid(), stop.clone());
     let base_fds = open_fds(s.pid());
@@ -614,15 +596,14 @@ fn soak_ten_thousand_idle_connections() {
     assert!(problems.is_empty(), "legitimate requests failed: {problems}");
     assert!(d / b >= WANT_RATIO, "wrk {before:?} -> {during:?}");
     assert!(peak < 1024 * 1024, "gateway RSS peaked at {peak} KiB");
-    s.healthy(&rt);
+    s.healthy();
 }
 
 /// Sustained HTTP/2 floods from 4 and 16 connections each, longer runs.
 #[test]
 #[ignore = "soak: run by cargo xtask soak"]
 fn soak_h2_floods_sustained() {
-    let rt = runtime();
-    let s = Setup::new(&rt);
+    let s = Setup::new();
     let stop = Arc::new(AtomicBool::new(false));
     let rss = rss_sampler(s.pid(), stop.clone());
     // Asserted at 4 paced connections per attack (12,800 reset streams/s offered for the rapid
@@ -670,7 +651,7 @@ fn soak_h2_floods_sustained() {
     let peak = rss.join().expect("rss");
     figure(format!("sustained floods: gateway RSS peak {peak} KiB"));
     assert!(peak < 512 * 1024, "gateway RSS peaked at {peak} KiB");
-    s.healthy(&rt);
+    s.healthy();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,7 +671,7 @@ impl IdleHold {
     fn start(s: &Setup, n: usize, kinds: &'static [u8], limit: Duration, per_sec: Option<u32>) -> IdleHold {
         let opened = Arc::new(AtomicU64::new(0));
         let (client, addr, host, opened2) =
-            (s.client.clone(), s.gw.https_addr(), sandbox_host("victim"), opened.clone());
+            (s.e.client.clone(), s.e.gw.https_addr(), sandbox_host("victim"), opened.clone());
         let thread = thread::spawn(move || {
             attacker_priority();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
@@ -799,8 +780,7 @@ impl Lives {
 #[test]
 #[ignore = "soak: run by cargo xtask soak"]
 fn soak_slow_streaming_clients_leave_legitimate_throughput() {
-    let rt = runtime();
-    let s = Setup::new(&rt);
+    let s = Setup::new();
     let stop = Arc::new(AtomicBool::new(false));
     let rss = rss_sampler(s.pid(), stop.clone());
     let mut ratios = Vec::new();
@@ -828,7 +808,7 @@ fn soak_slow_streaming_clients_leave_legitimate_throughput() {
     let peak = rss.join().expect("rss");
     figure(format!("slow streaming clients: gateway RSS peak {peak} KiB"));
     assert!(peak < 512 * 1024, "gateway RSS peaked at {peak} KiB");
-    s.healthy(&rt);
+    s.healthy();
     for (name, r) in ratios {
         assert!(r.ratio() >= WANT_RATIO, "slow {name}: {r:?}");
     }

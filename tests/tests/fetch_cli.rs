@@ -8,9 +8,9 @@
 //! Run (root): `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test fetch_cli -- --test-threads=1`.
 
 use gateway_tests::{
-    edge::{Speaks, WS, create_token, register, runtime, spawn_backend},
+    edge::{Speaks, WS, create_token, spawn_backend},
+    env::Env,
     gateway_process::{GatewayProcess, free_port, gateway_command},
-    harness::{Sandbox, require_root},
 };
 use serde_json::{Value, json};
 use std::process::{Output, Stdio};
@@ -54,15 +54,13 @@ fn header_names(echo: &Value) -> Vec<String> {
 
 #[test]
 fn fetch_through_the_edge_like_the_sdk() {
-    require_root();
-    let rt = runtime();
+    let e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("fetch").start();
+    let Env { gw, rt, .. } = &e;
+    let sb = e.sb();
     let _rt = rt.enter();
-    let sb = Sandbox::new();
-    let gw = GatewayProcess::start();
-    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
     let config = gw.config_path().to_str().expect("utf-8").to_string();
-    let token = create_token(&gw, WS, "fetch");
+    let token = e.token().to_string();
     let target = format!("{WS}/web");
 
     // GET with --token: the path and query reach the app, credentials do not.
@@ -103,7 +101,7 @@ fn fetch_through_the_edge_like_the_sdk() {
     refused(&fetch(&[&target, "4000", "--config", &config], Some(&token)), 404, "ROUTE_NOT_FOUND");
     refused(&fetch(&[&target, "8080", "--config", &config], Some(&token)), 403, "FORBIDDEN");
     refused(&fetch(&[&format!("{WS}/ghost"), "3000", "--config", &config], Some(&token)), 404, "WORKLOAD_NOT_FOUND");
-    let other = create_token(&gw, "other", "fetch");
+    let other = create_token(gw, "other", "fetch");
     refused(&fetch(&[&target, "3000", "--config", &config], Some(&other)), 403, "FORBIDDEN");
 
     // The secrets never reach the gateway's log.

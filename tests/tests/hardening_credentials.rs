@@ -1,4 +1,4 @@
-//! Hardening (issue 7, item 5): credentials.
+//! Hardening: credentials.
 //!
 //! - Workspace tokens, preview tokens and the preview cookie never appear in the gateway's log
 //!   (captured at `trace`, every target), in `/metrics`, in any error body, or in what the app

@@ -1,4 +1,4 @@
-//! Hardening (issue 7, item 3): path, port and host tricks against the real gateway, sent as raw
+//! Hardening: path, port and host tricks against the real gateway, sent as raw
 //! bytes over TLS, each case asserting the exact status and the request line that the app
 //! (a raw-socket backend on the sandbox's port 3000, another on 8080 for the sandbox API)
 //! received. Complements edge_routing.rs (which covers the parser's basic refusals and the

@@ -1,4 +1,4 @@
-//! Hardening (issue 7, item 2): request smuggling and framing, sent as raw bytes over real TLS
+//! Hardening: request smuggling and framing, sent as raw bytes over real TLS
 //! to the real gateway, each case asserting exactly what a raw-socket backend in the sandbox
 //! received ([`RawBackend`]: it parses strictly and records every byte).
 //!

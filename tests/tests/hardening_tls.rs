@@ -1,4 +1,4 @@
-//! Hardening (issue 7, item 8): the HTTPS listener's TLS.
+//! Hardening: the HTTPS listener's TLS.
 //!
 //! - SSL 3.0, TLS 1.0 and TLS 1.1 ClientHellos (written byte by byte, so no local TLS library
 //!   can refuse to send them) are answered with a fatal alert, never a ServerHello; the same
@@ -12,11 +12,7 @@
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test hardening_tls -- --test-threads=1`
 //! (add `--ignored` for testssl.sh).
 
-use gateway_tests::{
-    env::Env,
-    gateway_process::GatewayProcess,
-    harness::{BpffsDir, require_root},
-};
+use gateway_tests::env::Env;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -235,14 +231,10 @@ fn public_like_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::p
 #[test]
 #[ignore = "soak: run by cargo xtask soak"]
 fn soak_testssl_reports_no_high_or_critical_finding() {
-    require_root();
-    let pins = BpffsDir::new();
     let dir = gateway_tests::gateway_process::temp_dir("testssl-certs");
     let (ca, chain, key) = public_like_certificate(dir.path());
-    let gw = GatewayProcess::start_enforcing_with(
-        pins.path(),
-        &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", chain.display(), key.display()),
-    );
+    let e = Env::new().config(&format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", chain.display(), key.display())).start();
+    let gw = &e.gw;
     let json = gw.dir().join("testssl.json");
     let started = std::time::Instant::now();
     let out = Command::new("testssl")

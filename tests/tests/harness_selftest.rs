@@ -1,7 +1,7 @@
 //! Self-test of the privileged test harness (`gateway_tests::harness`), without any BPF:
 //! namespaces, veth links, routing through the host, listeners, clients, cleanup.
 //!
-//! Needs root: `CARGO_TARGET_DIR=/work/target-harness cargo test -p gateway-tests --test harness_selftest`.
+//! Needs root: `cargo test -p gateway-tests --test harness_selftest`.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -53,7 +53,6 @@ fn http_get(s: &mut std::net::TcpStream, host: &str, path: &str) -> String {
 
 #[test]
 fn host_reaches_sandbox_listener_with_and_without_mark() {
-    require_root();
     let sb = Sandbox::new();
     let app = spawn_tcp_echo(&sb, sb.sock(3000));
     assert_eq!(app.local_addr(), sb.sock(3000));
@@ -102,7 +101,6 @@ fn host_reaches_sandbox_listener_with_and_without_mark() {
 
 #[test]
 fn http_listener_keeps_connections_alive() {
-    require_root();
     let sb = Sandbox::new();
     let app = spawn_http_ok(&sb.ns, 0, "hello {port}");
     let mut s = assert_reachable(Origin::host(), sb.sock(app.port()), "http app");
@@ -126,7 +124,6 @@ fn http_listener_keeps_connections_alive() {
 
 #[test]
 fn sandboxes_reach_each_other_through_the_host() {
-    require_root();
     let a = Sandbox::new();
     let b = Sandbox::new();
     let la = spawn_tcp_echo(&a, a.sock(4000));
@@ -153,7 +150,6 @@ fn sandboxes_reach_each_other_through_the_host() {
 
 #[test]
 fn outside_client_reaches_host_ports_on_its_link() {
-    require_root();
     let client = OutsideClient::new();
     assert!(client.host_ifindex() > 0);
     assert!(client.host_ifname().starts_with(HOST_IF_PREFIX));
@@ -173,7 +169,6 @@ fn outside_client_reaches_host_ports_on_its_link() {
 
 #[test]
 fn unreachable_means_silently_dropped() {
-    require_root();
     let sb = Sandbox::new();
     let app = spawn_tcp_echo(&sb, sb.sock(3000));
     // Take the sandbox end down: the host's SYN (first its ARP request) goes nowhere, no answer.
@@ -206,7 +201,6 @@ fn unreachable_means_silently_dropped() {
 
 #[test]
 fn netns_run_exec_and_panics() {
-    require_root();
     let ns = Netns::new();
     // Inside: only loopback (up), and its own routing table.
     let links = ns.exec(&["ip", "-o", "link", "show"]).expect("exec");
@@ -273,7 +267,6 @@ fn build_everything() -> (Sandbox, BpffsDir, Listener, Names) {
 
 #[test]
 fn everything_is_gone_after_drop() {
-    require_root();
     let (sb, pins, l, names) = build_everything();
     assert_reachable(Origin::host(), sb.sock(3000), "before drop");
     drop(l);

@@ -169,7 +169,6 @@ impl Drop for Killed {
 
 #[test]
 fn notify_ready_watchdog_reload_and_stop_with_only_the_units_capabilities() {
-    require_root();
     let bpffs = BpffsDir::new();
     let dir = temp_dir("gateway-notify");
     let sb = Sandbox::new();

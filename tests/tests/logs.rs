@@ -2,17 +2,15 @@
 //! the `log` → `tracing` bridge (target `gateway_ebpf`), and `--log-format json` writes one JSON
 //! object per line, without terminal colours.
 
-use gateway_tests::env::Env;
-use gateway_tests::{edge::register, gateway_process::*, harness::*};
+use gateway_tests::{env::Env, gateway_process::*, harness::*};
 use std::time::{Duration, Instant};
 
 #[test]
 fn ebpf_log_records_are_bridged_into_the_gateway_log() {
-    let e = Env::new().log_filter("info,gateway_ebpf=debug").start();
+    let e = Env::new().log_filter("info,gateway_ebpf=debug").sandbox("app", &[(3000, "HTTP")]).start();
     let Env { gw, .. } = &e;
-    let sb = Sandbox::new();
-    let _app = spawn_tcp_echo(&sb, sb.sock(3000));
-    register(gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
+    let sb = e.sb();
+    let _app = spawn_tcp_echo(sb, sb.sock(3000));
 
     // An unmarked SYN is dropped by sandbox_in (hook 0) as not from the gateway (reason 19).
     assert_unreachable(Origin::host(), sb.sock(3000), "unmarked");

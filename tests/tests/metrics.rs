@@ -3,8 +3,7 @@
 //! and the control-plane metrics (policy apply, state writes) move with admin calls.
 
 use gateway::telemetry::metrics::sum_samples;
-use gateway_tests::env::Env;
-use gateway_tests::{edge::register, gateway_process::*, harness::*};
+use gateway_tests::{env::Env, gateway_process::*, harness::*};
 use std::time::{Duration, Instant};
 
 const MARK: u32 = 0x6777;
@@ -47,17 +46,17 @@ fn verdicts(text: &str, hook: &str, reason: &str) -> u64 {
 
 #[test]
 fn metrics_show_kernel_verdicts_and_control_plane_work() {
-    let e = Env::new().start();
+    let e = Env::new().unregistered_sandbox("app").start();
     let Env { gw, .. } = &e;
-    let sb = Sandbox::new();
-    let _apps: Vec<Listener> = [3000, 3001].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
+    let sb = e.sb();
+    let _apps: Vec<Listener> = [3000, 3001].iter().map(|p| spawn_tcp_echo(sb, sb.sock(*p))).collect();
 
     let before = scrape(gw);
     assert_well_formed(&before);
     assert!(before.contains("gateway_dataplane_up 1"), "the pinned maps are read:\n{before}");
     assert!(before.contains("gateway_build_info{version="), "{before}");
 
-    register(gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
+    e.register(&[(3000, "HTTP")]);
 
     let registered = scrape(gw);
     assert!(

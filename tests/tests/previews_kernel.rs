@@ -7,11 +7,17 @@ use gateway_common::{
     IPPROTO_TCP,
     policy::{Endpoint, origin},
 };
-use gateway_tests::{edge::register, gateway_process::*, harness::*};
+use gateway_tests::{
+    edge::{WS, register},
+    env::Env,
+    gateway_process::*,
+    harness::*,
+};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const SBX: &str = "/v1/workspaces/ws1/sandboxes/app";
+/// The sandbox of [`Env`], `app` of [`WS`].
+const SBX: &str = "/v1/workspaces/acme/sandboxes/app";
 
 fn put_preview(gw: &GatewayProcess, name: &str, body: Value) -> Value {
     let r = gw.client().put_json(&format!("{SBX}/previews/{name}"), &body);
@@ -54,44 +60,40 @@ fn state_of(gw: &GatewayProcess) -> (String, String) {
 
 #[test]
 fn previews_open_undeclared_ports_and_the_last_one_closes_them() {
-    require_root();
-    let bpffs = BpffsDir::new();
-    let sb = Sandbox::new();
-    let _apps: Vec<Listener> = [3000, 4000, 5000, 8080].iter().map(|p| spawn_tcp_echo(&sb, sb.sock(*p))).collect();
-    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
+    let mut e = Env::new().sandbox("app", &[(3000, "HTTP")]).start();
+    let Env { gw, sandbox, pins: bpffs, .. } = &mut e;
+    let sb = sandbox.as_ref().expect("sandbox");
+    let _apps: Vec<Listener> = [3000, 4000, 5000, 8080].iter().map(|p| spawn_tcp_echo(sb, sb.sock(*p))).collect();
     assert_unreachable(Origin::gateway(), sb.sock(4000), "undeclared port before any preview");
-    assert_eq!(entry(&gw, 4000), None);
+    assert_eq!(entry(gw, 4000), None);
 
     // A preview on an undeclared port opens it, for the gateway only.
-    let v = put_preview(&gw, "p1", json!({"port": 4000}));
+    let v = put_preview(gw, "p1", json!({"port": 4000}));
     assert!(v["policyAppliedMicros"].is_u64(), "{v}");
-    assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 1)));
-    assert_eq!(map_entry(&bpffs, &sb, 4000), Some((origin::PREVIEW, 1)));
+    assert_eq!(entry(gw, 4000), Some((strings(&["preview"]), 1)));
+    assert_eq!(map_entry(bpffs, sb, 4000), Some((origin::PREVIEW, 1)));
     assert_reachable(Origin::gateway(), sb.sock(4000), "preview port from the gateway");
     assert_unreachable(Origin::host(), sb.sock(4000), "preview port, unmarked");
 
     // Two previews on one port: counted; a preview on a declared port: both origins.
-    put_preview(&gw, "p2", json!({"port": 4000, "public": true}));
-    assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 2)));
-    put_preview(&gw, "p3", json!({"port": 3000}));
-    assert_eq!(entry(&gw, 3000), Some((strings(&["declared", "preview"]), 1)));
-    assert_eq!(map_entry(&bpffs, &sb, 3000), Some((origin::DECLARED | origin::PREVIEW, 1)));
+    put_preview(gw, "p2", json!({"port": 4000, "public": true}));
+    assert_eq!(entry(gw, 4000), Some((strings(&["preview"]), 2)));
+    put_preview(gw, "p3", json!({"port": 3000}));
+    assert_eq!(entry(gw, 3000), Some((strings(&["declared", "preview"]), 1)));
+    assert_eq!(map_entry(bpffs, sb, 3000), Some((origin::DECLARED | origin::PREVIEW, 1)));
     // 443 is the sandbox API (8080 inside, built in): no entry of its own.
     let before = gw.client().get(&format!("{SBX}/policy")).json()["entries"].clone();
-    put_preview(&gw, "api", json!({"port": 443}));
+    put_preview(gw, "api", json!({"port": 443}));
     assert_eq!(gw.client().get(&format!("{SBX}/policy")).json()["entries"], before);
 
     // `gateway dataplane dump` shows why each entry exists.
-    let out = run_gateway(&["dataplane", "dump", "--json", "--bpffs", bpffs.as_str()]);
-    assert!(out.status.success(), "dump: {}", String::from_utf8_lossy(&out.stderr));
-    let dump: Value = serde_json::from_slice(&out.stdout).expect("dump is JSON");
+    let dump = dataplane_dump(bpffs.path());
     let e4000 =
         dump["sandboxes"][0]["entries"].as_array().expect("entries").iter().find(|e| e["port"] == 4000).cloned();
     assert_eq!(e4000.map(|e| (e["origin"].clone(), e["previewRefs"].clone())), Some((json!(["preview"]), json!(2))));
 
     // Refused requests change nothing, in the state or in the kernel.
-    let before = state_of(&gw);
+    let before = state_of(gw);
     for (body, status) in [
         (json!({"port": 80}), 400),
         (json!({"port": 8080}), 400),
@@ -103,60 +105,58 @@ fn previews_open_undeclared_ports_and_the_last_one_closes_them() {
         let r = gw.client().put_json(&format!("{SBX}/previews/p9"), &body);
         assert_eq!(r.status, status, "{body}: {}", r.text());
     }
-    let r = gw.client().put_json("/v1/workspaces/ws1/sandboxes/nope/previews/p9", &json!({"port": 5000}));
+    let r = gw.client().put_json(&format!("/v1/workspaces/{WS}/sandboxes/nope/previews/p9"), &json!({"port": 5000}));
     assert_eq!(r.status, 404, "{}", r.text());
-    assert_eq!(state_of(&gw), before);
+    assert_eq!(state_of(gw), before);
     assert_unreachable(Origin::gateway(), sb.sock(5000), "a refused preview opened nothing");
 
     // Re-registering the sandbox with other declared ports keeps the preview ports.
-    register(&gw, "ws1", "app", &sb, &[]);
-    assert_eq!(entry(&gw, 3000), Some((strings(&["preview"]), 1)));
+    register(gw, WS, "app", sb, &[]);
+    assert_eq!(entry(gw, 3000), Some((strings(&["preview"]), 1)));
     assert_reachable(Origin::gateway(), sb.sock(4000), "preview port after re-registration");
-    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
+    register(gw, WS, "app", sb, &[(3000, "HTTP")]);
 
     // A crash and a restart: the state comes back and the kernel agrees.
     gw.kill();
     assert_reachable(Origin::gateway(), sb.sock(4000), "preview port while the gateway is dead");
     gw.spawn();
-    assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 2)));
+    assert_eq!(entry(gw, 4000), Some((strings(&["preview"]), 2)));
 
     // Deleting previews: the port stays while one uses it, closes with the last, unless declared.
-    delete_preview(&gw, "p1");
-    assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 1)));
+    delete_preview(gw, "p1");
+    assert_eq!(entry(gw, 4000), Some((strings(&["preview"]), 1)));
     assert_reachable(Origin::gateway(), sb.sock(4000), "one preview left");
-    delete_preview(&gw, "p2");
-    assert_eq!(entry(&gw, 4000), None);
-    assert_eq!(map_entry(&bpffs, &sb, 4000), None);
+    delete_preview(gw, "p2");
+    assert_eq!(entry(gw, 4000), None);
+    assert_eq!(map_entry(bpffs, sb, 4000), None);
     assert_unreachable(Origin::gateway(), sb.sock(4000), "last preview deleted");
-    delete_preview(&gw, "p3");
-    assert_eq!(entry(&gw, 3000), Some((strings(&["declared"]), 0)));
+    delete_preview(gw, "p3");
+    assert_eq!(entry(gw, 3000), Some((strings(&["declared"]), 0)));
     assert_reachable(Origin::gateway(), sb.sock(3000), "declared port outlives its preview");
     assert_eq!(gw.client().delete(&format!("{SBX}/previews/p3")).status, 404);
 }
 
 #[test]
 fn an_expired_preview_is_reaped_and_its_port_closed() {
-    require_root();
-    let bpffs = BpffsDir::new();
-    let sb = Sandbox::new();
-    let _app = spawn_tcp_echo(&sb, sb.sock(4000));
-    let gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "ws1", "app", &sb, &[]);
+    let e = Env::new().sandbox("app", &[]).start();
+    let Env { gw, pins: bpffs, .. } = &e;
+    let sb = e.sb();
+    let _app = spawn_tcp_echo(sb, sb.sock(4000));
     let expires = time::add(time::now(), Duration::from_secs(2));
-    let v = put_preview(&gw, "brief", json!({"port": 4000, "expiresAt": time::format_timestamp(expires)}));
+    let v = put_preview(gw, "brief", json!({"port": 4000, "expiresAt": time::format_timestamp(expires)}));
     assert_eq!(v["expiresAt"], time::format_timestamp(time::truncate_millis(expires)));
     assert_reachable(Origin::gateway(), sb.sock(4000), "before expiry");
-    assert_eq!(entry(&gw, 4000), Some((strings(&["preview"]), 1)));
+    assert_eq!(entry(gw, 4000), Some((strings(&["preview"]), 1)));
 
     // Reaped within a second of its expiry: state, kernel and connections agree.
     let deadline = Instant::now() + Duration::from_secs(6);
-    while entry(&gw, 4000).is_some() {
+    while entry(gw, 4000).is_some() {
         assert!(Instant::now() < deadline, "not reaped; log:\n{}", gw.log());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(time::now() >= expires, "reaped before its expiry");
     assert!(time::until(time::now(), expires) < Duration::from_millis(1500), "reaped late");
-    assert_eq!(map_entry(&bpffs, &sb, 4000), None);
+    assert_eq!(map_entry(bpffs, sb, 4000), None);
     assert_unreachable(Origin::gateway(), sb.sock(4000), "after expiry");
     assert_eq!(gw.client().get(&format!("{SBX}/previews/brief")).status, 404);
     assert_eq!(gw.client().get(&format!("{SBX}/previews")).json(), json!({"previews": []}));
@@ -165,21 +165,19 @@ fn an_expired_preview_is_reaped_and_its_port_closed() {
 
 #[test]
 fn deleting_a_sandbox_deletes_its_previews() {
-    require_root();
-    let bpffs = BpffsDir::new();
-    let sb = Sandbox::new();
-    let _app = spawn_tcp_echo(&sb, sb.sock(4000));
-    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "ws1", "app", &sb, &[]);
-    let first = put_preview(&gw, "web", json!({"port": 4000}));
+    let mut e = Env::new().sandbox("app", &[]).start();
+    let Env { gw, sandbox, .. } = &mut e;
+    let sb = sandbox.as_ref().expect("sandbox");
+    let _app = spawn_tcp_echo(sb, sb.sock(4000));
+    let first = put_preview(gw, "web", json!({"port": 4000}));
     assert_eq!(gw.client().delete(SBX).status, 204);
     assert_unreachable(Origin::gateway(), sb.sock(4000), "sandbox deleted");
     assert_eq!(gw.client().get(&format!("{SBX}/previews")).status, 404);
     gw.restart();
-    register(&gw, "ws1", "app", &sb, &[]);
+    register(gw, WS, "app", sb, &[]);
     assert_eq!(gw.client().get(&format!("{SBX}/previews")).json(), json!({"previews": []}));
     assert_unreachable(Origin::gateway(), sb.sock(4000), "re-registered without previews");
     // The URL of a re-created preview is the same as before.
-    let again = put_preview(&gw, "web", json!({"port": 4000}));
+    let again = put_preview(gw, "web", json!({"port": 4000}));
     assert_eq!(again["url"], first["url"]);
 }

@@ -1,4 +1,4 @@
-//! State durability (issue 7, item 7): a stream of admin mutations (sandbox creates, port
+//! State durability: a stream of admin mutations (sandbox creates, port
 //! changes and deletes, previews and their tokens, workspace tokens) with the gateway SIGKILLed
 //! in the middle of a mutation at random points. After every restart: each acknowledged (2xx)
 //! mutation is there, the one in flight at the kill is either wholly there or wholly absent,
@@ -15,10 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{edge::sandbox_body, gateway_process::*, harness::*};
+use gateway_tests::{
+    edge::{WS, sandbox_body},
+    env::Env,
+    gateway_process::*,
+    harness::*,
+};
 use serde_json::{Value, json};
 
-const WS: &str = "acme";
 const SANDBOXES: usize = 5;
 const PREVIEWS: [&str; 2] = ["pa", "pb"];
 
@@ -159,6 +163,18 @@ impl Op {
     }
 }
 
+/// The ports of a policy view's `entries` that are there because a sandbox declares them or a
+/// preview opened them.
+fn declared_or_preview_ports(view: &Value) -> BTreeSet<u16> {
+    view["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["origin"].as_array().is_some_and(|o| o.iter().any(|x| x == "declared" || x == "preview")))
+        .map(|e| e["port"].as_u64().expect("port") as u16)
+        .collect()
+}
+
 fn names_in(v: &Value, key: &str) -> BTreeSet<String> {
     v[key]
         .as_array()
@@ -199,9 +215,7 @@ fn observe(gw: &GatewayProcess, bpffs: &BpffsDir, sbs: &[Sandbox]) -> Model {
     m.tokens = names_in(&tokens.json(), "tokens");
 
     // The kernel equals the state: every registered sandbox with exactly its ports, nothing else.
-    let out = run_gateway(&["dataplane", "dump", "--json", "--bpffs", bpffs.as_str()]);
-    assert!(out.status.success(), "dataplane dump: {}", String::from_utf8_lossy(&out.stderr));
-    let dump: Value = serde_json::from_slice(&out.stdout).expect("dump JSON");
+    let dump = dataplane_dump(bpffs.path());
     let mut kernel: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
     for view in dump["sandboxes"].as_array().expect("sandboxes") {
         let address = view["address"].as_str().expect("address");
@@ -210,27 +224,13 @@ fn observe(gw: &GatewayProcess, bpffs: &BpffsDir, sbs: &[Sandbox]) -> Model {
             .position(|s| s.addr().to_string() == address)
             .unwrap_or_else(|| panic!("unknown address in the kernel: {view}"));
         assert_eq!(view["registered"], json!(true), "a kernel entry without a sandbox record: {view}");
-        let ports: BTreeSet<u16> = view["entries"]
-            .as_array()
-            .expect("entries")
-            .iter()
-            .filter(|e| e["origin"].as_array().is_some_and(|o| o.iter().any(|x| x == "declared" || x == "preview")))
-            .map(|e| e["port"].as_u64().expect("port") as u16)
-            .collect();
-        kernel.insert(name(i), ports);
+        kernel.insert(name(i), declared_or_preview_ports(view));
     }
     let want: BTreeMap<String, BTreeSet<u16>> = m.sandboxes.keys().map(|n| (n.clone(), m.kernel_ports(n))).collect();
     assert_eq!(kernel, want, "the kernel maps differ from the state ({m:?})");
     for n in m.sandboxes.keys() {
         let policy = c.get(&format!("/v1/workspaces/{WS}/sandboxes/{n}/policy")).json();
-        let ports: BTreeSet<u16> = policy["entries"]
-            .as_array()
-            .expect("entries")
-            .iter()
-            .filter(|e| e["origin"].as_array().is_some_and(|o| o.iter().any(|x| x == "declared" || x == "preview")))
-            .map(|e| e["port"].as_u64().expect("port") as u16)
-            .collect();
-        assert_eq!(ports, m.kernel_ports(n), "GET {n}/policy");
+        assert_eq!(declared_or_preview_ports(&policy), m.kernel_ports(n), "GET {n}/policy");
     }
     m
 }
@@ -274,15 +274,15 @@ struct Figures {
 /// `mutations` mutations, SIGKILLed during `kills` of them (random ones), verified after each
 /// restart and at the end.
 fn run(mutations: usize, kills: usize) -> Figures {
-    require_root();
     let seed: u64 = std::env::var("GATEWAY_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
     });
     eprintln!("state durability: seed {seed} (GATEWAY_SOAK_SEED={seed} replays it)");
     let mut rng = Rng(seed);
-    let bpffs = BpffsDir::new();
+    // Made before the gateway, so that they are removed after it (and after its pins).
     let sbs: Vec<Sandbox> = (0..SANDBOXES).map(|_| Sandbox::new()).collect();
-    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
+    let mut e = Env::new().start();
+    let Env { gw, pins: bpffs, .. } = &mut e;
     let mut kill_at: BTreeSet<usize> = BTreeSet::new();
     while kill_at.len() < kills {
         kill_at.insert(1 + rng.below(mutations as u64 - 1) as usize);
@@ -345,7 +345,7 @@ fn run(mutations: usize, kills: usize) -> Figures {
             gw.spawn();
             f.restart = f.restart.max(started.elapsed());
             check_state_dir(&gw.state_dir());
-            let seen = observe(&gw, &bpffs, &sbs);
+            let seen = observe(gw, bpffs, &sbs);
             if seen != model {
                 assert!(result.is_err(), "an acknowledged mutation is missing after the kill: {op:?}");
                 // Only the mutation in flight may be missing... or present without an answer.
@@ -363,11 +363,11 @@ fn run(mutations: usize, kills: usize) -> Figures {
         }
     }
     let files = check_state_dir(&gw.state_dir());
-    assert_eq!(observe(&gw, &bpffs, &sbs), model, "the final state");
+    assert_eq!(observe(gw, bpffs, &sbs), model, "the final state");
     // And once more after a clean stop and start.
     gw.stop();
     gw.spawn();
-    assert_eq!(observe(&gw, &bpffs, &sbs), model, "after a clean restart");
+    assert_eq!(observe(gw, bpffs, &sbs), model, "after a clean restart");
     eprintln!(
         "figure: state durability: {mutations} mutations ({} acknowledged, {} refused as predicted), {} SIGKILLs during a mutation (answered before the kill {}, unanswered and applied {}, unanswered and absent {}), mean mutation {latency:?}, slowest restart {:?}, {files} state files all parsed, no temporary file; final: {} sandboxes, {} previews, {} tokens",
         f.acked,

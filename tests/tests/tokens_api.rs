@@ -5,7 +5,7 @@
 //! Run: `GATEWAY_BIN=/path/to/gateway cargo test -p gateway-tests --test tokens_api`.
 
 use gateway::model::time::parse_timestamp;
-use gateway_tests::gateway_process::{AdminAddr, AdminClient, GatewayProcess, Response, run_gateway, temp_dir};
+use gateway_tests::gateway_process::{AdminClient, GatewayProcess, Response, run_gateway, temp_dir};
 use serde_json::{Value, json};
 use std::{
     fs,
@@ -323,14 +323,7 @@ fn tokens_survive_restart_and_secrets_never_leak() {
 #[test]
 fn cli_token_commands() {
     let gw = GatewayProcess::start();
-    let AdminAddr::Tcp(addr) = gw.admin().clone() else { panic!("tcp") };
-    let admin = addr.to_string();
-    let run = |args: &[&str]| {
-        let mut full = vec!["token"];
-        full.extend_from_slice(args);
-        full.extend_from_slice(&["--admin", &admin, "--token", gw.token()]);
-        run_gateway(&full)
-    };
+    let run = |args: &[&str]| gw.cli("token", args);
     let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
 

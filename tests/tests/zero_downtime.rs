@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{edge::register, gateway_process::*, harness::*};
+use gateway_tests::{env::Env, gateway_process::*, harness::*};
 
 fn admin_addr(gw: &GatewayProcess) -> SocketAddr {
     match gw.admin() {
@@ -192,14 +192,11 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn setup() -> (BpffsDir, Sandbox, Listener, GatewayProcess) {
-    require_root();
-    let bpffs = BpffsDir::new();
-    let sb = Sandbox::new();
-    let app = spawn_tcp_echo(&sb, sb.sock(3000));
-    let gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, "ws1", "app", &sb, &[(3000, "HTTP")]);
-    (bpffs, sb, app, gw)
+/// The gateway and a sandbox `app` declaring 3000, where a TCP echo listens.
+fn setup() -> (Env, Listener) {
+    let e = Env::new().sandbox("app", &[(3000, "HTTP")]).start();
+    let app = spawn_tcp_echo(e.sb(), e.sb().sock(3000));
+    (e, app)
 }
 
 /// `wrk` through the HTTPS edge to a sandbox port, for `seconds`; its report.
@@ -238,25 +235,20 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
     use gateway_tests::edge::*;
     use tokio_tungstenite::tungstenite::Message;
 
-    require_root();
-    let rt = runtime();
+    let mut e = Env::new().sandbox("web", &[(3000, "HTTP")]).token("load").start();
+    let token = e.token().to_string();
+    let Env { gw, sandbox, client, rt, host, .. } = &mut e;
+    let sb = sandbox.as_ref().expect("sandbox");
     let _rt = rt.enter();
-    let bpffs = BpffsDir::new();
-    let sb = Sandbox::new();
-    let mut gw = GatewayProcess::start_enforcing(bpffs.path());
-    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
-    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
-    let token = create_token(&gw, WS, "load");
-    let host = sandbox_host("web");
-    let client = EdgeClient::new(&gw);
-    let admin = admin_addr(&gw);
+    let _app = spawn_backend(sb, sb.addr(), 3000, Speaks::Http1);
+    let admin = admin_addr(gw);
     let old_pid = live_pid(admin);
 
     // A WebSocket opened on the old process, kept across the takeover.
-    let mut ws = rt.block_on(open_websocket(&client, &host, "/port/3000/ws", &format!("Bearer {token}")));
+    let mut ws = rt.block_on(open_websocket(client, host, "/port/3000/ws", &format!("Bearer {token}")));
 
     let observers = Observers::start(admin, "/v1/workspaces/acme/sandboxes/web", sb.sock(3000));
-    let wrk = spawn_wrk(gw.https_addr(), &host, &token, 8, gw.dir());
+    let wrk = spawn_wrk(gw.https_addr(), host, &token, 8, gw.dir());
     thread::sleep(Duration::from_secs(2));
 
     let log = gw.dir().join("successor.log");
@@ -335,12 +327,12 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
     );
 
     // The successor owns the state and the kernel: a mutation works and is enforced.
-    let body = sandbox_body(&sb, &[(3000, "HTTP"), (3001, "HTTP")]);
+    let body = sandbox_body(sb, &[(3000, "HTTP"), (3001, "HTTP")]);
     let r = gw.client().put_json("/v1/workspaces/acme/sandboxes/web", &body);
     assert_eq!(r.status, 200, "PUT after the takeover: {}\n{}", r.text(), successor_log());
-    let _app2 = spawn_tcp_echo(&sb, sb.sock(3001));
+    let _app2 = spawn_tcp_echo(sb, sb.sock(3001));
     assert_reachable(Origin::gateway(), sb.sock(3001), "a port opened by the successor");
-    let r = rt.block_on(client.get(&host, "/port/3000/after", &[("authorization", &format!("Bearer {token}"))]));
+    let r = rt.block_on(client.get(host, "/port/3000/after", &[("authorization", &format!("Bearer {token}"))]));
     assert_eq!(r.status, 200, "HTTPS through the successor: {}", r.text());
 
     // And it stops cleanly, leaving enforcement in place.
@@ -354,10 +346,12 @@ fn a_takeover_under_load_fails_no_request_and_never_lapses_enforcement() {
 
 #[test]
 fn sigusr2_starts_a_successor_that_takes_over() {
-    let (_bpffs, sb, _app, mut gw) = setup();
-    let admin = admin_addr(&gw);
+    let (mut e, _app) = setup();
+    let sock = e.sb().sock(3000);
+    let gw = &mut e.gw;
+    let admin = admin_addr(gw);
     let old_pid = live_pid(admin);
-    let observers = Observers::start(admin, "/v1/workspaces/ws1/sandboxes/app", sb.sock(3000));
+    let observers = Observers::start(admin, "/v1/workspaces/acme/sandboxes/app", sock);
     thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) of our own child.
     unsafe {
@@ -381,8 +375,9 @@ fn sigusr2_starts_a_successor_that_takes_over() {
 
 #[test]
 fn a_failed_successor_leaves_the_running_gateway_serving() {
-    let (_bpffs, _sb, _app, gw) = setup();
-    let admin = admin_addr(&gw);
+    let (e, _app) = setup();
+    let gw = &e.gw;
+    let admin = admin_addr(gw);
     let pid = live_pid(admin);
     // A successor whose configuration moved the admin listener cannot adopt the socket.
     let config = fs::read_to_string(gw.config_path()).expect("config");
@@ -409,7 +404,7 @@ fn a_failed_successor_leaves_the_running_gateway_serving() {
         thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(live_pid(admin), pid);
-    let r = gw.client().delete("/v1/workspaces/ws1/sandboxes/app");
+    let r = gw.client().delete(&e.sandbox_path());
     assert_eq!(r.status, 204, "{}\n{}", r.text(), gw.log());
     assert!(gw.log().contains("did not take over; serving on"), "{}", gw.log());
 }

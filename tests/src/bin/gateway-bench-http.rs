@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the HTTP proxy comparison (issue 6, item 1).
+//! `cargo xtask bench`: the HTTP proxy comparison.
 //!
 //! Topology: one sandbox namespace holding the backend (nginx `return 200`, 1 worker; plain
 //! HTTP on 3000 for the proxies, TLS on 3443 for the "direct" contender) behind two veth links:

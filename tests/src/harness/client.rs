@@ -16,8 +16,7 @@ use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrStorage, connect, getsockopt, setsockopt, socket, sockopt,
 };
 
-use super::link::{OutsideClient, Sandbox};
-use super::netns::Netns;
+use super::netns::{InNetns, Netns};
 
 /// How long [`assert_reachable`] waits for the handshake (generous: a loaded CI machine).
 pub const REACH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,21 +64,9 @@ impl<'a> Origin<'a> {
     }
 }
 
-impl<'a> From<&'a Netns> for Origin<'a> {
-    fn from(ns: &'a Netns) -> Self {
-        Origin::ns(ns)
-    }
-}
-
-impl<'a> From<&'a Sandbox> for Origin<'a> {
-    fn from(sb: &'a Sandbox) -> Self {
-        Origin::ns(&sb.ns)
-    }
-}
-
-impl<'a> From<&'a OutsideClient> for Origin<'a> {
-    fn from(c: &'a OutsideClient) -> Self {
-        Origin::ns(&c.ns)
+impl<'a, T: InNetns> From<&'a T> for Origin<'a> {
+    fn from(x: &'a T) -> Self {
+        Origin::ns(x.netns())
     }
 }
 

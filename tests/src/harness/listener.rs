@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, poll};
 
-use super::link::{OutsideClient, Sandbox};
-use super::netns::Netns;
+use super::netns::{InNetns, Netns};
 
 /// Where a listener lives: the host namespace (the test process's own) or a [`Netns`].
 #[derive(Clone, Copy, Debug)]
@@ -22,21 +21,9 @@ pub enum Place<'a> {
     Ns(&'a Netns),
 }
 
-impl<'a> From<&'a Netns> for Place<'a> {
-    fn from(ns: &'a Netns) -> Self {
-        Place::Ns(ns)
-    }
-}
-
-impl<'a> From<&'a Sandbox> for Place<'a> {
-    fn from(sb: &'a Sandbox) -> Self {
-        Place::Ns(&sb.ns)
-    }
-}
-
-impl<'a> From<&'a OutsideClient> for Place<'a> {
-    fn from(c: &'a OutsideClient) -> Self {
-        Place::Ns(&c.ns)
+impl<'a, T: InNetns> From<&'a T> for Place<'a> {
+    fn from(x: &'a T) -> Self {
+        Place::Ns(x.netns())
     }
 }
 

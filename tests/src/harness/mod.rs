@@ -78,6 +78,6 @@ pub use link::{
     HARNESS_NET, HARNESS_PREFIX, HOST_IF_PREFIX, LINK_PREFIX, OutsideClient, SANDBOX_IF_PREFIX, Sandbox, SandboxLink,
 };
 pub use listener::{Listener, Place, spawn_http_ok, spawn_http_ok_at, spawn_tcp_echo};
-pub use netns::{NETNS_PREFIX, Netns};
+pub use netns::{InNetns, NETNS_PREFIX, Netns};
 pub use sweep::{SweepReport, sweep_stale};
 pub use sys::{STATE_DIR, ensure_ip_forward, require_root};

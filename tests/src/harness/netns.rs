@@ -35,6 +35,31 @@ pub struct Netns {
     file: File,
 }
 
+/// What lives in a harness namespace (the namespace itself, a sandbox, an outside client): a
+/// place to listen in ([`Place`](super::Place)) and to connect from ([`Origin`](super::Origin)).
+pub trait InNetns {
+    /// Its namespace.
+    fn netns(&self) -> &Netns;
+}
+
+impl InNetns for Netns {
+    fn netns(&self) -> &Netns {
+        self
+    }
+}
+
+impl InNetns for super::Sandbox {
+    fn netns(&self) -> &Netns {
+        &self.ns
+    }
+}
+
+impl InNetns for super::OutsideClient {
+    fn netns(&self) -> &Netns {
+        &self.ns
+    }
+}
+
 impl Netns {
     /// Creates a fresh namespace; panics with the `ip` error if it cannot.
     pub fn new() -> Netns {

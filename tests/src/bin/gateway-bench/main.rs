@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: data-plane figures (issue 6, items 2 to 5).
+//! `cargo xtask bench`: data-plane figures.
 //!
 //! 1. Program cost: `BPF_PROG_TEST_RUN` ns per packet for each path, beside a trivial program
 //!    loaded from the same object, measured in the same run (alternated, median of rounds).
@@ -387,11 +387,11 @@ fn main() {
     }
 }
 
-/// The issue's targets against this run's figures.
+/// The targets (BENCHMARKS.md) against this run's figures.
 fn targets(r: &serde_json::Map<String, serde_json::Value>) -> String {
     use std::fmt::Write as _;
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
-    let mut s = String::from("\n## Targets (issue 6)\n");
+    let mut s = String::from("\n## Targets\n");
     if let Some(paths) = r.get("program_cost").and_then(|v| v.as_array()) {
         for p in paths.iter().filter(|p| !p["path"].as_str().unwrap_or("").starts_with("trivial")) {
             let x = p["x_trivial"].as_f64().unwrap_or(f64::NAN);

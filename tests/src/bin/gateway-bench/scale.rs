@@ -1,4 +1,4 @@
-//! Scale (issue 6, item 5): a real `gateway serve` holding N sandboxes × 3 ports, loaded from a
+//! Scale: a real `gateway serve` holding N sandboxes × 3 ports, loaded from a
 //! prepared state directory at start (one JSON file per sandbox, exactly what the admin API
 //! writes; registering 100,000 sandboxes through the API one by one measures the fsyncs of the
 //! file store, not the gateway). Measures RSS against the same gateway empty, start and

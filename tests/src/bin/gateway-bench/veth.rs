@@ -1,5 +1,5 @@
-//! Enforcement cost on veth (issue 6, item 3) and policy-update cost against iptables and nft
-//! (item 4), in namespaces of our own.
+//! Enforcement cost on veth and policy-update cost against iptables and nft,
+//! in namespaces of our own.
 //!
 //! Topology: one generator namespace and, per contender ("lane"), a host namespace and a veth
 //! pair `g<k>` (generator) ↔ `in` (host), plus `out` (host) ↔ `s<k>` in a shared sandbox
@@ -454,7 +454,7 @@ pub fn run(opts: &Options) -> (String, Value) {
                 "load_seconds": {"tcx": tcx_load, "iptables": ipt_load, "nft": nft_load},
             }));
 
-            // Item 4 at this size.
+            // Policy-update cost at this size.
             update_json.push(updates(&mut text, &dp, &maps, ipt, nft, work, n, opts.update_reps));
         }
         dp.reconcile(&[]).expect("unload");
