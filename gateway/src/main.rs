@@ -25,6 +25,8 @@ fn main() -> ExitCode {
             }
         },
     };
+    // Access log lines still buffered (telemetry::logbuf) go out before the process ends.
+    telemetry::logbuf::flush();
     ExitCode::from(code)
 }
 

@@ -1,6 +1,6 @@
 //! Access log: one line per request answered by the HTTPS edge (target `gateway::access`,
-//! level info), written when the response body has been sent (or the client went away), so
-//! `bytes` and `duration_ms` are the whole exchange:
+//! level info), made when the response body has been sent (or the client went away), so
+//! `bytes` and `duration_ms` are the whole exchange, and written by [`super::logbuf`]:
 //!
 //! ```text
 //! INFO gateway::access: request id=5f3a…-17 method=GET route=port workspace=acme sandbox=demo
@@ -92,7 +92,7 @@ impl RequestLog {
     /// Writes the access line.
     fn finish(self, bytes: u64, complete: bool) {
         tracing::info!(
-            target: "gateway::access",
+            target: super::ACCESS_TARGET,
             id = %self.id,
             method = %self.method,
             route = %self.route.as_str(),

@@ -25,6 +25,7 @@
 //! | `state_write_seconds` | histogram | |
 //! | `config_reloads_total` | counter | `result` (`ok`, `refused`) |
 //! | `config_last_reload_success_timestamp_seconds` | gauge | |
+//! | `access_log_dropped_lines_total` | counter | |
 //! | `build_info` | gauge (1) | `version` |
 //!
 //! The `workspace` label is bounded by the registered workspaces: requests that reach no
@@ -180,6 +181,7 @@ pub struct Metrics {
     state_write_seconds: Histogram,
     reloads: Family<ResultLabels, Counter>,
     last_reload: Gauge<i64, AtomicI64>,
+    access_log_dropped: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -225,6 +227,7 @@ impl Metrics {
             // 50 µs … ~3 s (fsync dominates)
             state_write_seconds: Histogram::new(exponential_buckets(0.000_05, 2.2, 15)),
             reloads: Family::default(),
+            access_log_dropped: Counter::default(),
             last_reload: Gauge::default(),
         };
         registry.register("requests", "Requests answered by the HTTPS edge", m.requests.clone());
@@ -266,6 +269,11 @@ impl Metrics {
             m.state_write_seconds.clone(),
         );
         registry.register("config_reloads", "Configuration reloads (SIGHUP) by result", m.reloads.clone());
+        registry.register(
+            "access_log_dropped_lines",
+            "Access log lines dropped because stderr did not keep up (the buffer of a worker was full)",
+            m.access_log_dropped.clone(),
+        );
         registry.register(
             "config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully (start or reload)",
@@ -373,6 +381,11 @@ impl Metrics {
     pub fn state_write(&self, op: &'static str, success: bool, took: Duration) {
         self.state_writes.get_or_create(&StateLabels { op, result: if success { "ok" } else { "error" } }).inc();
         self.state_write_seconds.observe(took.as_secs_f64());
+    }
+
+    /// An access log line was dropped (see `telemetry::logbuf`).
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
     }
 
     /// A configuration reload was applied (`true`) or refused.

@@ -10,10 +10,14 @@
 //! Metrics: [`metrics`], served on the admin listener's `/metrics`.
 
 pub mod access;
+pub mod logbuf;
 pub mod metrics;
 
 use std::io::IsTerminal;
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, filter::filter_fn, fmt, prelude::*};
+
+/// The access log's target: its lines go through [`logbuf`], the rest straight to stderr.
+pub const ACCESS_TARGET: &str = "gateway::access";
 
 /// Environment variable holding the filter directives.
 pub const ENV_FILTER: &str = "GATEWAY_LOG";
@@ -49,13 +53,36 @@ pub fn init(format: LogFormat) {
     // journal records its own.
     let ansi = std::io::stderr().is_terminal();
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // The same format twice: one layer for the access log (buffered, see `logbuf`), one for the
+    // rest (written at once, so warnings and errors are never late).
+    let access = || filter_fn(|m| m.target() == ACCESS_TARGET);
+    let other = || filter_fn(|m| m.target() != ACCESS_TARGET);
     let result = match format {
-        LogFormat::Text if journald => {
-            registry.with(fmt::layer().with_ansi(false).without_time().with_writer(std::io::stderr)).try_init()
-        }
-        LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text if journald => registry
+            .with(fmt::layer().with_ansi(false).without_time().with_writer(logbuf::Buffered).with_filter(access()))
+            .with(fmt::layer().with_ansi(false).without_time().with_writer(std::io::stderr).with_filter(other()))
+            .try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(logbuf::Buffered).with_filter(access()))
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(other()))
+            .try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(logbuf::Buffered)
+                    .with_filter(access()),
+            )
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr)
+                    .with_filter(other()),
+            )
             .try_init(),
     };
     if result.is_ok()
