@@ -92,7 +92,7 @@ thread_local! {
 }
 
 /// Appends one formatted line to this thread's buffer.
-fn append(line: &[u8]) {
+pub fn append(line: &[u8]) {
     MINE.with(|mine| {
         let mut mine = mine.borrow_mut();
         let buffer = mine.get_or_insert_with(|| {

@@ -53,6 +53,9 @@ pub fn init(format: LogFormat) {
     // journal records its own.
     let ansi = std::io::stderr().is_terminal();
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Access lines are formatted by `access` itself (the layers below only make the filter
+    // see the access target as enabled, and serve library users that skip this function).
+    access::set_format(access::AccessFormat { json: format == LogFormat::Json, time: !journald });
     // The same format twice: one layer for the access log (buffered, see `logbuf`), one for the
     // rest (written at once, so warnings and errors are never late).
     let access = || filter_fn(|m| m.target() == ACCESS_TARGET);
