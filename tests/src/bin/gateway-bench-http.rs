@@ -19,7 +19,11 @@
 //! Names resolve through a private /etc/hosts bind-mounted in a private mount namespace around
 //! each client (`unshare -m`): the host's /etc/hosts is never touched.
 //!
-//! Usage: `gateway-bench-http [--quick] [--hold] [--out DIR]` (root; GATEWAY_BIN = release
+//! `--defaults` runs every proxy at its default worker/thread count instead, logging every
+//! request (nginx `access_log` and HAProxy `option httplog` to files, the gateway's default
+//! access log).
+//!
+//! Usage: `gateway-bench-http [--quick] [--defaults] [--hold] [--out DIR]` (root; GATEWAY_BIN = release
 //! gateway). Writes DIR/http.json, DIR/http.svg and DIR/http.md. `--hold` only sets everything
 //! up, prints the contenders' pids and client commands (for `perf record -p PID`) and waits.
 
@@ -325,12 +329,16 @@ fn write_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (cert, key, combined)
 }
 
-fn nginx_common(tmp: &Path, name: &str) -> String {
+/// An nginx configuration's common part: one worker and no access log, or (`defaults`) nginx's
+/// own defaults, `worker_processes auto` and an access log file.
+fn nginx_common(tmp: &Path, name: &str, defaults: bool) -> String {
     let d = tmp.join(name);
     fs::create_dir_all(&d).expect("create the peer's directory");
+    let (workers, access_log) =
+        if defaults { ("auto".to_string(), format!("{}/access.log", d.display())) } else { ("1".into(), "off".into()) };
     format!(
-        "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
-         events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
+        "worker_processes {workers};\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
+         events {{ worker_connections 4096; }}\nhttp {{\n  access_log {access_log};\n  client_body_temp_path {d}/body;\n\
          proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
          keepalive_requests 1000000;\n  ssl_protocols TLSv1.3;\n  ssl_session_cache off;\n",
         d = d.display()
@@ -342,6 +350,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let hold = args.iter().any(|a| a == "--hold");
+    // Every proxy at its default worker/thread count, logging every request (nginx and HAProxy
+    // to a file, the gateway its default access log): what a user's first benchmark compares.
+    let defaults = args.iter().any(|a| a == "--defaults");
     let out_dir = args
         .iter()
         .position(|a| a == "--out")
@@ -369,7 +380,7 @@ fn main() {
     let backend_conf = tmp.path().join("backend.conf");
     fs::write(
         &backend_conf,
-        nginx_common(tmp.path(), "backend")
+        nginx_common(tmp.path(), "backend", false)
             + &format!(
                 "  server {{ listen {BACKEND_PLAIN} reuseport; listen {BACKEND_TLS} ssl http2 reuseport;\n\
                  ssl_certificate {cert}; ssl_certificate_key {key};\n  location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
@@ -381,15 +392,18 @@ fn main() {
     let backend =
         Proc::spawn(sb.ns.command("nginx").args(["-g", "daemon off;", "-c"]).arg(&backend_conf), "backend nginx");
 
-    // The gateway: data plane on, one runtime thread (like one nginx worker), same certificate.
-    // SAFETY: single-threaded at this point; the variable is read by the spawned gateway only.
-    unsafe { std::env::set_var("TOKIO_WORKER_THREADS", "1") };
+    // The gateway: data plane on, one runtime thread (like one nginx worker) unless `defaults`,
+    // same certificate.
+    if !defaults {
+        // SAFETY: single-threaded at this point; the variable is read by the spawned gateway only.
+        unsafe { std::env::set_var("TOKIO_WORKER_THREADS", "1") };
+    }
     let pins = BpffsDir::new();
     let mut gw = GatewayProcess::start_enforcing_with(
         pins.path(),
         &format!("\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()),
     );
-    gw.set_log_filter("warn");
+    gw.set_log_filter(if defaults { "info,rustls=error" } else { "warn" });
     gw.restart();
     register(&gw, WS, "web", &sb, &[(BACKEND_PLAIN, "HTTP")]);
     let token = create_token(&gw, WS, "bench");
@@ -400,7 +414,7 @@ fn main() {
     let nginx_conf = tmp.path().join("proxy-nginx.conf");
     fs::write(
         &nginx_conf,
-        nginx_common(tmp.path(), "proxy-nginx")
+        nginx_common(tmp.path(), "proxy-nginx", defaults)
             + &format!(
                 "  upstream backend {{ server {b_addr}:{BACKEND_PLAIN}; keepalive 256; keepalive_requests 1000000; }}\n\
                  server {{ listen 127.0.0.1:{nginx_port} ssl http2; ssl_certificate {cert}; ssl_certificate_key {key};\n\
@@ -418,15 +432,20 @@ fn main() {
     fs::write(
         &haproxy_conf,
         format!(
-            "global\n  nbthread 1\n  maxconn 4000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
+            "global\n  {threads}maxconn 4000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n{log_global}\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n{log_defaults}\
              frontend fe\n  bind 127.0.0.1:{haproxy_port} ssl crt {combined} alpn h2,http/1.1\n  default_backend be\n\
              backend be\n  server s1 {b_addr}:{BACKEND_PLAIN}\n",
-            combined = combined.display()
+            combined = combined.display(),
+            threads = if defaults { "" } else { "nbthread 1\n  " },
+            log_global = if defaults { "  log stdout format raw local0\n" } else { "" },
+            log_defaults = if defaults { "  log global\n  option httplog\n" } else { "" },
         ),
     )
     .expect("write a configuration file");
-    let haproxy = Proc::spawn(Command::new("haproxy").arg("-f").arg(&haproxy_conf).arg("-db"), "haproxy");
+    let haproxy_log = fs::File::create(tmp.path().join("haproxy.log")).expect("haproxy log file");
+    let haproxy =
+        Proc::spawn(Command::new("haproxy").arg("-f").arg(&haproxy_conf).arg("-db").stdout(haproxy_log), "haproxy");
 
     wait_port(nginx_port, "nginx");
     wait_port(haproxy_port, "haproxy");
@@ -516,8 +535,9 @@ fn main() {
     }
 
     println!(
-        "# HTTP proxy benchmark ({}): {rounds} alternated rounds × {secs} s per contender and load",
-        if quick { "quick" } else { "full" }
+        "# HTTP proxy benchmark ({}{}): {rounds} alternated rounds × {secs} s per contender and load",
+        if quick { "quick" } else { "full" },
+        if defaults { ", defaults with access logs" } else { ", one worker each, access logs off" }
     );
     let loads = [Load::Keepalive, Load::Close, Load::H2, Load::FixedRate];
     // samples[load][contender][round]
@@ -626,6 +646,7 @@ fn main() {
     });
     let result = json!({
         "mode": if quick { "quick" } else { "full" },
+        "defaults": defaults,
         "rounds": rounds, "seconds_per_run": secs, "fixed_rate_rps": rate,
         "contender_order": contenders.iter().map(|c| c.name).collect::<Vec<_>>(),
         "loads": json_loads, "targets": verdicts, "versions": versions,
