@@ -9,9 +9,13 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{cargo, modules, path_with_cargo_bin, root, run_cmd, setup::NIGHTLY};
+use crate::{
+    cargo, modules, path_with_cargo_bin, root, run_cmd,
+    setup::{self, NIGHTLY},
+};
 
 pub fn run() -> Result<()> {
+    setup::ensure_lint_components()?;
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     run_cmd(cargo().current_dir(root().join("fuzz")).args(["fmt", "--all", "--check"]))?;
     // Same environment as the build (crate::cargo), so the build script's output is shared

@@ -56,7 +56,6 @@ pub enum Scope {
 pub fn run(scope: Scope, announce: bool) -> Result<()> {
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
-    ensure_lint_components()?;
     let llvm = ensure_llvm_links(&sysroot)?;
     ensure_bpf_linker(&llvm)?;
     if scope == Scope::All {
@@ -103,8 +102,9 @@ fn ensure_rust_src(sysroot: &Path) -> Result<()> {
 }
 
 /// rustfmt and clippy for `cargo xtask lint`: on the default toolchain, and clippy on nightly
-/// (the eBPF crate is linted there).
-fn ensure_lint_components() -> Result<()> {
+/// (the eBPF crate is linted there). Called by the lint alone, so other commands do not pay
+/// for the `rustup` queries.
+pub fn ensure_lint_components() -> Result<()> {
     for (toolchain, components) in [(None, &["rustfmt", "clippy"][..]), (Some(NIGHTLY), &["clippy"][..])] {
         let mut list = Command::new("rustup");
         list.args(["component", "list", "--installed"]);
