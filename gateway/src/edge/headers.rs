@@ -8,10 +8,7 @@ use http::{
         CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
     },
 };
-use std::{
-    borrow::Cow,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -75,35 +72,58 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The fixed hop-by-hop list (RFC 9110 §7.6.1); `TE` is handled apart.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
 /// Removes hop-by-hop headers: the fixed list (RFC 9110 §7.6.1) and every header named in
 /// `Connection`. `TE: trailers` is kept (gRPC needs it); any other `TE` is removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if name != TE {
+    // One pass over the names (cheap comparisons of standard headers) finds which are
+    // present: most requests carry none, most responses only `Connection: keep-alive`, and a
+    // hashed removal of each of the nine names would cost more than the pass.
+    let mut present = [false; 8];
+    let mut te = false;
+    for name in headers.keys() {
+        if name == TE {
+            te = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if present[0] {
+        // Named by `Connection` (index 0), beyond the fixed list and `close`.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if name != TE {
+                headers.remove(name);
+            }
+        }
+    }
+    for (name, present) in HOP_BY_HOP.into_iter().zip(present) {
+        if present {
             headers.remove(name);
         }
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    let te_trailers = headers.get_all(TE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
+    if te && !headers.get_all(TE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
         headers.remove(TE);
     }
 }
@@ -158,11 +178,37 @@ pub fn framing_violation(headers: &HeaderMap) -> Option<String> {
     })
 }
 
+/// The client's address as the forwarding headers spell it, made once per connection.
+#[derive(Clone, Debug)]
+pub struct PeerText {
+    /// `X-Forwarded-For`'s element: the address (an IPv4-mapped IPv6 address as IPv4).
+    ip: HeaderValue,
+    /// `Forwarded`'s `for=` value: the address, an IPv6 one quoted in brackets (RFC 7239 §6).
+    for_value: String,
+}
+
+impl PeerText {
+    /// The text of `peer`'s address.
+    pub fn new(peer: SocketAddr) -> Self {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        let for_value = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        // An address's text is always a valid header value.
+        let ip = HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        Self { ip, for_value }
+    }
+}
+
 /// What the forwarding headers say about a request.
 #[derive(Clone, Debug)]
 pub struct Forwarding<'a> {
     /// The TCP peer of the client connection.
-    pub peer: SocketAddr,
+    pub peer: &'a PeerText,
     /// The host the client asked for, as sent.
     pub host: &'a str,
     /// Whether the peer is a trusted proxy (its forwarding headers are kept and appended to).
@@ -176,15 +222,20 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`.
 /// From an untrusted peer, whatever the client sent is replaced; from a trusted proxy, `For`
-/// lists are appended to and `Proto`/`Host` kept when present.
+/// lists are appended to and `Proto`/`Host` kept when present. Values are assembled as bytes
+/// (no `format!`): this runs for every forwarded request.
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    let ip = match f.peer.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    let joined = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!values.is_empty()).then(|| values.join(", "))
+    // The values a trusted proxy sent, joined with ", " (`None` when it sent none).
+    let joined = |headers: &HeaderMap, name: &HeaderName| -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for v in headers.get_all(name) {
+            let out = out.get_or_insert_with(Vec::new);
+            if !out.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(v.as_bytes());
+        }
+        out
     };
     let (xff, xfp, xfh, fwd) = if f.trusted {
         (
@@ -196,14 +247,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     } else {
         (None, None, None, None)
     };
-    let ip_text = ip.to_string();
-    let for_value: Cow<'_, str> = match ip {
-        IpAddr::V4(_) => Cow::Borrowed(&ip_text),
-        IpAddr::V6(v6) => Cow::Owned(format!("\"[{v6}]\"")),
-    };
-    let host_quoted: Cow<'_, str> =
-        if f.host.contains(['"', '\\']) { Cow::Owned(f.host.replace(['"', '\\'], "")) } else { Cow::Borrowed(f.host) };
-    let element = format!("for={for_value};proto=https;host=\"{host_quoted}\"");
+    let value = |bytes: Vec<u8>| HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes));
     let set = |headers: &mut HeaderMap, name: HeaderName, value: Result<HeaderValue, _>| match value {
         Ok(v) => {
             headers.insert(name, v);
@@ -213,20 +257,29 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         }
     };
     let xff = match xff {
-        Some(prev) => format!("{prev}, {ip_text}"),
-        None => ip_text,
+        Some(mut prev) => {
+            prev.extend_from_slice(b", ");
+            prev.extend_from_slice(f.peer.ip.as_bytes());
+            value(prev)
+        }
+        None => Ok(f.peer.ip.clone()),
     };
-    set(headers, X_FORWARDED_FOR, HeaderValue::try_from(xff));
-    set(headers, X_FORWARDED_PROTO, xfp.map_or(Ok(HeaderValue::from_static("https")), HeaderValue::try_from));
-    set(headers, X_FORWARDED_HOST, xfh.map_or_else(|| HeaderValue::from_str(f.host), HeaderValue::try_from));
-    set(
-        headers,
-        FORWARDED,
-        HeaderValue::try_from(match fwd {
-            Some(prev) => format!("{prev}, {element}"),
-            None => element,
-        }),
+    set(headers, X_FORWARDED_FOR, xff);
+    set(headers, X_FORWARDED_PROTO, xfp.map_or(Ok(HeaderValue::from_static("https")), value));
+    set(headers, X_FORWARDED_HOST, xfh.map_or_else(|| HeaderValue::from_str(f.host), value));
+    let mut forwarded = fwd.map_or_else(
+        || Vec::with_capacity(32 + f.host.len()),
+        |mut prev| {
+            prev.extend_from_slice(b", ");
+            prev
+        },
     );
+    forwarded.extend_from_slice(b"for=");
+    forwarded.extend_from_slice(f.peer.for_value.as_bytes());
+    forwarded.extend_from_slice(b";proto=https;host=\"");
+    forwarded.extend(f.host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
+    forwarded.push(b'"');
+    set(headers, FORWARDED, value(forwarded));
 }
 
 /// The Host an app sees under `policy`.
@@ -309,6 +362,16 @@ mod tests {
         let mut h = map(&[("te", "gzip, trailers")]);
         remove_hop_by_hop(&mut h);
         assert!(h.is_empty());
+        // An app's usual answer: only `Connection` goes.
+        let mut h = map(&[("connection", "keep-alive"), ("content-length", "3"), ("server", "app")]);
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["content-length", "server"]);
+        // `Connection` naming hop-by-hop and custom headers in any case, `close` included.
+        let mut h = map(&[("connection", "Close, UPGRADE, x-a"), ("upgrade", "h2c"), ("x-a", "1"), ("x-b", "2")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-b"]);
     }
 
     #[test]
@@ -345,8 +408,8 @@ mod tests {
             ("x-forwarded-host", "evil"),
             ("forwarded", "for=6.6.6.6"),
         ]);
-        let f =
-            Forwarding { peer: "10.0.0.9:5555".parse().expect("addr"), host: "sbx-a-b.local.gw.test", trusted: false };
+        let peer = PeerText::new("10.0.0.9:5555".parse().expect("addr"));
+        let f = Forwarding { peer: &peer, host: "sbx-a-b.local.gw.test", trusted: false };
         set_forwarding(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -358,14 +421,22 @@ mod tests {
     fn forwarding_appends_for_trusted_proxies() {
         let mut h =
             map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-host", "orig")]);
-        let f = Forwarding { peer: "[::ffff:10.0.0.9]:1".parse().expect("addr"), host: "h", trusted: true };
+        let peer = PeerText::new("[::ffff:10.0.0.9]:1".parse().expect("addr"));
+        let f = Forwarding { peer: &peer, host: "h", trusted: true };
         set_forwarding(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h["x-forwarded-host"], "orig");
         assert_eq!(h["x-forwarded-proto"], "https");
-        let f = Forwarding { peer: "[::1]:1".parse().expect("addr"), host: "h", trusted: false };
+        let peer = PeerText::new("[::1]:1".parse().expect("addr"));
+        let f = Forwarding { peer: &peer, host: "h\"x", trusted: false };
         set_forwarding(&mut h, &f);
-        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=\"h\"");
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=\"hx\"");
+        assert_eq!(h["x-forwarded-for"], "::1");
+        // A trusted proxy's Forwarded list is appended to.
+        let mut h = map(&[("forwarded", "for=1.1.1.1"), ("forwarded", "for=2.2.2.2")]);
+        let peer = PeerText::new("10.0.0.9:1".parse().expect("addr"));
+        set_forwarding(&mut h, &Forwarding { peer: &peer, host: "h", trusted: true });
+        assert_eq!(h["forwarded"], "for=1.1.1.1, for=2.2.2.2, for=10.0.0.9;proto=https;host=\"h\"");
     }
 
     #[test]

@@ -15,17 +15,39 @@ pub struct RequestHost {
     pub name: String,
 }
 
-/// What a host names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostKind {
+/// What a host names (borrowing the label from the host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKind<'a> {
     /// `{label}.{region}.{domain}`: a sandbox label (exact lookup) or a name like `any`.
-    Sandbox(String),
+    Sandbox(&'a str),
     /// `api.{domain}`: the public API (not served yet).
     Api,
     /// `{id}.{region}.preview.{domain}` or `{id}.preview.{domain}`.
-    Preview(String),
+    Preview(&'a str),
     /// Anything else.
     Other,
+}
+
+/// The zones [`classify`] tells hosts apart by, spelled once from `region` and `domain` (both
+/// fixed for the life of the process) rather than formatted per request.
+#[derive(Clone, Debug)]
+pub struct Zones {
+    domain: String,
+    region_preview: String,
+    preview: String,
+    region: String,
+}
+
+impl Zones {
+    /// The zones under `region` and `domain`.
+    pub fn new(region: &str, domain: &str) -> Self {
+        Self {
+            domain: domain.to_string(),
+            region_preview: format!("{region}.preview.{domain}"),
+            preview: format!("preview.{domain}"),
+            region: format!("{region}.{domain}"),
+        }
+    }
 }
 
 fn bad_host(message: impl Into<String>) -> ApiError {
@@ -116,20 +138,17 @@ fn check_port(port: Option<&str>, absent_ok: bool) -> Result<(), &'static str> {
     }
 }
 
-/// Classifies a normalised host under `region` and `domain`.
-pub fn classify(name: &str, region: &str, domain: &str) -> HostKind {
-    if name.strip_suffix(domain).and_then(|r| r.strip_suffix('.')) == Some("api") {
+/// Classifies a normalised host under the zones of `region` and `domain`.
+pub fn classify<'a>(name: &'a str, zones: &Zones) -> HostKind<'a> {
+    let under = |suffix: &str| name.strip_suffix(suffix).and_then(|r| r.strip_suffix('.'));
+    if under(&zones.domain) == Some("api") {
         return HostKind::Api;
     }
-    let one_label = |prefix: Option<&str>| prefix.filter(|p| !p.is_empty() && !p.contains('.')).map(str::to_string);
-    let under = |suffix: &str| name.strip_suffix(suffix).and_then(|r| r.strip_suffix('.'));
-    if let Some(id) = one_label(under(&format!("{region}.preview.{domain}"))) {
+    let one_label = |suffix: &str| under(suffix).filter(|p| !p.is_empty() && !p.contains('.'));
+    if let Some(id) = one_label(&zones.region_preview).or_else(|| one_label(&zones.preview)) {
         return HostKind::Preview(id);
     }
-    if let Some(id) = one_label(under(&format!("preview.{domain}"))) {
-        return HostKind::Preview(id);
-    }
-    if let Some(label) = one_label(under(&format!("{region}.{domain}"))) {
+    if let Some(label) = one_label(&zones.region) {
         return HostKind::Sandbox(label);
     }
     HostKind::Other
@@ -189,12 +208,13 @@ mod tests {
 
     #[test]
     fn classification() {
-        let c = |n: &str| classify(n, "local", "gw.test");
-        assert_eq!(c("sbx-web-acme.local.gw.test"), HostKind::Sandbox("sbx-web-acme".into()));
-        assert_eq!(c("any.local.gw.test"), HostKind::Sandbox("any".into()));
+        let zones = Zones::new("local", "gw.test");
+        let c = |n| classify(n, &zones);
+        assert_eq!(c("sbx-web-acme.local.gw.test"), HostKind::Sandbox("sbx-web-acme"));
+        assert_eq!(c("any.local.gw.test"), HostKind::Sandbox("any"));
         assert_eq!(c("api.gw.test"), HostKind::Api);
-        assert_eq!(c("abc-acme.local.preview.gw.test"), HostKind::Preview("abc-acme".into()));
-        assert_eq!(c("abc.preview.gw.test"), HostKind::Preview("abc".into()));
+        assert_eq!(c("abc-acme.local.preview.gw.test"), HostKind::Preview("abc-acme"));
+        assert_eq!(c("abc.preview.gw.test"), HostKind::Preview("abc"));
         assert_eq!(c("a.b.local.gw.test"), HostKind::Other);
         assert_eq!(c("local.gw.test"), HostKind::Other);
         assert_eq!(c("gw.test"), HostKind::Other);

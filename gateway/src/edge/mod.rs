@@ -168,9 +168,16 @@ fn adopt(fd: OwnedFd, addr: SocketAddr) -> Result<TcpListener, EdgeError> {
     TcpListener::from_std(std).map_err(|e| inherited(e.to_string()))
 }
 
-/// Per-connection facts the request handler needs.
+/// Per-connection facts the request handler needs, with the texts every request on the
+/// connection writes formatted once.
 struct ConnInfo {
     peer: SocketAddr,
+    /// `peer` as the access log writes it.
+    peer_text: Arc<str>,
+    /// `peer` as the forwarding headers write it.
+    forwarding: Arc<headers::PeerText>,
+    /// Whether `peer` is a trusted proxy (`proxy.trusted_proxies`).
+    trusted: bool,
     cert: Arc<CertEntry>,
     /// Over the connection cap: every request is answered 429.
     reject: bool,
@@ -182,6 +189,8 @@ struct Edge {
     proxy: Proxy,
     limits: Arc<Limits>,
     trusted: Vec<IpNet>,
+    /// `region` and `domain` (restart-only keys), for telling hosts apart.
+    zones: host::Zones,
     host_policy: HostHeaderPolicy,
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -223,6 +232,7 @@ impl Edge {
             proxy: Proxy::new(settings),
             limits: Limits::new(p.max_connections, p.max_connections_per_sandbox),
             trusted: config.trusted_proxies(),
+            zones: host::Zones::new(&config.region, &config.domain),
             host_policy: p.host_header,
             header_read_timeout: p.header_read_timeout.get(),
             idle_timeout: p.idle_timeout.get(),
@@ -238,7 +248,7 @@ impl Edge {
     /// it in the metrics and writes its access-log line when the body has been sent.
     async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<EdgeBody> {
         let html = prefers_html(req.headers());
-        let mut log = RequestLog::new(req.method(), conn.peer);
+        let mut log = RequestLog::new(req.method(), conn.peer_text.clone());
         let http1 = req.version() < http::Version::HTTP_2;
         // Ambiguous framing: refused before anything else, and an HTTP/1.1 connection closed
         // after the answer (what follows on it cannot be trusted to start a request).
@@ -258,9 +268,7 @@ impl Edge {
         if close {
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
-        if let Ok(id) = http::HeaderValue::from_str(&log.id) {
-            response.headers_mut().insert(access::REQUEST_ID_HEADER, id);
-        }
+        response.headers_mut().insert(access::REQUEST_ID_HEADER, log.id.header_value());
         if http1
             && self.draining.load(std::sync::atomic::Ordering::Acquire)
             && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
@@ -326,7 +334,14 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
                 }
             };
             let cert = certs.load().select(tls.get_ref().1.server_name()).clone();
-            let info = Arc::new(ConnInfo { peer, cert, reject });
+            let info = Arc::new(ConnInfo {
+                peer,
+                peer_text: peer.to_string().into(),
+                forwarding: Arc::new(headers::PeerText::new(peer)),
+                trusted: headers::is_trusted(peer.ip(), &edge.trusted),
+                cert,
+                reject,
+            });
             let handler = edge.clone();
             let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let seen = requested.clone();
@@ -337,11 +352,13 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
                 let watch = counted.start();
                 let handler = handler.clone();
                 let info = info.clone();
-                async move {
+                // Boxed: the request's future is large, and hyper moves it (HTTP/2: into a
+                // spawned task) before polling it; a box moves as a pointer.
+                Box::pin(async move {
                     let response = handler.handle(&info, req).await;
                     watch.answered();
                     Ok::<_, Infallible>(response)
-                }
+                })
             });
             let builder = if reject { &edge.rejecting } else { &edge.serving };
             let connection = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service));

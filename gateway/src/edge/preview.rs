@@ -50,8 +50,7 @@ impl Edge {
         let not_found = || ApiError::new(ErrorCode::RouteNotFound, format!("no preview answers at {name:?}"));
         let preview = self.app.preview_by_host_label(id).ok_or_else(not_found)?;
         let sandbox = self.app.get(&preview.workspace, &preview.sandbox).map_err(|_| not_found())?;
-        log.workspace = Some(preview.workspace.clone());
-        log.sandbox = Some(preview.sandbox.clone());
+        log.sandbox = Some(sandbox.clone());
         if let Some(answer) = gate::preflight(&preview, req.method(), req.headers()) {
             return Ok(Routed::Answer(boxed(answer)));
         }

@@ -66,8 +66,8 @@ pub struct Outbound {
     pub route: Route,
     /// The Host the app sees (already chosen by the host policy).
     pub upstream_host: String,
-    /// Facts for the forwarding headers.
-    pub peer: SocketAddr,
+    /// The client's address, for the forwarding headers.
+    pub peer: Arc<headers::PeerText>,
     /// The host as the client sent it (for `X-Forwarded-Host` and `Forwarded`).
     pub client_host: String,
     /// Whether the peer is a trusted proxy.
@@ -276,13 +276,13 @@ fn prepare_headers(h: &mut HeaderMap, out: &Outbound) {
     auth::strip_credentials(h);
     headers::remove_hop_by_hop(h);
     h.remove(EXPECT);
-    let cookies: Vec<&str> = h.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
-    if cookies.len() > 1
-        && let Ok(joined) = HeaderValue::from_str(&cookies.join("; "))
-    {
-        h.insert(COOKIE, joined);
+    if h.get_all(COOKIE).iter().nth(1).is_some() {
+        let cookies: Vec<&str> = h.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
+        if let Ok(joined) = HeaderValue::from_str(&cookies.join("; ")) {
+            h.insert(COOKIE, joined);
+        }
     }
-    headers::set_forwarding(h, &Forwarding { peer: out.peer, host: &out.client_host, trusted: out.trusted });
+    headers::set_forwarding(h, &Forwarding { peer: &out.peer, host: &out.client_host, trusted: out.trusted });
     for (name, value) in &out.set_headers {
         h.insert(name, value.clone());
     }

@@ -107,11 +107,10 @@ impl Edge {
                 ),
             ));
         }
-        let config = self.app.config();
-        let routed = match host::classify(&host.name, &config.region, &config.domain) {
-            HostKind::Sandbox(label) => self.sandbox_host(&host.name, &label, req, log)?,
+        let routed = match host::classify(&host.name, &self.zones) {
+            HostKind::Sandbox(label) => self.sandbox_host(&host.name, label, req, log)?,
             HostKind::Api => self.api_host(req, log).await,
-            HostKind::Preview(id) => self.preview_host(&host.name, &id, req, log)?,
+            HostKind::Preview(id) => self.preview_host(&host.name, id, req, log)?,
             HostKind::Other => {
                 return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route for host {:?}", host.name)));
             }
@@ -134,8 +133,7 @@ impl Edge {
             .sandbox_by_label(label)
             .ok_or_else(|| ApiError::new(ErrorCode::WorkloadNotFound, format!("no sandbox answers at {name:?}")))?;
         let path_and_query = path_and_query(req.method(), req.uri())?;
-        log.workspace = Some(sandbox.workspace.clone());
-        log.sandbox = Some(sandbox.name.clone());
+        log.sandbox = Some(sandbox.clone());
         let target = route::parse_target(path_and_query)?;
         log.route = match target {
             route::Target::SandboxApi => RouteKind::SandboxApi,
@@ -145,7 +143,7 @@ impl Edge {
             }
         };
         let principal = auth::authenticate(&self.app, &sandbox.workspace, req.headers())?;
-        log.token = Some(principal.token_name);
+        log.token = Some(principal.token_name.into());
         let route = route::resolve(target, &sandbox, path_and_query)?;
         Ok(Routed::Forward(Box::new(Upstream::new(sandbox, route)), req))
     }
@@ -172,9 +170,9 @@ impl Edge {
         tracing::trace!(route = log.route.as_str(), sandbox = %sandbox.name, workspace = %sandbox.workspace, token = log.token.as_deref().unwrap_or("-"), port = route.port, "routed");
         let out = Outbound {
             upstream_host: headers::upstream_host(self.host_policy, &client_host, route.port),
-            peer: conn.peer,
+            peer: conn.forwarding.clone(),
             client_host,
-            trusted: headers::is_trusted(conn.peer.ip(), &self.trusted),
+            trusted: conn.trusted,
             sandbox,
             route,
             slot,

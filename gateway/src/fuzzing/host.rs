@@ -10,7 +10,7 @@
 //! the wildcard certificate `*.{region}.{domain}` covers).
 
 use crate::edge::{
-    host::{HostKind, check_h2_host, classify, normalize, request_host},
+    host::{HostKind, Zones, check_h2_host, classify, normalize, request_host},
     tls::name_matches,
 };
 use http::{HeaderMap, HeaderValue, Uri, header::HOST};
@@ -83,7 +83,7 @@ fn check_name(raw: &str, name: &str) {
         for variant in [name.to_string(), name.to_ascii_uppercase(), format!("{name}:443")] {
             assert_eq!(normalize(&variant).as_deref(), Ok(name), "{variant:?}");
         }
-        assert_eq!(classify(name, REGION, DOMAIN), HostKind::Other);
+        assert_eq!(classify(name, &Zones::new(REGION, DOMAIN)), HostKind::Other);
         return;
     }
     assert!(name.len() <= 253, "{name:?} is longer than a DNS name");
@@ -109,15 +109,12 @@ fn check_name(raw: &str, name: &str) {
 /// The host kind follows from the name's shape, and matches the wildcard certificates.
 fn check_kind(name: &str) {
     let one_label_under = |suffix: &str| {
-        name.strip_suffix(suffix)
-            .and_then(|l| l.strip_suffix('.'))
-            .filter(|l| !l.is_empty() && !l.contains('.'))
-            .map(str::to_string)
+        name.strip_suffix(suffix).and_then(|l| l.strip_suffix('.')).filter(|l| !l.is_empty() && !l.contains('.'))
     };
     let sandbox_wildcard = name_matches(&format!("*.{REGION}.{DOMAIN}"), name);
     let preview_wildcard = name_matches(&format!("*.{REGION}.preview.{DOMAIN}"), name)
         || name_matches(&format!("*.preview.{DOMAIN}"), name);
-    match classify(name, REGION, DOMAIN) {
+    match classify(name, &Zones::new(REGION, DOMAIN)) {
         HostKind::Api => assert_eq!(name, format!("api.{DOMAIN}")),
         HostKind::Sandbox(label) => {
             assert_eq!(Some(label), one_label_under(&format!("{REGION}.{DOMAIN}")), "{name:?}");

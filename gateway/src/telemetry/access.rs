@@ -13,11 +13,11 @@
 
 use std::{
     cell::RefCell,
+    fmt,
     io::Write,
-    net::SocketAddr,
     pin::Pin,
     sync::{
-        OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -28,33 +28,71 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::metrics::{self, RouteKind};
+use crate::model::sandbox::Sandbox;
 
 /// The response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// What is known about a request as it goes through the edge.
+/// What is known about a request as it goes through the edge. Built per request, so it holds
+/// shared handles (the sandbox, the connection's peer text) rather than copies of their text.
 #[derive(Debug)]
 pub struct RequestLog {
-    /// Unique in the process and across restarts: `{process tag}-{counter}`.
-    pub id: String,
+    /// Unique in the process and across restarts (see [`RequestId`]).
+    pub id: RequestId,
     started: Instant,
     method: http::Method,
-    peer: SocketAddr,
+    /// The client's address as text (formatted once per connection).
+    peer: Arc<str>,
     /// Filled in by routing.
     pub route: RouteKind,
-    /// The sandbox's workspace, once known.
-    pub workspace: Option<String>,
-    /// The sandbox, once known.
-    pub sandbox: Option<String>,
+    /// The sandbox addressed, once known (its workspace and name are logged).
+    pub sandbox: Option<Arc<Sandbox>>,
     /// The port inside the sandbox, once known.
     pub port: Option<u16>,
     /// The NAME of the token that authenticated the request (never the secret).
-    pub token: Option<String>,
+    pub token: Option<Arc<str>>,
     status: u16,
     ttfb: Duration,
 }
 
-/// 32 random bits per process, so ids do not repeat across restarts.
+/// A request id: `{process tag}-{counter}`, the tag 32 random bits per process so that ids do
+/// not repeat across restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn write_to(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(process_tag().as_bytes());
+        out.push(b'-');
+        out.extend_from_slice(itoa::Buffer::new().format(self.0).as_bytes());
+    }
+
+    /// The id as a header value, marked sensitive: HTTP/2's HPACK then sends it as a literal
+    /// "never indexed" instead of inserting a value that never repeats into the connection's
+    /// dynamic table, where each insertion evicts entries (`server`, `content-type`…) that the
+    /// next responses would have referenced.
+    pub fn header_value(self) -> http::HeaderValue {
+        let mut text = Vec::with_capacity(32);
+        self.write_to(&mut text);
+        // Hex digits, `-` and decimal digits: always a valid header value.
+        let mut value =
+            http::HeaderValue::from_maybe_shared(Bytes::from(text)).unwrap_or(http::HeaderValue::from_static("-"));
+        value.set_sensitive(true);
+        value
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", process_tag(), self.0)
+    }
+}
+
 fn process_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
@@ -67,16 +105,14 @@ fn process_tag() -> &'static str {
 }
 
 impl RequestLog {
-    /// A request just read.
-    pub fn new(method: &http::Method, peer: SocketAddr) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
+    /// A request just read from `peer` (the client address as text).
+    pub fn new(method: &http::Method, peer: Arc<str>) -> Self {
         Self {
-            id: format!("{}-{}", process_tag(), NEXT.fetch_add(1, Ordering::Relaxed)),
+            id: RequestId::next(),
             started: Instant::now(),
             method: method.clone(),
             peer,
             route: RouteKind::Edge,
-            workspace: None,
             sandbox: None,
             port: None,
             token: None,
@@ -85,17 +121,21 @@ impl RequestLog {
         }
     }
 
+    fn workspace(&self) -> Option<&str> {
+        self.sandbox.as_deref().map(|s| s.workspace.as_str())
+    }
+
     /// The response head is ready: counts the request in the metrics. Returns the log to
     /// finish when the body ends ([`LoggedBody`]).
     pub fn responded(mut self, status: u16) -> Self {
         self.status = status;
         self.ttfb = self.started.elapsed();
-        metrics::global().request(self.route, status, self.workspace.as_deref(), self.ttfb);
+        metrics::global().request(self.route, status, self.workspace(), self.ttfb);
         self
     }
 
     /// Writes the access line: formatted here straight into the thread's log buffer once
-    /// `telemetry::init` chose the format (a third of the cost of a `tracing` event, which
+    /// `telemetry::init` chose the format (a fraction of the cost of a `tracing` event, which
     /// records and visits every field), through `tracing` otherwise (library use, tests).
     fn finish(self, bytes: u64, complete: bool) {
         if let Some(format) = FORMAT.get() {
@@ -114,8 +154,8 @@ impl RequestLog {
             id = %self.id,
             method = %self.method,
             route = %self.route.as_str(),
-            workspace = %self.workspace.as_deref().unwrap_or("-"),
-            sandbox = %self.sandbox.as_deref().unwrap_or("-"),
+            workspace = %self.workspace().unwrap_or("-"),
+            sandbox = %self.sandbox.as_deref().map_or("-", |s| s.name.as_str()),
             port = self.port.unwrap_or(0),
             status = self.status,
             bytes,
@@ -131,57 +171,89 @@ impl RequestLog {
 
 impl RequestLog {
     /// The line `tracing`'s formatter would write for the same event (same fields, order and
-    /// spelling), without colours.
+    /// spelling), without colours. Written piece by piece (`itoa` for numbers): `core::fmt`
+    /// with a dozen arguments cost as much as the rest of the line.
     fn write_line(&self, out: &mut Vec<u8>, format: AccessFormat, bytes: u64, complete: bool) {
         let ttfb_ms = self.ttfb.as_millis() as u64;
         let duration_ms = self.started.elapsed().as_millis() as u64;
-        let (workspace, sandbox) = (self.workspace.as_deref().unwrap_or("-"), self.sandbox.as_deref().unwrap_or("-"));
+        let workspace = self.workspace().unwrap_or("-");
+        let sandbox = self.sandbox.as_deref().map_or("-", |s| s.name.as_str());
         let token = self.token.as_deref().unwrap_or("-");
         let port = self.port.unwrap_or(0);
-        // Writing into a Vec cannot fail.
+        let mut num = itoa::Buffer::new();
+        let mut n = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(num.format(v).as_bytes());
+        let complete: &[u8] = if complete { b"true" } else { b"false" };
         if format.json {
+            // Writing into a Vec cannot fail.
             let s = |out: &mut Vec<u8>, v: &str| {
                 let _ = serde_json::to_writer(&mut *out, v);
             };
             out.extend_from_slice(b"{\"timestamp\":\"");
             timestamp(out);
-            out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"id\":");
-            s(out, &self.id);
-            out.extend_from_slice(b",\"method\":");
+            out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"id\":\"");
+            self.id.write_to(out);
+            out.extend_from_slice(b"\",\"method\":");
             s(out, self.method.as_str());
-            out.extend_from_slice(b",\"route\":");
-            s(out, self.route.as_str());
-            out.extend_from_slice(b",\"workspace\":");
+            out.extend_from_slice(b",\"route\":\"");
+            out.extend_from_slice(self.route.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"workspace\":");
             s(out, workspace);
             out.extend_from_slice(b",\"sandbox\":");
             s(out, sandbox);
-            let _ = write!(
-                out,
-                ",\"port\":{port},\"status\":{},\"bytes\":{bytes},\"ttfb_ms\":{ttfb_ms},\"duration_ms\":{duration_ms},\"token\":",
-                self.status
-            );
+            for (key, value) in [
+                (&b",\"port\":"[..], u64::from(port)),
+                (b",\"status\":", u64::from(self.status)),
+                (b",\"bytes\":", bytes),
+                (b",\"ttfb_ms\":", ttfb_ms),
+                (b",\"duration_ms\":", duration_ms),
+            ] {
+                out.extend_from_slice(key);
+                n(out, value);
+            }
+            out.extend_from_slice(b",\"token\":");
             s(out, token);
-            let _ = writeln!(
-                out,
-                ",\"peer\":\"{}\",\"complete\":{complete},\"target\":\"{}\"}}",
-                self.peer,
-                super::ACCESS_TARGET
-            );
+            out.extend_from_slice(b",\"peer\":");
+            s(out, &self.peer);
+            out.extend_from_slice(b",\"complete\":");
+            out.extend_from_slice(complete);
+            out.extend_from_slice(b",\"target\":\"");
+            out.extend_from_slice(super::ACCESS_TARGET.as_bytes());
+            out.extend_from_slice(b"\"}\n");
         } else {
             if format.time {
                 timestamp(out);
                 out.push(b' ');
             }
-            let _ = writeln!(
-                out,
-                " INFO {}: request id={} method={} route={} workspace={workspace} sandbox={sandbox} port={port} status={} bytes={bytes} ttfb_ms={ttfb_ms} duration_ms={duration_ms} token={token} peer={} complete={complete}",
-                super::ACCESS_TARGET,
-                self.id,
-                self.method,
-                self.route.as_str(),
-                self.status,
-                self.peer,
-            );
+            out.extend_from_slice(b" INFO ");
+            out.extend_from_slice(super::ACCESS_TARGET.as_bytes());
+            out.extend_from_slice(b": request id=");
+            self.id.write_to(out);
+            for (key, value) in [
+                (&b" method="[..], self.method.as_str()),
+                (b" route=", self.route.as_str()),
+                (b" workspace=", workspace),
+                (b" sandbox=", sandbox),
+            ] {
+                out.extend_from_slice(key);
+                out.extend_from_slice(value.as_bytes());
+            }
+            for (key, value) in [
+                (&b" port="[..], u64::from(port)),
+                (b" status=", u64::from(self.status)),
+                (b" bytes=", bytes),
+                (b" ttfb_ms=", ttfb_ms),
+                (b" duration_ms=", duration_ms),
+            ] {
+                out.extend_from_slice(key);
+                n(out, value);
+            }
+            for (key, value) in [(&b" token="[..], token.as_bytes()), (b" peer=", self.peer.as_bytes())] {
+                out.extend_from_slice(key);
+                out.extend_from_slice(value);
+            }
+            out.extend_from_slice(b" complete=");
+            out.extend_from_slice(complete);
+            out.push(b'\n');
         }
     }
 }
@@ -233,7 +305,11 @@ fn timestamp(out: &mut Vec<u8>) {
         }
         out.extend_from_slice(&second.1);
     });
-    let _ = write!(out, "{:06}Z", now.subsec_micros());
+    let mut num = itoa::Buffer::new();
+    let micros = num.format(now.subsec_micros());
+    out.extend(std::iter::repeat_n(b'0', 6usize.saturating_sub(micros.len())));
+    out.extend_from_slice(micros.as_bytes());
+    out.push(b'Z');
 }
 
 /// A response body that counts the bytes sent and writes the access line when it ends (or
@@ -313,8 +389,8 @@ mod tests {
 
     #[tokio::test]
     async fn ids_are_unique_and_bodies_are_counted() {
-        let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let a = RequestLog::new(&http::Method::GET, peer);
+        let peer: Arc<str> = "127.0.0.1:1".into();
+        let a = RequestLog::new(&http::Method::GET, peer.clone());
         let b = RequestLog::new(&http::Method::GET, peer);
         assert_ne!(a.id, b.id);
         let body = LoggedBody::new(Full::new(Bytes::from_static(b"hello")), a.responded(200));
@@ -325,8 +401,14 @@ mod tests {
 
     #[test]
     fn access_lines_as_text_and_json() {
-        let mut log = RequestLog::new(&http::Method::GET, "127.0.0.1:5000".parse().expect("addr"));
-        log.workspace = Some("acme".into());
+        let mut log = RequestLog::new(&http::Method::GET, "127.0.0.1:5000".into());
+        log.sandbox = Some(Arc::new(Sandbox {
+            workspace: "acme".into(),
+            name: "web".into(),
+            address: "198.18.0.2".parse().expect("ip"),
+            interface: "lo".into(),
+            ports: Vec::new(),
+        }));
         log.port = Some(3000);
         log.token = Some("ci".into());
         let log = log.responded(200);
@@ -338,7 +420,7 @@ mod tests {
         assert!(time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).is_ok(), "{stamp}");
         assert!(
             rest.starts_with(&format!(
-                "id={} method=GET route=edge workspace=acme sandbox=- port=3000 status=200 bytes=42 ttfb_ms=",
+                "id={} method=GET route=edge workspace=acme sandbox=web port=3000 status=200 bytes=42 ttfb_ms=",
                 log.id
             )),
             "{rest}"
@@ -349,13 +431,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&json).expect("one JSON object");
         let keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
         assert_eq!(keys.len(), 17, "{keys:?}");
+        assert_eq!(v["id"].as_str(), Some(log.id.to_string().as_str()));
+        assert_eq!(v["peer"].as_str(), Some("127.0.0.1:5000"));
+        assert_eq!(log.id.header_value().to_str().ok(), Some(log.id.to_string().as_str()));
         assert_eq!(
             (v["message"].as_str(), v["port"].as_u64(), v["complete"].as_bool()),
             (Some("request"), Some(3000), Some(false))
         );
         assert_eq!(
             (v["target"].as_str(), v["sandbox"].as_str(), v["token"].as_str()),
-            (Some("gateway::access"), Some("-"), Some("ci"))
+            (Some("gateway::access"), Some("web"), Some("ci"))
         );
     }
 }

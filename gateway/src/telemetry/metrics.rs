@@ -32,17 +32,22 @@
 //! workspace (unknown host, bad request) are recorded with `workspace=""`.
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     fmt::{self, Write as _},
     path::Path,
-    sync::{Arc, Mutex, OnceLock, atomic::AtomicI64},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
     metrics::{
-        MetricType,
+        MetricType, TypedMetric,
         counter::{ConstCounter, Counter},
         family::Family,
         gauge::{ConstGauge, Gauge},
@@ -73,6 +78,9 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
+    const ALL: [RouteKind; 5] =
+        [RouteKind::SandboxApi, RouteKind::Port, RouteKind::Preview, RouteKind::Api, RouteKind::Edge];
+
     /// The label value.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -152,9 +160,72 @@ struct VerdictLabels {
     verdict: &'static str,
 }
 
-fn route_histogram() -> Family<RouteLabels, Histogram> {
+fn route_histogram() -> Family<RouteLabels, DurationHistogram> {
     // 0.5 ms … ~16 s
-    Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)))
+    Family::new_with_constructor(|| DurationHistogram::new(exponential_buckets(0.0005, 2.0, 16)))
+}
+
+/// A histogram of durations that never locks: an atomic count per bucket and the sum in
+/// nanoseconds. prometheus_client's `Histogram` takes a mutex per observation, which every
+/// runtime worker would contend for twice per request.
+#[derive(Clone, Debug)]
+pub struct DurationHistogram(Arc<DurationBuckets>);
+
+#[derive(Debug)]
+struct DurationBuckets {
+    /// Upper bounds in seconds (as exported) and in nanoseconds (as compared), ascending.
+    bounds: Vec<(f64, u64)>,
+    /// One count per bound, and the last for `+Inf`.
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// Buckets with these upper bounds, in seconds.
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let bounds: Vec<(f64, u64)> = bounds.into_iter().map(|s| (s, (s * 1e9).round() as u64)).collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self(Arc::new(DurationBuckets { bounds, counts, sum_nanos: AtomicU64::new(0) }))
+    }
+
+    /// Counts one observation.
+    pub fn observe(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // `le` buckets: the first bound at or above the value.
+        let i = self.0.bounds.partition_point(|&(_, b)| b < nanos);
+        if let Some(count) = self.0.counts.get(i) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for DurationHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for DurationHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        let uppers = self.0.bounds.iter().map(|&(s, _)| s).chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = uppers.zip(self.0.counts.iter().map(|c| c.load(Ordering::Relaxed))).collect();
+        let count = buckets.iter().map(|&(_, n)| n).sum();
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Counters by (route, status), of one workspace.
+type RouteStatusCounters = Vec<(RouteKind, u16, Counter)>;
+
+thread_local! {
+    /// This thread's handles to the global `requests` counters, by workspace then (route,
+    /// status): found without hashing a label set (and allocating its workspace) under the
+    /// family's lock on every request.
+    static REQUEST_COUNTERS: RefCell<HashMap<String, RouteStatusCounters>> = RefCell::new(HashMap::new());
 }
 
 fn ok(result: bool) -> ResultLabels {
@@ -166,8 +237,10 @@ pub struct Metrics {
     registry: Registry,
     verdicts: Arc<VerdictCollector>,
     requests: Family<RequestLabels, Counter>,
-    request_duration: Family<RouteLabels, Histogram>,
-    upstream_latency: Family<RouteLabels, Histogram>,
+    request_duration: Family<RouteLabels, DurationHistogram>,
+    upstream_latency: Family<RouteLabels, DurationHistogram>,
+    /// (request duration, upstream latency) of each [`RouteKind`], resolved once.
+    by_route: [(DurationHistogram, DurationHistogram); 5],
     connections_open: Gauge,
     connections_total: Counter,
     websockets_open: Gauge,
@@ -207,12 +280,19 @@ impl Metrics {
     /// A fresh registry with every metric registered (at zero).
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
+        let request_duration = route_histogram();
+        let upstream_latency = route_histogram();
+        let by_route = RouteKind::ALL.map(|route| {
+            let labels = RouteLabels { route: route.as_str() };
+            (request_duration.get_or_create(&labels).clone(), upstream_latency.get_or_create(&labels).clone())
+        });
         let m = Self {
             registry: Registry::default(),
             verdicts: Arc::new(VerdictCollector::default()),
             requests: Family::default(),
-            request_duration: route_histogram(),
-            upstream_latency: route_histogram(),
+            request_duration,
+            upstream_latency,
+            by_route,
             connections_open: Gauge::default(),
             connections_total: Counter::default(),
             websockets_open: Gauge::default(),
@@ -317,19 +397,46 @@ impl Metrics {
     /// A request answered at the edge: its route kind, status and workspace (`None` when no
     /// workspace was resolved), and how long until the response head.
     pub fn request(&self, route: RouteKind, status: u16, workspace: Option<&str>, duration: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
+        let workspace = workspace.unwrap_or_default();
+        let counter = || {
+            self.requests.get_or_create(&RequestLabels {
                 route: route.as_str(),
                 status,
-                workspace: workspace.unwrap_or_default().to_owned(),
+                workspace: workspace.to_owned(),
             })
-            .inc();
-        self.request_duration.get_or_create(&RouteLabels { route: route.as_str() }).observe(duration.as_secs_f64());
+        };
+        if std::ptr::eq(self, global()) {
+            REQUEST_COUNTERS.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                if !cache.contains_key(workspace) {
+                    cache.insert(workspace.to_owned(), Vec::new());
+                }
+                let Some(list) = cache.get_mut(workspace) else { return };
+                match list.iter().find(|(r, s, _)| *r == route && *s == status) {
+                    Some((_, _, c)) => {
+                        c.inc();
+                    }
+                    None => {
+                        let c = counter().clone();
+                        c.inc();
+                        list.push((route, status, c));
+                    }
+                }
+            });
+        } else {
+            counter().inc();
+        }
+        self.route_histograms(route).0.observe(duration);
+    }
+
+    fn route_histograms(&self, route: RouteKind) -> &(DurationHistogram, DurationHistogram) {
+        // `ALL` lists the kinds in declaration order.
+        &self.by_route[route as usize]
     }
 
     /// Time from sending a request to a sandbox to its response head.
     pub fn upstream_latency(&self, route: RouteKind, latency: Duration) {
-        self.upstream_latency.get_or_create(&RouteLabels { route: route.as_str() }).observe(latency.as_secs_f64());
+        self.route_histograms(route).1.observe(latency);
     }
 
     /// A client connection was accepted; it counts as open until the guard is dropped.
@@ -551,5 +658,42 @@ mod tests {
         assert_eq!(sum_samples(&text, "gateway_requests_total", &[]), 2);
         assert_eq!(sum_samples(&text, "gateway_requests_total", &[("route", "port")]), 1);
         assert_eq!(sum_samples(&text, "gateway_tls_handshakes_total", &[("result", "error")]), 1);
+    }
+
+    #[test]
+    fn duration_histogram_buckets_count_and_sum() {
+        let h = DurationHistogram::new([0.001, 0.01]);
+        for ms in [0, 1, 5, 10, 11, 5000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let mut registry = Registry::default();
+        registry.register("h", "help", h);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            "h_bucket{le=\"0.001\"} 2",
+            "h_bucket{le=\"0.01\"} 4",
+            "h_bucket{le=\"+Inf\"} 6",
+            "h_count 6",
+            "h_sum 5.027",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_global_request_counters_count_through_the_thread_cache() {
+        let m = global();
+        let count = |filter: &[(&str, &str)]| sum_samples(&m.encode(), "gateway_requests_total", filter);
+        let ws = [("workspace", "cache-test")];
+        assert_eq!(count(&ws), 0);
+        m.request(RouteKind::Port, 200, Some("cache-test"), Duration::from_millis(1));
+        m.request(RouteKind::Port, 200, Some("cache-test"), Duration::from_millis(1));
+        m.request(RouteKind::Port, 503, Some("cache-test"), Duration::from_millis(1));
+        std::thread::spawn(move || m.request(RouteKind::Port, 200, Some("cache-test"), Duration::ZERO))
+            .join()
+            .expect("thread");
+        assert_eq!(count(&ws), 4);
+        assert_eq!(count(&[("workspace", "cache-test"), ("status", "200")]), 3);
     }
 }
