@@ -147,7 +147,7 @@ pub fn run(quick: bool) -> Result<()> {
         srounds = scaling_json["rounds"],
         ssecs = scaling_json["seconds_per_run"],
         scaling_table = md("scaling")?,
-        idle_n = idle_json["connections"],
+        idle_n = thousands(idle_json["connections"].as_u64().unwrap_or(0)),
         idle_table = md("idle")?,
         versions = http_json["versions"],
         // Hand-written: where the gateway's CPU goes under these loads (perf), kept next to the figures.
@@ -157,6 +157,19 @@ pub fn run(quick: bool) -> Result<()> {
     println!("wrote target/bench/results.json, target/bench/chart.svg, BENCHMARKS.md");
     Ok(())
 }
+/// 10000 → "10,000".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn machine() -> String {
     let sh = |c: &str| {
         Command::new("sh")
