@@ -176,7 +176,12 @@ async fn forward(pool: Arc<Pool>, req: Request<Incoming>) -> Response<ProxyBody>
     let (response, sender) = response;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(PooledBody { inner: body, back: Some((sender, pool)) }))
+    let mut body = PooledBody { inner: body, back: Some((sender, pool)) };
+    // A body known to be empty (204, 304, HEAD) may never be polled: its connection is free now.
+    if body.inner.is_end_stream() {
+        body.release();
+    }
+    Response::from_parts(parts, Either::Left(body))
 }
 
 fn tls_config(cert: &str, key: &str) -> Arc<ServerConfig> {
