@@ -3,6 +3,7 @@ pub mod edge;
 pub mod env;
 pub mod gateway_process;
 pub mod harness;
+pub mod idle;
 pub mod openloop;
 pub mod prober;
 pub mod raw;

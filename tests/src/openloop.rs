@@ -54,7 +54,7 @@ pub struct Outcome {
     pub p99_ms: f64,
 }
 
-fn request(t: &Target) -> Request<TestBody> {
+pub(crate) fn request(t: &Target) -> Request<TestBody> {
     let mut b = Request::builder().uri(&t.path).header("host", &t.host);
     for (k, v) in &t.headers {
         b = b.header(k.as_str(), v.as_str());
@@ -101,7 +101,7 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
-fn tls_config() -> Arc<ClientConfig> {
+pub(crate) fn tls_config() -> Arc<ClientConfig> {
     let provider: CryptoProvider = rustls::crypto::ring::default_provider();
     let algs = provider.signature_verification_algorithms;
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))

@@ -1,49 +1,72 @@
-//! `cargo xtask bench`: the HTTP proxy comparison.
+//! `cargo xtask bench`: the HTTP proxy comparison. One invocation runs one of four parts.
 //!
 //! Topology: one sandbox namespace holding the backend (nginx `return 200`, 1 worker; plain
 //! HTTP on 3000 for the proxies, TLS on 3443 for the "direct" contender) behind two veth links:
 //! link A is registered with the gateway (tcx enforcement attached, reached only by the
-//! gateway's marked connector), link B is unregistered and carries nginx-proxy, HAProxy and
-//! direct traffic to the same backend process. Contenders on the host, all on 127.0.0.1 with the
-//! same ECDSA P-256 certificate, TLS 1.3 only, one worker/thread, access logs off, keepalive
-//! upstream:
+//! gateway's marked connector), link B is unregistered and carries the other proxies' and the
+//! direct traffic to the same backend process. Contenders on the host, all on 127.0.0.1 with
+//! the same ECDSA P-256 certificate, TLS 1.3 only, keepalive upstream:
 //!
 //! - direct: the backend's own TLS listener;
 //! - gateway: `https://sbx-web-acme.local.gw.test/port/3000/` with a workspace token;
 //! - nginx: reverse proxy (`proxy_pass` to an upstream with `keepalive`);
-//! - haproxy: `mode http`, `http-reuse always`.
+//! - haproxy: `mode http`, `http-reuse always`;
+//! - reference: `gateway-bench-ref`, a minimal proxy on the gateway's own stack (tokio, hyper,
+//!   hyper-util, rustls; no routing, auth, metrics or logs): what the gateway's features cost
+//!   per request on top of its libraries.
 //!
-//! Loads: `wrk -t1 -c50 --latency` keepalive; the same with `Connection: close`; `h2load -t1
-//! -c10 -m10`; a fixed rate (open loop, [`openloop`], latency from the scheduled send time) at
-//! half of nginx's keep-alive maximum measured just before, for p50/p99 below saturation. Contenders alternate within every round (A B C D A B C D …); medians over rounds.
+//! Parts:
+//! - (no part flag) the comparison, one worker/thread per proxy (gateway and reference:
+//!   `TOKIO_WORKER_THREADS=1`), access logs off. Loads: `wrk -t1 -c50 --latency` keepalive;
+//!   the same with `Connection: close`; `h2load -t1 -c10 -m10`; a fixed rate (open loop,
+//!   [`openloop`], latency from the scheduled send time) at half of nginx's keep-alive maximum
+//!   measured just before, for p50/p99 below saturation. Contenders alternate within every
+//!   round (A B C D E A B C D E …); medians over rounds.
+//! - `--defaults`: the same comparison with every proxy at its default worker/thread count,
+//!   logging every request (nginx `access_log` and HAProxy `option httplog` to files, the
+//!   gateway's default access log at info; the reference logs nothing).
+//! - `--scaling`: req/s of the gateway (`TOKIO_WORKER_THREADS` = 1…nproc) and of nginx
+//!   (`worker_processes` 1…nproc) under the keep-alive and h2 loads, access logs off,
+//!   alternated within rounds.
+//! - `--idle`: memory while holding [`IDLE_CONNECTIONS`] idle TLS connections ([`idle`]: one
+//!   request answered on each, then kept alive) per proxy, at default worker counts, access
+//!   logs off, connection limits raised where they are below that.
+//!
 //! Names resolve through a private /etc/hosts bind-mounted in a private mount namespace around
 //! each client (`unshare -m`): the host's /etc/hosts is never touched.
 //!
-//! `--defaults` runs every proxy at its default worker/thread count instead, logging every
-//! request (nginx `access_log` and HAProxy `option httplog` to files, the gateway's default
-//! access log).
-//!
-//! Usage: `gateway-bench-http [--quick] [--defaults] [--hold] [--out DIR]` (root; GATEWAY_BIN = release
-//! gateway). Writes DIR/http.json, DIR/http.svg and DIR/http.md. `--hold` only sets everything
-//! up, prints the contenders' pids and client commands (for `perf record -p PID`) and waits.
+//! Usage: `gateway-bench-http [--quick] [--defaults | --scaling | --idle] [--hold] [--out DIR]`
+//! (root; GATEWAY_BIN = release gateway; `gateway-bench-ref` next to this binary or at
+//! GATEWAY_BENCH_REF). Writes DIR/http.{json,md,svg} (`--defaults`: http-defaults.*),
+//! DIR/scaling.{json,md} or DIR/idle.{json,md}. `--hold` (with or without `--defaults`) only
+//! sets the comparison up, prints the contenders' pids and client commands (for
+//! `perf record -p PID`) and waits.
 
 use std::{
     fs,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
+    attack::raise_nofile,
     edge::{WS, create_token, register, sandbox_host},
-    gateway_process::{GatewayProcess, temp_dir},
+    gateway_process::{GatewayProcess, TempDir, temp_dir},
     harness::{BpffsDir, Sandbox, SandboxLink, require_root},
-    openloop,
+    idle, openloop,
 };
 use serde_json::{Value, json};
 
 const BACKEND_PLAIN: u16 = 3000;
 const BACKEND_TLS: u16 = 3443;
+/// Idle connections held per proxy by `--idle`.
+const IDLE_CONNECTIONS: usize = 10_000;
+/// Connection limits of the proxies under `--idle`: room for the idle connections, their
+/// upstream connections and the bench's own checks.
+const MANY_CONNECTIONS: usize = 20_000;
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A child process killed (whole process group) on drop.
 struct Proc {
@@ -111,39 +134,73 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().map(|p| stat_field(*p, 14).unwrap_or(0) + stat_field(*p, 15).unwrap_or(0)).sum::<u64>() as f64 / tck
 }
 
-fn hwm_kib(pids: &[u32]) -> u64 {
+/// The sum over these processes of a kB line of /proc/PID/`file` (`VmRSS:`, `VmHWM:` in
+/// `status`, `Pss:` in `smaps_rollup`), KiB.
+fn proc_kib(pids: &[u32], file: &str, field: &str) -> u64 {
     pids.iter()
         .map(|p| {
-            fs::read_to_string(format!("/proc/{p}/status"))
+            fs::read_to_string(format!("/proc/{p}/{file}"))
                 .ok()
                 .and_then(|s| {
-                    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                    s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
                 })
                 .unwrap_or(0)
         })
         .sum()
 }
 
+fn hwm_kib(pids: &[u32]) -> u64 {
+    proc_kib(pids, "status", "VmHWM:")
+}
+
 fn free_port() -> u16 {
     gateway_tests::gateway_process::free_port()
 }
 
-fn wait_port(port: u16, what: &str) {
+/// Waits until something listens on 127.0.0.1:`port`; `what` names it in the panic otherwise.
+fn wait_port(port: u16, what: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        assert!(Instant::now() < deadline, "{} did not listen on {port}", what());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 struct Contender {
     name: &'static str,
     url: String,
-    /// The same, for the open-loop client (which resolves nothing).
+    /// The same, for the open-loop and idle clients (which resolve nothing).
     target: openloop::Target,
     headers: Vec<String>,
     /// Process tree whose CPU and memory count as "the proxy".
     pids: Vec<u32>,
+}
+
+impl Contender {
+    fn new(
+        name: &'static str,
+        ip: IpAddr,
+        port: u16,
+        host: &str,
+        path: &str,
+        headers: Vec<String>,
+        pids: Vec<u32>,
+    ) -> Self {
+        let target = openloop::Target {
+            addr: (ip, port).into(),
+            host: host.to_string(),
+            path: path.to_string(),
+            headers: headers
+                .iter()
+                .filter_map(|h| h.split_once(": ").map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect(),
+        };
+        Contender { name, url: format!("https://{host}:{port}{path}"), target, headers, pids }
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -329,179 +386,394 @@ fn write_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (cert, key, combined)
 }
 
-/// An nginx configuration's common part: one worker and no access log, or (`defaults`) nginx's
-/// own defaults, `worker_processes auto` and an access log file.
-fn nginx_common(tmp: &Path, name: &str, defaults: bool) -> String {
+/// How the proxies of one invocation are configured.
+#[derive(Clone, Copy)]
+struct Profile {
+    /// Worker processes/threads of every proxy; `None`: each one's default.
+    workers: Option<usize>,
+    /// Every request logged (nginx and HAProxy to files, the gateway's default access log).
+    logs: bool,
+    /// Connection limits raised to [`MANY_CONNECTIONS`] (for `--idle`).
+    many: bool,
+}
+
+/// An nginx configuration's common part (`workers` None: `auto`, nginx's recommended setting).
+fn nginx_common(tmp: &Path, name: &str, workers: Option<usize>, logs: bool, many: bool) -> String {
     let d = tmp.join(name);
     fs::create_dir_all(&d).expect("create the peer's directory");
-    let (workers, access_log) =
-        if defaults { ("auto".to_string(), format!("{}/access.log", d.display())) } else { ("1".into(), "off".into()) };
+    let workers = workers.map_or_else(|| "auto".to_string(), |n| n.to_string());
+    let access_log = if logs { format!("{}/access.log", d.display()) } else { "off".into() };
+    // Each worker may end up with every connection (accepts are not spread evenly), and holds
+    // its upstream connection for each request in flight; the workers get the file descriptor
+    // limit this process has (nginx warns when worker_connections exceeds it).
+    let limits = if many {
+        let nofile = nofile_limit();
+        format!(
+            "worker_rlimit_nofile {nofile};\nevents {{ worker_connections {}; }}\n",
+            (MANY_CONNECTIONS as u64).min(nofile)
+        )
+    } else {
+        "events { worker_connections 4096; }\n".into()
+    };
     format!(
         "worker_processes {workers};\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\n\
-         events {{ worker_connections 4096; }}\nhttp {{\n  access_log {access_log};\n  client_body_temp_path {d}/body;\n\
+         {limits}http {{\n  access_log {access_log};\n  client_body_temp_path {d}/body;\n\
          proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
          keepalive_requests 1000000;\n  ssl_protocols TLSv1.3;\n  ssl_session_cache off;\n",
         d = d.display()
     )
 }
 
-fn main() {
-    require_root();
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let hold = args.iter().any(|a| a == "--hold");
-    // Every proxy at its default worker/thread count, logging every request (nginx and HAProxy
-    // to a file, the gateway its default access log): what a user's first benchmark compares.
-    let defaults = args.iter().any(|a| a == "--defaults");
-    let out_dir = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
-    fs::create_dir_all(&out_dir).expect("create the output dir");
-    // Quick: 4 contenders × 3 loads × 3 rounds × 2 s = 72 s of load, under two minutes in all.
-    let (rounds, secs) = if quick { (3, 2) } else { (5, 10) };
-    for tool in ["wrk", "h2load", "nginx", "haproxy", "openssl", "unshare"] {
-        assert!(
-            Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()),
-            "{tool} is missing (cargo xtask bench installs wrk, nghttp2-client, nginx, haproxy)"
-        );
-    }
-    let started = Instant::now();
-    let tmp = temp_dir("gateway-bench-http");
-    let (cert, key, combined) = write_certs(tmp.path());
+/// What every part shares: certificates, the backend in its sandbox, the gateway with the
+/// sandbox registered, and the hosts file of the clients. Fields drop in order: the gateway
+/// before its pins, processes before the links they use.
+struct Topology {
+    gw: GatewayProcess,
+    _pins: BpffsDir,
+    backend: Proc,
+    _link_b: SandboxLink,
+    _sb: Sandbox,
+    tmp: TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    combined: PathBuf,
+    /// The backend's address on link B (nginx, HAProxy, reference, direct).
+    b_addr: Ipv4Addr,
+    hosts: PathBuf,
+    gw_host: String,
+    token: String,
+}
 
-    // Sandbox namespace with the backend, two links (A registered with the gateway, B not).
-    let sb = Sandbox::new();
-    // Link B brings its own default route; link A's peer stays reachable by its connected /30.
-    sb.ns.ip(&["route", "del", "default"]).expect("drop link A's default route");
-    let link_b = SandboxLink::new(&sb.ns);
-    let b_addr = link_b.sandbox_addr();
-    let backend_conf = tmp.path().join("backend.conf");
-    fs::write(
-        &backend_conf,
-        nginx_common(tmp.path(), "backend", false)
-            + &format!(
-                "  server {{ listen {BACKEND_PLAIN} reuseport; listen {BACKEND_TLS} ssl http2 reuseport;\n\
-                 ssl_certificate {cert}; ssl_certificate_key {key};\n  location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
-                cert = cert.display(),
-                key = key.display()
+impl Topology {
+    fn new(profile: Profile) -> Topology {
+        let tmp = temp_dir("gateway-bench-http");
+        let (cert, key, combined) = write_certs(tmp.path());
+
+        // Sandbox namespace with the backend, two links (A registered with the gateway, B not).
+        let sb = Sandbox::new();
+        // Link B brings its own default route; link A's peer stays reachable by its connected /30.
+        sb.ns.ip(&["route", "del", "default"]).expect("drop link A's default route");
+        let link_b = SandboxLink::new(&sb.ns);
+        let b_addr = link_b.sandbox_addr();
+        let backend_conf = tmp.path().join("backend.conf");
+        fs::write(
+            &backend_conf,
+            nginx_common(tmp.path(), "backend", Some(1), false, false)
+                + &format!(
+                    "  server {{ listen {BACKEND_PLAIN} reuseport; listen {BACKEND_TLS} ssl http2 reuseport;\n\
+                     ssl_certificate {cert}; ssl_certificate_key {key};\n  location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+                    cert = cert.display(),
+                    key = key.display()
+                ),
+        )
+        .expect("write a configuration file");
+        let backend =
+            Proc::spawn(sb.ns.command("nginx").args(["-g", "daemon off;", "-c"]).arg(&backend_conf), "backend nginx");
+
+        // The gateway: data plane on, same certificate; its default `proxy.max_connections`
+        // (10,000) is exactly what `--idle` holds, without room for the bench's own checks.
+        let pins = BpffsDir::new();
+        let mut extra = format!("\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display());
+        if profile.many {
+            extra.push_str(&format!("\n[proxy]\nmax_connections = {MANY_CONNECTIONS}\n"));
+        }
+        let mut gw = GatewayProcess::enforcing(pins.path(), &extra);
+        set_tokio_workers(profile.workers);
+        gw.set_log_filter(if profile.logs { "info,rustls=error" } else { "warn" });
+        gw.spawn();
+        register(&gw, WS, "web", &sb, &[(BACKEND_PLAIN, "HTTP")]);
+        let token = create_token(&gw, WS, "bench");
+        let gw_host = sandbox_host("web");
+
+        let hosts = tmp.path().join("hosts");
+        fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1 localhost\n127.0.0.1 {gw_host} nginx.local.gw.test haproxy.local.gw.test reference.local.gw.test\n\
+                 {b_addr} direct.local.gw.test\n"
             ),
-    )
-    .expect("write a configuration file");
-    let backend =
-        Proc::spawn(sb.ns.command("nginx").args(["-g", "daemon off;", "-c"]).arg(&backend_conf), "backend nginx");
-
-    // The gateway: data plane on, one runtime thread (like one nginx worker) unless `defaults`,
-    // same certificate.
-    if !defaults {
-        // SAFETY: single-threaded at this point; the variable is read by the spawned gateway only.
-        unsafe { std::env::set_var("TOKIO_WORKER_THREADS", "1") };
+        )
+        .expect("write a configuration file");
+        Topology {
+            gw,
+            _pins: pins,
+            backend,
+            _link_b: link_b,
+            _sb: sb,
+            tmp,
+            cert,
+            key,
+            combined,
+            b_addr,
+            hosts,
+            gw_host,
+            token,
+        }
     }
-    let pins = BpffsDir::new();
-    let mut gw = GatewayProcess::start_enforcing_with(
-        pins.path(),
-        &format!("\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()),
-    );
-    gw.set_log_filter(if defaults { "info,rustls=error" } else { "warn" });
-    gw.restart();
-    register(&gw, WS, "web", &sb, &[(BACKEND_PLAIN, "HTTP")]);
-    let token = create_token(&gw, WS, "bench");
-    let gw_host = sandbox_host("web");
 
-    // nginx reverse proxy; as many idle upstream connections as the gateway's pool keeps (256).
-    let nginx_port = free_port();
-    let nginx_conf = tmp.path().join("proxy-nginx.conf");
-    fs::write(
-        &nginx_conf,
-        nginx_common(tmp.path(), "proxy-nginx", defaults)
-            + &format!(
-                "  upstream backend {{ server {b_addr}:{BACKEND_PLAIN}; keepalive 256; keepalive_requests 1000000; }}\n\
-                 server {{ listen 127.0.0.1:{nginx_port} ssl http2; ssl_certificate {cert}; ssl_certificate_key {key};\n\
-                 location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
-                cert = cert.display(),
-                key = key.display()
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The gateway again with `workers` runtime threads (`None`: tokio's default).
+    fn restart_gateway(&mut self, workers: Option<usize>) {
+        set_tokio_workers(workers);
+        self.gw.restart();
+    }
+
+    /// nginx as a reverse proxy on `port`; as many idle upstream connections as the gateway's
+    /// pool keeps (256).
+    fn nginx(&self, name: &str, port: u16, profile: Profile) -> Proc {
+        let conf = self.dir().join(format!("{name}.conf"));
+        fs::write(
+            &conf,
+            nginx_common(self.dir(), name, profile.workers, profile.logs, profile.many)
+                + &format!(
+                    "  upstream backend {{ server {b}:{BACKEND_PLAIN}; keepalive 256; keepalive_requests 1000000; }}\n\
+                     server {{ listen 127.0.0.1:{port} ssl http2; ssl_certificate {cert}; ssl_certificate_key {key};\n\
+                     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
+                    b = self.b_addr,
+                    cert = self.cert.display(),
+                    key = self.key.display()
+                ),
+        )
+        .expect("write a configuration file");
+        let p = Proc::spawn(Command::new("nginx").args(["-g", "daemon off;", "-c"]).arg(&conf), "proxy nginx");
+        wait_port(port, || "nginx".into());
+        p
+    }
+
+    /// HAProxy on `port` (`workers` None: one thread per CPU, its default).
+    fn haproxy(&self, port: u16, profile: Profile) -> Proc {
+        let conf = self.dir().join("haproxy.cfg");
+        // `--idle` keeps connections open for as long as nginx's default keepalive_timeout
+        // (75 s); HAProxy's idle keep-alive timeout is `timeout client` when nothing else is set.
+        let client_timeout = if profile.many { "75s" } else { "30s" };
+        // HAProxy wants two descriptors per connection (client and server side) and refuses to
+        // start when it cannot raise RLIMIT_NOFILE that far (without CAP_SYS_RESOURCE, e.g. in
+        // a container); idle client connections need one, so it runs with the limit it gets.
+        let strict = if profile.many { "  no strict-limits\n" } else { "" };
+        fs::write(
+            &conf,
+            format!(
+                "global\n  {threads}maxconn {maxconn}\n{strict}  ssl-default-bind-options ssl-min-ver TLSv1.3\n{log_global}\
+                 defaults\n  mode http\n  timeout connect 5s\n  timeout client {client_timeout}\n  timeout server 30s\n  http-reuse always\n{log_defaults}\
+                 frontend fe\n  bind 127.0.0.1:{port} ssl crt {combined} alpn h2,http/1.1\n  default_backend be\n\
+                 backend be\n  server s1 {b}:{BACKEND_PLAIN}\n",
+                b = self.b_addr,
+                combined = self.combined.display(),
+                threads = profile.workers.map_or_else(String::new, |n| format!("nbthread {n}\n  ")),
+                maxconn = if profile.many { MANY_CONNECTIONS } else { 4000 },
+                log_global = if profile.logs { "  log stdout format raw local0\n" } else { "" },
+                log_defaults = if profile.logs { "  log global\n  option httplog\n" } else { "" },
             ),
-    )
-    .expect("write a configuration file");
-    let nginx = Proc::spawn(Command::new("nginx").args(["-g", "daemon off;", "-c"]).arg(&nginx_conf), "proxy nginx");
+        )
+        .expect("write a configuration file");
+        let log = fs::File::create(self.dir().join("haproxy.log")).expect("haproxy log file");
+        // Its start-up notices and warnings (the file descriptor limit under `--idle`) go to a
+        // file, shown if it does not come up.
+        let stderr_path = self.dir().join("haproxy.stderr");
+        let stderr = fs::File::create(&stderr_path).expect("haproxy stderr file");
+        let p =
+            Proc::spawn(Command::new("haproxy").arg("-f").arg(&conf).arg("-db").stdout(log).stderr(stderr), "haproxy");
+        wait_port(port, || format!("haproxy ({})", fs::read_to_string(&stderr_path).unwrap_or_default().trim()));
+        p
+    }
 
-    // HAProxy.
-    let haproxy_port = free_port();
-    let haproxy_conf = tmp.path().join("haproxy.cfg");
-    fs::write(
-        &haproxy_conf,
-        format!(
-            "global\n  {threads}maxconn 4000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n{log_global}\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n{log_defaults}\
-             frontend fe\n  bind 127.0.0.1:{haproxy_port} ssl crt {combined} alpn h2,http/1.1\n  default_backend be\n\
-             backend be\n  server s1 {b_addr}:{BACKEND_PLAIN}\n",
-            combined = combined.display(),
-            threads = if defaults { "" } else { "nbthread 1\n  " },
-            log_global = if defaults { "  log stdout format raw local0\n" } else { "" },
-            log_defaults = if defaults { "  log global\n  option httplog\n" } else { "" },
-        ),
-    )
-    .expect("write a configuration file");
-    let haproxy_log = fs::File::create(tmp.path().join("haproxy.log")).expect("haproxy log file");
-    let haproxy =
-        Proc::spawn(Command::new("haproxy").arg("-f").arg(&haproxy_conf).arg("-db").stdout(haproxy_log), "haproxy");
+    /// The reference proxy on `port` (`workers` None: tokio's default, one per CPU).
+    fn reference(&self, port: u16, workers: Option<usize>) -> Proc {
+        let mut cmd = Command::new(reference_bin());
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--cert")
+            .arg(&self.cert)
+            .arg("--key")
+            .arg(&self.key)
+            .arg("--upstream")
+            .arg(format!("{}:{BACKEND_PLAIN}", self.b_addr))
+            .env_remove("TOKIO_WORKER_THREADS");
+        if let Some(n) = workers {
+            cmd.arg("--workers").arg(n.to_string());
+        }
+        let p = Proc::spawn(&mut cmd, "gateway-bench-ref");
+        wait_port(port, || "gateway-bench-ref".into());
+        p
+    }
 
-    wait_port(nginx_port, "nginx");
-    wait_port(haproxy_port, "haproxy");
-    std::thread::sleep(Duration::from_millis(300));
-
-    let hosts = tmp.path().join("hosts");
-    fs::write(
-        &hosts,
-        format!("127.0.0.1 localhost\n127.0.0.1 {gw_host} nginx.local.gw.test haproxy.local.gw.test\n{b_addr} direct.local.gw.test\n"),
-    )
-    .expect("write a configuration file");
-
-    let backend_pids = tree(backend.pid());
-    let contender = |name: &'static str,
-                     ip: std::net::IpAddr,
-                     port: u16,
-                     host: &str,
-                     path: &str,
-                     headers: Vec<String>,
-                     pids: Vec<u32>| {
-        let target = openloop::Target {
-            addr: (ip, port).into(),
-            host: host.to_string(),
-            path: path.to_string(),
-            headers: headers
-                .iter()
-                .filter_map(|h| h.split_once(": ").map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect(),
-        };
-        Contender { name, url: format!("https://{host}:{port}{path}"), target, headers, pids }
-    };
-    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
-    let contenders = vec![
-        contender("direct", b_addr.into(), BACKEND_TLS, "direct.local.gw.test", "/", vec![], backend_pids),
-        contender(
+    fn gateway_contender(&self) -> Contender {
+        Contender::new(
             "gateway",
-            lo,
-            gw.https_port(),
-            &gw_host,
+            LOCALHOST,
+            self.gw.https_port(),
+            &self.gw_host,
             &format!("/port/{BACKEND_PLAIN}/"),
-            vec![format!("Authorization: Bearer {token}")],
-            vec![gw.pid().expect("gateway pid")],
-        ),
-        contender("nginx", lo, nginx_port, "nginx.local.gw.test", "/", vec![], tree(nginx.pid())),
-        contender("haproxy", lo, haproxy_port, "haproxy.local.gw.test", "/", vec![], tree(haproxy.pid())),
-    ];
+            vec![format!("Authorization: Bearer {}", self.token)],
+            vec![self.gw.pid().expect("gateway pid")],
+        )
+    }
 
-    // Every contender answers 200 before anything is timed.
-    for c in &contenders {
-        let mut cmd = client(&hosts, "curl");
+    /// Asserts that the contender answers 200 (through the whole chain) before anything is timed.
+    fn check(&self, c: &Contender) {
+        let mut cmd = client(&self.hosts, "curl");
         cmd.args(["-sk", "--tlsv1.3", "-o", "/dev/null", "-w", "%{http_code}"]);
         for h in &c.headers {
             cmd.args(["-H", h]);
         }
         let code = run_ok(cmd.arg(&c.url), "curl");
         assert!(code.trim() == "200", "{} answered {code} at {}", c.name, c.url);
+    }
+}
+
+/// The gateway reads `TOKIO_WORKER_THREADS` (tokio's own setting) when it starts.
+fn set_tokio_workers(workers: Option<usize>) {
+    // SAFETY: no other thread of the bench reads the environment while it starts a process
+    // (the clients run one at a time and are joined before this is called).
+    unsafe {
+        match workers {
+            Some(n) => std::env::set_var("TOKIO_WORKER_THREADS", n.to_string()),
+            None => std::env::remove_var("TOKIO_WORKER_THREADS"),
+        }
+    }
+}
+
+/// This process's RLIMIT_NOFILE (soft), which its children inherit.
+fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0, "getrlimit");
+    lim.rlim_cur
+}
+
+/// `gateway-bench-ref`: $GATEWAY_BENCH_REF, else next to this binary (cargo builds both into
+/// the same directory).
+fn reference_bin() -> PathBuf {
+    let bin = std::env::var_os("GATEWAY_BENCH_REF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().expect("this binary's path").with_file_name("gateway-bench-ref"));
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo build --release -p gateway-tests --bin gateway-bench-ref (or set GATEWAY_BENCH_REF)",
+        bin.display()
+    );
+    bin
+}
+
+/// The worker counts of `--scaling`: 1…nproc, thinned to powers of two beyond 8.
+fn worker_counts() -> Vec<usize> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n <= 8 {
+        (1..=n).collect()
+    } else {
+        let mut v: Vec<usize> = std::iter::successors(Some(1usize), |c| Some(c * 2)).take_while(|c| *c < n).collect();
+        v.push(n);
+        v
+    }
+}
+
+fn main() {
+    require_root();
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let quick = flag("--quick");
+    let hold = flag("--hold");
+    // Every proxy at its default worker/thread count, logging every request (nginx and HAProxy
+    // to a file, the gateway its default access log): what a user's first benchmark compares.
+    let defaults = flag("--defaults");
+    let out_dir = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
+    fs::create_dir_all(&out_dir).expect("create the output dir");
+    for tool in ["wrk", "h2load", "nginx", "haproxy", "openssl", "unshare", "curl"] {
+        assert!(
+            Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()),
+            "{tool} is missing (cargo xtask bench installs wrk, nghttp2-client, nginx, haproxy)"
+        );
+    }
+    reference_bin();
+    // The idle part holds 10,000 connections in this process and as many in each proxy, which
+    // inherit this limit (up to the hard limit when the hard one cannot be raised).
+    let nofile = raise_nofile(2 * MANY_CONNECTIONS as u64);
+    if flag("--idle") {
+        assert!(nofile >= IDLE_CONNECTIONS as u64 + 1024, "RLIMIT_NOFILE {nofile} is too low for --idle");
+        idle_part(quick, &out_dir);
+    } else if flag("--scaling") {
+        scaling(quick, &out_dir);
+    } else {
+        let profile = if defaults {
+            Profile { workers: None, logs: true, many: false }
+        } else {
+            Profile { workers: Some(1), logs: false, many: false }
+        };
+        compare(quick, hold, profile, &out_dir);
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM (`--hold`).
+fn wait_for_signal() {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn stop(_: libc::c_int) {
+        STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, stop as *const () as libc::sighandler_t);
+    }
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Contender order in the comparison; the ratio columns look them up by name.
+const DIRECT: usize = 0;
+const GATEWAY: usize = 1;
+const NGINX: usize = 2;
+const HAPROXY: usize = 3;
+const REFERENCE: usize = 4;
+
+/// The comparison (one worker each, or `--defaults`).
+fn compare(quick: bool, hold: bool, profile: Profile, out_dir: &Path) {
+    // Quick: 5 contenders × 4 loads × 3 rounds × 2 s = 2 min of load. Full: 5 s per run keeps
+    // both comparisons, the scaling and idle parts and the data plane within half an hour.
+    let (rounds, secs) = if quick { (3, 2) } else { (5, 5) };
+    let started = Instant::now();
+    let top = Topology::new(profile);
+    let nginx_port = free_port();
+    let nginx = top.nginx("proxy-nginx", nginx_port, profile);
+    let haproxy_port = free_port();
+    let haproxy = top.haproxy(haproxy_port, profile);
+    let reference_port = free_port();
+    let reference = top.reference(reference_port, profile.workers);
+    // The proxies have just started: let their workers settle before the first check.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let contenders = vec![
+        Contender::new(
+            "direct",
+            top.b_addr.into(),
+            BACKEND_TLS,
+            "direct.local.gw.test",
+            "/",
+            vec![],
+            tree(top.backend.pid()),
+        ),
+        top.gateway_contender(),
+        Contender::new("nginx", LOCALHOST, nginx_port, "nginx.local.gw.test", "/", vec![], tree(nginx.pid())),
+        Contender::new("haproxy", LOCALHOST, haproxy_port, "haproxy.local.gw.test", "/", vec![], tree(haproxy.pid())),
+        Contender::new(
+            "reference",
+            LOCALHOST,
+            reference_port,
+            "reference.local.gw.test",
+            "/",
+            vec![],
+            tree(reference.pid()),
+        ),
+    ];
+    for c in &contenders {
+        top.check(c);
     }
 
     if hold {
@@ -511,33 +783,22 @@ fn main() {
             let hdr: String = c.headers.iter().map(|h| format!(" -H '{h}'")).collect();
             let pre = format!(
                 "unshare -m --propagation private sh -c 'mount --bind {} /etc/hosts && exec \"$0\" \"$@\"'",
-                hosts.display()
+                top.hosts.display()
             );
             println!("{}: pids {:?}", c.name, c.pids);
             println!("  {pre} wrk -t1 -c50 -d10s{hdr} {}", c.url);
             println!("  {pre} h2load -t1 -c10 -m10 -D 10{hdr} {}", c.url);
         }
-        static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        extern "C" fn stop(_: libc::c_int) {
-            STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe {
-            libc::signal(libc::SIGINT, stop as *const () as libc::sighandler_t);
-            libc::signal(libc::SIGTERM, stop as *const () as libc::sighandler_t);
-        }
-        while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_signal();
         // Everything (processes, namespaces, links, pins) goes on drop.
-        drop((haproxy, nginx, gw, backend, link_b));
+        drop((reference, haproxy, nginx, top));
         return;
     }
 
     println!(
         "# HTTP proxy benchmark ({}{}): {rounds} alternated rounds × {secs} s per contender and load",
         if quick { "quick" } else { "full" },
-        if defaults { ", defaults with access logs" } else { ", one worker each, access logs off" }
+        if profile.logs { ", defaults with access logs" } else { ", one worker each, access logs off" }
     );
     let loads = [Load::Keepalive, Load::Close, Load::H2, Load::FixedRate];
     // samples[load][contender][round]
@@ -546,12 +807,12 @@ fn main() {
     for (li, load) in loads.iter().enumerate() {
         if *load == Load::FixedRate {
             // Half of nginx's keep-alive maximum, measured above in this run.
-            rate = (median(samples[0][2].iter().map(|s| s.rps).collect()) / 2.0).round().max(100.0);
+            rate = (median(samples[0][NGINX].iter().map(|s| s.rps).collect()) / 2.0).round().max(100.0);
             println!("fixed-rate load: {rate} req/s");
         }
         for round in 0..rounds {
             for (ci, c) in contenders.iter().enumerate() {
-                let s = run_load(*load, c, &hosts, secs, tmp.path(), rate);
+                let s = run_load(*load, c, &top.hosts, secs, top.dir(), rate);
                 if s.errors > 0 {
                     eprintln!("warning: {} / {}: {} errors in round {round}", c.name, load.name(), s.errors);
                 }
@@ -563,8 +824,11 @@ fn main() {
 
     // Summaries.
     let mut table = String::new();
-    table.push_str("| load | contender | req/s median | req/s min–max | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB | ×nginx | ×direct |\n");
-    table.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    table.push_str(
+        "| load | contender | req/s median | req/s min–max | × nginx | × HAProxy | × direct | × reference \
+         | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB |\n",
+    );
+    table.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let mut json_loads = serde_json::Map::new();
     let mut verdicts = Vec::new();
     let label = |l: Load| {
@@ -576,53 +840,61 @@ fn main() {
     };
     for (li, load) in loads.iter().enumerate() {
         let med = |ci: usize, f: fn(&Sample) -> f64| median(samples[li][ci].iter().map(f).collect());
-        let nginx_rps = med(2, |s| s.rps);
-        let direct_rps = med(0, |s| s.rps);
+        let rps_of = |ci: usize| med(ci, |s| s.rps);
+        let (nginx_rps, haproxy_rps, direct_rps, ref_rps) =
+            (rps_of(NGINX), rps_of(HAPROXY), rps_of(DIRECT), rps_of(REFERENCE));
         let mut jl = serde_json::Map::new();
         for (ci, c) in contenders.iter().enumerate() {
             let rps: Vec<f64> = samples[li][ci].iter().map(|s| s.rps).collect();
             let (min, max) = (rps.iter().copied().fold(f64::MAX, f64::min), rps.iter().copied().fold(0.0, f64::max));
             let (r, p50, p99, cpu) =
-                (med(ci, |s| s.rps), med(ci, |s| s.p50_ms), med(ci, |s| s.p99_ms), med(ci, |s| s.cpu_per_10k));
+                (rps_of(ci), med(ci, |s| s.p50_ms), med(ci, |s| s.p99_ms), med(ci, |s| s.cpu_per_10k));
             let errors: u64 = samples[li][ci].iter().map(|s| s.errors).sum();
             table.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.3} | {:.1} | {:.2} | {:.2} |\n",
+                "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.1} |\n",
                 label(*load),
                 c.name,
                 r,
                 min,
                 max,
+                r / nginx_rps,
+                r / haproxy_rps,
+                r / direct_rps,
+                r / ref_rps,
                 p50,
                 p99,
                 cpu,
-                rss[ci] as f64 / 1024.0,
-                r / nginx_rps,
-                r / direct_rps
+                mib(rss[ci]),
             ));
             jl.insert(
                 c.name.into(),
                 json!({"rps_median": r, "rps_min": min, "rps_max": max, "rps_rounds": rps, "p50_ms": p50, "p99_ms": p99,
                        "cpu_s_per_10k": cpu, "peak_rss_kib": rss[ci], "errors": errors,
-                       "vs_nginx": r / nginx_rps, "vs_direct": r / direct_rps}),
+                       "vs_nginx": r / nginx_rps, "vs_haproxy": r / haproxy_rps, "vs_direct": r / direct_rps,
+                       "vs_reference": r / ref_rps}),
             );
         }
-        let g = med(1, |s| s.rps);
-        let (gp99, np99) = (med(1, |s| s.p99_ms), med(2, |s| s.p99_ms));
+        json_loads.insert(load.key().into(), Value::Object(jl));
+        let g = rps_of(GATEWAY);
+        let (gp99, np99) = (med(GATEWAY, |s| s.p99_ms), med(NGINX, |s| s.p99_ms));
+        // CPU per request relative to the reference: the gateway's own cost beyond its stack.
+        let cpu_vs_ref = med(GATEWAY, |s| s.cpu_per_10k) / med(REFERENCE, |s| s.cpu_per_10k);
         if *load == Load::FixedRate {
             verdicts.push(format!(
-                "{}: p99 {:.2} vs nginx {:.2} ms (target ≤: {}); answered {:.0} vs {:.0} req/s",
+                "{}: p99 {:.2} vs nginx {:.2} ms (target ≤: {}); answered {:.0} vs {:.0} req/s; CPU per request {:.2}× reference",
                 label(*load),
                 gp99,
                 np99,
                 if gp99 <= np99 { "met" } else { "NOT met" },
                 g,
-                nginx_rps
+                nginx_rps,
+                cpu_vs_ref
             ));
-            json_loads.insert(load.key().into(), Value::Object(jl));
             continue;
         }
         verdicts.push(format!(
-            "{}: gateway/nginx {:.2} (target ≥ 1.30: {}), p99 {:.2} vs {:.2} ms (target ≤: {}), gateway/direct {:.2} (target ≥ 0.55: {})",
+            "{}: gateway/nginx {:.2} (target ≥ 1.30: {}), p99 {:.2} vs {:.2} ms (target ≤: {}), gateway/direct {:.2} (target ≥ 0.55: {}), \
+             gateway/reference {:.2}, CPU per request {:.2}× reference",
             label(*load),
             g / nginx_rps,
             if g / nginx_rps >= 1.3 { "met" } else { "NOT met" },
@@ -630,9 +902,10 @@ fn main() {
             np99,
             if gp99 <= np99 { "met" } else { "NOT met" },
             g / direct_rps,
-            if g / direct_rps >= 0.55 { "met" } else { "NOT met" }
+            if g / direct_rps >= 0.55 { "met" } else { "NOT met" },
+            g / ref_rps,
+            cpu_vs_ref
         ));
-        json_loads.insert(load.key().into(), Value::Object(jl));
     }
     println!("\n{table}");
     for v in &verdicts {
@@ -646,27 +919,209 @@ fn main() {
     });
     let result = json!({
         "mode": if quick { "quick" } else { "full" },
-        "defaults": defaults,
+        "defaults": profile.logs,
         "rounds": rounds, "seconds_per_run": secs, "fixed_rate_rps": rate,
         "contender_order": contenders.iter().map(|c| c.name).collect::<Vec<_>>(),
         "loads": json_loads, "targets": verdicts, "versions": versions,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
-    fs::write(out_dir.join("http.json"), serde_json::to_string_pretty(&result).expect("JSON"))
-        .expect("write http.json");
+    let stem = if profile.logs { "http-defaults" } else { "http" };
+    fs::write(out_dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&result).expect("JSON"))
+        .expect("write the JSON results");
     fs::write(
-        out_dir.join("http.md"),
+        out_dir.join(format!("{stem}.md")),
         format!("{table}\n{}\n", verdicts.iter().map(|v| format!("- {v}")).collect::<Vec<_>>().join("\n")),
     )
-    .expect("write http.md");
-    fs::write(out_dir.join("http.svg"), svg(&loads, &contenders, &samples)).expect("write http.svg");
-    println!("\nwrote {}/http.{{json,md,svg}} in {:.0} s", out_dir.display(), started.elapsed().as_secs_f64());
-    drop((haproxy, nginx, gw, backend, link_b));
+    .expect("write the Markdown table");
+    fs::write(out_dir.join(format!("{stem}.svg")), svg(&loads, &contenders, &samples)).expect("write the chart");
+    println!("\nwrote {}/{stem}.{{json,md,svg}} in {:.0} s", out_dir.display(), started.elapsed().as_secs_f64());
+    drop((reference, haproxy, nginx, top));
+}
+
+/// `--scaling`: the gateway's and nginx's req/s at each worker count, alternated within rounds.
+fn scaling(quick: bool, out_dir: &Path) {
+    let (rounds, secs) = if quick { (2, 2) } else { (3, 5) };
+    let started = Instant::now();
+    let counts = worker_counts();
+    let profile = Profile { workers: Some(1), logs: false, many: false };
+    let mut top = Topology::new(profile);
+    let loads = [Load::Keepalive, Load::H2];
+    let proxies = ["gateway", "nginx"];
+    println!(
+        "# scaling ({}): workers {counts:?}, {rounds} rounds × {secs} s per proxy, load and worker count",
+        if quick { "quick" } else { "full" }
+    );
+    // rps[proxy][load][count][round]
+    let mut rps = vec![vec![vec![Vec::<f64>::new(); counts.len()]; loads.len()]; proxies.len()];
+    for _ in 0..rounds {
+        for (ni, n) in counts.iter().enumerate() {
+            top.restart_gateway(Some(*n));
+            let port = free_port();
+            let nginx = top.nginx(&format!("scale-nginx-{n}"), port, Profile { workers: Some(*n), ..profile });
+            let contenders = [
+                top.gateway_contender(),
+                Contender::new("nginx", LOCALHOST, port, "nginx.local.gw.test", "/", vec![], tree(nginx.pid())),
+            ];
+            for c in &contenders {
+                top.check(c);
+            }
+            for (li, load) in loads.iter().enumerate() {
+                for (pi, c) in contenders.iter().enumerate() {
+                    let s = run_load(*load, c, &top.hosts, secs, top.dir(), f64::NAN);
+                    if s.errors > 0 {
+                        eprintln!("warning: {} × {n} / {}: {} errors", c.name, load.name(), s.errors);
+                    }
+                    rps[pi][li][ni].push(s.rps);
+                }
+            }
+        }
+    }
+    let mut table = String::from("| load | proxy |");
+    for n in &counts {
+        table.push_str(&format!(" {n} worker{} |", if *n == 1 { "" } else { "s" }));
+    }
+    table.push_str("\n| --- | --- |");
+    table.push_str(&" ---: |".repeat(counts.len()));
+    table.push('\n');
+    let mut json_rows = Vec::new();
+    for (li, load) in loads.iter().enumerate() {
+        for (pi, proxy) in proxies.iter().enumerate() {
+            let med: Vec<f64> = rps[pi][li].iter().map(|v| median(v.clone())).collect();
+            table.push_str(&format!("| {} | {proxy} |", load.name()));
+            for m in &med {
+                table.push_str(&format!(" {m:.0} ({:.2}) |", m / med[0]));
+            }
+            table.push('\n');
+            json_rows.push(json!({"load": load.key(), "proxy": proxy, "workers": counts, "rps_median": med,
+                                   "vs_one": med.iter().map(|m| m / med[0]).collect::<Vec<_>>(), "rps_rounds": rps[pi][li]}));
+        }
+    }
+    println!("\n{table}");
+    let result = json!({
+        "mode": if quick { "quick" } else { "full" }, "rounds": rounds, "seconds_per_run": secs,
+        "workers": counts, "rows": json_rows, "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    fs::write(out_dir.join("scaling.json"), serde_json::to_string_pretty(&result).expect("JSON"))
+        .expect("write scaling.json");
+    fs::write(out_dir.join("scaling.md"), &table).expect("write scaling.md");
+    println!("wrote {}/scaling.{{json,md}} in {:.0} s", out_dir.display(), started.elapsed().as_secs_f64());
+}
+
+/// `--idle`: each proxy's memory while it holds [`IDLE_CONNECTIONS`] idle TLS connections, one
+/// proxy at a time, each freshly started (so VmHWM is this part's peak).
+fn idle_part(quick: bool, out_dir: &Path) {
+    let started = Instant::now();
+    let profile = Profile { workers: None, logs: false, many: true };
+    let top = Topology::new(profile);
+    let nginx_port = free_port();
+    let nginx = top.nginx("idle-nginx", nginx_port, profile);
+    let haproxy_port = free_port();
+    let haproxy = top.haproxy(haproxy_port, profile);
+    let reference_port = free_port();
+    let reference = top.reference(reference_port, None);
+    let contenders = [
+        top.gateway_contender(),
+        Contender::new("nginx", LOCALHOST, nginx_port, "nginx.local.gw.test", "/", vec![], tree(nginx.pid())),
+        Contender::new("haproxy", LOCALHOST, haproxy_port, "haproxy.local.gw.test", "/", vec![], tree(haproxy.pid())),
+        Contender::new(
+            "reference",
+            LOCALHOST,
+            reference_port,
+            "reference.local.gw.test",
+            "/",
+            vec![],
+            tree(reference.pid()),
+        ),
+    ];
+    for c in &contenders {
+        top.check(c);
+    }
+    println!(
+        "# idle connections ({}): {IDLE_CONNECTIONS} TLS 1.3 connections per proxy, one request each, held",
+        if quick { "quick" } else { "full" }
+    );
+    struct Row {
+        opened: usize,
+        failed: usize,
+        open_at_measure: usize,
+        opening_s: f64,
+        before_kib: u64,
+        held_kib: u64,
+        hwm_kib: u64,
+        pss_kib: u64,
+    }
+    let mut rows = Vec::new();
+    for c in &contenders {
+        let before_kib = proc_kib(&c.pids, "status", "VmRSS:");
+        let held = idle::open(&c.target, IDLE_CONNECTIONS);
+        // Deferred frees and the proxies' housekeeping timers settle before the reading.
+        std::thread::sleep(Duration::from_secs(1));
+        let row = Row {
+            opened: held.opened(),
+            failed: held.failed,
+            open_at_measure: held.still_open(),
+            opening_s: held.opening.as_secs_f64(),
+            before_kib,
+            held_kib: proc_kib(&c.pids, "status", "VmRSS:"),
+            hwm_kib: hwm_kib(&c.pids),
+            pss_kib: proc_kib(&c.pids, "smaps_rollup", "Pss:"),
+        };
+        drop(held);
+        println!(
+            "{}: {} opened ({} failed) in {:.1} s, {} open at the reading; VmRSS {:.1} → {:.1} MiB",
+            c.name,
+            row.opened,
+            row.failed,
+            row.opening_s,
+            row.open_at_measure,
+            mib(row.before_kib),
+            mib(row.held_kib)
+        );
+        rows.push(row);
+        // The closes reach the proxy before the next one is loaded.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let nginx_held = rows[1].held_kib as f64;
+    let mut table = String::from(
+        "| proxy | connections open at the reading | VmRSS before MiB | VmRSS holding MiB | VmHWM MiB | PSS holding MiB \
+         | KiB per connection | VmRSS × nginx |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut json_rows = serde_json::Map::new();
+    for (c, r) in contenders.iter().zip(&rows) {
+        let per_conn = r.held_kib.saturating_sub(r.before_kib) as f64 / r.open_at_measure.max(1) as f64;
+        table.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+            c.name,
+            r.open_at_measure,
+            mib(r.before_kib),
+            mib(r.held_kib),
+            mib(r.hwm_kib),
+            mib(r.pss_kib),
+            per_conn,
+            r.held_kib as f64 / nginx_held
+        ));
+        json_rows.insert(
+            c.name.into(),
+            json!({"opened": r.opened, "failed": r.failed, "open_at_reading": r.open_at_measure, "opening_s": r.opening_s,
+                   "vmrss_before_kib": r.before_kib, "vmrss_holding_kib": r.held_kib, "vmhwm_kib": r.hwm_kib,
+                   "pss_holding_kib": r.pss_kib, "kib_per_connection": per_conn, "vmrss_vs_nginx": r.held_kib as f64 / nginx_held}),
+        );
+    }
+    println!("\n{table}");
+    let result = json!({
+        "mode": if quick { "quick" } else { "full" }, "connections": IDLE_CONNECTIONS,
+        "proxies": json_rows, "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    fs::write(out_dir.join("idle.json"), serde_json::to_string_pretty(&result).expect("JSON"))
+        .expect("write idle.json");
+    fs::write(out_dir.join("idle.md"), &table).expect("write idle.md");
+    println!("wrote {}/idle.{{json,md}} in {:.0} s", out_dir.display(), started.elapsed().as_secs_f64());
+    drop((reference, haproxy, nginx, top));
 }
 
 /// Grouped horizontal bars: median req/s per load and contender.
 fn svg(loads: &[Load], contenders: &[Contender], samples: &[Vec<Vec<Sample>>]) -> String {
-    let colors = ["#888888", "#2b7bb9", "#3c9a3c", "#d9822b"];
+    let colors = ["#888888", "#2b7bb9", "#3c9a3c", "#d9822b", "#8e44ad"];
     let max = samples.iter().flatten().flatten().map(|s| s.rps).fold(1.0, f64::max);
     let (w, label_w, bar_h) = (820.0, 260.0, 18.0);
     let mut y = 40.0;
