@@ -290,8 +290,13 @@ pub fn upstream_host(policy: HostHeaderPolicy, client_host: &str, port: u16) -> 
     }
 }
 
-/// Sets the Host header.
+/// Sets the Host header (left as it is when it already says `host`, the usual case under
+/// `host_header = "preserve"` on HTTP/1.1: no value to copy and check per request).
 pub fn set_host(headers: &mut HeaderMap, host: &str) -> Result<(), http::header::InvalidHeaderValue> {
+    let mut current = headers.get_all(HOST).iter();
+    if current.next().is_some_and(|v| v.as_bytes() == host.as_bytes()) && current.next().is_none() {
+        return Ok(());
+    }
     headers.insert(HOST, HeaderValue::from_str(host)?);
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! - **Per sandbox** ([`Limits::sandbox_slot`]): concurrent proxied requests and tunnels per
 //!   sandbox; a slot lives until the response body (or the tunnel) ends.
 //! - **Idle timeout** ([`ActivityIo`] + [`idle_timeout`]): a connection with no byte read or
-//!   written for the configured time is closed (tunnels alike).
+//!   written for the configured time is closed (tunnels alike), checked four times per timeout
+//!   (so within a quarter more).
 //!
 //! The header read timeout is hyper's own (`http1.header_read_timeout`, with a timer) for each
 //! HTTP/1.1 request head; the TLS handshake and the first request share one such budget from the
@@ -21,11 +22,11 @@ use std::{
     net::Ipv4Addr,
     pin::Pin,
     sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -129,45 +130,46 @@ impl Limits {
     }
 }
 
-fn clock_base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn now_millis() -> u64 {
-    u64::try_from(clock_base().elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// When a connection last moved a byte.
+/// Whether a connection moved a byte since the idle check last looked.
 #[derive(Debug)]
 pub struct Activity {
-    last: AtomicU64,
+    moved: AtomicBool,
 }
 
 impl Activity {
-    /// Active now.
+    /// A fresh connection.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { last: AtomicU64::new(now_millis()) })
+        Arc::new(Self { moved: AtomicBool::new(false) })
     }
 
+    /// A byte moved. A flag rather than a timestamp: this runs on every read and write, and
+    /// reading the clock there cost more than the whole idle check does. The load first keeps
+    /// the cache line clean while the flag is already set.
     fn touch(&self) {
-        self.last.store(now_millis(), Ordering::Relaxed);
-    }
-
-    /// Time since the last byte.
-    pub fn idle_for(&self) -> Duration {
-        Duration::from_millis(now_millis().saturating_sub(self.last.load(Ordering::Relaxed)))
+        if !self.moved.load(Ordering::Relaxed) {
+            self.moved.store(true, Ordering::Relaxed);
+        }
     }
 }
 
-/// Resolves once `activity` has been idle for `timeout`.
+/// How many times per timeout [`idle_timeout`] looks at the activity flag: a connection is
+/// closed after between `timeout` and `timeout × (1 + 1/IDLE_CHECKS)` without a byte.
+const IDLE_CHECKS: u32 = 4;
+
+/// Resolves once `activity` has moved no byte for `timeout` (up to a quarter more).
 pub async fn idle_timeout(activity: &Activity, timeout: Duration) {
+    let step = (timeout / IDLE_CHECKS).max(Duration::from_millis(1));
+    let mut idle = Duration::ZERO;
     loop {
-        let idle = activity.idle_for();
-        if idle >= timeout {
-            return;
+        tokio::time::sleep(step).await;
+        if activity.moved.swap(false, Ordering::Relaxed) {
+            idle = Duration::ZERO;
+        } else {
+            idle += step;
+            if idle >= timeout {
+                return;
+            }
         }
-        tokio::time::sleep(timeout - idle).await;
     }
 }
 
@@ -242,6 +244,7 @@ pub async fn no_request_by(requested: &std::sync::atomic::AtomicBool, deadline: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn total_cap_then_reject_slack_then_close() {

@@ -47,7 +47,7 @@ use bytes::Bytes;
 use cancellations::Cancellations;
 use connect::ConnectSettings;
 use http::{Request, Response};
-use http_body_util::{BodyExt, combinators::BoxBody};
+use http_body_util::combinators::BoxBody;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -246,7 +246,7 @@ impl Edge {
 
     /// Answers one request: the app's response, or an error (JSON, HTML for browsers). Counts
     /// it in the metrics and writes its access-log line when the body has been sent.
-    async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<EdgeBody> {
+    async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<LoggedBody<EdgeBody>> {
         let html = prefers_html(req.headers());
         let mut log = RequestLog::new(req.method(), conn.peer_text.clone());
         let http1 = req.version() < http::Version::HTTP_2;
@@ -276,7 +276,8 @@ impl Edge {
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
         let log = log.responded(response.status().as_u16());
-        response.map(|body| LoggedBody::new(body, log).boxed())
+        // Not boxed again: hyper polls the logged body directly.
+        response.map(|body| LoggedBody::new(body, log))
     }
 }
 

@@ -129,7 +129,9 @@ impl H1Pool {
         loop {
             let (mut sender, reused) = match self.take_idle(addr) {
                 Some(s) => (s, true),
-                None => match self.connect(addr).await {
+                // Boxed: connecting is rare, and its future would otherwise size (and be
+                // moved with) every request's.
+                None => match Box::pin(self.connect(addr)).await {
                     Ok(s) => (s, false),
                     Err(e) => return Ok(Err(e)),
                 },

@@ -114,7 +114,9 @@ impl Proxy {
     pub async fn forward(&self, mut req: Request<Incoming>, out: Outbound) -> Result<Response<EdgeBody>, ApiError> {
         if req.method() == Method::CONNECT {
             return match req.extensions().get::<hyper::ext::Protocol>() {
-                Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => self.websocket_over_h2(req, out).await,
+                Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => {
+                    Box::pin(self.websocket_over_h2(req, out)).await
+                }
                 Some(p) => Err(ApiError::new(
                     ErrorCode::NotImplemented,
                     format!("extended CONNECT with protocol {:?} is not supported (only websocket)", p.as_str()),
@@ -123,25 +125,28 @@ impl Proxy {
             };
         }
         if let Some(upgrade) = requested_upgrade(&req) {
-            return self.upgrade_h1(req, upgrade, out).await;
+            // Boxed like every rare path: a request's future is as large as its largest
+            // branch, and it is moved as a whole.
+            return Box::pin(self.upgrade_h1(req, upgrade, out)).await;
         }
         prepare_headers(req.headers_mut(), &out);
         let (mut parts, body) = req.into_parts();
         let body = body.boxed();
-        let to = out.destination();
+        // Field by field, so that the slot can move into the response.
+        let to = Destination { sandbox: &out.sandbox.name, port: out.route.port };
         let timed_out = |_| response_timed_out(self.settings.response_timeout, to);
-        let mut response = match out.route.protocol {
+        match out.route.protocol {
             PortProtocol::Http2 | PortProtocol::Grpc => {
                 parts.version = Version::HTTP_2;
                 parts.uri = upstream_uri(&out.upstream_host, &out.route.path_and_query)?;
                 parts.headers.remove(HOST);
                 let request = Request::from_parts(parts, body);
-                let sender = self.h2c.sender(out.addr()).await.map_err(|e| exchange_failed(&*e, to))?;
-                tokio::time::timeout(self.settings.response_timeout, H2Pool::send(sender, request))
+                let sender = Box::pin(self.h2c.sender(out.addr())).await.map_err(|e| exchange_failed(&*e, to))?;
+                let response = tokio::time::timeout(self.settings.response_timeout, H2Pool::send(sender, request))
                     .await
                     .map_err(timed_out)?
-                    .map_err(|e| exchange_failed(&*e, to))?
-                    .map(BodyExt::boxed)
+                    .map_err(|e| exchange_failed(&*e, to))?;
+                from_app(response, out.slot, to)
             }
             PortProtocol::Http | PortProtocol::Tcp => {
                 parts.version = Version::HTTP_11;
@@ -155,25 +160,12 @@ impl Proxy {
                     .await
                     .map_err(timed_out)?
                 {
-                    Ok(r) => r.map(BodyExt::boxed),
-                    Err(ExchangeError::Connect(e)) => return Err(connect_failed(&e, to)),
-                    Err(ExchangeError::Http(e)) => return Err(exchange_failed(&e, to)),
+                    Ok(response) => from_app(response, out.slot, to),
+                    Err(ExchangeError::Connect(e)) => Err(connect_failed(&e, to)),
+                    Err(ExchangeError::Http(e)) => Err(exchange_failed(&e, to)),
                 }
             }
-        };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // Only an upgrade request (`upgrade_h1`, `websocket_over_h2`) may be answered 101: an
-            // app switching protocols unasked would end the client's HTTP connection on its word.
-            return Err(ApiError::new(
-                ErrorCode::BadGateway,
-                format!(
-                    "the app on port {} of sandbox {:?} answered 101 Switching Protocols to a request that asked for no upgrade",
-                    to.port, to.sandbox
-                ),
-            ));
         }
-        headers::from_app(response.headers_mut());
-        Ok(response.map(|b| GuardedBody::wrap(b, out.slot)))
     }
 
     /// Sends the upgrade request on a dedicated connection and waits (bounded) for the app's
@@ -210,7 +202,7 @@ impl Proxy {
         let mut response = self.send_upgrade(&out, Request::from_parts(parts, body.boxed())).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             headers::from_app(response.headers_mut());
-            return Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)));
+            return Ok(response.map(|b| GuardedBody::wrap(b, out.slot)));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let mut answer = Response::new(empty());
@@ -244,7 +236,7 @@ impl Proxy {
         let mut response = self.send_upgrade(&out, Request::from_parts(parts, empty_up())).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             headers::from_app(response.headers_mut());
-            return Ok(response.map(|b| GuardedBody::wrap(b.boxed(), out.slot)));
+            return Ok(response.map(|b| GuardedBody::wrap(b, out.slot)));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let mut answer = Response::new(empty());
@@ -256,6 +248,31 @@ impl Proxy {
         spawn_tunnel(&self.tunnels, client_upgrade, upstream_upgrade, out, self.settings.idle_timeout);
         Ok(answer)
     }
+}
+
+/// An app's answer to a plain request, on its way to the client: hop-by-hop headers removed,
+/// cookies made host-only, the body holding the sandbox's slot (boxed once, with the guard).
+fn from_app<B>(
+    mut response: Response<B>,
+    slot: SandboxSlot,
+    to: Destination<'_>,
+) -> Result<Response<EdgeBody>, ApiError>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+{
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Only an upgrade request (`upgrade_h1`, `websocket_over_h2`) may be answered 101: an
+        // app switching protocols unasked would end the client's HTTP connection on its word.
+        return Err(ApiError::new(
+            ErrorCode::BadGateway,
+            format!(
+                "the app on port {} of sandbox {:?} answered 101 Switching Protocols to a request that asked for no upgrade",
+                to.port, to.sandbox
+            ),
+        ));
+    }
+    headers::from_app(response.headers_mut());
+    Ok(response.map(|b| GuardedBody::wrap(b, slot)))
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
@@ -350,21 +367,24 @@ fn spawn_tunnel(tunnels: &TaskTracker, client: OnUpgrade, upstream: OnUpgrade, o
 }
 
 /// A response body that holds the sandbox's slot until it ends (or is dropped).
-struct GuardedBody {
-    inner: EdgeBody,
+struct GuardedBody<B> {
+    inner: B,
     slot: Option<SandboxSlot>,
 }
 
-impl GuardedBody {
-    fn wrap(inner: EdgeBody, slot: SandboxSlot) -> EdgeBody {
+impl<B> GuardedBody<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+{
+    fn wrap(inner: B, slot: SandboxSlot) -> EdgeBody {
         if inner.is_end_stream() {
-            return inner;
+            return inner.boxed();
         }
         GuardedBody { inner, slot: Some(slot) }.boxed()
     }
 }
 
-impl Body for GuardedBody {
+impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for GuardedBody<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -109,7 +109,8 @@ impl Edge {
         }
         let routed = match host::classify(&host.name, &self.zones) {
             HostKind::Sandbox(label) => self.sandbox_host(&host.name, label, req, log)?,
-            HostKind::Api => self.api_host(req, log).await,
+            // Boxed: the API's handlers make a large future that proxied requests need not carry.
+            HostKind::Api => Box::pin(self.api_host(req, log)).await,
             HostKind::Preview(id) => self.preview_host(&host.name, id, req, log)?,
             HostKind::Other => {
                 return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route for host {:?}", host.name)));
