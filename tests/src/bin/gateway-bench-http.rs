@@ -600,6 +600,29 @@ impl Topology {
         p
     }
 
+    /// nginx (configuration `nginx_name`), HAProxy and the reference started on free ports, and
+    /// the contenders: the gateway, then those three (kept running until the processes drop).
+    fn proxies(
+        &self,
+        nginx_name: &str,
+        profile: Profile,
+        reference_workers: Option<usize>,
+    ) -> ([Proc; 3], Vec<Contender>) {
+        let ports = [free_port(), free_port(), free_port()];
+        let procs = [
+            self.nginx(nginx_name, ports[0], profile),
+            self.haproxy(ports[1], profile),
+            self.reference(ports[2], reference_workers),
+        ];
+        let contenders = vec![
+            self.gateway_contender(),
+            local_proxy("nginx", ports[0], &procs[0]),
+            local_proxy("haproxy", ports[1], &procs[1]),
+            local_proxy("reference", ports[2], &procs[2]),
+        ];
+        (procs, contenders)
+    }
+
     fn gateway_contender(&self) -> Contender {
         Contender::new(
             "gateway",
@@ -646,6 +669,12 @@ fn nofile_limit() -> u64 {
 
 /// `gateway-bench-ref`: $GATEWAY_BENCH_REF, else next to this binary (cargo builds both into
 /// the same directory).
+/// A proxy on 127.0.0.1 answering `https://{name}.local.gw.test:{port}/`, measured over the
+/// process tree of `proc`.
+fn local_proxy(name: &'static str, port: u16, proc: &Proc) -> Contender {
+    Contender::new(name, LOCALHOST, port, &format!("{name}.local.gw.test"), "/", vec![], tree(proc.pid()))
+}
+
 fn reference_bin() -> PathBuf {
     let bin = std::env::var_os("GATEWAY_BENCH_REF")
         .map(PathBuf::from)
@@ -740,38 +769,20 @@ fn compare(quick: bool, hold: bool, profile: Profile, out_dir: &Path) {
     let (rounds, secs) = if quick { (3, 2) } else { (5, 5) };
     let started = Instant::now();
     let top = Topology::new(profile);
-    let nginx_port = free_port();
-    let nginx = top.nginx("proxy-nginx", nginx_port, profile);
-    let haproxy_port = free_port();
-    let haproxy = top.haproxy(haproxy_port, profile);
-    let reference_port = free_port();
-    let reference = top.reference(reference_port, profile.workers);
+    let (proxies, mut others) = top.proxies("proxy-nginx", profile, profile.workers);
     // The proxies have just started: let their workers settle before the first check.
     std::thread::sleep(Duration::from_millis(300));
 
-    let contenders = vec![
-        Contender::new(
-            "direct",
-            top.b_addr.into(),
-            BACKEND_TLS,
-            "direct.local.gw.test",
-            "/",
-            vec![],
-            tree(top.backend.pid()),
-        ),
-        top.gateway_contender(),
-        Contender::new("nginx", LOCALHOST, nginx_port, "nginx.local.gw.test", "/", vec![], tree(nginx.pid())),
-        Contender::new("haproxy", LOCALHOST, haproxy_port, "haproxy.local.gw.test", "/", vec![], tree(haproxy.pid())),
-        Contender::new(
-            "reference",
-            LOCALHOST,
-            reference_port,
-            "reference.local.gw.test",
-            "/",
-            vec![],
-            tree(reference.pid()),
-        ),
-    ];
+    let mut contenders = vec![Contender::new(
+        "direct",
+        top.b_addr.into(),
+        BACKEND_TLS,
+        "direct.local.gw.test",
+        "/",
+        vec![],
+        tree(top.backend.pid()),
+    )];
+    contenders.append(&mut others);
     for c in &contenders {
         top.check(c);
     }
@@ -791,7 +802,7 @@ fn compare(quick: bool, hold: bool, profile: Profile, out_dir: &Path) {
         }
         wait_for_signal();
         // Everything (processes, namespaces, links, pins) goes on drop.
-        drop((reference, haproxy, nginx, top));
+        drop((proxies, top));
         return;
     }
 
@@ -935,7 +946,7 @@ fn compare(quick: bool, hold: bool, profile: Profile, out_dir: &Path) {
     .expect("write the Markdown table");
     fs::write(out_dir.join(format!("{stem}.svg")), svg(&loads, &contenders, &samples)).expect("write the chart");
     println!("\nwrote {}/{stem}.{{json,md,svg}} in {:.0} s", out_dir.display(), started.elapsed().as_secs_f64());
-    drop((reference, haproxy, nginx, top));
+    drop((proxies, top));
 }
 
 /// `--scaling`: the gateway's and nginx's req/s at each worker count, alternated within rounds.
@@ -1013,26 +1024,7 @@ fn idle_part(quick: bool, out_dir: &Path) {
     let started = Instant::now();
     let profile = Profile { workers: None, logs: false, many: true };
     let top = Topology::new(profile);
-    let nginx_port = free_port();
-    let nginx = top.nginx("idle-nginx", nginx_port, profile);
-    let haproxy_port = free_port();
-    let haproxy = top.haproxy(haproxy_port, profile);
-    let reference_port = free_port();
-    let reference = top.reference(reference_port, None);
-    let contenders = [
-        top.gateway_contender(),
-        Contender::new("nginx", LOCALHOST, nginx_port, "nginx.local.gw.test", "/", vec![], tree(nginx.pid())),
-        Contender::new("haproxy", LOCALHOST, haproxy_port, "haproxy.local.gw.test", "/", vec![], tree(haproxy.pid())),
-        Contender::new(
-            "reference",
-            LOCALHOST,
-            reference_port,
-            "reference.local.gw.test",
-            "/",
-            vec![],
-            tree(reference.pid()),
-        ),
-    ];
+    let (proxies, contenders) = top.proxies("idle-nginx", profile, None);
     for c in &contenders {
         top.check(c);
     }
@@ -1116,7 +1108,7 @@ fn idle_part(quick: bool, out_dir: &Path) {
         .expect("write idle.json");
     fs::write(out_dir.join("idle.md"), &table).expect("write idle.md");
     println!("wrote {}/idle.{{json,md}} in {:.0} s", out_dir.display(), started.elapsed().as_secs_f64());
-    drop((reference, haproxy, nginx, top));
+    drop((proxies, top));
 }
 
 /// Grouped horizontal bars: median req/s per load and contender.
