@@ -194,12 +194,10 @@ impl PeerText {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
-        let for_value = match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
+        let text = ip.to_string();
+        let for_value = if ip.is_ipv6() { format!("\"[{text}]\"") } else { text.clone() };
         // An address's text is always a valid header value.
-        let ip = HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        let ip = HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown"));
         Self { ip, for_value }
     }
 }
