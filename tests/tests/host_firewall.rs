@@ -117,7 +117,9 @@ fn a_sandbox_reaches_only_allowed_host_ports_and_the_gateway_still_reaches_it() 
     // Controls: the listener answers the host itself and a namespace with no program attached.
     assert_reachable(Origin::host(), SocketAddr::from(([127, 0, 0, 1], closed.port())), "from the host");
     assert_reachable(&other, via_other(closed.port()), "from an unregistered namespace");
-    let before = closed.accepted();
+    // Both control connections are counted (accept trails the handshake).
+    let before = closed.wait_accepted(2, Duration::from_secs(5));
+    assert_eq!(before, 2, "the listener accepted both control connections");
 
     let d0 = dump(&e.pins);
     assert_unreachable(sb, via_link(closed.port()), "host service via the sandbox link's host address");
