@@ -92,6 +92,9 @@ pub struct ProxyConfig {
     pub listen_backlog: u32,
     /// Concurrent proxied requests and tunnels per sandbox (429 above).
     pub max_connections_per_sandbox: usize,
+    /// Threads serving client connections, each connection served whole by one of them.
+    /// 0 = one per CPU the gateway may run on.
+    pub workers: usize,
     /// When an app refuses the connection, retry with backoff for up to this long before
     /// answering 502 (for dev servers still starting). 0 = answer at once.
     pub wait_for_port: HumanDuration,
@@ -100,6 +103,16 @@ pub struct ProxyConfig {
     /// Peers (IP or CIDR) whose `X-Forwarded-*` and `Forwarded` headers are kept and appended
     /// to; everyone else's are replaced.
     pub trusted_proxies: Vec<String>,
+}
+
+impl ProxyConfig {
+    /// `workers`, with 0 resolved to the CPUs this process may run on.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
 }
 
 impl Default for ProxyConfig {
@@ -113,6 +126,7 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             listen_backlog: 4096,
             max_connections_per_sandbox: 256,
+            workers: 0,
             wait_for_port: HumanDuration::secs(0),
             host_header: HostHeaderPolicy::Preserve,
             trusted_proxies: Vec::new(),
@@ -227,6 +241,9 @@ impl fmt::Debug for AdminConfig {
 
 /// Shortest admin token accepted on a TCP listener, in bytes (`openssl rand -hex 32` gives 64).
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+/// Most `proxy.workers`: far above any CPU count a gateway runs on, low enough that a typo
+/// cannot start a thread per connection.
+pub const MAX_WORKERS: usize = 1024;
 /// Tokens that earlier defaults and examples published: refused whatever their length.
 const WELL_KNOWN_ADMIN_TOKENS: &[&str] = &["change-me"];
 /// Largest `admin.token_file` read: a token is one short line, anything longer is a wrong path.
@@ -442,6 +459,8 @@ max_connections = 10000
 listen_backlog = 4096
 # Concurrent proxied requests and tunnels per sandbox; above, 429 with Retry-After.
 max_connections_per_sandbox = 256
+# Threads serving client connections (each connection stays on one); 0 = one per CPU.
+workers = 0
 # Hold a request whose port refuses connections, retrying with backoff up to this long, before
 # answering 502 (for dev servers still starting). "0s" = answer at once.
 wait_for_port = "0s"
@@ -713,6 +732,9 @@ impl Config {
         }
         if !(16..=65_535).contains(&p.listen_backlog) {
             bad("proxy.listen_backlog", format!("{} is out of range: 16 to 65535", p.listen_backlog));
+        }
+        if p.workers > MAX_WORKERS {
+            bad("proxy.workers", format!("{} is out of range: 0 (one per CPU) to {MAX_WORKERS}", p.workers));
         }
         if p.max_connections_per_sandbox == 0 {
             bad("proxy.max_connections_per_sandbox", "must be at least 1".into());

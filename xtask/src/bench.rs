@@ -94,7 +94,7 @@ pub fn run(quick: bool) -> Result<()> {
          ## HTTPS proxy, one worker each ({mode}: {rounds} rounds × {secs} s per contender and load)\n\n\
          Backend: nginx `return 200`, 1 worker, in a sandbox namespace (plain HTTP to the proxies over \
          veth, TLS for \"direct\"). Contenders on 127.0.0.1, ECDSA P-256, TLS 1.3 only, one worker/thread \
-         (gateway and reference: `TOKIO_WORKER_THREADS=1`), access logs off, keepalive upstream. The gateway \
+         (gateway: `proxy.workers = 1`; reference: a one-worker tokio runtime), access logs off, keepalive upstream. The gateway \
          goes through its full path: Host routing `sbx-web-acme.local.gw.test/port/3000/`, a workspace Bearer \
          token, the marked connector and the tcx programs on the sandbox link. The reference \
          (`tests/src/bin/gateway-bench-ref.rs`) is a minimal reverse proxy on the gateway's own stack and \
@@ -108,12 +108,12 @@ pub fn run(quick: bool) -> Result<()> {
          rate is half of nginx's keep-alive median measured just before.\n\n{table}\n\n![req/s](docs/bench-http.svg)\n\n\
          ## HTTPS proxy, defaults, every request logged ({dmode}: {drounds} rounds × {dsecs} s)\n\n\
          The same topology, loads and method, with every proxy at its default worker/thread count (nginx \
-         `worker_processes auto`, HAProxy one thread per CPU, the gateway's and the reference's tokio runtime \
-         one worker per CPU) and every request logged: nginx `access_log` to a file, HAProxy `option httplog` \
+         `worker_processes auto`, HAProxy one thread per CPU, the gateway one edge worker per CPU, the \
+         reference's tokio runtime one worker per CPU) and every request logged: nginx `access_log` to a file, HAProxy `option httplog` \
          to a file, the gateway's default access log at info (the reference logs nothing). What a user's \
          first benchmark of the defaults compares.\n\n{defaults_table}\n\n![req/s](docs/bench-http-defaults.svg)\n\n\
          ## Scaling with the worker count ({smode}: {srounds} rounds × {ssecs} s)\n\n\
-         req/s of the gateway with `TOKIO_WORKER_THREADS` = 1…nproc (restarted for each count) and of nginx \
+         req/s of the gateway with `proxy.workers` = 1…nproc (restarted for each count) and of nginx \
          with `worker_processes` 1…nproc, access logs off, under the keep-alive (`wrk -t1 -c50`) and h2 \
          (`h2load -t1 -c10 -m10`) loads; each cell is the median req/s and, in parentheses, req/s(N) ÷ req/s(1). \
          Worker counts and proxies alternate within every round. The client and the backend run on the same \

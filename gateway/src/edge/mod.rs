@@ -17,6 +17,8 @@
 //!   [`connect`] (marked sockets, waiting for a port).
 //! - [`limits`], [`upstream_errors`]: caps, timeouts, and the answers when things fail.
 //! - [`cancellations`]: connections whose client cancels most requests (HTTP/2 rapid reset).
+//! - [`workers`]: the threads serving connections, one single-threaded runtime each; a
+//!   connection stays on the worker it was handed to.
 //!
 //! `Edge::handle` wraps the path: framing checks first, errors rendered (JSON or HTML), the
 //! request id, and the access log written when the response body ends.
@@ -33,6 +35,7 @@ mod request;
 pub mod route;
 pub mod tls;
 pub mod upstream_errors;
+pub mod workers;
 
 use crate::{
     config::{Config, HostHeaderPolicy, IpNet},
@@ -68,6 +71,7 @@ use tls::{CertEntry, CertStore, SharedCerts};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use upstream_errors::{prefers_html, render, too_many};
+use workers::Workers;
 
 /// The body of every edge response.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
@@ -99,6 +103,9 @@ pub enum EdgeError {
     /// The task loading the certificates panicked or was cancelled.
     #[error("the certificate loading task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A worker thread could not be started.
+    #[error("cannot start the edge's worker threads: {0}")]
+    Workers(#[source] io::Error),
     /// Binding failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -115,6 +122,8 @@ pub struct EdgeListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
     certs: SharedCerts,
+    /// What serves the accepted connections (`proxy.workers` threads).
+    workers: Workers,
 }
 
 impl EdgeListener {
@@ -146,7 +155,8 @@ pub async fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<EdgeLis
         Some(fd) => adopt(fd, addr)?,
         None => listen(addr, config.proxy.listen_backlog).map_err(|source| EdgeError::Bind { addr, source })?,
     };
-    Ok(EdgeListener { tcp, acceptor, certs })
+    let workers = Workers::start(config.proxy.worker_count()).map_err(EdgeError::Workers)?;
+    Ok(EdgeListener { tcp, acceptor, certs, workers })
 }
 
 /// Binds `addr` (with `SO_REUSEADDR`, like [`TcpListener::bind`]) and listens with `backlog`.
@@ -308,12 +318,27 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
             }
         };
         let _ = stream.set_nodelay(true);
+        // Served by a worker: its reactor drives the socket from here on.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
         let edge = edge.clone();
         let acceptor = listener.acceptor.clone();
         let certs = listener.certs.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        listener.workers.spawn(move || async move {
             let _open = metrics::global().connection_opened();
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "a worker cannot take the connection");
+                    return;
+                }
+            };
             let activity = Activity::new();
             let io = ActivityIo::new(stream, activity.clone());
             // The TLS handshake and the first request head share one header read budget.

@@ -3,6 +3,9 @@
 //! ([`H2Pool`]), and a dedicated HTTP/1.1 connection per upgrade ([`upgrade_connection`]).
 //! Every one is made through [`connect`], marked.
 //!
+//! Both pools are per worker ([`super::workers`]): a connection is driven by the worker that
+//! made it, and only that worker's requests use it.
+//!
 //! The HTTP/1.1 pool:
 //! A request takes the most recently used idle connection of its destination (or connects one
 //! through [`connect`], marked), and the connection goes back to the pool when the response
@@ -15,7 +18,10 @@
 //! Compared with hyper-util's legacy `Client`, no task is spawned and no URI is formatted per
 //! request: the connection is checked out and in by the request's own task.
 
-use super::connect::{ConnectError, ConnectSettings, connect};
+use super::{
+    connect::{ConnectError, ConnectSettings, connect},
+    workers,
+};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::{
@@ -58,10 +64,15 @@ struct Idle {
     since: Instant,
 }
 
-/// The pool (shared with the response bodies that return connections to it).
+/// Where a pooled connection goes: its worker (whose runtime drives the connection, see
+/// [`workers`]) and its destination.
+type Key = (usize, SocketAddr);
+
+/// The pool (shared with the response bodies that return connections to it). Connections are
+/// kept per worker: a request takes one its own worker drives.
 pub struct H1Pool {
     settings: ConnectSettings,
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
     sweeper: std::sync::Once,
 }
 
@@ -71,25 +82,25 @@ impl H1Pool {
         Arc::new(Self { settings, idle: Mutex::new(HashMap::new()), sweeper: std::sync::Once::new() })
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
+    fn take_idle(&self, key: Key) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some(i) = list.pop() {
             if !i.sender.is_closed() && i.since.elapsed() < POOL_IDLE_TIMEOUT {
                 return Some(i.sender);
             }
         }
-        idle.remove(&addr);
+        idle.remove(&key);
         None
     }
 
-    fn put_idle(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<UpBody>) {
+    fn put_idle(self: &Arc<Self>, key: Key, sender: SendRequest<UpBody>) {
         if sender.is_closed() {
             return;
         }
         {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.entry(addr).or_default();
+            let list = idle.entry(key).or_default();
             if list.len() >= POOL_MAX_IDLE_PER_HOST {
                 return;
             }
@@ -126,8 +137,9 @@ impl H1Pool {
         mut request: Request<UpBody>,
         response_timeout: Duration,
     ) -> Result<Result<Response<PooledBody>, ExchangeError>, tokio::time::error::Elapsed> {
+        let key = (workers::current(), addr);
         loop {
-            let (mut sender, reused) = match self.take_idle(addr) {
+            let (mut sender, reused) = match self.take_idle(key) {
                 Some(s) => (s, true),
                 // Boxed: connecting is rare, and its future would otherwise size (and be
                 // moved with) every request's.
@@ -150,7 +162,7 @@ impl H1Pool {
                 Ok(response) => {
                     // After a 101 the connection no longer speaks HTTP: never reused.
                     let back = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (Arc::downgrade(self), addr, sender));
+                        .then(|| (Arc::downgrade(self), key, sender));
                     return Ok(Ok(response.map(|inner| PooledBody::new(inner, back))));
                 }
                 Err(mut e) => match e.take_message() {
@@ -179,11 +191,11 @@ fn spawn_sweeper(pool: Weak<H1Pool>) {
 /// its end.
 pub struct PooledBody {
     inner: Incoming,
-    back: Option<(Weak<H1Pool>, SocketAddr, SendRequest<UpBody>)>,
+    back: Option<(Weak<H1Pool>, Key, SendRequest<UpBody>)>,
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, back: Option<(Weak<H1Pool>, SocketAddr, SendRequest<UpBody>)>) -> Self {
+    fn new(inner: Incoming, back: Option<(Weak<H1Pool>, Key, SendRequest<UpBody>)>) -> Self {
         let mut body = Self { inner, back };
         if body.inner.is_end_stream() {
             body.release();
@@ -192,10 +204,10 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some((pool, addr, sender)) = self.back.take()
+        if let Some((pool, key, sender)) = self.back.take()
             && let Some(pool) = pool.upgrade()
         {
-            pool.put_idle(addr, sender);
+            pool.put_idle(key, sender);
         }
     }
 }
@@ -223,10 +235,10 @@ impl Body for PooledBody {
     }
 }
 
-/// One multiplexed h2c connection per (address, port), reconnected when closed.
+/// One multiplexed h2c connection per (address, port) and worker, reconnected when closed.
 pub struct H2Pool {
     settings: ConnectSettings,
-    conns: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<UpBody>>>,
+    conns: Mutex<HashMap<Key, hyper::client::conn::http2::SendRequest<UpBody>>>,
 }
 
 impl H2Pool {
@@ -234,12 +246,12 @@ impl H2Pool {
         Self { settings, conns: Mutex::new(HashMap::new()) }
     }
 
-    fn cached(&self, addr: SocketAddr) -> Option<hyper::client::conn::http2::SendRequest<UpBody>> {
+    fn cached(&self, key: Key) -> Option<hyper::client::conn::http2::SendRequest<UpBody>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        match conns.get(&addr) {
+        match conns.get(&key) {
             Some(s) if !s.is_closed() => Some(s.clone()),
             Some(_) => {
-                conns.remove(&addr);
+                conns.remove(&key);
                 None
             }
             None => None,
@@ -247,7 +259,8 @@ impl H2Pool {
     }
 
     pub async fn sender(&self, addr: SocketAddr) -> Result<hyper::client::conn::http2::SendRequest<UpBody>, BoxError> {
-        if let Some(s) = self.cached(addr) {
+        let key = (workers::current(), addr);
+        if let Some(s) = self.cached(key) {
             return Ok(s);
         }
         let stream = connect(addr, self.settings).await?;
@@ -262,7 +275,7 @@ impl H2Pool {
                 tracing::debug!(%addr, error = %e, "h2c upstream connection ended with an error");
             }
         });
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, sender.clone());
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(key, sender.clone());
         Ok(sender)
     }
 

@@ -16,8 +16,8 @@
 //!   per request on top of its libraries.
 //!
 //! Parts:
-//! - (no part flag) the comparison, one worker/thread per proxy (gateway and reference:
-//!   `TOKIO_WORKER_THREADS=1`), access logs off. Loads: `wrk -t1 -c50 --latency` keepalive;
+//! - (no part flag) the comparison, one worker/thread per proxy (gateway: `proxy.workers = 1`;
+//!   reference: `--workers 1`), access logs off. Loads: `wrk -t1 -c50 --latency` keepalive;
 //!   the same with `Connection: close`; `h2load -t1 -c10 -m10`; a fixed rate (open loop,
 //!   [`openloop`], latency from the scheduled send time) at half of nginx's keep-alive maximum
 //!   measured just before, for p50/p99 below saturation. Contenders alternate within every
@@ -25,7 +25,7 @@
 //! - `--defaults`: the same comparison with every proxy at its default worker/thread count,
 //!   logging every request (nginx `access_log` and HAProxy `option httplog` to files, the
 //!   gateway's default access log at info; the reference logs nothing).
-//! - `--scaling`: req/s of the gateway (`TOKIO_WORKER_THREADS` = 1…nproc) and of nginx
+//! - `--scaling`: req/s of the gateway (`proxy.workers` = 1…nproc) and of nginx
 //!   (`worker_processes` 1…nproc) under the keep-alive and h2 loads, access logs off,
 //!   alternated within rounds.
 //! - `--idle`: memory while holding [`IDLE_CONNECTIONS`] idle TLS connections ([`idle`]: one
@@ -478,7 +478,7 @@ impl Topology {
             extra.push_str(&format!("\n[proxy]\nmax_connections = {MANY_CONNECTIONS}\n"));
         }
         let mut gw = GatewayProcess::enforcing(pins.path(), &extra);
-        set_tokio_workers(profile.workers);
+        set_gateway_workers(&gw, profile.workers);
         gw.set_log_filter(if profile.logs { "info,rustls=error" } else { "warn" });
         gw.spawn();
         register(&gw, WS, "web", &sb, &[(BACKEND_PLAIN, "HTTP")]);
@@ -515,9 +515,9 @@ impl Topology {
         self.tmp.path()
     }
 
-    /// The gateway again with `workers` runtime threads (`None`: tokio's default).
+    /// The gateway again with `workers` edge workers (`None`: its default, one per CPU).
     fn restart_gateway(&mut self, workers: Option<usize>) {
-        set_tokio_workers(workers);
+        set_gateway_workers(&self.gw, workers);
         self.gw.restart();
     }
 
@@ -647,16 +647,20 @@ impl Topology {
     }
 }
 
-/// The gateway reads `TOKIO_WORKER_THREADS` (tokio's own setting) when it starts.
-fn set_tokio_workers(workers: Option<usize>) {
-    // SAFETY: no other thread of the bench reads the environment while it starts a process
-    // (the clients run one at a time and are joined before this is called).
-    unsafe {
-        match workers {
-            Some(n) => std::env::set_var("TOKIO_WORKER_THREADS", n.to_string()),
-            None => std::env::remove_var("TOKIO_WORKER_THREADS"),
+/// Sets the gateway's `proxy.workers` (`None`: its default, one per CPU) in its configuration
+/// file, read when it starts.
+fn set_gateway_workers(gw: &GatewayProcess, workers: Option<usize>) {
+    gw.edit_config(|config| {
+        let mut lines: Vec<String> =
+            config.lines().filter(|l| !l.trim_start().starts_with("workers =")).map(str::to_owned).collect();
+        if let Some(n) = workers {
+            match lines.iter().position(|l| l.trim() == "[proxy]") {
+                Some(i) => lines.insert(i + 1, format!("workers = {n}")),
+                None => lines.extend(["[proxy]".to_owned(), format!("workers = {n}")]),
+            }
         }
-    }
+        lines.join("\n") + "\n"
+    });
 }
 
 /// This process's RLIMIT_NOFILE (soft), which its children inherit.
