@@ -119,14 +119,32 @@ pub fn normalize(raw: &str) -> Result<String, &'static str> {
         }
         return Ok(host.to_ascii_lowercase());
     }
-    if host.len() > 253
-        || !host.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-    {
+    if host.len() > 253 || !is_dns_name(host.as_bytes()) {
         return Err("not a DNS name");
     }
     Ok(host.to_ascii_lowercase())
+}
+
+/// Labels of 1 to 63 letters, digits, `-` or `_`, separated by single dots: one pass over the
+/// bytes (every request's Host goes through it).
+fn is_dns_name(name: &[u8]) -> bool {
+    let mut label = 0usize;
+    for &b in name {
+        if b == b'.' {
+            if label == 0 {
+                return false;
+            }
+            label = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            if label > 63 {
+                return false;
+            }
+        } else {
+            return false;
+        }
+    }
+    label > 0
 }
 
 fn check_port(port: Option<&str>, absent_ok: bool) -> Result<(), &'static str> {

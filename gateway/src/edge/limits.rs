@@ -16,8 +16,8 @@
 //! is being detected (a TLS connection that never sends a byte), nor on HTTP/2 (a connection
 //! that sends its preface and no request).
 
+use crate::model::FastMap;
 use std::{
-    collections::HashMap,
     io,
     net::Ipv4Addr,
     pin::Pin,
@@ -40,7 +40,7 @@ pub struct Limits {
     max_per_sandbox: usize,
     active: AtomicUsize,
     rejecting: AtomicUsize,
-    per_sandbox: Mutex<HashMap<Ipv4Addr, usize>>,
+    per_sandbox: Mutex<FastMap<Ipv4Addr, usize>>,
 }
 
 /// What to do with a new connection.
@@ -95,7 +95,7 @@ impl Limits {
             max_per_sandbox,
             active: AtomicUsize::new(0),
             rejecting: AtomicUsize::new(0),
-            per_sandbox: Mutex::new(HashMap::new()),
+            per_sandbox: Mutex::new(FastMap::default()),
         })
     }
 

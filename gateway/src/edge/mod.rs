@@ -266,7 +266,19 @@ impl Edge {
         let close = http1 && ambiguous.is_some();
         let result = match ambiguous {
             Some(why) => Err(ApiError::new(ErrorCode::BadRequest, why)),
-            None => self.route_and_forward(conn, req, &mut log).await,
+            None => match self.route(conn, req, &mut log) {
+                Ok((request::Routed::Answer(response), _)) => Ok(response),
+                // Boxed: the API's handlers make a large future that proxied requests need not
+                // carry.
+                Ok((request::Routed::Api(req), _)) => Ok(Box::pin(self.api_host(req)).await),
+                Ok((request::Routed::Forward(upstream, req), client_host)) => {
+                    match self.forward(conn, client_host, *upstream, req, &mut log) {
+                        Ok(forward) => forward.send().await,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
         };
         let mut response = match result {
             Ok(response) => response,

@@ -22,6 +22,7 @@ use super::{
     connect::{ConnectError, ConnectSettings, connect},
     workers,
 };
+use crate::model::FastMap;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::{
@@ -30,7 +31,6 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
-    collections::HashMap,
     error::Error as StdError,
     net::SocketAddr,
     pin::Pin,
@@ -72,14 +72,14 @@ type Key = (usize, SocketAddr);
 /// kept per worker: a request takes one its own worker drives.
 pub struct H1Pool {
     settings: ConnectSettings,
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    idle: Mutex<FastMap<Key, Vec<Idle>>>,
     sweeper: std::sync::Once,
 }
 
 impl H1Pool {
     /// An empty pool connecting with these settings.
     pub fn new(settings: ConnectSettings) -> Arc<Self> {
-        Arc::new(Self { settings, idle: Mutex::new(HashMap::new()), sweeper: std::sync::Once::new() })
+        Arc::new(Self { settings, idle: Mutex::new(FastMap::default()), sweeper: std::sync::Once::new() })
     }
 
     fn take_idle(&self, key: Key) -> Option<SendRequest<UpBody>> {
@@ -238,12 +238,12 @@ impl Body for PooledBody {
 /// One multiplexed h2c connection per (address, port) and worker, reconnected when closed.
 pub struct H2Pool {
     settings: ConnectSettings,
-    conns: Mutex<HashMap<Key, hyper::client::conn::http2::SendRequest<UpBody>>>,
+    conns: Mutex<FastMap<Key, hyper::client::conn::http2::SendRequest<UpBody>>>,
 }
 
 impl H2Pool {
     pub fn new(settings: ConnectSettings) -> Self {
-        Self { settings, conns: Mutex::new(HashMap::new()) }
+        Self { settings, conns: Mutex::new(FastMap::default()) }
     }
 
     fn cached(&self, key: Key) -> Option<hyper::client::conn::http2::SendRequest<UpBody>> {

@@ -33,9 +33,8 @@ fn boxed(r: Response<Full<Bytes>>) -> Response<EdgeBody> {
 
 impl Edge {
     /// `api.{domain}`: the Blaxel-compatible `/v0` API, answered by the gateway itself.
-    pub(super) async fn api_host(&self, req: Request<Incoming>, log: &mut RequestLog) -> Routed {
-        log.route = RouteKind::Api;
-        Routed::Answer(boxed(crate::compat::handle(&self.app, req).await))
+    pub(super) async fn api_host(&self, req: Request<Incoming>) -> Response<EdgeBody> {
+        boxed(crate::compat::handle(&self.app, req).await)
     }
 
     /// A request to the preview host `{id}.…` (`name`, normalised).

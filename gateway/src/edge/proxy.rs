@@ -40,6 +40,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use std::{
+    future::Future,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -88,6 +89,42 @@ impl Outbound {
     }
 }
 
+/// A request ready to be sent ([`Proxy::prepare`]).
+#[expect(clippy::large_enum_variant, reason = "the common variant inline: boxing it would allocate per request")]
+pub enum Exchange<'a> {
+    /// The common case, a plain request to an HTTP port, on a pooled HTTP/1.1 connection: held
+    /// inline, so the request's future holds only the pool's exchange.
+    Http1 {
+        proxy: &'a Proxy,
+        request: Request<UpBody>,
+        sandbox: Arc<Sandbox>,
+        port: u16,
+        /// The sandbox's concurrency slot, which moves into the response body.
+        slot: SandboxSlot,
+    },
+    /// Upgrades and h2c, each a boxed future: rare enough that their larger futures need not
+    /// size every request's.
+    Other(Pin<Box<dyn Future<Output = Result<Response<EdgeBody>, ApiError>> + Send + 'a>>),
+}
+
+impl Exchange<'_> {
+    /// Sends the request and returns the app's response head (or the error to answer).
+    pub async fn send(self) -> Result<Response<EdgeBody>, ApiError> {
+        let (proxy, request, sandbox, port, slot) = match self {
+            Exchange::Other(f) => return f.await,
+            Exchange::Http1 { proxy, request, sandbox, port, slot } => (proxy, request, sandbox, port, slot),
+        };
+        let to = Destination { sandbox: &sandbox.name, port };
+        let timeout = proxy.settings.response_timeout;
+        let addr = SocketAddr::new(sandbox.address.into(), port);
+        match proxy.http1.exchange(addr, request, timeout).await.map_err(|_| response_timed_out(timeout, to))? {
+            Ok(response) => from_app(response, slot, to),
+            Err(ExchangeError::Connect(e)) => Err(connect_failed(&e, to)),
+            Err(ExchangeError::Http(e)) => Err(exchange_failed(&e, to)),
+        }
+    }
+}
+
 /// The upstream side of the edge.
 pub struct Proxy {
     http1: Arc<H1Pool>,
@@ -110,12 +147,15 @@ impl Proxy {
         &self.tunnels
     }
 
-    /// Forwards `req` and returns the app's response (or the error to answer).
-    pub async fn forward(&self, mut req: Request<Incoming>, out: Outbound) -> Result<Response<EdgeBody>, ApiError> {
+    /// Makes `req` ready to go to the app: checks and rewrites it, and picks how it is sent.
+    /// Nothing is awaited here: the request's future holds only the [`Exchange`] in flight,
+    /// since every `async` layer around it would be copied whole at each call (a future is as
+    /// large as its largest state, and is moved into its caller's).
+    pub fn prepare(&self, mut req: Request<Incoming>, out: Outbound) -> Result<Exchange<'_>, ApiError> {
         if req.method() == Method::CONNECT {
             return match req.extensions().get::<hyper::ext::Protocol>() {
                 Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => {
-                    Box::pin(self.websocket_over_h2(req, out)).await
+                    Ok(Exchange::Other(Box::pin(self.websocket_over_h2(req, out))))
                 }
                 Some(p) => Err(ApiError::new(
                     ErrorCode::NotImplemented,
@@ -125,47 +165,44 @@ impl Proxy {
             };
         }
         if let Some(upgrade) = requested_upgrade(&req) {
-            // Boxed like every rare path: a request's future is as large as its largest
-            // branch, and it is moved as a whole.
-            return Box::pin(self.upgrade_h1(req, upgrade, out)).await;
+            return Ok(Exchange::Other(Box::pin(self.upgrade_h1(req, upgrade, out))));
         }
         prepare_headers(req.headers_mut(), &out);
         let (mut parts, body) = req.into_parts();
         let body = body.boxed();
-        // Field by field, so that the slot can move into the response.
-        let to = Destination { sandbox: &out.sandbox.name, port: out.route.port };
-        let timed_out = |_| response_timed_out(self.settings.response_timeout, to);
         match out.route.protocol {
             PortProtocol::Http2 | PortProtocol::Grpc => {
                 parts.version = Version::HTTP_2;
                 parts.uri = upstream_uri(&out.upstream_host, &out.route.path_and_query)?;
                 parts.headers.remove(HOST);
-                let request = Request::from_parts(parts, body);
-                let sender = Box::pin(self.h2c.sender(out.addr())).await.map_err(|e| exchange_failed(&*e, to))?;
-                let response = tokio::time::timeout(self.settings.response_timeout, H2Pool::send(sender, request))
-                    .await
-                    .map_err(timed_out)?
-                    .map_err(|e| exchange_failed(&*e, to))?;
-                from_app(response, out.slot, to)
+                Ok(Exchange::Other(Box::pin(self.h2c_exchange(Request::from_parts(parts, body), out))))
             }
             PortProtocol::Http | PortProtocol::Tcp => {
                 parts.version = Version::HTTP_11;
                 parts.uri = origin_form(&out.route.path_and_query)?;
                 headers::set_host(&mut parts.headers, &out.upstream_host)
                     .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the host cannot be forwarded"))?;
-                let request = Request::from_parts(parts, body);
-                match self
-                    .http1
-                    .exchange(out.addr(), request, self.settings.response_timeout)
-                    .await
-                    .map_err(timed_out)?
-                {
-                    Ok(response) => from_app(response, out.slot, to),
-                    Err(ExchangeError::Connect(e)) => Err(connect_failed(&e, to)),
-                    Err(ExchangeError::Http(e)) => Err(exchange_failed(&e, to)),
-                }
+                Ok(Exchange::Http1 {
+                    proxy: self,
+                    request: Request::from_parts(parts, body),
+                    sandbox: out.sandbox,
+                    port: out.route.port,
+                    slot: out.slot,
+                })
             }
         }
+    }
+
+    /// A request to an `HTTP2`/`GRPC` port, on the destination's h2c connection.
+    async fn h2c_exchange(&self, request: Request<UpBody>, out: Outbound) -> Result<Response<EdgeBody>, ApiError> {
+        // Field by field, so that the slot can move into the response.
+        let to = Destination { sandbox: &out.sandbox.name, port: out.route.port };
+        let sender = self.h2c.sender(out.addr()).await.map_err(|e| exchange_failed(&*e, to))?;
+        let response = tokio::time::timeout(self.settings.response_timeout, H2Pool::send(sender, request))
+            .await
+            .map_err(|_| response_timed_out(self.settings.response_timeout, to))?
+            .map_err(|e| exchange_failed(&*e, to))?;
+        from_app(response, out.slot, to)
     }
 
     /// Sends the upgrade request on a dedicated connection and waits (bounded) for the app's

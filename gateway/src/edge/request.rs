@@ -2,16 +2,28 @@
 //!
 //! 1. request filter ([`Edge::route`]): the connection cap, the host, the certificate check,
 //!    then the host kind's own routing — [`Edge::sandbox_host`] here, [`Edge::preview_host`]
-//!    and [`Edge::api_host`] in `preview` — which authenticates, fills the access-log fields it
-//!    learns, and ends in a [`Routed`]: an answer of the edge itself, or an [`Upstream`];
+//!    in `preview` — which authenticates, fills the access-log fields it learns, and ends in a
+//!    [`Routed`]: an answer of the edge itself, the `/v0` API ([`Edge::api_host`]), or an
+//!    [`Upstream`];
 //! 2. upstream and proxy ([`Edge::forward`], the same for every host kind): the sandbox's
-//!    concurrency slot (else 429), the forwarding facts, [`Proxy::forward`], the upstream
-//!    latency metric, then the upstream's response filter;
+//!    concurrency slot (else 429), the forwarding facts, [`Proxy::prepare`]; then
+//!    [`Forward::send`]: the exchange, the upstream latency metric, the upstream's response
+//!    filter;
 //! 3. logging: `Edge::handle` renders errors and hands the response to the access log.
 //!
-//! [`Proxy::forward`]: super::proxy::Proxy::forward
+//! Everything up to the exchange is synchronous, and `Edge::handle` awaits the exchange
+//! itself: each `async` layer between them would be copied whole into its caller per request.
+//!
+//! [`Proxy::prepare`]: super::proxy::Proxy::prepare
 
-use super::{ConnInfo, Edge, EdgeBody, headers, host, host::HostKind, proxy::Outbound, route, route::Route, too_many};
+use super::{
+    ConnInfo, Edge, EdgeBody, headers, host,
+    host::HostKind,
+    proxy::{Exchange, Outbound},
+    route,
+    route::Route,
+    too_many,
+};
 use crate::{
     auth,
     errors::{ApiError, ErrorCode},
@@ -27,11 +39,33 @@ use std::{sync::Arc, time::Instant};
 
 /// What routing decided for a request.
 pub(super) enum Routed {
-    /// The edge answers itself (the `/v0` API, a preview's CORS preflight or cookie exchange).
+    /// The edge answers itself (a preview's CORS preflight or cookie exchange).
     Answer(Response<EdgeBody>),
+    /// The `/v0` API answers ([`Edge::api_host`]).
+    Api(Request<Incoming>),
     /// The request goes to an app in a sandbox (the upstream boxed to keep the variants of
     /// similar size).
     Forward(Box<Upstream>, Request<Incoming>),
+}
+
+/// A request on its way to an app, ready to be sent ([`Edge::forward`]).
+pub(super) struct Forward<'a> {
+    exchange: Exchange<'a>,
+    route: RouteKind,
+    response_filter: Option<ResponseFilter>,
+}
+
+impl Forward<'_> {
+    /// Sends the request; counts the upstream latency; filters the app's response headers.
+    pub async fn send(self) -> Result<Response<EdgeBody>, ApiError> {
+        let sent = Instant::now();
+        let mut response = self.exchange.send().await?;
+        metrics::global().upstream_latency(self.route, sent.elapsed());
+        if let Some(filter) = self.response_filter {
+            filter(response.headers_mut());
+        }
+        Ok(response)
+    }
 }
 
 /// Changes the app's response headers.
@@ -66,22 +100,9 @@ pub(super) fn path_and_query<'a>(method: &Method, uri: &'a Uri) -> Result<&'a st
 }
 
 impl Edge {
-    /// Routes the request, then forwards it or returns the edge's own answer.
-    pub(super) async fn route_and_forward(
-        &self,
-        conn: &ConnInfo,
-        req: Request<Incoming>,
-        log: &mut RequestLog,
-    ) -> Result<Response<EdgeBody>, ApiError> {
-        match self.route(conn, req, log).await? {
-            (Routed::Answer(response), _) => Ok(response),
-            (Routed::Forward(upstream, req), client_host) => self.forward(conn, client_host, upstream, req, log).await,
-        }
-    }
-
     /// The request filter: what every request passes, then the routing of its host's kind.
     /// Returns the host as the client sent it with the decision.
-    async fn route(
+    pub(super) fn route(
         &self,
         conn: &ConnInfo,
         req: Request<Incoming>,
@@ -109,8 +130,10 @@ impl Edge {
         }
         let routed = match host::classify(&host.name, &self.zones) {
             HostKind::Sandbox(label) => self.sandbox_host(&host.name, label, req, log)?,
-            // Boxed: the API's handlers make a large future that proxied requests need not carry.
-            HostKind::Api => Box::pin(self.api_host(req, log)).await,
+            HostKind::Api => {
+                log.route = RouteKind::Api;
+                Routed::Api(req)
+            }
             HostKind::Preview(id) => self.preview_host(&host.name, id, req, log)?,
             HostKind::Other => {
                 return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route for host {:?}", host.name)));
@@ -150,16 +173,16 @@ impl Edge {
     }
 
     /// The one forward step of every host kind: the sandbox's slot (held until the response
-    /// body or tunnel ends), the outbound request, the proxy, the upstream latency.
-    async fn forward(
+    /// body or tunnel ends), the outbound request, made ready by the proxy.
+    pub(super) fn forward(
         &self,
         conn: &ConnInfo,
         client_host: String,
-        upstream: Box<Upstream>,
+        upstream: Upstream,
         req: Request<Incoming>,
         log: &mut RequestLog,
-    ) -> Result<Response<EdgeBody>, ApiError> {
-        let Upstream { sandbox, route, set_headers, response_filter } = *upstream;
+    ) -> Result<Forward<'_>, ApiError> {
+        let Upstream { sandbox, route, set_headers, response_filter } = upstream;
         log.port = Some(route.port);
         let slot = self.limits.sandbox_slot(sandbox.address).ok_or_else(|| {
             too_many(format!(
@@ -179,12 +202,6 @@ impl Edge {
             slot,
             set_headers,
         };
-        let sent = Instant::now();
-        let mut response = self.proxy.forward(req, out).await?;
-        metrics::global().upstream_latency(log.route, sent.elapsed());
-        if let Some(filter) = response_filter {
-            filter(response.headers_mut());
-        }
-        Ok(response)
+        Ok(Forward { exchange: self.proxy.prepare(req, out)?, route: log.route, response_filter })
     }
 }

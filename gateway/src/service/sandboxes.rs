@@ -5,6 +5,7 @@
 //! so a mutation asks the preview registry for it.
 
 use super::{mutation::Mutating, previews::registry::PreviewRegistry};
+use crate::model::FastMap;
 use crate::{
     errors::{ApiError, ErrorCode},
     model::{
@@ -14,7 +15,7 @@ use crate::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::Ipv4Addr,
     sync::{Arc, RwLock},
     time::Duration,
@@ -154,8 +155,8 @@ pub fn validate(workspace: &str, name: &str, spec: SandboxSpec) -> Result<Sandbo
 #[derive(Default)]
 struct Index {
     by_id: BTreeMap<SandboxId, Arc<Sandbox>>,
-    by_label: HashMap<String, Arc<Sandbox>>,
-    by_address: HashMap<Ipv4Addr, Arc<Sandbox>>,
+    by_label: FastMap<String, Arc<Sandbox>>,
+    by_address: FastMap<Ipv4Addr, Arc<Sandbox>>,
 }
 
 impl Index {

@@ -1,19 +1,17 @@
 //! The in-memory index of previews: by key (workspace, sandbox, name) and by host label (id).
 
+use crate::model::FastMap;
 use crate::model::preview::{Preview, PreviewKey};
 use crate::model::sandbox::SandboxId;
 use crate::model::time::Timestamp;
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 /// Previews by key and by id. Expired previews stay here until the reaper deletes them; every
 /// lookup that serves traffic filters them out.
 #[derive(Default)]
 pub struct PreviewIndex {
     by_key: BTreeMap<PreviewKey, Arc<Preview>>,
-    by_id: HashMap<String, Arc<Preview>>,
+    by_id: FastMap<String, Arc<Preview>>,
 }
 
 impl PreviewIndex {

@@ -14,6 +14,7 @@ use super::{
     CreatedToken, TokenRequest, TokenView,
     secret::{Secret, Sha256Digest},
 };
+use crate::model::FastMap;
 use crate::{
     errors::{ApiError, ErrorCode},
     model::is_dns_label,
@@ -22,7 +23,7 @@ use crate::{
     service::mutation::Mutating,
 };
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, RwLock},
 };
 use subtle::ConstantTimeEq;
@@ -43,7 +44,7 @@ pub enum Verdict {
 struct Index {
     by_id: BTreeMap<TokenId, Arc<AccessToken>>,
     /// Keyed by [`bucket`] of the digest; each bucket is compared in constant time.
-    by_digest: HashMap<u64, Vec<Arc<AccessToken>>>,
+    by_digest: FastMap<u64, Vec<Arc<AccessToken>>>,
 }
 
 /// The lookup key of a digest: its first 8 bytes.
