@@ -23,7 +23,8 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const FALLBACK_LLVM_NAME: &str = "libLLVM.so.22.1-rust-1.97.0-nightly";
 /// Debian packages the privileged tests call (`ip`, `bpftool`, `iptables`, `nft`, `curl`, `ps`,
 /// `systemd-analyze`, `setpriv`, `wrk` for the zero-downtime restart test, `python3 -m venv`
-/// for the real Python SDK test, `openssl s_client` for the TLS hardening test).
+/// for the real Python SDK test, `openssl s_client` for the TLS hardening test, etcd and
+/// `etcdctl` for the fleet tests).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -38,6 +39,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     // hardening_tls: `openssl s_client -tls1 / -tls1_1` (testssl.sh comes with `xtask soak`)
     "openssl",
+    // the fleet tests' etcd cluster (`tests/src/etcd.rs`): the server and `etcdctl`
+    "etcd-server",
+    "etcd-client",
 ];
 /// Debian packages only `cargo xtask bench` needs (load generators and the peers it compares
 /// against): installed by the bench, never by setup.
