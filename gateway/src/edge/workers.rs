@@ -5,7 +5,7 @@
 //! their hyper tasks, its timers and its socket's readiness all stay on one thread: no task is
 //! woken on another thread and nothing is stolen between threads. The multi-threaded runtime's
 //! work stealing cost more than it gained here: on two cores, one worker served more keep-alive
-//! requests per second than two (BENCHMARKS.md, scaling table), every wake-up of a task that
+//! requests per second than two (docs/bench-profile.md), every wake-up of a task that
 //! had moved being a futex call and cache lines crossing cores.
 //!
 //! One listening socket, accepted on the main runtime and handed to the worker with the fewest
