@@ -101,11 +101,9 @@ impl EtcdCluster {
 
     /// The member that is the leader, as seen by the running members.
     pub fn leader(&self) -> Option<usize> {
-        let ids: Vec<Option<u64>> = (0..self.members.len()).map(|i| self.status(i).map(|s| s.0)).collect();
-        (0..self.members.len()).find_map(|i| {
-            let (_, leader) = self.status(i)?;
-            ids.iter().position(|id| *id == Some(leader))
-        })
+        let statuses: Vec<Option<(u64, u64)>> = (0..self.members.len()).map(|i| self.status(i)).collect();
+        let leader = statuses.iter().flatten().map(|&(_, leader)| leader).next()?;
+        statuses.iter().position(|s| s.is_some_and(|(id, _)| id == leader))
     }
 
     /// Member `i`'s own id and the leader it knows, from `etcdctl endpoint status`.

@@ -68,6 +68,11 @@ struct Idle {
 /// [`workers`]) and its destination.
 type Key = (usize, SocketAddr);
 
+/// The key of `addr` for the calling worker.
+fn key(addr: SocketAddr) -> Key {
+    (workers::current(), addr)
+}
+
 /// The pool (shared with the response bodies that return connections to it). Connections are
 /// kept per worker: a request takes one its own worker drives.
 pub struct H1Pool {
@@ -137,7 +142,7 @@ impl H1Pool {
         mut request: Request<UpBody>,
         response_timeout: Duration,
     ) -> Result<Result<Response<PooledBody>, ExchangeError>, tokio::time::error::Elapsed> {
-        let key = (workers::current(), addr);
+        let key = key(addr);
         loop {
             let (mut sender, reused) = match self.take_idle(key) {
                 Some(s) => (s, true),
@@ -259,7 +264,7 @@ impl H2Pool {
     }
 
     pub async fn sender(&self, addr: SocketAddr) -> Result<hyper::client::conn::http2::SendRequest<UpBody>, BoxError> {
-        let key = (workers::current(), addr);
+        let key = key(addr);
         if let Some(s) = self.cached(key) {
             return Ok(s);
         }
