@@ -162,6 +162,13 @@ pub fn parse<P: Packet + ?Sized>(p: &P) -> Summary {
     parse_frame(p).unwrap_or_default()
 }
 
+/// [`parse`], telling a packet whose headers run past what `p` holds (or are malformed) apart:
+/// a socket buffer is parsed from its linear bytes first, and made linear further only then.
+#[inline(always)]
+pub fn try_parse<P: Packet + ?Sized>(p: &P) -> Result<Summary, ParseError> {
+    parse_frame(p)
+}
+
 #[inline(always)]
 fn parse_frame<P: Packet + ?Sized>(p: &P) -> Result<Summary, ParseError> {
     let mut ethertype = p.header::<ETH_HLEN>(0)?.be16::<12>();

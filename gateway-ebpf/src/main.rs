@@ -32,7 +32,7 @@ pub fn sandbox_in(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let mark = unsafe { (*ctx.skb.skb).mark };
     let maps = KernelMaps::new();
-    let v = decide::into_sandbox(parse(&SkbPacket::new(&ctx)), mark, &maps);
+    let v = decide::into_sandbox(SkbPacket::parse(&ctx), mark, &maps);
     account(&ctx, &maps, Hook::SandboxIn, &v);
     if v.reason.is_drop() { TC_ACT_SHOT } else { TCX_NEXT }
 }
@@ -43,7 +43,7 @@ pub fn sandbox_out(ctx: TcContext) -> i32 {
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let maps = KernelMaps::new();
-    let v = decide::out_of_sandbox(parse(&SkbPacket::new(&ctx)), ifindex, &maps);
+    let v = decide::out_of_sandbox(SkbPacket::parse(&ctx), ifindex, &maps);
     if v.remember_udp {
         maps::remember_udp_flow(&v.udp_flow);
     }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::bpf_skb_pull_data,
     programs::{TcContext, XdpContext},
 };
-use gateway_common::parse::{Header, Packet, ParseError};
+use gateway_common::parse::{Header, Packet, ParseError, Summary, parse, try_parse};
 
 /// How many bytes of headers the parser may need: Ethernet + 2 VLAN tags + IPv4 with maximal
 /// options + TCP (or Ethernet + VLANs + IPv6 + TCP).
@@ -23,14 +23,20 @@ fn header<'a, const N: usize>(start: usize, end: usize, offset: usize) -> Result
     Ok(unsafe { Header::new(at as *const u8) })
 }
 
-/// A socket buffer (tc/tcx), its headers made linear first.
+/// A socket buffer (tc/tcx): the bytes in its linear area.
 pub struct SkbPacket<'a>(&'a TcContext);
 
 impl<'a> SkbPacket<'a> {
-    /// Wraps `ctx`, pulling the first `MAX_HEADERS` bytes into the linear area when they are
-    /// not there yet (GSO/GRO skbs may carry headers in fragments), so direct access sees them.
+    /// Parses the headers of `ctx`: from its linear area when they all lie there (the common
+    /// case: a TCP segment's headers are linear, its payload in page fragments), else after
+    /// pulling the first `MAX_HEADERS` bytes into it (GSO/GRO skbs may carry headers in
+    /// fragments). Pulling only then matters: the segments a local TCP sends are clones of its
+    /// retransmit queue, and pulling a clone copies its whole head.
     #[inline(always)]
-    pub fn new(ctx: &'a TcContext) -> Self {
+    pub fn parse(ctx: &'a TcContext) -> Summary {
+        if let Ok(s) = try_parse(&SkbPacket(ctx)) {
+            return s;
+        }
         let linear = ctx.data_end() - ctx.data();
         let len = ctx.len();
         if (linear as u32) < MAX_HEADERS && len > linear as u32 {
@@ -39,7 +45,7 @@ impl<'a> SkbPacket<'a> {
             // a short packet (and fails closed where that matters).
             unsafe { bpf_skb_pull_data(ctx.skb.skb as *mut _, want) };
         }
-        Self(ctx)
+        parse(&SkbPacket(ctx))
     }
 }
 

@@ -25,6 +25,7 @@
 
 pub mod cancellations;
 pub mod connect;
+mod h1;
 pub mod headers;
 pub mod host;
 pub mod limits;
@@ -74,7 +75,7 @@ use upstream_errors::{prefers_html, render, too_many};
 use workers::Workers;
 
 /// The body of every edge response.
-pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
+pub type EdgeBody = BoxBody<Bytes, pool::BoxError>;
 
 /// At a drain, how long connections get to end by themselves (HTTP/1.1 answers carry
 /// `Connection: close`) before the rest are closed gracefully (idle HTTP/1.1 connections at

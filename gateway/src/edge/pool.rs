@@ -16,11 +16,15 @@
 //! [`POOL_IDLE_TIMEOUT`] and beyond [`POOL_MAX_IDLE_PER_HOST`] per destination.
 //!
 //! Compared with hyper-util's legacy `Client`, no task is spawned and no URI is formatted per
-//! request: the connection is checked out and in by the request's own task.
+//! request: the connection is checked out and in by the request's own task. A request without
+//! a body (most are) goes further: its connection has no task at all, the request's own task
+//! writes the head and reads the answer ([`super::h1`], kept in their own idle lists); one
+//! with a body goes through hyper's client connection, which sends the body while it watches
+//! for an early answer.
 
 use super::{
     connect::{ConnectError, ConnectSettings, connect},
-    workers,
+    h1, workers,
 };
 use crate::model::FastMap;
 use bytes::Bytes;
@@ -39,7 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-type BoxError = Box<dyn StdError + Send + Sync>;
+pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The body type sent to apps.
 pub type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -57,10 +61,17 @@ pub enum ExchangeError {
     Connect(ConnectError),
     /// The connection broke or the app answered something invalid.
     Http(hyper::Error),
+    /// The same, on a connection of the lean codec.
+    Lean(h1::H1Error),
 }
 
 struct Idle {
     sender: SendRequest<UpBody>,
+    since: Instant,
+}
+
+struct IdleLean {
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -78,13 +89,20 @@ fn key(addr: SocketAddr) -> Key {
 pub struct H1Pool {
     settings: ConnectSettings,
     idle: Mutex<FastMap<Key, Vec<Idle>>>,
+    /// Idle connections of the lean codec (requests without a body).
+    lean: Mutex<FastMap<Key, Vec<IdleLean>>>,
     sweeper: std::sync::Once,
 }
 
 impl H1Pool {
     /// An empty pool connecting with these settings.
     pub fn new(settings: ConnectSettings) -> Arc<Self> {
-        Arc::new(Self { settings, idle: Mutex::new(FastMap::default()), sweeper: std::sync::Once::new() })
+        Arc::new(Self {
+            settings,
+            idle: Mutex::new(FastMap::default()),
+            lean: Mutex::new(FastMap::default()),
+            sweeper: std::sync::Once::new(),
+        })
     }
 
     fn take_idle(&self, key: Key) -> Option<SendRequest<UpBody>> {
@@ -114,10 +132,42 @@ impl H1Pool {
         self.sweeper.call_once(|| spawn_sweeper(Arc::downgrade(self)));
     }
 
+    fn take_lean(&self, key: Key) -> Option<h1::Conn> {
+        let mut lean = self.lean.lock().unwrap_or_else(|p| p.into_inner());
+        let list = lean.get_mut(&key)?;
+        while let Some(mut i) = list.pop() {
+            if i.since.elapsed() < POOL_IDLE_TIMEOUT && i.conn.is_reusable() {
+                return Some(i.conn);
+            }
+        }
+        lean.remove(&key);
+        None
+    }
+
+    fn put_lean(self: &Arc<Self>, key: Key, conn: h1::Conn) {
+        {
+            let mut lean = self.lean.lock().unwrap_or_else(|p| p.into_inner());
+            let list = lean.entry(key).or_default();
+            if list.len() >= POOL_MAX_IDLE_PER_HOST {
+                return;
+            }
+            list.push(IdleLean { conn, since: Instant::now() });
+        }
+        self.sweeper.call_once(|| spawn_sweeper(Arc::downgrade(self)));
+    }
+
     fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
             list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < POOL_IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+        drop(idle);
+        // Only the age here: a connection belongs to its worker's runtime, and a closed one is
+        // found (and dropped) at its next checkout.
+        let mut lean = self.lean.lock().unwrap_or_else(|p| p.into_inner());
+        lean.retain(|_, list| {
+            list.retain(|i| i.since.elapsed() < POOL_IDLE_TIMEOUT);
             !list.is_empty()
         });
     }
@@ -141,8 +191,11 @@ impl H1Pool {
         addr: SocketAddr,
         mut request: Request<UpBody>,
         response_timeout: Duration,
-    ) -> Result<Result<Response<PooledBody>, ExchangeError>, tokio::time::error::Elapsed> {
+    ) -> Result<Result<Response<AppBody>, ExchangeError>, tokio::time::error::Elapsed> {
         let key = key(addr);
+        if request.body().is_end_stream() {
+            return self.exchange_lean(key, addr, request, response_timeout).await;
+        }
         loop {
             let (mut sender, reused) = match self.take_idle(key) {
                 Some(s) => (s, true),
@@ -168,13 +221,47 @@ impl H1Pool {
                     // After a 101 the connection no longer speaks HTTP: never reused.
                     let back = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS)
                         .then(|| (Arc::downgrade(self), key, sender));
-                    return Ok(Ok(response.map(|inner| PooledBody::new(inner, back))));
+                    return Ok(Ok(response.map(|inner| AppBody::Hyper(PooledBody::new(inner, back)))));
                 }
                 Err(mut e) => match e.take_message() {
                     // Closed before the request was written: once more on a new connection.
                     Some(unsent) if reused => request = unsent,
                     _ => return Ok(Err(ExchangeError::Http(e.into_error()))),
                 },
+            }
+        }
+    }
+
+    /// [`H1Pool::exchange`] of a request without a body, on a connection of the lean codec.
+    async fn exchange_lean(
+        self: &Arc<Self>,
+        key: Key,
+        addr: SocketAddr,
+        request: Request<UpBody>,
+        response_timeout: Duration,
+    ) -> Result<Result<Response<AppBody>, ExchangeError>, tokio::time::error::Elapsed> {
+        let (parts, _empty) = request.into_parts();
+        let idempotent = parts.method.is_idempotent();
+        loop {
+            let (mut conn, reused) = match self.take_lean(key) {
+                Some(c) => (c, true),
+                // Boxed, as in `exchange`.
+                None => match Box::pin(connect(addr, self.settings)).await {
+                    Ok(s) => (h1::Conn::new(s), false),
+                    Err(e) => return Ok(Err(ExchangeError::Connect(e))),
+                },
+            };
+            let deadline = tokio::time::Instant::now() + response_timeout;
+            match tokio::time::timeout_at(deadline, conn.send(&parts)).await? {
+                Ok(head) => {
+                    let back = head.keep_alive.then(|| (Arc::downgrade(self), key));
+                    let body = LeanBody::new(conn, head.framing, back);
+                    return Ok(Ok(head.response.map(|()| AppBody::Lean(body))));
+                }
+                // The app closed the idle connection as the request went: once more on
+                // another connection.
+                Err(e) if reused && e.unanswered(idempotent) => continue,
+                Err(e) => return Ok(Err(ExchangeError::Lean(e))),
             }
         }
     }
@@ -190,6 +277,91 @@ fn spawn_sweeper(pool: Weak<H1Pool>) {
             }
         }
     });
+}
+
+/// The body of an app's response, from either kind of pooled connection.
+pub enum AppBody {
+    /// Through hyper's client connection.
+    Hyper(PooledBody),
+    /// Read by the request's task ([`super::h1`]).
+    Lean(LeanBody),
+}
+
+impl Body for AppBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            AppBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            AppBody::Lean(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AppBody::Hyper(b) => b.is_end_stream(),
+            AppBody::Lean(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AppBody::Hyper(b) => b.size_hint(),
+            AppBody::Lean(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A response body read by the request's task from a lean connection, which goes back to the
+/// pool when the body ended exactly where its framing said and the app allowed reuse.
+pub struct LeanBody {
+    conn: Option<h1::Conn>,
+    framing: h1::Framing,
+    back: Option<(Weak<H1Pool>, Key)>,
+}
+
+impl LeanBody {
+    fn new(conn: h1::Conn, framing: h1::Framing, back: Option<(Weak<H1Pool>, Key)>) -> Self {
+        let mut body = Self { conn: Some(conn), framing, back };
+        if framing.is_done() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && conn.is_drained()
+            && let Some((pool, key)) = self.back.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.put_lean(key, conn);
+        }
+    }
+}
+
+impl Body for LeanBody {
+    type Data = Bytes;
+    type Error = h1::H1Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h1::H1Error>>> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+        let r = conn.poll_body(&mut this.framing, cx);
+        match &r {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.framing.is_done() => this.release(),
+            // A broken body: the connection is closed.
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.framing.is_done()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.framing.size_hint()
+    }
 }
 
 /// A response body from a pooled connection: returns the connection to the pool once read to

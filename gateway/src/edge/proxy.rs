@@ -19,7 +19,7 @@ use super::{
     connect::ConnectSettings,
     headers::{self, Forwarding},
     limits::{Activity, ActivityIo, SandboxSlot, idle_timeout},
-    pool::{ExchangeError, H1Pool, H2Pool, UpBody, upgrade_connection},
+    pool::{BoxError, ExchangeError, H1Pool, H2Pool, UpBody, upgrade_connection},
     route::Route,
     upstream_errors::{Destination, connect_failed, exchange_failed, response_timed_out},
 };
@@ -121,6 +121,7 @@ impl Exchange<'_> {
             Ok(response) => from_app(response, slot, to),
             Err(ExchangeError::Connect(e)) => Err(connect_failed(&e, to)),
             Err(ExchangeError::Http(e)) => Err(exchange_failed(&e, to)),
+            Err(ExchangeError::Lean(e)) => Err(exchange_failed(&e, to)),
         }
     }
 }
@@ -213,6 +214,7 @@ impl Proxy {
             Ok(sender) => sender,
             Err(ExchangeError::Connect(e)) => return Err(connect_failed(&e, to)),
             Err(ExchangeError::Http(e)) => return Err(exchange_failed(&e, to)),
+            Err(ExchangeError::Lean(e)) => return Err(exchange_failed(&e, to)),
         };
         match tokio::time::timeout(self.settings.response_timeout, sender.send_request(request)).await {
             Err(_) => Err(response_timed_out(self.settings.response_timeout, to)),
@@ -295,7 +297,8 @@ fn from_app<B>(
     to: Destination<'_>,
 ) -> Result<Response<EdgeBody>, ApiError>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // Only an upgrade request (`upgrade_h1`, `websocket_over_h2`) may be answered 101: an
@@ -411,26 +414,31 @@ struct GuardedBody<B> {
 
 impl<B> GuardedBody<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     fn wrap(inner: B, slot: SandboxSlot) -> EdgeBody {
         if inner.is_end_stream() {
-            return inner.boxed();
+            return inner.map_err(Into::into).boxed();
         }
         GuardedBody { inner, slot: Some(slot) }.boxed()
     }
 }
 
-impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for GuardedBody<B> {
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             self.slot.take();
         }
-        r
+        r.map_err(Into::into)
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
