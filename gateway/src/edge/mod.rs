@@ -182,6 +182,7 @@ fn adopt(fd: OwnedFd, addr: SocketAddr) -> Result<TcpListener, EdgeError> {
 /// Per-connection facts the request handler needs, with the texts every request on the
 /// connection writes formatted once.
 struct ConnInfo {
+    edge: Arc<Edge>,
     peer: SocketAddr,
     /// `peer` as the access log writes it.
     peer_text: Arc<str>,
@@ -374,6 +375,7 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
             };
             let cert = certs.load().select(tls.get_ref().1.server_name()).clone();
             let info = Arc::new(ConnInfo {
+                edge: edge.clone(),
                 peer,
                 peer_text: peer.to_string().into(),
                 forwarding: Arc::new(headers::PeerText::new(peer)),
@@ -381,7 +383,6 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
                 cert,
                 reject,
             });
-            let handler = edge.clone();
             let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let seen = requested.clone();
             let cancels = Cancellations::new();
@@ -389,12 +390,13 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
             let service = service_fn(move |req| {
                 seen.store(true, std::sync::atomic::Ordering::Release);
                 let watch = counted.start();
-                let handler = handler.clone();
+                // The connection's own `Arc` (the edge is reached through it): a count that
+                // only this worker writes, where the edge's is shared by every worker.
                 let info = info.clone();
                 // Boxed: the request's future is large, and hyper moves it (HTTP/2: into a
                 // spawned task) before polling it; a box moves as a pointer.
                 Box::pin(async move {
-                    let response = handler.handle(&info, req).await;
+                    let response = info.edge.handle(&info, req).await;
                     watch.answered();
                     Ok::<_, Infallible>(response)
                 })
