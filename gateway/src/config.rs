@@ -34,6 +34,71 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[proxy]`: timeouts and limits of the HTTPS edge.
     pub proxy: ProxyConfig,
+    /// `[fleet]`: gateways sharing their state through etcd.
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: gateways of many hosts sharing their state through etcd. With no `etcd`
+/// endpoint, the gateway is a single host on its file store (the default).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// etcd endpoints (`http://` or `https://`, host and port); empty: no fleet.
+    pub etcd: Vec<String>,
+    /// This host's id in the fleet: one DNS label, unique in the fleet.
+    pub host: String,
+    /// The internal listener for the other gateways (mutual TLS).
+    pub listen: String,
+    /// How the other gateways reach `listen`; empty: `listen`.
+    pub advertise: String,
+    /// The fleet CA: peers' certificates must chain to it.
+    pub ca: PathBuf,
+    /// This host's certificate (its SAN DNS name is `host`) and key.
+    pub cert: PathBuf,
+    /// The key of `cert`.
+    pub key: PathBuf,
+    /// Key prefix in etcd: one fleet per prefix.
+    pub prefix: String,
+    /// With no news from etcd for this long, requests that need a token answer 503.
+    pub auth_max_staleness: HumanDuration,
+    /// CA of etcd's own TLS (`https://` endpoints); empty: the system's roots.
+    pub etcd_ca: PathBuf,
+    /// Client certificate and key for etcd (both or neither).
+    pub etcd_cert: PathBuf,
+    /// The key of `etcd_cert`.
+    pub etcd_key: PathBuf,
+    /// etcd user (etcd authentication); its password is in `etcd_password_file`.
+    pub etcd_user: String,
+    /// File holding the etcd user's password (one line).
+    pub etcd_password_file: PathBuf,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            etcd: Vec::new(),
+            host: String::new(),
+            listen: String::new(),
+            advertise: String::new(),
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            prefix: "/gateway/v1/".into(),
+            auth_max_staleness: HumanDuration::secs(120),
+            etcd_ca: PathBuf::new(),
+            etcd_cert: PathBuf::new(),
+            etcd_key: PathBuf::new(),
+            etcd_user: String::new(),
+            etcd_password_file: PathBuf::new(),
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Whether this gateway is part of a fleet.
+    pub fn enabled(&self) -> bool {
+        !self.etcd.is_empty()
+    }
 }
 
 /// `[tls]`: the certificates of the public HTTPS listener. With no certificate at all, a
@@ -339,6 +404,7 @@ impl Default for Config {
             dataplane: DataplaneConfig::default(),
             tls: TlsConfig::default(),
             proxy: ProxyConfig::default(),
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -469,6 +535,39 @@ host_header = "preserve"
 # Peers (IP or CIDR) whose X-Forwarded-For/-Proto/-Host and Forwarded headers are kept and
 # appended to. Everyone else's are replaced by the gateway's.
 trusted_proxies = []
+
+[fleet]
+# Gateways of many hosts sharing sandboxes, tokens and previews through etcd (v3 API): any
+# gateway serves any sandbox, forwarding to the host that runs it. No endpoint: this gateway is
+# one host on its own state directory. Production: etcd >= 3.5 with mutual TLS, one prefix per
+# region, etcd RBAC limiting each gateway to its prefix. Not runnable yet: check-config checks
+# this section, and serve refuses a configuration with etcd endpoints (exit 64).
+# etcd endpoints, e.g. ["https://10.0.0.1:2379", "https://10.0.0.2:2379"] (one scheme for all).
+etcd = []
+# This host's id: one DNS label, unique in the fleet (required with etcd).
+host = ""
+# Internal listener for the other gateways, mutual TLS (required with etcd), e.g. "10.0.1.5:9443".
+listen = ""
+# How the other gateways reach that listener; empty = listen (required if listen's IP is 0.0.0.0).
+advertise = ""
+# Fleet CA (peers' certificates must chain to it), this host's certificate (its SAN DNS name is
+# host) and key, PEM (required with etcd).
+ca = ""
+cert = ""
+key = ""
+# Key prefix in etcd: one fleet per prefix; starts and ends with "/".
+prefix = "/gateway/v1/"
+# With no news from etcd for this long, requests that need a token answer 503 (public previews
+# keep working); meanwhile every gateway serves from its replica.
+auth_max_staleness = "120s"
+# etcd's own TLS (https endpoints): its CA (empty: the system's roots), and a client
+# certificate and key (both or neither).
+etcd_ca = ""
+etcd_cert = ""
+etcd_key = ""
+# etcd authentication: a user and the file holding its password (one line); both or neither.
+etcd_user = ""
+etcd_password_file = ""
 "#;
 
 /// One problem of a configuration file.
@@ -527,6 +626,27 @@ pub fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
         return Ok(AdminListen::Unix(PathBuf::from(path)));
     }
     parse_socket_addr(s).map(AdminListen::Tcp)
+}
+
+/// The scheme of an etcd endpoint `http(s)://HOST:PORT` (a trailing `/` allowed).
+fn parse_endpoint(endpoint: &str) -> Result<&'static str, String> {
+    let (scheme, rest) = if let Some(r) = endpoint.strip_prefix("http://") {
+        ("http", r)
+    } else if let Some(r) = endpoint.strip_prefix("https://") {
+        ("https", r)
+    } else {
+        return Err(format!("{endpoint:?} must start with http:// or https://"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let uri: http::uri::Authority =
+        authority.parse().map_err(|_| format!("{endpoint:?} is not a valid endpoint: http(s)://HOST:PORT"))?;
+    if authority.contains('@') || authority.contains('/') {
+        return Err(format!("{endpoint:?} must be http(s)://HOST:PORT, with no user or path"));
+    }
+    match uri.port_u16() {
+        Some(p) if p != 0 => Ok(scheme),
+        _ => Err(format!("{endpoint:?} needs a port (etcd's client port is usually 2379)")),
+    }
 }
 
 /// Parses `IP:PORT` with a non-zero port.
@@ -632,7 +752,95 @@ impl Config {
         }
         self.validate_tls(&mut bad);
         self.validate_proxy(&mut bad);
+        self.validate_fleet(https.as_ref().ok(), &mut bad);
         problems
+    }
+
+    fn validate_fleet(&self, https: Option<&SocketAddr>, bad: &mut impl FnMut(&str, String)) {
+        let f = &self.fleet;
+        if !f.enabled() {
+            return;
+        }
+        let mut schemes = std::collections::BTreeSet::new();
+        for (i, endpoint) in f.etcd.iter().enumerate() {
+            match parse_endpoint(endpoint) {
+                Ok(scheme) => {
+                    schemes.insert(scheme);
+                }
+                Err(e) => bad(&format!("fleet.etcd[{i}]"), e),
+            }
+        }
+        if schemes.len() > 1 {
+            bad("fleet.etcd", "mixes http:// and https:// endpoints: use one scheme for all".into());
+        }
+        if f.host.is_empty() {
+            bad("fleet.host", "is required with fleet.etcd: this host's id, one DNS label unique in the fleet".into());
+        } else if !is_dns_label(&f.host) {
+            bad(
+                "fleet.host",
+                format!(
+                    "{:?} is not a valid DNS label (1 to 63 of a-z, 0-9 and '-', no leading or trailing '-')",
+                    f.host
+                ),
+            );
+        }
+        let listen = if f.listen.is_empty() {
+            bad("fleet.listen", "is required with fleet.etcd: the internal listener, e.g. \"10.0.1.5:9443\"".into());
+            None
+        } else {
+            match parse_socket_addr(&f.listen) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    bad("fleet.listen", e);
+                    None
+                }
+            }
+        };
+        if let (Some(l), Some(h)) = (listen, https)
+            && l.port() == h.port()
+            && (l.ip() == h.ip() || l.ip().is_unspecified() || h.ip().is_unspecified())
+        {
+            bad("fleet.listen", format!("{l} clashes with listen.https {h}"));
+        }
+        if f.advertise.is_empty() {
+            if listen.is_some_and(|l| l.ip().is_unspecified()) {
+                bad("fleet.advertise", format!("is required when fleet.listen ({}) is a wildcard address", f.listen));
+            }
+        } else {
+            match parse_socket_addr(&f.advertise) {
+                Ok(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                    bad("fleet.advertise", format!("{a} cannot be reached: give the address and port peers connect to"))
+                }
+                Ok(_) => {}
+                Err(e) => bad("fleet.advertise", e),
+            }
+        }
+        for (key, path) in [("fleet.ca", &f.ca), ("fleet.cert", &f.cert), ("fleet.key", &f.key)] {
+            if path.as_os_str().is_empty() {
+                bad(key, "is required with fleet.etcd (the fleet's mutual TLS)".into());
+            }
+        }
+        if f.prefix.len() < 2 || !f.prefix.starts_with('/') || !f.prefix.ends_with('/') {
+            bad(
+                "fleet.prefix",
+                format!("{:?} must start and end with '/' and name something, e.g. \"/gateway/v1/\"", f.prefix),
+            );
+        } else if f.prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bad("fleet.prefix", format!("{:?} must not contain spaces or control characters", f.prefix));
+        }
+        if f.auth_max_staleness.get() < Duration::from_secs(1) {
+            bad("fleet.auth_max_staleness", format!("{} is too short: at least 1s", f.auth_max_staleness));
+        }
+        if f.etcd_cert.as_os_str().is_empty() != f.etcd_key.as_os_str().is_empty() {
+            bad("fleet.etcd_cert", "and fleet.etcd_key go together: set both or neither".into());
+        }
+        if f.etcd_user.is_empty() != f.etcd_password_file.as_os_str().is_empty() {
+            bad("fleet.etcd_user", "and fleet.etcd_password_file go together: set both or neither".into());
+        }
+        let tls_files = !f.etcd_ca.as_os_str().is_empty() || !f.etcd_cert.as_os_str().is_empty();
+        if tls_files && schemes.contains("http") {
+            bad("fleet.etcd_ca", "etcd TLS files are set but the endpoints are http://: use https://".into());
+        }
     }
 
     /// The admin credential: no well-known or empty secret on TCP, and no plain-text admin API
@@ -826,6 +1034,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check("state.dir", old.state.dir != new.state.dir);
     check("[dataplane]", old.dataplane != new.dataplane);
     check("[proxy]", old.proxy != new.proxy);
+    check("[fleet]", old.fleet != new.fleet);
     changed
 }
 
@@ -1350,5 +1559,71 @@ trusted_proxies = ["10.0.0.0/33", "x"]
         assert!(!is_dns_name("-a.test"));
         assert!(!is_dns_name("GW.test"));
         assert!(!is_dns_label(&"a".repeat(64)));
+    }
+
+    fn fleet(extra: &str) -> Result<Config, ConfigErrors> {
+        parse(
+            "f.toml",
+            &format!(
+                "[fleet]\netcd = [\"http://127.0.0.1:2379\"]\nhost = \"host-a\"\nlisten = \"10.0.1.5:9443\"\nca = \"/f/ca.pem\"\ncert = \"/f/host.pem\"\nkey = \"/f/host.key\"\n{extra}"
+            ),
+        )
+    }
+
+    fn fleet_problems(extra: &str) -> Vec<String> {
+        match fleet(extra) {
+            Ok(_) => Vec::new(),
+            Err(ConfigErrors(p)) => p.into_iter().map(|p| format!("{}: {}", p.key, p.reason)).collect(),
+        }
+    }
+
+    #[test]
+    fn fleet_section_is_checked_only_with_endpoints() {
+        let c = fleet("").expect("a minimal fleet");
+        assert!(c.fleet.enabled());
+        assert_eq!(c.fleet.prefix, "/gateway/v1/");
+        assert_eq!(c.fleet.auth_max_staleness.get(), Duration::from_secs(120));
+        // No endpoint: no fleet, nothing else required.
+        let single = parse("f.toml", "[fleet]\nhost = \"\"\n").expect("no fleet");
+        assert!(!single.fleet.enabled());
+        let bare = parse("f.toml", "[fleet]\netcd = [\"http://127.0.0.1:2379\"]\n").expect_err("incomplete");
+        let keys: Vec<&str> = bare.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["fleet.host", "fleet.listen", "fleet.ca", "fleet.cert", "fleet.key"]);
+    }
+
+    #[test]
+    fn fleet_problems_name_their_key() {
+        let cases: [(&str, &str); 12] = [
+            ("etcd = [\"127.0.0.1:2379\"]", "fleet.etcd[0]: \"127.0.0.1:2379\" must start with http:// or https://"),
+            ("etcd = [\"http://127.0.0.1\"]", "fleet.etcd[0]: \"http://127.0.0.1\" needs a port"),
+            ("etcd = [\"http://a:2379/v3\"]", "fleet.etcd[0]: \"http://a:2379/v3\" is not a valid endpoint"),
+            ("etcd = [\"http://a:2379\", \"https://b:2379\"]", "fleet.etcd: mixes http:// and https://"),
+            ("host = \"Host_A\"", "fleet.host: \"Host_A\" is not a valid DNS label"),
+            ("listen = \"0.0.0.0:9443\"", "fleet.advertise: is required when fleet.listen"),
+            (
+                "listen = \"0.0.0.0:443\"\nadvertise = \"10.0.1.5:443\"",
+                "fleet.listen: 0.0.0.0:443 clashes with listen.https",
+            ),
+            ("advertise = \"0.0.0.0:9443\"", "fleet.advertise: 0.0.0.0:9443 cannot be reached"),
+            ("prefix = \"gateway\"", "fleet.prefix: \"gateway\" must start and end with '/'"),
+            ("auth_max_staleness = \"0s\"", "fleet.auth_max_staleness: 0s is too short"),
+            ("etcd_cert = \"/e/c.pem\"", "fleet.etcd_cert: and fleet.etcd_key go together"),
+            ("etcd_user = \"gw\"", "fleet.etcd_user: and fleet.etcd_password_file go together"),
+        ];
+        for (extra, want) in cases {
+            // A key set twice is a TOML error: the case's keys replace the minimal section's.
+            let base = "etcd = [\"http://127.0.0.1:2379\"]\nhost = \"host-a\"\nlisten = \"10.0.1.5:9443\"\nca = \"/f/ca.pem\"\ncert = \"/f/host.pem\"\nkey = \"/f/host.key\"";
+            let first = |l: &str| l.split(' ').next().unwrap_or_default().to_string();
+            let replaced: Vec<String> = extra.lines().map(first).collect();
+            let kept: Vec<&str> = base.lines().filter(|l| !replaced.contains(&first(l))).collect();
+            let text = format!("[fleet]\n{}\n{extra}\n", kept.join("\n"));
+            let problems = match parse("f.toml", &text) {
+                Ok(_) => Vec::new(),
+                Err(ConfigErrors(p)) => p.into_iter().map(|p| format!("{}: {}", p.key, p.reason)).collect(),
+            };
+            assert!(problems.iter().any(|p| p.starts_with(want)), "{extra}: {problems:?}");
+        }
+        assert!(fleet_problems("etcd_ca = \"/e/ca.pem\"").iter().any(|p| p.contains("use https://")));
+        assert!(fleet_problems("advertise = \"10.0.1.5:9443\"").is_empty());
     }
 }

@@ -493,6 +493,40 @@ bpffs = "relative/dir"
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `[fleet]`: `check-config` checks the section (and names each bad key); `serve` refuses a
+/// fleet it cannot run yet, with 64, before binding anything.
+#[test]
+fn the_fleet_section_is_checked_and_serve_refuses_a_fleet() {
+    let dir = temp_dir("gateway-check-config");
+    let file = dir.path().join("fleet.toml");
+    let f = file.to_str().expect("utf-8");
+    let port = gateway_tests::gateway_process::free_port();
+    let fleet = format!(
+        "[listen]\nadmin = \"unix:{}\"\n[state]\ndir = \"{}\"\n[fleet]\netcd = [\"http://127.0.0.1:2379\"]\nhost = \"host-a\"\nlisten = \"127.0.0.1:{port}\"\nca = \"/f/ca.pem\"\ncert = \"/f/host.pem\"\nkey = \"/f/host.key\"\n",
+        dir.path().join("admin.sock").display(),
+        dir.path().join("state").display()
+    );
+    fs::write(&file, &fleet).expect("write");
+    let out = run_gateway(&["check-config", "--config", f]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run_gateway(&["serve", "--config", f]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{f}: fleet.etcd: ")) && stderr.contains("cannot run as a fleet member yet"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("state").exists(), "serve refused before touching its state");
+
+    fs::write(&file, "[fleet]\netcd = [\"10.0.0.1:2379\"]\nhost = \"-a\"\n").expect("write");
+    let out = run_gateway(&["check-config", "--config", f]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["fleet.etcd[0]", "fleet.host", "fleet.listen", "fleet.ca", "fleet.cert", "fleet.key"] {
+        assert!(stderr.lines().any(|l| l.starts_with(&format!("{f}: {key}: "))), "no `{key}` line in:\n{stderr}");
+    }
+}
+
 #[test]
 fn unknown_keys_are_rejected() {
     let dir = temp_dir("gateway-check-config");
