@@ -32,3 +32,89 @@ fn a_three_member_cluster_replicates_survives_its_leader_and_takes_it_back() {
     );
     assert_eq!(etcd.get(leader, "/gateway-test/a").as_deref(), Some("1"));
 }
+
+/// The etcd store (`gateway::state::EtcdStore`) on the real cluster: what one gateway writes
+/// another loads, at one revision; the fleet's secret is created once however many gateways
+/// race for it; a record under another record's key is refused; a sealed store writes nothing;
+/// writes go on after the leader dies.
+#[test]
+fn the_etcd_store_shares_records_between_gateways() {
+    use gateway::state::{Store, StoreError, etcd_store::EtcdSettings};
+    let mut etcd = EtcdCluster::start(3);
+    let prefix = format!("/gateway-test-{}/", std::process::id());
+    let settings = |endpoints: Vec<String>| EtcdSettings { endpoints, prefix: prefix.clone(), user: None };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let sandbox: gateway::model::sandbox::Sandbox = serde_json::from_str(
+        r#"{"workspace":"acme","name":"web","address":"198.18.0.2","interface":"gwt-veth0","ports":[{"target":3000,"protocol":"HTTP"}]}"#,
+    )
+    .expect("sandbox");
+    let token: gateway::model::sandbox::AccessToken = serde_json::from_str(&format!(
+        r#"{{"workspace":"acme","name":"ci","secretSha256":"{}","createdAt":"2026-12-06T00:00:00Z"}}"#,
+        "ab".repeat(32)
+    ))
+    .expect("token");
+    let preview: gateway::model::preview::Preview = serde_json::from_str(
+        r#"{"workspace":"acme","sandbox":"web","name":"p1","id":"abcdefgh","port":3000,"public":true,"createdAt":"2026-12-06T00:00:00Z"}"#,
+    )
+    .expect("preview");
+
+    rt.block_on(async {
+        let a = gateway::state::EtcdStore::connect(&settings(etcd.endpoints())).await.expect("connect a");
+        let b = gateway::state::EtcdStore::connect(&settings(vec![etcd.endpoint(2)])).await.expect("connect b");
+        assert!(
+            a.describe().starts_with("etcd:http://127.0.0.1:") && a.describe().ends_with(&prefix),
+            "{}",
+            a.describe()
+        );
+        let empty = a.load().await.expect("load");
+        assert!(empty.sandboxes.is_empty() && empty.tokens.is_empty() && empty.previews.is_empty());
+
+        a.put_sandbox(sandbox.clone()).await.expect("put sandbox");
+        a.put_token(token.clone()).await.expect("put token");
+        a.put_preview(preview.clone()).await.expect("put preview");
+        let seen = b.load().await.expect("load through another member");
+        assert_eq!(
+            (seen.sandboxes, seen.tokens, seen.previews),
+            (vec![sandbox.clone()], vec![token.clone()], vec![preview.clone()])
+        );
+
+        let (sa, sb) = tokio::join!(a.secret("preview-id"), b.secret("preview-id"));
+        let (sa, sb) = (sa.expect("secret a"), sb.expect("secret b"));
+        assert_eq!(sa, sb, "one secret for the fleet");
+        assert_eq!(a.secret("preview-id").await.expect("again"), sa, "created once");
+        assert_ne!(a.secret("other").await.expect("other"), sa);
+
+        b.delete_sandbox(sandbox.id()).await.expect("delete");
+        b.delete_token(token.id()).await.expect("delete");
+        b.delete_preview(preview.key()).await.expect("delete");
+        let gone = a.load().await.expect("load");
+        assert!(gone.sandboxes.is_empty() && gone.tokens.is_empty() && gone.previews.is_empty(), "{gone:?}");
+
+        // A record copied under another record's key is refused, naming the key.
+        let copied = serde_json::json!({ "version": 1, "sandbox": sandbox }).to_string();
+        assert!(etcd.try_put(0, &format!("{prefix}sandboxes/acme/other"), &copied));
+        match a.load().await {
+            Err(StoreError::Corrupt { path, reason }) => {
+                assert!(
+                    path.display().to_string().ends_with("sandboxes/acme/other") && reason.contains("acme/web"),
+                    "{reason}"
+                )
+            }
+            other => panic!("a misplaced record was loaded: {other:?}"),
+        }
+        etcd.etcdctl(0, &["del", &format!("{prefix}sandboxes/acme/other")]);
+
+        b.seal();
+        assert!(matches!(b.put_sandbox(sandbox.clone()).await, Err(StoreError::Sealed)));
+
+        // Liveness after losing the leader, not a speed target (an election takes about a second).
+        let leader = etcd.leader().unwrap_or_else(|| panic!("no leader:\n{}", etcd.logs()));
+        etcd.kill(leader);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = a.put_sandbox(sandbox.clone()).await {
+            assert!(Instant::now() < deadline, "no write after the leader died: {e}\n{}", etcd.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(a.load().await.expect("load").sandboxes, vec![sandbox.clone()]);
+    });
+}

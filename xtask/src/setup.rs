@@ -43,6 +43,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
 ];
+/// Debian packages building the gateway needs: `protoc`, for the etcd client's generated code
+/// (`gateway::state::etcd_store`).
+const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
 /// Debian packages only `cargo xtask bench` needs (load generators and the peers it compares
 /// against): installed by the bench, never by setup.
 pub const BENCH_PACKAGES: &[&str] = &["wrk", "nghttp2-client", "nginx", "haproxy", "openssl", "netsniff-ng"];
@@ -50,7 +53,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// What building needs: nightly rust-src and bpf-linker.
+    /// What building needs: nightly rust-src, bpf-linker and `protoc`.
     Toolchain,
     /// Also what running and testing need: bpffs and the Debian packages.
     All,
@@ -62,6 +65,7 @@ pub fn run(scope: Scope, announce: bool) -> Result<()> {
     ensure_rust_src(&sysroot)?;
     let llvm = ensure_llvm_links(&sysroot)?;
     ensure_bpf_linker(&llvm)?;
+    ensure_packages(BUILD_PACKAGES)?;
     if scope == Scope::All {
         ensure_bpffs()?;
         ensure_packages(DEBIAN_PACKAGES)?;

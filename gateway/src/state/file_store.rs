@@ -18,6 +18,8 @@
 
 mod previews;
 
+pub(super) use previews::{PREVIEW_RECORD_VERSION, PreviewRecord};
+
 use crate::model::sandbox::{AccessToken, Sandbox, SandboxId, TokenId};
 
 use super::store::{StateSnapshot, Store, StoreError, StoreFuture};
@@ -40,22 +42,22 @@ use std::{
 };
 
 const FORMAT: &str = "gateway-state 1\n";
-const RECORD_VERSION: u32 = 1;
+pub(super) const RECORD_VERSION: u32 = 1;
 
 /// One sandbox file.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoredSandbox {
-    version: u32,
-    sandbox: Sandbox,
+pub(super) struct StoredSandbox {
+    pub(super) version: u32,
+    pub(super) sandbox: Sandbox,
 }
 
 /// One access token file.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokenRecord {
-    version: u32,
-    token: AccessToken,
+pub(super) struct TokenRecord {
+    pub(super) version: u32,
+    pub(super) token: AccessToken,
 }
 
 struct Inner {

@@ -1,10 +1,13 @@
-//! Durable state: the [`Store`] trait, and the file store under `state.dir`.
+//! Durable state: the [`Store`] trait, the file store under `state.dir`, and the etcd store
+//! of a fleet.
 //!
 //! Every acknowledged mutation is durable before the API answers: the service layer
 //! (`crate::service`) awaits the store write before it replies.
 
+pub mod etcd_store;
 pub mod file_store;
 pub mod store;
 
+pub use etcd_store::EtcdStore;
 pub use file_store::FileStore;
 pub use store::{MemoryStore, StateSnapshot, Store, StoreError, StoreFuture};

@@ -63,6 +63,17 @@ pub enum StoreError {
     /// A background task failed.
     #[error("store task failed: {0}")]
     Task(String),
+    /// etcd refused or could not be reached.
+    #[error("etcd ({endpoints}): {context}: {source}")]
+    Etcd {
+        /// The endpoints asked.
+        endpoints: String,
+        /// What we were doing.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
     /// The state was handed over to the gateway process that took over (zero-downtime
     /// restart): this process may not write any more.
     #[error("the state now belongs to the gateway process that took over (restart in progress); retry")]

@@ -13,14 +13,14 @@ pub(super) const STATE_PREVIEWS: &str = "previews";
 /// Inside `state.dir`: generated secrets, one file each (`{name}.key`, hex).
 pub(super) const STATE_SECRETS: &str = "secrets";
 
-const PREVIEW_RECORD_VERSION: u32 = 1;
+pub(in crate::state) const PREVIEW_RECORD_VERSION: u32 = 1;
 
 /// One preview file.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PreviewRecord {
-    version: u32,
-    preview: Preview,
+pub(in crate::state) struct PreviewRecord {
+    pub(in crate::state) version: u32,
+    pub(in crate::state) preview: Preview,
 }
 
 fn file_name(key: &PreviewKey) -> String {

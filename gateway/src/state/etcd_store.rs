@@ -1,0 +1,226 @@
+//! The etcd store: the file store's records as keys of etcd (v3 API) under a prefix, so that a
+//! fleet of gateways shares one state. A put or delete resolves once etcd committed it (a
+//! quorum of its members holds it).
+//!
+//! Layout under `fleet.prefix` (the records are the file store's JSON, version included):
+//! ```text
+//! {prefix}sandboxes/{workspace}/{name}
+//! {prefix}tokens/{workspace}/{name}
+//! {prefix}previews/{workspace}/{sandbox}/{name}
+//! {prefix}secrets/{name}        32 bytes, created once (a transaction: put if absent, else read)
+//! ```
+//! Names cannot hold a '/' (they are DNS labels), so a key names exactly one record. `load`
+//! reads every key at one revision.
+
+use super::{
+    file_store::{PREVIEW_RECORD_VERSION, PreviewRecord, RECORD_VERSION, StoredSandbox, TokenRecord},
+    store::{StateSnapshot, Store, StoreError, StoreFuture, new_secret},
+};
+use crate::model::{
+    preview::{Preview, PreviewKey},
+    sandbox::{AccessToken, Sandbox, SandboxId, TokenId},
+};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use serde::{Serialize, de::DeserializeOwned};
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+/// How long one etcd request may take (a member that lost its quorum does not answer).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A store in etcd.
+pub struct EtcdStore {
+    client: Client,
+    endpoints: String,
+    prefix: String,
+    sealed: AtomicBool,
+}
+
+/// How to reach etcd.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdSettings {
+    /// `http://HOST:PORT` endpoints.
+    pub endpoints: Vec<String>,
+    /// Key prefix (starts and ends with '/').
+    pub prefix: String,
+    /// User and password (etcd authentication).
+    pub user: Option<(String, String)>,
+}
+
+impl EtcdStore {
+    /// Connects to etcd (a connection to at least one endpoint).
+    pub async fn connect(settings: &EtcdSettings) -> Result<Self, StoreError> {
+        let endpoints = settings.endpoints.join(",");
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some((user, password)) = &settings.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let client = Client::connect(&settings.endpoints, Some(options)).await.map_err(|source| StoreError::Etcd {
+            endpoints: endpoints.clone(),
+            context: "connecting".into(),
+            source,
+        })?;
+        Ok(Self { client, endpoints, prefix: settings.prefix.clone(), sealed: AtomicBool::new(false) })
+    }
+
+    fn err(&self, context: String) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
+        move |source| StoreError::Etcd { endpoints: self.endpoints.clone(), context, source }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.sealed.load(Ordering::Acquire) { Err(StoreError::Sealed) } else { Ok(()) }
+    }
+
+    fn sandbox_key(&self, id: &SandboxId) -> String {
+        format!("{}sandboxes/{}/{}", self.prefix, id.workspace, id.name)
+    }
+
+    fn token_key(&self, id: &TokenId) -> String {
+        format!("{}tokens/{}/{}", self.prefix, id.workspace, id.name)
+    }
+
+    fn preview_key(&self, key: &PreviewKey) -> String {
+        format!("{}previews/{}/{}/{}", self.prefix, key.workspace, key.sandbox, key.name)
+    }
+
+    async fn put(&self, key: String, record: &impl Serialize) -> Result<(), StoreError> {
+        self.check()?;
+        let value = serde_json::to_vec(record).map_err(|e| StoreError::Task(format!("encoding {key}: {e}")))?;
+        self.client.clone().put(key.clone(), value, None).await.map_err(self.err(format!("writing {key}")))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: String) -> Result<(), StoreError> {
+        self.check()?;
+        self.client.clone().delete(key.clone(), None).await.map_err(self.err(format!("deleting {key}")))?;
+        Ok(())
+    }
+
+    async fn load_all(&self) -> Result<StateSnapshot, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(self.err(format!("reading {}", self.prefix)))?;
+        let mut snapshot = StateSnapshot::default();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(rest) = key.strip_prefix(&self.prefix) else { continue };
+            let corrupt = |reason: String| StoreError::Corrupt { path: PathBuf::from(format!("etcd:{key}")), reason };
+            let (kind, name) = rest.split_once('/').unwrap_or((rest, ""));
+            match kind {
+                "sandboxes" => {
+                    let r: StoredSandbox = decode(kv.value(), "sandbox").map_err(corrupt)?;
+                    check_version(r.version, RECORD_VERSION).map_err(corrupt)?;
+                    let id = r.sandbox.id();
+                    expect_name(name, &[&id.workspace, &id.name]).map_err(corrupt)?;
+                    snapshot.sandboxes.push(r.sandbox);
+                }
+                "tokens" => {
+                    let r: TokenRecord = decode(kv.value(), "token").map_err(corrupt)?;
+                    check_version(r.version, RECORD_VERSION).map_err(corrupt)?;
+                    let id = r.token.id();
+                    expect_name(name, &[&id.workspace, &id.name]).map_err(corrupt)?;
+                    snapshot.tokens.push(r.token);
+                }
+                "previews" => {
+                    let r: PreviewRecord = decode(kv.value(), "preview").map_err(corrupt)?;
+                    check_version(r.version, PREVIEW_RECORD_VERSION).map_err(corrupt)?;
+                    let k = r.preview.key();
+                    expect_name(name, &[&k.workspace, &k.sandbox, &k.name]).map_err(corrupt)?;
+                    snapshot.previews.push(r.preview);
+                }
+                // Secrets are read by `secret`; other keys belong to later versions.
+                _ => {}
+            }
+        }
+        snapshot.sandboxes.sort_by_key(Sandbox::id);
+        snapshot.tokens.sort_by_key(AccessToken::id);
+        snapshot.previews.sort_by_key(Preview::key);
+        Ok(snapshot)
+    }
+
+    async fn secret_of(&self, name: &'static str) -> Result<[u8; 32], StoreError> {
+        let key = format!("{}secrets/{name}", self.prefix);
+        let fresh = new_secret()?;
+        // Created once for the whole fleet: put only if the key was never created, else read
+        // the one that won.
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), fresh.to_vec(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        self.check()?;
+        let response = self.client.clone().txn(txn).await.map_err(self.err(format!("creating {key}")))?;
+        if response.succeeded() {
+            tracing::info!(key, "generated a new secret");
+            return Ok(fresh);
+        }
+        let corrupt =
+            |reason: &str| StoreError::Corrupt { path: PathBuf::from(format!("etcd:{key}")), reason: reason.into() };
+        let value = response
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            .ok_or_else(|| corrupt("the secret vanished while it was read"))?;
+        value.try_into().map_err(|_| corrupt("not 32 bytes"))
+    }
+}
+
+fn decode<R: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<R, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("not a {what} record: {e}"))
+}
+
+fn check_version(found: u32, version: u32) -> Result<(), String> {
+    if found == version { Ok(()) } else { Err(format!("record version {found} (this gateway reads {version})")) }
+}
+
+/// A record must sit under its own key (a record copied under another name is refused).
+fn expect_name(name: &str, parts: &[&str]) -> Result<(), String> {
+    if name == parts.join("/") { Ok(()) } else { Err(format!("holds the record of {}", parts.join("/"))) }
+}
+
+impl Store for EtcdStore {
+    fn load(&self) -> StoreFuture<'_, StateSnapshot> {
+        Box::pin(self.load_all())
+    }
+    fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()> {
+        let key = self.sandbox_key(&sandbox.id());
+        Box::pin(async move { self.put(key, &StoredSandbox { version: RECORD_VERSION, sandbox }).await })
+    }
+    fn delete_sandbox(&self, id: SandboxId) -> StoreFuture<'_, ()> {
+        Box::pin(self.delete(self.sandbox_key(&id)))
+    }
+    fn put_token(&self, token: AccessToken) -> StoreFuture<'_, ()> {
+        let key = self.token_key(&token.id());
+        Box::pin(async move { self.put(key, &TokenRecord { version: RECORD_VERSION, token }).await })
+    }
+    fn delete_token(&self, id: TokenId) -> StoreFuture<'_, ()> {
+        Box::pin(self.delete(self.token_key(&id)))
+    }
+    fn put_preview(&self, preview: Preview) -> StoreFuture<'_, ()> {
+        let key = self.preview_key(&preview.key());
+        Box::pin(async move { self.put(key, &PreviewRecord { version: PREVIEW_RECORD_VERSION, preview }).await })
+    }
+    fn delete_preview(&self, key: PreviewKey) -> StoreFuture<'_, ()> {
+        Box::pin(self.delete(self.preview_key(&key)))
+    }
+    fn secret(&self, name: &'static str) -> StoreFuture<'_, [u8; 32]> {
+        Box::pin(self.secret_of(name))
+    }
+    fn describe(&self) -> String {
+        format!("etcd:{}{}", self.endpoints, self.prefix)
+    }
+    fn seal(&self) {
+        self.sealed.store(true, Ordering::Release);
+    }
+}
