@@ -11,6 +11,11 @@
 //! ```
 //! Names cannot hold a '/' (they are DNS labels), so a key names exactly one record. `load`
 //! reads every key at one revision.
+//!
+//! The client spreads requests over the endpoints; one that cannot be reached (a member down)
+//! answers `Unavailable` without having done anything, so such a request goes again, to the
+//! next endpoint, before it counts as failed. Every operation here may be repeated: puts and
+//! deletes are idempotent, and the secret's transaction reads back whatever won.
 
 use super::{
     file_store::{PREVIEW_RECORD_VERSION, PreviewRecord, RECORD_VERSION, StoredSandbox, TokenRecord},
@@ -23,6 +28,7 @@ use crate::model::{
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Serialize, de::DeserializeOwned};
 use std::{
+    future::Future,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
@@ -30,10 +36,14 @@ use std::{
 
 /// How long one etcd request may take (a member that lost its quorum does not answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before asking again after `Unavailable` (times the attempt number).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A store in etcd.
 pub struct EtcdStore {
     client: Client,
+    /// Attempts per operation: one per endpoint, and one more.
+    attempts: u32,
     endpoints: String,
     prefix: String,
     sealed: AtomicBool,
@@ -66,11 +76,31 @@ impl EtcdStore {
             context: "connecting".into(),
             source,
         })?;
-        Ok(Self { client, endpoints, prefix: settings.prefix.clone(), sealed: AtomicBool::new(false) })
+        let attempts = u32::try_from(settings.endpoints.len()).unwrap_or(u32::MAX).saturating_add(1);
+        Ok(Self { client, attempts, endpoints, prefix: settings.prefix.clone(), sealed: AtomicBool::new(false) })
     }
 
-    fn err(&self, context: String) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
-        move |source| StoreError::Etcd { endpoints: self.endpoints.clone(), context, source }
+    /// Runs `op` on a client, again on `Unavailable` (see the module's comment).
+    async fn call<T, F, Fut>(&self, context: impl FnOnce() -> String, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op(self.client.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::Unavailable && attempt < self.attempts =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                    attempt += 1;
+                }
+                Err(source) => {
+                    return Err(StoreError::Etcd { endpoints: self.endpoints.clone(), context: context(), source });
+                }
+            }
+        }
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -92,23 +122,40 @@ impl EtcdStore {
     async fn put(&self, key: String, record: &impl Serialize) -> Result<(), StoreError> {
         self.check()?;
         let value = serde_json::to_vec(record).map_err(|e| StoreError::Task(format!("encoding {key}: {e}")))?;
-        self.client.clone().put(key.clone(), value, None).await.map_err(self.err(format!("writing {key}")))?;
+        self.call(
+            || format!("writing {key}"),
+            |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete(&self, key: String) -> Result<(), StoreError> {
         self.check()?;
-        self.client.clone().delete(key.clone(), None).await.map_err(self.err(format!("deleting {key}")))?;
+        self.call(
+            || format!("deleting {key}"),
+            |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn load_all(&self) -> Result<StateSnapshot, StoreError> {
         let response = self
-            .client
-            .clone()
-            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(self.err(format!("reading {}", self.prefix)))?;
+            .call(
+                || format!("reading {}", self.prefix),
+                |mut c| {
+                    let prefix = self.prefix.clone();
+                    async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+                },
+            )
+            .await?;
         let mut snapshot = StateSnapshot::default();
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -157,7 +204,15 @@ impl EtcdStore {
             .and_then([TxnOp::put(key.clone(), fresh.to_vec(), None)])
             .or_else([TxnOp::get(key.clone(), None)]);
         self.check()?;
-        let response = self.client.clone().txn(txn).await.map_err(self.err(format!("creating {key}")))?;
+        let response = self
+            .call(
+                || format!("creating {key}"),
+                |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                },
+            )
+            .await?;
         if response.succeeded() {
             tracing::info!(key, "generated a new secret");
             return Ok(fresh);
