@@ -104,6 +104,21 @@ fn the_etcd_store_shares_records_between_gateways() {
         }
         etcd.etcdctl(0, &["del", &format!("{prefix}sandboxes/acme/other")]);
 
+        // More records than one page of `load` (500 keys), all loaded, at one revision.
+        for i in 0..1_100 {
+            let mut s = sandbox.clone();
+            s.name = format!("s{i:04}");
+            a.put_sandbox(s).await.unwrap_or_else(|e| panic!("put {i}: {e}"));
+        }
+        let many = b.load().await.expect("paged load");
+        assert_eq!(many.sandboxes.len(), 1_100);
+        assert!(many.sandboxes.windows(2).all(|w| w[0].id() < w[1].id()), "sorted, no duplicate");
+        for i in 0..1_100 {
+            a.delete_sandbox(gateway::model::sandbox::SandboxId::new("acme", format!("s{i:04}")))
+                .await
+                .expect("delete");
+        }
+
         b.seal();
         assert!(matches!(b.put_sandbox(sandbox.clone()).await, Err(StoreError::Sealed)));
 

@@ -10,7 +10,7 @@
 //! {prefix}secrets/{name}        32 bytes, created once (a transaction: put if absent, else read)
 //! ```
 //! Names cannot hold a '/' (they are DNS labels), so a key names exactly one record. `load`
-//! reads every key at one revision.
+//! reads every key at one revision, in pages.
 //!
 //! The client spreads requests over the endpoints; one that cannot be reached (a member down)
 //! answers `Unavailable` without having done anything, so such a request goes again, to the
@@ -36,6 +36,9 @@ use std::{
 
 /// How long one etcd request may take (a member that lost its quorum does not answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keys per range request of `load`: each response stays far below gRPC's 4 MiB default
+/// (a sandbox record is about 200 bytes).
+const PAGE: i64 = 500;
 /// Pause before asking again after `Unavailable` (times the attempt number).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -146,52 +149,91 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Every record, read in pages of [`PAGE`] keys all at the revision of the first page.
     async fn load_all(&self) -> Result<StateSnapshot, StoreError> {
-        let response = self
-            .call(
-                || format!("reading {}", self.prefix),
-                |mut c| {
-                    let prefix = self.prefix.clone();
-                    async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-                },
-            )
-            .await?;
+        // The prefix ends with '/': the first key after every key under it ends with '0'.
+        let mut end = self.prefix.clone().into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let mut from = self.prefix.clone().into_bytes();
+        let mut revision = 0;
         let mut snapshot = StateSnapshot::default();
-        for kv in response.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some(rest) = key.strip_prefix(&self.prefix) else { continue };
-            let corrupt = |reason: String| StoreError::Corrupt { path: PathBuf::from(format!("etcd:{key}")), reason };
-            let (kind, name) = rest.split_once('/').unwrap_or((rest, ""));
-            match kind {
-                "sandboxes" => {
-                    let r: StoredSandbox = decode(kv.value(), "sandbox").map_err(corrupt)?;
-                    check_version(r.version, RECORD_VERSION).map_err(corrupt)?;
-                    let id = r.sandbox.id();
-                    expect_name(name, &[&id.workspace, &id.name]).map_err(corrupt)?;
-                    snapshot.sandboxes.push(r.sandbox);
+        loop {
+            let options = GetOptions::new().with_range(end.clone()).with_limit(PAGE).with_revision(revision);
+            let response = self
+                .call(
+                    || format!("reading {}", self.prefix),
+                    |mut c| {
+                        let (from, options) = (from.clone(), options.clone());
+                        async move { c.get(from, Some(options)).await }
+                    },
+                )
+                .await?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                self.add(kv.key(), kv.value(), &mut snapshot)?;
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
                 }
-                "tokens" => {
-                    let r: TokenRecord = decode(kv.value(), "token").map_err(corrupt)?;
-                    check_version(r.version, RECORD_VERSION).map_err(corrupt)?;
-                    let id = r.token.id();
-                    expect_name(name, &[&id.workspace, &id.name]).map_err(corrupt)?;
-                    snapshot.tokens.push(r.token);
-                }
-                "previews" => {
-                    let r: PreviewRecord = decode(kv.value(), "preview").map_err(corrupt)?;
-                    check_version(r.version, PREVIEW_RECORD_VERSION).map_err(corrupt)?;
-                    let k = r.preview.key();
-                    expect_name(name, &[&k.workspace, &k.sandbox, &k.name]).map_err(corrupt)?;
-                    snapshot.previews.push(r.preview);
-                }
-                // Secrets are read by `secret`; other keys belong to later versions.
-                _ => {}
+                _ => break,
             }
         }
         snapshot.sandboxes.sort_by_key(Sandbox::id);
         snapshot.tokens.sort_by_key(AccessToken::id);
         snapshot.previews.sort_by_key(Preview::key);
         Ok(snapshot)
+    }
+
+    /// Adds the record under `key` to `snapshot` (secrets, read by `secret`, and kinds of later
+    /// versions are skipped).
+    fn add(&self, key: &[u8], value: &[u8], snapshot: &mut StateSnapshot) -> Result<(), StoreError> {
+        let key = String::from_utf8_lossy(key);
+        let Some(rest) = key.strip_prefix(&self.prefix) else { return Ok(()) };
+        let corrupt = |reason: String| StoreError::Corrupt { path: PathBuf::from(format!("etcd:{key}")), reason };
+        let (kind, name) = rest.split_once('/').unwrap_or((rest, ""));
+        match kind {
+            "sandboxes" => snapshot.sandboxes.push(
+                record(
+                    value,
+                    "sandbox",
+                    name,
+                    RECORD_VERSION,
+                    |r: StoredSandbox| (r.version, r.sandbox),
+                    |s| format!("{}/{}", s.workspace, s.name),
+                )
+                .map_err(corrupt)?,
+            ),
+            "tokens" => snapshot.tokens.push(
+                record(
+                    value,
+                    "token",
+                    name,
+                    RECORD_VERSION,
+                    |r: TokenRecord| (r.version, r.token),
+                    |t| format!("{}/{}", t.workspace, t.name),
+                )
+                .map_err(corrupt)?,
+            ),
+            "previews" => snapshot.previews.push(
+                record(
+                    value,
+                    "preview",
+                    name,
+                    PREVIEW_RECORD_VERSION,
+                    |r: PreviewRecord| (r.version, r.preview),
+                    |p| format!("{}/{}/{}", p.workspace, p.sandbox, p.name),
+                )
+                .map_err(corrupt)?,
+            ),
+            _ => {}
+        }
+        Ok(())
     }
 
     async fn secret_of(&self, name: &'static str) -> Result<[u8; 32], StoreError> {
@@ -231,17 +273,26 @@ impl EtcdStore {
     }
 }
 
-fn decode<R: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<R, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("not a {what} record: {e}"))
-}
-
-fn check_version(found: u32, version: u32) -> Result<(), String> {
-    if found == version { Ok(()) } else { Err(format!("record version {found} (this gateway reads {version})")) }
-}
-
-/// A record must sit under its own key (a record copied under another name is refused).
-fn expect_name(name: &str, parts: &[&str]) -> Result<(), String> {
-    if name == parts.join("/") { Ok(()) } else { Err(format!("holds the record of {}", parts.join("/"))) }
+/// A record of kind `what` stored under `name`: its version must be `version` and it must be
+/// the record `name` names (a record copied under another key is refused).
+fn record<R: DeserializeOwned, T>(
+    value: &[u8],
+    what: &str,
+    name: &str,
+    version: u32,
+    open: impl FnOnce(R) -> (u32, T),
+    name_of: impl FnOnce(&T) -> String,
+) -> Result<T, String> {
+    let r: R = serde_json::from_slice(value).map_err(|e| format!("not a {what} record: {e}"))?;
+    let (found, item) = open(r);
+    if found != version {
+        return Err(format!("record version {found} (this gateway reads {version})"));
+    }
+    let own = name_of(&item);
+    if name != own {
+        return Err(format!("holds the record of {own}"));
+    }
+    Ok(item)
 }
 
 impl Store for EtcdStore {
