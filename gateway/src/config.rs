@@ -628,6 +628,11 @@ pub fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
     parse_socket_addr(s).map(AdminListen::Tcp)
 }
 
+/// Whether two listeners would bind the same socket: one port, and one address or a wildcard.
+fn clashes(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// The scheme of an etcd endpoint `http(s)://HOST:PORT` (a trailing `/` allowed).
 fn parse_endpoint(endpoint: &str) -> Result<&'static str, String> {
     let (scheme, rest) = if let Some(r) = endpoint.strip_prefix("http://") {
@@ -714,8 +719,7 @@ impl Config {
             bad("listen.https", e.clone());
         }
         if let (Ok(AdminListen::Tcp(a)), Ok(h)) = (&admin, &https)
-            && a.port() == h.port()
-            && (a.ip() == h.ip() || a.ip().is_unspecified() || h.ip().is_unspecified())
+            && clashes(a, h)
         {
             bad("listen.admin", format!("{a} clashes with listen.https {h}"));
         }
@@ -797,8 +801,7 @@ impl Config {
             }
         };
         if let (Some(l), Some(h)) = (listen, https)
-            && l.port() == h.port()
-            && (l.ip() == h.ip() || l.ip().is_unspecified() || h.ip().is_unspecified())
+            && clashes(&l, h)
         {
             bad("fleet.listen", format!("{l} clashes with listen.https {h}"));
         }
