@@ -75,6 +75,10 @@ codes! {
     PreviewUrlConflict = ("PREVIEW_URL_CONFLICT", 409, false),
     /// A token of this name exists.
     TokenConflict = ("TOKEN_CONFLICT", 409, false),
+    /// The sandbox is registered by another host of the fleet.
+    OwnedByAnotherHost = ("OWNED_BY_ANOTHER_HOST", 409, false),
+    /// The record changed on another gateway while this one was changing it: nothing was changed.
+    StateChanged = ("STATE_CHANGED", 409, true),
     /// The request body is over the limit.
     RequestEntityTooLarge = ("REQUEST_ENTITY_TOO_LARGE", 413, false),
     /// The TLS name and the Host of the request differ.
@@ -95,6 +99,10 @@ codes! {
     DataplaneDisabled = ("DATAPLANE_DISABLED", 503, false),
     /// The data plane's programs are not loaded.
     DataplaneUnavailable = ("DATAPLANE_UNAVAILABLE", 503, false),
+    /// The fleet's store (etcd) cannot be reached: nothing was changed.
+    StoreUnavailable = ("STORE_UNAVAILABLE", 503, true),
+    /// The fleet host that runs the sandbox cannot be reached.
+    PeerUnavailable = ("PEER_UNAVAILABLE", 503, true),
     /// A successor process owns the state now: retry against it.
     GatewayRestarting = ("GATEWAY_RESTARTING", 503, true),
     /// The app accepted the connection but sent no response in time.

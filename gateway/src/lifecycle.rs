@@ -163,21 +163,10 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads, parses and validates the configuration, for running it: `check-config` accepts a
-    /// `[fleet]` section, which this gateway cannot run yet.
+    /// Reads, parses and validates the configuration.
     pub fn load(&self) -> Result<Config, ConfigErrors> {
         match self {
-            ConfigSource::File(path) => {
-                let config = config::load(path)?;
-                if config.fleet.enabled() {
-                    return Err(ConfigErrors(vec![config::Problem {
-                        file: path.display().to_string(),
-                        key: "fleet.etcd".into(),
-                        reason: "is set, but this gateway cannot run as a fleet member yet (only the [fleet] settings are checked): remove fleet.etcd to run a single host".into(),
-                    }]));
-                }
-                Ok(config)
-            }
+            ConfigSource::File(path) => config::load(path),
             ConfigSource::Dev(state_dir) => {
                 let config = Config::dev(state_dir.clone());
                 let problems = config.validate(paths::DEV_CONFIG_NAME);

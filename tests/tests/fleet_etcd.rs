@@ -92,17 +92,28 @@ fn the_etcd_store_shares_records_between_gateways() {
 
         // A record copied under another record's key is refused, naming the key.
         let copied = serde_json::json!({ "version": 1, "sandbox": sandbox }).to_string();
-        assert!(etcd.try_put(0, &format!("{prefix}sandboxes/acme/other"), &copied));
+        assert!(etcd.try_put(0, &format!("{prefix}sandboxes/sbx-other-acme"), &copied));
         match a.load().await {
             Err(StoreError::Corrupt { path, reason }) => {
                 assert!(
-                    path.display().to_string().ends_with("sandboxes/acme/other") && reason.contains("acme/web"),
+                    path.display().to_string().ends_with("sandboxes/sbx-other-acme") && reason.contains("sbx-web-acme"),
                     "{reason}"
                 )
             }
             other => panic!("a misplaced record was loaded: {other:?}"),
         }
-        etcd.etcdctl(0, &["del", &format!("{prefix}sandboxes/acme/other")]);
+        etcd.etcdctl(0, &["del", &format!("{prefix}sandboxes/sbx-other-acme")]);
+
+        // A write based on a stale view is refused and changes nothing: `b` has not seen what
+        // `a` wrote since `b` loaded.
+        a.load().await.expect("load");
+        a.put_token(token.clone()).await.expect("put token");
+        assert!(matches!(b.put_token(token.clone()).await, Err(StoreError::Changed { .. })), "stale put");
+        assert!(matches!(b.delete_token(token.id()).await, Err(StoreError::Changed { .. })), "stale delete");
+        assert_eq!(a.load().await.expect("load").tokens, vec![token.clone()]);
+        b.load().await.expect("load");
+        b.delete_token(token.id()).await.expect("delete after catching up");
+        a.load().await.expect("load");
 
         // More records than one page of `load` (500 keys), all loaded, at one revision.
         for i in 0..1_100 {
@@ -129,6 +140,8 @@ fn the_etcd_store_shares_records_between_gateways() {
         while let Err(e) = a.put_sandbox(sandbox.clone()).await {
             assert!(Instant::now() < deadline, "no write after the leader died: {e}\n{}", etcd.logs());
             tokio::time::sleep(Duration::from_millis(200)).await;
+            // A write that timed out may have committed: what etcd holds is the view to write on.
+            let _ = a.load().await;
         }
         // With the member down, every request still succeeds: one sent to its endpoint goes
         // again to another (the client spreads requests over all three).

@@ -14,7 +14,7 @@ use crate::{
     lifecycle::{self, ConfigSource, Event, Notifier, Reloadable, Signals},
     paths,
     service::App,
-    state::FileStore,
+    state::{EtcdSettings, EtcdStore, FileStore, Store},
     telemetry::metrics,
 };
 use anyhow::Context;
@@ -84,6 +84,27 @@ struct Started {
     admin: Arc<admin::Listener>,
     https: Arc<EdgeListener>,
     lock_fd: std::os::fd::RawFd,
+    /// The fleet's store, which the replica follows (`None` on a single host).
+    fleet: Option<Arc<EtcdStore>>,
+    /// A fleet member keeps `state.dir` locked (one gateway per directory) without storing
+    /// its state there.
+    _state_lock: Option<FileStore>,
+}
+
+/// Connects to the fleet's etcd.
+async fn connect_fleet(config: &Config) -> anyhow::Result<EtcdStore> {
+    let f = &config.fleet;
+    let user = if f.etcd_user.is_empty() {
+        None
+    } else {
+        let password = std::fs::read_to_string(&f.etcd_password_file)
+            .with_context(|| format!("fleet.etcd_password_file {}", f.etcd_password_file.display()))?;
+        Some((f.etcd_user.clone(), password.trim_end_matches(['\n', '\r']).to_string()))
+    };
+    let settings = EtcdSettings { endpoints: f.etcd.clone(), prefix: f.prefix.clone(), user };
+    EtcdStore::connect(&settings)
+        .await
+        .with_context(|| format!("cannot connect to the fleet's etcd ({})", f.etcd.join(", ")))
 }
 
 /// Loads the state (with the predecessor's lock when taking over), opens the data plane,
@@ -103,6 +124,14 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
     .context("state task")?
     .with_context(|| format!("cannot open the state directory {}", config.state.dir.display()))?;
     let lock_fd = store.lock_fd();
+    let fleet = match config.fleet.enabled() {
+        true => Some(Arc::new(connect_fleet(&config).await?)),
+        false => None,
+    };
+    let (app_store, state_lock): (Arc<dyn Store>, _) = match &fleet {
+        Some(etcd) => (etcd.clone(), Some(store)),
+        None => (Arc::new(store), None),
+    };
     let dataplane = if config.dataplane.enabled {
         let dataplane = Dataplane::open(&config.dataplane_settings())
             .with_context(|| format!("cannot open the data plane at {}", config.dataplane.bpffs.display()))?
@@ -117,7 +146,7 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
         tracing::warn!("dataplane.enabled = false: sandbox ports are NOT enforced in the kernel");
         Dataplane::disabled()
     };
-    let app = Arc::new(App::start(config, Arc::new(store), dataplane).await?);
+    let app = Arc::new(App::start(config, app_store, dataplane).await?);
     let (https_fd, admin_fd) = match inherited {
         Some(h) => (h.take("https"), h.take("admin")),
         None => (None, None),
@@ -128,7 +157,7 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
         Some(fd) => admin::Listener::inherit(fd, &admin_listen)?,
         None => admin::bind(&admin_listen).await?,
     };
-    Ok(Started { app, admin: Arc::new(admin), https: Arc::new(https), lock_fd })
+    Ok(Started { app, admin: Arc::new(admin), https: Arc::new(https), lock_fd, fleet, _state_lock: state_lock })
 }
 
 /// A background task and what stops it.
@@ -160,25 +189,40 @@ impl Task {
 }
 
 /// What runs while the gateway serves: the accept loops of the listeners and the tasks that
-/// mutate the state (the preview reaper), each stoppable on its own.
+/// mutate the state (the preview reaper, a fleet member's replica), each stoppable on its own.
 struct Serving {
     app: Arc<App>,
     admin: Arc<admin::Listener>,
     https: Arc<EdgeListener>,
+    fleet: Option<Arc<EtcdStore>>,
     admin_task: Task,
     edge_task: Task,
     reaper: Task,
+    replica: Option<Task>,
 }
 
 impl Serving {
-    fn start(app: Arc<App>, admin: Arc<admin::Listener>, https: Arc<EdgeListener>) -> Self {
+    fn start(
+        app: Arc<App>,
+        admin: Arc<admin::Listener>,
+        https: Arc<EdgeListener>,
+        fleet: Option<Arc<EtcdStore>>,
+    ) -> Self {
         let admin_task = Self::admin_task(&app, &admin);
         let edge_task = {
             let (app, https) = (app.clone(), https.clone());
             Task::spawn("HTTPS listener", move |stop| edge::serve(https, app, stop.cancelled_owned()))
         };
         let reaper = Self::reaper(&app);
-        Self { app, admin, https, admin_task, edge_task, reaper }
+        let replica = Self::replica(&app, fleet.as_ref());
+        Self { app, admin, https, fleet, admin_task, edge_task, reaper, replica }
+    }
+
+    fn replica(app: &Arc<App>, fleet: Option<&Arc<EtcdStore>>) -> Option<Task> {
+        let (app, store) = (app.clone(), fleet?.clone());
+        Some(Task::spawn("fleet replica", move |stop| {
+            crate::service::fleet::follow(app, store, stop.cancelled_owned())
+        }))
     }
 
     fn admin_task(app: &Arc<App>, admin: &Arc<admin::Listener>) -> Task {
@@ -196,12 +240,16 @@ impl Serving {
     async fn stop_mutators(&mut self) {
         self.admin_task.stop().await;
         self.reaper.stop().await;
+        if let Some(replica) = &mut self.replica {
+            replica.stop().await;
+        }
     }
 
     /// Accepts admin connections and reaps previews again (after a failed handoff).
     fn resume_mutators(&mut self) {
         self.admin_task = Self::admin_task(&self.app, &self.admin);
         self.reaper = Self::reaper(&self.app);
+        self.replica = Self::replica(&self.app, self.fleet.as_ref());
     }
 
     /// Stops accepting everywhere and drains, up to `deadline`.
@@ -244,11 +292,11 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
             return Err(e);
         }
     };
-    let Started { app, admin, https, lock_fd } = started;
+    let Started { app, admin, https, lock_fd, fleet, _state_lock } = started;
     let admin_at = admin.describe();
     let https_at = https.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let reloadable: Vec<Arc<dyn Reloadable>> = vec![https.reloader()];
-    let mut serving = Serving::start(app.clone(), admin.clone(), https);
+    let mut serving = Serving::start(app.clone(), admin.clone(), https, fleet);
     if let Some(h) = inherited {
         // The predecessor stops accepting and drains from here on.
         if let Err(e) = h.ready().await {

@@ -184,6 +184,16 @@ impl Edge {
     ) -> Result<Forward<'_>, ApiError> {
         let Upstream { sandbox, route, set_headers, response_filter } = upstream;
         log.port = Some(route.port);
+        if !self.app.is_local(&sandbox) {
+            return Err(ApiError::new(
+                ErrorCode::PeerUnavailable,
+                format!(
+                    "sandbox {:?} runs on fleet host {:?}, which this gateway cannot forward to",
+                    sandbox.name,
+                    sandbox.owner.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
         let slot = self.limits.sandbox_slot(sandbox.address).ok_or_else(|| {
             too_many(format!(
                 "sandbox {:?} has its maximum of {} concurrent requests in flight; retry later",

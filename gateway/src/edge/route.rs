@@ -137,6 +137,7 @@ mod tests {
             name: "web".into(),
             address: "198.18.0.2".parse().expect("ip"),
             interface: "lo".into(),
+            owner: None,
             ports: vec![
                 PortSpec { target: 3000, protocol: PortProtocol::Http },
                 PortSpec { target: 50051, protocol: PortProtocol::Grpc },

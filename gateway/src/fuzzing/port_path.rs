@@ -44,6 +44,7 @@ fn sandbox(declared: &[u16]) -> Sandbox {
         name: "web".into(),
         address: Ipv4Addr::new(198, 18, 0, 2),
         interface: "lo".into(),
+        owner: None,
         ports: declared.iter().map(|&target| PortSpec { target, protocol: PortProtocol::Http2 }).collect(),
     }
 }

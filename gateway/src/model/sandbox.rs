@@ -46,6 +46,10 @@ pub struct Sandbox {
     pub interface: String,
     /// Declared ports, sorted by `target`, unique.
     pub ports: Vec<PortSpec>,
+    /// The fleet host that runs it (`fleet.host` of the gateway it was registered on); `None`
+    /// on a single host. Only its owner programs its kernel policy and connects to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl Sandbox {

@@ -13,6 +13,7 @@
 //! index and never wait for a mutation in progress. A sandbox's kernel policy is always
 //! computed from its declared ports AND its live previews.
 
+pub mod fleet;
 pub mod mutation;
 pub mod previews;
 pub mod reaper;
@@ -93,11 +94,39 @@ pub struct Session {
     pub token: PreviewToken,
 }
 
+/// Times a mutation is decided when the store says another gateway changed its record meanwhile.
+const MUTATION_ATTEMPTS: u32 = 4;
+
+/// Runs a mutation's body (an async block's, which takes the mutation lock); when the store
+/// refused it because another gateway changed the record meanwhile (a fleet), waits for the
+/// replica to catch up and runs it again, from the validation on: the answer is what the
+/// mutation means against the state as it is now. (A macro: an async closure's future is not
+/// `Send` for every lifetime, which the HTTPS edge's tasks need.)
+macro_rules! retrying {
+    ($app:expr, $body:block) => {{
+        let mut attempt = 1;
+        loop {
+            let result: Result<_, ApiError> = async $body.await;
+            match result {
+                Err(e) if e.code == ErrorCode::StateChanged && attempt < MUTATION_ATTEMPTS => {
+                    attempt += 1;
+                    $app.catch_up().await;
+                }
+                result => break result,
+            }
+        }
+    }};
+}
+
 /// The service layer, shared by the admin API, `/v0` and the HTTPS edge.
 pub struct App {
     /// Swapped whole by a reload (`crate::lifecycle`); readers take a snapshot.
     config: ArcSwap<Config>,
     mutating: tokio::sync::Mutex<Mutating>,
+    /// The store (also in `mutating`), to wait for the replica without the mutation lock.
+    store: Arc<dyn Store>,
+    /// This gateway's `fleet.host`; `None` on a single host.
+    host: Option<String>,
     sandboxes: Sandboxes,
     previews: PreviewRegistry,
     tokens: TokenRegistry,
@@ -118,14 +147,16 @@ impl App {
     /// Starts the service layer: loads the state, reconciles the data plane with it.
     pub async fn start(config: Config, store: Arc<dyn Store>, dataplane: Dataplane) -> Result<Self, StartError> {
         let load_error = |source| StartError::Load { store: store.describe(), source };
+        let host = config.fleet.enabled().then(|| config.fleet.host.clone());
         let snapshot = store.load().await.map_err(load_error)?;
-        let sandboxes = Sandboxes::load(snapshot.sandboxes).map_err(StartError::Inconsistent)?;
+        let sandboxes = Sandboxes::load(snapshot.sandboxes, host.clone()).map_err(StartError::Inconsistent)?;
         let tokens = TokenRegistry::load(snapshot.tokens).map_err(StartError::Inconsistent)?;
         let key = store.secret(ids::KEY_SECRET).await.map_err(load_error)?;
         let previews = PreviewRegistry::load(store.as_ref(), snapshot.previews, key, |id| sandboxes.contains(id))
             .await
             .map_err(StartError::Inconsistent)?;
-        let policies: Vec<SandboxPolicy> = sandboxes.all().iter().map(|s| previews.policy_for(s)).collect();
+        let policies: Vec<SandboxPolicy> =
+            sandboxes.all().iter().filter(|s| sandboxes.is_local(s)).map(|s| previews.policy_for(s)).collect();
         let started = std::time::Instant::now();
         dataplane.reconcile(&policies).map_err(StartError::Reconcile)?;
         tracing::info!(
@@ -137,7 +168,9 @@ impl App {
         );
         Ok(Self {
             config: ArcSwap::from_pointee(config),
-            mutating: tokio::sync::Mutex::new(Mutating::new(dataplane, store)),
+            mutating: tokio::sync::Mutex::new(Mutating { dataplane, store: store.clone(), host: host.clone() }),
+            store,
+            host,
             sandboxes,
             previews,
             tokens,
@@ -167,6 +200,23 @@ impl App {
     /// Whether the state is loaded and the data plane reconciled.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// This gateway's `fleet.host`; `None` on a single host.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// Whether this gateway runs `sandbox` (always, on a single host).
+    pub fn is_local(&self, sandbox: &Sandbox) -> bool {
+        sandbox.owner == self.host
+    }
+
+    /// Waits for the replica to catch up after [`ErrorCode::StateChanged`] (see [`retrying`]).
+    async fn catch_up(&self) {
+        if let Err(e) = self.store.catch_up().await {
+            tracing::warn!(error = %e, "waiting for the replica failed");
+        }
     }
 
     // ---- sandboxes ----
@@ -203,10 +253,11 @@ impl App {
         name: &str,
         spec: SandboxSpec,
     ) -> Result<(Arc<Sandbox>, Duration), ApiError> {
-        let sandbox = sandboxes::validate(workspace, name, spec)?;
-        let m = self.mutating.lock().await;
-        let (sandbox, applied, created) = self.sandboxes.put(&m, &self.previews, sandbox).await?;
-        drop(m);
+        let sandbox = sandboxes::validate(workspace, name, spec, self.host.as_deref())?;
+        let (sandbox, applied, created) = retrying!(self, {
+            let m = self.mutating.lock().await;
+            self.sandboxes.put(&m, &self.previews, sandbox.clone()).await
+        })?;
         tracing::info!(
             sandbox = %sandbox.id(),
             address = %sandbox.address,
@@ -222,10 +273,12 @@ impl App {
     pub async fn delete_sandbox(&self, workspace: &str, name: &str) -> Result<(), ApiError> {
         validate_names(workspace, name)?;
         let id = SandboxId::new(workspace, name);
-        let m = self.mutating.lock().await;
-        let prev = self.sandboxes.delete(&m, &self.previews, &id).await?;
-        self.previews.forget_of(&m, &id).await;
-        drop(m);
+        let prev = retrying!(self, {
+            let m = self.mutating.lock().await;
+            let prev = self.sandboxes.delete(&m, &self.previews, &id).await?;
+            self.previews.forget_of(&m, &id).await;
+            Ok(prev)
+        })?;
         tracing::info!(sandbox = %id, address = %prev.address, "sandbox deleted");
         Ok(())
     }
@@ -233,6 +286,16 @@ impl App {
     /// What the kernel holds for a sandbox.
     pub async fn policy(&self, workspace: &str, name: &str) -> Result<PolicyView, ApiError> {
         let sandbox = self.get(workspace, name)?;
+        if !self.is_local(&sandbox) {
+            return Err(ApiError::new(
+                ErrorCode::OwnedByAnotherHost,
+                format!(
+                    "sandbox {} runs on fleet host {:?}: its kernel policy is there",
+                    sandbox.id(),
+                    sandbox.owner.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
         let m = self.mutating.lock().await;
         m.dataplane.policy_view(sandbox.address).map_err(|e| e.api_error())
     }
@@ -261,14 +324,18 @@ impl App {
 
     /// Creates a token; the answer holds its secret (shown this once).
     pub async fn create_token(&self, workspace: &str, request: TokenRequest) -> Result<CreatedToken, ApiError> {
-        let m = self.mutating.lock().await;
-        self.tokens.create(&m, workspace, request, ::time::OffsetDateTime::now_utc()).await
+        retrying!(self, {
+            let m = self.mutating.lock().await;
+            self.tokens.create(&m, workspace, request.clone(), ::time::OffsetDateTime::now_utc()).await
+        })
     }
 
     /// Revokes a token: the next request that presents it is refused.
     pub async fn revoke_token(&self, workspace: &str, name: &str) -> Result<(), ApiError> {
-        let m = self.mutating.lock().await;
-        self.tokens.revoke(&m, workspace, name).await
+        retrying!(self, {
+            let m = self.mutating.lock().await;
+            self.tokens.revoke(&m, workspace, name).await
+        })
     }
 
     // ---- previews ----
@@ -308,13 +375,14 @@ impl App {
         let key = check_key(workspace, sandbox, name)?;
         let now = time::now();
         let valid = spec.validate(workspace, now)?;
-        let m = self.mutating.lock().await;
-        let sandbox = self.sandboxes.get(workspace, sandbox)?;
-        let prev = self.previews.get(&key).ok();
-        let preview = self.previews.build(&self.config(), &key, valid, prev.as_deref(), now)?;
-        let (preview, applied) = self.previews.commit(&m, &sandbox, preview).await?;
-        drop(m);
-        let created = prev.is_none();
+        let (preview, applied, created) = retrying!(self, {
+            let m = self.mutating.lock().await;
+            let sandbox = self.sandboxes.get(workspace, sandbox)?;
+            let prev = self.previews.get(&key).ok();
+            let preview = self.previews.build(&self.config(), &key, valid.clone(), prev.as_deref(), now)?;
+            let (preview, applied) = self.previews.commit(&m, &sandbox, preview).await?;
+            Ok((preview, applied, prev.is_none()))
+        })?;
         tracing::info!(
             preview = %key,
             id = %preview.id,
@@ -330,11 +398,13 @@ impl App {
     /// Deletes a preview and its tokens; its port closes unless declared or used by another.
     pub async fn delete_preview(&self, workspace: &str, sandbox: &str, name: &str) -> Result<Arc<Preview>, ApiError> {
         let key = check_key(workspace, sandbox, name)?;
-        let m = self.mutating.lock().await;
-        let sandbox = self.sandboxes.get(workspace, sandbox)?;
-        let prev = self.previews.get(&key)?;
-        self.previews.remove(&m, &sandbox, &key).await?;
-        drop(m);
+        let prev = retrying!(self, {
+            let m = self.mutating.lock().await;
+            let sandbox = self.sandboxes.get(workspace, sandbox)?;
+            let prev = self.previews.get(&key)?;
+            self.previews.remove(&m, &sandbox, &key).await?;
+            Ok(prev)
+        })?;
         tracing::info!(preview = %key, id = %prev.id, port = prev.port, "preview deleted");
         Ok(prev)
     }
@@ -357,13 +427,15 @@ impl App {
             }
             _ => ids::new_token_name().map_err(internal)?,
         };
-        let m = self.mutating.lock().await;
-        let sandbox = self.sandboxes.get(workspace, sandbox)?;
-        let prev = self.previews.get(&key)?;
-        let token = new_token(name, requested, prev.expires_at, now)?;
-        let next = PreviewRegistry::with_token(&prev, token.clone(), now)?;
-        let (preview, _) = self.previews.commit(&m, &sandbox, next).await?;
-        drop(m);
+        let (preview, token) = retrying!(self, {
+            let m = self.mutating.lock().await;
+            let sandbox = self.sandboxes.get(workspace, sandbox)?;
+            let prev = self.previews.get(&key)?;
+            let token = new_token(name.clone(), requested, prev.expires_at, now)?;
+            let next = PreviewRegistry::with_token(&prev, token.clone(), now)?;
+            let (preview, _) = self.previews.commit(&m, &sandbox, next).await?;
+            Ok((preview, token))
+        })?;
         tracing::info!(
             preview = %key,
             token = %token.name,
@@ -392,12 +464,14 @@ impl App {
         token: &str,
     ) -> Result<PreviewToken, ApiError> {
         let key = check_key(workspace, sandbox, preview)?;
-        let m = self.mutating.lock().await;
-        let sandbox = self.sandboxes.get(workspace, sandbox)?;
-        let prev = self.previews.get(&key)?;
-        let (next, revoked) = PreviewRegistry::without_token(&prev, token)?;
-        self.previews.commit(&m, &sandbox, next).await?;
-        drop(m);
+        let revoked = retrying!(self, {
+            let m = self.mutating.lock().await;
+            let sandbox = self.sandboxes.get(workspace, sandbox)?;
+            let prev = self.previews.get(&key)?;
+            let (next, revoked) = PreviewRegistry::without_token(&prev, token)?;
+            self.previews.commit(&m, &sandbox, next).await?;
+            Ok(revoked)
+        })?;
         tracing::info!(preview = %key, token = %revoked.name, "preview token revoked");
         Ok(revoked)
     }
@@ -429,18 +503,20 @@ impl App {
         let valid = preview_spec.validate(workspace, now)?;
         let token_name = ids::new_token_name().map_err(internal)?;
         let token = new_token(token_name, Some(expires_at), Some(expires_at), now)?;
-        let m = self.mutating.lock().await;
-        let sandbox = self.sandboxes.get(workspace, sandbox)?;
-        if self.previews.exists(&key, now) {
-            return Err(ApiError::new(
-                ErrorCode::PreviewConflict,
-                format!("sandbox {:?} already has a preview named {name:?}", key.sandbox),
-            ));
-        }
-        let mut preview = self.previews.build(&self.config(), &key, valid, None, now)?;
-        preview.tokens = vec![token.clone()];
-        let (preview, _) = self.previews.commit(&m, &sandbox, preview).await?;
-        drop(m);
+        let preview = retrying!(self, {
+            let m = self.mutating.lock().await;
+            let sandbox = self.sandboxes.get(workspace, sandbox)?;
+            if self.previews.exists(&key, now) {
+                return Err(ApiError::new(
+                    ErrorCode::PreviewConflict,
+                    format!("sandbox {:?} already has a preview named {name:?}", key.sandbox),
+                ));
+            }
+            let mut preview = self.previews.build(&self.config(), &key, valid.clone(), None, now)?;
+            preview.tokens = vec![token.clone()];
+            let (preview, _) = self.previews.commit(&m, &sandbox, preview).await?;
+            Ok(preview)
+        })?;
         tracing::info!(preview = %key, id = %preview.id, expires_at = %time::format_timestamp(expires_at), "session created");
         Ok(Session { preview, token })
     }
@@ -495,6 +571,8 @@ impl App {
                 continue;
             }
             let result = match self.sandboxes.get(&key.workspace, &key.sandbox).ok() {
+                // In a fleet, the sandbox's host reaps (the others see the deletion).
+                Some(sandbox) if !self.is_local(&sandbox) => continue,
                 Some(sandbox) => self.previews.remove(&m, &sandbox, &key).await,
                 None => self.previews.remove_orphan(&m, &key).await,
             };

@@ -59,6 +59,9 @@ pub struct SandboxView {
     pub ports: Vec<PortSpec>,
     /// `https://sbx-{name}-{ws}.{region}.{domain}[:port]`.
     pub url: String,
+    /// The fleet host that runs it (absent on a single host).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub owner: Option<String>,
     /// How long the kernel update took (answers to a PUT only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub policy_applied_micros: Option<u64>,
@@ -74,6 +77,7 @@ impl SandboxView {
             interface: sandbox.interface.clone(),
             ports: sandbox.ports.clone(),
             url,
+            owner: sandbox.owner.clone(),
             policy_applied_micros: applied.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         }
     }
@@ -137,8 +141,9 @@ pub fn validate_interface(interface: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The sandbox a PUT describes, every field checked.
-pub fn validate(workspace: &str, name: &str, spec: SandboxSpec) -> Result<Sandbox, ApiError> {
+/// The sandbox a PUT describes, every field checked, run by fleet host `owner` (`None` on a
+/// single host).
+pub fn validate(workspace: &str, name: &str, spec: SandboxSpec, owner: Option<&str>) -> Result<Sandbox, ApiError> {
     validate_names(workspace, name)?;
     let ports = validate_ports(&spec.ports)?;
     validate_address(spec.address)?;
@@ -149,6 +154,7 @@ pub fn validate(workspace: &str, name: &str, spec: SandboxSpec) -> Result<Sandbo
         address: spec.address,
         interface: spec.interface,
         ports,
+        owner: owner.map(str::to_string),
     })
 }
 
@@ -156,30 +162,52 @@ pub fn validate(workspace: &str, name: &str, spec: SandboxSpec) -> Result<Sandbo
 struct Index {
     by_id: BTreeMap<SandboxId, Arc<Sandbox>>,
     by_label: FastMap<String, Arc<Sandbox>>,
+    /// The sandboxes this host runs (addresses are host-local: another fleet host's sandbox
+    /// may have the same one).
     by_address: FastMap<Ipv4Addr, Arc<Sandbox>>,
+    /// This gateway's `fleet.host`; `None` on a single host.
+    host: Option<String>,
 }
 
 impl Index {
+    fn is_local(&self, sandbox: &Sandbox) -> bool {
+        sandbox.owner == self.host
+    }
+
     fn insert(&mut self, sandbox: Arc<Sandbox>) {
-        if let Some(old) = self.by_id.insert(sandbox.id(), sandbox.clone()) {
-            self.by_label.remove(&old.label());
-            self.by_address.remove(&old.address);
-        }
+        self.remove(&sandbox.id());
         self.by_label.insert(sandbox.label(), sandbox.clone());
-        self.by_address.insert(sandbox.address, sandbox);
+        if self.is_local(&sandbox) {
+            self.by_address.insert(sandbox.address, sandbox.clone());
+        }
+        self.by_id.insert(sandbox.id(), sandbox);
     }
 
-    fn remove(&mut self, id: &SandboxId) {
-        if let Some(old) = self.by_id.remove(id) {
-            self.by_label.remove(&old.label());
+    fn remove(&mut self, id: &SandboxId) -> Option<Arc<Sandbox>> {
+        let old = self.by_id.remove(id)?;
+        self.by_label.remove(&old.label());
+        if self.by_address.get(&old.address).is_some_and(|s| s.id() == *id) {
             self.by_address.remove(&old.address);
         }
+        Some(old)
     }
 
-    /// 409 if `sandbox` clashes with a sandbox other than itself.
+    /// 409 if `sandbox` clashes with a sandbox other than itself, or another host runs it.
     fn check_conflicts(&self, sandbox: &Sandbox) -> Result<(), ApiError> {
         let id = sandbox.id();
-        if let Some(other) = self.by_address.get(&sandbox.address)
+        if let Some(other) = self.by_id.get(&id)
+            && other.owner != sandbox.owner
+        {
+            return Err(ApiError::new(
+                ErrorCode::OwnedByAnotherHost,
+                format!(
+                    "sandbox {id} is registered by fleet host {:?}: change or delete it there (a sandbox has one host)",
+                    other.owner.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+        if self.is_local(sandbox)
+            && let Some(other) = self.by_address.get(&sandbox.address)
             && other.id() != id
         {
             return Err(ApiError::new(
@@ -212,9 +240,10 @@ pub struct Sandboxes {
 }
 
 impl Sandboxes {
-    /// The index of the stored sandboxes; fails if two of them clash.
-    pub fn load(sandboxes: Vec<Sandbox>) -> Result<Self, String> {
-        let mut index = Index::default();
+    /// The index of the stored sandboxes, for fleet host `host` (`None`: a single host); fails
+    /// if two of them clash.
+    pub fn load(sandboxes: Vec<Sandbox>, host: Option<String>) -> Result<Self, String> {
+        let mut index = Index { host, ..Index::default() };
         for sandbox in sandboxes {
             if let Err(e) = index.check_conflicts(&sandbox) {
                 return Err(format!("sandbox {}: {}", sandbox.id(), e.message));
@@ -293,13 +322,13 @@ impl Sandboxes {
         // An address change: the old address's entries go first (fail closed).
         if let Some(prev) = &prev
             && prev.address != sandbox.address
-            && let Err(e) = m.dataplane.remove_sandbox(prev.address)
+            && let Err(e) = m.remove(prev)
         {
             tracing::error!(sandbox = %id, error = %e, "removing the old address failed");
             restore(m, previews, Some(prev), None);
             return Err(e.api_error());
         }
-        let applied = match m.dataplane.apply_sandbox(&policy) {
+        let applied = match m.apply(&sandbox, &policy) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(sandbox = %id, error = %e, "the data plane refused the policy");
@@ -328,7 +357,7 @@ impl Sandboxes {
         id: &SandboxId,
     ) -> Result<Arc<Sandbox>, ApiError> {
         let prev = self.read().by_id.get(id).cloned().ok_or_else(|| not_found(id))?;
-        if let Err(e) = m.dataplane.remove_sandbox(prev.address) {
+        if let Err(e) = m.remove(&prev) {
             tracing::error!(sandbox = %id, error = %e, "removing the kernel policy failed");
             restore(m, previews, Some(&prev), None);
             return Err(e.api_error());
@@ -340,6 +369,29 @@ impl Sandboxes {
         }
         self.write().remove(id);
         Ok(prev)
+    }
+
+    /// The replica's change: `sandbox` as etcd holds it now. Returns what it replaces.
+    pub fn follow(&self, sandbox: Arc<Sandbox>) -> Option<Arc<Sandbox>> {
+        let mut index = self.write();
+        let prev = index.by_label.get(&sandbox.label()).cloned();
+        if let Some(p) = &prev {
+            index.remove(&p.id());
+        }
+        index.insert(sandbox);
+        prev
+    }
+
+    /// The replica's change: the sandbox with host label `label` was deleted. Returns it.
+    pub fn follow_gone(&self, label: &str) -> Option<Arc<Sandbox>> {
+        let mut index = self.write();
+        let id = index.by_label.get(label)?.id();
+        index.remove(&id)
+    }
+
+    /// Whether this gateway runs `sandbox`.
+    pub fn is_local(&self, sandbox: &Sandbox) -> bool {
+        self.read().is_local(sandbox)
     }
 }
 
@@ -354,7 +406,7 @@ fn restore(m: &Mutating, previews: &PreviewRegistry, prev: Option<&Sandbox>, att
         tracing::error!(address = %addr, error = %e, "rollback: removing the attempted address failed");
     }
     if let Some(prev) = prev
-        && let Err(e) = m.dataplane.apply_sandbox(&previews.policy_for(prev))
+        && let Err(e) = m.apply(prev, &previews.policy_for(prev))
     {
         tracing::error!(sandbox = %prev.id(), error = %e, "rollback: re-applying the previous policy failed");
     }

@@ -4,7 +4,8 @@
 //!
 //! Layout under `fleet.prefix` (the records are the file store's JSON, version included):
 //! ```text
-//! {prefix}sandboxes/{workspace}/{name}
+//! {prefix}sandboxes/{label}   sbx-{name}-{workspace}: one key per host label, so two sandboxes
+//!                             can never claim one label, even registered at once on two hosts
 //! {prefix}tokens/{workspace}/{name}
 //! {prefix}previews/{workspace}/{sandbox}/{name}
 //! {prefix}secrets/{name}        32 bytes, created once (a transaction: put if absent, else read)
@@ -16,6 +17,16 @@
 //! answers `Unavailable` without having done anything, so such a request goes again, to the
 //! next endpoint, before it counts as failed. Every operation here may be repeated: puts and
 //! deletes are idempotent, and the secret's transaction reads back whatever won.
+//!
+//! **The replica.** The store remembers, per key, the revision of the last change the gateway's
+//! replica (the service layer's indexes) holds. Every put or delete is a transaction that
+//! succeeds only if the key is still at that revision: a write based on a stale view (another
+//! gateway changed the record meanwhile) is refused with [`StoreError::Changed`] and changes
+//! nothing; the service layer waits for its replica to catch up ([`EtcdStore::catch_up`]) and
+//! decides again. The replica follows etcd through [`EtcdStore::feed`] (a watch from the
+//! revision after the one it holds); [`EtcdStore::accept`] turns what the watch delivered into
+//! [`Change`]s, skipping what the replica already holds (its own writes), and
+//! [`EtcdStore::resync`] reloads everything when the watch cannot resume (history compacted).
 
 use super::{
     file_store::{PREVIEW_RECORD_VERSION, PreviewRecord, RECORD_VERSION, StoredSandbox, TokenRecord},
@@ -23,14 +34,21 @@ use super::{
 };
 use crate::model::{
     preview::{Preview, PreviewKey},
-    sandbox::{AccessToken, Sandbox, SandboxId, TokenId},
+    sandbox::{AccessToken, Sandbox, SandboxId, TokenId, sandbox_label},
 };
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use std::{
+    collections::HashMap,
     future::Future,
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -42,6 +60,9 @@ const PAGE: i64 = 500;
 /// Pause before asking again after `Unavailable` (times the attempt number).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// How long a writer waits for its replica to catch up after [`StoreError::Changed`].
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A store in etcd.
 pub struct EtcdStore {
     client: Client,
@@ -50,6 +71,60 @@ pub struct EtcdStore {
     endpoints: String,
     prefix: String,
     sealed: AtomicBool,
+    /// Per key: the revision of its last change the replica holds, and whether it exists then
+    /// (a deletion is remembered until the replica passed it, so that an older event of the
+    /// watch does not bring the record back).
+    known: Mutex<HashMap<String, Known>>,
+    /// The revision the replica reached: every change up to it is applied.
+    applied: tokio::sync::watch::Sender<i64>,
+    /// The highest revision etcd answered with (a refused write's answer included).
+    seen: AtomicI64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Known {
+    revision: i64,
+    exists: bool,
+}
+
+/// A change of the shared state, for the replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A sandbox created or replaced.
+    Sandbox(Sandbox),
+    /// The sandbox with this host label was deleted.
+    SandboxGone(String),
+    /// A token created or replaced.
+    Token(AccessToken),
+    /// A token revoked.
+    TokenGone(TokenId),
+    /// A preview created or replaced (its tokens inside).
+    Preview(Preview),
+    /// A preview deleted.
+    PreviewGone(PreviewKey),
+}
+
+/// What the watch delivered.
+pub enum FeedItem {
+    /// Key changes, and the revision they bring the replica to.
+    Events(Vec<RawEvent>, i64),
+    /// Nothing changed up to this revision.
+    Progress(i64),
+    /// The history the replica needs was compacted away: only [`EtcdStore::resync`] can help.
+    Compacted(i64),
+}
+
+/// One key's change as the watch delivered it.
+pub struct RawEvent {
+    key: String,
+    value: Option<Vec<u8>>,
+    revision: i64,
+}
+
+/// A watch of every key under the prefix.
+pub struct Feed {
+    stream: WatchStream,
+    from: i64,
 }
 
 /// How to reach etcd.
@@ -70,7 +145,10 @@ impl EtcdStore {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // A member cut off from its quorum refuses (and ends watches) instead of answering
+            // from a past it cannot know is stale.
+            .with_require_leader(true);
         if let Some((user, password)) = &settings.user {
             options = options.with_user(user.clone(), password.clone());
         }
@@ -80,7 +158,51 @@ impl EtcdStore {
             source,
         })?;
         let attempts = u32::try_from(settings.endpoints.len()).unwrap_or(u32::MAX).saturating_add(1);
-        Ok(Self { client, attempts, endpoints, prefix: settings.prefix.clone(), sealed: AtomicBool::new(false) })
+        Ok(Self {
+            client,
+            attempts,
+            endpoints,
+            prefix: settings.prefix.clone(),
+            sealed: AtomicBool::new(false),
+            known: Mutex::new(HashMap::new()),
+            applied: tokio::sync::watch::Sender::new(0),
+            seen: AtomicI64::new(0),
+        })
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn saw(&self, revision: i64) {
+        self.seen.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// The revision the replica reached.
+    pub fn applied(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    /// The replica reached `revision` (every change up to it is applied); deletions it passed
+    /// need not be remembered any more.
+    pub fn set_applied(&self, revision: i64) {
+        self.saw(revision);
+        self.applied.send_if_modified(|r| {
+            let moved = revision > *r;
+            *r = (*r).max(revision);
+            moved
+        });
+        self.known().retain(|_, k| k.exists || k.revision > revision);
+    }
+
+    /// Waits until the replica holds every change etcd told this gateway about.
+    pub async fn wait_caught_up(&self) {
+        let target = self.seen.load(Ordering::Acquire);
+        let mut applied = self.applied.subscribe();
+        let reached = applied.wait_for(|r| *r >= target);
+        if tokio::time::timeout(CATCH_UP_TIMEOUT, reached).await.is_err() {
+            tracing::warn!(target, applied = self.applied(), "the replica did not catch up in time");
+        }
     }
 
     /// Runs `op` on a client, again on `Unavailable` (see the module's comment).
@@ -110,8 +232,8 @@ impl EtcdStore {
         if self.sealed.load(Ordering::Acquire) { Err(StoreError::Sealed) } else { Ok(()) }
     }
 
-    fn sandbox_key(&self, id: &SandboxId) -> String {
-        format!("{}sandboxes/{}/{}", self.prefix, id.workspace, id.name)
+    fn sandbox_key(&self, sandbox: &Sandbox) -> String {
+        format!("{}sandboxes/{}", self.prefix, sandbox.label())
     }
 
     fn token_key(&self, id: &TokenId) -> String {
@@ -123,29 +245,36 @@ impl EtcdStore {
     }
 
     async fn put(&self, key: String, record: &impl Serialize) -> Result<(), StoreError> {
-        self.check()?;
         let value = serde_json::to_vec(record).map_err(|e| StoreError::Task(format!("encoding {key}: {e}")))?;
-        self.call(
-            || format!("writing {key}"),
-            |mut c| {
-                let (key, value) = (key.clone(), value.clone());
-                async move { c.put(key, value, None).await }
-            },
-        )
-        .await?;
-        Ok(())
+        self.write(key, Some(value)).await
     }
 
-    async fn delete(&self, key: String) -> Result<(), StoreError> {
+    /// Puts (`Some`) or deletes (`None`) `key` if it is still at the revision the replica holds.
+    async fn write(&self, key: String, value: Option<Vec<u8>>) -> Result<(), StoreError> {
         self.check()?;
-        self.call(
-            || format!("deleting {key}"),
-            |mut c| {
-                let key = key.clone();
-                async move { c.delete(key, None).await }
-            },
-        )
-        .await?;
+        let expected = self.known().get(&key).filter(|k| k.exists).map_or(0, |k| k.revision);
+        // A missing key has modification revision 0 in a comparison.
+        let when = [Compare::mod_revision(key.clone(), CompareOp::Equal, expected)];
+        let txn = match &value {
+            Some(v) => Txn::new().when(when).and_then([TxnOp::put(key.clone(), v.clone(), None)]),
+            None => Txn::new().when(when).and_then([TxnOp::delete(key.clone(), None)]),
+        };
+        let what = if value.is_some() { "writing" } else { "deleting" };
+        let response = self
+            .call(
+                || format!("{what} {key}"),
+                |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                },
+            )
+            .await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        self.saw(revision);
+        if !response.succeeded() {
+            return Err(StoreError::Changed { key });
+        }
+        self.known().insert(key, Known { revision, exists: value.is_some() });
         Ok(())
     }
 
@@ -159,6 +288,7 @@ impl EtcdStore {
         let mut from = self.prefix.clone().into_bytes();
         let mut revision = 0;
         let mut snapshot = StateSnapshot::default();
+        let mut kvs = Vec::new();
         loop {
             let options = GetOptions::new().with_range(end.clone()).with_limit(PAGE).with_revision(revision);
             let response = self
@@ -175,6 +305,7 @@ impl EtcdStore {
             }
             for kv in response.kvs() {
                 self.add(kv.key(), kv.value(), &mut snapshot)?;
+                kvs.push((String::from_utf8_lossy(kv.key()).into_owned(), kv.mod_revision()));
             }
             match response.kvs().last() {
                 Some(last) if response.more() => {
@@ -187,7 +318,104 @@ impl EtcdStore {
         snapshot.sandboxes.sort_by_key(Sandbox::id);
         snapshot.tokens.sort_by_key(AccessToken::id);
         snapshot.previews.sort_by_key(Preview::key);
+        *self.known() = kvs.into_iter().map(|(k, revision)| (k, Known { revision, exists: true })).collect();
+        self.set_applied(revision);
         Ok(snapshot)
+    }
+
+    /// Reads every key again (the watch could not resume): the changes that bring the replica
+    /// to etcd's current state, and that state's revision. The caller applies them before any
+    /// other write (it holds the service layer's mutation lock).
+    pub async fn resync(&self) -> Result<(Vec<Change>, i64), StoreError> {
+        let before: HashMap<String, Known> = self.known().clone();
+        let snapshot = self.load_all().await?;
+        let revision = self.applied();
+        let now = self.known().clone();
+        let mut changes = Vec::new();
+        for s in snapshot.sandboxes {
+            if before.get(&self.sandbox_key(&s)) != now.get(&self.sandbox_key(&s)) {
+                changes.push(Change::Sandbox(s));
+            }
+        }
+        for t in snapshot.tokens {
+            let key = self.token_key(&t.id());
+            if before.get(&key) != now.get(&key) {
+                changes.push(Change::Token(t));
+            }
+        }
+        for p in snapshot.previews {
+            let key = self.preview_key(&p.key());
+            if before.get(&key) != now.get(&key) {
+                changes.push(Change::Preview(p));
+            }
+        }
+        for (key, k) in before {
+            if k.exists && !now.contains_key(&key) {
+                changes.extend(self.gone(&key));
+            }
+        }
+        Ok((changes, revision))
+    }
+
+    /// Watches every key under the prefix from revision `from` on.
+    pub async fn feed(&self, from: i64) -> Result<Feed, StoreError> {
+        let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
+        let stream = self
+            .call(
+                || format!("watching {} from revision {from}", self.prefix),
+                |mut c| {
+                    let (prefix, options) = (self.prefix.clone(), options.clone());
+                    async move { c.watch(prefix, Some(options)).await }
+                },
+            )
+            .await?;
+        Ok(Feed { stream, from })
+    }
+
+    /// What the watch delivered, minus what the replica already holds, as changes; the replica
+    /// is taken to hold them from here on (the caller applies them before any other write).
+    /// A record that cannot be read is skipped (and logged): the rest of the fleet's state
+    /// still converges.
+    pub fn accept(&self, events: Vec<RawEvent>) -> Vec<Change> {
+        let mut known = self.known();
+        let mut changes = Vec::with_capacity(events.len());
+        for e in events {
+            if known.get(&e.key).is_some_and(|k| k.revision >= e.revision) {
+                continue;
+            }
+            known.insert(e.key.clone(), Known { revision: e.revision, exists: e.value.is_some() });
+            match e.value {
+                Some(value) => {
+                    let mut one = StateSnapshot::default();
+                    match self.add(e.key.as_bytes(), &value, &mut one) {
+                        Ok(()) => {
+                            changes.extend(one.sandboxes.into_iter().map(Change::Sandbox));
+                            changes.extend(one.tokens.into_iter().map(Change::Token));
+                            changes.extend(one.previews.into_iter().map(Change::Preview));
+                        }
+                        Err(err) => tracing::error!(key = e.key, error = %err, "skipping a record that cannot be read"),
+                    }
+                }
+                None => changes.extend(self.gone(&e.key)),
+            }
+        }
+        changes
+    }
+
+    /// The change that deleting `key` is.
+    fn gone(&self, key: &str) -> Option<Change> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        let (kind, name) = rest.split_once('/')?;
+        let mut parts = name.split('/');
+        let (a, b, c) = (parts.next(), parts.next(), parts.next());
+        match (kind, a, b, c) {
+            ("sandboxes", Some(label), None, None) => Some(Change::SandboxGone(label.to_string())),
+            ("tokens", Some(ws), Some(name), None) => Some(Change::TokenGone(TokenId::new(ws, name))),
+            ("previews", Some(ws), Some(sandbox), Some(name)) => {
+                Some(Change::PreviewGone(PreviewKey::new(ws, sandbox, name)))
+            }
+            _ => None,
+        }
     }
 
     /// Adds the record under `key` to `snapshot` (secrets, read by `secret`, and kinds of later
@@ -205,7 +433,7 @@ impl EtcdStore {
                     name,
                     RECORD_VERSION,
                     |r: StoredSandbox| (r.version, r.sandbox),
-                    |s| format!("{}/{}", s.workspace, s.name),
+                    Sandbox::label,
                 )
                 .map_err(corrupt)?,
             ),
@@ -300,25 +528,26 @@ impl Store for EtcdStore {
         Box::pin(self.load_all())
     }
     fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()> {
-        let key = self.sandbox_key(&sandbox.id());
+        let key = self.sandbox_key(&sandbox);
         Box::pin(async move { self.put(key, &StoredSandbox { version: RECORD_VERSION, sandbox }).await })
     }
     fn delete_sandbox(&self, id: SandboxId) -> StoreFuture<'_, ()> {
-        Box::pin(self.delete(self.sandbox_key(&id)))
+        let key = format!("{}sandboxes/{}", self.prefix, sandbox_label(&id.name, &id.workspace));
+        Box::pin(self.write(key, None))
     }
     fn put_token(&self, token: AccessToken) -> StoreFuture<'_, ()> {
         let key = self.token_key(&token.id());
         Box::pin(async move { self.put(key, &TokenRecord { version: RECORD_VERSION, token }).await })
     }
     fn delete_token(&self, id: TokenId) -> StoreFuture<'_, ()> {
-        Box::pin(self.delete(self.token_key(&id)))
+        Box::pin(self.write(self.token_key(&id), None))
     }
     fn put_preview(&self, preview: Preview) -> StoreFuture<'_, ()> {
         let key = self.preview_key(&preview.key());
         Box::pin(async move { self.put(key, &PreviewRecord { version: PREVIEW_RECORD_VERSION, preview }).await })
     }
     fn delete_preview(&self, key: PreviewKey) -> StoreFuture<'_, ()> {
-        Box::pin(self.delete(self.preview_key(&key)))
+        Box::pin(self.write(self.preview_key(&key), None))
     }
     fn secret(&self, name: &'static str) -> StoreFuture<'_, [u8; 32]> {
         Box::pin(self.secret_of(name))
@@ -329,4 +558,53 @@ impl Store for EtcdStore {
     fn seal(&self) {
         self.sealed.store(true, Ordering::Release);
     }
+    fn catch_up(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.wait_caught_up().await;
+            Ok(())
+        })
+    }
+}
+
+impl Feed {
+    /// The next thing the watch delivered; an error ends the watch (a new one resumes from the
+    /// revision the replica reached).
+    pub async fn next(&mut self) -> Result<FeedItem, StoreError> {
+        loop {
+            let context = || format!("watching from revision {}", self.from);
+            let response = self
+                .stream
+                .message()
+                .await
+                .map_err(|source| StoreError::Etcd { endpoints: String::new(), context: context(), source })?
+                .ok_or_else(|| StoreError::Task(format!("{}: etcd closed the watch", context())))?;
+            if response.compact_revision() > 0 {
+                return Ok(FeedItem::Compacted(response.compact_revision()));
+            }
+            if response.canceled() {
+                return Err(StoreError::Task(format!("{}: canceled: {}", context(), response.cancel_reason())));
+            }
+            let header = response.header().map_or(0, |h| h.revision());
+            if response.created() && response.events().is_empty() {
+                continue;
+            }
+            if response.events().is_empty() {
+                return Ok(FeedItem::Progress(header));
+            }
+            let events: Vec<RawEvent> = response.events().iter().filter_map(raw).collect();
+            let last = events.last().map_or(0, |e| e.revision);
+            self.from = header.max(last) + 1;
+            return Ok(FeedItem::Events(events, header.max(last)));
+        }
+    }
+}
+
+fn raw(e: &etcd_client::Event) -> Option<RawEvent> {
+    let kv: &KeyValue = e.kv()?;
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    let value = match e.event_type() {
+        EventType::Put => Some(kv.value().to_vec()),
+        EventType::Delete => None,
+    };
+    Some(RawEvent { key, value, revision: kv.mod_revision() })
 }

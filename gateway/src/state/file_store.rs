@@ -410,6 +410,7 @@ mod tests {
             name: name.into(),
             address: "198.18.0.2".parse().expect("addr"),
             interface: "lo".into(),
+            owner: None,
             ports: vec![PortSpec { target: 3000, protocol: PortProtocol::Http }],
         }
     }

@@ -8,6 +8,6 @@ pub mod etcd_store;
 pub mod file_store;
 pub mod store;
 
-pub use etcd_store::EtcdStore;
+pub use etcd_store::{Change, EtcdSettings, EtcdStore, Feed, FeedItem};
 pub use file_store::FileStore;
 pub use store::{MemoryStore, StateSnapshot, Store, StoreError, StoreFuture};

@@ -74,6 +74,12 @@ pub enum StoreError {
         #[source]
         source: etcd_client::Error,
     },
+    /// The record changed (on another gateway) since the replica saw it: nothing was written.
+    #[error("{key} changed meanwhile (another gateway wrote it); nothing was written")]
+    Changed {
+        /// The record's key.
+        key: String,
+    },
     /// The state was handed over to the gateway process that took over (zero-downtime
     /// restart): this process may not write any more.
     #[error("the state now belongs to the gateway process that took over (restart in progress); retry")]
@@ -103,6 +109,11 @@ pub trait Store: Send + Sync + 'static {
     /// Refuses every later operation with [`StoreError::Sealed`], once the operation in
     /// progress is done (zero-downtime restart: the successor owns the state).
     fn seal(&self) {}
+    /// Waits until the service layer's indexes hold every change the store knows of (a fleet's
+    /// replica after [`StoreError::Changed`]); at once for a store only this gateway writes.
+    fn catch_up(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// An in-memory store (tests), whose writes can be made to fail.
@@ -210,7 +221,16 @@ impl Store for MemoryStore {
 impl StoreError {
     /// The answer to a client whose change could not be saved (nothing was changed).
     pub fn write_failed(&self) -> ApiError {
-        ApiError::new(ErrorCode::StateWriteFailed, format!("the state could not be saved: {self}"))
+        match self {
+            Self::Changed { .. } => {
+                ApiError::new(ErrorCode::StateChanged, format!("the state changed meanwhile: {self}"))
+            }
+            Self::Etcd { .. } => ApiError::new(
+                ErrorCode::StoreUnavailable,
+                format!("the fleet's store cannot be written, nothing was changed: {self}"),
+            ),
+            _ => ApiError::new(ErrorCode::StateWriteFailed, format!("the state could not be saved: {self}")),
+        }
     }
 }
 

@@ -407,6 +407,7 @@ mod tests {
             name: "web".into(),
             address: "198.18.0.2".parse().expect("ip"),
             interface: "lo".into(),
+            owner: None,
             ports: Vec::new(),
         }));
         log.port = Some(3000);

@@ -246,7 +246,7 @@ impl PreviewRegistry {
 
     /// Programs a sandbox's policy; on failure, puts the current one back.
     fn apply(&self, m: &Mutating, sandbox: &Sandbox, policy: &SandboxPolicy) -> Result<Duration, ApiError> {
-        m.dataplane.apply_sandbox(policy).map_err(|e| {
+        m.apply(sandbox, policy).map_err(|e| {
             tracing::warn!(sandbox = %sandbox.id(), error = %e, "the data plane refused the policy");
             self.reapply(m, sandbox);
             e.api_error()
@@ -255,7 +255,7 @@ impl PreviewRegistry {
 
     /// Best effort: the kernel back to the policy of the current index.
     fn reapply(&self, m: &Mutating, sandbox: &Sandbox) {
-        if let Err(e) = m.dataplane.apply_sandbox(&self.policy_for(sandbox)) {
+        if let Err(e) = m.apply(sandbox, &self.policy_for(sandbox)) {
             tracing::error!(sandbox = %sandbox.id(), error = %e, "rollback: re-applying the policy failed");
         }
     }
@@ -290,6 +290,18 @@ impl PreviewRegistry {
             }
             self.write().remove(&key);
         }
+        self.changed.notify_one();
+    }
+
+    /// The replica's change: `preview` as etcd holds it now.
+    pub fn follow(&self, preview: Preview) {
+        self.write().insert(Arc::new(preview));
+        self.changed.notify_one();
+    }
+
+    /// The replica's change: preview `key` was deleted.
+    pub fn follow_gone(&self, key: &PreviewKey) {
+        self.write().remove(key);
         self.changed.notify_one();
     }
 

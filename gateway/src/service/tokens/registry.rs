@@ -262,6 +262,16 @@ impl TokenRegistry {
         })
     }
 
+    /// The replica's change: `token` as etcd holds it now.
+    pub fn follow(&self, token: AccessToken) {
+        self.write().insert(Arc::new(token));
+    }
+
+    /// The replica's change: token `id` was revoked.
+    pub fn follow_gone(&self, id: &TokenId) {
+        self.write().remove(id);
+    }
+
     /// Revokes a token: deletes its record (durable), then un-indexes it, so the next request
     /// with it fails.
     pub async fn revoke(&self, m: &Mutating, workspace: &str, name: &str) -> Result<(), ApiError> {

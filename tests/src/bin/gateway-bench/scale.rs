@@ -40,6 +40,7 @@ fn sandbox(i: usize, interface: &str) -> Sandbox {
         name: format!("s{i}"),
         address: sandbox_addr(i),
         interface: interface.to_string(),
+        owner: None,
         ports: PORTS.iter().map(|p| PortSpec { target: *p, protocol: PortProtocol::Http }).collect(),
     }
 }
