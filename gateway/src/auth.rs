@@ -157,12 +157,35 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
     Ok(found)
 }
 
-/// Removes every credential the gateway consumes and every client-sent `X-Blaxel-*` header,
-/// before a request is forwarded to a sandbox.
+/// The prefix of the headers gateways of a fleet send each other (what the gateway that
+/// received a request established about its client): never believed from a client, always
+/// removed with the credentials.
+pub const FLEET_HEADER_PREFIX: &str = "x-gw-fleet-";
+
+/// A request another member of the fleet authenticated with workspace token `token` (its
+/// workspace and name): checked again here, where the sandbox runs, so that a token revoked
+/// meanwhile no longer opens it. Another workspace's token → 403; a token that no longer
+/// lives → 401.
+pub fn vouched(app: &App, workspace: &str, token: (&str, &str)) -> Result<Principal, ApiError> {
+    let (token_ws, name) = token;
+    if token_ws != workspace {
+        return Err(ApiError::new(ErrorCode::Forbidden, "the token is not valid for this sandbox's workspace"));
+    }
+    if !app.tokens().is_live(&crate::model::sandbox::TokenId::new(token_ws, name), OffsetDateTime::now_utc()) {
+        return Err(failed("the token was revoked or expired"));
+    }
+    Ok(Principal { workspace: workspace.to_string(), token_name: name.to_string() })
+}
+
+/// Removes every credential the gateway consumes, every client-sent `X-Blaxel-*` header and
+/// every fleet header, before a request is forwarded to a sandbox or a peer.
 pub fn strip_credentials(headers: &mut HeaderMap) {
     headers.remove(http::header::AUTHORIZATION);
-    let blaxel: Vec<http::HeaderName> =
-        headers.keys().filter(|k| k.as_str().starts_with("x-blaxel-")).cloned().collect();
+    let blaxel: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-blaxel-") || k.as_str().starts_with(FLEET_HEADER_PREFIX))
+        .cloned()
+        .collect();
     for k in blaxel {
         headers.remove(k);
     }

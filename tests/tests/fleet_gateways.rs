@@ -1,27 +1,51 @@
 //! Gateways of one fleet on a real three-member etcd, each enforcing in the kernel with its own
-//! pin directory: tokens, previews and sandboxes made through one gateway's admin API are
-//! known to the other within milliseconds (the replica follows etcd's watch), revocations too;
-//! only the sandbox's host programs its kernel policy, also for a preview made through another
-//! gateway; two hosts registering one sandbox at once: exactly one wins.
-//!
-//! Requests for a sandbox of another host are authenticated and then answered 503
-//! `PEER_UNAVAILABLE` (forwarding between gateways is not there yet), which tells a valid
-//! credential (503) from a revoked one (401) on the gateway that does not run the sandbox.
+//! pin directory, with certificates made by `gateway fleet ca` / `gateway fleet cert`: any
+//! gateway serves any sandbox (a request for another host's sandbox is authenticated where it
+//! arrives and forwarded to the owner over mutual TLS: HTTP/1.1, HTTP/2, WebSocket both ways,
+//! SSE); tokens, previews and sandboxes made through one gateway's admin API are known to the
+//! other within milliseconds, revocations too; only the sandbox's host programs its kernel
+//! policy, also for a preview made through another gateway; two hosts registering one sandbox
+//! at once: exactly one wins; the fleet's internal headers are never believed from a client;
+//! the fleet listener refuses a peer without a certificate of the fleet's CA; a stopped owner
+//! is answered 503 at once.
 
+use futures_util::{SinkExt, StreamExt};
 use gateway_tests::{
     edge::*,
     etcd::EtcdCluster,
-    gateway_process::{GatewayProcess, dataplane_dump, free_port},
+    gateway_process::{GatewayProcess, TempDir, dataplane_dump, free_port, run_gateway, temp_dir},
     harness::{BpffsDir, Sandbox},
 };
+use http::Method;
+use http_body_util::BodyExt;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A fleet CA and the certificates of `hosts`, made with the CLI.
+fn fleet_pki(hosts: &[&str]) -> TempDir {
+    let dir = temp_dir("gateway-fleet-pki");
+    let d = dir.path().to_str().expect("utf-8");
+    let out = run_gateway(&["fleet", "ca", "--dir", d]);
+    assert!(out.status.success(), "fleet ca: {}", String::from_utf8_lossy(&out.stderr));
+    for host in hosts {
+        let out = run_gateway(&["fleet", "cert", host, "--dir", d]);
+        assert!(out.status.success(), "fleet cert: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    dir
+}
 
 /// The `[fleet]` section of host `host`.
-fn fleet_section(etcd: &EtcdCluster, prefix: &str, host: &str) -> String {
+fn fleet_section(etcd: &EtcdCluster, pki: &Path, prefix: &str, host: &str) -> String {
     let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    let p = pki.display();
     format!(
-        "\n[fleet]\netcd = [{}]\nhost = \"{host}\"\nlisten = \"127.0.0.1:{}\"\nca = \"/nonexistent/fleet/ca.pem\"\ncert = \"/nonexistent/fleet/{host}.pem\"\nkey = \"/nonexistent/fleet/{host}.key\"\nprefix = \"{prefix}\"\n",
+        "\n[fleet]\netcd = [{}]\nhost = \"{host}\"\nlisten = \"127.0.0.1:{}\"\nca = \"{p}/ca.pem\"\ncert = \"{p}/{host}.pem\"\nkey = \"{p}/{host}.key\"\nprefix = \"{prefix}\"\n",
         endpoints.join(", "),
         free_port()
     )
@@ -42,16 +66,59 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Whether a TLS client with this configuration gets an HTTP answer from `addr` (a fleet
+/// listener asks for a client certificate: without a valid one, the connection ends).
+async fn answers(addr: std::net::SocketAddr, config: rustls::ClientConfig, name: &str) -> bool {
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else { return false };
+    let name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await else { return false };
+    let request = b"GET / HTTP/1.1\r\nHost: sbx-web-acme.local.gw.test\r\n\r\n";
+    if tls.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+}
+
+fn roots(ca: &Path) -> rustls::RootCertStore {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("ca").flatten() {
+        roots.add(c).expect("root");
+    }
+    roots
+}
+
+fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots(ca));
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert).expect("cert").flatten().collect(),
+                PrivateKeyDer::from_pem_file(key).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
 #[test]
 fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
     let etcd = EtcdCluster::start(3);
+    let pki = fleet_pki(&["host-a", "host-b"]);
     let prefix = format!("/gateway-fleet-test-{}/", std::process::id());
     let (pins_a, pins_b) = (BpffsDir::new(), BpffsDir::new());
     let rt = runtime();
     let _rt = rt.enter();
-    let mut a = GatewayProcess::enforcing(pins_a.path(), &fleet_section(&etcd, &prefix, "host-a"));
+    let mut a = GatewayProcess::enforcing(pins_a.path(), &fleet_section(&etcd, pki.path(), &prefix, "host-a"));
     a.spawn();
-    let mut b = GatewayProcess::enforcing(pins_b.path(), &fleet_section(&etcd, &prefix, "host-b"));
+    let mut b = GatewayProcess::enforcing(pins_b.path(), &fleet_section(&etcd, pki.path(), &prefix, "host-b"));
     b.spawn();
     let (edge_a, edge_b) = (EdgeClient::new(&a), EdgeClient::new(&b));
     let sb = Sandbox::new();
@@ -77,34 +144,118 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
     let message = r.assert_error(409, "OWNED_BY_ANOTHER_HOST");
     assert!(message.to_string().contains("host-a"), "{message}");
 
-    // A token made on B opens the sandbox through A, which runs it.
+    // A token made on B opens the sandbox through A, which runs it, and through B, which
+    // forwards to A.
     let token = create_token(&b, WS, "ci");
     let bearer = format!("Bearer {token}");
     rt.block_on(async {
         let r = edge_a.get(&host, "/port/3000/hello", &[("authorization", &bearer)]).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        // Through B: authenticated there, then 503 naming the host (no forwarding yet).
-        let r = edge_b.get(&host, "/port/3000/hello", &[("authorization", &bearer)]).await;
-        assert!(r.assert_error(503, "PEER_UNAVAILABLE").contains("host-a"));
+        let spoof = [
+            ("authorization", bearer.as_str()),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-gw-fleet-client", "203.0.113.9:1"),
+            ("x-gw-fleet-auth", "token acme/other"),
+        ];
+        for (edge, via) in [(&edge_a, "A"), (&edge_b, "B")] {
+            let r = edge.get(&host, "/port/3000/hello?x=1", &spoof).await;
+            assert_eq!(r.status, 200, "through {via}: {}", r.text());
+            let echo = r.json();
+            assert_eq!(echo["uri"], "/hello?x=1", "through {via}");
+            let headers = echo["headers"].as_object().expect("headers");
+            assert!(
+                headers.keys().all(|k| !k.starts_with("x-gw-fleet-") && k != "authorization"),
+                "through {via}, the app sees neither credentials nor fleet headers: {headers:?}"
+            );
+            assert_eq!(echo["headers"]["x-forwarded-for"], json!(["127.0.0.1"]), "through {via}: the client's address");
+        }
+        // A spoofed vouch is no credential on a public listener.
+        let r = edge_b
+            .get(
+                &host,
+                "/port/3000/hello",
+                &[("x-gw-fleet-client", "127.0.0.1:1"), ("x-gw-fleet-auth", "token acme/ci")],
+            )
+            .await;
+        r.assert_error(401, "AUTHENTICATION_REQUIRED");
         let r = edge_b.get(&host, "/port/3000/hello", &[("authorization", "Bearer gw_nope")]).await;
         r.assert_error(401, "AUTHENTICATION_FAILED");
+
+        // HTTP/2 through B, SSE as the app writes it, WebSocket over HTTP/1.1 and HTTP/2.
+        let mut h2 = edge_b.h2("any.local.gw.test").await;
+        let req = build_h2(Method::GET, &host, "/port/3000/h2", &[("authorization", &bearer)], empty());
+        let r = read_reply(h2.send_request(req).await.expect("h2")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let req = build_h2(Method::GET, &host, "/port/3000/sse", &[("authorization", &bearer)], empty());
+        let response = h2.send_request(req).await.expect("sse");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("first event in time");
+        assert_eq!(first.expect("frame").expect("ok").into_data().expect("data"), "data: first\n\n");
+        _app.sse_release.notify_one();
+        let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.expect("rest").expect("ok");
+        assert_eq!(rest.to_bytes(), "data: second\n\n");
+
+        let mut ws = open_websocket(&edge_b, &host, "/port/3000/ws", &bearer).await;
+        ws.send(Message::text("over h1")).await.expect("send");
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo in time");
+        assert_eq!(back.expect("message").expect("ok").into_text().expect("text").as_str(), "over h1");
+        let mut req = build_h2(
+            Method::CONNECT,
+            &host,
+            "/port/3000/ws",
+            &[("authorization", &bearer), ("sec-websocket-version", "13")],
+            empty(),
+        );
+        req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+        let mut response = h2.send_request(req).await.expect("extended CONNECT");
+        assert_eq!(response.status(), 200, "{response:?}");
+        let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        ws.send(Message::text("over h2")).await.expect("send");
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo in time");
+        assert_eq!(back.expect("message").expect("ok").into_text().expect("text").as_str(), "over h2");
     });
 
-    // Convergence of new tokens and revocations, A's admin API → B's edge, over 200 trials.
+    // The fleet listener serves only the fleet's members.
+    let fleet_a = fleet_listen(&a);
+    let ca = pki.path().join("ca.pem");
+    let other = fleet_pki(&["host-b"]);
+    rt.block_on(async {
+        let (cert, key) = (pki.path().join("host-b.pem"), pki.path().join("host-b.key"));
+        assert!(answers(fleet_a, client_config(&ca, Some((&cert, &key))), "host-a").await, "a member is served");
+        assert!(!answers(fleet_a, client_config(&ca, None), "host-a").await, "no client certificate");
+        let (cert, key) = (other.path().join("host-b.pem"), other.path().join("host-b.key"));
+        assert!(!answers(fleet_a, client_config(&ca, Some((&cert, &key))), "host-a").await, "another CA's certificate");
+    });
+
+    // Convergence of new tokens and revocations, A's admin API → B's edge, over 200 trials:
+    // from the admin call's answer until B's edge answers accordingly (one HTTP/2 connection,
+    // polled every millisecond; a probe with a live token goes on to A).
     let (mut created, mut revoked) = (Vec::new(), Vec::new());
+    let probe = rt.block_on(edge_b.h2("any.local.gw.test"));
     for i in 0..200 {
         let name = format!("t{i}");
         let secret = create_token(&a, WS, &name);
         let bearer = format!("Bearer {secret}");
-        let status = || rt.block_on(edge_b.get(&host, "/port/3000/", &[("authorization", &bearer)])).status;
-        created.push(until("a new token accepted on B", || status() == 503));
+        let status = || {
+            let req = build_h2(Method::GET, &host, "/port/3000/", &[("authorization", &bearer)], empty());
+            let mut probe = probe.clone();
+            rt.block_on(async move { probe.send_request(req).await.expect("probe").status() })
+        };
+        created.push(until("a new token accepted on B", || status() == 200));
         assert_eq!(a.client().delete(&format!("/v1/workspaces/acme/tokens/{name}")).status, 204);
         revoked.push(until("a revoked token refused on B", || status() == 401));
     }
     created.sort();
     revoked.sort();
     eprintln!(
-        "convergence over 200 trials (admin answer on A → B's edge, polled every ms): new token p50 {:?} p99 {:?}; revocation p50 {:?} p99 {:?}",
+        "convergence over 200 trials (admin answer on A → B's edge): new token p50 {:?} p99 {:?}; revocation p50 {:?} p99 {:?}",
         percentile(&created, 0.5),
         percentile(&created, 0.99),
         percentile(&revoked, 0.5),
@@ -128,6 +279,13 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
     assert_eq!(on_a.status, 200, "{}", on_a.text());
     assert_eq!(on_a.json()["id"], preview["id"], "one preview id (host name) fleet-wide");
     until("A serves the preview made on B", || rt.block_on(edge_a.get(&preview_host, "/", &[])).status == 200);
+    let r = rt.block_on(edge_b.get(&preview_host, "/through-b", &[]));
+    assert_eq!(
+        (r.status.as_u16(), r.json()["port"].clone()),
+        (200, json!(4000)),
+        "B forwards the preview: {}",
+        r.text()
+    );
     let policy = a.client().get("/v1/workspaces/acme/sandboxes/web/policy").json();
     assert!(policy.to_string().contains("4000"), "A's kernel opened the preview's port: {policy}");
 
@@ -155,4 +313,23 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
         !dataplane_dump(pins_a.path()).to_string().contains(&sb.addr().to_string())
     });
     a.client().get("/v1/workspaces/acme/sandboxes/web").assert_error(404, "WORKLOAD_NOT_FOUND");
+
+    // A stopped owner: B answers 503 naming it at once (its host key is removed at shutdown).
+    let sb2 = Sandbox::new();
+    register(&a, WS, "other", &sb2, &[(3000, "HTTP")]);
+    let other_host = sandbox_host("other");
+    until("B knows A's new sandbox", || b.client().get("/v1/workspaces/acme/sandboxes/other").status == 200);
+    a.stop();
+    let took = until("B answers 503 for the stopped owner", || {
+        let r = rt.block_on(edge_b.get(&other_host, "/port/3000/", &[("authorization", &bearer)]));
+        r.status == 503 && r.text().contains("host-a") && r.text().contains("down")
+    });
+    assert!(took < Duration::from_secs(2), "at once, not after a timeout: {took:?}");
+}
+
+/// The fleet listener's address from a gateway's configuration.
+fn fleet_listen(gw: &GatewayProcess) -> std::net::SocketAddr {
+    let config = std::fs::read_to_string(gw.config_path()).expect("config");
+    let line = config.lines().find(|l| l.starts_with("listen = \"127.0.0.1:")).expect("fleet.listen");
+    line.trim_start_matches("listen = \"").trim_end_matches('"').parse().expect("address")
 }

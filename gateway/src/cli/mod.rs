@@ -8,6 +8,7 @@
 mod client;
 mod dataplane;
 mod fetch;
+mod fleet;
 mod output;
 mod preview;
 pub mod reference;
@@ -85,6 +86,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: preview::SessionCommand,
+    },
+    /// The fleet's certificates: its CA and one certificate per host.
+    Fleet {
+        /// What to do.
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
 }
 
@@ -303,6 +310,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Preview { command } => preview::run_preview(command),
         Command::PreviewToken { command } => preview::run_token(command),
         Command::Session { command } => preview::run_session(command),
+        Command::Fleet { command } => fleet::run(command),
     }
 }
 

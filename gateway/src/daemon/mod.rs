@@ -12,6 +12,7 @@ use crate::{
     edge::{self, EdgeListener},
     handoff::{self, HandoffServer, Inherited, Successor},
     lifecycle::{self, ConfigSource, Event, Notifier, Reloadable, Signals},
+    model::fleet::FleetHost,
     paths,
     service::App,
     state::{EtcdSettings, EtcdStore, FileStore, Store},
@@ -147,12 +148,12 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
         Dataplane::disabled()
     };
     let app = Arc::new(App::start(config, app_store, dataplane).await?);
-    let (https_fd, admin_fd) = match inherited {
-        Some(h) => (h.take("https"), h.take("admin")),
-        None => (None, None),
+    let (https_fd, admin_fd, fleet_fd) = match inherited {
+        Some(h) => (h.take("https"), h.take("admin"), h.take("fleet")),
+        None => (None, None, None),
     };
-    // Both listeners are bound before READY: once the admin API answers, HTTPS does too.
-    let https = edge::bind(&app.config(), https_fd).await?;
+    // Every listener is bound before READY: once the admin API answers, HTTPS does too.
+    let https = edge::bind(&app.config(), https_fd, fleet_fd).await?;
     let admin = match admin_fd {
         Some(fd) => admin::Listener::inherit(fd, &admin_listen)?,
         None => admin::bind(&admin_listen).await?,
@@ -198,7 +199,8 @@ struct Serving {
     admin_task: Task,
     edge_task: Task,
     reaper: Task,
-    replica: Option<Task>,
+    /// A fleet member's replica, and the task keeping its host key alive.
+    replica: Option<(Task, Task)>,
 }
 
 impl Serving {
@@ -214,15 +216,26 @@ impl Serving {
             Task::spawn("HTTPS listener", move |stop| edge::serve(https, app, stop.cancelled_owned()))
         };
         let reaper = Self::reaper(&app);
-        let replica = Self::replica(&app, fleet.as_ref());
+        let replica = Self::replica(&app, &https, fleet.as_ref());
         Self { app, admin, https, fleet, admin_task, edge_task, reaper, replica }
     }
 
-    fn replica(app: &Arc<App>, fleet: Option<&Arc<EtcdStore>>) -> Option<Task> {
-        let (app, store) = (app.clone(), fleet?.clone());
-        Some(Task::spawn("fleet replica", move |stop| {
-            crate::service::fleet::follow(app, store, stop.cancelled_owned())
-        }))
+    fn replica(app: &Arc<App>, https: &EdgeListener, fleet: Option<&Arc<EtcdStore>>) -> Option<(Task, Task)> {
+        let store = fleet?.clone();
+        let config = app.config();
+        let address = match config.fleet.advertise.parse() {
+            Ok(a) => a,
+            Err(_) => https.fleet_addr()?,
+        };
+        let me = FleetHost { host: config.fleet.host.clone(), address };
+        let follower = {
+            let (app, store) = (app.clone(), store.clone());
+            Task::spawn("fleet replica", move |stop| crate::service::fleet::follow(app, store, stop.cancelled_owned()))
+        };
+        let announcer = Task::spawn("fleet host key", move |stop| {
+            crate::service::fleet::announce(store, me, stop.cancelled_owned())
+        });
+        Some((follower, announcer))
     }
 
     fn admin_task(app: &Arc<App>, admin: &Arc<admin::Listener>) -> Task {
@@ -240,8 +253,9 @@ impl Serving {
     async fn stop_mutators(&mut self) {
         self.admin_task.stop().await;
         self.reaper.stop().await;
-        if let Some(replica) = &mut self.replica {
-            replica.stop().await;
+        if let Some((follower, announcer)) = &mut self.replica {
+            follower.stop().await;
+            announcer.stop().await;
         }
     }
 
@@ -249,7 +263,7 @@ impl Serving {
     fn resume_mutators(&mut self) {
         self.admin_task = Self::admin_task(&self.app, &self.admin);
         self.reaper = Self::reaper(&self.app);
-        self.replica = Self::replica(&self.app, self.fleet.as_ref());
+        self.replica = Self::replica(&self.app, &self.https, self.fleet.as_ref());
     }
 
     /// Stops accepting everywhere and drains, up to `deadline`.
@@ -296,6 +310,7 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
     let admin_at = admin.describe();
     let https_at = https.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let reloadable: Vec<Arc<dyn Reloadable>> = vec![https.reloader()];
+    let fleet_store = fleet.clone();
     let mut serving = Serving::start(app.clone(), admin.clone(), https, fleet);
     if let Some(h) = inherited {
         // The predecessor stops accepting and drains from here on.
@@ -358,6 +373,9 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
     serving.drain(options.drain).await;
     match exit {
         Exit::Shutdown => {
+            if let Some(fleet) = &fleet_store {
+                fleet.withdraw().await;
+            }
             admin.remove_socket_file();
             if let Some(server) = &handoff_server {
                 server.unlink();
@@ -397,7 +415,9 @@ async fn hand_over(
     if let Some(server) = server {
         server.unlink();
     }
-    let listeners = vec![("admin".to_string(), serving.admin.raw_fd()), ("https".to_string(), serving.https.raw_fd())];
+    let mut listeners =
+        vec![("admin".to_string(), serving.admin.raw_fd()), ("https".to_string(), serving.https.raw_fd())];
+    listeners.extend(serving.https.fleet_fd().map(|fd| ("fleet".to_string(), fd)));
     match successor.hand_over(listeners, lock_fd).await {
         Ok(()) => {
             frozen.hand_over();

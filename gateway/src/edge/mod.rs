@@ -25,6 +25,7 @@
 
 pub mod cancellations;
 pub mod connect;
+pub mod fleet;
 mod h1;
 pub mod headers;
 pub mod host;
@@ -125,6 +126,15 @@ pub struct EdgeListener {
     certs: SharedCerts,
     /// What serves the accepted connections (`proxy.workers` threads).
     workers: Workers,
+    /// A fleet member's listener for its peers, and its TLS towards them.
+    fleet: Option<FleetListener>,
+}
+
+/// The fleet listener (`fleet.listen`): mutual TLS, only the fleet's peers.
+struct FleetListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    tls: Arc<fleet::pki::FleetTls>,
 }
 
 impl EdgeListener {
@@ -138,15 +148,30 @@ impl EdgeListener {
         self.tcp.as_raw_fd()
     }
 
+    /// The fleet listener's socket, if this gateway is a fleet member.
+    pub fn fleet_fd(&self) -> Option<RawFd> {
+        self.fleet.as_ref().map(|f| f.tcp.as_raw_fd())
+    }
+
+    /// Where the fleet listener listens.
+    pub fn fleet_addr(&self) -> Option<SocketAddr> {
+        self.fleet.as_ref().and_then(|f| f.tcp.local_addr().ok())
+    }
+
     /// What reloads its certificates on SIGHUP.
     pub fn reloader(&self) -> Arc<dyn crate::lifecycle::Reloadable> {
         Arc::new(tls::CertReloader(self.certs.clone()))
     }
 }
 
-/// Loads (or generates) the certificates and binds `listen.https`, or adopts `inherited`, the
-/// listening socket a predecessor handed over (zero-downtime restart), after checking its address.
-pub async fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<EdgeListener, EdgeError> {
+/// Loads (or generates) the certificates and binds `listen.https` (and a fleet member's
+/// `fleet.listen`), or adopts the listening sockets a predecessor handed over (zero-downtime
+/// restart), after checking their addresses.
+pub async fn bind(
+    config: &Config,
+    inherited: Option<OwnedFd>,
+    inherited_fleet: Option<OwnedFd>,
+) -> Result<EdgeListener, EdgeError> {
     let addr = config.https_addr().map_err(EdgeError::Address)?;
     let owned = config.clone();
     let certs = tokio::task::spawn_blocking(move || CertStore::load(&owned)).await??;
@@ -156,8 +181,26 @@ pub async fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<EdgeLis
         Some(fd) => adopt(fd, addr)?,
         None => listen(addr, config.proxy.listen_backlog).map_err(|source| EdgeError::Bind { addr, source })?,
     };
+    let fleet = match config.fleet.enabled() {
+        true => Some(bind_fleet(config, inherited_fleet).await?),
+        false => None,
+    };
     let workers = Workers::start(config.proxy.worker_count()).map_err(EdgeError::Workers)?;
-    Ok(EdgeListener { tcp, acceptor, certs, workers })
+    Ok(EdgeListener { tcp, acceptor, certs, workers, fleet })
+}
+
+async fn bind_fleet(config: &Config, inherited: Option<OwnedFd>) -> Result<FleetListener, EdgeError> {
+    let f = config.fleet.clone();
+    let addr: SocketAddr =
+        f.listen.parse().map_err(|e| EdgeError::Address(format!("fleet.listen {:?}: {e}", f.listen)))?;
+    let tls =
+        tokio::task::spawn_blocking(move || fleet::pki::FleetTls::load(&f.ca, &f.cert, &f.key, &f.host)).await??;
+    let tls = Arc::new(tls);
+    let tcp = match inherited {
+        Some(fd) => adopt(fd, addr)?,
+        None => listen(addr, config.proxy.listen_backlog).map_err(|source| EdgeError::Bind { addr, source })?,
+    };
+    Ok(FleetListener { tcp, acceptor: TlsAcceptor::from(tls.server.clone()), tls })
 }
 
 /// Binds `addr` (with `SO_REUSEADDR`, like [`TcpListener::bind`]) and listens with `backlog`.
@@ -193,6 +236,8 @@ struct ConnInfo {
     cert: Arc<CertEntry>,
     /// Over the connection cap: every request is answered 429.
     reject: bool,
+    /// A connection from a fleet peer (its `fleet.host`), on the fleet listener.
+    fleet: Option<Arc<str>>,
 }
 
 /// The request handler and its shared state.
@@ -214,7 +259,7 @@ struct Edge {
 }
 
 impl Edge {
-    fn new(app: Arc<App>) -> Self {
+    fn new(app: Arc<App>, fleet: Option<Arc<fleet::pki::FleetTls>>) -> Self {
         let config = app.config();
         let p = &config.proxy;
         let settings = ProxySettings {
@@ -241,7 +286,7 @@ impl Edge {
             b
         };
         Self {
-            proxy: Proxy::new(settings),
+            proxy: Proxy::new(settings, fleet),
             limits: Limits::new(p.max_connections, p.max_connections_per_sandbox),
             trusted: config.trusted_proxies(),
             zones: host::Zones::new(&config.region, &config.domain),
@@ -258,14 +303,28 @@ impl Edge {
 
     /// Answers one request: the app's response, or an error (JSON, HTML for browsers). Counts
     /// it in the metrics and writes its access-log line when the body has been sent.
-    async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<LoggedBody<EdgeBody>> {
+    async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<LoggedBody<EdgeBody>> {
         let html = prefers_html(req.headers());
-        let mut log = RequestLog::new(req.method(), conn.peer_text.clone());
+        // From a fleet peer: the client is the one it vouches for.
+        let vouch = conn.fleet.as_ref().map(|_| fleet::Vouch::from_headers(req.headers()));
+        let peer_text = match &vouch {
+            Some(Ok(v)) => v.client.to_string().into(),
+            _ => conn.peer_text.clone(),
+        };
+        let mut log = RequestLog::new(req.method(), peer_text);
         let http1 = req.version() < http::Version::HTTP_2;
         // Ambiguous framing: refused before anything else, and an HTTP/1.1 connection closed
         // after the answer (what follows on it cannot be trusted to start a request).
         let ambiguous = headers::framing_violation(req.headers());
         let close = http1 && ambiguous.is_some();
+        let ambiguous = match vouch {
+            Some(Err(e)) => Some(e.message),
+            Some(Ok(v)) => {
+                req.extensions_mut().insert(v);
+                ambiguous
+            }
+            None => ambiguous,
+        };
         let result = match ambiguous {
             Some(why) => Err(ApiError::new(ErrorCode::BadRequest, why)),
             None => match self.route(conn, req, &mut log) {
@@ -305,19 +364,35 @@ impl Edge {
     }
 }
 
+/// The next connection on the fleet listener (never, without one).
+async fn accept_fleet(fleet: Option<&FleetListener>) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match fleet {
+        Some(f) => f.tcp.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves the HTTPS edge until `shutdown` resolves, then lets in-flight requests finish (up to
 /// a few seconds). The listening socket stays open (a successor may be accepting on it).
 pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let edge = Arc::new(Edge::new(app));
+    let edge = Arc::new(Edge::new(app, listener.fleet.as_ref().map(|f| f.tls.clone())));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, from_fleet) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.tcp.accept() => match accepted {
-                Ok(a) => a,
+                Ok((s, p)) => (s, p, false),
                 Err(e) => {
                     tracing::warn!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            accepted = accept_fleet(listener.fleet.as_ref()) => match accepted {
+                Ok((s, p)) => (s, p, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fleet accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -341,7 +416,10 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
             }
         };
         let edge = edge.clone();
-        let acceptor = listener.acceptor.clone();
+        let acceptor = match (from_fleet, &listener.fleet) {
+            (true, Some(f)) => f.acceptor.clone(),
+            _ => listener.acceptor.clone(),
+        };
         let certs = listener.certs.clone();
         let watcher = graceful.watcher();
         listener.workers.spawn(move || async move {
@@ -373,6 +451,16 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
                     return;
                 }
             };
+            let fleet = match from_fleet {
+                false => None,
+                true => match tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(fleet::pki::dns_names) {
+                    Some(names) if !names.is_empty() => Some(Arc::<str>::from(names[0].as_str())),
+                    _ => {
+                        tracing::warn!(%peer, "a fleet peer's certificate names no host; closed");
+                        return;
+                    }
+                },
+            };
             let cert = certs.load().select(tls.get_ref().1.server_name()).clone();
             let info = Arc::new(ConnInfo {
                 edge: edge.clone(),
@@ -382,6 +470,7 @@ pub async fn serve(listener: Arc<EdgeListener>, app: Arc<App>, shutdown: impl Fu
                 trusted: headers::is_trusted(peer.ip(), &edge.trusted),
                 cert,
                 reject,
+                fleet,
             });
             let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let seen = requested.clone();

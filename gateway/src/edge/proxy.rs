@@ -17,6 +17,7 @@
 use super::{
     EdgeBody,
     connect::ConnectSettings,
+    fleet::{PeerRoute, forward::PeerPool, pki::FleetTls},
     headers::{self, Forwarding},
     limits::{Activity, ActivityIo, SandboxSlot, idle_timeout},
     pool::{BoxError, ExchangeError, H1Pool, H2Pool, UpBody, upgrade_connection},
@@ -78,6 +79,10 @@ pub struct Outbound {
     /// Headers set on the upstream request after the client's credentials were removed (a
     /// preview's `requestHeaders`): they replace the client's of the same name.
     pub set_headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// Another fleet host runs the sandbox: the request goes to it (`route` then holds the
+    /// request target as the client sent it, and `upstream_host` the client's host: the
+    /// owner routes the request again).
+    pub via: Option<Box<PeerRoute>>,
 }
 
 impl Outbound {
@@ -126,10 +131,16 @@ impl Exchange<'_> {
     }
 }
 
+/// Added to the response timeout when waiting for a fleet peer, whose own timeout towards the
+/// app is the same: its answer (a 504 naming the app) should arrive first.
+const PEER_GRACE: Duration = Duration::from_secs(1);
+
 /// The upstream side of the edge.
 pub struct Proxy {
     http1: Arc<H1Pool>,
     h2c: H2Pool,
+    /// Connections to the other fleet hosts (a fleet member only).
+    peers: Option<PeerPool>,
     settings: ProxySettings,
     /// Upgraded connections (WebSockets…), which outlive their HTTP exchange: a drain waits
     /// for them.
@@ -137,10 +148,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy with these settings.
-    pub fn new(settings: ProxySettings) -> Self {
+    /// A proxy with these settings; `fleet`: this member's TLS towards its peers.
+    pub fn new(settings: ProxySettings, fleet: Option<Arc<FleetTls>>) -> Self {
         let http1 = H1Pool::new(settings.connect);
-        Self { http1, h2c: H2Pool::new(settings.connect), settings, tunnels: TaskTracker::new() }
+        let peers = fleet.map(|tls| PeerPool::new(tls, settings.connect.timeout));
+        Self { http1, h2c: H2Pool::new(settings.connect), peers, settings, tunnels: TaskTracker::new() }
     }
 
     /// The open tunnels (upgraded connections).
@@ -167,6 +179,9 @@ impl Proxy {
         }
         if let Some(upgrade) = requested_upgrade(&req) {
             return Ok(Exchange::Other(Box::pin(self.upgrade_h1(req, upgrade, out))));
+        }
+        if out.via.is_some() {
+            return Ok(Exchange::Other(Box::pin(self.to_peer(req, out))));
         }
         prepare_headers(req.headers_mut(), &out);
         let (mut parts, body) = req.into_parts();
@@ -206,10 +221,43 @@ impl Proxy {
         from_app(response, out.slot, to)
     }
 
+    /// A plain request for another fleet host's sandbox, on the HTTP/2 connection to it.
+    async fn to_peer(&self, mut req: Request<Incoming>, out: Outbound) -> Result<Response<EdgeBody>, ApiError> {
+        let (Some(via), Some(peers)) = (out.via.as_deref(), self.peers.as_ref()) else {
+            return Err(ApiError::new(ErrorCode::Internal, "a peer route without the fleet's connections"));
+        };
+        prepare_headers(req.headers_mut(), &out);
+        let (mut parts, body) = req.into_parts();
+        parts.version = Version::HTTP_2;
+        parts.uri = Uri::builder()
+            .scheme("https")
+            .authority(out.upstream_host.as_str())
+            .path_and_query(out.route.path_and_query.as_str())
+            .build()
+            .map_err(|_| bad_target())?;
+        parts.headers.remove(HOST);
+        let sender = peers.h2(via).await?;
+        let timeout = self.settings.response_timeout + PEER_GRACE;
+        let response = tokio::time::timeout(timeout, H2Pool::send(sender, Request::from_parts(parts, body.boxed())))
+            .await
+            .map_err(|_| super::fleet::forward::unreachable(via, format!("no answer within {timeout:?}")))?
+            .map_err(|e| super::fleet::forward::unreachable(via, e))?;
+        from_app(response, out.slot, Destination { sandbox: &out.sandbox.name, port: out.route.port })
+    }
+
     /// Sends the upgrade request on a dedicated connection and waits (bounded) for the app's
-    /// response head.
+    /// response head (or the peer's, when another fleet host runs the sandbox).
     async fn send_upgrade(&self, out: &Outbound, request: Request<UpBody>) -> Result<Response<Incoming>, ApiError> {
         let to = out.destination();
+        if let (Some(via), Some(peers)) = (out.via.as_deref(), self.peers.as_ref()) {
+            let mut sender = peers.h1_upgrade(via).await?;
+            let timeout = self.settings.response_timeout + PEER_GRACE;
+            return match tokio::time::timeout(timeout, sender.send_request(request)).await {
+                Err(_) => Err(super::fleet::forward::unreachable(via, format!("no answer within {timeout:?}"))),
+                Ok(Err(e)) => Err(super::fleet::forward::unreachable(via, e)),
+                Ok(Ok(r)) => Ok(r),
+            };
+        }
         let mut sender = match upgrade_connection(out.addr(), self.settings.connect, &out.sandbox.name).await {
             Ok(sender) => sender,
             Err(ExchangeError::Connect(e)) => return Err(connect_failed(&e, to)),
@@ -329,6 +377,10 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// The header work every forwarded request gets: credentials the gateway consumed and client
 /// `X-Blaxel-*` removed, hop-by-hop removed, `Expect` removed (the client side already
 /// answered `100 Continue`), HTTP/2 cookie crumbs joined, forwarding headers set.
+///
+/// Towards another fleet host, the forwarding headers stay as the client sent them (the owner
+/// sets them, from the client's address this gateway vouches for) and the preview's headers
+/// are the owner's to set: what this gateway established is written instead.
 fn prepare_headers(h: &mut HeaderMap, out: &Outbound) {
     auth::strip_credentials(h);
     headers::remove_hop_by_hop(h);
@@ -338,6 +390,10 @@ fn prepare_headers(h: &mut HeaderMap, out: &Outbound) {
         if let Ok(joined) = HeaderValue::from_str(&cookies.join("; ")) {
             h.insert(COOKIE, joined);
         }
+    }
+    if let Some(via) = &out.via {
+        via.vouch.write(h);
+        return;
     }
     headers::set_forwarding(h, &Forwarding { peer: &out.peer, host: &out.client_host, trusted: out.trusted });
     for (name, value) in &out.set_headers {

@@ -17,7 +17,9 @@
 //! [`Proxy::prepare`]: super::proxy::Proxy::prepare
 
 use super::{
-    ConnInfo, Edge, EdgeBody, headers, host,
+    ConnInfo, Edge, EdgeBody,
+    fleet::{PeerRoute, Vouch, VouchedAuth},
+    headers, host,
     host::HostKind,
     proxy::{Exchange, Outbound},
     route,
@@ -118,7 +120,8 @@ impl Edge {
         if req.version() == http::Version::HTTP_2 {
             host::check_h2_host(&host, req.headers())?;
         }
-        if !conn.cert.covers(&host.name) {
+        // A fleet peer's connection is not the client's: its certificate is the fleet's.
+        if conn.fleet.is_none() && !conn.cert.covers(&host.name) {
             return Err(ApiError::new(
                 ErrorCode::MisdirectedRequest,
                 format!(
@@ -166,7 +169,15 @@ impl Edge {
                 RouteKind::Port
             }
         };
-        let principal = auth::authenticate(&self.app, &sandbox.workspace, req.headers())?;
+        let principal = match req.extensions().get::<Vouch>() {
+            Some(Vouch { auth: VouchedAuth::Token(ws, name), .. }) => {
+                auth::vouched(&self.app, &sandbox.workspace, (ws, name))?
+            }
+            Some(_) => {
+                return Err(ApiError::new(ErrorCode::Forbidden, "a preview's authorization does not open the sandbox"));
+            }
+            None => auth::authenticate(&self.app, &sandbox.workspace, req.headers())?,
+        };
         log.token = Some(principal.token_name.into());
         let route = route::resolve(target, &sandbox, path_and_query)?;
         Ok(Routed::Forward(Box::new(Upstream::new(sandbox, route)), req))
@@ -182,18 +193,56 @@ impl Edge {
         req: Request<Incoming>,
         log: &mut RequestLog,
     ) -> Result<Forward<'_>, ApiError> {
-        let Upstream { sandbox, route, set_headers, response_filter } = upstream;
+        let Upstream { sandbox, mut route, mut set_headers, mut response_filter } = upstream;
         log.port = Some(route.port);
-        if !self.app.is_local(&sandbox) {
-            return Err(ApiError::new(
-                ErrorCode::PeerUnavailable,
-                format!(
-                    "sandbox {:?} runs on fleet host {:?}, which this gateway cannot forward to",
-                    sandbox.name,
-                    sandbox.owner.as_deref().unwrap_or("?")
-                ),
-            ));
-        }
+        let vouched = req.extensions().get::<Vouch>();
+        let (peer, trusted) = match vouched {
+            Some(v) => (Arc::new(headers::PeerText::new(v.client)), v.trusted),
+            None => (conn.forwarding.clone(), conn.trusted),
+        };
+        let mut upstream_host = headers::upstream_host(self.host_policy, &client_host, route.port);
+        let via = match self.app.is_local(&sandbox) {
+            true => None,
+            false => {
+                let owner = sandbox.owner.as_deref().unwrap_or_default();
+                if vouched.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::PeerUnavailable,
+                        format!(
+                            "sandbox {:?} runs on fleet host {owner:?}, not here: a request from a peer is never forwarded again",
+                            sandbox.name
+                        ),
+                    ));
+                }
+                let addr = self.app.peers().get(owner).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::PeerUnavailable,
+                        format!(
+                            "sandbox {:?} runs on fleet host {owner:?}, which is down (its host key in etcd lapsed)",
+                            sandbox.name
+                        ),
+                    )
+                })?;
+                let auth = match log.route {
+                    RouteKind::Preview => VouchedAuth::Preview,
+                    _ => VouchedAuth::Token(
+                        sandbox.workspace.clone(),
+                        log.token.as_deref().unwrap_or_default().to_string(),
+                    ),
+                };
+                // The owner routes the request again: the target and host as the client sent
+                // them; the preview's headers are the owner's to apply.
+                route.path_and_query = path_and_query(req.method(), req.uri())?.to_string();
+                upstream_host = client_host.clone();
+                set_headers = Vec::new();
+                response_filter = None;
+                Some(Box::new(PeerRoute {
+                    host: owner.into(),
+                    addr,
+                    vouch: Vouch { client: conn.peer, trusted: conn.trusted, auth },
+                }))
+            }
+        };
         let slot = self.limits.sandbox_slot(sandbox.address).ok_or_else(|| {
             too_many(format!(
                 "sandbox {:?} has its maximum of {} concurrent requests in flight; retry later",
@@ -202,16 +251,7 @@ impl Edge {
             ))
         })?;
         tracing::trace!(route = log.route.as_str(), sandbox = %sandbox.name, workspace = %sandbox.workspace, token = log.token.as_deref().unwrap_or("-"), port = route.port, "routed");
-        let out = Outbound {
-            upstream_host: headers::upstream_host(self.host_policy, &client_host, route.port),
-            peer: conn.forwarding.clone(),
-            client_host,
-            trusted: conn.trusted,
-            sandbox,
-            route,
-            slot,
-            set_headers,
-        };
+        let out = Outbound { upstream_host, peer, client_host, trusted, sandbox, route, slot, set_headers, via };
         Ok(Forward { exchange: self.proxy.prepare(req, out)?, route: log.route, response_filter })
     }
 }

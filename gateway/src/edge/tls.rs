@@ -310,7 +310,7 @@ fn development_certificate(config: &Config) -> Result<CertEntry, TlsError> {
 }
 
 /// Writes a file atomically (temporary file, fsync, rename) with `mode`.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     let err = |source| TlsError::Write { path: path.to_path_buf(), source };
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(&tmp).map_err(err)?;

@@ -9,6 +9,7 @@
 /// not needed.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+pub mod fleet;
 pub mod preview;
 pub mod sandbox;
 pub mod time;

@@ -11,10 +11,69 @@
 
 use super::App;
 use crate::{
-    model::sandbox::{Sandbox, SandboxId},
+    model::{
+        fleet::FleetHost,
+        sandbox::{Sandbox, SandboxId},
+    },
     state::{Change, EtcdStore, FeedItem, StoreError},
 };
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+/// The fleet's live members, as their host keys say: host → its fleet listener's address.
+#[derive(Default)]
+pub struct Peers(RwLock<BTreeMap<String, SocketAddr>>);
+
+impl Peers {
+    /// The members of a snapshot.
+    pub fn load(hosts: Vec<FleetHost>) -> Self {
+        Self(RwLock::new(hosts.into_iter().map(|h| (h.host, h.address)).collect()))
+    }
+
+    /// Where `host` listens, while its host key lives.
+    pub fn get(&self, host: &str) -> Option<SocketAddr> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(host).copied()
+    }
+
+    /// Every live member, by host.
+    pub fn all(&self) -> Vec<FleetHost> {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(host, address)| FleetHost { host: host.clone(), address: *address }).collect()
+    }
+
+    fn set(&self, host: FleetHost) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(host.host, host.address);
+    }
+
+    fn remove(&self, host: &str) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).remove(host);
+    }
+}
+
+/// Keeps this member's host key alive until `stop` resolves (announcing again after every
+/// failure: etcd unreachable, or the lease lapsed during an outage).
+pub async fn announce(store: Arc<EtcdStore>, me: FleetHost, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            Err(e) = store.announce(&me) => {
+                tracing::warn!(error = %e, host = me.host, "this host's key in etcd lapsed or cannot be renewed; announcing again");
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
 
 /// Pause before watching again after an error, doubled up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -102,6 +161,14 @@ impl App {
                 Change::PreviewGone(key) => {
                     touched.insert(key.sandbox_id(), ());
                     self.previews.follow_gone(&key);
+                }
+                Change::Host(host) => {
+                    tracing::info!(host = host.host, address = %host.address, "a fleet member is up");
+                    self.peers.set(host);
+                }
+                Change::HostGone(host) => {
+                    tracing::warn!(host, "a fleet member is gone (its host key lapsed or was removed)");
+                    self.peers.remove(&host);
                 }
             }
         }

@@ -127,6 +127,8 @@ pub struct App {
     store: Arc<dyn Store>,
     /// This gateway's `fleet.host`; `None` on a single host.
     host: Option<String>,
+    /// The fleet's live members (empty on a single host).
+    peers: fleet::Peers,
     sandboxes: Sandboxes,
     previews: PreviewRegistry,
     tokens: TokenRegistry,
@@ -171,6 +173,7 @@ impl App {
             mutating: tokio::sync::Mutex::new(Mutating { dataplane, store: store.clone(), host: host.clone() }),
             store,
             host,
+            peers: fleet::Peers::load(snapshot.hosts),
             sandboxes,
             previews,
             tokens,
@@ -205,6 +208,11 @@ impl App {
     /// This gateway's `fleet.host`; `None` on a single host.
     pub fn host(&self) -> Option<&str> {
         self.host.as_deref()
+    }
+
+    /// The fleet's live members.
+    pub fn peers(&self) -> &fleet::Peers {
+        &self.peers
     }
 
     /// Whether this gateway runs `sandbox` (always, on a single host).

@@ -9,6 +9,8 @@
 //! {prefix}tokens/{workspace}/{name}
 //! {prefix}previews/{workspace}/{sandbox}/{name}
 //! {prefix}secrets/{name}        32 bytes, created once (a transaction: put if absent, else read)
+//! {prefix}hosts/{host}          a live member and its fleet listener's address, on a lease
+//!                             ([`HOST_TTL`]) it renews: the key vanishes when it stops renewing
 //! ```
 //! Names cannot hold a '/' (they are DNS labels), so a key names exactly one record. `load`
 //! reads every key at one revision, in pages.
@@ -33,11 +35,12 @@ use super::{
     store::{StateSnapshot, Store, StoreError, StoreFuture, new_secret},
 };
 use crate::model::{
+    fleet::FleetHost,
     preview::{Preview, PreviewKey},
     sandbox::{AccessToken, Sandbox, SandboxId, TokenId, sandbox_label},
 };
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
     WatchOptions, WatchStream,
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -60,6 +63,20 @@ const PAGE: i64 = 500;
 /// Pause before asking again after `Unavailable` (times the attempt number).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// The lease of a host key, in seconds: a member that stops renewing it (down, or cut off from
+/// etcd) is gone for the others this long after its last renewal.
+pub const HOST_TTL: i64 = 10;
+/// Version of the host key's record.
+const HOST_RECORD_VERSION: u32 = 1;
+
+/// The record of a host key.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostRecord {
+    version: u32,
+    host: FleetHost,
+}
+
 /// How long a writer waits for its replica to catch up after [`StoreError::Changed`].
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -79,6 +96,8 @@ pub struct EtcdStore {
     applied: tokio::sync::watch::Sender<i64>,
     /// The highest revision etcd answered with (a refused write's answer included).
     seen: AtomicI64,
+    /// The lease of this member's host key (0: none yet).
+    lease: AtomicI64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +121,10 @@ pub enum Change {
     Preview(Preview),
     /// A preview deleted.
     PreviewGone(PreviewKey),
+    /// A member announced itself (or moved its fleet listener).
+    Host(FleetHost),
+    /// A member's host key vanished: it is down or cut off from etcd.
+    HostGone(String),
 }
 
 /// What the watch delivered.
@@ -167,6 +190,7 @@ impl EtcdStore {
             known: Mutex::new(HashMap::new()),
             applied: tokio::sync::watch::Sender::new(0),
             seen: AtomicI64::new(0),
+            lease: AtomicI64::new(0),
         })
     }
 
@@ -318,6 +342,7 @@ impl EtcdStore {
         snapshot.sandboxes.sort_by_key(Sandbox::id);
         snapshot.tokens.sort_by_key(AccessToken::id);
         snapshot.previews.sort_by_key(Preview::key);
+        snapshot.hosts.sort_by(|a, b| a.host.cmp(&b.host));
         *self.known() = kvs.into_iter().map(|(k, revision)| (k, Known { revision, exists: true })).collect();
         self.set_applied(revision);
         Ok(snapshot)
@@ -347,6 +372,12 @@ impl EtcdStore {
             let key = self.preview_key(&p.key());
             if before.get(&key) != now.get(&key) {
                 changes.push(Change::Preview(p));
+            }
+        }
+        for h in snapshot.hosts {
+            let key = format!("{}hosts/{}", self.prefix, h.host);
+            if before.get(&key) != now.get(&key) {
+                changes.push(Change::Host(h));
             }
         }
         for (key, k) in before {
@@ -392,6 +423,7 @@ impl EtcdStore {
                             changes.extend(one.sandboxes.into_iter().map(Change::Sandbox));
                             changes.extend(one.tokens.into_iter().map(Change::Token));
                             changes.extend(one.previews.into_iter().map(Change::Preview));
+                            changes.extend(one.hosts.into_iter().map(Change::Host));
                         }
                         Err(err) => tracing::error!(key = e.key, error = %err, "skipping a record that cannot be read"),
                     }
@@ -414,6 +446,7 @@ impl EtcdStore {
             ("previews", Some(ws), Some(sandbox), Some(name)) => {
                 Some(Change::PreviewGone(PreviewKey::new(ws, sandbox, name)))
             }
+            ("hosts", Some(host), None, None) => Some(Change::HostGone(host.to_string())),
             _ => None,
         }
     }
@@ -459,9 +492,73 @@ impl EtcdStore {
                 )
                 .map_err(corrupt)?,
             ),
+            "hosts" => snapshot.hosts.push(
+                record(
+                    value,
+                    "host",
+                    name,
+                    HOST_RECORD_VERSION,
+                    |r: HostRecord| (r.version, r.host),
+                    |h| h.host.clone(),
+                )
+                .map_err(corrupt)?,
+            ),
             _ => {}
         }
         Ok(())
+    }
+
+    /// Announces this member (`me`) under its host key on a lease, and keeps the lease alive
+    /// until renewing fails (etcd unreachable, or the lease expired meanwhile): the caller
+    /// announces again. The key is written unconditionally: only this member writes it.
+    pub async fn announce(&self, me: &FleetHost) -> Result<(), StoreError> {
+        let key = format!("{}hosts/{}", self.prefix, me.host);
+        let value = serde_json::to_vec(&HostRecord { version: HOST_RECORD_VERSION, host: me.clone() })
+            .map_err(|e| StoreError::Task(format!("encoding {key}: {e}")))?;
+        let etcd_err = |context: &str| {
+            let context = format!("{context} {key}");
+            move |source| StoreError::Etcd { endpoints: self.endpoints.clone(), context, source }
+        };
+        let lease = self
+            .call(|| format!("granting the lease of {key}"), |mut c| async move { c.lease_grant(HOST_TTL, None).await })
+            .await?
+            .id();
+        self.lease.store(lease, Ordering::Release);
+        let options = PutOptions::new().with_lease(lease);
+        self.call(
+            || format!("writing {key}"),
+            |mut c| {
+                let (key, value, options) = (key.clone(), value.clone(), options.clone());
+                async move { c.put(key, value, Some(options)).await }
+            },
+        )
+        .await?;
+        tracing::info!(host = me.host, address = %me.address, lease, "announced this host to the fleet");
+        let (mut keeper, mut answers) =
+            self.client.clone().lease_keep_alive(lease).await.map_err(etcd_err("keeping alive"))?;
+        loop {
+            tokio::time::sleep(Duration::from_secs(HOST_TTL as u64) / 3).await;
+            keeper.keep_alive().await.map_err(etcd_err("keeping alive"))?;
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, answers.message())
+                .await
+                .map_err(|_| StoreError::Task(format!("keeping {key} alive: no answer in {REQUEST_TIMEOUT:?}")))?
+                .map_err(etcd_err("keeping alive"))?;
+            match answer {
+                Some(a) if a.ttl() > 0 => {}
+                _ => return Err(StoreError::Task(format!("the lease of {key} expired"))),
+            }
+        }
+    }
+
+    /// Removes this member's host key at once (a shutdown, not a handover): the others stop
+    /// sending it requests now rather than when the lease lapses.
+    pub async fn withdraw(&self) {
+        let lease = self.lease.swap(0, Ordering::AcqRel);
+        if lease != 0
+            && let Err(e) = self.client.clone().lease_revoke(lease).await
+        {
+            tracing::warn!(error = %e, "could not remove this host's key; it lapses with its lease");
+        }
     }
 
     async fn secret_of(&self, name: &'static str) -> Result<[u8; 32], StoreError> {

@@ -221,7 +221,7 @@ impl Inner {
         })?;
         tokens.sort_by(|a, b| (&a.workspace, &a.name).cmp(&(&b.workspace, &b.name)));
         let previews = self.load_previews()?;
-        Ok(StateSnapshot { sandboxes, tokens, previews })
+        Ok(StateSnapshot { sandboxes, tokens, previews, hosts: Vec::new() })
     }
 
     fn put_sandbox(&self, sandbox: Sandbox) -> Result<(), StoreError> {

@@ -5,6 +5,7 @@
 //! are added as new methods and new fields of [`StateSnapshot`].
 
 use crate::errors::{ApiError, ErrorCode};
+use crate::model::fleet::FleetHost;
 use crate::model::preview::{Preview, PreviewKey};
 use crate::model::sandbox::{AccessToken, Sandbox, SandboxId, TokenId};
 use std::{
@@ -30,6 +31,8 @@ pub struct StateSnapshot {
     pub tokens: Vec<AccessToken>,
     /// Previews (their tokens inside), sorted by (workspace, sandbox, name).
     pub previews: Vec<Preview>,
+    /// The fleet's live members (an etcd store only), sorted by host.
+    pub hosts: Vec<FleetHost>,
 }
 
 /// Errors of a store, by cause.
@@ -159,7 +162,7 @@ impl Store for MemoryStore {
         let sandboxes = self.map().values().cloned().collect();
         let tokens = self.token_map().values().cloned().collect();
         let previews = self.previews.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        Box::pin(async move { Ok(StateSnapshot { sandboxes, tokens, previews }) })
+        Box::pin(async move { Ok(StateSnapshot { sandboxes, tokens, previews, hosts: Vec::new() }) })
     }
     fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()> {
         Box::pin(async move {

@@ -189,6 +189,11 @@ impl TokenRegistry {
         }
     }
 
+    /// Whether token `id` exists and has not expired at `now`.
+    pub fn is_live(&self, id: &TokenId, now: OffsetDateTime) -> bool {
+        self.read().by_id.get(id).is_some_and(|t| !t.is_expired(now))
+    }
+
     /// The tokens of a workspace, by name, without secrets.
     pub fn list(&self, workspace: &str, now: OffsetDateTime) -> Result<Vec<TokenView>, ApiError> {
         validate_token_names(workspace, None)?;
