@@ -37,6 +37,7 @@ pub struct Principal {
 /// → 401 `AUTHENTICATION_FAILED`; valid for another workspace, or `X-Blaxel-Workspace` naming
 /// another workspace → 403 `FORBIDDEN`.
 pub fn authenticate(app: &App, workspace: &str, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    app.check_fresh()?;
     check(app.tokens(), workspace, headers, OffsetDateTime::now_utc())
 }
 
@@ -167,6 +168,7 @@ pub const FLEET_HEADER_PREFIX: &str = "x-gw-fleet-";
 /// meanwhile no longer opens it. Another workspace's token → 403; a token that no longer
 /// lives → 401.
 pub fn vouched(app: &App, workspace: &str, token: (&str, &str)) -> Result<Principal, ApiError> {
+    app.check_fresh()?;
     let (token_ws, name) = token;
     if token_ws != workspace {
         return Err(ApiError::new(ErrorCode::Forbidden, "the token is not valid for this sandbox's workspace"));

@@ -32,6 +32,8 @@ pub const STATE_TOKENS: &str = "tokens";
 pub const STATE_TLS: &str = "tls";
 /// Inside `state.dir/tls`: the development CA certificate that clients trust.
 pub const TLS_CA_FILE: &str = "ca.pem";
+/// Inside `state.dir`: a fleet member's saved replica of the fleet's state.
+pub const FLEET_REPLICA_FILE: &str = "fleet-replica.json";
 /// Inside `state.dir`: the format marker.
 pub const STATE_FORMAT_FILE: &str = "FORMAT";
 /// Inside `state.dir`: the lock held by the running gateway.

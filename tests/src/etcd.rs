@@ -24,17 +24,25 @@ pub struct EtcdCluster {
     dir: TempDir,
     token: String,
     members: Vec<Member>,
+    /// Addresses the members also listen on for clients (besides 127.0.0.1).
+    extra: Vec<std::net::Ipv4Addr>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster has a leader and accepts a write.
     pub fn start(n: usize) -> EtcdCluster {
+        Self::start_on(n, &[])
+    }
+
+    /// [`EtcdCluster::start`] with the members' client ports also open on `extra` (addresses
+    /// of this namespace that gateways in other namespaces reach: [`EtcdCluster::endpoints_via`]).
+    pub fn start_on(n: usize, extra: &[std::net::Ipv4Addr]) -> EtcdCluster {
         let dir = temp_dir("gateway-etcd");
         let token = format!("gw-test-{}-{}", std::process::id(), free_port());
         let members = (0..n)
             .map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), process: None })
             .collect();
-        let mut cluster = EtcdCluster { dir, token, members };
+        let mut cluster = EtcdCluster { dir, token, members, extra: extra.to_vec() };
         for i in 0..n {
             cluster.spawn(i);
         }
@@ -50,11 +58,14 @@ impl EtcdCluster {
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).expect("etcd log file");
         let err = log.try_clone().expect("etcd log file");
         let client = format!("http://127.0.0.1:{}", m.client_port);
+        let listen: Vec<String> = std::iter::once(client.clone())
+            .chain(self.extra.iter().map(|ip| format!("http://{ip}:{}", m.client_port)))
+            .collect();
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let child = Command::new("etcd")
             .args(["--name", &m.name, "--data-dir"])
             .arg(&data)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-client-urls", &listen.join(","), "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new", "--experimental-watch-progress-notify-interval", "1s"])
@@ -69,6 +80,11 @@ impl EtcdCluster {
     /// The client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
+    }
+
+    /// The client URLs of every member at `ip` (one of the `extra` addresses).
+    pub fn endpoints_via(&self, ip: std::net::Ipv4Addr) -> Vec<String> {
+        self.members.iter().map(|m| format!("http://{ip}:{}", m.client_port)).collect()
     }
 
     /// Member `i`'s client endpoint.
@@ -118,6 +134,19 @@ impl EtcdCluster {
         let id = status["header"]["member_id"].as_u64()?;
         let leader = status["leader"].as_u64()?;
         (leader != 0).then_some((id, leader))
+    }
+
+    /// The cluster's current revision, as member `i` answers.
+    pub fn revision(&self, i: usize) -> i64 {
+        let out = self.etcdctl(i, &["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v[0]["Status"]["header"]["revision"].as_i64().unwrap_or_else(|| panic!("no revision in {v}"))
+    }
+
+    /// Compacts the history up to `revision`: a watch from before it cannot resume.
+    pub fn compact(&self, i: usize, revision: i64) {
+        let out = self.etcdctl(i, &["compact", &revision.to_string(), "--physical"]);
+        assert!(out.status.success(), "etcdctl compact: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Kills member `i` (SIGKILL: no goodbye to its peers).

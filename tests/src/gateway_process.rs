@@ -145,6 +145,10 @@ pub struct GatewayProcess {
     https_port: u16,
     token: String,
     log_filter: String,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<String>,
+    /// The address of its HTTPS listener.
+    https_ip: std::net::Ipv4Addr,
 }
 
 impl GatewayProcess {
@@ -213,7 +217,21 @@ impl GatewayProcess {
             https_port,
             token: TEST_TOKEN.to_string(),
             log_filter: "info".to_string(),
+            netns: None,
+            https_ip: std::net::Ipv4Addr::LOCALHOST,
         }
+    }
+
+    /// [`GatewayProcess::enforcing`] inside network namespace `netns`, its HTTPS listener on
+    /// `https_ip` there and its admin API on a unix socket (reachable from any namespace).
+    pub fn in_netns(netns: &str, https_ip: std::net::Ipv4Addr, bpffs: &Path, extra_config: &str) -> GatewayProcess {
+        let dir = temp_dir("gateway-netns-test");
+        let admin = AdminAddr::Unix(dir.path().join("run/admin.sock"));
+        let mut gw = Self::configured(dir, admin, Some(bpffs), extra_config);
+        gw.edit_config(|c| c.replace("https = \"127.0.0.1:", &format!("https = \"{https_ip}:")));
+        gw.netns = Some(netns.to_string());
+        gw.https_ip = https_ip;
+        gw
     }
 
     /// Spawns `gateway serve` and waits until `/live` answers (panics with the log if it exits).
@@ -258,7 +276,18 @@ impl GatewayProcess {
     fn spawn_raw(&self) -> Child {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open the log");
         let log2 = log.try_clone().expect("clone the log");
-        gateway_command()
+        let mut command = match &self.netns {
+            // `ip netns exec` enters the namespace and execs the gateway: the child's pid is
+            // the gateway's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(gateway_bin());
+                c.env_remove("GATEWAY_ADMIN").env_remove("GATEWAY_ADMIN_TOKEN").env_remove("GATEWAY_CONFIG");
+                c
+            }
+            None => gateway_command(),
+        };
+        command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -368,7 +397,7 @@ impl GatewayProcess {
 
     /// The HTTPS listener (127.0.0.1).
     pub fn https_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.https_port))
+        SocketAddr::from((self.https_ip, self.https_port))
     }
 
     /// The development CA the gateway generates when no certificate is configured.

@@ -2,6 +2,7 @@ pub mod attack;
 pub mod edge;
 pub mod env;
 pub mod etcd;
+pub mod fleet;
 pub mod gateway_process;
 pub mod harness;
 pub mod idle;

@@ -42,7 +42,8 @@ fn the_etcd_store_shares_records_between_gateways() {
     use gateway::state::{Store, StoreError, etcd_store::EtcdSettings};
     let mut etcd = EtcdCluster::start(3);
     let prefix = format!("/gateway-test-{}/", std::process::id());
-    let settings = |endpoints: Vec<String>| EtcdSettings { endpoints, prefix: prefix.clone(), user: None };
+    let settings =
+        |endpoints: Vec<String>| EtcdSettings { endpoints, prefix: prefix.clone(), user: None, replica: None };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let sandbox: gateway::model::sandbox::Sandbox = serde_json::from_str(
         r#"{"workspace":"acme","name":"web","address":"198.18.0.2","interface":"gwt-veth0","ports":[{"target":3000,"protocol":"HTTP"}]}"#,

@@ -13,7 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use gateway_tests::{
     edge::*,
     etcd::EtcdCluster,
-    gateway_process::{GatewayProcess, TempDir, dataplane_dump, free_port, run_gateway, temp_dir},
+    fleet::{fleet_pki, fleet_section},
+    gateway_process::{GatewayProcess, dataplane_dump, free_port},
     harness::{BpffsDir, Sandbox},
 };
 use http::Method;
@@ -26,30 +27,6 @@ use std::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-
-/// A fleet CA and the certificates of `hosts`, made with the CLI.
-fn fleet_pki(hosts: &[&str]) -> TempDir {
-    let dir = temp_dir("gateway-fleet-pki");
-    let d = dir.path().to_str().expect("utf-8");
-    let out = run_gateway(&["fleet", "ca", "--dir", d]);
-    assert!(out.status.success(), "fleet ca: {}", String::from_utf8_lossy(&out.stderr));
-    for host in hosts {
-        let out = run_gateway(&["fleet", "cert", host, "--dir", d]);
-        assert!(out.status.success(), "fleet cert: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    dir
-}
-
-/// The `[fleet]` section of host `host`.
-fn fleet_section(etcd: &EtcdCluster, pki: &Path, prefix: &str, host: &str) -> String {
-    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
-    let p = pki.display();
-    format!(
-        "\n[fleet]\netcd = [{}]\nhost = \"{host}\"\nlisten = \"127.0.0.1:{}\"\nca = \"{p}/ca.pem\"\ncert = \"{p}/{host}.pem\"\nkey = \"{p}/{host}.key\"\nprefix = \"{prefix}\"\n",
-        endpoints.join(", "),
-        free_port()
-    )
-}
 
 /// Polls `check` every millisecond until it holds; how long that took (panics after 5 s: the
 /// bound is liveness, the figures are printed).
@@ -116,9 +93,15 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
     let (pins_a, pins_b) = (BpffsDir::new(), BpffsDir::new());
     let rt = runtime();
     let _rt = rt.enter();
-    let mut a = GatewayProcess::enforcing(pins_a.path(), &fleet_section(&etcd, pki.path(), &prefix, "host-a"));
+    let mut a = GatewayProcess::enforcing(
+        pins_a.path(),
+        &fleet_section(&etcd.endpoints(), pki.path(), &prefix, "host-a", &format!("127.0.0.1:{}", free_port())),
+    );
     a.spawn();
-    let mut b = GatewayProcess::enforcing(pins_b.path(), &fleet_section(&etcd, pki.path(), &prefix, "host-b"));
+    let mut b = GatewayProcess::enforcing(
+        pins_b.path(),
+        &fleet_section(&etcd.endpoints(), pki.path(), &prefix, "host-b", &format!("127.0.0.1:{}", free_port())),
+    );
     b.spawn();
     let (edge_a, edge_b) = (EdgeClient::new(&a), EdgeClient::new(&b));
     let sb = Sandbox::new();

@@ -102,7 +102,8 @@ async fn connect_fleet(config: &Config) -> anyhow::Result<EtcdStore> {
             .with_context(|| format!("fleet.etcd_password_file {}", f.etcd_password_file.display()))?;
         Some((f.etcd_user.clone(), password.trim_end_matches(['\n', '\r']).to_string()))
     };
-    let settings = EtcdSettings { endpoints: f.etcd.clone(), prefix: f.prefix.clone(), user };
+    let replica = Some(config.state.dir.join(paths::FLEET_REPLICA_FILE));
+    let settings = EtcdSettings { endpoints: f.etcd.clone(), prefix: f.prefix.clone(), user, replica };
     EtcdStore::connect(&settings)
         .await
         .with_context(|| format!("cannot connect to the fleet's etcd ({})", f.etcd.join(", ")))
@@ -199,8 +200,9 @@ struct Serving {
     admin_task: Task,
     edge_task: Task,
     reaper: Task,
-    /// A fleet member's replica, and the task keeping its host key alive.
-    replica: Option<(Task, Task)>,
+    /// A fleet member's replica, the task keeping its host key alive, the one saving the
+    /// replica.
+    replica: Option<(Task, Task, Task)>,
 }
 
 impl Serving {
@@ -220,7 +222,7 @@ impl Serving {
         Self { app, admin, https, fleet, admin_task, edge_task, reaper, replica }
     }
 
-    fn replica(app: &Arc<App>, https: &EdgeListener, fleet: Option<&Arc<EtcdStore>>) -> Option<(Task, Task)> {
+    fn replica(app: &Arc<App>, https: &EdgeListener, fleet: Option<&Arc<EtcdStore>>) -> Option<(Task, Task, Task)> {
         let store = fleet?.clone();
         let config = app.config();
         let address = match config.fleet.advertise.parse() {
@@ -232,10 +234,16 @@ impl Serving {
             let (app, store) = (app.clone(), store.clone());
             Task::spawn("fleet replica", move |stop| crate::service::fleet::follow(app, store, stop.cancelled_owned()))
         };
+        let saver = {
+            let (app, store) = (app.clone(), store.clone());
+            Task::spawn("fleet replica saver", move |stop| {
+                crate::service::fleet::persist(app, store, stop.cancelled_owned())
+            })
+        };
         let announcer = Task::spawn("fleet host key", move |stop| {
             crate::service::fleet::announce(store, me, stop.cancelled_owned())
         });
-        Some((follower, announcer))
+        Some((follower, announcer, saver))
     }
 
     fn admin_task(app: &Arc<App>, admin: &Arc<admin::Listener>) -> Task {
@@ -253,9 +261,10 @@ impl Serving {
     async fn stop_mutators(&mut self) {
         self.admin_task.stop().await;
         self.reaper.stop().await;
-        if let Some((follower, announcer)) = &mut self.replica {
+        if let Some((follower, announcer, saver)) = &mut self.replica {
             follower.stop().await;
             announcer.stop().await;
+            saver.stop().await;
         }
     }
 

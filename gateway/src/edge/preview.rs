@@ -60,6 +60,9 @@ impl Edge {
         if !vouched && let Some(answer) = gate::preflight(&preview, req.method(), req.headers()) {
             return Ok(Routed::Answer(boxed(answer)));
         }
+        if !preview.public {
+            self.app.check_fresh()?;
+        }
         let (mut parts, body) = req.into_parts();
         if !vouched
             && let Decision::Answer(answer) =

@@ -55,6 +55,38 @@ impl Peers {
     }
 }
 
+/// How often the replica is saved while it changes.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Saves the replica under `state.dir` while it changes, and once more when `stop` resolves.
+pub async fn persist(app: Arc<App>, store: Arc<EtcdStore>, stop: impl Future<Output = ()>) {
+    let Some(path) = store.replica_path().map(|p| p.to_path_buf()) else { return };
+    tokio::pin!(stop);
+    let mut saved = None;
+    loop {
+        let stopping = tokio::select! {
+            () = &mut stop => true,
+            () = tokio::time::sleep(SAVE_EVERY) => false,
+        };
+        if saved != Some(store.applied()) {
+            let image = {
+                let _m = app.mutating.lock().await;
+                store.replica_image(app.snapshot())
+            };
+            let revision = image.revision;
+            let path = path.clone();
+            match tokio::task::spawn_blocking(move || image.write(&path)).await {
+                Ok(Ok(())) => saved = Some(revision),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the replica"),
+                Err(e) => tracing::warn!(error = %e, "the task saving the replica failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// Keeps this member's host key alive until `stop` resolves (announcing again after every
 /// failure: etcd unreachable, or the lease lapsed during an outage).
 pub async fn announce(store: Arc<EtcdStore>, me: FleetHost, stop: impl Future<Output = ()>) {
@@ -131,6 +163,16 @@ async fn watch(app: &App, store: &EtcdStore) -> Result<(), StoreError> {
 }
 
 impl App {
+    /// Everything the indexes hold, as the store's records.
+    pub fn snapshot(&self) -> crate::state::StateSnapshot {
+        crate::state::StateSnapshot {
+            sandboxes: self.sandboxes.all().iter().map(|s| Sandbox::clone(s)).collect(),
+            tokens: self.tokens.all(),
+            previews: self.previews.all(),
+            hosts: self.peers.all(),
+        }
+    }
+
     /// Applies the replica's changes: the indexes, then the kernel policy of every sandbox of
     /// this host they touched (a sandbox gone, or moved to another address, leaves the kernel
     /// first: fail closed).

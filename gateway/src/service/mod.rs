@@ -210,6 +210,28 @@ impl App {
         self.host.as_deref()
     }
 
+    /// 503 when this fleet member has had no news from etcd for longer than
+    /// `fleet.auth_max_staleness`: a token revoked meanwhile could still be accepted, so
+    /// requests that need one are refused (public previews keep working). Always `Ok` on a
+    /// single host.
+    pub fn check_fresh(&self) -> Result<(), ApiError> {
+        if self.host.is_none() {
+            return Ok(());
+        }
+        let limit = self.config.load().fleet.auth_max_staleness.get();
+        match self.store.stale_for() {
+            Some(stale) if stale > limit => Err(ApiError::new(
+                ErrorCode::StoreUnavailable,
+                format!(
+                    "this gateway has had no news from the fleet's etcd for {}s (fleet.auth_max_staleness {}s): a revoked credential cannot be told from a valid one; retry later",
+                    stale.as_secs(),
+                    limit.as_secs()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The fleet's live members.
     pub fn peers(&self) -> &fleet::Peers {
         &self.peers

@@ -32,6 +32,7 @@
 
 use super::{
     file_store::{PREVIEW_RECORD_VERSION, PreviewRecord, RECORD_VERSION, StoredSandbox, TokenRecord},
+    replica_file::ReplicaFile,
     store::{StateSnapshot, Store, StoreError, StoreFuture, new_secret},
 };
 use crate::model::{
@@ -45,7 +46,7 @@ use etcd_client::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     future::Future,
     path::PathBuf,
     sync::{
@@ -55,8 +56,12 @@ use std::{
     time::Duration,
 };
 
-/// How long one etcd request may take (a member that lost its quorum does not answer).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one etcd request may take (a member that lost its quorum does not answer): a
+/// mutation during an outage is answered 503 after about this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a watch asks etcd to confirm the revision it reached (so that a quiet fleet is
+/// told apart from one cut off from etcd).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Keys per range request of `load`: each response stays far below gRPC's 4 MiB default
 /// (a sandbox record is about 200 bytes).
 const PAGE: i64 = 500;
@@ -80,6 +85,11 @@ struct HostRecord {
 /// How long a writer waits for its replica to catch up after [`StoreError::Changed`].
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Milliseconds since the Unix epoch.
+fn wall_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
 /// A store in etcd.
 pub struct EtcdStore {
     client: Client,
@@ -98,6 +108,17 @@ pub struct EtcdStore {
     seen: AtomicI64,
     /// The lease of this member's host key (0: none yet).
     lease: AtomicI64,
+    /// When etcd last confirmed the replica's revision (milliseconds since `started`).
+    news_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+    /// Whether etcd confirmed anything since the start; until then, the saved replica's age
+    /// (`offline_age_ms`) counts too.
+    heard: AtomicBool,
+    offline_age_ms: std::sync::atomic::AtomicU64,
+    /// Where the replica is saved (`state.dir`), to start from when etcd cannot be reached.
+    replica: Option<PathBuf>,
+    /// The fleet's secrets once read (they never change).
+    secrets: Mutex<BTreeMap<String, [u8; 32]>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +169,7 @@ pub struct RawEvent {
 pub struct Feed {
     stream: WatchStream,
     from: i64,
+    progress: tokio::time::Interval,
 }
 
 /// How to reach etcd.
@@ -159,6 +181,8 @@ pub struct EtcdSettings {
     pub prefix: String,
     /// User and password (etcd authentication).
     pub user: Option<(String, String)>,
+    /// Where the replica is saved, to start from when etcd cannot be reached.
+    pub replica: Option<PathBuf>,
 }
 
 impl EtcdStore {
@@ -191,6 +215,12 @@ impl EtcdStore {
             applied: tokio::sync::watch::Sender::new(0),
             seen: AtomicI64::new(0),
             lease: AtomicI64::new(0),
+            news_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            heard: AtomicBool::new(false),
+            offline_age_ms: std::sync::atomic::AtomicU64::new(0),
+            replica: settings.replica.clone(),
+            secrets: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -211,12 +241,72 @@ impl EtcdStore {
     /// need not be remembered any more.
     pub fn set_applied(&self, revision: i64) {
         self.saw(revision);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.news_ms.fetch_max(now, Ordering::AcqRel);
+        self.heard.store(true, Ordering::Release);
         self.applied.send_if_modified(|r| {
             let moved = revision > *r;
             *r = (*r).max(revision);
             moved
         });
         self.known().retain(|_, k| k.exists || k.revision > revision);
+    }
+
+    /// How long since etcd last confirmed what the replica holds.
+    pub fn stale_for(&self) -> Duration {
+        let news = Duration::from_millis(self.news_ms.load(Ordering::Acquire));
+        let since = self.started.elapsed().saturating_sub(news);
+        match self.heard.load(Ordering::Acquire) {
+            true => since,
+            false => since + Duration::from_millis(self.offline_age_ms.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Where the replica is saved.
+    pub fn replica_path(&self) -> Option<&std::path::Path> {
+        self.replica.as_deref()
+    }
+
+    /// The replica to save: `snapshot` (the indexes, taken under the mutation lock with this
+    /// call) with the revision and keys it is at.
+    pub fn replica_image(&self, snapshot: StateSnapshot) -> ReplicaFile {
+        let keys = self.known().iter().filter(|(_, k)| k.exists).map(|(key, k)| (key.clone(), k.revision)).collect();
+        let now_ms = i64::try_from(wall_ms()).unwrap_or(i64::MAX);
+        let confirmed = now_ms.saturating_sub(i64::try_from(self.stale_for().as_millis()).unwrap_or(i64::MAX));
+        let mut file = ReplicaFile::new(&self.prefix, self.applied(), confirmed, keys).with(snapshot);
+        let secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        file.secrets = secrets.iter().map(|(name, s)| (name.clone(), hex::encode(s))).collect();
+        file
+    }
+
+    /// The saved replica, when etcd cannot be reached at start (`unreachable`: why).
+    fn load_saved(&self, path: &std::path::Path, unreachable: StoreError) -> Result<StateSnapshot, StoreError> {
+        let file = ReplicaFile::read(path, &self.prefix).map_err(|e| {
+            tracing::error!(error = %e, "the saved replica cannot be used either");
+            unreachable
+        })?;
+        *self.known() =
+            file.keys.iter().map(|(k, revision)| (k.clone(), Known { revision: *revision, exists: true })).collect();
+        let mut secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, text) in &file.secrets {
+            let mut secret = [0u8; 32];
+            if hex::decode_to_slice(text, &mut secret).is_ok() {
+                secrets.insert(name.clone(), secret);
+            }
+        }
+        drop(secrets);
+        let age = u64::try_from(i64::try_from(wall_ms()).unwrap_or(i64::MAX).saturating_sub(file.confirmed_at_ms))
+            .unwrap_or(0);
+        self.offline_age_ms.store(age, Ordering::Release);
+        self.applied.send_replace(file.revision);
+        self.saw(file.revision);
+        tracing::warn!(
+            revision = file.revision,
+            age_secs = age / 1000,
+            sandboxes = file.sandboxes.len(),
+            "etcd cannot be reached: serving the replica saved in the state directory until it can"
+        );
+        Ok(file.snapshot())
     }
 
     /// Waits until the replica holds every change etcd told this gateway about.
@@ -400,7 +490,9 @@ impl EtcdStore {
                 },
             )
             .await?;
-        Ok(Feed { stream, from })
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Feed { stream, from, progress })
     }
 
     /// What the watch delivered, minus what the replica already holds, as changes; the replica
@@ -562,6 +654,15 @@ impl EtcdStore {
     }
 
     async fn secret_of(&self, name: &'static str) -> Result<[u8; 32], StoreError> {
+        if let Some(s) = self.secrets.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(*s);
+        }
+        let secret = self.create_secret(name).await?;
+        self.secrets.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), secret);
+        Ok(secret)
+    }
+
+    async fn create_secret(&self, name: &'static str) -> Result<[u8; 32], StoreError> {
         let key = format!("{}secrets/{name}", self.prefix);
         let fresh = new_secret()?;
         // Created once for the whole fleet: put only if the key was never created, else read
@@ -622,7 +723,15 @@ fn record<R: DeserializeOwned, T>(
 
 impl Store for EtcdStore {
     fn load(&self) -> StoreFuture<'_, StateSnapshot> {
-        Box::pin(self.load_all())
+        Box::pin(async move {
+            match self.load_all().await {
+                Err(e @ StoreError::Etcd { .. }) => match self.replica.as_deref() {
+                    Some(path) if path.exists() => self.load_saved(path, e),
+                    _ => Err(e),
+                },
+                other => other,
+            }
+        })
     }
     fn put_sandbox(&self, sandbox: Sandbox) -> StoreFuture<'_, ()> {
         let key = self.sandbox_key(&sandbox);
@@ -661,6 +770,9 @@ impl Store for EtcdStore {
             Ok(())
         })
     }
+    fn stale_for(&self) -> Option<Duration> {
+        Some(EtcdStore::stale_for(self))
+    }
 }
 
 impl Feed {
@@ -668,18 +780,29 @@ impl Feed {
     /// revision the replica reached).
     pub async fn next(&mut self) -> Result<FeedItem, StoreError> {
         loop {
-            let context = || format!("watching from revision {}", self.from);
-            let response = self
-                .stream
-                .message()
-                .await
-                .map_err(|source| StoreError::Etcd { endpoints: String::new(), context: context(), source })?
-                .ok_or_else(|| StoreError::Task(format!("{}: etcd closed the watch", context())))?;
+            let context = |from: i64| format!("watching from revision {from}");
+            let etcd =
+                |from: i64| move |source| StoreError::Etcd { endpoints: String::new(), context: context(from), source };
+            let message = tokio::select! {
+                m = self.stream.message() => m,
+                _ = self.progress.tick() => {
+                    // Answered by an empty response at the revision etcd reached.
+                    self.stream.request_progress().await.map_err(etcd(self.from))?;
+                    continue;
+                }
+            };
+            let response = message
+                .map_err(etcd(self.from))?
+                .ok_or_else(|| StoreError::Task(format!("{}: etcd closed the watch", context(self.from))))?;
             if response.compact_revision() > 0 {
                 return Ok(FeedItem::Compacted(response.compact_revision()));
             }
             if response.canceled() {
-                return Err(StoreError::Task(format!("{}: canceled: {}", context(), response.cancel_reason())));
+                return Err(StoreError::Task(format!(
+                    "{}: canceled: {}",
+                    context(self.from),
+                    response.cancel_reason()
+                )));
             }
             let header = response.header().map_or(0, |h| h.revision());
             if response.created() && response.events().is_empty() {

@@ -322,7 +322,7 @@ fn load_records<R: DeserializeOwned, T>(
 
 /// Writes `dir/name` atomically and durably: temp file, fsync, rename, fsync the directory.
 /// Counted in the `state_writes` metric as a `write`.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let started = Instant::now();
     let tmp = dir.join(format!("{name}{TEMP_SUFFIX}"));
     let path = dir.join(name);

@@ -6,6 +6,7 @@
 
 pub mod etcd_store;
 pub mod file_store;
+pub mod replica_file;
 pub mod store;
 
 pub use etcd_store::{Change, EtcdSettings, EtcdStore, Feed, FeedItem};

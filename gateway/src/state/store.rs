@@ -117,6 +117,11 @@ pub trait Store: Send + Sync + 'static {
     fn catch_up(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
+    /// How long since the shared store last confirmed what the indexes hold (a fleet's
+    /// replica); `None` for a store only this gateway writes.
+    fn stale_for(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// An in-memory store (tests), whose writes can be made to fail.

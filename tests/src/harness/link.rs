@@ -138,6 +138,18 @@ impl SandboxLink {
 
     /// Fallible [`SandboxLink::new`]. On error, whatever was created is removed.
     pub fn try_new(ns: &Netns) -> io::Result<SandboxLink> {
+        Self::try_new_in(None, ns)
+    }
+
+    /// A link whose host side is in namespace `outer` (a host of a fleet, itself a namespace)
+    /// rather than the test's own; it goes away with either namespace.
+    pub fn new_in(outer: &Netns, ns: &Netns) -> SandboxLink {
+        sys::require_root();
+        SandboxLink::try_new_in(Some(outer), ns)
+            .unwrap_or_else(|e| panic!("cannot create a veth link {outer} -> {ns}: {e}"))
+    }
+
+    fn try_new_in(outer: Option<&Netns>, ns: &Netns) -> io::Result<SandboxLink> {
         ensure_ip_forward()?;
         let claim = Claim::acquire()?;
         let block = claim.block;
@@ -150,23 +162,36 @@ impl SandboxLink {
             _claim: claim,
         };
         // From here on, an early return drops `link`, which deletes the pair.
-        link.setup(ns)
+        link.setup(outer, ns)
     }
 
-    fn setup(mut self, ns: &Netns) -> io::Result<SandboxLink> {
+    fn setup(mut self, outer: Option<&Netns>, ns: &Netns) -> io::Result<SandboxLink> {
         let (h, s) = (self.host_ifname.clone(), self.sandbox_ifname.clone());
         let host_cidr = format!("{}/{LINK_PREFIX}", self.host_addr());
         let sandbox_cidr = format!("{}/{LINK_PREFIX}", self.sandbox_addr());
         let host_addr = self.host_addr().to_string();
+        let host_ip = |args: &[&str]| match outer {
+            Some(o) => o.ip(args).map(drop),
+            None => ip(args).map(drop),
+        };
 
-        ip(&["link", "add", &h, "type", "veth", "peer", "name", &s, "netns", ns.name()])?;
-        self.host_ifindex =
-            ifindex(&h).ok_or_else(|| io::Error::other(format!("{h} vanished right after creation")))?;
+        host_ip(&["link", "add", &h, "type", "veth", "peer", "name", &s, "netns", ns.name()])?;
+        let index = match outer {
+            Some(o) => o.run(|| ifindex(&h)),
+            None => ifindex(&h),
+        };
+        self.host_ifindex = index.ok_or_else(|| io::Error::other(format!("{h} vanished right after creation")))?;
 
-        write_sysctl_if_present(&format!("/proc/sys/net/ipv6/conf/{h}/disable_ipv6"), "1")?;
-        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{h}/rp_filter"), "0")?;
-        ip(&["addr", "add", &host_cidr, "dev", &h])?;
-        ip(&["link", "set", &h, "up"])?;
+        let sysctls = || -> io::Result<()> {
+            write_sysctl_if_present(&format!("/proc/sys/net/ipv6/conf/{h}/disable_ipv6"), "1")?;
+            write_sysctl(&format!("/proc/sys/net/ipv4/conf/{h}/rp_filter"), "0")
+        };
+        match outer {
+            Some(o) => o.run(sysctls)?,
+            None => sysctls()?,
+        }
+        host_ip(&["addr", "add", &host_cidr, "dev", &h])?;
+        host_ip(&["link", "set", &h, "up"])?;
 
         let s2 = s.clone();
         ns.run(move || -> io::Result<()> {
@@ -273,6 +298,13 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         let ns = Netns::new();
         let link = SandboxLink::new(&ns);
+        Sandbox { link, ns }
+    }
+
+    /// A sandbox behind an interface in namespace `host` (a host of a fleet).
+    pub fn new_in(host: &Netns) -> Sandbox {
+        let ns = Netns::new();
+        let link = SandboxLink::new_in(host, &ns);
         Sandbox { link, ns }
     }
 

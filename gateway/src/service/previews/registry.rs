@@ -293,6 +293,11 @@ impl PreviewRegistry {
         self.changed.notify_one();
     }
 
+    /// Every preview (expired ones not yet reaped included), by key.
+    pub fn all(&self) -> Vec<Preview> {
+        self.read().all().map(|p| Preview::clone(p)).collect()
+    }
+
     /// The replica's change: `preview` as etcd holds it now.
     pub fn follow(&self, preview: Preview) {
         self.write().insert(Arc::new(preview));

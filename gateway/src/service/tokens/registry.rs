@@ -189,6 +189,11 @@ impl TokenRegistry {
         }
     }
 
+    /// Every token, by (workspace, name).
+    pub fn all(&self) -> Vec<AccessToken> {
+        self.read().by_id.values().map(|t| AccessToken::clone(t)).collect()
+    }
+
     /// Whether token `id` exists and has not expired at `now`.
     pub fn is_live(&self, id: &TokenId, now: OffsetDateTime) -> bool {
         self.read().by_id.get(id).is_some_and(|t| !t.is_expired(now))
