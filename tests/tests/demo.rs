@@ -150,3 +150,83 @@ fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
     assert!(!Path::new("/sys/fs/bpf/gateway-demo").exists(), "the demo pins are gone");
     assert!(!root.join(".gateway-demo").exists(), "the demo directory is gone");
 }
+
+/// `cargo xtask run --fleet`, non-interactively: three gateways on one etcd, every sandbox
+/// requested through every gateway (the table it prints), every printed command run as pasted;
+/// Ctrl-C removes everything.
+#[test]
+fn the_fleet_serves_every_sandbox_through_every_gateway_and_ctrl_c_removes_everything() {
+    require_root();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = Command::new(xtask_bin())
+        .args(["run", "--fleet", "--gateway-bin"])
+        .arg(gateway_bin())
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the fleet");
+    let stdout = child.stdout.take().expect("stdout");
+    let fleet = Interrupt(child);
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let mut transcript = String::new();
+    let mut comment = String::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no `fleet: ready`; output so far:\n{transcript}"));
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line == "fleet: ready" {
+            break;
+        }
+        if let Some(c) = line.strip_prefix("# ") {
+            comment = c.to_string();
+        } else if let Some(cmd) = line.strip_prefix("  $ ") {
+            printed.push(Printed { what: comment.clone(), command: cmd.to_string() });
+        }
+    }
+    for host in ["host-a", "host-b", "host-c"] {
+        let row = transcript
+            .lines()
+            .find(|l| l.trim_start().starts_with(host))
+            .unwrap_or_else(|| panic!("no row for {host}:\n{transcript}"));
+        assert_eq!(row.split_whitespace().skip(1).collect::<Vec<_>>(), ["200", "200", "200"], "{transcript}");
+    }
+    let mut revoked = false;
+    for p in &printed {
+        let (code, text) = run_shell(&p.command);
+        let w = p.what.as_str();
+        if w.contains("revoked") {
+            assert!(code == Some(0) && text.contains("AUTHENTICATION_FAILED"), "{w}\n$ {}\n{text}", p.command);
+            revoked = true;
+        } else if w.contains("forwarded") {
+            assert!(!revoked, "the commands are run in the printed order");
+            assert!(
+                code == Some(0) && text.contains("hello from the demo app on port 3000"),
+                "{w}\n$ {}\n{text}",
+                p.command
+            );
+        } else if w.contains("as etcd holds it") {
+            assert!(code == Some(0) && text.contains("/gateway-demo/hosts/host-c"), "{w}\n$ {}\n{text}", p.command);
+        } else {
+            panic!("a printed command the test does not know: {w}\n$ {}", p.command);
+        }
+    }
+    assert!(revoked, "{transcript}");
+    drop(fleet);
+    for ns in ["gwf-host-a", "gwf-sbx-c"] {
+        assert!(!Path::new("/run/netns").join(ns).exists(), "{ns} is gone");
+    }
+    assert!(!Path::new("/sys/fs/bpf/gateway-fleet-a").exists(), "the pins are gone");
+    assert!(!root.join(".gateway-fleet").exists(), "the fleet's directory is gone");
+}

@@ -38,13 +38,15 @@ const WORKSPACE: &str = "acme";
 const SANDBOX: &str = "demo";
 const WEB_PORT: u16 = 3000;
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by SIGINT or SIGTERM.
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn install_handlers() {
+/// Sets [`STOP`] on SIGINT and SIGTERM.
+pub(crate) fn install_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {

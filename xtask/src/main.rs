@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod demo;
 mod demo_app;
+mod fleet_demo;
 mod fuzz;
 mod install;
 mod lint;
@@ -57,8 +58,13 @@ enum Cmd {
         /// Also create a demo sandbox (network namespace, web app with a WebSocket echo, sandbox
         /// API stand-in), register it, mint a token and two previews, and print commands to
         /// paste; Ctrl-C removes everything.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fleet")]
         demo: bool,
+        /// A fleet of three gateways on one machine instead: three etcd members, three hosts
+        /// (network namespaces) each with a gateway and a sandbox; every sandbox is requested
+        /// through every gateway, and commands to paste are printed; Ctrl-C removes everything.
+        #[arg(long)]
+        fleet: bool,
         /// Use this gateway binary instead of building one.
         #[arg(long, value_name = "PATH")]
         gateway_bin: Option<PathBuf>,
@@ -145,7 +151,8 @@ fn main() -> ExitCode {
         Cmd::Modules => modules::print(&root().join("gateway/src")),
         Cmd::Test { args } => test::run(&args),
         Cmd::Run { demo: true, gateway_bin, .. } => demo::run(gateway_bin),
-        Cmd::Run { demo: false, gateway_bin, args } => run::run(gateway_bin, &args),
+        Cmd::Run { fleet: true, gateway_bin, .. } => fleet_demo::run(gateway_bin),
+        Cmd::Run { gateway_bin, args, .. } => run::run(gateway_bin, &args),
         Cmd::DemoApp { web, api } => demo_app::run(web, api),
         Cmd::Install { systemd, prefix, root, bin } => {
             install::install(&install::Layout { root, prefix }, systemd, bin)
