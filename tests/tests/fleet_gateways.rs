@@ -290,6 +290,32 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
         assert_eq!(winner.client().delete(&path).status, 204);
     }
 
+    // What each member says of the fleet: admin API, CLI, metrics.
+    let view = b.client().get("/v1/fleet").json();
+    assert_eq!(view["host"], "host-b", "{view}");
+    assert!(
+        view["revision"].as_i64().unwrap_or(0) > 0 && view["staleForMs"].as_u64().unwrap_or(u64::MAX) < 5_000,
+        "{view}"
+    );
+    let peers: Vec<(String, bool)> = view["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| (p["host"].as_str().unwrap_or_default().to_string(), p["alive"] == true))
+        .collect();
+    assert_eq!(peers, [("host-a".to_string(), true), ("host-b".to_string(), true)], "{view}");
+    let out = b.cli("fleet", &["status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.contains("host-a") && table.contains("alive"), "{table}");
+    let metrics = b.anonymous_client().get("/metrics").text();
+    for needle in [
+        "gateway_fleet_forwarded_requests_total{peer=\"host-a\",result=\"ok\"}",
+        "gateway_fleet_replica_revision ",
+        "gateway_fleet_replica_last_news_timestamp_seconds ",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in /metrics:\n{metrics}");
+    }
+
     // Deleted through B: A's kernel forgets it.
     assert_eq!(b.client().delete("/v1/workspaces/acme/sandboxes/web").status, 204);
     until("A removed the deleted sandbox from its kernel", || {
@@ -308,6 +334,9 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
         r.status == 503 && r.text().contains("host-a") && r.text().contains("down")
     });
     assert!(took < Duration::from_secs(2), "at once, not after a timeout: {took:?}");
+    let view = b.client().get("/v1/fleet").json();
+    let a_view = view["peers"].as_array().expect("peers").iter().find(|p| p["host"] == "host-a").cloned();
+    assert_eq!(a_view, Some(json!({"host": "host-a", "alive": false})), "{view}");
 }
 
 /// The fleet listener's address from a gateway's configuration.

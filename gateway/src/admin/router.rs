@@ -28,6 +28,8 @@ enum AdminRoute<'a> {
     Policy(&'a str, &'a str),
     Tokens(&'a str),
     Token(&'a str, &'a str),
+    /// This fleet member and the fleet's hosts.
+    Fleet,
     /// Previews, their tokens, sessions (`super::previews`).
     Preview(super::previews::PreviewRoute),
 }
@@ -46,6 +48,7 @@ impl AdminRoute<'_> {
             ["v1", "workspaces", ws, "sandboxes", name, "policy"] => AdminRoute::Policy(ws, name),
             ["v1", "workspaces", ws, "tokens"] => AdminRoute::Tokens(ws),
             ["v1", "workspaces", ws, "tokens", name] => AdminRoute::Token(ws, name),
+            ["v1", "fleet"] => AdminRoute::Fleet,
             _ => return super::previews::PreviewRoute::parse(&segments).map(AdminRoute::Preview),
         })
     }
@@ -115,6 +118,13 @@ async fn dispatch(app: &App, req: Request<Incoming>, require_token: bool) -> Res
         (AdminRoute::Ready, _) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "starting"})),
         (AdminRoute::Metrics, _) => Ok(metrics_response()),
         (AdminRoute::ListAll, _) => list(app, None),
+        (AdminRoute::Fleet, _) => match app.fleet_view() {
+            Some(view) => json(StatusCode::OK, &view),
+            None => Err(ApiError::new(
+                ErrorCode::RouteNotFound,
+                "this gateway is not a fleet member (fleet.etcd is empty): there is no fleet to describe",
+            )),
+        },
         (AdminRoute::List(ws), _) => list(app, Some(ws)),
         (AdminRoute::Sandbox(ws, name), Method::GET) => {
             let sandbox = app.get(ws, name)?;

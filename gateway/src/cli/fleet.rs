@@ -1,8 +1,14 @@
-//! `gateway fleet …`: the fleet's certificates (a CA of its own, one certificate per host).
+//! `gateway fleet …`: the fleet's certificates (a CA of its own, one certificate per host),
+//! and a member's view of the fleet (`GET /v1/fleet`).
 
+use super::{
+    AdminArgs,
+    output::{call, columns, text},
+};
 use crate::edge::fleet::pki;
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde_json::Value;
 use std::path::PathBuf;
 
 /// `gateway fleet …`.
@@ -15,6 +21,13 @@ pub enum FleetCommand {
     /// directory, for fleet.cert and fleet.key of that host (its DNS name is HOST, which must
     /// be the host's fleet.host).
     Cert(CertArgs),
+    /// A member's view of the fleet: its host, the etcd revision its replica reached and how
+    /// stale it is, and every host with whether its key in etcd lives.
+    Status {
+        /// Admin API access (of any member).
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// The directory of the fleet's CA.
@@ -44,6 +57,10 @@ pub struct CertArgs {
 /// Runs a `fleet` command.
 pub fn run(command: FleetCommand) -> anyhow::Result<u8> {
     match command {
+        FleetCommand::Status { admin } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(call(&admin, http::Method::GET, "/v1/fleet", None, "", status_table))
+        }
         FleetCommand::Ca(DirArg { dir }) => {
             let (cert, created) = pki::make_ca(&dir).context("cannot create the fleet CA")?;
             match created {
@@ -62,4 +79,30 @@ pub fn run(command: FleetCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn status_table(v: &Value) -> String {
+    let head = columns(
+        &[],
+        &[
+            vec!["host".into(), text(&v["host"])],
+            vec!["revision".into(), text(&v["revision"])],
+            vec!["stale for".into(), format!("{} ms", text(&v["staleForMs"]))],
+            vec!["resyncs".into(), text(&v["resyncs"])],
+        ],
+    );
+    let rows: Vec<Vec<String>> = v["peers"]
+        .as_array()
+        .map(|peers| {
+            peers
+                .iter()
+                .map(|p| {
+                    let alive = if p["alive"].as_bool() == Some(true) { "alive" } else { "down" };
+                    let address = if p["address"].is_null() { "-".into() } else { text(&p["address"]) };
+                    vec![text(&p["host"]), address, alive.into()]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("{head}\n{}", columns(&["HOST", "ADDRESS", "STATUS"], &rows))
 }

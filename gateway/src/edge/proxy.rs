@@ -236,12 +236,17 @@ impl Proxy {
             .build()
             .map_err(|_| bad_target())?;
         parts.headers.remove(HOST);
-        let sender = peers.h2(via).await?;
         let timeout = self.settings.response_timeout + PEER_GRACE;
-        let response = tokio::time::timeout(timeout, H2Pool::send(sender, Request::from_parts(parts, body.boxed())))
-            .await
-            .map_err(|_| super::fleet::forward::unreachable(via, format!("no answer within {timeout:?}")))?
-            .map_err(|e| super::fleet::forward::unreachable(via, e))?;
+        let sent = async {
+            let sender = peers.h2(via).await?;
+            tokio::time::timeout(timeout, H2Pool::send(sender, Request::from_parts(parts, body.boxed())))
+                .await
+                .map_err(|_| super::fleet::forward::unreachable(via, format!("no answer within {timeout:?}")))?
+                .map_err(|e| super::fleet::forward::unreachable(via, e))
+        };
+        let response = sent.await;
+        crate::telemetry::metrics::global().fleet_forwarded(&via.host, response.is_ok());
+        let response = response?;
         from_app(response, out.slot, Destination { sandbox: &out.sandbox.name, port: out.route.port })
     }
 
@@ -250,13 +255,18 @@ impl Proxy {
     async fn send_upgrade(&self, out: &Outbound, request: Request<UpBody>) -> Result<Response<Incoming>, ApiError> {
         let to = out.destination();
         if let (Some(via), Some(peers)) = (out.via.as_deref(), self.peers.as_ref()) {
-            let mut sender = peers.h1_upgrade(via).await?;
             let timeout = self.settings.response_timeout + PEER_GRACE;
-            return match tokio::time::timeout(timeout, sender.send_request(request)).await {
-                Err(_) => Err(super::fleet::forward::unreachable(via, format!("no answer within {timeout:?}"))),
-                Ok(Err(e)) => Err(super::fleet::forward::unreachable(via, e)),
-                Ok(Ok(r)) => Ok(r),
+            let sent = async {
+                let mut sender = peers.h1_upgrade(via).await?;
+                match tokio::time::timeout(timeout, sender.send_request(request)).await {
+                    Err(_) => Err(super::fleet::forward::unreachable(via, format!("no answer within {timeout:?}"))),
+                    Ok(Err(e)) => Err(super::fleet::forward::unreachable(via, e)),
+                    Ok(Ok(r)) => Ok(r),
+                }
             };
+            let response = sent.await;
+            crate::telemetry::metrics::global().fleet_forwarded(&via.host, response.is_ok());
+            return response;
         }
         let mut sender = match upgrade_connection(out.addr(), self.settings.connect, &out.sandbox.name).await {
             Ok(sender) => sender,

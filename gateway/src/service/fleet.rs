@@ -120,6 +120,7 @@ pub async fn follow(app: Arc<App>, store: Arc<EtcdStore>, stop: impl Future<Outp
             () = &mut stop => return,
             result = watch(&app, &store) => {
                 if let Err(e) = result {
+                    crate::telemetry::metrics::global().fleet_watch_restart();
                     tracing::warn!(error = %e, applied = store.applied(), "the fleet's watch stopped; resuming");
                 }
             }
@@ -162,7 +163,64 @@ async fn watch(app: &App, store: &EtcdStore) -> Result<(), StoreError> {
     }
 }
 
+/// `GET /v1/fleet`: this member, its replica, and the fleet's hosts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetView {
+    /// This gateway's `fleet.host`.
+    pub host: String,
+    /// The etcd revision its replica reached.
+    pub revision: i64,
+    /// Milliseconds since etcd last confirmed it.
+    pub stale_for_ms: u64,
+    /// Full reads after the watch could not resume.
+    pub resyncs: u64,
+    /// Every host: the live ones (their host key in etcd) and those that run sandboxes but
+    /// whose key lapsed.
+    pub peers: Vec<PeerView>,
+}
+
+/// One host of the fleet.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    pub host: String,
+    /// Its fleet listener (absent when its key lapsed).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub address: Option<SocketAddr>,
+    /// Whether its host key lives.
+    pub alive: bool,
+}
+
 impl App {
+    /// This member's view of the fleet; `None` on a single host.
+    pub fn fleet_view(&self) -> Option<FleetView> {
+        let host = self.host.clone()?;
+        let status = self.store.replica_status()?;
+        let mut peers: BTreeMap<String, PeerView> = self
+            .peers
+            .all()
+            .into_iter()
+            .map(|h| (h.host.clone(), PeerView { host: h.host, address: Some(h.address), alive: true }))
+            .collect();
+        for sandbox in self.sandboxes.all() {
+            if let Some(owner) = &sandbox.owner {
+                peers.entry(owner.clone()).or_insert_with(|| PeerView {
+                    host: owner.clone(),
+                    address: None,
+                    alive: false,
+                });
+            }
+        }
+        Some(FleetView {
+            host,
+            revision: status.revision,
+            stale_for_ms: u64::try_from(status.stale_for.as_millis()).unwrap_or(u64::MAX),
+            resyncs: status.resyncs,
+            peers: peers.into_values().collect(),
+        })
+    }
+
     /// Everything the indexes hold, as the store's records.
     pub fn snapshot(&self) -> crate::state::StateSnapshot {
         crate::state::StateSnapshot {

@@ -40,6 +40,7 @@ use crate::model::{
     preview::{Preview, PreviewKey},
     sandbox::{AccessToken, Sandbox, SandboxId, TokenId, sandbox_label},
 };
+use crate::telemetry::metrics;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
     WatchOptions, WatchStream,
@@ -119,6 +120,8 @@ pub struct EtcdStore {
     replica: Option<PathBuf>,
     /// The fleet's secrets once read (they never change).
     secrets: Mutex<BTreeMap<String, [u8; 32]>>,
+    /// Full reads after the watch could not resume.
+    resyncs: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +224,7 @@ impl EtcdStore {
             offline_age_ms: std::sync::atomic::AtomicU64::new(0),
             replica: settings.replica.clone(),
             secrets: Mutex::new(BTreeMap::new()),
+            resyncs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -244,6 +248,7 @@ impl EtcdStore {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.news_ms.fetch_max(now, Ordering::AcqRel);
         self.heard.store(true, Ordering::Release);
+        metrics::global().fleet_news(self.applied());
         self.applied.send_if_modified(|r| {
             let moved = revision > *r;
             *r = (*r).max(revision);
@@ -336,6 +341,7 @@ impl EtcdStore {
                     attempt += 1;
                 }
                 Err(source) => {
+                    metrics::global().fleet_etcd_error();
                     return Err(StoreError::Etcd { endpoints: self.endpoints.clone(), context: context(), source });
                 }
             }
@@ -442,6 +448,8 @@ impl EtcdStore {
     /// to etcd's current state, and that state's revision. The caller applies them before any
     /// other write (it holds the service layer's mutation lock).
     pub async fn resync(&self) -> Result<(Vec<Change>, i64), StoreError> {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+        metrics::global().fleet_resync();
         let before: HashMap<String, Known> = self.known().clone();
         let snapshot = self.load_all().await?;
         let revision = self.applied();
@@ -772,6 +780,13 @@ impl Store for EtcdStore {
     }
     fn stale_for(&self) -> Option<Duration> {
         Some(EtcdStore::stale_for(self))
+    }
+    fn replica_status(&self) -> Option<super::ReplicaStatus> {
+        Some(super::ReplicaStatus {
+            revision: self.applied(),
+            stale_for: EtcdStore::stale_for(self),
+            resyncs: self.resyncs.load(Ordering::Relaxed),
+        })
     }
 }
 

@@ -11,4 +11,4 @@ pub mod store;
 
 pub use etcd_store::{Change, EtcdSettings, EtcdStore, Feed, FeedItem};
 pub use file_store::FileStore;
-pub use store::{MemoryStore, StateSnapshot, Store, StoreError, StoreFuture};
+pub use store::{MemoryStore, ReplicaStatus, StateSnapshot, Store, StoreError, StoreFuture};

@@ -19,6 +19,17 @@ use std::{
     },
 };
 
+/// Where a fleet member's replica stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The etcd revision it reached.
+    pub revision: i64,
+    /// How long since etcd last confirmed it.
+    pub stale_for: std::time::Duration,
+    /// How many times it read everything again (its watch could not resume).
+    pub resyncs: u64,
+}
+
 /// A boxed store future.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -120,6 +131,10 @@ pub trait Store: Send + Sync + 'static {
     /// How long since the shared store last confirmed what the indexes hold (a fleet's
     /// replica); `None` for a store only this gateway writes.
     fn stale_for(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Where a fleet member's replica stands; `None` for a store only this gateway writes.
+    fn replica_status(&self) -> Option<ReplicaStatus> {
         None
     }
 }

@@ -26,6 +26,11 @@
 //! | `config_reloads_total` | counter | `result` (`ok`, `refused`) |
 //! | `config_last_reload_success_timestamp_seconds` | gauge | |
 //! | `access_log_dropped_lines_total` | counter | |
+//! | `fleet_replica_revision` | gauge | (the etcd revision a fleet member's replica reached) |
+//! | `fleet_replica_last_news_timestamp_seconds` | gauge | (when etcd last confirmed it: the lag is `time()` minus this) |
+//! | `fleet_watch_restarts_total`, `fleet_resyncs_total` | counter | (watch broken; history compacted, everything read again) |
+//! | `fleet_etcd_errors_total` | counter | (etcd requests that failed, retries spent) |
+//! | `fleet_forwarded_requests_total` | counter | `peer`, `result` (`ok`, `error`): requests sent to the host running the sandbox |
 //! | `build_info` | gauge (1) | `version` |
 //!
 //! The `workspace` label is bounded by the registered workspaces: requests that reach no
@@ -255,6 +260,19 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     last_reload: Gauge<i64, AtomicI64>,
     access_log_dropped: Counter,
+    fleet_revision: Gauge<i64, AtomicI64>,
+    fleet_news: Gauge<i64, AtomicI64>,
+    fleet_watch_restarts: Counter,
+    fleet_resyncs: Counter,
+    fleet_etcd_errors: Counter,
+    fleet_forwarded: Family<PeerLabels, Counter>,
+}
+
+/// Labels of a request forwarded to a fleet peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    result: &'static str,
 }
 
 impl fmt::Debug for Metrics {
@@ -309,6 +327,12 @@ impl Metrics {
             reloads: Family::default(),
             access_log_dropped: Counter::default(),
             last_reload: Gauge::default(),
+            fleet_revision: Gauge::default(),
+            fleet_news: Gauge::default(),
+            fleet_watch_restarts: Counter::default(),
+            fleet_resyncs: Counter::default(),
+            fleet_etcd_errors: Counter::default(),
+            fleet_forwarded: Family::default(),
         };
         registry.register("requests", "Requests answered by the HTTPS edge", m.requests.clone());
         registry.register(
@@ -353,6 +377,32 @@ impl Metrics {
             "access_log_dropped_lines",
             "Access log lines dropped because stderr did not keep up (the buffer of a worker was full)",
             m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "fleet_replica_revision",
+            "The etcd revision this fleet member's replica reached",
+            m.fleet_revision.clone(),
+        );
+        registry.register(
+            "fleet_replica_last_news_timestamp_seconds",
+            "When etcd last confirmed this fleet member's replica",
+            m.fleet_news.clone(),
+        );
+        registry.register(
+            "fleet_watch_restarts",
+            "Times the watch of the fleet's state broke and was resumed",
+            m.fleet_watch_restarts.clone(),
+        );
+        registry.register(
+            "fleet_resyncs",
+            "Times the replica read everything again (the history it needed was compacted)",
+            m.fleet_resyncs.clone(),
+        );
+        registry.register("fleet_etcd_errors", "etcd requests that failed", m.fleet_etcd_errors.clone());
+        registry.register(
+            "fleet_forwarded_requests",
+            "Requests sent to the fleet host running their sandbox, by peer and result",
+            m.fleet_forwarded.clone(),
         );
         registry.register(
             "config_last_reload_success_timestamp_seconds",
@@ -493,6 +543,33 @@ impl Metrics {
     /// An access log line was dropped (see `telemetry::logbuf`).
     pub fn access_log_dropped(&self) {
         self.access_log_dropped.inc();
+    }
+
+    /// etcd confirmed that the replica reached `revision`.
+    pub fn fleet_news(&self, revision: i64) {
+        self.fleet_revision.set(revision);
+        self.fleet_news.set(unix_now());
+    }
+
+    /// The fleet's watch broke (it resumes).
+    pub fn fleet_watch_restart(&self) {
+        self.fleet_watch_restarts.inc();
+    }
+
+    /// The replica read everything again.
+    pub fn fleet_resync(&self) {
+        self.fleet_resyncs.inc();
+    }
+
+    /// An etcd request failed.
+    pub fn fleet_etcd_error(&self) {
+        self.fleet_etcd_errors.inc();
+    }
+
+    /// A request was forwarded to fleet peer `peer` (`ok`: it answered).
+    pub fn fleet_forwarded(&self, peer: &str, ok: bool) {
+        let labels = PeerLabels { peer: peer.to_string(), result: if ok { "ok" } else { "error" } };
+        self.fleet_forwarded.get_or_create(&labels).inc();
     }
 
     /// A configuration reload was applied (`true`) or refused.
