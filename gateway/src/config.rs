@@ -540,8 +540,7 @@ trusted_proxies = []
 # Gateways of many hosts sharing sandboxes, tokens and previews through etcd (v3 API): any
 # gateway serves any sandbox, forwarding to the host that runs it. No endpoint: this gateway is
 # one host on its own state directory. Production: etcd >= 3.5 with mutual TLS, one prefix per
-# region, etcd RBAC limiting each gateway to its prefix. Not runnable yet: check-config checks
-# this section, and serve refuses a configuration with etcd endpoints (exit 64).
+# region, etcd RBAC limiting each gateway to its prefix. See docs/FLEET.md; changes need a restart.
 # etcd endpoints, e.g. ["https://10.0.0.1:2379", "https://10.0.0.2:2379"] (one scheme for all).
 etcd = []
 # This host's id: one DNS label, unique in the fleet (required with etcd).

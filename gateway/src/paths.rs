@@ -32,6 +32,8 @@ pub const STATE_TOKENS: &str = "tokens";
 pub const STATE_TLS: &str = "tls";
 /// Inside `state.dir/tls`: the development CA certificate that clients trust.
 pub const TLS_CA_FILE: &str = "ca.pem";
+/// The system's CA bundle (Debian's), trusted for etcd's TLS when `fleet.etcd_ca` is empty.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Inside `state.dir`: a fleet member's saved replica of the fleet's state.
 pub const FLEET_REPLICA_FILE: &str = "fleet-replica.json";
 /// Inside `state.dir`: the format marker.

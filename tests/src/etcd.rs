@@ -26,6 +26,11 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     /// Addresses the members also listen on for clients (besides 127.0.0.1).
     extra: Vec<std::net::Ipv4Addr>,
+    /// Client TLS: the directory of `ca.pem`, `localhost.pem` and `localhost.key` (made with
+    /// `gateway fleet ca` / `gateway fleet cert localhost`); clients need a certificate too.
+    tls: Option<std::path::PathBuf>,
+    /// `user:password` etcdctl authenticates with (once authentication is enabled).
+    user: Option<String>,
 }
 
 impl EtcdCluster {
@@ -37,12 +42,22 @@ impl EtcdCluster {
     /// [`EtcdCluster::start`] with the members' client ports also open on `extra` (addresses
     /// of this namespace that gateways in other namespaces reach: [`EtcdCluster::endpoints_via`]).
     pub fn start_on(n: usize, extra: &[std::net::Ipv4Addr]) -> EtcdCluster {
+        Self::start_with(n, extra, None)
+    }
+
+    /// [`EtcdCluster::start`] serving clients over mutual TLS with the certificates in `pki`
+    /// (see the `tls` field): endpoints are `https://localhost:PORT`.
+    pub fn start_tls(n: usize, pki: &std::path::Path) -> EtcdCluster {
+        Self::start_with(n, &[], Some(pki.to_path_buf()))
+    }
+
+    fn start_with(n: usize, extra: &[std::net::Ipv4Addr], tls: Option<std::path::PathBuf>) -> EtcdCluster {
         let dir = temp_dir("gateway-etcd");
         let token = format!("gw-test-{}-{}", std::process::id(), free_port());
         let members = (0..n)
             .map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), process: None })
             .collect();
-        let mut cluster = EtcdCluster { dir, token, members, extra: extra.to_vec() };
+        let mut cluster = EtcdCluster { dir, token, members, extra: extra.to_vec(), tls, user: None };
         for i in 0..n {
             cluster.spawn(i);
         }
@@ -57,7 +72,8 @@ impl EtcdCluster {
         let data = self.dir.path().join(&m.name);
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).expect("etcd log file");
         let err = log.try_clone().expect("etcd log file");
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let listen: Vec<String> = std::iter::once(client.clone())
             .chain(self.extra.iter().map(|ip| format!("http://{ip}:{}", m.client_port)))
             .collect();
@@ -69,6 +85,17 @@ impl EtcdCluster {
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new", "--experimental-watch-progress-notify-interval", "1s"])
+            .args(self.tls.iter().flat_map(|pki| {
+                [
+                    "--cert-file".to_string(),
+                    pki.join("localhost.pem").display().to_string(),
+                    "--key-file".to_string(),
+                    pki.join("localhost.key").display().to_string(),
+                    "--trusted-ca-file".to_string(),
+                    pki.join("ca.pem").display().to_string(),
+                    "--client-cert-auth".to_string(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -79,7 +106,7 @@ impl EtcdCluster {
 
     /// The client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
     /// The client URLs of every member at `ip` (one of the `extra` addresses).
@@ -89,14 +116,32 @@ impl EtcdCluster {
 
     /// Member `i`'s client endpoint.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.members[i].client_port),
+            None => format!("http://127.0.0.1:{}", self.members[i].client_port),
+        }
+    }
+
+    /// Runs etcdctl as `user:password` from now on (after `auth enable`).
+    pub fn set_user(&mut self, user: &str) {
+        self.user = Some(user.to_string());
     }
 
     /// Runs `etcdctl` (API v3) against member `i` with a short command timeout.
     pub fn etcdctl(&self, i: usize, args: &[&str]) -> Output {
+        let mut tls = Vec::new();
+        if let Some(pki) = &self.tls {
+            for (flag, file) in [("--cacert", "ca.pem"), ("--cert", "localhost.pem"), ("--key", "localhost.key")] {
+                tls.push(format!("{flag}={}", pki.join(file).display()));
+            }
+        }
+        if let Some(user) = &self.user {
+            tls.push(format!("--user={user}"));
+        }
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint(i), "--command-timeout", "2s", "--dial-timeout", "1s"])
+            .args(&tls)
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run etcdctl (cargo xtask setup installs etcd-client): {e}"))

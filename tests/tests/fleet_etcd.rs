@@ -42,8 +42,13 @@ fn the_etcd_store_shares_records_between_gateways() {
     use gateway::state::{Store, StoreError, etcd_store::EtcdSettings};
     let mut etcd = EtcdCluster::start(3);
     let prefix = format!("/gateway-test-{}/", std::process::id());
-    let settings =
-        |endpoints: Vec<String>| EtcdSettings { endpoints, prefix: prefix.clone(), user: None, replica: None };
+    let settings = |endpoints: Vec<String>| EtcdSettings {
+        endpoints,
+        prefix: prefix.clone(),
+        user: None,
+        replica: None,
+        tls: None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let sandbox: gateway::model::sandbox::Sandbox = serde_json::from_str(
         r#"{"workspace":"acme","name":"web","address":"198.18.0.2","interface":"gwt-veth0","ports":[{"target":3000,"protocol":"HTTP"}]}"#,
@@ -151,4 +156,58 @@ fn the_etcd_store_shares_records_between_gateways() {
             a.put_token(token.clone()).await.unwrap_or_else(|e| panic!("put {i}: {e}"));
         }
     });
+}
+
+/// A fleet member reaches etcd as production runs it: mutual TLS (`fleet.etcd_ca`,
+/// `etcd_cert`, `etcd_key`; the certificates made with `gateway fleet ca|cert`) as a user whose
+/// role reaches the fleet's prefix only (`etcd_user`, `etcd_password_file`); with a wrong
+/// password it does not start, and says why.
+#[test]
+fn a_member_reaches_etcd_over_mutual_tls_as_a_user_limited_to_its_prefix() {
+    use gateway_tests::{
+        edge::{WS, create_token},
+        fleet::{fleet_pki, fleet_section},
+        gateway_process::{GatewayProcess, free_port, temp_dir},
+        harness::BpffsDir,
+    };
+    let pki = fleet_pki(&["localhost", "host-a"]);
+    let mut etcd = EtcdCluster::start_tls(1, pki.path());
+    let prefix = format!("/tls-fleet-{}/", std::process::id());
+    for args in [
+        vec!["user", "add", "root:root-password"],
+        vec!["user", "add", "gw:gw-password"],
+        vec!["role", "add", "gw"],
+        vec!["role", "grant-permission", "gw", "readwrite", "--prefix=true", &prefix],
+        vec!["user", "grant-role", "gw", "gw"],
+        vec!["auth", "enable"],
+    ] {
+        let out = etcd.etcdctl(0, &args);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    etcd.set_user("root:root-password");
+    let dir = temp_dir("gateway-etcd-user");
+    let config = |password: &str| {
+        let file = dir.path().join(format!("{password}.txt"));
+        std::fs::write(&file, format!("{password}\n")).expect("password file");
+        let p = pki.path().display();
+        fleet_section(&etcd.endpoints(), pki.path(), &prefix, "host-a", &format!("127.0.0.1:{}", free_port()))
+            + &format!(
+                "etcd_ca = \"{p}/ca.pem\"\netcd_cert = \"{p}/host-a.pem\"\netcd_key = \"{p}/host-a.key\"\netcd_user = \"gw\"\netcd_password_file = \"{}\"\n",
+                file.display()
+            )
+    };
+    let pins = BpffsDir::new();
+    let mut gw = GatewayProcess::enforcing(pins.path(), &config("gw-password"));
+    gw.spawn();
+    create_token(&gw, WS, "ci");
+    assert!(etcd.get(0, &format!("{prefix}tokens/acme/ci")).is_some(), "the token is in etcd");
+    let view = gw.client().get("/v1/fleet").json();
+    assert!(view["revision"].as_i64().unwrap_or(0) > 0, "{view}");
+    drop(gw);
+
+    let other = BpffsDir::new();
+    let mut bad = GatewayProcess::enforcing(other.path(), &config("not-the-password"));
+    let (status, log) = bad.spawn_expect_exit();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("cannot connect to the fleet's etcd") && log.contains("authentication failed"), "{log}");
 }

@@ -15,7 +15,7 @@ use crate::{
     model::fleet::FleetHost,
     paths,
     service::App,
-    state::{EtcdSettings, EtcdStore, FileStore, Store},
+    state::{EtcdSettings, EtcdStore, EtcdTls, FileStore, Store},
     telemetry::metrics,
 };
 use anyhow::Context;
@@ -103,7 +103,24 @@ async fn connect_fleet(config: &Config) -> anyhow::Result<EtcdStore> {
         Some((f.etcd_user.clone(), password.trim_end_matches(['\n', '\r']).to_string()))
     };
     let replica = Some(config.state.dir.join(paths::FLEET_REPLICA_FILE));
-    let settings = EtcdSettings { endpoints: f.etcd.clone(), prefix: f.prefix.clone(), user, replica };
+    let tls = match f.etcd.iter().any(|e| e.starts_with("https://")) {
+        false => None,
+        true => {
+            let read =
+                |key: &str, path: &Path| std::fs::read(path).with_context(|| format!("fleet.{key} {}", path.display()));
+            // No CA named: the system's roots (Debian's bundle).
+            let ca = match f.etcd_ca.as_os_str().is_empty() {
+                true => read("etcd_ca (empty: the system's roots)", Path::new(paths::SYSTEM_CA_BUNDLE))?,
+                false => read("etcd_ca", &f.etcd_ca)?,
+            };
+            let identity = match f.etcd_cert.as_os_str().is_empty() {
+                true => None,
+                false => Some((read("etcd_cert", &f.etcd_cert)?, read("etcd_key", &f.etcd_key)?)),
+            };
+            Some(EtcdTls { ca, identity })
+        }
+    };
+    let settings = EtcdSettings { endpoints: f.etcd.clone(), prefix: f.prefix.clone(), user, replica, tls };
     EtcdStore::connect(&settings)
         .await
         .with_context(|| format!("cannot connect to the fleet's etcd ({})", f.etcd.join(", ")))

@@ -42,8 +42,8 @@ use crate::model::{
 };
 use crate::telemetry::metrics;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use std::{
@@ -186,6 +186,17 @@ pub struct EtcdSettings {
     pub user: Option<(String, String)>,
     /// Where the replica is saved, to start from when etcd cannot be reached.
     pub replica: Option<PathBuf>,
+    /// TLS towards `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS towards etcd, PEM.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    /// The CA etcd's certificate chains to (one PEM file may hold several).
+    pub ca: Vec<u8>,
+    /// A client certificate and its key, for etcd's `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EtcdStore {
@@ -201,6 +212,13 @@ impl EtcdStore {
             .with_require_leader(true);
         if let Some((user, password)) = &settings.user {
             options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &settings.tls {
+            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
         }
         let client = Client::connect(&settings.endpoints, Some(options)).await.map_err(|source| StoreError::Etcd {
             endpoints: endpoints.clone(),

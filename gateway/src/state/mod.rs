@@ -9,6 +9,6 @@ pub mod file_store;
 pub mod replica_file;
 pub mod store;
 
-pub use etcd_store::{Change, EtcdSettings, EtcdStore, Feed, FeedItem};
+pub use etcd_store::{Change, EtcdSettings, EtcdStore, EtcdTls, Feed, FeedItem};
 pub use file_store::FileStore;
 pub use store::{MemoryStore, ReplicaStatus, StateSnapshot, Store, StoreError, StoreFuture};
