@@ -1,9 +1,9 @@
 //! `cargo xtask bench [--quick]`: installs the bench-only Debian packages, builds the release
 //! gateway and the bench binaries, runs `gateway-bench` (data plane: program cost, policy
-//! updates, scale) and `gateway-bench-http` four times (the HTTPS proxy comparison against
+//! updates, scale) and `gateway-bench-http` five times (the HTTPS proxy comparison against
 //! direct, nginx, HAProxy and the reference proxy with one worker each, then with every proxy
-//! at its defaults and logging, the scaling with worker count, and the memory held by 10,000
-//! idle TLS connections), and writes `target/bench/results.json`, `target/bench/chart.svg`
+//! at its defaults and logging, the scaling with worker count, the memory held by 10,000 idle
+//! TLS connections, and a fleet: forwarded against local, the replica at scale), and writes `target/bench/results.json`, `target/bench/chart.svg`
 //! and `BENCHMARKS.md`.
 
 use std::{fs, process::Command};
@@ -14,8 +14,13 @@ use crate::{build, cargo, root, run_cmd, setup, show};
 
 /// The parts of `gateway-bench-http`, each one invocation: its flag and the stem of the files
 /// it writes.
-const HTTP_PARTS: [(Option<&str>, &str); 4] =
-    [(None, "http"), (Some("--defaults"), "http-defaults"), (Some("--scaling"), "scaling"), (Some("--idle"), "idle")];
+const HTTP_PARTS: [(Option<&str>, &str); 5] = [
+    (None, "http"),
+    (Some("--defaults"), "http-defaults"),
+    (Some("--scaling"), "scaling"),
+    (Some("--idle"), "idle"),
+    (Some("--fleet"), "fleet"),
+];
 
 pub fn run(quick: bool) -> Result<()> {
     setup::run(setup::Scope::All, false)?;
@@ -75,10 +80,12 @@ pub fn run(quick: bool) -> Result<()> {
     let defaults_json = json("http-defaults")?;
     let scaling_json = json("scaling")?;
     let idle_json = json("idle")?;
+    let fleet_json = json("fleet")?;
     let machine = machine();
     let dataplane_json = json("dataplane")?;
     let results = serde_json::json!({"machine": machine, "http": http_json, "http_defaults": defaults_json,
-        "scaling": scaling_json, "idle": idle_json, "dataplane": dataplane_json, "dataplane_report": dataplane});
+        "scaling": scaling_json, "idle": idle_json, "fleet": fleet_json, "dataplane": dataplane_json,
+        "dataplane_report": dataplane});
     fs::write(out_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     fs::copy(out_dir.join("http.svg"), out_dir.join("chart.svg"))?;
     fs::copy(out_dir.join("http.svg"), root().join("docs/bench-http.svg"))?;
@@ -133,6 +140,13 @@ pub fn run(quick: bool) -> Result<()> {
          `proxy.max_connections` 20000 (default 10,000). \"connections open\" counts \
          those still open at the reading; KiB per connection is (VmRSS holding − VmRSS before) ÷ that count; \
          nginx's VmRSS sums its master and workers (shared pages counted in each, see PSS).\n\n{idle_table}\n\n\
+         ## A fleet: forwarded against local ({fmode}: {frounds} rounds × {fsecs} s)\n\n\
+         Two gateways of one fleet on a one-member etcd, at their defaults with their access logs: the sandbox \
+         through the gateway that runs it (\"local\") and through the other one, which authenticates the request, \
+         forwards it to the first over the fleet's mutual TLS (HTTP/2, one connection per peer) and relays the \
+         answer (\"forwarded\"; its CPU counts both gateways). The two alternate within every round. Convergence \
+         (a token created or revoked through one gateway, accepted or refused by the other) is measured by \
+         `tests/tests/fleet_gateways.rs` over 200 trials: see docs/FLEET.md.\n\n{fleet_table}\n\
          Versions: {versions}\n\n{profile}## Data plane (`gateway-bench`)\n\n\
          ![veth receive cost](docs/bench-dataplane.svg)\n\n```\n{dataplane}```\n",
         mode = http_json["mode"].as_str().unwrap_or(""),
@@ -149,6 +163,10 @@ pub fn run(quick: bool) -> Result<()> {
         scaling_table = md("scaling")?,
         idle_n = thousands(idle_json["connections"].as_u64().unwrap_or(0)),
         idle_table = md("idle")?,
+        fmode = fleet_json["mode"].as_str().unwrap_or(""),
+        frounds = fleet_json["rounds"],
+        fsecs = fleet_json["seconds_per_run"],
+        fleet_table = md("fleet")?,
         versions = http_json["versions"],
         // Hand-written: where the gateway's CPU goes under these loads (perf), kept next to the figures.
         profile = fs::read_to_string(root().join("docs/bench-profile.md")).map(|p| p + "\n").unwrap_or_default(),

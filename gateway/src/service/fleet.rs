@@ -151,12 +151,14 @@ async fn watch(app: &App, store: &EtcdStore) -> Result<(), StoreError> {
                     applied = store.applied(),
                     "etcd compacted the history the replica needs; reading everything again"
                 );
+                let started = std::time::Instant::now();
                 let m = app.mutating.lock().await;
                 let (changes, revision) = store.resync().await?;
                 let count = changes.len();
                 app.apply_changes(&m, changes);
                 drop(m);
-                tracing::info!(revision, changes = count, "the replica resynced");
+                let millis = started.elapsed().as_millis() as u64;
+                tracing::info!(revision, changes = count, millis, "the replica resynced");
                 return Ok(());
             }
         }

@@ -149,6 +149,7 @@ impl App {
     /// Starts the service layer: loads the state, reconciles the data plane with it.
     pub async fn start(config: Config, store: Arc<dyn Store>, dataplane: Dataplane) -> Result<Self, StartError> {
         let load_error = |source| StartError::Load { store: store.describe(), source };
+        let loading = std::time::Instant::now();
         let host = config.fleet.enabled().then(|| config.fleet.host.clone());
         let snapshot = store.load().await.map_err(load_error)?;
         let sandboxes = Sandboxes::load(snapshot.sandboxes, host.clone()).map_err(StartError::Inconsistent)?;
@@ -157,6 +158,7 @@ impl App {
         let previews = PreviewRegistry::load(store.as_ref(), snapshot.previews, key, |id| sandboxes.contains(id))
             .await
             .map_err(StartError::Inconsistent)?;
+        let loaded = loading.elapsed();
         let policies: Vec<SandboxPolicy> =
             sandboxes.all().iter().filter(|s| sandboxes.is_local(s)).map(|s| previews.policy_for(s)).collect();
         let started = std::time::Instant::now();
@@ -165,6 +167,7 @@ impl App {
             sandboxes = policies.len(),
             tokens = tokens.len(),
             store = %store.describe(),
+            load_micros = loaded.as_micros() as u64,
             micros = started.elapsed().as_micros() as u64,
             "state loaded and data plane reconciled"
         );

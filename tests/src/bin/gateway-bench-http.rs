@@ -31,6 +31,12 @@
 //! - `--idle`: memory while holding [`IDLE_CONNECTIONS`] idle TLS connections ([`idle`]: one
 //!   request answered on each, then kept alive) per proxy, at default worker counts, access
 //!   logs off, connection limits raised where they are below that.
+//! - `--fleet`: two gateways of one fleet (a one-member etcd), defaults and logging: the
+//!   sandbox through the gateway that runs it ("local") and through the other one, which
+//!   forwards to it over the fleet's mutual TLS ("forwarded"), keep-alive and h2 alternated;
+//!   then the replica at scale: [`FLEET_SCALE`] sandboxes of another host written into etcd,
+//!   a gateway started on them (its load time, its memory against a gateway on an empty
+//!   prefix).
 //!
 //! Names resolve through a private /etc/hosts bind-mounted in a private mount namespace around
 //! each client (`unshare -m`): the host's /etc/hosts is never touched.
@@ -446,6 +452,11 @@ struct Topology {
 
 impl Topology {
     fn new(profile: Profile) -> Topology {
+        Self::with_config(profile, "")
+    }
+
+    /// [`Topology::new`] with `more` appended to the gateway's configuration.
+    fn with_config(profile: Profile, more: &str) -> Topology {
         let tmp = temp_dir("gateway-bench-http");
         let (cert, key, combined) = write_certs(tmp.path());
 
@@ -477,6 +488,7 @@ impl Topology {
         if profile.many {
             extra.push_str(&format!("\n[proxy]\nmax_connections = {MANY_CONNECTIONS}\n"));
         }
+        extra.push_str(more);
         let mut gw = GatewayProcess::enforcing(pins.path(), &extra);
         set_gateway_workers(&gw, profile.workers);
         gw.set_log_filter(if profile.logs { "info,rustls=error" } else { "warn" });
@@ -728,7 +740,9 @@ fn main() {
     // The idle part holds 10,000 connections in this process and as many in each proxy, which
     // inherit this limit (up to the hard limit when the hard one cannot be raised).
     let nofile = raise_nofile(2 * MANY_CONNECTIONS as u64);
-    if flag("--idle") {
+    if flag("--fleet") {
+        fleet_part(quick, &out_dir);
+    } else if flag("--idle") {
         assert!(nofile >= IDLE_CONNECTIONS as u64 + 1024, "RLIMIT_NOFILE {nofile} is too low for --idle");
         idle_part(quick, &out_dir);
     } else if flag("--scaling") {
@@ -1144,4 +1158,171 @@ fn svg(loads: &[Load], contenders: &[Contender], samples: &[Vec<Vec<Sample>>]) -
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{y}\" font-family=\"sans-serif\" font-size=\"13\">\n\
          <text x=\"10\" y=\"20\" font-size=\"15\">HTTPS through a proxy: median req/s (higher is better)</text>\n{body}</svg>\n"
     )
+}
+
+/// Sandboxes of the replica-at-scale figure (`--quick`: a tenth).
+const FLEET_SCALE: usize = 100_000;
+
+/// `--fleet`: a forwarded request against a local one, and the replica at scale.
+fn fleet_part(quick: bool, out_dir: &Path) {
+    use gateway_tests::{
+        etcd::EtcdCluster,
+        fleet::{fleet_pki, fleet_section},
+    };
+    let (rounds, secs) = if quick { (3, 2) } else { (5, 5) };
+    let etcd = EtcdCluster::start(1);
+    let pki = fleet_pki(&["host-a", "host-b", "host-c"]);
+    let prefix = format!("/gateway-bench-{}/", std::process::id());
+    let section = |prefix: &str, host: &str| {
+        fleet_section(&etcd.endpoints(), pki.path(), prefix, host, &format!("127.0.0.1:{}", free_port()))
+    };
+    let profile = Profile { workers: None, logs: true, many: false };
+    let top = Topology::with_config(profile, &section(&prefix, "host-a"));
+    let pins_b = BpffsDir::new();
+    let tls = format!("\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", top.cert.display(), top.key.display());
+    let mut b = GatewayProcess::enforcing(pins_b.path(), &(tls + &section(&prefix, "host-b")));
+    b.set_log_filter("info,rustls=error");
+    b.spawn();
+    let local = Contender { name: "local", ..top.gateway_contender() };
+    let a_pid = top.gw.pid().expect("pid");
+    let forwarded = Contender::new(
+        "forwarded",
+        LOCALHOST,
+        b.https_port(),
+        &top.gw_host,
+        &format!("/port/{BACKEND_PLAIN}/"),
+        local.headers.clone(),
+        vec![b.pid().expect("pid"), a_pid],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut cmd = client(&top.hosts, "curl");
+        cmd.args(["-sk", "--tlsv1.3", "-o", "/dev/null", "-w", "%{http_code}"]);
+        for h in &forwarded.headers {
+            cmd.args(["-H", h]);
+        }
+        if run_ok(cmd.arg(&forwarded.url), "curl").trim() == "200" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the forwarding gateway does not serve the sandbox");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    top.check(&local);
+    let contenders = [local, forwarded];
+    let loads = [Load::Keepalive, Load::H2];
+    // samples[load][contender] over rounds; the order of the contenders alternates per round.
+    let mut samples = vec![vec![Vec::new(); contenders.len()]; loads.len()];
+    for round in 0..rounds {
+        for (li, load) in loads.iter().enumerate() {
+            for k in 0..contenders.len() {
+                let ci = (k + round) % contenders.len();
+                samples[li][ci].push(run_load(*load, &contenders[ci], &top.hosts, secs, top.dir(), 0.0));
+            }
+        }
+    }
+    let mut md = String::from(
+        "| load | local req/s | forwarded req/s | forwarded ÷ local | local p50 / p99 ms | forwarded p50 / p99 ms | CPU s / 10k req local / forwarded (both gateways) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut json_loads = serde_json::Map::new();
+    for (li, load) in loads.iter().enumerate() {
+        let m = |ci: usize, f: fn(&Sample) -> f64| median(samples[li][ci].iter().map(f).collect());
+        let (l_rps, f_rps) = (m(0, |s| s.rps), m(1, |s| s.rps));
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.3} / {:.3} |\n",
+            load.name(),
+            l_rps,
+            f_rps,
+            f_rps / l_rps,
+            m(0, |s| s.p50_ms),
+            m(0, |s| s.p99_ms),
+            m(1, |s| s.p50_ms),
+            m(1, |s| s.p99_ms),
+            m(0, |s| s.cpu_per_10k),
+            m(1, |s| s.cpu_per_10k),
+        ));
+        json_loads.insert(
+            load.key().into(),
+            json!({"local_rps": l_rps, "forwarded_rps": f_rps, "local_p50_ms": m(0, |s| s.p50_ms), "local_p99_ms": m(0, |s| s.p99_ms),
+                   "forwarded_p50_ms": m(1, |s| s.p50_ms), "forwarded_p99_ms": m(1, |s| s.p99_ms),
+                   "errors": samples[li].iter().flatten().map(|s| s.errors).sum::<u64>()}),
+        );
+    }
+    drop(b);
+    drop(top);
+
+    // The replica at scale: sandboxes of another host (no kernel work here), written straight
+    // into etcd, then a gateway started on them and one on an empty prefix.
+    let n = if quick { FLEET_SCALE / 10 } else { FLEET_SCALE };
+    let scale_prefix = format!("/gateway-bench-scale-{}/", std::process::id());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let written = Instant::now();
+    rt.block_on(async {
+        use gateway::state::{EtcdSettings, EtcdStore, Store};
+        let settings = EtcdSettings {
+            endpoints: etcd.endpoints(),
+            prefix: scale_prefix.clone(),
+            user: None,
+            replica: None,
+            tls: None,
+        };
+        let store = std::sync::Arc::new(EtcdStore::connect(&settings).await.expect("etcd"));
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..64 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for i in (w..n).step_by(64) {
+                    let sandbox: gateway::model::sandbox::Sandbox = serde_json::from_value(json!({
+                        "workspace": format!("ws{}", i % 100), "name": format!("s{i}"),
+                        "address": format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+                        "interface": "eth0", "ports": [{"target": 3000, "protocol": "HTTP"}], "owner": "host-z"
+                    }))
+                    .expect("sandbox");
+                    store.put_sandbox(sandbox).await.expect("put");
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("writer");
+        }
+    });
+    let write_secs = written.elapsed().as_secs_f64();
+    let start_on = |prefix: &str, host: &str| {
+        let pins = BpffsDir::new();
+        let mut gw = GatewayProcess::enforcing(pins.path(), &section(prefix, host));
+        let t = Instant::now();
+        gw.spawn();
+        let ready = t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(1));
+        let pid = gw.pid().expect("pid");
+        let rss = proc_kib(&[pid], "status", "VmRSS:");
+        let log = gw.log();
+        let load_ms = log
+            .lines()
+            .find(|l| l.contains("state loaded and data plane reconciled"))
+            .and_then(|l| l.split("load_micros=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(f64::NAN, |us| us / 1000.0);
+        (ready, rss, load_ms, gw, pins)
+    };
+    let (empty_ready, empty_rss, empty_load, gw_empty, pins_empty) =
+        start_on(&format!("{scale_prefix}empty/"), "host-b");
+    drop((gw_empty, pins_empty));
+    let (full_ready, full_rss, full_load, gw_full, pins_full) = start_on(&scale_prefix, "host-c");
+    let sandboxes = gw_full.client().get("/v1/sandboxes").json()["sandboxes"].as_array().map_or(0, Vec::len);
+    assert_eq!(sandboxes, n, "the gateway holds every sandbox of the fleet");
+    drop((gw_full, pins_full));
+    let per_100k_mib = (full_rss.saturating_sub(empty_rss)) as f64 / 1024.0 * (100_000.0 / n as f64);
+    md.push_str(&format!(
+        "\nReplica at scale: {n} sandboxes of another host in etcd (written by 64 concurrent clients in {write_secs:.1} s). \
+         A gateway started on them is ready (admin API answering) in {full_ready:.2} s, against {empty_ready:.2} s on an empty prefix; \
+         the paged read of every key at one revision and the indexes built from it (the path a resync takes) took {full_load:.0} ms \
+         ({empty_load:.0} ms empty). VmRSS {:.1} MiB against {:.1} MiB: **{per_100k_mib:.1} MiB per 100,000 sandboxes**.\n",
+        full_rss as f64 / 1024.0,
+        empty_rss as f64 / 1024.0
+    ));
+    print!("{md}");
+    let result = json!({"mode": if quick { "quick" } else { "full" }, "rounds": rounds, "seconds_per_run": secs,
+        "loads": json_loads, "scale": {"sandboxes": n, "ready_s": full_ready, "ready_empty_s": empty_ready,
+        "load_ms": full_load, "rss_kib": full_rss, "rss_empty_kib": empty_rss, "mib_per_100k": per_100k_mib}});
+    fs::write(out_dir.join("fleet.json"), serde_json::to_string_pretty(&result).expect("json")).expect("write");
+    fs::write(out_dir.join("fleet.md"), md).expect("write");
 }
