@@ -211,3 +211,59 @@ fn a_member_reaches_etcd_over_mutual_tls_as_a_user_limited_to_its_prefix() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("cannot connect to the fleet's etcd") && log.contains("authentication failed"), "{log}");
 }
+
+/// `gateway fleet import`: a single host's state (a sandbox, a token, a preview) copied into a
+/// fleet's etcd, the host owning its sandbox; a second run imports nothing; the gateway started
+/// again as a fleet member serves the same sandbox with the same token and the same preview URL;
+/// with the gateway running, the import refuses (the state directory is locked).
+#[test]
+fn fleet_import_brings_a_single_hosts_state_into_the_fleet_once() {
+    use gateway_tests::{
+        edge::*,
+        fleet::{fleet_pki, fleet_section},
+        gateway_process::{GatewayProcess, free_port, run_gateway},
+        harness::{BpffsDir, Sandbox},
+    };
+    let etcd = EtcdCluster::start(1);
+    let pki = fleet_pki(&["host-a"]);
+    let prefix = format!("/import-{}/", std::process::id());
+    let pins = BpffsDir::new();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let sb = Sandbox::new();
+    let _app = spawn_backend(&sb, sb.addr(), 3000, Speaks::Http1);
+    let mut gw = GatewayProcess::enforcing(pins.path(), "");
+    gw.spawn();
+    register(&gw, WS, "web", &sb, &[(3000, "HTTP")]);
+    let bearer = format!("Bearer {}", create_token(&gw, WS, "ci"));
+    let preview_path = "/v1/workspaces/acme/sandboxes/web/previews/site";
+    let r = gw.client().put_json(preview_path, &serde_json::json!({"port": 3000, "public": true}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = r.json()["url"].clone();
+    gw.stop();
+
+    let listen = format!("127.0.0.1:{}", free_port());
+    gw.edit_config(|c| c + &fleet_section(&etcd.endpoints(), pki.path(), &prefix, "host-a", &listen));
+    let config = gw.config_path().to_str().expect("utf-8").to_string();
+    let import = || run_gateway(&["fleet", "import", "--config", &config]);
+    let out = import();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("imported 3 records"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = import();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains("imported 0 records") && text.contains("3 already there"), "{text}");
+    let record = etcd.get(0, &format!("{prefix}sandboxes/sbx-web-acme")).expect("the sandbox is in etcd");
+    assert!(record.contains("\"owner\":\"host-a\""), "{record}");
+
+    gw.spawn();
+    let r = rt.block_on(EdgeClient::new(&gw).get(&sandbox_host("web"), "/port/3000/", &[("authorization", &bearer)]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(gw.client().get(preview_path).json()["url"], url, "the preview keeps its URL");
+    let out = import();
+    assert!(!out.status.success(), "an import while the gateway runs");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop the gateway first"), "{out:?}");
+}

@@ -21,6 +21,11 @@ pub enum FleetCommand {
     /// directory, for fleet.cert and fleet.key of that host (its DNS name is HOST, which must
     /// be the host's fleet.host).
     Cert(CertArgs),
+    /// Copy a single host's state directory (state.dir of --config) into the fleet's etcd
+    /// (fleet.* of --config), this host (fleet.host) running its sandboxes. Run it with the
+    /// gateway stopped, before starting it as a fleet member. Idempotent: what the fleet already
+    /// has is left as it is.
+    Import(super::ConfigFile),
     /// A member's view of the fleet: its host, the etcd revision its replica reached and how
     /// stale it is, and every host with whether its key in etcd lives.
     Status {
@@ -57,6 +62,10 @@ pub struct CertArgs {
 /// Runs a `fleet` command.
 pub fn run(command: FleetCommand) -> anyhow::Result<u8> {
     match command {
+        FleetCommand::Import(super::ConfigFile { config }) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(import(&config))
+        }
         FleetCommand::Status { admin } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(call(&admin, http::Method::GET, "/v1/fleet", None, "", status_table))
@@ -105,4 +114,40 @@ fn status_table(v: &Value) -> String {
         })
         .unwrap_or_default();
     format!("{head}\n{}", columns(&["HOST", "ADDRESS", "STATUS"], &rows))
+}
+
+async fn import(path: &std::path::Path) -> anyhow::Result<u8> {
+    let config = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(problems) => return Ok(super::print_problems(&problems)),
+    };
+    if !config.fleet.enabled() {
+        anyhow::bail!("{}: fleet.etcd is empty: name the fleet's etcd to import into", path.display());
+    }
+    let file = crate::state::FileStore::open(&config.state.dir).with_context(|| {
+        format!("cannot open the state directory {} (stop the gateway first)", config.state.dir.display())
+    })?;
+    let etcd = crate::daemon::connect_fleet(&config, false).await?;
+    let secrets = [crate::service::previews::ids::KEY_SECRET];
+    let report = crate::state::import::import(&file, &etcd, &config.fleet.host, &secrets)
+        .await
+        .context("the import stopped (what was written stays: run it again)")?;
+    println!(
+        "imported {} records into {}{} as fleet host {:?}; {} already there",
+        report.imported,
+        config.fleet.etcd.join(","),
+        config.fleet.prefix,
+        config.fleet.host,
+        report.unchanged
+    );
+    for k in &report.kept {
+        println!("kept the fleet's version of {k}");
+    }
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    for c in &report.conflicts {
+        eprintln!("conflict: {c}");
+    }
+    Ok(if report.conflicts.is_empty() { 0 } else { 1 })
 }

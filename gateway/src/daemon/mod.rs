@@ -92,8 +92,9 @@ struct Started {
     _state_lock: Option<FileStore>,
 }
 
-/// Connects to the fleet's etcd.
-async fn connect_fleet(config: &Config) -> anyhow::Result<EtcdStore> {
+/// Connects to the fleet's etcd; `saved`: a gateway's replica is saved under `state.dir`, and
+/// read when etcd cannot be (not for a one-off command).
+pub(crate) async fn connect_fleet(config: &Config, saved: bool) -> anyhow::Result<EtcdStore> {
     let f = &config.fleet;
     let user = if f.etcd_user.is_empty() {
         None
@@ -102,7 +103,7 @@ async fn connect_fleet(config: &Config) -> anyhow::Result<EtcdStore> {
             .with_context(|| format!("fleet.etcd_password_file {}", f.etcd_password_file.display()))?;
         Some((f.etcd_user.clone(), password.trim_end_matches(['\n', '\r']).to_string()))
     };
-    let replica = Some(config.state.dir.join(paths::FLEET_REPLICA_FILE));
+    let replica = saved.then(|| config.state.dir.join(paths::FLEET_REPLICA_FILE));
     let tls = match f.etcd.iter().any(|e| e.starts_with("https://")) {
         false => None,
         true => {
@@ -144,7 +145,7 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
     .with_context(|| format!("cannot open the state directory {}", config.state.dir.display()))?;
     let lock_fd = store.lock_fd();
     let fleet = match config.fleet.enabled() {
-        true => Some(Arc::new(connect_fleet(&config).await?)),
+        true => Some(Arc::new(connect_fleet(&config, true).await?)),
         false => None,
     };
     let (app_store, state_lock): (Arc<dyn Store>, _) = match &fleet {

@@ -683,14 +683,16 @@ impl EtcdStore {
         if let Some(s) = self.secrets.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Ok(*s);
         }
-        let secret = self.create_secret(name).await?;
+        let secret = self.offer_secret(name, new_secret()?).await?;
         self.secrets.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), secret);
         Ok(secret)
     }
 
-    async fn create_secret(&self, name: &'static str) -> Result<[u8; 32], StoreError> {
+    /// The fleet's secret `name`: `offered` if the fleet had none (a single host's, imported;
+    /// or a fresh one), else the one it has.
+    pub async fn offer_secret(&self, name: &str, offered: [u8; 32]) -> Result<[u8; 32], StoreError> {
         let key = format!("{}secrets/{name}", self.prefix);
-        let fresh = new_secret()?;
+        let fresh = offered;
         // Created once for the whole fleet: put only if the key was never created, else read
         // the one that won.
         let txn = Txn::new()
@@ -708,7 +710,7 @@ impl EtcdStore {
             )
             .await?;
         if response.succeeded() {
-            tracing::info!(key, "generated a new secret");
+            tracing::info!(key, "stored the fleet's secret");
             return Ok(fresh);
         }
         let corrupt =

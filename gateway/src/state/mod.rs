@@ -6,6 +6,7 @@
 
 pub mod etcd_store;
 pub mod file_store;
+pub mod import;
 pub mod replica_file;
 pub mod store;
 
