@@ -58,21 +58,23 @@ fn run_shell(command: &str) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
-#[test]
-fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
-    require_root();
+/// Starts `cargo xtask run {flag}` with the gateway under test and reads its output up to the
+/// line `{name}: ready`: the running xtask (Ctrl-C on drop; its later output still read, so
+/// that it can print while it cleans up), the commands it printed (with the comment line above
+/// each), and everything it printed.
+fn start_until_ready(flag: &str, name: &str) -> ((Interrupt, mpsc::Receiver<String>), Vec<Printed>, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut child = Command::new(xtask_bin())
-        .args(["run", "--demo", "--gateway-bin"])
+        .args(["run", flag, "--gateway-bin"])
         .arg(gateway_bin())
         .current_dir(&root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start the demo");
+        .unwrap_or_else(|e| panic!("start xtask run {flag}: {e}"));
     let stdout = child.stdout.take().expect("stdout");
-    let demo = Interrupt(child);
+    let running = Interrupt(child);
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -81,18 +83,17 @@ fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
             }
         }
     });
-
-    // Everything up to "demo: ready".
+    let ready = format!("{name}: ready");
     let mut printed = Vec::new();
     let mut transcript = String::new();
     let mut comment = String::new();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no `demo: ready`; output so far:\n{transcript}"));
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no `{ready}`; output so far:\n{transcript}"));
         transcript.push_str(&line);
         transcript.push('\n');
-        if line == "demo: ready" {
+        if line == ready {
             break;
         }
         if let Some(c) = line.strip_prefix("# ") {
@@ -101,6 +102,14 @@ fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
             printed.push(Printed { what: comment.clone(), command: cmd.to_string() });
         }
     }
+    ((running, rx), printed, transcript)
+}
+
+#[test]
+fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
+    require_root();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (demo, printed, transcript) = start_until_ready("--demo", "demo");
     assert!(printed.len() >= 8, "too few commands:\n{transcript}");
 
     let expect = |p: &Printed, ok: bool, needle: &str| {
@@ -158,43 +167,7 @@ fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
 fn the_fleet_serves_every_sandbox_through_every_gateway_and_ctrl_c_removes_everything() {
     require_root();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut child = Command::new(xtask_bin())
-        .args(["run", "--fleet", "--gateway-bin"])
-        .arg(gateway_bin())
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the fleet");
-    let stdout = child.stdout.take().expect("stdout");
-    let fleet = Interrupt(child);
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut printed = Vec::new();
-    let mut transcript = String::new();
-    let mut comment = String::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no `fleet: ready`; output so far:\n{transcript}"));
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line == "fleet: ready" {
-            break;
-        }
-        if let Some(c) = line.strip_prefix("# ") {
-            comment = c.to_string();
-        } else if let Some(cmd) = line.strip_prefix("  $ ") {
-            printed.push(Printed { what: comment.clone(), command: cmd.to_string() });
-        }
-    }
+    let (fleet, printed, transcript) = start_until_ready("--fleet", "fleet");
     for host in ["host-a", "host-b", "host-c"] {
         let row = transcript
             .lines()

@@ -235,14 +235,36 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
         assert_eq!(a.client().delete(&format!("/v1/workspaces/acme/tokens/{name}")).status, 204);
         revoked.push(until("a revoked token refused on B", || status() == 401));
     }
+    // A new sandbox registered on A, known to B's edge, over 200 trials: `/port/443/` is
+    // refused 403 (a reserved port) once B knows the sandbox, 404 before; nothing is sent to
+    // the sandbox (whose address leads nowhere).
+    let mut sandboxes = Vec::new();
+    for i in 0..200u32 {
+        let name = format!("new-{i}");
+        let mut body = sandbox_body(&sb, &[]);
+        body["address"] = json!(format!("198.18.{}.{}", 202 + i / 250, 1 + i % 250));
+        let r = a.client().put_json(&format!("/v1/workspaces/acme/sandboxes/{name}"), &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let host = sandbox_host(&name);
+        let status = || {
+            let req = build_h2(Method::GET, &host, "/port/443/", &[("authorization", &bearer)], empty());
+            let mut probe = probe.clone();
+            rt.block_on(async move { probe.send_request(req).await.expect("probe").status() })
+        };
+        sandboxes.push(until("a new sandbox known to B", || status() == 403));
+        assert_eq!(a.client().delete(&format!("/v1/workspaces/acme/sandboxes/{name}")).status, 204);
+    }
     created.sort();
     revoked.sort();
+    sandboxes.sort();
     eprintln!(
-        "convergence over 200 trials (admin answer on A → B's edge): new token p50 {:?} p99 {:?}; revocation p50 {:?} p99 {:?}",
+        "convergence over 200 trials (admin answer on A → B's edge): new token p50 {:?} p99 {:?}; revocation p50 {:?} p99 {:?}; new sandbox p50 {:?} p99 {:?}",
         percentile(&created, 0.5),
         percentile(&created, 0.99),
         percentile(&revoked, 0.5),
-        percentile(&revoked, 0.99)
+        percentile(&revoked, 0.99),
+        percentile(&sandboxes, 0.5),
+        percentile(&sandboxes, 0.99)
     );
 
     // A public preview made on B opens its port in A's kernel; its URL is the same on both.

@@ -97,17 +97,25 @@ impl Drop for Demo {
     }
 }
 
-/// Runs the demo until Ctrl-C. `gateway_bin`: a prebuilt binary instead of a release build.
-pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
+/// What a demo (`run --demo`, `run --fleet`) does first: the packages, a check for root (it
+/// creates `what` and loads eBPF programs), the gateway binary (`gateway_bin`, else a release
+/// build), the Ctrl-C handlers.
+pub(crate) fn prepare(what: &str, gateway_bin: Option<PathBuf>) -> Result<PathBuf> {
     setup::run(setup::Scope::All, false)?;
     if !setup::is_root() {
-        bail!("the demo creates a network namespace and loads eBPF programs: run it as root");
+        bail!("it creates {what} and loads eBPF programs: run it as root");
     }
     let gateway_bin = match gateway_bin {
         Some(b) => b,
         None => build::gateway(true)?,
     };
     install_handlers();
+    Ok(gateway_bin)
+}
+
+/// Runs the demo until Ctrl-C. `gateway_bin`: a prebuilt binary instead of a release build.
+pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
+    let gateway_bin = prepare("a network namespace", gateway_bin)?;
     let dir = root().join(".gateway-demo");
     cleanup_leftovers(&dir, &gateway_bin);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -135,25 +143,9 @@ pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
     let admin_sock = dir.join("admin.sock");
     fs::write(&config, demo_config(&dir, &admin_sock))?;
     let log_path = dir.join("gateway.log");
-    let log = fs::File::create(&log_path)?;
-    demo.gateway = Some(
-        Command::new(&gateway_bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("GATEWAY_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start the gateway")?,
-    );
+    demo.gateway = Some(spawn_gateway(&gateway_bin, &config, &log_path, None)?);
     let admin = format!("unix:{}", admin_sock.display());
-    let cli = |args: &[&str]| -> Result<Value> {
-        let mut cmd = Command::new(&gateway_bin);
-        cmd.args(args).args(["--admin", &admin, "-o", "json"]);
-        let text = output(&mut cmd)?;
-        serde_json::from_str(&text).with_context(|| format!("`gateway {}` did not print JSON: {text}", args.join(" ")))
-    };
+    let cli = |args: &[&str]| cli_json(&gateway_bin, &admin, args);
     wait_ready(&mut demo, &admin_sock, &log_path)?;
 
     // Register the sandbox, mint a token, make the previews.
@@ -323,7 +315,36 @@ bpffs = "{BPFFS}"
     )
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Starts `gateway serve --config CONFIG` (in network namespace `netns`, if given), its output
+/// to the file `log`.
+pub(crate) fn spawn_gateway(gateway_bin: &Path, config: &Path, log: &Path, netns: Option<&str>) -> Result<Child> {
+    let log = fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(gateway_bin);
+            c
+        }
+        None => Command::new(gateway_bin),
+    };
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("GATEWAY_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the gateway")
+}
+
+/// `gateway ARGS --admin ADMIN -o json`, its answer parsed.
+pub(crate) fn cli_json(gateway_bin: &Path, admin: &str, args: &[&str]) -> Result<Value> {
+    let text = output(Command::new(gateway_bin).args(args).args(["--admin", admin, "-o", "json"]))?;
+    serde_json::from_str(&text).with_context(|| format!("`gateway {}` did not print JSON: {text}", args.join(" ")))
+}
+
+/// Runs `ip` with `args`; fails with its output.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     output(Command::new("ip").args(args)).map(|_| ())
 }
 

@@ -25,12 +25,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
 
 use crate::{
-    build,
-    demo::{STOP, install_handlers},
-    output, root, setup,
+    demo::{self, STOP, ip},
+    output, root,
 };
 
 const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
@@ -138,21 +136,9 @@ fn remove_everything(dir: &Path, gateway_bin: &Path) {
     let _ = fs::remove_dir_all(dir);
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    output(Command::new("ip").args(args)).map(|_| ())
-}
-
 /// Runs the fleet until Ctrl-C. `gateway_bin`: a prebuilt binary instead of a release build.
 pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
-    setup::run(setup::Scope::All, false)?;
-    if !setup::is_root() {
-        bail!("the fleet creates network namespaces and loads eBPF programs: run it as root");
-    }
-    let gateway_bin = match gateway_bin {
-        Some(b) => b,
-        None => build::gateway(true)?,
-    };
-    install_handlers();
+    let gateway_bin = demo::prepare("network namespaces", gateway_bin)?;
     let dir = root().join(".gateway-fleet");
     remove_everything(&dir, &gateway_bin);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -256,18 +242,7 @@ pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
         fs::create_dir_all(&hdir)?;
         let config = hdir.join("gateway.toml");
         fs::write(&config, host_config(h, &hdir, &pki))?;
-        let log = fs::File::create(hdir.join("gateway.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &h.netns()])
-            .arg(&gateway_bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("GATEWAY_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start a gateway")?;
+        let child = demo::spawn_gateway(&gateway_bin, &config, &hdir.join("gateway.log"), Some(&h.netns()))?;
         fleet.children.push((h.name.to_string(), child));
     }
     let admin = |h: &Host| format!("unix:{}", dir.join(h.name).join("admin.sock").display());
@@ -285,10 +260,7 @@ pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
     }
 
     // Each sandbox registered on its own host; one token, made through host-a.
-    let cli = |h: &Host, args: &[&str]| -> Result<Value> {
-        let text = output(Command::new(&gateway_bin).args(args).args(["--admin", &admin(h), "-o", "json"]))?;
-        serde_json::from_str(&text).with_context(|| format!("`gateway {}` did not print JSON: {text}", args.join(" ")))
-    };
+    let cli = |h: &Host, args: &[&str]| demo::cli_json(&gateway_bin, &admin(h), args);
     for h in &hosts {
         let (sh, _) = h.sandbox_link();
         cli(
