@@ -24,7 +24,7 @@
 //! replica (the service layer's indexes) holds. Every put or delete is a transaction that
 //! succeeds only if the key is still at that revision: a write based on a stale view (another
 //! gateway changed the record meanwhile) is refused with [`StoreError::Changed`] and changes
-//! nothing; the service layer waits for its replica to catch up ([`EtcdStore::catch_up`]) and
+//! nothing; the service layer waits for its replica to catch up (`Store::catch_up`) and
 //! decides again. The replica follows etcd through [`EtcdStore::feed`] (a watch from the
 //! revision after the one it holds); [`EtcdStore::accept`] turns what the watch delivered into
 //! [`Change`]s, skipping what the replica already holds (its own writes), and
