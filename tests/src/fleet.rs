@@ -4,8 +4,9 @@
 //! (its uplink); the hosts reach each other through the test's namespace (routed), and etcd,
 //! which listens on an address of the test's namespace of its own (the near end of a veth into
 //! an empty namespace, claimed like every harness address). Cutting a host off from etcd alone
-//! is a blackhole route to that address in its namespace ([`LabHost::cut_from_etcd`]): its
-//! packets to etcd vanish as in a real partition, while clients and peers still reach it.
+//! is an nftables table in its namespace that drops every packet from that address and answers
+//! every packet to it with a TCP reset ([`LabHost::cut_from_etcd`]): nothing more arrives from
+//! etcd, its connections break and new ones are refused, while clients and peers still reach it.
 //!
 //! Everything is removed on drop: the gateways are stopped first, then the namespaces (and
 //! their interfaces), the pin directories, etcd and the certificates.
@@ -74,14 +75,29 @@ impl LabHost {
         EdgeClient::new(&self.gw)
     }
 
-    /// Cuts the host off from etcd (`true`) or heals it: a blackhole route in its namespace
-    /// to the address etcd listens on for it.
+    /// Cuts the host off from etcd (`true`) or heals it: a table of its namespace's own that
+    /// drops every packet from the address etcd listens on and rejects every packet to it with
+    /// a TCP reset, so that nothing more arrives on the connections established before and they
+    /// break (a route would not touch them, and a silent drop on the way out only would let
+    /// them resume where they stopped, the history in between never missed).
     pub fn cut_from_etcd(&self, cut: bool) {
-        let etcd = format!("{}/32", self.etcd_addr);
-        let verb = if cut { "add" } else { "del" };
-        self.ns
-            .ip(&["route", verb, "blackhole", &etcd])
-            .unwrap_or_else(|e| panic!("route {verb} blackhole {etcd}: {e}"));
+        let etcd = self.etcd_addr.to_string();
+        let commands: Vec<Vec<&str>> = match cut {
+            true => vec![
+                vec!["nft", "add", "table", "inet", "gwlab"],
+                vec!["nft", "add", "chain", "inet", "gwlab", "in", "{ type filter hook input priority 0 ; }"],
+                vec!["nft", "add", "rule", "inet", "gwlab", "in", "ip", "saddr", &etcd, "drop"],
+                vec!["nft", "add", "chain", "inet", "gwlab", "out", "{ type filter hook output priority 0 ; }"],
+                vec![
+                    "nft", "add", "rule", "inet", "gwlab", "out", "ip", "daddr", &etcd, "meta", "l4proto", "tcp",
+                    "reject", "with", "tcp", "reset",
+                ],
+            ],
+            false => vec![vec!["nft", "delete", "table", "inet", "gwlab"]],
+        };
+        for c in commands {
+            self.ns.exec(&c).unwrap_or_else(|e| panic!("{}: {e}", c.join(" ")));
+        }
     }
 }
 
