@@ -252,9 +252,15 @@ impl DevPaths {
 }
 
 fn ca_params() -> CertificateParams {
+    ca_params_named("gateway development CA")
+}
+
+/// The parameters of a CA of the gateway's own named `common_name` (the development CA, the
+/// fleet's CA): what its certificate holds, and what a certificate it issues names as issuer.
+pub(crate) fn ca_params_named(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "gateway development CA");
+    dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "gateway");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -103,6 +103,8 @@ pub struct EtcdStore {
     /// (a deletion is remembered until the replica passed it, so that an older event of the
     /// watch does not bring the record back).
     known: Mutex<HashMap<String, Known>>,
+    /// Whether `known` may hold deletions (see `set_applied`).
+    tombstones: AtomicBool,
     /// The revision the replica reached: every change up to it is applied.
     applied: tokio::sync::watch::Sender<i64>,
     /// The highest revision etcd answered with (a refused write's answer included).
@@ -233,6 +235,7 @@ impl EtcdStore {
             prefix: settings.prefix.clone(),
             sealed: AtomicBool::new(false),
             known: Mutex::new(HashMap::new()),
+            tombstones: AtomicBool::new(false),
             applied: tokio::sync::watch::Sender::new(0),
             seen: AtomicI64::new(0),
             lease: AtomicI64::new(0),
@@ -272,7 +275,14 @@ impl EtcdStore {
             *r = (*r).max(revision);
             moved
         });
-        self.known().retain(|_, k| k.exists || k.revision > revision);
+        // Deletions are rare: the whole map is walked only when one is remembered.
+        if self.tombstones.swap(false, Ordering::AcqRel) {
+            let mut known = self.known();
+            known.retain(|_, k| k.exists || k.revision > revision);
+            if known.values().any(|k| !k.exists) {
+                self.tombstones.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// How long since etcd last confirmed what the replica holds.
@@ -412,6 +422,9 @@ impl EtcdStore {
         if !response.succeeded() {
             return Err(StoreError::Changed { key });
         }
+        if value.is_none() {
+            self.tombstones.store(true, Ordering::Release);
+        }
         self.known().insert(key, Known { revision, exists: value.is_some() });
         Ok(())
     }
@@ -531,6 +544,9 @@ impl EtcdStore {
         for e in events {
             if known.get(&e.key).is_some_and(|k| k.revision >= e.revision) {
                 continue;
+            }
+            if e.value.is_none() {
+                self.tombstones.store(true, Ordering::Release);
             }
             known.insert(e.key.clone(), Known { revision: e.revision, exists: e.value.is_some() });
             match e.value {
