@@ -112,8 +112,8 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
     // Registered on A: A runs it; B knows it, and names its host.
     let view = register(&a, WS, "web", &sb, &[(3000, "HTTP")]);
     assert_eq!(view["owner"], "host-a", "{view}");
+    until("B knows the sandbox registered on A", || b.client().get("/v1/workspaces/acme/sandboxes/web").status == 200);
     let on_b = b.client().get("/v1/workspaces/acme/sandboxes/web");
-    assert_eq!(on_b.status, 200, "read your writes: B answers once A answered? {}", on_b.text());
     assert_eq!(on_b.json()["owner"], "host-a");
     b.client().get("/v1/workspaces/acme/sandboxes/web/policy").assert_error(409, "OWNED_BY_ANOTHER_HOST");
     let dump_a = dataplane_dump(pins_a.path()).to_string();
@@ -131,9 +131,10 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
     // forwards to A.
     let token = create_token(&b, WS, "ci");
     let bearer = format!("Bearer {token}");
+    until("A accepts the token made on B", || {
+        rt.block_on(edge_a.get(&host, "/port/3000/hello", &[("authorization", &bearer)])).status == 200
+    });
     rt.block_on(async {
-        let r = edge_a.get(&host, "/port/3000/hello", &[("authorization", &bearer)]).await;
-        assert_eq!(r.status, 200, "{}", r.text());
         let spoof = [
             ("authorization", bearer.as_str()),
             ("x-forwarded-for", "203.0.113.9"),
@@ -280,8 +281,11 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
         .next()
         .expect("host")
         .to_string();
+    // Read your writes holds on the gateway written to; the other one converges (milliseconds).
+    until("A knows the preview made on B", || {
+        a.client().get("/v1/workspaces/acme/sandboxes/web/previews/site").status == 200
+    });
     let on_a = a.client().get("/v1/workspaces/acme/sandboxes/web/previews/site");
-    assert_eq!(on_a.status, 200, "{}", on_a.text());
     assert_eq!(on_a.json()["id"], preview["id"], "one preview id (host name) fleet-wide");
     until("A serves the preview made on B", || rt.block_on(edge_a.get(&preview_host, "/", &[])).status == 200);
     let r = rt.block_on(edge_b.get(&preview_host, "/through-b", &[]));
