@@ -204,6 +204,20 @@ fn a_fleet_shares_tokens_previews_and_sandboxes_and_one_host_runs_each() {
         ws.send(Message::text("over h2")).await.expect("send");
         let back = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo in time");
         assert_eq!(back.expect("message").expect("ok").into_text().expect("text").as_str(), "over h2");
+
+        // A connect-tcp tunnel through B, over HTTP/1.1 and HTTP/2: raw bytes to A's sandbox
+        // (here an HTTP request written by hand, read back as bytes).
+        let mut h1 = edge_b.h1(&host).await;
+        let headers = [("authorization", bearer.as_str()), ("connection", "Upgrade"), ("upgrade", "connect-tcp")];
+        let mut response =
+            h1.send_request(build(Method::GET, &host, "/port/3000", &headers, empty())).await.expect("upgrade");
+        assert_eq!(response.status(), 101, "{response:?}");
+        raw_get_through(hyper::upgrade::on(&mut response).await.expect("upgraded"), "/raw-h1").await;
+        let mut req = build_h2(Method::CONNECT, &host, "/port/3000", &[("authorization", &bearer)], empty());
+        req.extensions_mut().insert(hyper::ext::Protocol::from_static("connect-tcp"));
+        let mut response = h2.send_request(req).await.expect("extended CONNECT");
+        assert_eq!(response.status(), 200, "{response:?}");
+        raw_get_through(hyper::upgrade::on(&mut response).await.expect("upgraded"), "/raw-h2").await;
     });
 
     // The fleet listener serves only the fleet's members.
@@ -370,4 +384,20 @@ fn fleet_listen(gw: &GatewayProcess) -> std::net::SocketAddr {
     let config = std::fs::read_to_string(gw.config_path()).expect("config");
     let line = config.lines().find(|l| l.starts_with("listen = \"127.0.0.1:")).expect("fleet.listen");
     line.trim_start_matches("listen = \"").trim_end_matches('"').parse().expect("address")
+}
+
+/// Writes an HTTP/1.1 request for `path` into a raw tunnel to the echo backend and checks its
+/// answer names the path.
+async fn raw_get_through(tunnel: hyper::upgrade::Upgraded, path: &str) {
+    let mut io = hyper_util::rt::TokioIo::new(tunnel);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n");
+    io.write_all(request.as_bytes()).await.expect("write through the tunnel");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut answer))
+        .await
+        .expect("the app's answer in time")
+        .expect("read through the tunnel");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(path), "the app saw the raw request: {text}");
 }

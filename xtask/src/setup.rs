@@ -24,7 +24,7 @@ const FALLBACK_LLVM_NAME: &str = "libLLVM.so.22.1-rust-1.97.0-nightly";
 /// Debian packages the privileged tests call (`ip`, `bpftool`, `iptables`, `nft`, `curl`, `ps`,
 /// `systemd-analyze`, `setpriv`, `wrk` for the zero-downtime restart test, `python3 -m venv`
 /// for the real Python SDK test, `openssl s_client` for the TLS hardening test, etcd and
-/// `etcdctl` for the fleet tests).
+/// `etcdctl` for the fleet tests, PostgreSQL for the TCP tunnel test).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -42,6 +42,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // the fleet tests' etcd cluster (`tests/src/etcd.rs`): the server and `etcdctl`
     "etcd-server",
     "etcd-client",
+    // tcp_tunnel: `gateway tunnel` carries `psql` to a PostgreSQL 15 server in a sandbox
+    "postgresql-15",
+    "postgresql-client-15",
 ];
 /// Debian packages building the gateway needs: `protoc`, for the etcd client's generated code
 /// (`gateway::state::etcd_store`).

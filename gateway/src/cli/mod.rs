@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check-config`, `print-default-config`, `dataplane …`, the
 //! admin API clients `sandbox …`, `token …`, `preview …`, `preview-token …` and `session …`,
-//! and `fetch` (a request through the public HTTPS listener, like the SDKs' `sandbox.fetch`).
+//! `fetch` (a request through the public HTTPS listener, like the SDKs' `sandbox.fetch`) and
+//! `tunnel` (a local listener carried to a sandbox port through a `connect-tcp` tunnel).
 //!
 //! Exit codes: 0 success, 1 failure (the message says why), 2 usage error (clap), 64 invalid
 //! configuration (every problem printed as `FILE: KEY: REASON`, nothing bound or opened).
@@ -14,9 +15,11 @@ mod preview;
 pub mod reference;
 mod sandbox;
 mod token;
+mod tunnel;
 
 pub use fetch::FetchArgs;
 pub use token::TokenCommand;
+pub use tunnel::TunnelArgs;
 
 use crate::{config, telemetry::LogFormat};
 use clap::{Args, Parser, Subcommand};
@@ -69,6 +72,9 @@ pub enum Command {
     /// Send a request to a sandbox port through the public HTTPS listener, like the SDKs'
     /// `sandbox.fetch(port, path)`; prints the body, exits 1 on HTTP >= 400.
     Fetch(FetchArgs),
+    /// Listen locally and carry each connection to a sandbox port through an authenticated
+    /// connect-tcp tunnel on the public HTTPS listener (like `kubectl port-forward`).
+    Tunnel(TunnelArgs),
     /// Create, list, inspect and delete previews (URLs for sandbox ports) through the admin API.
     Preview {
         /// What to do.
@@ -307,6 +313,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Sandbox { command } => sandbox::run(command),
         Command::Token { command } => token::run(command),
         Command::Fetch(args) => fetch::run(args),
+        Command::Tunnel(args) => tunnel::run(args),
         Command::Preview { command } => preview::run_preview(command),
         Command::PreviewToken { command } => preview::run_token(command),
         Command::Session { command } => preview::run_session(command),

@@ -87,6 +87,7 @@ impl SandboxOut {
                             target: p.target,
                             protocol: match p.protocol {
                                 PortProtocol::Tcp => "TCP",
+                                PortProtocol::Tls => "TLS",
                                 PortProtocol::Http | PortProtocol::Http2 | PortProtocol::Grpc => "HTTP",
                             },
                         })

@@ -12,7 +12,8 @@
 //! - `preview`: the routing of preview hosts and the `/v0` API host (`crate::service::previews`,
 //!   `crate::compat`).
 //! - [`proxy`]: streaming HTTP/1.1, h2c, upgrades and WebSocket over HTTP/2; [`headers`]: what
-//!   is removed, added and rewritten on the way.
+//!   is removed, added and rewritten on the way; [`tcp_tunnel`]: raw TCP to a port over an
+//!   authenticated `connect-tcp` upgrade.
 //! - `pool`: the upstream connectors (HTTP/1.1 pool, h2c, dedicated upgrade connections) over
 //!   [`connect`] (marked sockets, waiting for a port).
 //! - [`limits`], [`upstream_errors`]: caps, timeouts, and the answers when things fail.
@@ -35,6 +36,7 @@ mod preview;
 pub mod proxy;
 mod request;
 pub mod route;
+pub mod tcp_tunnel;
 pub mod tls;
 pub mod upstream_errors;
 pub mod workers;
@@ -77,6 +79,12 @@ use workers::Workers;
 
 /// The body of every edge response.
 pub type EdgeBody = BoxBody<Bytes, pool::BoxError>;
+
+/// An empty response body.
+fn empty_body() -> EdgeBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
 
 /// At a drain, how long connections get to end by themselves (HTTP/1.1 answers carry
 /// `Connection: close`) before the rest are closed gracefully (idle HTTP/1.1 connections at

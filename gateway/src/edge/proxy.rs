@@ -12,6 +12,8 @@
 //!   other answer is relayed as a normal response and the client connection stays HTTP.
 //! - HTTP/2 extended CONNECT (RFC 8441, `:protocol = websocket`): translated to an HTTP/1.1
 //!   WebSocket upgrade towards the app; `200` to the client once the app answered `101`.
+//! - `connect-tcp` (HTTP/1.1 upgrade or HTTP/2 extended CONNECT): a raw TCP tunnel to the
+//!   port ([`super::tcp_tunnel`]).
 //! - Tunnels are cut after the idle timeout like any connection.
 
 use super::{
@@ -22,6 +24,7 @@ use super::{
     limits::{Activity, ActivityIo, SandboxSlot, idle_timeout},
     pool::{BoxError, ExchangeError, H1Pool, H2Pool, UpBody, upgrade_connection},
     route::Route,
+    tcp_tunnel,
     upstream_errors::{Destination, connect_failed, exchange_failed, response_timed_out},
 };
 use crate::{
@@ -165,14 +168,21 @@ impl Proxy {
     /// since every `async` layer around it would be copied whole at each call (a future is as
     /// large as its largest state, and is moved into its caller's).
     pub fn prepare(&self, mut req: Request<Incoming>, out: Outbound) -> Result<Exchange<'_>, ApiError> {
+        if let Some(ask) = tcp_tunnel::requested(&req) {
+            return self.tcp_tunnel(req, ask, out);
+        }
         if req.method() == Method::CONNECT {
             return match req.extensions().get::<hyper::ext::Protocol>() {
                 Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => {
-                    Ok(Exchange::Other(Box::pin(self.websocket_over_h2(req, out))))
+                    Ok(Exchange::Other(Box::pin(self.h2_as_h1_upgrade(req, out, "websocket"))))
                 }
                 Some(p) => Err(ApiError::new(
                     ErrorCode::NotImplemented,
-                    format!("extended CONNECT with protocol {:?} is not supported (only websocket)", p.as_str()),
+                    format!(
+                        "extended CONNECT with protocol {:?} is not supported (only websocket and {})",
+                        p.as_str(),
+                        tcp_tunnel::CONNECT_TCP
+                    ),
                 )),
                 None => Err(ApiError::new(ErrorCode::MethodNotAllowed, "CONNECT is not supported")),
             };
@@ -193,6 +203,13 @@ impl Proxy {
                 parts.headers.remove(HOST);
                 Ok(Exchange::Other(Box::pin(self.h2c_exchange(Request::from_parts(parts, body), out))))
             }
+            PortProtocol::Tls => Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "port {} of sandbox {:?} is declared TLS (the app terminates its own TLS): reach it through a connect-tcp tunnel (`gateway tunnel`), not with HTTP requests",
+                    out.route.port, out.sandbox.name
+                ),
+            )),
             PortProtocol::Http | PortProtocol::Tcp => {
                 parts.version = Version::HTTP_11;
                 parts.uri = origin_form(&out.route.path_and_query)?;
@@ -310,12 +327,46 @@ impl Proxy {
         Ok(answer)
     }
 
-    async fn websocket_over_h2(
+    /// A TCP tunnel (`connect-tcp`): opened here when this host runs the sandbox; else passed
+    /// to its owner as an HTTP/1.1 upgrade, which opens it.
+    fn tcp_tunnel(
+        &self,
+        mut req: Request<Incoming>,
+        ask: tcp_tunnel::Ask,
+        out: Outbound,
+    ) -> Result<Exchange<'_>, ApiError> {
+        if out.via.is_some() {
+            return Ok(Exchange::Other(match ask {
+                tcp_tunnel::Ask::Upgrade => {
+                    let upgrade = HeaderValue::from_static(tcp_tunnel::CONNECT_TCP);
+                    Box::pin(self.upgrade_h1(req, upgrade, out))
+                }
+                tcp_tunnel::Ask::ExtendedConnect => Box::pin(self.h2_as_h1_upgrade(req, out, tcp_tunnel::CONNECT_TCP)),
+            }));
+        }
+        tcp_tunnel::check_target(&out.route.path_and_query, out.route.port)?;
+        let client = hyper::upgrade::on(&mut req);
+        let addr = out.addr();
+        let tunnel = tcp_tunnel::Tunnel {
+            sandbox: out.sandbox.name.clone(),
+            port: out.route.port,
+            slot: out.slot,
+            idle: self.settings.idle_timeout,
+        };
+        Ok(Exchange::Other(Box::pin(tcp_tunnel::open(client, ask, addr, self.settings.connect, tunnel, &self.tunnels))))
+    }
+
+    /// An HTTP/2 extended CONNECT (RFC 8441) sent on as an HTTP/1.1 upgrade to `protocol`:
+    /// WebSocket towards the app, or any upgrade towards the fleet host that runs the sandbox.
+    /// `200` to the client once the other side answered `101`.
+    async fn h2_as_h1_upgrade(
         &self,
         mut req: Request<Incoming>,
         out: Outbound,
+        protocol: &'static str,
     ) -> Result<Response<EdgeBody>, ApiError> {
         let client_upgrade = hyper::upgrade::on(&mut req);
+        let websocket = protocol == "websocket";
         let version = req.headers().get(SEC_WEBSOCKET_VERSION).cloned().unwrap_or(HeaderValue::from_static("13"));
         prepare_headers(req.headers_mut(), &out);
         let (mut parts, _tunnel_body) = req.into_parts();
@@ -327,9 +378,11 @@ impl Proxy {
         headers::set_host(h, &out.upstream_host)
             .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the host cannot be forwarded"))?;
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(SEC_WEBSOCKET_VERSION, version);
-        h.insert(SEC_WEBSOCKET_KEY, websocket_key());
+        h.insert(UPGRADE, HeaderValue::from_static(protocol));
+        if websocket {
+            h.insert(SEC_WEBSOCKET_VERSION, version);
+            h.insert(SEC_WEBSOCKET_KEY, websocket_key());
+        }
         let mut response = self.send_upgrade(&out, Request::from_parts(parts, empty_up())).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             headers::from_app(response.headers_mut());
@@ -359,7 +412,7 @@ where
     B::Error: Into<BoxError>,
 {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // Only an upgrade request (`upgrade_h1`, `websocket_over_h2`) may be answered 101: an
+        // Only an upgrade request (`upgrade_h1`, `h2_as_h1_upgrade`) may be answered 101: an
         // app switching protocols unasked would end the client's HTTP connection on its word.
         return Err(ApiError::new(
             ErrorCode::BadGateway,
@@ -424,7 +477,7 @@ fn origin_form(path_and_query: &str) -> Result<Uri, ApiError> {
 }
 
 fn empty() -> EdgeBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    super::empty_body()
 }
 
 fn empty_up() -> UpBody {

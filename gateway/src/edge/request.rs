@@ -195,6 +195,12 @@ impl Edge {
     ) -> Result<Forward<'_>, ApiError> {
         let Upstream { sandbox, mut route, mut set_headers, mut response_filter } = upstream;
         log.port = Some(route.port);
+        if log.route != RouteKind::Port && super::tcp_tunnel::requested(&req).is_some() {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "a connect-tcp tunnel is opened on a sandbox host's /port/{N}: previews and the sandbox API carry HTTP only",
+            ));
+        }
         let vouched = req.extensions().get::<Vouch>();
         let (peer, trusted) = match vouched {
             Some(v) => (Arc::new(headers::PeerText::new(v.client)), v.trusted),

@@ -17,8 +17,11 @@ pub enum PortProtocol {
     Http2,
     /// gRPC: h2c upstream.
     Grpc,
-    /// Raw TCP (not proxied yet; kernel policy only).
+    /// Raw TCP: reached through a `connect-tcp` tunnel (`gateway tunnel`); a plain HTTP
+    /// request to it is still proxied as HTTP/1.1.
     Tcp,
+    /// TLS the app terminates itself: opaque bytes, reached through a `connect-tcp` tunnel only.
+    Tls,
 }
 
 /// A port declared when the sandbox was registered.

@@ -14,6 +14,8 @@
 //! | `upstream_latency_seconds` | histogram | `route` (time to the sandbox's response head) |
 //! | `connections_open`, `connections_total` | gauge, counter | |
 //! | `websockets_open`, `websockets_total` | gauge, counter | |
+//! | `tcp_tunnels_open`, `tcp_tunnels_total` | gauge, counter | (`connect-tcp` tunnels through the HTTPS listener) |
+//! | `tcp_tunnel_bytes_total` | counter | `direction` (`up`: client → sandbox, `down`), counted when a tunnel closes |
 //! | `connections_cut_total` | counter | `reason` ([`CutReason`]: `idle`, `no_request`, `cancelled_requests`) |
 //! | `tls_handshakes_total` | counter | `result` (`ok`, `error`) |
 //! | `policy_apply_seconds` | histogram | (kernel map update of one sandbox) |
@@ -250,6 +252,9 @@ pub struct Metrics {
     connections_total: Counter,
     websockets_open: Gauge,
     websockets_total: Counter,
+    tcp_tunnels_open: Gauge,
+    tcp_tunnels_total: Counter,
+    tcp_tunnel_bytes: Family<DirectionLabels, Counter>,
     connections_cut: Family<ReasonLabels, Counter>,
     tls_handshakes: Family<ResultLabels, Counter>,
     policy_apply: Histogram,
@@ -266,6 +271,12 @@ pub struct Metrics {
     fleet_resyncs: Counter,
     fleet_etcd_errors: Counter,
     fleet_forwarded: Family<PeerLabels, Counter>,
+}
+
+/// Labels of bytes by direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
 }
 
 /// Labels of a request forwarded to a fleet peer.
@@ -315,6 +326,9 @@ impl Metrics {
             connections_total: Counter::default(),
             websockets_open: Gauge::default(),
             websockets_total: Counter::default(),
+            tcp_tunnels_open: Gauge::default(),
+            tcp_tunnels_total: Counter::default(),
+            tcp_tunnel_bytes: Family::default(),
             connections_cut: Family::default(),
             tls_handshakes: Family::default(),
             // 2 µs … ~1 s
@@ -349,6 +363,13 @@ impl Metrics {
         registry.register("connections", "Client connections accepted by the HTTPS edge", m.connections_total.clone());
         registry.register("websockets_open", "WebSockets (and other upgrades) open", m.websockets_open.clone());
         registry.register("websockets", "WebSockets (and other upgrades) established", m.websockets_total.clone());
+        registry.register("tcp_tunnels_open", "connect-tcp tunnels open", m.tcp_tunnels_open.clone());
+        registry.register("tcp_tunnels", "connect-tcp tunnels established", m.tcp_tunnels_total.clone());
+        registry.register(
+            "tcp_tunnel_bytes",
+            "Bytes carried by closed connect-tcp tunnels, by direction",
+            m.tcp_tunnel_bytes.clone(),
+        );
         registry.register(
             "connections_cut",
             "Client connections the HTTPS edge closed on its own, by reason",
@@ -503,6 +524,20 @@ impl Metrics {
         self.websockets_total.inc();
         self.websockets_open.inc();
         OpenGuard { gauge: &self.websockets_open }
+    }
+
+    /// A `connect-tcp` tunnel was established; open until the guard is dropped.
+    #[must_use = "the tunnel counts as open until the guard is dropped"]
+    pub fn tcp_tunnel_opened(&self) -> OpenGuard<'_> {
+        self.tcp_tunnels_total.inc();
+        self.tcp_tunnels_open.inc();
+        OpenGuard { gauge: &self.tcp_tunnels_open }
+    }
+
+    /// A `connect-tcp` tunnel closed after carrying `up` bytes to the sandbox, `down` back.
+    pub fn tcp_tunnel_closed(&self, up: u64, down: u64) {
+        self.tcp_tunnel_bytes.get_or_create(&DirectionLabels { direction: "up" }).inc_by(up);
+        self.tcp_tunnel_bytes.get_or_create(&DirectionLabels { direction: "down" }).inc_by(down);
     }
 
     /// The edge closed a client connection on its own.

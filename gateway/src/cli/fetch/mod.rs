@@ -11,8 +11,8 @@
 //! line and headers first. Exit code 1 when the answer is HTTP ≥ 400 (its code and message on
 //! stderr when it is the gateway's JSON error) or when the request could not be made.
 
-mod plan;
-mod transport;
+pub(super) mod plan;
+pub(super) mod transport;
 
 use crate::{config, paths};
 use anyhow::Context;
@@ -94,7 +94,7 @@ pub struct FetchArgs {
 }
 
 pub(super) fn run(args: FetchArgs) -> anyhow::Result<u8> {
-    let config = load_config(&args)?;
+    let config = load_config(args.dev, args.config.as_deref())?;
     let ca = args.cacert.clone().unwrap_or_else(|| paths::tls_ca(&config.state.dir));
     let body = match &args.json {
         Some(text) => Some(read_body(text)?),
@@ -114,12 +114,12 @@ pub(super) fn run(args: FetchArgs) -> anyhow::Result<u8> {
 }
 
 /// `--config`, `--dev`, the default file if present, or the built-in defaults.
-fn load_config(args: &FetchArgs) -> anyhow::Result<config::Config> {
-    if args.dev {
+pub(super) fn load_config(dev: bool, file: Option<&Path>) -> anyhow::Result<config::Config> {
+    if dev {
         return Ok(config::Config::dev(paths::dev_state_dir()));
     }
-    let path = match &args.config {
-        Some(path) => path.clone(),
+    let path = match file {
+        Some(path) => path.to_path_buf(),
         None if Path::new(paths::DEFAULT_CONFIG).exists() => PathBuf::from(paths::DEFAULT_CONFIG),
         None => return Ok(config::Config::default()),
     };

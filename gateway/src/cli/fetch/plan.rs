@@ -16,7 +16,7 @@ use std::{
 
 /// Where the TCP connection goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Connect {
+pub(in crate::cli) enum Connect {
     /// An address (no DNS).
     Addr(SocketAddr),
     /// A name resolved by DNS, and a port.
@@ -54,13 +54,27 @@ pub(super) struct Plan {
     pub include: bool,
 }
 
-impl Plan {
-    /// The plan of `args` under `config`; `body` is the `--json` body, already read.
-    pub fn new(args: &FetchArgs, config: &Config, body: Option<Vec<u8>>, ca: PathBuf) -> anyhow::Result<Plan> {
-        let (workspace, name) = parse_target(&args.sandbox)?;
+/// Where the sandbox is reached: its host, the `Host`/`:authority`, and where to connect.
+#[derive(Debug)]
+pub(in crate::cli) struct Endpoint {
+    pub workspace: String,
+    pub name: String,
+    /// The sandbox host: SNI, and `Host` without the port.
+    pub host: String,
+    /// `host[:port]`: `Host` / `:authority`.
+    pub authority: String,
+    /// Where to connect.
+    pub connect: Connect,
+}
+
+impl Endpoint {
+    /// `sandbox` (`{workspace}/{name}`) through `--gateway` (or DNS with `resolve`, else
+    /// `listen.https` of `config`).
+    pub fn new(sandbox: &str, gateway: Option<&str>, resolve: bool, config: &Config) -> anyhow::Result<Endpoint> {
+        let (workspace, name) = parse_target(sandbox)?;
         let listen = config.https_addr().map_err(|e| anyhow!("listen.https: {e}"))?;
         let host = format!("{}.{}.{}", sandbox_label(&name, &workspace), config.region, config.domain);
-        let (connect, url_port) = match &args.gateway {
+        let (connect, url_port) = match gateway {
             Some(gateway) => {
                 let connect = parse_gateway(gateway)?;
                 let port = match &connect {
@@ -69,10 +83,19 @@ impl Plan {
                 };
                 (connect, port)
             }
-            None if args.resolve => (Connect::Name(host.clone(), listen.port()), listen.port()),
+            None if resolve => (Connect::Name(host.clone(), listen.port()), listen.port()),
             None => (Connect::Addr(reachable(listen)), listen.port()),
         };
         let authority = if url_port == 443 { host.clone() } else { format!("{host}:{url_port}") };
+        Ok(Endpoint { workspace, name, host, authority, connect })
+    }
+}
+
+impl Plan {
+    /// The plan of `args` under `config`; `body` is the `--json` body, already read.
+    pub fn new(args: &FetchArgs, config: &Config, body: Option<Vec<u8>>, ca: PathBuf) -> anyhow::Result<Plan> {
+        let Endpoint { workspace, host, authority, connect, .. } =
+            Endpoint::new(&args.sandbox, args.gateway.as_deref(), args.resolve, config)?;
         let path = sandbox_path(args.port, &args.path)?;
         let method = match &args.method {
             Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())

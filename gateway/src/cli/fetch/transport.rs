@@ -17,7 +17,7 @@ use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
-use tokio_rustls::TlsConnector;
+use tokio_rustls::{TlsConnector, client::TlsStream};
 
 /// How long the TCP connection and the TLS handshake may take, each.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,23 +56,8 @@ impl Outcome {
 /// Sends the planned request; writes the body (after the head with `-i`) to `out` as it arrives.
 pub(super) async fn send(plan: &Plan, out: &mut (impl AsyncWrite + Unpin)) -> anyhow::Result<Outcome> {
     let tls = tls_config(plan)?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect(&plan.connect))
-        .await
-        .map_err(|_| anyhow!("connecting to {} timed out after {CONNECT_TIMEOUT:?}", plan.connect))?
-        .with_context(|| format!("cannot connect to the gateway at {} (is `gateway serve` running?)", plan.connect))?;
-    let _ = tcp.set_nodelay(true);
-    let server_name = ServerName::try_from(plan.host.clone()).with_context(|| format!("SNI {:?}", plan.host))?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(Arc::new(tls)).connect(server_name, tcp))
-        .await
-        .map_err(|_| anyhow!("the TLS handshake with {} timed out", plan.connect))?
-        .with_context(|| {
-            format!(
-                "TLS handshake with {} (SNI {}) failed; the CA trusted is {}",
-                plan.connect,
-                plan.host,
-                plan.ca.display()
-            )
-        })?;
+    let what = format!("the CA trusted is {}", plan.ca.display());
+    let stream = open_tls(&plan.connect, &plan.host, tls, &what).await?;
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let io = TokioIo::new(stream);
     let response = if h2 {
@@ -88,6 +73,26 @@ pub(super) async fn send(plan: &Plan, out: &mut (impl AsyncWrite + Unpin)) -> an
         sender.send_request(request(plan, false)?).await.context("sending the request over HTTP/1.1")?
     };
     receive(plan, response, out).await
+}
+
+/// A TLS connection to the gateway at `connect`, with SNI `host`, each step bounded;
+/// `trusted` says which CAs were trusted when the handshake fails.
+pub(in crate::cli) async fn open_tls(
+    connect: &Connect,
+    host: &str,
+    tls: ClientConfig,
+    trusted: &str,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect_to(connect))
+        .await
+        .map_err(|_| anyhow!("connecting to {connect} timed out after {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("cannot connect to the gateway at {connect} (is `gateway serve` running?)"))?;
+    let _ = tcp.set_nodelay(true);
+    let server_name = ServerName::try_from(host.to_string()).with_context(|| format!("SNI {host:?}"))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(Arc::new(tls)).connect(server_name, tcp))
+        .await
+        .map_err(|_| anyhow!("the TLS handshake with {connect} timed out"))?
+        .with_context(|| format!("TLS handshake with {connect} (SNI {host}) failed; {trusted}"))
 }
 
 /// Trusts the certificates of the CA file only; TLS 1.2 and 1.3; ALPN h2, http/1.1.
@@ -112,7 +117,7 @@ fn tls_config(plan: &Plan) -> anyhow::Result<ClientConfig> {
     Ok(config)
 }
 
-async fn connect(target: &Connect) -> std::io::Result<TcpStream> {
+async fn connect_to(target: &Connect) -> std::io::Result<TcpStream> {
     match target {
         Connect::Addr(addr) => TcpStream::connect(addr).await,
         Connect::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
