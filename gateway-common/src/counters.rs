@@ -64,6 +64,8 @@ pub enum Reason {
     PassEdgeMalformed = 10,
     /// A new connection from a sandbox to a host address, on a port of `MAP_HOST_ALLOW`.
     PassHostAllowed = 11,
+    /// New TCP to an exposed L4 port on the public interface, from a source its allow-list has.
+    PassEdgeL4 = 12,
     /// Truncated or malformed IP/L4 header on a sandbox interface (fail closed).
     DropMalformed = 16,
     /// New flow to an address that is not a registered sandbox (fail closed).
@@ -91,11 +93,16 @@ pub enum Reason {
     /// A new connection from a sandbox to an address of the host (`MAP_HOST_ADDRS`, broadcast,
     /// multicast) on a port outside `MAP_HOST_ALLOW`.
     DropHost = 28,
+    /// New TCP on the public interface from a source over `EdgeConfig::syn_rate` (IPv4).
+    DropEdgeRate = 29,
+    /// New TCP to an exposed L4 port on the public interface, from a source outside its
+    /// allow-list.
+    DropEdgeNotAllowed = 30,
 }
 
 impl Reason {
     /// Every reason, in slot order.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 28] = [
         Reason::PassNonIp,
         Reason::PassEstablished,
         Reason::PassIcmp,
@@ -108,6 +115,7 @@ impl Reason {
         Reason::PassEdgeOther,
         Reason::PassEdgeMalformed,
         Reason::PassHostAllowed,
+        Reason::PassEdgeL4,
         Reason::DropMalformed,
         Reason::DropUnknownSandbox,
         Reason::DropReservedPort,
@@ -121,6 +129,8 @@ impl Reason {
         Reason::DropProtected,
         Reason::DropEdgeClosedPort,
         Reason::DropHost,
+        Reason::DropEdgeRate,
+        Reason::DropEdgeNotAllowed,
     ];
 
     /// Whether the packet is dropped. Reasons from 16 up drop, the rest pass.
@@ -148,6 +158,7 @@ impl Reason {
             Reason::PassEdgeOther => "pass_edge_other",
             Reason::PassEdgeMalformed => "pass_edge_malformed",
             Reason::PassHostAllowed => "pass_host_allowed",
+            Reason::PassEdgeL4 => "pass_edge_l4",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropUnknownSandbox => "drop_unknown_sandbox",
             Reason::DropReservedPort => "drop_reserved_port",
@@ -161,6 +172,8 @@ impl Reason {
             Reason::DropProtected => "drop_protected",
             Reason::DropEdgeClosedPort => "drop_edge_closed_port",
             Reason::DropHost => "drop_host",
+            Reason::DropEdgeRate => "drop_edge_rate",
+            Reason::DropEdgeNotAllowed => "drop_edge_not_allowed",
         }
     }
 }
@@ -178,5 +191,7 @@ mod tests {
         }
         assert_eq!(Hook::Edge.slot(Reason::DropEdgeClosedPort), 64 + 27);
         assert!(Hook::Edge.slot(Reason::DropEdgeClosedPort) < VERDICT_SLOTS);
+        assert_eq!(Hook::Edge.slot(Reason::DropEdgeNotAllowed), 64 + 30);
+        assert!(Reason::ALL.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)), "ALL is in slot order");
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::counters::Reason;
 use crate::parse::{Net, Summary, Transport};
-use crate::policy::{Endpoint, PortKey, SandboxRecord, UdpFlowKey, allow};
+use crate::policy::{Endpoint, PortKey, SYN_TOKEN, SandboxRecord, SynBucket, UdpFlowKey, allow};
 use crate::{IPPROTO_TCP, IPPROTO_UDP, SANDBOX_API_PORT, SANDBOX_NEVER_PORT, SANDBOX_SYSTEM_PORT};
 
 /// Map lookups a decision may need. Implemented over eBPF maps in the kernel and over plain
@@ -47,6 +47,18 @@ pub trait Lookups {
     fn host_addr(&self, addr: [u8; 4]) -> bool;
     /// Whether `MAP_HOST_ALLOW` holds `key`.
     fn host_allowed(&self, key: &PortKey) -> bool;
+    /// Whether one more new connection from `src` fits the per-source rate limit
+    /// (`MAP_EDGE_CONFIG`'s `syn_rate` and `syn_burst`). The kernel takes a token from the
+    /// source's `MAP_SYN_RATE` bucket with [`syn_admit`] (a new source starts full); with no
+    /// rate configured it asks no map. The default: no limit.
+    fn syn_admit(&self, src: [u8; 4]) -> bool {
+        let _ = src;
+        true
+    }
+    /// Whether `MAP_L4_PORTS` has `port`: an L4 port exposed now.
+    fn l4_port(&self, port: u16) -> bool;
+    /// Whether `MAP_L4_ALLOW` has a prefix of `port` that covers `src`.
+    fn l4_allowed(&self, port: u16, src: [u8; 4]) -> bool;
 }
 
 /// The result of a `MAP_SANDBOXES` lookup (fully initialised on a miss, see `Lookups`).
@@ -66,8 +78,8 @@ impl SandboxLookup {
     pub const MISS: Self = Self { found: false, ifindex: 0 };
 }
 
-/// A decision: why, which sandbox it concerns, and any UDP flow to remember. Plain fields, no
-/// `Option`s (see `parse` for why).
+/// A decision: why, which sandbox it concerns, any UDP flow to remember and the L4 port to count
+/// it on. Plain fields, no `Option`s (see `parse` for why).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// The reason, which also tells pass or drop.
@@ -81,6 +93,11 @@ pub struct Verdict {
     pub remember_udp: bool,
     /// A UDP flow the sandbox started.
     pub udp_flow: UdpFlowKey,
+    /// The edge guard's new IPv4 connections that count on the port's `MAP_L4_PORTS` entry:
+    /// the destination port of `PassEdgeL4`, `DropEdgeNotAllowed` and `DropEdgeRate` (counted
+    /// there only if the port is exposed; a rate drop to another port counts in the verdict
+    /// counters alone); 0 for every other verdict.
+    pub l4_port: u16,
 }
 
 impl Verdict {
@@ -91,7 +108,13 @@ impl Verdict {
             sandbox: [0; 4],
             remember_udp: false,
             udp_flow: UdpFlowKey { sandbox: [0; 4], peer: [0; 4], sandbox_port: [0; 2], peer_port: [0; 2] },
+            l4_port: 0,
         }
+    }
+    const fn on_l4_port(reason: Reason, port: u16) -> Self {
+        let mut v = Self::of(reason);
+        v.l4_port = port;
+        v
     }
     const fn about(reason: Reason, addr: [u8; 4]) -> Self {
         let mut v = Self::of(reason);
@@ -212,12 +235,31 @@ pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict
 }
 
 /// New inbound connections on the public interface (XDP).
+///
+/// A new IPv4 TCP connection (SYN without ACK) is judged in this order: the per-source rate
+/// limit (every port, HTTPS included: a flood is dropped before any other lookup), a public
+/// port, an exposed L4 port and its allow-list, else the port is closed. IPv6 has no rate limit
+/// and no L4 ports (L4 exposure is IPv4 only): a public port or closed.
 #[inline(always)]
 pub fn edge_guard<L: Lookups>(s: Summary, maps: &L) -> Verdict {
     match s.net {
         Net::Malformed => Verdict::of(Reason::PassEdgeMalformed),
         Net::NonIp => Verdict::of(Reason::PassNonIp),
-        Net::Ipv4 | Net::Ipv6 if s.is_new_tcp() => {
+        Net::Ipv4 if s.is_new_tcp() => {
+            let port = s.dest_port();
+            if !maps.syn_admit(s.src) {
+                return Verdict::on_l4_port(Reason::DropEdgeRate, port);
+            }
+            if maps.public_port(&PortKey::new(port, IPPROTO_TCP)) {
+                Verdict::of(Reason::PassEdgePublic)
+            } else if maps.l4_port(port) {
+                let allowed = maps.l4_allowed(port, s.src);
+                Verdict::on_l4_port(if allowed { Reason::PassEdgeL4 } else { Reason::DropEdgeNotAllowed }, port)
+            } else {
+                Verdict::of(Reason::DropEdgeClosedPort)
+            }
+        }
+        Net::Ipv6 if s.is_new_tcp() => {
             if maps.public_port(&PortKey::new(s.dest_port(), IPPROTO_TCP)) {
                 Verdict::of(Reason::PassEdgePublic)
             } else {
@@ -226,6 +268,53 @@ pub fn edge_guard<L: Lookups>(s: Summary, maps: &L) -> Verdict {
         }
         Net::Ipv4 | Net::Ipv6 => Verdict::of(Reason::PassEdgeOther),
     }
+}
+
+/// The per-source token bucket of the edge guard: whether one more new connection fits, taking
+/// its token if so. The bucket holds at most `burst` connections (at least 1) and refills at
+/// `rate` per second; `rate` 0 means no limit. A source seen for the first time starts with
+/// [`SynBucket::full`].
+///
+/// Integer arithmetic only, for the verifier and `no_std`: no float, no division, no overflow
+/// for any input (the refill saturates), and a clock that goes backwards refills nothing (the
+/// bucket keeps its later time) rather than wrapping.
+#[inline(always)]
+pub fn syn_admit(bucket: &mut SynBucket, now_ns: u64, rate: u32, burst: u32) -> bool {
+    if rate == 0 {
+        return true;
+    }
+    let capacity = SynBucket::capacity(burst);
+    if now_ns > bucket.last_ns {
+        // `rate` connections per second is `rate` token units per nanosecond.
+        let refill = mul_saturating(now_ns - bucket.last_ns, rate);
+        let sum = bucket.tokens.wrapping_add(refill);
+        let sum = if sum < refill { u64::MAX } else { sum };
+        bucket.tokens = if sum > capacity { capacity } else { sum };
+        bucket.last_ns = now_ns;
+    } else if bucket.tokens > capacity {
+        // The burst was lowered since the bucket filled.
+        bucket.tokens = capacity;
+    }
+    if bucket.tokens >= SYN_TOKEN {
+        bucket.tokens -= SYN_TOKEN;
+        true
+    } else {
+        false
+    }
+}
+
+/// `a * b`, or `u64::MAX` if it does not fit, from two 32×32-bit products (a 64×64-bit
+/// overflow check would need a 128-bit multiply, which the BPF target cannot call).
+#[inline(always)]
+const fn mul_saturating(a: u64, b: u32) -> u64 {
+    let b = b as u64;
+    let low = (a & 0xffff_ffff) * b; // < 2^64
+    let high = (a >> 32) * b; // < 2^64
+    if high >> 32 != 0 {
+        return u64::MAX;
+    }
+    let sum = (high << 32).wrapping_add(low);
+    if sum < low { u64::MAX } else { sum }
 }
 
 /// Whether a packet leaving a sandbox may open a flow on the host, rather than answer one the

@@ -4,8 +4,12 @@
 pub const PROG_SANDBOX_IN: &str = "sandbox_in";
 /// tcx ingress on a sandbox's host-side interface: traffic coming OUT of the sandbox.
 pub const PROG_SANDBOX_OUT: &str = "sandbox_out";
-/// XDP on the public interface: drops new TCP connections to non-public host ports.
+/// XDP on the public interface: drops new TCP connections to non-public host ports, SYNs to an
+/// exposed L4 port from outside its allow-list, and SYNs over the per-source rate.
 pub const PROG_EDGE_GUARD: &str = "edge_guard";
+/// sk_lookup on the gateway's network namespace: steers new TCP connections to an exposed L4
+/// port onto the gateway's one L4 listening socket (`MAP_L4_LISTEN`).
+pub const PROG_L4_STEER: &str = "l4_steer";
 
 /// A do-nothing tc program, the baseline of the program-cost benchmark. Never attached.
 pub const PROG_BENCH_NOOP: &str = "bench_noop";
@@ -39,9 +43,23 @@ pub const MAP_HOST_ALLOW: &str = "GW_HOST_ALLOW";
 pub const MAP_VERDICTS: &str = "GW_VERDICTS";
 /// array\[1\] of `KernelConfig`.
 pub const MAP_CONFIG: &str = "GW_CONFIG";
+/// LPM trie, (`L4AllowKey`, prefix length `32 + CIDR bits`) → `u32`: the source prefixes
+/// allowed to open connections to each exposed L4 port.
+pub const MAP_L4_ALLOW: &str = "GW_L4_ALLOW";
+/// per-CPU, `PortKey` (TCP) → `L4PortStats`: the exposed L4 ports (an entry exists exactly
+/// while the port is exposed) and their counters.
+pub const MAP_L4_PORTS: &str = "GW_L4_PORTS";
+/// LRU, `HostAddr` (a source address) → `SynBucket`: the per-source new-connection rate limit
+/// of the edge guard.
+pub const MAP_SYN_RATE: &str = "GW_SYN_RATE";
+/// array\[1\] of `EdgeConfig`.
+pub const MAP_EDGE_CONFIG: &str = "GW_EDGE_CFG";
+/// sockmap\[1\]: the gateway's L4 listening socket at index 0 (empty while no gateway runs:
+/// nothing is steered then).
+pub const MAP_L4_LISTEN: &str = "GW_L4_LISTEN";
 
 /// Every map, for pinning and reuse.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_POLICY,
     MAP_SANDBOXES,
     MAP_SANDBOX_STATS,
@@ -53,6 +71,11 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_HOST_ALLOW,
     MAP_VERDICTS,
     MAP_CONFIG,
+    MAP_L4_ALLOW,
+    MAP_L4_PORTS,
+    MAP_SYN_RATE,
+    MAP_EDGE_CONFIG,
+    MAP_L4_LISTEN,
 ];
 
 /// Capacity of `MAP_SANDBOXES` and `MAP_SANDBOX_STATS`.
@@ -72,3 +95,32 @@ pub const MAX_UDP_FLOWS: u32 = 65_536;
 pub const MAX_HOST_ADDRS: u32 = 2 * MAX_SANDBOXES + 1024;
 /// Capacity of `MAP_HOST_ALLOW`.
 pub const MAX_HOST_ALLOW: u32 = 256;
+/// Capacity of `MAP_L4_PORTS`: every TCP port.
+pub const MAX_L4_PORTS: u32 = 65_536;
+/// Capacity of `MAP_L4_ALLOW` (prefixes over every exposed port).
+pub const MAX_L4_ALLOW: u32 = 262_144;
+/// Capacity of `MAP_SYN_RATE`: source addresses tracked at once (least recently used evicted;
+/// an evicted source starts again with a full bucket).
+pub const MAX_SYN_SOURCES: u32 = 65_536;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_names_fit() {
+        let progs = [
+            super::PROG_SANDBOX_IN,
+            super::PROG_SANDBOX_OUT,
+            super::PROG_EDGE_GUARD,
+            super::PROG_L4_STEER,
+            super::PROG_BENCH_NOOP,
+            super::PROG_BENCH_NOOP_XDP,
+        ];
+        for name in super::ALL_MAPS.iter().chain(progs.iter()) {
+            assert!(name.len() <= 15, "{name} is longer than a kernel object name");
+        }
+        let mut maps = super::ALL_MAPS.to_vec();
+        maps.sort_unstable();
+        maps.dedup();
+        assert_eq!(maps.len(), super::ALL_MAPS.len(), "map names are unique");
+    }
+}

@@ -5,7 +5,8 @@
 //! The standard maps: gateway mark [`MARK`]; sandboxes [`SBX`] (on the interface the programs
 //! run on) and [`SBX2`] (another interface); [`SBX`]:3000/TCP declared; 9901/TCP protected on
 //! every host address; 443/TCP public on the edge; host addresses [`HOST`] and [`HOST_OTHER`],
-//! with [`HOST_ALLOWED`] open to sandboxes.
+//! with [`HOST_ALLOWED`] open to sandboxes; the L4 ports of [`L4_EXPOSED`] exposed with their
+//! allow-lists, [`L4_UNEXPOSED`] not; no rate limit (see [`rate_limit_sequence`]).
 
 use crate::counters::{Hook, Reason};
 use crate::testpkt::{
@@ -29,6 +30,35 @@ const ALL_NODES6: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 /// The host port sandboxes may open connections to: UDP 53 (a host-provided resolver).
 pub const HOST_ALLOWED: (u8, u16) = (crate::IPPROTO_UDP, 53);
 
+/// A source prefix of an allow-list: (network address, CIDR length).
+pub type Prefix = ([u8; 4], u8);
+
+/// The exposed L4 ports and their allow-lists.
+pub const L4_EXPOSED: [(u16, &[Prefix]); 3] = [
+    (L4_PORT, &[(ALLOWED_NET, 24), ([198, 18, 9, 9], 32)]),
+    (L4_PORT_ANY, &[([0; 4], 0)]),
+    (L4_PORT_OTHER, &[(OTHER_NET, 24)]),
+];
+/// An L4 port open to [`ALLOWED_NET`]/24 and 198.18.9.9/32.
+pub const L4_PORT: u16 = 20001;
+/// An L4 port open to every source (`0.0.0.0/0`).
+pub const L4_PORT_ANY: u16 = 20002;
+/// An L4 port open to [`OTHER_NET`]/24 only.
+pub const L4_PORT_OTHER: u16 = 20003;
+/// A port of the L4 range that is not exposed.
+pub const L4_UNEXPOSED: u16 = 20004;
+/// The network [`L4_PORT`] allows.
+pub const ALLOWED_NET: [u8; 4] = [198, 18, 4, 0];
+/// The network [`L4_PORT_OTHER`] allows.
+pub const OTHER_NET: [u8; 4] = [198, 18, 5, 0];
+/// A client in [`ALLOWED_NET`].
+pub const ALLOWED_SRC: [u8; 4] = [198, 18, 4, 7];
+/// A client in [`OTHER_NET`] (outside [`L4_PORT`]'s allow-list).
+pub const OTHER_SRC: [u8; 4] = [198, 18, 5, 7];
+/// The edge guard's rate limit in [`rate_limit_sequence`]: 1 new connection per second per
+/// source, bursts of 3.
+pub const EDGE_RATE: (u32, u32) = (1, 3);
+
 /// One case.
 pub struct Case {
     /// What it shows.
@@ -50,6 +80,11 @@ fn case(what: &str, hook: Hook, packet: Vec<u8>, mark: u32, reason: Reason) -> C
 /// A SYN from the host to `dst:dport`.
 pub fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
     tcp(HOST, dst, dport, true, false)
+}
+
+/// A SYN from `src` to the host's `dport` (a client on the public interface).
+pub fn syn_from(src: [u8; 4], dport: u16) -> Vec<u8> {
+    tcp(src, HOST, dport, true, false)
 }
 
 /// Every stateless case, for the standard maps.
@@ -140,6 +175,27 @@ pub fn cases() -> Vec<Case> {
         case("established at the edge", Edge, tcp(HOST, HOST, 22, false, true), 0, PassEdgeOther),
         case("UDP at the edge", Edge, udp(HOST, HOST, 1, 22), 0, PassEdgeOther),
         case("truncated at the edge", Edge, syn(HOST, 22)[..30].to_vec(), 0, PassEdgeMalformed),
+        case("L4 port, allowed source", Edge, syn_from(ALLOWED_SRC, L4_PORT), 0, PassEdgeL4),
+        case("L4 port, first address of the prefix", Edge, syn_from(ALLOWED_NET, L4_PORT), 0, PassEdgeL4),
+        case("L4 port, last address of the prefix", Edge, syn_from([198, 18, 4, 255], L4_PORT), 0, PassEdgeL4),
+        case("L4 port, a /32", Edge, syn_from([198, 18, 9, 9], L4_PORT), 0, PassEdgeL4),
+        case("L4 port, next to the /32", Edge, syn_from([198, 18, 9, 8], L4_PORT), 0, DropEdgeNotAllowed),
+        case("L4 port, source outside", Edge, syn_from(OTHER_SRC, L4_PORT), 0, DropEdgeNotAllowed),
+        case("L4 port, below the prefix", Edge, syn_from([198, 18, 3, 255], L4_PORT), 0, DropEdgeNotAllowed),
+        case("L4 port, the host itself", Edge, syn(HOST, L4_PORT), 0, DropEdgeNotAllowed),
+        case("L4 port, VLAN", Edge, vlan_tagged(&syn_from(ALLOWED_SRC, L4_PORT)), 0, PassEdgeL4),
+        case("L4 port, IP options", Edge, with_ip_options(&syn_from(OTHER_SRC, L4_PORT)), 0, DropEdgeNotAllowed),
+        case("L4 port open to all (/0)", Edge, syn_from(OTHER_SRC, L4_PORT_ANY), 0, PassEdgeL4),
+        case("L4 port open to all, any source", Edge, syn_from([203, 0, 113, 9], L4_PORT_ANY), 0, PassEdgeL4),
+        case("another port's allow-list", Edge, syn_from(ALLOWED_SRC, L4_PORT_OTHER), 0, DropEdgeNotAllowed),
+        case("its own allow-list", Edge, syn_from(OTHER_SRC, L4_PORT_OTHER), 0, PassEdgeL4),
+        case("L4 range, port not exposed", Edge, syn_from(ALLOWED_SRC, L4_UNEXPOSED), 0, DropEdgeClosedPort),
+        case("public port from an L4 client", Edge, syn_from(OTHER_SRC, 443), 0, PassEdgePublic),
+        case("L4 port, established", Edge, tcp(OTHER_SRC, HOST, L4_PORT, false, true), 0, PassEdgeOther),
+        case("L4 port, SYN+ACK", Edge, tcp(OTHER_SRC, HOST, L4_PORT, true, true), 0, PassEdgeOther),
+        case("IPv6 SYN to a public port", Edge, tcp6(443, true), 0, PassEdgePublic),
+        case("IPv6 SYN to an L4 port (IPv4 only)", Edge, tcp6(L4_PORT_ANY, true), 0, DropEdgeClosedPort),
+        case("IPv6 established at the edge", Edge, tcp6(L4_PORT_ANY, false), 0, PassEdgeOther),
     ];
     for cut in [0, 13, 14, 20, 33, 34, 40, 47] {
         v.push(case(&format!("cut at {cut} bytes"), In, full[..cut].to_vec(), MARK, DropMalformed));
@@ -162,5 +218,29 @@ pub fn unconfigured_cases() -> Vec<Case> {
     vec![
         case("mark 0, unmarked", Hook::SandboxIn, syn(SBX, 3000), 0, Reason::DropNotFromGateway),
         case("mark 0, 8080", Hook::SandboxIn, syn(SBX, 8080), 0, Reason::DropNotFromGateway),
+    ]
+}
+
+/// The per-source rate limit ([`EDGE_RATE`] configured), run in order with the state carried,
+/// within much less than a second (the bucket refills 1 connection per second): the burst of
+/// a source passes, whatever the ports; the next SYN is dropped, to a public port as to an L4
+/// port or a closed one; another source has its own bucket; IPv6 is not limited.
+pub fn rate_limit_sequence() -> Vec<Case> {
+    use Reason::*;
+    let e = Hook::Edge;
+    vec![
+        case("1st SYN of the burst", e, syn_from(ALLOWED_SRC, L4_PORT), 0, PassEdgeL4),
+        case("2nd SYN of the burst", e, syn_from(ALLOWED_SRC, 443), 0, PassEdgePublic),
+        case("3rd SYN of the burst (closed port)", e, syn_from(ALLOWED_SRC, 22), 0, DropEdgeClosedPort),
+        case("over the burst, L4 port", e, syn_from(ALLOWED_SRC, L4_PORT), 0, DropEdgeRate),
+        case("over the burst, public port", e, syn_from(ALLOWED_SRC, 443), 0, DropEdgeRate),
+        case("over the burst, closed port", e, syn_from(ALLOWED_SRC, 22), 0, DropEdgeRate),
+        case("over the burst, established", e, tcp(ALLOWED_SRC, HOST, L4_PORT, false, true), 0, PassEdgeOther),
+        case("another source", e, syn_from(OTHER_SRC, 443), 0, PassEdgePublic),
+        case("another source, L4 port not allowed", e, syn_from(OTHER_SRC, L4_PORT), 0, DropEdgeNotAllowed),
+        case("IPv6 is not limited", e, tcp6(443, true), 0, PassEdgePublic),
+        case("IPv6 is not limited (2)", e, tcp6(443, true), 0, PassEdgePublic),
+        case("IPv6 is not limited (3)", e, tcp6(443, true), 0, PassEdgePublic),
+        case("IPv6 is not limited (4)", e, tcp6(443, true), 0, PassEdgePublic),
     ]
 }

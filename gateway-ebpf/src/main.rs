@@ -7,12 +7,13 @@ mod maps;
 mod packet;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, sk_action, xdp_action},
+    macros::{classifier, sk_lookup, xdp},
+    programs::{SkLookupContext, TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use gateway_common::{
+    IPPROTO_TCP,
     counters::{Hook, Reason},
     decide::{self, Verdict},
     parse::parse,
@@ -51,13 +52,44 @@ pub fn sandbox_out(ctx: TcContext) -> i32 {
     if v.reason.is_drop() { TC_ACT_SHOT } else { TCX_NEXT }
 }
 
-/// XDP on the public interface: new TCP connections only to public host ports.
+/// XDP on the public interface: new TCP connections only to public host ports and to exposed
+/// L4 ports from their allow-lists, at most `syn_rate` per second per IPv4 source.
 #[xdp]
 pub fn edge_guard(ctx: XdpContext) -> u32 {
     let maps = KernelMaps::new();
     let v = decide::edge_guard(parse(&XdpPacket(&ctx)), &maps);
     account(&ctx, &maps, Hook::Edge, &v);
+    if v.l4_port != 0 {
+        maps.count_l4(v.l4_port, v.reason);
+    }
     if v.reason.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// `AF_INET`, as `bpf_sk_lookup.family` carries it.
+const AF_INET: u32 = 2;
+
+/// sk_lookup on the gateway's network namespace: a new IPv4 TCP connection to an exposed L4
+/// port (in the configured range, on the configured address) gets the gateway's L4 listening
+/// socket. Everything else, and everything while no gateway holds the socket, goes on to the
+/// normal socket lookup: the program never drops (nothing else listens in the range, so an
+/// unexposed port is reset there).
+#[sk_lookup]
+pub fn l4_steer(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole program run; these fields are readable.
+    let (family, protocol, local_ip4, local_port) = unsafe {
+        let l = &*ctx.lookup;
+        (l.family, l.protocol, l.local_ip4, l.local_port)
+    };
+    // `local_ip4` is in network order (its bytes in memory are the address), `local_port` in
+    // host order.
+    if family == AF_INET
+        && protocol == u32::from(IPPROTO_TCP)
+        && local_port <= u32::from(u16::MAX)
+        && maps::l4_steered(local_ip4.to_ne_bytes(), local_port as u16)
+    {
+        let _ = maps::assign_l4_listener(&ctx);
+    }
+    sk_action::SK_PASS
 }
 
 /// A program that does nothing: the baseline `cargo xtask bench` compares the others against.

@@ -3,21 +3,24 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockMap, lpm_trie::Key},
 };
 use core::cell::Cell;
 
 use gateway_common::{
+    IPPROTO_TCP,
+    counters::Reason,
     counters::VERDICT_SLOTS,
-    decide::{Lookups, SandboxLookup},
+    decide::{self, Lookups, SandboxLookup},
     names::{
-        MAX_HOST_ADDRS, MAX_HOST_ALLOW, MAX_POLICY_ENTRIES, MAX_PROTECTED, MAX_PUBLIC_PORTS, MAX_SANDBOXES,
-        MAX_UDP_FLOWS, PROTECTED_PORT_SLOTS,
+        MAX_HOST_ADDRS, MAX_HOST_ALLOW, MAX_L4_ALLOW, MAX_L4_PORTS, MAX_POLICY_ENTRIES, MAX_PROTECTED,
+        MAX_PUBLIC_PORTS, MAX_SANDBOXES, MAX_SYN_SOURCES, MAX_UDP_FLOWS, PROTECTED_PORT_SLOTS,
     },
     policy::{
-        Endpoint, HostAddr, KernelConfig, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats,
-        UdpFlowKey,
+        EdgeConfig, Endpoint, HostAddr, KernelConfig, L4AllowKey, L4PortStats, PolicyValue, PortBits, PortKey,
+        SandboxKey, SandboxRecord, SandboxStats, SynBucket, UdpFlowKey,
     },
 };
 
@@ -54,18 +57,55 @@ static GW_VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(VERDICT_SLOTS, 0);
 #[map(name = "GW_CONFIG")]
 static GW_CONFIG: Array<KernelConfig> = Array::pinned(1, 0);
 
+// `LpmTrie` always adds `BPF_F_NO_PREALLOC`, which the kernel requires of an LPM trie.
+#[map(name = "GW_L4_ALLOW")]
+static GW_L4_ALLOW: LpmTrie<L4AllowKey, u32> = LpmTrie::pinned(MAX_L4_ALLOW, 0);
+
+#[map(name = "GW_L4_PORTS")]
+static GW_L4_PORTS: PerCpuHashMap<PortKey, L4PortStats> = PerCpuHashMap::pinned(MAX_L4_PORTS, BPF_F_NO_PREALLOC);
+
+#[map(name = "GW_SYN_RATE")]
+static GW_SYN_RATE: LruHashMap<HostAddr, SynBucket> = LruHashMap::pinned(MAX_SYN_SOURCES, 0);
+
+#[map(name = "GW_EDGE_CFG")]
+static GW_EDGE_CFG: Array<EdgeConfig> = Array::pinned(1, 0);
+
+#[map(name = "GW_L4_LISTEN")]
+static GW_L4_LISTEN: SockMap = SockMap::pinned(1, 0);
+
 /// Handle implementing the decision logic's lookups over the real maps. It remembers the
-/// per-sandbox counters found by [`Lookups::registered`], so counting the verdict needs no
-/// second lookup.
+/// per-sandbox counters found by [`Lookups::registered`] and the per-port counters found by
+/// [`Lookups::l4_port`], so counting the verdict needs no second lookup.
 pub struct KernelMaps {
     stats: Cell<*mut SandboxStats>,
+    l4: Cell<*mut L4PortStats>,
 }
 
 impl KernelMaps {
     /// A handle for one packet.
     #[inline(always)]
     pub const fn new() -> Self {
-        Self { stats: Cell::new(core::ptr::null_mut()) }
+        Self { stats: Cell::new(core::ptr::null_mut()), l4: Cell::new(core::ptr::null_mut()) }
+    }
+
+    /// Adds one to an exposed L4 port's counter of `reason` (nothing if the port is not
+    /// exposed), reusing the counters [`Lookups::l4_port`] found.
+    #[inline(always)]
+    pub fn count_l4(&self, port: u16, reason: Reason) {
+        let mut s = self.l4.get();
+        if s.is_null() {
+            s = GW_L4_PORTS.get_ptr_mut(PortKey::new(port, IPPROTO_TCP)).unwrap_or_default();
+        }
+        if !s.is_null() {
+            // SAFETY: a live per-CPU value, no concurrent writer on this CPU.
+            unsafe {
+                match reason {
+                    Reason::PassEdgeL4 => (*s).syn_pass += 1,
+                    Reason::DropEdgeNotAllowed => (*s).drop_not_allowed += 1,
+                    _ => (*s).drop_rate += 1,
+                }
+            }
+        }
     }
 
     /// Adds one to a sandbox's allowed or dropped new-flow counter (if userspace created its
@@ -156,6 +196,63 @@ impl Lookups for KernelMaps {
     fn host_allowed(&self, key: &PortKey) -> bool {
         GW_HOST_ALLOW.get_ptr(key).is_some()
     }
+    #[inline(always)]
+    fn syn_admit(&self, src: [u8; 4]) -> bool {
+        let Some(cfg) = GW_EDGE_CFG.get(0) else { return true };
+        let (rate, burst) = (cfg.syn_rate, cfg.syn_burst);
+        if rate == 0 {
+            return true;
+        }
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let key = HostAddr { addr: src };
+        match GW_SYN_RATE.get_ptr_mut(key) {
+            // SAFETY: a live map value. Two CPUs judging SYNs of one source at the same instant
+            // may both take the same token: the limit is approximate by one connection per CPU
+            // at worst, which a flood limit can afford.
+            Some(b) => decide::syn_admit(unsafe { &mut *b }, now, rate, burst),
+            None => {
+                let mut b = SynBucket::full(burst, now);
+                let admitted = decide::syn_admit(&mut b, now, rate, burst);
+                // A full map evicts its least recently used source (which starts afresh, full,
+                // if it comes back).
+                let _ = GW_SYN_RATE.insert(key, b, 0);
+                admitted
+            }
+        }
+    }
+    #[inline(always)]
+    fn l4_port(&self, port: u16) -> bool {
+        match GW_L4_PORTS.get_ptr_mut(PortKey::new(port, IPPROTO_TCP)) {
+            Some(p) => {
+                self.l4.set(p);
+                true
+            }
+            None => false,
+        }
+    }
+    #[inline(always)]
+    fn l4_allowed(&self, port: u16, src: [u8; 4]) -> bool {
+        GW_L4_ALLOW.get(Key::new(L4AllowKey::LOOKUP_PREFIX_LEN, L4AllowKey::new(port, src))).is_some()
+    }
+}
+
+/// `l4_steer`'s question: whether a new TCP connection to the local `addr:port` goes to the
+/// gateway's L4 listener (inside the configured range and address, and exposed now).
+#[inline(always)]
+pub fn l4_steered(addr: [u8; 4], port: u16) -> bool {
+    match GW_EDGE_CFG.get(0) {
+        Some(cfg) if cfg.in_l4_range(addr, port) => GW_L4_PORTS.get_ptr(PortKey::new(port, IPPROTO_TCP)).is_some(),
+        _ => false,
+    }
+}
+
+/// The gateway's L4 listening socket (index 0 of `GW_L4_LISTEN`) as the socket of this lookup.
+/// Fails when the slot is empty (no gateway runs: the normal lookup goes on and, since nothing
+/// else listens in the range, the client gets a reset).
+#[inline(always)]
+pub fn assign_l4_listener(ctx: &aya_ebpf::programs::SkLookupContext) -> Result<(), i32> {
+    GW_L4_LISTEN.redirect_sk_lookup(ctx, 0, 0)
 }
 
 /// Adds one to a verdict counter.

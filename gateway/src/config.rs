@@ -9,7 +9,7 @@ pub use crate::model::{is_dns_label, is_interface_name};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::{
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -36,6 +36,92 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[fleet]`: gateways sharing their state through etcd.
     pub fleet: FleetConfig,
+    /// `[l4]`: public TCP ports of sandboxes.
+    pub l4: L4Config,
+}
+
+/// `[l4]`: public TCP ports (`expose` on a sandbox's TCP or TLS port), steered to one listening
+/// socket by the kernel. Off while `port_range` is empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L4Config {
+    /// `"LOW-HIGH"`: where public ports are assigned from; empty: no public TCP ports.
+    pub port_range: String,
+    /// The IPv4 address clients connect to; `0.0.0.0`: every address of the host.
+    pub address: String,
+    /// A released public port is not given to another sandbox port for this long.
+    pub quarantine: HumanDuration,
+    /// Concurrent public TCP connections in total; beyond, new ones are closed at once.
+    pub max_connections: usize,
+    /// Concurrent public TCP connections per sandbox.
+    pub max_connections_per_sandbox: usize,
+    /// A connection with no byte either way for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// How bytes are moved: `splice` (in the kernel, through a pipe) or `copy` (userspace).
+    pub engine: L4Engine,
+}
+
+/// `l4.engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Engine {
+    /// `splice(2)` through a pipe per direction: the bytes never enter userspace.
+    #[default]
+    Splice,
+    /// `read`/`write` through a userspace buffer (the baseline).
+    Copy,
+}
+
+impl L4Engine {
+    /// Its name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Engine::Splice => "splice",
+            L4Engine::Copy => "copy",
+        }
+    }
+}
+
+impl Default for L4Config {
+    fn default() -> Self {
+        Self {
+            port_range: String::new(),
+            address: "0.0.0.0".into(),
+            quarantine: HumanDuration::secs(600),
+            max_connections: 10_000,
+            max_connections_per_sandbox: 256,
+            idle_timeout: HumanDuration::secs(3600),
+            engine: L4Engine::Splice,
+        }
+    }
+}
+
+impl L4Config {
+    /// The port range, `None` when public TCP ports are off (or the range is invalid, which
+    /// [`Config::validate`] refuses).
+    pub fn range(&self) -> Option<std::ops::RangeInclusive<u16>> {
+        parse_port_range(&self.port_range).ok().flatten()
+    }
+
+    /// `address` as an IPv4 address (0.0.0.0 when invalid, which [`Config::validate`] refuses).
+    pub fn ipv4(&self) -> Ipv4Addr {
+        self.address.parse().unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+/// `"LOW-HIGH"` (inclusive, 1..=65535, LOW ≤ HIGH); `""` → `None`.
+pub fn parse_port_range(s: &str) -> Result<Option<std::ops::RangeInclusive<u16>>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("{s:?} is not a port range: \"LOW-HIGH\", e.g. \"20000-29999\"");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?);
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok(Some(lo..=hi))
 }
 
 /// `[fleet]`: gateways of many hosts sharing their state through etcd. With no `etcd`
@@ -391,6 +477,11 @@ pub struct DataplaneConfig {
     pub extra_public_ports: Vec<u16>,
     /// Host ports sandboxes may open connections to (`"udp/53"`), besides the HTTPS listener.
     pub host_allow: Vec<String>,
+    /// New TCP connections per second one source address may open through the edge guard
+    /// (every public port, HTTPS included); 0 = no limit.
+    pub syn_rate: u32,
+    /// How many new connections a source may open at once before `syn_rate` applies.
+    pub syn_burst: u32,
 }
 
 impl Default for Config {
@@ -405,6 +496,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             proxy: ProxyConfig::default(),
             fleet: FleetConfig::default(),
+            l4: L4Config::default(),
         }
     }
 }
@@ -431,6 +523,8 @@ impl Default for DataplaneConfig {
             xdp_mode: XdpModeSetting::Skb,
             extra_public_ports: vec![22],
             host_allow: Vec::new(),
+            syn_rate: 200,
+            syn_burst: 400,
         }
     }
 }
@@ -490,6 +584,12 @@ extra_public_ports = [22]
 # from a sandbox to the host is dropped in the kernel; listen.https's port is always allowed
 # (public URLs resolve to the host), the admin API never is.
 host_allow = []
+# New TCP connections per second one source IPv4 address may open on the public interface
+# (every public port, HTTPS and public TCP ports alike), enforced by the edge guard before
+# anything reaches the gateway; beyond, SYNs are dropped and counted (drop_edge_rate). 0 = no
+# limit. syn_burst: how many a source may open at once before the rate applies.
+syn_rate = 200
+syn_burst = 400
 
 [tls]
 # Default certificate of the HTTPS listener: PEM full chain (leaf first) and its private key.
@@ -567,6 +667,27 @@ etcd_key = ""
 # etcd authentication: a user and the file holding its password (one line); both or neither.
 etcd_user = ""
 etcd_password_file = ""
+
+[l4]
+# Public TCP ports: a sandbox port declared "TCP" or "TLS" with "expose": {"allowFrom": [...]}
+# gets a port of this range on `address`, stable for (workspace, sandbox, port). One socket
+# receives the whole range (steered by the kernel's sk_lookup); the edge guard drops SYNs from
+# sources outside a port's allowFrom. "LOW-HIGH", e.g. "20000-29999"; empty = off. Changes
+# need a restart.
+port_range = ""
+# The IPv4 address clients connect to; "0.0.0.0" = every address of this host.
+address = "0.0.0.0"
+# A released public port is not given to another sandbox port for this long, so that a new
+# owner does not receive an old client's connections.
+quarantine = "10m"
+# Concurrent public TCP connections, in total and per sandbox; beyond, a new connection is
+# closed at once (and counted).
+max_connections = 10000
+max_connections_per_sandbox = 256
+# A connection with no byte either way for this long is closed.
+idle_timeout = "1h"
+# How bytes move: "splice" (in the kernel, never copied to userspace) or "copy".
+engine = "splice"
 "#;
 
 /// One problem of a configuration file.
@@ -748,6 +869,9 @@ impl Config {
                 bad(&format!("dataplane.extra_public_ports[{i}]"), "port 0 is not a valid port (1..65535)".into());
             }
         }
+        if self.dataplane.syn_rate > 0 && self.dataplane.syn_burst == 0 {
+            bad("dataplane.syn_burst", "must be at least 1 when syn_rate is set".into());
+        }
         for (i, entry) in self.dataplane.host_allow.iter().enumerate() {
             if let Err(e) = entry.parse::<HostPort>() {
                 bad(&format!("dataplane.host_allow[{i}]"), e);
@@ -756,7 +880,49 @@ impl Config {
         self.validate_tls(&mut bad);
         self.validate_proxy(&mut bad);
         self.validate_fleet(https.as_ref().ok(), &mut bad);
+        self.validate_l4(https.as_ref().ok(), &mut bad);
         problems
+    }
+
+    fn validate_l4(&self, https: Option<&SocketAddr>, bad: &mut impl FnMut(&str, String)) {
+        let l = &self.l4;
+        let range = match parse_port_range(&l.port_range) {
+            Ok(r) => r,
+            Err(e) => {
+                bad("l4.port_range", e);
+                None
+            }
+        };
+        if let Some(range) = &range {
+            let mut inside = gateway_common::RESERVED_PORTS.iter().filter(|p| range.contains(p)).peekable();
+            if inside.peek().is_some() {
+                let list: Vec<String> = inside.map(|p| p.to_string()).collect();
+                bad("l4.port_range", format!("{} holds reserved port(s) {}", l.port_range, list.join(", ")));
+            }
+            if let Some(h) = https.filter(|h| range.contains(&h.port())) {
+                bad("l4.port_range", format!("{} holds the port of listen.https {h}", l.port_range));
+            }
+            if !self.dataplane.enabled {
+                bad(
+                    "l4.port_range",
+                    "public TCP ports need the kernel data plane (dataplane.enabled = true): one socket receives the whole range through sk_lookup".into(),
+                );
+            }
+        }
+        if l.address.parse::<Ipv4Addr>().is_err() {
+            bad("l4.address", format!("{:?} is not an IPv4 address (0.0.0.0: every address of the host)", l.address));
+        }
+        for (key, d) in [("l4.idle_timeout", l.idle_timeout)] {
+            if d.get().is_zero() {
+                bad(key, "must be more than 0".into());
+            }
+        }
+        if l.max_connections == 0 {
+            bad("l4.max_connections", "must be at least 1".into());
+        }
+        if l.max_connections_per_sandbox == 0 {
+            bad("l4.max_connections_per_sandbox", "must be at least 1".into());
+        }
     }
 
     fn validate_fleet(&self, https: Option<&SocketAddr>, bad: &mut impl FnMut(&str, String)) {
@@ -1037,6 +1203,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check("[dataplane]", old.dataplane != new.dataplane);
     check("[proxy]", old.proxy != new.proxy);
     check("[fleet]", old.fleet != new.fleet);
+    check("[l4]", old.l4 != new.l4);
     changed
 }
 
@@ -1079,6 +1246,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
             "dataplane" => Some(check_section::<DataplaneConfig>(file, &key, &value, &mut problems)),
             "tls" => Some(check_section::<TlsConfig>(file, &key, &value, &mut problems)),
             "proxy" => Some(check_section::<ProxyConfig>(file, &key, &value, &mut problems)),
+            "l4" => Some(check_section::<L4Config>(file, &key, &value, &mut problems)),
             _ => None,
         };
         match section {

@@ -77,6 +77,8 @@ codes! {
     TokenConflict = ("TOKEN_CONFLICT", 409, false),
     /// The sandbox is registered by another host of the fleet.
     OwnedByAnotherHost = ("OWNED_BY_ANOTHER_HOST", 409, false),
+    /// Every public TCP port of `l4.port_range` is held or quarantined.
+    PortRangeExhausted = ("PORT_RANGE_EXHAUSTED", 409, false),
     /// The record changed on another gateway while this one was changing it: nothing was changed.
     StateChanged = ("STATE_CHANGED", 409, true),
     /// The request body is over the limit.
@@ -95,6 +97,8 @@ codes! {
     NotImplemented = ("NOT_IMPLEMENTED", 501, false),
     /// The app in the sandbox could not be reached or broke the exchange.
     BadGateway = ("BAD_GATEWAY", 502, true),
+    /// This gateway serves no public TCP ports (`l4.port_range` is empty).
+    PublicPortsDisabled = ("PUBLIC_PORTS_DISABLED", 503, false),
     /// The gateway runs without a data plane (configuration).
     DataplaneDisabled = ("DATAPLANE_DISABLED", 503, false),
     /// The data plane's programs are not loaded.

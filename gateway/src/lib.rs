@@ -3,7 +3,8 @@
 //! Layers import only downwards: `errors`, `model` → `dataplane`, `state` → `service` → `admin`,
 //! `compat`, `edge` → `daemon`, `cli`. A policy change travels admin → service (validate, then
 //! under the mutation guard: kernel map → durable store → in-memory index); a request travels
-//! edge (host, route, auth) → one forward step → proxy → marked socket → sandbox. See
+//! edge (host, route, auth) → one forward step → proxy → marked socket → sandbox; a public
+//! TCP connection travels l4 (port, allowFrom, caps) → marked socket → splice. See
 //! docs/ARCHITECTURE.md.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod errors;
 pub mod fuzzing;
 pub mod handoff;
 pub mod json_api;
+pub mod l4;
 pub mod lifecycle;
 pub mod model;
 pub mod paths;

@@ -36,6 +36,8 @@ pub const TLS_CA_FILE: &str = "ca.pem";
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Inside `state.dir`: a fleet member's saved replica of the fleet's state.
 pub const FLEET_REPLICA_FILE: &str = "fleet-replica.json";
+/// Inside `state.dir`: the public TCP ports released recently (held back from new owners).
+pub const L4_RELEASED_FILE: &str = "l4-released.json";
 /// Inside `state.dir`: the format marker.
 pub const STATE_FORMAT_FILE: &str = "FORMAT";
 /// Inside `state.dir`: the lock held by the running gateway.

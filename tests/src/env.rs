@@ -64,6 +64,7 @@ pub struct EnvBuilder {
     config: String,
     log_filter: Option<String>,
     public_interface: Option<String>,
+    dataplane_keys: String,
     sandbox: Option<(String, Sandbox, Option<Ports>)>,
     token: Option<String>,
 }
@@ -79,6 +80,7 @@ impl Env {
             config: String::new(),
             log_filter: None,
             public_interface: None,
+            dataplane_keys: String::new(),
             sandbox: None,
             token: None,
         }
@@ -128,6 +130,13 @@ impl EnvBuilder {
         self
     }
 
+    /// Keys added to the `[dataplane]` section (e.g. `syn_rate = 20`).
+    pub fn dataplane(mut self, keys: &str) -> Self {
+        self.dataplane_keys.push_str(keys);
+        self.dataplane_keys.push('\n');
+        self
+    }
+
     /// A [`Sandbox`], made now (before the gateway starts, see [`EnvBuilder::sb`]) and
     /// registered as `name` of [`WS`] with these (port, protocol) declarations once it runs.
     pub fn sandbox(mut self, name: &str, ports: &[(u16, &str)]) -> Self {
@@ -156,8 +165,11 @@ impl EnvBuilder {
     /// Starts the gateway (enforcing, pins in the pin directory), registers the sandbox and
     /// creates the token.
     pub fn start(self) -> Env {
-        let EnvBuilder { pins, rt, config, log_filter, public_interface, sandbox, token } = self;
+        let EnvBuilder { pins, rt, config, log_filter, public_interface, dataplane_keys, sandbox, token } = self;
         let mut gw = GatewayProcess::enforcing(pins.path(), &config);
+        if !dataplane_keys.is_empty() {
+            gw.edit_config(|c| c.replacen("xdp_mode = \"skb\"\n", &format!("xdp_mode = \"skb\"\n{dataplane_keys}"), 1));
+        }
         if let Some(filter) = log_filter {
             gw.set_log_filter(&filter);
         }

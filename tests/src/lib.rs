@@ -10,3 +10,4 @@ pub mod openloop;
 pub mod prober;
 pub mod raw;
 pub mod sdk;
+pub mod tcp_apps;

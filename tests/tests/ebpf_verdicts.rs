@@ -10,14 +10,22 @@ use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use gateway::dataplane::{bpffs::PinDir, load_object, maps::KernelMaps};
+use gateway::dataplane::{
+    bpffs::PinDir,
+    load_object,
+    maps::{KernelMaps, l4_allow_key, l4_port_key, nr_cpus},
+};
 use gateway_common::{
     IPPROTO_TCP,
     counters::{Hook, Reason},
     names,
-    policy::{Endpoint, HostAddr, KernelConfig, PolicyValue, PortKey, SandboxKey, SandboxRecord, origin},
+    policy::{
+        EdgeConfig, Endpoint, HostAddr, KernelConfig, L4PortStats, PolicyValue, PortKey, SandboxKey, SandboxRecord,
+        origin,
+    },
     verdict_cases::{
-        Case, HOST, HOST_ALLOWED, HOST_OTHER, MARK, SBX, SBX2, cases, syn, udp_flow_sequence, unconfigured_cases,
+        ALLOWED_SRC, Case, EDGE_RATE, HOST, HOST_ALLOWED, HOST_OTHER, L4_EXPOSED, L4_PORT, L4_PORT_ANY, MARK,
+        OTHER_SRC, SBX, SBX2, cases, rate_limit_sequence, syn, syn_from, udp_flow_sequence, unconfigured_cases,
     },
 };
 
@@ -67,6 +75,14 @@ fn load() -> Loaded {
         maps.host_addrs.insert(HostAddr { addr }, 1, 0).expect("host address");
     }
     maps.host_allow.insert(PortKey::new(HOST_ALLOWED.1, HOST_ALLOWED.0), 1, 0).expect("host allow");
+    for (port, allow) in L4_EXPOSED {
+        for (net, bits) in allow {
+            let net = ipnet::Ipv4Net::new((*net).into(), *bits).expect("prefix");
+            maps.l4_allow.insert(&l4_allow_key(port, net), 1, 0).expect("L4 allow-list");
+        }
+        let zero = aya::maps::PerCpuValues::try_from(vec![L4PortStats::default(); nr_cpus()]).expect("values");
+        maps.l4_ports.insert(l4_port_key(port), zero, 0).expect("L4 port");
+    }
     Loaded { ebpf, maps, root }
 }
 
@@ -178,4 +194,42 @@ fn per_sandbox_counters_move() {
     assert_eq!(entry.admitted, 1, "an admitted connection counts on its policy entry");
     run_tc(&mut l, names::PROG_SANDBOX_IN, &syn(SBX, 8080), MARK);
     assert_eq!(l.maps.sandbox_counters(&key).allowed, 1, "the sandbox API counts per sandbox");
+}
+
+#[test]
+fn the_rate_limit_drops_after_the_burst() {
+    let mut l = load();
+    let (syn_rate, syn_burst) = EDGE_RATE;
+    l.maps.edge_config.set(0, EdgeConfig { syn_rate, syn_burst, ..Default::default() }, 0).expect("edge config");
+    for case in rate_limit_sequence() {
+        assert!(run_case(&mut l, &case), "{}", case.what);
+    }
+    assert_eq!(l.maps.syn_rate.keys().count(), 2, "one bucket per IPv4 source");
+}
+
+fn l4_stats(l: &Loaded, port: u16) -> L4PortStats {
+    l.maps.l4_stats().into_iter().find(|(p, _)| *p == port).map(|(_, s)| s).expect("an exposed port has counters")
+}
+
+#[test]
+fn l4_ports_count_their_verdicts() {
+    let mut l = load();
+    l.maps.edge_config.set(0, EdgeConfig { syn_rate: 1, syn_burst: 3, ..Default::default() }, 0).expect("config");
+    assert_eq!(run_xdp(&mut l, &syn_from(ALLOWED_SRC, L4_PORT)), XDP_PASS);
+    assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, L4_PORT)), XDP_DROP);
+    assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, L4_PORT)), XDP_DROP);
+    assert_eq!(
+        l4_stats(&l, L4_PORT),
+        L4PortStats { syn_pass: 1, drop_not_allowed: 2, drop_rate: 0 },
+        "pass and not-allowed count on the port"
+    );
+    // OTHER_SRC has one token left: L4_PORT_ANY passes once, then is over the rate, on the
+    // port; a rate drop to a port that is not exposed counts in the verdict counters only.
+    assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, L4_PORT_ANY)), XDP_PASS);
+    let rate_before = counter(&l, Hook::Edge, Reason::DropEdgeRate);
+    assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, L4_PORT_ANY)), XDP_DROP);
+    assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, 22)), XDP_DROP);
+    assert_eq!(l4_stats(&l, L4_PORT_ANY), L4PortStats { syn_pass: 1, drop_not_allowed: 0, drop_rate: 1 });
+    assert_eq!(counter(&l, Hook::Edge, Reason::DropEdgeRate), rate_before + 2);
+    assert_eq!(l4_stats(&l, L4_PORT).drop_rate, 0, "other ports untouched");
 }

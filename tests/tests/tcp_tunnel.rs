@@ -10,94 +10,19 @@ use gateway_tests::{
     env::Env,
     gateway_process::{free_port, gateway_command, temp_dir},
     harness::Sandbox,
+    tcp_apps::{GREETING, TcpApp, hex, pattern, sink},
 };
 use http::Method;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener},
+    io::{BufRead, BufReader},
+    net::SocketAddr,
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-
-/// What the sink app says first (a server-first protocol, like SSH, SMTP or PostgreSQL's errors).
-const GREETING: &str = "hello from the sandbox\n";
-
-/// An app in the sandbox: on each connection it writes [`GREETING`], reads until the client's
-/// half-close, then answers `{bytes} {sha256}\n` (data after the client's `SHUT_WR`) and
-/// closes.
-struct SinkApp {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl SinkApp {
-    fn spawn(sb: &Sandbox, port: u16) -> SinkApp {
-        let addr = sb.sock(port);
-        let listener = sb.ns.run(|| TcpListener::bind(addr)).expect("bind the sink app");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        std::thread::spawn(move || serve_sink(conn));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        SinkApp { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for SinkApp {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve_sink(mut conn: std::net::TcpStream) {
-    let _ = conn.set_nonblocking(false);
-    if conn.write_all(GREETING.as_bytes()).is_err() {
-        return;
-    }
-    let mut hash = Sha256::new();
-    let mut total = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hash.update(&buf[..n]);
-                total += n as u64;
-            }
-            Err(_) => return,
-        }
-    }
-    let _ = conn.write_all(format!("{total} {}\n", hex(&hash.finalize())).as_bytes());
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `len` bytes of a pattern that does not repeat with a power-of-two period.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
-}
 
 /// Asks for a tunnel to `port` over a new HTTP/1.1 connection: the upgraded stream, or the
 /// refusal.
@@ -162,8 +87,8 @@ fn connect_tcp_carries_raw_bytes_with_the_workspace_token() {
         .token("tunnel")
         .start();
     let _rt = e.rt.enter();
-    let _app = SinkApp::spawn(e.sb(), 5432);
-    let _tls_app = SinkApp::spawn(e.sb(), 6443);
+    let _app = TcpApp::spawn(e.sb(), 5432, sink);
+    let _tls_app = TcpApp::spawn(e.sb(), 6443, sink);
     let bearer = e.bearer.clone();
     e.rt.block_on(async {
         // HTTP/1.1 upgrade: 8 MiB up, the app's answer after the client's half-close.

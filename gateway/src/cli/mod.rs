@@ -240,11 +240,19 @@ pub enum SandboxCommand {
         /// Example: --interface veth-h
         #[arg(long, value_name = "IFNAME")]
         interface: String,
-        /// A declared port, `PORT[/PROTOCOL]` (HTTP, HTTP2, GRPC, TCP; default HTTP); repeatable.
+        /// A declared port, `PORT[/PROTOCOL]` (HTTP, HTTP2, GRPC, TCP, TLS; default HTTP);
+        /// repeatable.
         ///
-        /// Example: --port 3000 --port 50051/grpc
+        /// Example: --port 3000 --port 50051/grpc --port 5432/tcp
         #[arg(long = "port", value_name = "PORT[/PROTO]")]
         ports: Vec<String>,
+        /// A public TCP port for a declared TCP or TLS port, open to these source networks
+        /// (`0.0.0.0/0`: everyone); add `/v2` after the list to send the app a PROXY protocol v2
+        /// header; repeatable.
+        ///
+        /// Example: --expose 5432=198.51.100.0/24,203.0.113.7/32
+        #[arg(long = "expose", value_name = "PORT=CIDR[,CIDR…][/v2]")]
+        expose: Vec<String>,
         /// Admin API access.
         #[command(flatten)]
         admin: AdminArgs,

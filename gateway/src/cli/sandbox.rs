@@ -19,8 +19,15 @@ fn path(s: &SandboxRef) -> String {
 
 async fn run_async(command: SandboxCommand) -> anyhow::Result<u8> {
     let (admin, method, path, body, kind): (AdminArgs, Method, String, Option<Vec<u8>>, Kind) = match command {
-        SandboxCommand::Create { sandbox, address, interface, ports, admin } => {
-            let ports = ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<Value>>>()?;
+        SandboxCommand::Create { sandbox, address, interface, ports, expose, admin } => {
+            let mut ports = ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<Value>>>()?;
+            for spec in &expose {
+                let (target, value) = parse_expose(spec)?;
+                let Some(port) = ports.iter_mut().find(|p| p["target"] == target) else {
+                    bail!("--expose {spec:?}: port {target} is not declared (add --port {target}/tcp)");
+                };
+                port["expose"] = value;
+            }
             let body = json!({"address": address, "interface": interface, "ports": ports});
             (admin, Method::PUT, path(&sandbox), Some(serde_json::to_vec(&body)?), Kind::One)
         }
@@ -56,6 +63,47 @@ fn parse_port(spec: &str) -> anyhow::Result<Value> {
     })
 }
 
+/// `PORT=CIDR[,CIDR…][/v2]` → (port, the `expose` object).
+fn parse_expose(spec: &str) -> anyhow::Result<(i64, Value)> {
+    let Some((port, rest)) = spec.split_once('=') else {
+        bail!("--expose {spec:?}: expected PORT=CIDR[,CIDR…][/v2], e.g. 5432=198.51.100.0/24");
+    };
+    let Ok(target) = port.trim().parse::<i64>() else {
+        bail!("--expose {spec:?}: {port:?} is not a port");
+    };
+    let (list, proxy) = match rest.strip_suffix("/v2") {
+        Some(list) => (list, "v2"),
+        None => (rest, "off"),
+    };
+    let allow: Vec<&str> = list.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
+    if allow.is_empty() {
+        bail!("--expose {spec:?}: list the source networks allowed to connect (0.0.0.0/0 for everyone)");
+    }
+    Ok((target, json!({"allowFrom": allow, "proxyProtocol": proxy})))
+}
+
+/// `TARGET→PUBLIC PORT (ALLOW FROM)` of every exposed port.
+fn public_text(v: &Value) -> String {
+    let list: Vec<String> = v
+        .as_array()
+        .map(|ports| {
+            ports
+                .iter()
+                .filter(|p| p.get("public").is_some())
+                .map(|p| {
+                    let public = &p["public"];
+                    let allow = public["allowFrom"]
+                        .as_array()
+                        .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    format!("{} → {} (from {allow})", text(&p["target"]), text(&public["endpoint"]))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() { "-".into() } else { list.join("; ") }
+}
+
 enum Kind {
     One,
     List,
@@ -89,6 +137,7 @@ impl Kind {
                     vec!["address".into(), text(&v["address"])],
                     vec!["interface".into(), text(&v["interface"])],
                     vec!["ports".into(), ports_text(&v["ports"])],
+                    vec!["public".into(), public_text(&v["ports"])],
                     vec!["url".into(), text(&v["url"])],
                 ];
                 if let Some(us) = v.get("policyAppliedMicros") {
@@ -160,6 +209,16 @@ mod tests {
         assert_eq!(parse_port("3000").expect("ok"), json!({"target": 3000}));
         assert_eq!(parse_port("50051/grpc").expect("ok"), json!({"target": 50051, "protocol": "GRPC"}));
         assert!(parse_port("x").is_err());
+    }
+
+    #[test]
+    fn expose() {
+        let (port, v) = parse_expose("5432=198.51.100.0/24, 203.0.113.7/32/v2").expect("ok");
+        assert_eq!(port, 5432);
+        assert_eq!(v, json!({"allowFrom": ["198.51.100.0/24", "203.0.113.7/32"], "proxyProtocol": "v2"}));
+        assert_eq!(parse_expose("22=0.0.0.0/0").expect("ok").1["proxyProtocol"], "off");
+        assert!(parse_expose("5432").is_err());
+        assert!(parse_expose("5432=").is_err());
     }
 
     #[test]

@@ -257,10 +257,7 @@ mod wire_tests {
         let spec = SandboxSpec {
             address: "198.18.0.2".parse().expect("addr"),
             interface: "lo".into(),
-            ports: vec![
-                PortRequest { target: 3000, protocol: PortProtocol::Http },
-                PortRequest { target: 50051, protocol: PortProtocol::Grpc },
-            ],
+            ports: vec![PortRequest::new(3000, PortProtocol::Http), PortRequest::new(50051, PortProtocol::Grpc)],
         };
         app.put_sandbox("acme", "app", spec.clone()).await.expect("sandbox");
         app.put_sandbox("other", "app", SandboxSpec { address: "198.18.0.3".parse().expect("addr"), ..spec })

@@ -11,6 +11,7 @@ use crate::{
     dataplane::Dataplane,
     edge::{self, EdgeListener},
     handoff::{self, HandoffServer, Inherited, Successor},
+    l4::{self, L4Listener},
     lifecycle::{self, ConfigSource, Event, Notifier, Reloadable, Signals},
     model::fleet::FleetHost,
     paths,
@@ -84,6 +85,8 @@ struct Started {
     app: Arc<App>,
     admin: Arc<admin::Listener>,
     https: Arc<EdgeListener>,
+    /// The public TCP ports' listener (`None` when `l4.port_range` is empty).
+    l4: Option<Arc<L4Listener>>,
     lock_fd: std::os::fd::RawFd,
     /// The fleet's store, which the replica follows (`None` on a single host).
     fleet: Option<Arc<EtcdStore>>,
@@ -129,7 +132,7 @@ pub(crate) async fn connect_fleet(config: &Config, saved: bool) -> anyhow::Resul
 
 /// Loads the state (with the predecessor's lock when taking over), opens the data plane,
 /// reconciles, and binds (or adopts) the listeners.
-async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Result<Started> {
+async fn start(config: Config, mut inherited: Option<&mut Inherited>) -> anyhow::Result<Started> {
     let admin_listen = config.admin_listen().map_err(|e| anyhow::anyhow!("listen.admin: {e}"))?;
     let state_dir = config.state.dir.clone();
     let lock = match &inherited {
@@ -152,10 +155,22 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
         Some(etcd) => (etcd.clone(), Some(store)),
         None => (Arc::new(store), None),
     };
+    let l4_fd = inherited.as_mut().and_then(|h| h.take("l4"));
+    let l4 = l4::bind(&config, l4_fd)?;
     let dataplane = if config.dataplane.enabled {
         let dataplane = Dataplane::open(&config.dataplane_settings())
             .with_context(|| format!("cannot open the data plane at {}", config.dataplane.bpffs.display()))?
             .with_observer(metrics::global());
+        dataplane
+            .set_edge_limits(config.dataplane.syn_rate, config.dataplane.syn_burst)
+            .context("cannot set the edge guard's per-source connection rate")?;
+        if let Some(l4) = &l4 {
+            // SAFETY: the descriptor is the listener's, open for as long as `l4` lives.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(l4.raw_fd()) };
+            dataplane
+                .steer_l4(fd, config.l4.ipv4(), l4.range())
+                .context("cannot steer the public TCP ports to their listener (sk_lookup)")?;
+        }
         if let Some(maps) = dataplane.maps_dir()
             && let Err(e) = metrics::global().attach_dataplane(&maps)
         {
@@ -177,7 +192,15 @@ async fn start(config: Config, inherited: Option<&mut Inherited>) -> anyhow::Res
         Some(fd) => admin::Listener::inherit(fd, &admin_listen)?,
         None => admin::bind(&admin_listen).await?,
     };
-    Ok(Started { app, admin: Arc::new(admin), https: Arc::new(https), lock_fd, fleet, _state_lock: state_lock })
+    Ok(Started {
+        app,
+        admin: Arc::new(admin),
+        https: Arc::new(https),
+        l4: l4.map(Arc::new),
+        lock_fd,
+        fleet,
+        _state_lock: state_lock,
+    })
 }
 
 /// A background task and what stops it.
@@ -214,9 +237,12 @@ struct Serving {
     app: Arc<App>,
     admin: Arc<admin::Listener>,
     https: Arc<EdgeListener>,
+    l4: Option<Arc<L4Listener>>,
     fleet: Option<Arc<EtcdStore>>,
     admin_task: Task,
     edge_task: Task,
+    /// The public TCP ports' accept loop (and the connections it serves).
+    l4_task: Option<Task>,
     reaper: Task,
     /// A fleet member's replica, the task keeping its host key alive, the one saving the
     /// replica.
@@ -228,6 +254,7 @@ impl Serving {
         app: Arc<App>,
         admin: Arc<admin::Listener>,
         https: Arc<EdgeListener>,
+        l4: Option<Arc<L4Listener>>,
         fleet: Option<Arc<EtcdStore>>,
     ) -> Self {
         let admin_task = Self::admin_task(&app, &admin);
@@ -235,9 +262,13 @@ impl Serving {
             let (app, https) = (app.clone(), https.clone());
             Task::spawn("HTTPS listener", move |stop| edge::serve(https, app, stop.cancelled_owned()))
         };
+        let l4_task = l4.clone().map(|listener| {
+            let app = app.clone();
+            Task::spawn("public TCP listener", move |stop| l4::serve(listener, app, stop.cancelled_owned()))
+        });
         let reaper = Self::reaper(&app);
         let replica = Self::replica(&app, &https, fleet.as_ref());
-        Self { app, admin, https, fleet, admin_task, edge_task, reaper, replica }
+        Self { app, admin, https, l4, fleet, admin_task, edge_task, l4_task, reaper, replica }
     }
 
     fn replica(app: &Arc<App>, https: &EdgeListener, fleet: Option<&Arc<EtcdStore>>) -> Option<(Task, Task, Task)> {
@@ -297,7 +328,12 @@ impl Serving {
     async fn drain(mut self, deadline: Duration) {
         let drained = async {
             self.stop_mutators().await;
-            self.edge_task.stop().await;
+            let l4 = async {
+                if let Some(task) = &mut self.l4_task {
+                    task.stop().await;
+                }
+            };
+            tokio::join!(self.edge_task.stop(), l4);
         };
         if tokio::time::timeout(deadline, drained).await.is_err() {
             tracing::warn!(deadline_ms = deadline.as_millis() as u64, "drain deadline reached; closing what is left");
@@ -333,12 +369,13 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
             return Err(e);
         }
     };
-    let Started { app, admin, https, lock_fd, fleet, _state_lock } = started;
+    let Started { app, admin, https, l4, lock_fd, fleet, _state_lock } = started;
+    let l4_at = l4.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
     let admin_at = admin.describe();
     let https_at = https.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let reloadable: Vec<Arc<dyn Reloadable>> = vec![https.reloader()];
     let fleet_store = fleet.clone();
-    let mut serving = Serving::start(app.clone(), admin.clone(), https, fleet);
+    let mut serving = Serving::start(app.clone(), admin.clone(), https, l4, fleet);
     if let Some(h) = inherited {
         // The predecessor stops accepting and drains from here on.
         if let Err(e) = h.ready().await {
@@ -351,7 +388,7 @@ async fn serve(source: ConfigSource, config: Config, options: Options) -> anyhow
     notifier.spawn_watchdog(watchdog.clone());
     let sandboxes = app.list(None).map(|l| l.len()).unwrap_or_default();
     notifier.ready(&format!("serving: admin {admin_at}, https {https_at}, {sandboxes} sandboxes"));
-    tracing::info!(admin = %admin_at, https = %https_at, sandboxes, pid = std::process::id(), "ready");
+    tracing::info!(admin = %admin_at, https = %https_at, l4 = l4_at.as_deref().unwrap_or("off"), sandboxes, pid = std::process::id(), "ready");
     if let ConfigSource::Dev(_) = &source {
         let config = app.config();
         print!("{}", banner::development(&config, &admin_at, &https_at, &config.dataplane.bpffs));
@@ -445,6 +482,7 @@ async fn hand_over(
     let mut listeners =
         vec![("admin".to_string(), serving.admin.raw_fd()), ("https".to_string(), serving.https.raw_fd())];
     listeners.extend(serving.https.fleet_fd().map(|fd| ("fleet".to_string(), fd)));
+    listeners.extend(serving.l4.as_ref().map(|l| ("l4".to_string(), l.raw_fd())));
     match successor.hand_over(listeners, lock_fd).await {
         Ok(()) => {
             frozen.hand_over();

@@ -5,12 +5,16 @@
 //! an interface is never left without a program. Every attachment is verified by querying the
 //! kernel afterwards.
 
-use std::path::Path;
+use std::{
+    fs::File,
+    os::{fd::AsFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
@@ -21,13 +25,13 @@ use gateway_common::names;
 use super::{
     DataplaneError, XdpModeSetting,
     bpffs::{LinkKind, PinDir},
-    kernel,
+    kernel, netns_link,
 };
 
 /// The eBPF object, embedded at build time by `build.rs` (empty when built without bpf-linker).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
 
-/// Loads the object with its maps pinned (or reused) under `pins`, and loads the three programs
+/// Loads the object with its maps pinned (or reused) under `pins`, and loads the four programs
 /// into the kernel. `log_level` is aya-log's level for the programs' own logs (3 = info, 4 =
 /// debug: one line per dropped packet).
 pub fn load_object(pins: &PinDir, log_level: u8) -> Result<Ebpf, DataplaneError> {
@@ -45,6 +49,7 @@ pub fn load_object(pins: &PinDir, log_level: u8) -> Result<Ebpf, DataplaneError>
         classifier(&mut ebpf, name)?.load().map_err(kernel(format!("verifying {name}")))?;
     }
     xdp(&mut ebpf)?.load().map_err(kernel(format!("verifying {}", names::PROG_EDGE_GUARD)))?;
+    sk_lookup(&mut ebpf)?.load().map_err(kernel(format!("verifying {}", names::PROG_L4_STEER)))?;
     Ok(ebpf)
 }
 
@@ -79,6 +84,94 @@ pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedCla
 /// The loaded XDP program.
 pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     program(ebpf, names::PROG_EDGE_GUARD, "XDP")
+}
+
+/// The loaded sk_lookup program.
+pub fn sk_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup, DataplaneError> {
+    program(ebpf, names::PROG_L4_STEER, "sk_lookup")
+}
+
+/// The network namespace of the calling thread. `/proc/self/ns/net` would be the process's
+/// (its main thread's): a thread that entered another namespace (`setns`, as tests and
+/// per-namespace workers do) must steer that namespace, never the host's.
+const THIS_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// The calling thread's network namespace and its inode.
+fn this_netns() -> Result<(File, u32), DataplaneError> {
+    let file = File::open(THIS_NETNS).map_err(kernel(format!("opening {THIS_NETNS}")))?;
+    let ino = file.metadata().map_err(kernel(format!("reading {THIS_NETNS}")))?.ino();
+    let ino = u32::try_from(ino).map_err(|_| DataplaneError::Kernel {
+        context: format!("the inode of {THIS_NETNS}"),
+        source: anyhow::anyhow!("{ino} does not fit the 32 bits the kernel reports for a namespace"),
+    })?;
+    Ok((file, ino))
+}
+
+/// The pin of `l4_steer`'s link in the calling thread's network namespace.
+pub fn l4_steer_pin(pins: &PinDir) -> Result<PathBuf, DataplaneError> {
+    Ok(pins.link(LinkKind::SkLookup, this_netns()?.1))
+}
+
+/// Attaches `l4_steer` to the calling thread's network namespace behind a pinned link, or swaps
+/// the program behind the existing pin (`bpf_link_update`, atomic: steering never lapses), then
+/// checks with the kernel that the pinned link is this namespace's sk_lookup link running this
+/// program. One link per namespace: the pin is named after the namespace's inode.
+pub fn ensure_l4_steer(ebpf: &mut Ebpf, pins: &PinDir) -> Result<(), DataplaneError> {
+    let (netns, ino) = this_netns()?;
+    let pin = pins.link(LinkKind::SkLookup, ino);
+    let prog = sk_lookup(ebpf)?;
+    let prog_id = prog.info().map_err(kernel("program info"))?.id();
+    let current = match netns_link::open_pinned(&pin) {
+        Ok(link) => match netns_link::info(link.as_fd()) {
+            Ok(i) if i.sk_lookup && i.netns_ino == ino && i.prog_id == prog_id => true,
+            Ok(i) if i.sk_lookup && i.netns_ino == ino => {
+                let prog_fd = prog.fd().map_err(kernel("program fd"))?;
+                match netns_link::update(link.as_fd(), prog_fd.as_fd()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(pin = %pin.display(), error = %e, "replacing the program behind the pinned sk_lookup link failed; attaching anew");
+                        false
+                    }
+                }
+            }
+            Ok(i) => {
+                tracing::warn!(pin = %pin.display(), netns = i.netns_ino, "the pinned link is not this namespace's sk_lookup link; attaching anew");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(pin = %pin.display(), error = %e, "unreadable pinned sk_lookup link; attaching anew");
+                false
+            }
+        },
+        Err(_) => false,
+    };
+    if !current {
+        // Attach before unpinning the old link: for an instant both run (both assign the same
+        // socket), rather than neither.
+        let id = prog.attach(&netns).map_err(kernel(format!("attaching {} to {THIS_NETNS}", names::PROG_L4_STEER)))?;
+        let link = FdLink::from(prog.take_link(id).map_err(kernel("taking the sk_lookup link"))?);
+        let _ = std::fs::remove_file(&pin);
+        link.pin(&pin).map_err(kernel(format!("pinning {}", pin.display())))?;
+    }
+    let check = netns_link::open_pinned(&pin).and_then(|link| netns_link::info(link.as_fd()));
+    match check {
+        Ok(i) if i.sk_lookup && i.netns_ino == ino && i.prog_id == prog_id => Ok(()),
+        Ok(i) => Err(DataplaneError::Kernel {
+            context: format!("{} is not attached to this network namespace after attaching it", names::PROG_L4_STEER),
+            source: anyhow::anyhow!(
+                "the pinned link runs program {} in namespace {} (expected {prog_id} in {ino})",
+                i.prog_id,
+                i.netns_ino
+            ),
+        }),
+        Err(e) => Err(kernel(format!("reading back {}", pin.display()))(e)),
+    }
+}
+
+/// Swaps the program behind this namespace's pinned `l4_steer` link, if a previous process
+/// pinned one (a new process must not leave the old program running against its maps).
+pub fn refresh_l4_steer(ebpf: &mut Ebpf, pins: &PinDir) -> Result<(), DataplaneError> {
+    if l4_steer_pin(pins)?.exists() { ensure_l4_steer(ebpf, pins) } else { Ok(()) }
 }
 
 /// Attaches `sandbox_in` (tcx egress) and `sandbox_out` (tcx ingress) to `ifname`, or swaps the
@@ -160,14 +253,25 @@ pub fn ensure_edge_guard(
     Ok(())
 }
 
-/// Removes link pins whose interface no longer exists, or (for XDP) that are not `keep_xdp`.
-/// Unpinning the last reference detaches the program.
+/// Removes link pins whose interface no longer exists, or (for XDP) that are not `keep_xdp`,
+/// and sk_lookup pins whose network namespace is gone. Unpinning the last reference detaches
+/// the program.
 pub fn prune_links(pins: &PinDir, keep_xdp: Option<u32>) -> Vec<String> {
     let mut removed = Vec::new();
     let Ok(dir) = std::fs::read_dir(pins.links()) else { return removed };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some((kind, ifindex)) = LinkKind::parse_pin(&name) else { continue };
+        if kind == LinkKind::SkLookup {
+            // The kernel detaches the link of a namespace that ends and reports it without one.
+            let defunct = netns_link::open_pinned(&entry.path())
+                .and_then(|l| netns_link::info(l.as_fd()))
+                .is_ok_and(|i| i.netns_ino == 0);
+            if defunct && std::fs::remove_file(entry.path()).is_ok() {
+                removed.push(name);
+            }
+            continue;
+        }
         let gone = nix::net::if_::if_indextoname(ifindex).is_err();
         let stale_xdp = kind == LinkKind::Xdp && keep_xdp != Some(ifindex);
         if (gone || stale_xdp) && std::fs::remove_file(entry.path()).is_ok() {

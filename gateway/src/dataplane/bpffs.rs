@@ -5,6 +5,7 @@
 //! <dataplane.bpffs>/links/tcx-in-<if>    sandbox_in on tcx egress of ifindex <if>
 //! <dataplane.bpffs>/links/tcx-out-<if>   sandbox_out on tcx ingress of ifindex <if>
 //! <dataplane.bpffs>/links/xdp-<if>       edge_guard on ifindex <if>
+//! <dataplane.bpffs>/links/sk_lookup-<ns>  l4_steer on the network namespace of inode <ns>
 //! ```
 
 use std::{
@@ -36,7 +37,8 @@ impl PinDir {
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
     }
-    /// The pin of a link.
+    /// The pin of a link: per interface (`ifindex`), or per network namespace (its inode) for
+    /// [`LinkKind::SkLookup`].
     pub fn link(&self, kind: LinkKind, ifindex: u32) -> PathBuf {
         self.links().join(format!("{}-{ifindex}", kind.prefix()))
     }
@@ -52,7 +54,7 @@ impl PinDir {
     }
 }
 
-/// The three attachment kinds.
+/// The attachment kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LinkKind {
     /// `sandbox_in`, tcx egress.
@@ -61,17 +63,21 @@ pub enum LinkKind {
     TcxOut,
     /// `edge_guard`, XDP.
     Xdp,
+    /// `l4_steer`, sk_lookup of a network namespace (the pin's number is the namespace's
+    /// inode, not an ifindex).
+    SkLookup,
 }
 
 impl LinkKind {
     /// Every kind.
-    pub const ALL: [LinkKind; 3] = [LinkKind::TcxIn, LinkKind::TcxOut, LinkKind::Xdp];
+    pub const ALL: [LinkKind; 4] = [LinkKind::TcxIn, LinkKind::TcxOut, LinkKind::Xdp, LinkKind::SkLookup];
     /// File name prefix of its pins.
     pub const fn prefix(self) -> &'static str {
         match self {
             LinkKind::TcxIn => "tcx-in",
             LinkKind::TcxOut => "tcx-out",
             LinkKind::Xdp => "xdp",
+            LinkKind::SkLookup => "sk_lookup",
         }
     }
     /// Parses a pin file name back into (kind, ifindex).
@@ -123,5 +129,6 @@ mod tests {
         }
         assert_eq!(LinkKind::parse_pin("tcx-in-x"), None);
         assert_eq!(LinkKind::parse_pin("other-1"), None);
+        assert_eq!(LinkKind::parse_pin("sk_lookup-4026531840"), Some((LinkKind::SkLookup, 4_026_531_840)));
     }
 }

@@ -123,6 +123,8 @@ pub fn dump(root: &Path) -> Result<Value, DataplaneError> {
         "publicPorts": maps.public.keys().filter_map(Result::ok).map(|k| k.port()).collect::<Vec<_>>(),
         "hostAddresses": host_addresses(&maps),
         "hostAllow": host_allow(&maps),
+        "edge": edge_json(&maps),
+        "l4Ports": l4_json(&maps),
         "counters": counters_json(&maps)?,
     }))
 }
@@ -157,12 +159,20 @@ pub fn status(root: &Path) -> Result<Value, DataplaneError> {
     if let Ok(dir) = std::fs::read_dir(pins.links()) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((kind, ifindex)) = LinkKind::parse_pin(&name) else { continue };
+            let Some((kind, number)) = LinkKind::parse_pin(&name) else { continue };
             let info = PinnedLink::from_pin(entry.path()).ok().and_then(|p| FdLink::from(p).info().ok());
+            // An sk_lookup pin is numbered by its network namespace's inode, the others by ifindex.
+            let (ifindex, netns) = if kind == LinkKind::SkLookup { (None, Some(number)) } else { (Some(number), None) };
             links.push(json!({
-                "interface": nix::net::if_::if_indextoname(ifindex).ok().map(|s| s.to_string_lossy().into_owned()),
+                "interface": ifindex.and_then(|i| nix::net::if_::if_indextoname(i).ok()).map(|s| s.to_string_lossy().into_owned()),
                 "ifindex": ifindex,
-                "hook": match kind { LinkKind::TcxIn => "tcx/egress (sandbox_in)", LinkKind::TcxOut => "tcx/ingress (sandbox_out)", LinkKind::Xdp => "xdp (edge_guard)" },
+                "netns": netns,
+                "hook": match kind {
+                    LinkKind::TcxIn => "tcx/egress (sandbox_in)",
+                    LinkKind::TcxOut => "tcx/ingress (sandbox_out)",
+                    LinkKind::Xdp => "xdp (edge_guard)",
+                    LinkKind::SkLookup => "sk_lookup (l4_steer)",
+                },
                 "linkId": info.as_ref().map(|i| i.id()),
                 "programId": info.as_ref().map(|i| i.program_id()),
                 "pin": entry.path().display().to_string(),
@@ -180,8 +190,55 @@ pub fn status(root: &Path) -> Result<Value, DataplaneError> {
             "protected": {"entries": maps.protected.keys().count(), "capacity": gateway_common::names::MAX_PROTECTED},
             "publicPorts": {"entries": maps.public.keys().count(), "capacity": gateway_common::names::MAX_PUBLIC_PORTS},
             "hostAddresses": {"entries": maps.host_addrs.keys().count(), "capacity": gateway_common::names::MAX_HOST_ADDRS},
+            "l4Ports": {"entries": maps.l4_ports.keys().count(), "capacity": gateway_common::names::MAX_L4_PORTS},
+            "l4Allow": {"entries": maps.l4_allow.keys().count(), "capacity": gateway_common::names::MAX_L4_ALLOW},
+            "synSources": {"entries": maps.syn_rate.keys().count(), "capacity": gateway_common::names::MAX_SYN_SOURCES},
         },
+        "edge": edge_json(&maps),
         "hostAllow": host_allow(&maps),
         "counters": counters_json(&maps)?,
     }))
+}
+
+/// `GW_EDGE_CFG`: the rate limit and the L4 steering.
+fn edge_json(maps: &KernelMaps) -> Value {
+    let Ok(c) = maps.edge_config() else { return Value::Null };
+    json!({
+        "synRate": c.syn_rate,
+        "synBurst": c.syn_burst,
+        "l4Address": Ipv4Addr::from(c.l4_addr).to_string(),
+        "l4Ports": (c.l4_port_lo != 0).then(|| format!("{}-{}", c.l4_port_lo, c.l4_port_hi)),
+        "l4Listener": maps.l4_listen.indices().filter_map(Result::ok).any(|i| i == 0),
+    })
+}
+
+/// Every exposed L4 port with its allow-list and counters; and prefixes left for a port that is
+/// not exposed (a process stopped half-way), under `exposed: false`.
+fn l4_json(maps: &KernelMaps) -> Value {
+    let mut allow: std::collections::BTreeMap<u16, Vec<String>> = std::collections::BTreeMap::new();
+    for (port, net) in maps.l4_allow_entries() {
+        allow.entry(port).or_default().push(net.to_string());
+    }
+    let stats = maps.l4_stats();
+    let mut ports: Vec<u16> = allow.keys().copied().chain(stats.iter().map(|(p, _)| *p)).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    Value::Array(
+        ports
+            .into_iter()
+            .map(|port| {
+                let s = stats.iter().find(|(p, _)| *p == port).map(|(_, s)| *s);
+                let mut from = allow.remove(&port).unwrap_or_default();
+                from.sort();
+                json!({
+                    "port": port,
+                    "exposed": s.is_some(),
+                    "allowFrom": from,
+                    "synPass": s.map(|s| s.syn_pass),
+                    "dropNotAllowed": s.map(|s| s.drop_not_allowed),
+                    "dropRate": s.map(|s| s.drop_rate),
+                })
+            })
+            .collect(),
+    )
 }

@@ -1,16 +1,19 @@
 //! Typed handles on the pinned maps. Opened from the pins, so the daemon and the CLI (`gateway
 //! dataplane dump`, working after the daemon died) read the same objects.
 
-use std::{os::fd::AsFd, path::Path};
+use std::{net::Ipv4Addr, os::fd::AsFd, path::Path};
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, SockMap, lpm_trie::Key};
 use gateway_common::{
+    IPPROTO_TCP,
     counters::{Hook, Reason, VERDICT_SLOTS},
     names,
     policy::{
-        Endpoint, HostAddr, KernelConfig, PolicyValue, PortBits, PortKey, SandboxKey, SandboxRecord, SandboxStats,
+        EdgeConfig, Endpoint, HostAddr, KernelConfig, L4AllowKey, L4PortStats, PolicyValue, PortBits, PortKey,
+        SandboxKey, SandboxRecord, SandboxStats, SynBucket,
     },
 };
+use ipnet::Ipv4Net;
 
 use super::{DataplaneError, batch, kernel};
 
@@ -39,6 +42,27 @@ pub struct KernelMaps {
     pub verdicts: PerCpuArray<MapData, u64>,
     /// `GW_CONFIG`.
     pub config: Array<MapData, KernelConfig>,
+    /// `GW_L4_ALLOW` (write it with [`KernelMaps::l4_allow_insert`] / [`KernelMaps::l4_allow_remove`]).
+    pub l4_allow: LpmTrie<MapData, L4AllowKey, u32>,
+    /// `GW_L4_PORTS`.
+    pub l4_ports: PerCpuHashMap<MapData, PortKey, L4PortStats>,
+    /// `GW_SYN_RATE`, an LRU hash (written by the edge guard only).
+    pub syn_rate: HashMap<MapData, HostAddr, SynBucket>,
+    /// `GW_EDGE_CFG`.
+    pub edge_config: Array<MapData, EdgeConfig>,
+    /// `GW_L4_LISTEN`.
+    pub l4_listen: SockMap<MapData>,
+}
+
+/// The `GW_L4_ALLOW` key of `port`'s allow-list entry `net` (host bits cleared).
+pub fn l4_allow_key(port: u16, net: Ipv4Net) -> Key<L4AllowKey> {
+    let net = net.trunc();
+    Key::new(L4AllowKey::prefix_len(net.prefix_len()), L4AllowKey::new(port, net.addr().octets()))
+}
+
+/// The `GW_L4_PORTS` key of `port`.
+pub fn l4_port_key(port: u16) -> PortKey {
+    PortKey::new(port, IPPROTO_TCP)
 }
 
 /// The number of possible CPUs (the length of every per-CPU value).
@@ -104,7 +128,70 @@ impl KernelMaps {
             host_allow: typed(dir, names::MAP_HOST_ALLOW)?,
             verdicts: typed(dir, names::MAP_VERDICTS)?,
             config: typed(dir, names::MAP_CONFIG)?,
+            l4_allow: typed(dir, names::MAP_L4_ALLOW)?,
+            l4_ports: typed(dir, names::MAP_L4_PORTS)?,
+            syn_rate: typed(dir, names::MAP_SYN_RATE)?,
+            edge_config: typed(dir, names::MAP_EDGE_CONFIG)?,
+            l4_listen: typed(dir, names::MAP_L4_LISTEN)?,
         })
+    }
+
+    /// `GW_EDGE_CFG[0]`.
+    pub fn edge_config(&self) -> Result<EdgeConfig, DataplaneError> {
+        self.edge_config.get(&0, 0).map_err(kernel("reading GW_EDGE_CFG"))
+    }
+
+    /// Every `GW_L4_ALLOW` entry as (port, prefix), in the kernel's order.
+    pub fn l4_allow_entries(&self) -> Vec<(u16, Ipv4Net)> {
+        self.l4_allow
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|k| {
+                let data = k.data();
+                let bits = L4AllowKey::cidr_bits(k.prefix_len())?;
+                Some((data.port(), Ipv4Net::new(Ipv4Addr::from(data.addr), bits).ok()?))
+            })
+            .collect()
+    }
+
+    /// Adds `net` to `port`'s allow-list.
+    pub fn l4_allow_insert(&mut self, port: u16, net: Ipv4Net) -> Result<(), DataplaneError> {
+        self.l4_allow
+            .insert(&l4_allow_key(port, net), 1, 0)
+            .map_err(kernel(format!("writing GW_L4_ALLOW ({port}: {net})")))
+    }
+
+    /// Removes `net` from `port`'s allow-list (absent is fine).
+    pub fn l4_allow_remove(&mut self, port: u16, net: Ipv4Net) -> Result<(), DataplaneError> {
+        match self.l4_allow.remove(&l4_allow_key(port, net)) {
+            Ok(()) => Ok(()),
+            Err(e) if super::is_not_found(&e) => Ok(()),
+            Err(e) => Err(kernel(format!("removing from GW_L4_ALLOW ({port}: {net})"))(e)),
+        }
+    }
+
+    /// Every exposed L4 port (a `GW_L4_PORTS` entry).
+    pub fn l4_exposed(&self) -> Vec<u16> {
+        self.l4_ports.keys().filter_map(Result::ok).map(|k| k.port()).collect()
+    }
+
+    /// Every exposed L4 port's counters, summed over CPUs, by port.
+    pub fn l4_stats(&self) -> Vec<(u16, L4PortStats)> {
+        let mut out: Vec<(u16, L4PortStats)> = self
+            .l4_ports
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| {
+                let sum = per_cpu.iter().fold(L4PortStats::default(), |a, s| L4PortStats {
+                    syn_pass: a.syn_pass + s.syn_pass,
+                    drop_not_allowed: a.drop_not_allowed + s.drop_not_allowed,
+                    drop_rate: a.drop_rate + s.drop_rate,
+                });
+                (k.port(), sum)
+            })
+            .collect();
+        out.sort_by_key(|(port, _)| *port);
+        out
     }
 
     /// Makes `GW_PROTECTED` hold exactly `keys` and `GW_PROT_PORTS` their ports: new keys and

@@ -9,7 +9,9 @@ mod batch;
 pub mod bpffs;
 mod hostaddrs;
 pub mod inspect;
+mod l4;
 pub mod maps;
+mod netns_link;
 mod query;
 
 use std::{
@@ -168,6 +170,10 @@ pub enum DataplaneError {
     /// This process handed the data plane over to its successor (zero-downtime restart).
     #[error("the gateway is restarting: the data plane now belongs to the new process; retry")]
     HandedOver,
+    /// A request the data plane cannot express (a caller's bug: configuration and API
+    /// validation come first).
+    #[error("invalid data plane request: {0}")]
+    Invalid(String),
     /// Anything the kernel refused.
     #[error("{context}: {source}")]
     Kernel {
@@ -187,6 +193,7 @@ impl DataplaneError {
             DataplaneError::Disabled => ErrorCode::DataplaneDisabled,
             DataplaneError::NoProgram => ErrorCode::DataplaneUnavailable,
             DataplaneError::HandedOver => ErrorCode::GatewayRestarting,
+            DataplaneError::Invalid(_) => ErrorCode::DataplaneError,
             DataplaneError::Kernel { .. } => {
                 return ApiError::new(
                     ErrorCode::DataplaneError,
@@ -253,6 +260,8 @@ struct Inner {
     /// Policy entries in `shadow`, kept by every mutation (summing them per call costs
     /// ~200 µs at 100,000 sandboxes).
     policy_entries: usize,
+    /// What the kernel holds of L4 exposure, kept equal to it by every L4 change.
+    l4: l4::L4Shadow,
     observer: &'static dyn Observer,
     /// Keeps `GW_HOST_ADDRS` equal to the host's addresses while the data plane is open.
     _host_addrs: hostaddrs::HostAddrWatcher,
@@ -330,9 +339,13 @@ impl Dataplane {
             }
             None => None,
         };
+        // A previous process's steering keeps running until `steer_l4`; with this process's
+        // program from now on.
+        attach::refresh_l4_steer(&mut ebpf, &pins)?;
         for name in attach::prune_links(&pins, edge) {
             tracing::info!(link = %name, "removed stale link pin");
         }
+        let l4 = l4::read_l4_shadow(&maps);
         let shadow = read_shadow(&maps);
         let policy_entries = shadow.values().map(|s| s.ports.len()).sum();
         let observer = &Unobserved;
@@ -343,6 +356,7 @@ impl Dataplane {
             shadow,
             attached: HashSet::new(),
             policy_entries,
+            l4,
             observer,
             _host_addrs: host_addrs,
         };

@@ -145,7 +145,7 @@ impl Activity {
     /// A byte moved. A flag rather than a timestamp: this runs on every read and write, and
     /// reading the clock there cost more than the whole idle check does. The load first keeps
     /// the cache line clean while the flag is already set.
-    fn touch(&self) {
+    pub fn touch(&self) {
         if !self.moved.load(Ordering::Relaxed) {
             self.moved.store(true, Ordering::Relaxed);
         }

@@ -138,6 +138,7 @@ mod tests {
             address: "198.18.0.2".parse().expect("ip"),
             interface: "lo".into(),
             owner: None,
+            exposed: Vec::new(),
             ports: vec![
                 PortSpec { target: 3000, protocol: PortProtocol::Http },
                 PortSpec { target: 50051, protocol: PortProtocol::Grpc },

@@ -3,8 +3,10 @@
 //!
 //! Input: byte 0 selects map contents (bits: destination registered, source registered, on
 //! which interface, policy entry, public port, protected sockets, UDP flow), byte 1 the socket
-//! mark, whether the gateway configured one, whether the destination is a host address and
-//! whether the host allow-list has its port, the rest is the Ethernet frame.
+//! mark, whether the gateway configured one, whether the destination is a host address,
+//! whether the host allow-list has its port, whether the port is an exposed L4 port, whether
+//! its allow-list has the source and whether the source is over the rate limit; the rest is the
+//! Ethernet frame.
 //!
 //! Properties: the parser agrees with an independent reference parser on every frame (libFuzzer
 //! hands over exactly-sized buffers, so AddressSanitizer reports any read past the frame);
@@ -13,7 +15,8 @@
 //! sandbox API / system port of a registered sandbox), never to 443; malformed frames are
 //! dropped; out of a sandbox, spoofed sources, other sandboxes and protected sockets are never
 //! reached, and the host only by an allowed port or an answer to a flow it started; on the
-//! public interface a new connection passes only to a public port. And the
+//! public interface a new connection passes only to a public port or, over IPv4 from a source
+//! its allow-list has, to an exposed L4 port, and never from an IPv4 source over the rate. And the
 //! converse: a well-formed allowed SYN from the gateway is admitted.
 
 use gateway_common::{
@@ -37,6 +40,9 @@ struct Maps {
     udp: Vec<UdpFlowKey>,
     host_addrs: Vec<[u8; 4]>,
     host_allow: Vec<PortKey>,
+    l4_ports: Vec<u16>,
+    l4_allow: Vec<(u16, [u8; 4])>,
+    over_rate: Vec<[u8; 4]>,
 }
 
 impl Lookups for Maps {
@@ -65,6 +71,15 @@ impl Lookups for Maps {
     }
     fn host_allowed(&self, key: &PortKey) -> bool {
         self.host_allow.contains(key)
+    }
+    fn syn_admit(&self, src: [u8; 4]) -> bool {
+        !self.over_rate.contains(&src)
+    }
+    fn l4_port(&self, port: u16) -> bool {
+        self.l4_ports.contains(&port)
+    }
+    fn l4_allowed(&self, port: u16, src: [u8; 4]) -> bool {
+        self.l4_allow.contains(&(port, src))
     }
 }
 
@@ -178,6 +193,15 @@ pub fn check(data: &[u8]) {
     if mark_sel & 0x20 != 0 {
         m.host_allow.push(PortKey::new(port, proto));
     }
+    if mark_sel & 0x04 != 0 {
+        m.l4_ports.push(port);
+    }
+    if mark_sel & 0x08 != 0 {
+        m.l4_allow.push((port, r.src));
+    }
+    if mark_sel & 0x10 != 0 {
+        m.over_rate.push(r.src);
+    }
     let mark = match mark_sel & 3 {
         0 => GATEWAY_MARK,
         1 => 0,
@@ -282,13 +306,21 @@ fn opens_flow(r: &Summary) -> bool {
 
 fn check_edge(r: &Summary, m: &Maps) {
     let v = edge_guard(*r, m);
-    let public = m.public.contains(&PortKey::new(r.dest_port(), IPPROTO_TCP));
-    match r.net {
-        Net::Malformed => assert_eq!(v.reason, Reason::PassEdgeMalformed),
-        Net::NonIp => assert_eq!(v.reason, Reason::PassNonIp),
-        Net::Ipv4 | Net::Ipv6 if is_syn(r) => {
-            assert_eq!(v.reason, if public { Reason::PassEdgePublic } else { Reason::DropEdgeClosedPort }, "{r:?}");
-        }
-        Net::Ipv4 | Net::Ipv6 => assert_eq!(v.reason, Reason::PassEdgeOther),
-    }
+    let port = r.dest_port();
+    let public = m.public.contains(&PortKey::new(port, IPPROTO_TCP));
+    let exposed = m.l4_ports.contains(&port);
+    let allowed = m.l4_allow.contains(&(port, r.src));
+    let expected = match r.net {
+        Net::Malformed => Reason::PassEdgeMalformed,
+        Net::NonIp => Reason::PassNonIp,
+        Net::Ipv4 if is_syn(r) && m.over_rate.contains(&r.src) => Reason::DropEdgeRate,
+        Net::Ipv4 | Net::Ipv6 if is_syn(r) && public => Reason::PassEdgePublic,
+        Net::Ipv4 if is_syn(r) && exposed && allowed => Reason::PassEdgeL4,
+        Net::Ipv4 if is_syn(r) && exposed => Reason::DropEdgeNotAllowed,
+        Net::Ipv4 | Net::Ipv6 if is_syn(r) => Reason::DropEdgeClosedPort,
+        Net::Ipv4 | Net::Ipv6 => Reason::PassEdgeOther,
+    };
+    assert_eq!(v.reason, expected, "{r:?}");
+    let on_port = matches!(v.reason, Reason::PassEdgeL4 | Reason::DropEdgeNotAllowed | Reason::DropEdgeRate);
+    assert_eq!(v.l4_port, if on_port { port } else { 0 }, "{r:?}");
 }

@@ -45,6 +45,7 @@ fn sandbox(declared: &[u16]) -> Sandbox {
         address: Ipv4Addr::new(198, 18, 0, 2),
         interface: "lo".into(),
         owner: None,
+        exposed: Vec::new(),
         ports: declared.iter().map(|&target| PortSpec { target, protocol: PortProtocol::Http2 }).collect(),
     }
 }

@@ -35,6 +35,53 @@ pub struct PortSpec {
     pub protocol: PortProtocol,
 }
 
+/// What a public TCP port sends the app before the client's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// Nothing: the app sees the gateway's address as the peer.
+    #[default]
+    Off,
+    /// A PROXY protocol v2 header with the client's address and port.
+    V2,
+}
+
+/// A declared port's public TCP endpoint: `public_port` of the host, open to `allow_from`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Exposure {
+    /// The port inside the sandbox (a declared `TCP` or `TLS` port).
+    pub target: u16,
+    /// The host port assigned from `l4.port_range`.
+    pub public_port: u16,
+    /// Source networks allowed to connect (never empty; `0.0.0.0/0` for everyone).
+    pub allow_from: Vec<ipnet::Ipv4Net>,
+    /// Whether the app is sent a PROXY protocol header first.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+}
+
+impl Exposure {
+    /// Whether `source` may connect.
+    pub fn allows(&self, source: Ipv4Addr) -> bool {
+        self.allow_from.iter().any(|net| net.contains(&source))
+    }
+}
+
+/// A public port given back (its port removed, unexposed, or its sandbox deleted): held back
+/// from every other (workspace, sandbox, port) until `until_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleasedPort {
+    pub public_port: u16,
+    pub workspace: String,
+    pub name: String,
+    /// The port inside the sandbox it led to.
+    pub target: u16,
+    /// Unix milliseconds.
+    pub until_ms: i64,
+}
+
 /// A registered sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -53,12 +100,20 @@ pub struct Sandbox {
     /// on a single host. Only its owner programs its kernel policy and connects to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Its public TCP ports, sorted by `target`, one per exposed declared port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed: Vec<Exposure>,
 }
 
 impl Sandbox {
     /// The host label `sbx-{name}-{workspace}`, lower-case: the key of exact route lookup.
     pub fn label(&self) -> String {
         sandbox_label(&self.name, &self.workspace)
+    }
+
+    /// The exposure of declared port `target`, if it has one.
+    pub fn exposure(&self, target: u16) -> Option<&Exposure> {
+        self.exposed.iter().find(|e| e.target == target)
     }
 }
 

@@ -14,6 +14,7 @@
 //! computed from its declared ports AND its live previews.
 
 pub mod fleet;
+pub mod l4_ports;
 pub mod mutation;
 pub mod previews;
 pub mod reaper;
@@ -152,7 +153,12 @@ impl App {
         let loading = std::time::Instant::now();
         let host = config.fleet.enabled().then(|| config.fleet.host.clone());
         let snapshot = store.load().await.map_err(load_error)?;
-        let sandboxes = Sandboxes::load(snapshot.sandboxes, host.clone()).map_err(StartError::Inconsistent)?;
+        let ports = sandboxes::PortSettings {
+            range: config.l4.range(),
+            quarantine: config.l4.quarantine.get(),
+            file: Some(config.state.dir.join(crate::paths::L4_RELEASED_FILE)),
+        };
+        let sandboxes = Sandboxes::load(snapshot.sandboxes, host.clone(), ports).map_err(StartError::Inconsistent)?;
         let tokens = TokenRegistry::load(snapshot.tokens).map_err(StartError::Inconsistent)?;
         let key = store.secret(ids::KEY_SECRET).await.map_err(load_error)?;
         let previews = PreviewRegistry::load(store.as_ref(), snapshot.previews, key, |id| sandboxes.contains(id))
@@ -163,6 +169,7 @@ impl App {
             sandboxes.all().iter().filter(|s| sandboxes.is_local(s)).map(|s| previews.policy_for(s)).collect();
         let started = std::time::Instant::now();
         dataplane.reconcile(&policies).map_err(StartError::Reconcile)?;
+        dataplane.reconcile_l4(&sandboxes.exposed()).map_err(StartError::Reconcile)?;
         tracing::info!(
             sandboxes = policies.len(),
             tokens = tokens.len(),
@@ -259,6 +266,11 @@ impl App {
         self.sandboxes.by_label(label)
     }
 
+    /// The local sandbox holding public TCP port `port`.
+    pub fn sandbox_by_public_port(&self, port: u16) -> Option<Arc<Sandbox>> {
+        self.sandboxes.by_public_port(port)
+    }
+
     /// The sandbox at `address`.
     pub fn sandbox_by_address(&self, address: std::net::Ipv4Addr) -> Option<Arc<Sandbox>> {
         self.sandboxes.by_address(address)
@@ -266,7 +278,9 @@ impl App {
 
     /// A sandbox as answered by the API.
     pub fn view(&self, sandbox: &Sandbox, applied: Option<Duration>) -> SandboxView {
-        SandboxView::of(sandbox, self.config.load().sandbox_url(&sandbox.label()), applied)
+        let config = self.config.load();
+        let host = format!("{}.{}.{}", sandbox.label(), config.region, config.domain);
+        SandboxView::of(sandbox, config.sandbox_url(&sandbox.label()), &host, applied)
     }
 
     /// One sandbox.
@@ -632,7 +646,7 @@ mod tests {
         SandboxSpec {
             address: address.parse().expect("addr"),
             interface: "lo".into(),
-            ports: ports.iter().map(|&target| PortRequest { target, protocol: PortProtocol::Http }).collect(),
+            ports: ports.iter().map(|&target| PortRequest::new(target, PortProtocol::Http)).collect(),
         }
     }
 
@@ -686,7 +700,7 @@ mod preview_tests {
         let spec = SandboxSpec {
             address: "198.18.0.2".parse().expect("addr"),
             interface: "lo".into(),
-            ports: vec![PortRequest { target: 3000, protocol: PortProtocol::Http }],
+            ports: vec![PortRequest::new(3000, PortProtocol::Http)],
         };
         app.put_sandbox("ws", "app", spec).await.expect("sandbox");
         app

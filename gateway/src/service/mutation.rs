@@ -41,6 +41,25 @@ impl Mutating {
         if self.is_local(sandbox) { self.dataplane.apply_sandbox(policy) } else { Ok(Duration::ZERO) }
     }
 
+    /// Makes the kernel's public TCP ports of a sandbox that runs here go from `old`'s to
+    /// `new`'s (either absent: none): every port of `new` with its allowed sources first, then
+    /// `old`'s other ports closed.
+    pub fn apply_l4(&self, old: Option<&Sandbox>, new: Option<&Sandbox>) -> Result<(), DataplaneError> {
+        let new = new.filter(|s| self.is_local(s));
+        if let Some(new) = new {
+            for e in &new.exposed {
+                self.dataplane.expose_l4_port(e.public_port, &e.allow_from)?;
+            }
+        }
+        for e in old.filter(|s| self.is_local(s)).map_or(&[][..], |s| &s.exposed) {
+            let kept = new.is_some_and(|n| n.exposed.iter().any(|x| x.public_port == e.public_port));
+            if !kept {
+                self.dataplane.unexpose_l4_port(e.public_port)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every kernel entry of `sandbox` if it runs here.
     pub fn remove(&self, sandbox: &Sandbox) -> Result<(), DataplaneError> {
         if self.is_local(sandbox) { self.dataplane.remove_sandbox(sandbox.address) } else { Ok(()) }

@@ -4,20 +4,24 @@
 //! A sandbox's kernel policy is its declared ports plus the ports its live previews hold open,
 //! so a mutation asks the preview registry for it.
 
-use super::{mutation::Mutating, previews::registry::PreviewRegistry};
+use super::{
+    l4_ports::{self, ExposeRequest, PortBook},
+    mutation::Mutating,
+    previews::registry::PreviewRegistry,
+};
 use crate::model::FastMap;
 use crate::{
     errors::{ApiError, ErrorCode},
     model::{
         is_dns_label, is_interface_name,
-        sandbox::{PortProtocol, PortSpec, Sandbox, SandboxId, validate_names},
+        sandbox::{Exposure, PortProtocol, PortSpec, ProxyProtocol, Sandbox, SandboxId, validate_names},
     },
 };
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -35,7 +39,7 @@ pub struct SandboxSpec {
 }
 
 /// One declared port as requested (wide integer, so an out-of-range port gets a clear message).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortRequest {
     /// The port inside the sandbox.
@@ -43,6 +47,16 @@ pub struct PortRequest {
     /// How the gateway speaks to it.
     #[serde(default)]
     pub protocol: PortProtocol,
+    /// A public TCP port for it (`TCP` and `TLS` ports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<ExposeRequest>,
+}
+
+impl PortRequest {
+    /// A port declared with `protocol`, not exposed.
+    pub fn new(target: i64, protocol: PortProtocol) -> Self {
+        Self { target, protocol, expose: None }
+    }
 }
 
 /// A sandbox as answered by the API.
@@ -55,8 +69,8 @@ pub struct SandboxView {
     pub address: Ipv4Addr,
     /// Host-side interface.
     pub interface: String,
-    /// Declared ports, sorted.
-    pub ports: Vec<PortSpec>,
+    /// Declared ports, sorted, each with its public endpoint if exposed.
+    pub ports: Vec<PortView>,
     /// `https://sbx-{name}-{ws}.{region}.{domain}[:port]`.
     pub url: String,
     /// The fleet host that runs it (absent on a single host).
@@ -67,15 +81,53 @@ pub struct SandboxView {
     pub policy_applied_micros: Option<u64>,
 }
 
+/// A declared port as answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortView {
+    pub target: u16,
+    pub protocol: PortProtocol,
+    /// Its public TCP endpoint, if exposed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public: Option<PublicView>,
+}
+
+/// A public TCP endpoint as answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicView {
+    /// The host port.
+    pub port: u16,
+    /// `sbx-{name}-{ws}.{region}.{domain}:{port}`.
+    pub endpoint: String,
+    pub allow_from: Vec<ipnet::Ipv4Net>,
+    pub proxy_protocol: ProxyProtocol,
+}
+
 impl SandboxView {
-    /// The view of `sandbox`, reachable at `url`.
-    pub fn of(sandbox: &Sandbox, url: String, applied: Option<Duration>) -> Self {
+    /// The view of `sandbox`, reachable at `url`; its public ports on host `public_host`
+    /// (`sbx-{name}-{ws}.{region}.{domain}`).
+    pub fn of(sandbox: &Sandbox, url: String, public_host: &str, applied: Option<Duration>) -> Self {
+        let ports = sandbox
+            .ports
+            .iter()
+            .map(|p| PortView {
+                target: p.target,
+                protocol: p.protocol,
+                public: sandbox.exposure(p.target).map(|e| PublicView {
+                    port: e.public_port,
+                    endpoint: format!("{public_host}:{}", e.public_port),
+                    allow_from: e.allow_from.clone(),
+                    proxy_protocol: e.proxy_protocol,
+                }),
+            })
+            .collect();
         Self {
             workspace: sandbox.workspace.clone(),
             name: sandbox.name.clone(),
             address: sandbox.address,
             interface: sandbox.interface.clone(),
-            ports: sandbox.ports.clone(),
+            ports,
             url,
             owner: sandbox.owner.clone(),
             policy_applied_micros: applied.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
@@ -141,11 +193,26 @@ pub fn validate_interface(interface: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The exposures of the requested ports (their public ports still unassigned), sorted by
+/// target; call after [`validate_ports`].
+pub fn validate_exposures(ports: &[PortRequest]) -> Result<Vec<Exposure>, ApiError> {
+    let mut out: Vec<Exposure> = Vec::new();
+    for p in ports {
+        if let Some(expose) = &p.expose {
+            let target = u16::try_from(p.target).unwrap_or_default();
+            out.push(l4_ports::validate_expose(target, p.protocol, expose)?);
+        }
+    }
+    out.sort_by_key(|e| e.target);
+    Ok(out)
+}
+
 /// The sandbox a PUT describes, every field checked, run by fleet host `owner` (`None` on a
-/// single host).
+/// single host). Its public ports are assigned later, under the mutation lock.
 pub fn validate(workspace: &str, name: &str, spec: SandboxSpec, owner: Option<&str>) -> Result<Sandbox, ApiError> {
     validate_names(workspace, name)?;
     let ports = validate_ports(&spec.ports)?;
+    let exposed = validate_exposures(&spec.ports)?;
     validate_address(spec.address)?;
     validate_interface(&spec.interface)?;
     Ok(Sandbox {
@@ -155,6 +222,7 @@ pub fn validate(workspace: &str, name: &str, spec: SandboxSpec, owner: Option<&s
         interface: spec.interface,
         ports,
         owner: owner.map(str::to_string),
+        exposed,
     })
 }
 
@@ -167,6 +235,8 @@ struct Index {
     by_address: FastMap<Ipv4Addr, Arc<Sandbox>>,
     /// This gateway's `fleet.host`; `None` on a single host.
     host: Option<String>,
+    /// The local sandboxes by public TCP port.
+    by_public_port: FastMap<u16, Arc<Sandbox>>,
 }
 
 impl Index {
@@ -179,6 +249,9 @@ impl Index {
         self.by_label.insert(sandbox.label(), sandbox.clone());
         if self.is_local(&sandbox) {
             self.by_address.insert(sandbox.address, sandbox.clone());
+            for e in &sandbox.exposed {
+                self.by_public_port.insert(e.public_port, sandbox.clone());
+            }
         }
         self.by_id.insert(sandbox.id(), sandbox);
     }
@@ -188,6 +261,11 @@ impl Index {
         self.by_label.remove(&old.label());
         if self.by_address.get(&old.address).is_some_and(|s| s.id() == *id) {
             self.by_address.remove(&old.address);
+        }
+        for e in &old.exposed {
+            if self.by_public_port.get(&e.public_port).is_some_and(|s| s.id() == *id) {
+                self.by_public_port.remove(&e.public_port);
+            }
         }
         Some(old)
     }
@@ -237,12 +315,25 @@ impl Index {
 #[derive(Default)]
 pub struct Sandboxes {
     index: RwLock<Index>,
+    /// The public TCP ports of this host; changed only under the mutation lock.
+    ports: Mutex<PortBook>,
+}
+
+/// Where public TCP ports come from (`[l4]`).
+#[derive(Clone, Debug, Default)]
+pub struct PortSettings {
+    /// `l4.port_range`; `None`: off.
+    pub range: Option<std::ops::RangeInclusive<u16>>,
+    /// `l4.quarantine`.
+    pub quarantine: Duration,
+    /// Where released ports are saved (`state.dir/l4-released.json`).
+    pub file: Option<std::path::PathBuf>,
 }
 
 impl Sandboxes {
     /// The index of the stored sandboxes, for fleet host `host` (`None`: a single host); fails
     /// if two of them clash.
-    pub fn load(sandboxes: Vec<Sandbox>, host: Option<String>) -> Result<Self, String> {
+    pub fn load(sandboxes: Vec<Sandbox>, host: Option<String>, ports: PortSettings) -> Result<Self, String> {
         let mut index = Index { host, ..Index::default() };
         for sandbox in sandboxes {
             if let Err(e) = index.check_conflicts(&sandbox) {
@@ -250,7 +341,31 @@ impl Sandboxes {
             }
             index.insert(Arc::new(sandbox));
         }
-        Ok(Self { index: RwLock::new(index) })
+        let local = index.by_id.values().filter(|s| index.is_local(s)).map(|s| s.as_ref());
+        let book = PortBook::load(ports.range, ports.quarantine, ports.file, local)?;
+        Ok(Self { index: RwLock::new(index), ports: Mutex::new(book) })
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, PortBook> {
+        self.ports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The local sandbox holding public TCP port `port`.
+    pub fn by_public_port(&self, port: u16) -> Option<Arc<Sandbox>> {
+        self.read().by_public_port.get(&port).cloned()
+    }
+
+    /// Every public TCP port of this host with its allowed sources (for the kernel at start).
+    pub fn exposed(&self) -> Vec<(u16, Vec<ipnet::Ipv4Net>)> {
+        let book = self.book();
+        let index = self.read();
+        index
+            .by_public_port
+            .iter()
+            .filter(|(port, _)| book.in_range(**port))
+            .filter_map(|(port, s)| s.exposed.iter().find(|e| e.public_port == *port))
+            .map(|e| (e.public_port, e.allow_from.clone()))
+            .collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -312,11 +427,15 @@ impl Sandboxes {
         sandbox: Sandbox,
     ) -> Result<(Arc<Sandbox>, Duration, bool), ApiError> {
         let id = sandbox.id();
+        let mut sandbox = sandbox;
         let prev = {
             let index = self.read();
             index.check_conflicts(&sandbox)?;
             index.by_id.get(&id).cloned()
         };
+        if m.is_local(&sandbox) {
+            self.book().assign(&mut sandbox, prev.as_deref())?;
+        }
         let policy = previews.policy_for(&sandbox);
 
         // An address change: the old address's entries go first (fail closed).
@@ -336,15 +455,25 @@ impl Sandboxes {
                 return Err(e.api_error());
             }
         };
+        if let Err(e) = m.apply_l4(prev.as_deref(), Some(&sandbox)) {
+            tracing::warn!(sandbox = %id, error = %e, "the data plane refused the public ports");
+            restore_l4(m, &sandbox, prev.as_deref());
+            restore(m, previews, prev.as_deref(), Some(sandbox.address));
+            return Err(e.api_error());
+        }
         if prev.as_deref() != Some(&sandbox)
             && let Err(e) = m.store.put_sandbox(sandbox.clone()).await
         {
             tracing::error!(sandbox = %id, error = %e, "state write failed; rolling the data plane back");
+            restore_l4(m, &sandbox, prev.as_deref());
             restore(m, previews, prev.as_deref(), Some(sandbox.address));
             return Err(e.write_failed());
         }
         let sandbox = Arc::new(sandbox);
         self.write().insert(sandbox.clone());
+        if m.is_local(&sandbox) {
+            self.book().commit(prev.as_deref(), Some(&sandbox));
+        }
         Ok((sandbox, applied, prev.is_none()))
     }
 
@@ -357,17 +486,28 @@ impl Sandboxes {
         id: &SandboxId,
     ) -> Result<Arc<Sandbox>, ApiError> {
         let prev = self.read().by_id.get(id).cloned().ok_or_else(|| not_found(id))?;
+        // The public ports close first: nothing new reaches a sandbox on its way out.
+        if let Err(e) = m.apply_l4(Some(&prev), None) {
+            tracing::error!(sandbox = %id, error = %e, "closing the public ports failed");
+            restore_l4(m, &prev, Some(&prev));
+            return Err(e.api_error());
+        }
         if let Err(e) = m.remove(&prev) {
             tracing::error!(sandbox = %id, error = %e, "removing the kernel policy failed");
+            restore_l4(m, &prev, Some(&prev));
             restore(m, previews, Some(&prev), None);
             return Err(e.api_error());
         }
         if let Err(e) = m.store.delete_sandbox(id.clone()).await {
             tracing::error!(sandbox = %id, error = %e, "state write failed; restoring the kernel policy");
+            restore_l4(m, &prev, Some(&prev));
             restore(m, previews, Some(&prev), None);
             return Err(e.write_failed());
         }
         self.write().remove(id);
+        if m.is_local(&prev) {
+            self.book().commit(Some(&prev), None);
+        }
         Ok(prev)
     }
 
@@ -395,6 +535,14 @@ impl Sandboxes {
     }
 }
 
+/// Best-effort return of the public ports to `prev`'s after `attempted` was (maybe partly)
+/// programmed.
+fn restore_l4(m: &Mutating, attempted: &Sandbox, prev: Option<&Sandbox>) {
+    if let Err(e) = m.apply_l4(Some(attempted), prev) {
+        tracing::error!(sandbox = %attempted.id(), error = %e, "rollback: restoring the public ports failed");
+    }
+}
+
 /// Best-effort return of the kernel to the stored state after a failed mutation: `attempted`
 /// (an address we may have programmed) is removed unless it is `prev`'s, and `prev` is
 /// re-applied.
@@ -419,9 +567,7 @@ mod tests {
     #[test]
     fn ports() {
         let p = |t: &[i64]| {
-            validate_ports(
-                &t.iter().map(|&target| PortRequest { target, protocol: PortProtocol::Http }).collect::<Vec<_>>(),
-            )
+            validate_ports(&t.iter().map(|&target| PortRequest::new(target, PortProtocol::Http)).collect::<Vec<_>>())
         };
         assert_eq!(p(&[5000, 3000]).expect("ok").iter().map(|p| p.target).collect::<Vec<_>>(), vec![3000, 5000]);
         assert_eq!(p(&[0]).expect_err("0").code, ErrorCode::BadRequest);

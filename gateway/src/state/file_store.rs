@@ -411,6 +411,7 @@ mod tests {
             address: "198.18.0.2".parse().expect("addr"),
             interface: "lo".into(),
             owner: None,
+            exposed: Vec::new(),
             ports: vec![PortSpec { target: 3000, protocol: PortProtocol::Http }],
         }
     }

@@ -7,6 +7,7 @@
 pub mod etcd_store;
 pub mod file_store;
 pub mod import;
+pub mod port_quarantine;
 pub mod replica_file;
 pub mod store;
 

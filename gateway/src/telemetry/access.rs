@@ -408,6 +408,7 @@ mod tests {
             address: "198.18.0.2".parse().expect("ip"),
             interface: "lo".into(),
             owner: None,
+            exposed: Vec::new(),
             ports: Vec::new(),
         }));
         log.port = Some(3000);

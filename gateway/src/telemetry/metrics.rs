@@ -33,6 +33,10 @@
 //! | `fleet_watch_restarts_total`, `fleet_resyncs_total` | counter | (watch broken; history compacted, everything read again) |
 //! | `fleet_etcd_errors_total` | counter | (etcd requests that failed, retries spent) |
 //! | `fleet_forwarded_requests_total` | counter | `peer`, `result` (`ok`, `error`): requests sent to the host running the sandbox |
+//! | `l4_connections_total` | counter | `workspace`, `sandbox`, `port`, `result` (`accepted`, `not_allowed`, `limit`, `connect_failed`), `engine` (`splice`, `copy`; empty when refused) |
+//! | `l4_connections_open` | gauge | `workspace`, `sandbox`, `port` |
+//! | `l4_bytes_total` | counter | `workspace`, `sandbox`, `port`, `direction` (`up`: client → app, `down`), counted when a connection ends |
+//! | `l4_unrouted_connections_total` | counter | (connections to a public port exposed no more) |
 //! | `build_info` | gauge (1) | `version` |
 //!
 //! The `workspace` label is bounded by the registered workspaces: requests that reach no
@@ -63,7 +67,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::dataplane::{DataplaneError, Observer, maps::VerdictMap};
+use crate::{
+    dataplane::{DataplaneError, Observer, maps::VerdictMap},
+    model::sandbox::Sandbox,
+};
 
 /// `Content-Type` of [`Metrics::encode`] (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -271,6 +278,37 @@ pub struct Metrics {
     fleet_resyncs: Counter,
     fleet_etcd_errors: Counter,
     fleet_forwarded: Family<PeerLabels, Counter>,
+    l4_connections: Family<L4ResultLabels, Counter>,
+    l4_open: Family<L4Labels, Gauge>,
+    l4_bytes: Family<L4DirectionLabels, Counter>,
+    l4_unrouted: Counter,
+}
+
+/// A public TCP port of a sandbox.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct L4Labels {
+    workspace: String,
+    sandbox: String,
+    port: u16,
+}
+
+/// A public TCP connection's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct L4ResultLabels {
+    workspace: String,
+    sandbox: String,
+    port: u16,
+    result: &'static str,
+    engine: &'static str,
+}
+
+/// Bytes of a public TCP port by direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct L4DirectionLabels {
+    workspace: String,
+    sandbox: String,
+    port: u16,
+    direction: &'static str,
 }
 
 /// Labels of bytes by direction.
@@ -347,6 +385,10 @@ impl Metrics {
             fleet_resyncs: Counter::default(),
             fleet_etcd_errors: Counter::default(),
             fleet_forwarded: Family::default(),
+            l4_connections: Family::default(),
+            l4_open: Family::default(),
+            l4_bytes: Family::default(),
+            l4_unrouted: Counter::default(),
         };
         registry.register("requests", "Requests answered by the HTTPS edge", m.requests.clone());
         registry.register(
@@ -424,6 +466,22 @@ impl Metrics {
             "fleet_forwarded_requests",
             "Requests sent to the fleet host running their sandbox, by peer and result",
             m.fleet_forwarded.clone(),
+        );
+        registry.register(
+            "l4_connections",
+            "Connections to public TCP ports, by sandbox port and result",
+            m.l4_connections.clone(),
+        );
+        registry.register("l4_connections_open", "Public TCP connections open, by sandbox port", m.l4_open.clone());
+        registry.register(
+            "l4_bytes",
+            "Bytes carried by ended public TCP connections, by sandbox port and direction",
+            m.l4_bytes.clone(),
+        );
+        registry.register(
+            "l4_unrouted_connections",
+            "Connections to a public TCP port no longer exposed (reset)",
+            m.l4_unrouted.clone(),
         );
         registry.register(
             "config_last_reload_success_timestamp_seconds",
@@ -540,6 +598,46 @@ impl Metrics {
         self.tcp_tunnel_bytes.get_or_create(&DirectionLabels { direction: "down" }).inc_by(down);
     }
 
+    /// A public TCP connection to `port` of `sandbox` was accepted (with `engine`) or refused.
+    pub fn l4_connection(&self, sandbox: &Sandbox, port: u16, result: &'static str, engine: Option<&'static str>) {
+        let labels = L4ResultLabels {
+            workspace: sandbox.workspace.clone(),
+            sandbox: sandbox.name.clone(),
+            port,
+            result,
+            engine: engine.unwrap_or(""),
+        };
+        self.l4_connections.get_or_create(&labels).inc();
+    }
+
+    /// A public TCP connection to `port` of `sandbox` is open until the guard is dropped.
+    #[must_use = "the connection counts as open until the guard is dropped"]
+    pub fn l4_opened(&self, sandbox: &Sandbox, port: u16) -> L4OpenGuard {
+        let labels = L4Labels { workspace: sandbox.workspace.clone(), sandbox: sandbox.name.clone(), port };
+        let gauge = self.l4_open.get_or_create(&labels).clone();
+        gauge.inc();
+        L4OpenGuard { gauge }
+    }
+
+    /// A public TCP connection to `port` of `sandbox` ended after carrying `up` bytes to the
+    /// app and `down` back.
+    pub fn l4_bytes(&self, sandbox: &Sandbox, port: u16, up: u64, down: u64) {
+        for (direction, n) in [("up", up), ("down", down)] {
+            let labels = L4DirectionLabels {
+                workspace: sandbox.workspace.clone(),
+                sandbox: sandbox.name.clone(),
+                port,
+                direction,
+            };
+            self.l4_bytes.get_or_create(&labels).inc_by(n);
+        }
+    }
+
+    /// A connection reached a public port that is exposed no more.
+    pub fn l4_unrouted(&self) {
+        self.l4_unrouted.inc();
+    }
+
     /// The edge closed a client connection on its own.
     pub fn connection_cut(&self, reason: CutReason) {
         self.connections_cut.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
@@ -627,6 +725,17 @@ pub struct OpenGuard<'a> {
 }
 
 impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Counts one public TCP connection as open until dropped.
+pub struct L4OpenGuard {
+    gauge: Gauge,
+}
+
+impl Drop for L4OpenGuard {
     fn drop(&mut self) {
         self.gauge.dec();
     }

@@ -32,7 +32,9 @@ use gateway::dataplane::{
 };
 use gateway_common::{
     IPPROTO_TCP, names,
-    policy::{Endpoint, KernelConfig, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin},
+    policy::{
+        Endpoint, KernelConfig, L4PortStats, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin,
+    },
     testpkt,
 };
 use serde_json::json;
@@ -247,8 +249,24 @@ fn main() {
         )
         .expect("pol");
         maps.public.insert(PortKey::new(443, IPPROTO_TCP), 1, 0).expect("pub");
+        // An exposed L4 port whose allow-list has the bench's client (198.18.0.1).
+        maps.l4_ports
+            .insert(
+                gateway::dataplane::maps::l4_port_key(20001),
+                PerCpuValues::try_from(vec![L4PortStats::default(); nr_cpus()]).expect("cpus"),
+                0,
+            )
+            .expect("L4 port");
+        maps.l4_allow_insert(20001, "198.18.0.0/24".parse().expect("prefix")).expect("L4 allow-list");
         println!("\n## Program cost, BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds} alternated rounds");
-        let costs = program_costs(&mut ebpf, &standard_paths([198, 18, 0, 2]), rounds, repeat);
+        let mut paths = standard_paths([198, 18, 0, 2]);
+        paths.push(Path {
+            name: "edge_guard: allowed L4 SYN",
+            prog: names::PROG_EDGE_GUARD,
+            pkt: tcp([198, 18, 0, 1], 20001, true),
+            mark: 0,
+        });
+        let costs = program_costs(&mut ebpf, &paths, rounds, repeat);
         print_costs(&costs);
         report.insert("program_cost".into(), costs_json(&costs));
     }

@@ -41,6 +41,7 @@ fn sandbox(i: usize, interface: &str) -> Sandbox {
         address: sandbox_addr(i),
         interface: interface.to_string(),
         owner: None,
+        exposed: Vec::new(),
         ports: PORTS.iter().map(|p| PortSpec { target: *p, protocol: PortProtocol::Http }).collect(),
     }
 }

@@ -1,0 +1,306 @@
+//! Public TCP ports: one listening socket receives every exposed port of `l4.port_range`
+//! (the kernel's `l4_steer` sk_lookup program hands it connections to any exposed port on
+//! `l4.address`), and each connection goes, in order:
+//!
+//! 1. accepted; its local port names the exposure ([`App::sandbox_by_public_port`]), else it is
+//!    reset (`no_route`: the port was just unexposed);
+//! 2. the client's address checked against the exposure's `allowFrom` (the edge guard already
+//!    dropped other sources' SYNs on the public interface; this check holds on every other
+//!    path) → `not_allowed`;
+//! 3. the caps: `l4.max_connections` in total and `l4.max_connections_per_sandbox` → `limit`;
+//! 4. a marked connection to the sandbox's port (tcx admission unchanged) → `connect_failed`
+//!    resets the client;
+//! 5. the PROXY protocol v2 header first if asked, then the bytes both ways by `l4.engine`
+//!    ([`engine`]) until both sides closed, a reset, or `l4.idle_timeout`;
+//! 6. one access-log line (`gateway::access`, `tcp connection`): source, sandbox, ports,
+//!    bytes each way, duration, how it ended; metrics per sandbox and port.
+//!
+//! The listening socket is handed to a successor at a zero-downtime restart like the HTTPS
+//! listener; connections already spliced stay with the old process until they end or its drain
+//! deadline.
+
+pub mod engine;
+pub mod proxy_header;
+
+use crate::{
+    config::{Config, L4Engine},
+    connector::connect_marked,
+    edge::limits::{Activity, Admission, Limits, idle_timeout},
+    model::sandbox::{ProxyProtocol, Sandbox},
+    service::App,
+    telemetry::metrics,
+};
+use engine::{End, Moved};
+use std::{
+    io,
+    net::{SocketAddr, SocketAddrV4},
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+/// The listening socket of the public TCP ports.
+pub struct L4Listener {
+    tcp: TcpListener,
+    range: std::ops::RangeInclusive<u16>,
+}
+
+/// Why the L4 listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum L4Error {
+    #[error("cannot listen for public TCP ports on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the inherited public TCP listener: {0}")]
+    Inherited(String),
+}
+
+impl L4Listener {
+    /// The socket the kernel steers connections to.
+    pub fn raw_fd(&self) -> RawFd {
+        self.tcp.as_raw_fd()
+    }
+
+    /// Where it is bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// The port range it serves.
+    pub fn range(&self) -> std::ops::RangeInclusive<u16> {
+        self.range.clone()
+    }
+}
+
+/// Binds `l4.address` and the first port of `l4.port_range` (or adopts the socket a
+/// predecessor handed over); `None` when public TCP ports are off.
+pub fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<Option<L4Listener>, L4Error> {
+    let Some(range) = config.l4.range() else { return Ok(None) };
+    let addr = SocketAddr::from((config.l4.ipv4(), *range.start()));
+    let std = match inherited {
+        Some(fd) => {
+            let std = std::net::TcpListener::from(fd);
+            let local = std.local_addr().map_err(|e| L4Error::Inherited(e.to_string()))?;
+            if local != addr {
+                return Err(L4Error::Inherited(format!("it listens on {local}, not {addr}")));
+            }
+            std
+        }
+        None => {
+            let bind = || -> io::Result<std::net::TcpListener> {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.set_reuseaddr(true)?;
+                socket.bind(addr)?;
+                let listener = socket.listen(config.proxy.listen_backlog)?;
+                listener.into_std()
+            };
+            bind().map_err(|source| L4Error::Bind { addr, source })?
+        }
+    };
+    std.set_nonblocking(true).map_err(|e| L4Error::Inherited(e.to_string()))?;
+    let tcp = TcpListener::from_std(std).map_err(|e| L4Error::Inherited(e.to_string()))?;
+    Ok(Some(L4Listener { tcp, range }))
+}
+
+/// How a connection was refused, or that it was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    NoRoute,
+    NotAllowed,
+    Limit,
+    ConnectFailed,
+}
+
+impl Outcome {
+    /// Its label in metrics and the access log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::NoRoute => "no_route",
+            Outcome::NotAllowed => "not_allowed",
+            Outcome::Limit => "limit",
+            Outcome::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
+/// What every connection shares.
+struct Server {
+    app: Arc<App>,
+    limits: Arc<Limits>,
+    mark: u32,
+    connect_timeout: Duration,
+    idle: Duration,
+    engine: L4Engine,
+}
+
+/// Accepts until `stop`, then waits for the connections being served (the caller bounds the
+/// wait with the drain deadline).
+pub async fn serve(listener: Arc<L4Listener>, app: Arc<App>, stop: impl std::future::Future<Output = ()>) {
+    let config = app.config();
+    let server = Arc::new(Server {
+        limits: Limits::new(config.l4.max_connections, config.l4.max_connections_per_sandbox),
+        mark: config.dataplane.mark,
+        connect_timeout: config.proxy.connect_timeout.get(),
+        idle: config.l4.idle_timeout.get(),
+        engine: config.l4.engine,
+        app,
+    });
+    let connections = TaskTracker::new();
+    tokio::pin!(stop);
+    loop {
+        let (client, peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.tcp.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accepting a public TCP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let server = server.clone();
+        connections.spawn(async move { server.handle(client, peer).await });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+impl Server {
+    async fn handle(&self, client: TcpStream, peer: SocketAddr) {
+        let started = Instant::now();
+        let (public, source) = match (client.local_addr(), peer) {
+            (Ok(SocketAddr::V4(public)), SocketAddr::V4(source)) => (public, source),
+            _ => return refuse(client, None, 0, Outcome::NoRoute),
+        };
+        let Some(sandbox) = self.app.sandbox_by_public_port(public.port()) else {
+            return refuse(client, None, public.port(), Outcome::NoRoute);
+        };
+        let Some(exposure) = sandbox.exposed.iter().find(|e| e.public_port == public.port()).cloned() else {
+            return refuse(client, None, public.port(), Outcome::NoRoute);
+        };
+        if !exposure.allows(*source.ip()) {
+            tracing::debug!(%source, sandbox = %sandbox.id(), port = exposure.target, "source outside allowFrom");
+            return refuse(client, Some(&sandbox), exposure.target, Outcome::NotAllowed);
+        }
+        let _connection = match self.limits.admit() {
+            Admission::Serve(guard) => guard,
+            Admission::Reject(_) | Admission::Close => {
+                return refuse(client, Some(&sandbox), exposure.target, Outcome::Limit);
+            }
+        };
+        let Some(_slot) = self.limits.sandbox_slot(sandbox.address) else {
+            return refuse(client, Some(&sandbox), exposure.target, Outcome::Limit);
+        };
+        let to = SocketAddr::from((sandbox.address, exposure.target));
+        let app = match connect_marked(to, self.mark, self.connect_timeout).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::debug!(%source, sandbox = %sandbox.id(), port = exposure.target, error = %e, "connecting to the app failed");
+                return refuse(client, Some(&sandbox), exposure.target, Outcome::ConnectFailed);
+            }
+        };
+        let _ = client.set_nodelay(true);
+        keepalive(&client);
+        keepalive(&app);
+        let m = metrics::global();
+        m.l4_connection(&sandbox, exposure.target, Outcome::Accepted.as_str(), Some(self.engine.as_str()));
+        let _open = m.l4_opened(&sandbox, exposure.target);
+        let moved = Moved::default();
+        let end = self.relay(&client, &app, exposure.proxy_protocol, source, public, &moved).await;
+        if end != "closed" {
+            engine::reset_on_close(&client);
+            engine::reset_on_close(&app);
+        }
+        let (up, down) = (moved.up.load(Ordering::Relaxed), moved.down.load(Ordering::Relaxed));
+        m.l4_bytes(&sandbox, exposure.target, up, down);
+        tracing::info!(
+            target: "gateway::access",
+            source = %source,
+            workspace = %sandbox.workspace,
+            sandbox = %sandbox.name,
+            port = exposure.target,
+            public_port = public.port(),
+            engine = self.engine.as_str(),
+            bytes_up = up,
+            bytes_down = down,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end,
+            "tcp connection"
+        );
+    }
+
+    /// The PROXY header if asked, then the engine, bounded by the idle timeout. Returns how the
+    /// connection ended: `closed`, `reset` or `idle`.
+    async fn relay(
+        &self,
+        client: &TcpStream,
+        app: &TcpStream,
+        proxy: ProxyProtocol,
+        source: SocketAddrV4,
+        public: SocketAddrV4,
+        moved: &Moved,
+    ) -> &'static str {
+        if proxy == ProxyProtocol::V2 {
+            let header = proxy_header::v2_tcp4(source, public);
+            if let Err(e) = engine::write_all(app, &header).await {
+                tracing::debug!(error = %e, "writing the PROXY header failed");
+                return "reset";
+            }
+        }
+        let activity = Activity::new();
+        let moving = async {
+            match self.engine {
+                L4Engine::Splice => engine::splice_both(client, app, moved, &activity).await,
+                L4Engine::Copy => engine::copy_both(client, app, moved, &activity).await,
+            }
+        };
+        tokio::select! {
+            r = moving => match r {
+                Ok(End::Closed) => "closed",
+                Ok(End::Reset) => "reset",
+                Err(e) => {
+                    tracing::debug!(error = %e, "the engine could not start");
+                    "reset"
+                }
+            },
+            () = idle_timeout(&activity, self.idle) => "idle",
+        }
+    }
+}
+
+/// Closes a refused connection with a reset (the client learns at once, like a closed port),
+/// counts it and logs it.
+fn refuse(client: TcpStream, sandbox: Option<&Sandbox>, port: u16, outcome: Outcome) {
+    engine::reset_on_close(&client);
+    let peer = client.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    drop(client);
+    match sandbox {
+        Some(s) => {
+            metrics::global().l4_connection(s, port, outcome.as_str(), None);
+            tracing::info!(target: "gateway::access", source = %peer, workspace = %s.workspace, sandbox = %s.name, port, end = outcome.as_str(), "tcp connection refused");
+        }
+        None => {
+            metrics::global().l4_unrouted();
+            tracing::debug!(source = %peer, public_port = port, "tcp connection to no exposed port");
+        }
+    }
+}
+
+/// TCP keepalive: a peer that vanished without a FIN is noticed within about two minutes
+/// instead of holding its connection until the idle timeout.
+fn keepalive(s: &impl AsFd) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(s, sockopt::KeepAlive, &true);
+    let _ = setsockopt(s, sockopt::TcpKeepIdle, &60);
+    let _ = setsockopt(s, sockopt::TcpKeepInterval, &15);
+    let _ = setsockopt(s, sockopt::TcpKeepCount, &4);
+}
