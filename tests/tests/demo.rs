@@ -141,6 +141,10 @@ fn the_demo_prints_commands_that_work_and_ctrl_c_removes_everything() {
                 p.what,
                 p.command
             );
+        } else if w.contains("Raw TCP") {
+            expect(p, true, "you said: hello");
+            let (_, text) = run_shell(&p.command);
+            assert!(text.contains("demo app, raw TCP on port 7000"), "the app spoke first: {text}");
         } else if w.contains("kernel enforces") {
             expect(p, true, "3000");
         } else if w.contains("dropped by the kernel") {

@@ -306,3 +306,87 @@ fn slow_readers_are_bounded_and_syn_floods_are_cut() {
     std::thread::sleep(Duration::from_millis(1500));
     client.ns.run(|| connect(&client, port, Duration::from_secs(3))).expect("connects again after the flood");
 }
+
+/// The gateway's pid, from its admin API's `/live`.
+fn live_pid(e: &Env) -> u64 {
+    e.gw.client().get("/live").json()["pid"].as_u64().expect("pid")
+}
+
+/// One line through the echo app on a new connection.
+fn echo_once(client: &OutsideClient, port: u16) -> Result<(), String> {
+    let mut s = connect(client, port, Duration::from_secs(3)).map_err(|e| format!("connect: {e}"))?;
+    s.write_all(b"ping\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
+    if &buf != b"ping\n" {
+        return Err(format!("echoed {buf:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_restart_hands_the_public_ports_over_and_keeps_open_connections() {
+    let client = OutsideClient::new();
+    let mut e = env(&client, &[(5433, "TCP")], "");
+    let _echo = TcpApp::spawn(e.sb(), 5433, echo);
+    let r = put(&e, &[(5433, "TCP", only(&client))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let port = public_port(&r.json(), 5433);
+
+    // A connection opened on the old process, and a stream of new ones during the restart.
+    let mut held = connect(&client, port, Duration::from_secs(3)).expect("connect");
+    held.write_all(b"before\n").expect("write");
+    let mut buf = [0u8; 7];
+    held.read_exact(&mut buf).expect("echo");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failed, new_pid) = std::thread::scope(|scope| {
+        let hammer = scope.spawn(|| {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match echo_once(&client, port) {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        });
+        let old_pid = live_pid(&e);
+        // SAFETY: kill(2) of our own child.
+        unsafe {
+            libc::kill(old_pid as libc::pid_t, libc::SIGUSR2);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let new_pid = loop {
+            let pid = live_pid(&e);
+            if pid != old_pid {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "no successor took over:\n{}", e.gw.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The held connection stays with the draining old process.
+        held.write_all(b"during\n").expect("write to the held connection");
+        let mut buf = [0u8; 7];
+        held.read_exact(&mut buf).expect("the held connection still carries bytes");
+        assert_eq!(&buf, b"during\n");
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = hammer.join().expect("hammer");
+        (ok, failed, new_pid)
+    });
+    assert!(failed.is_empty(), "connections failed during the restart: {failed:?}\n{}", e.gw.log());
+    assert!(ok > 20, "{ok} connections");
+    drop(held);
+    // Its last connection closed, the old process exits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.gw.try_wait_exit().is_none() {
+        assert!(Instant::now() < deadline, "the old process did not exit once drained:\n{}", e.gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    echo_once(&client, port).expect("the successor serves the port");
+    // SAFETY: kill(2) of the successor this test caused to exist.
+    unsafe {
+        libc::kill(new_pid as libc::pid_t, libc::SIGKILL);
+    }
+}

@@ -6,10 +6,11 @@
 //! - the network namespace `gw-demo` with a veth pair (`gwdemo-h` on the host, 198.18.0.1/30;
 //!   `gwdemo-s` inside, 198.18.0.2/30) standing in for a sandbox VM;
 //! - inside it, the demo app (`cargo xtask demo-app`): a web app on 3000 with a WebSocket echo
-//!   on `/ws`, and a stand-in sandbox API on 8080;
+//!   on `/ws`, a stand-in sandbox API on 8080, and a raw TCP line service on 7000;
 //! - the gateway (`gateway serve`, HTTPS on 127.0.0.1:8443), its pinned data plane under
-//!   `/sys/fs/bpf/gateway-demo`, the sandbox `acme/demo` (port 3000 declared), a workspace
-//!   token, a public and a private preview of port 3000 and a preview token.
+//!   `/sys/fs/bpf/gateway-demo`, the sandbox `acme/demo` (port 3000 declared, and 7000 as TCP
+//!   with a public port on 127.0.0.1 open to 127.0.0.0/8), a workspace token, a public and a
+//!   private preview of port 3000 and a preview token.
 //!
 //! Then it prints commands that work as pasted (curl with `--resolve` and the demo CA, so no
 //! DNS or trust store change is needed), and a line `demo: ready` that tests wait for.
@@ -37,6 +38,11 @@ const HTTPS: &str = "127.0.0.1:8443";
 const WORKSPACE: &str = "acme";
 const SANDBOX: &str = "demo";
 const WEB_PORT: u16 = 3000;
+const TCP_PORT: u16 = 7000;
+/// Public TCP ports of the demo, on 127.0.0.1.
+const L4_RANGE: &str = "17000-17099";
+/// Where the printed `gateway tunnel` command listens.
+const TUNNEL_LISTEN: &str = "127.0.0.1:17700";
 
 /// Set by SIGINT or SIGTERM.
 pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
@@ -131,6 +137,7 @@ pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
             .args(["netns", "exec", NETNS])
             .arg(&xtask)
             .args(["demo-app", "--web", &format!("0.0.0.0:{WEB_PORT}"), "--api", "0.0.0.0:8080"])
+            .args(["--tcp", &format!("0.0.0.0:{TCP_PORT}")])
             .stdin(Stdio::null())
             .stdout(app_log.try_clone()?)
             .stderr(app_log)
@@ -161,6 +168,10 @@ pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
         HOST_IF,
         "--port",
         &WEB_PORT.to_string(),
+        "--port",
+        &format!("{TCP_PORT}/tcp"),
+        "--expose",
+        &format!("{TCP_PORT}=127.0.0.0/8"),
     ])?;
     let token = cli(&["token", "create", WORKSPACE, "demo"])?;
     let public = cli(&[
@@ -193,8 +204,17 @@ pub fn run(gateway_bin: Option<PathBuf>) -> Result<()> {
     let field = |v: &Value, k: &str| -> Result<String> {
         v[k].as_str().map(str::to_owned).with_context(|| format!("no {k:?} in {v}"))
     };
-    let urls =
-        Urls { sandbox: field(&sandbox, "url")?, public: field(&public, "url")?, private: field(&private, "url")? };
+    let tcp_public = sandbox["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["target"] == TCP_PORT))
+        .and_then(|p| p["public"]["port"].as_u64())
+        .with_context(|| format!("no public port for {TCP_PORT} in {sandbox}"))?;
+    let urls = Urls {
+        sandbox: field(&sandbox, "url")?,
+        public: field(&public, "url")?,
+        private: field(&private, "url")?,
+        tcp_public,
+    };
     let secrets = Secrets { workspace: field(&token, "token")?, preview: field(&preview_token, "token")? };
     let ca = dir.join("state/tls/ca.pem");
     if !ca.is_file() {
@@ -222,6 +242,8 @@ struct Urls {
     sandbox: String,
     public: String,
     private: String,
+    /// The public TCP port of the sandbox's port 7000.
+    tcp_public: u64,
 }
 
 struct Secrets {
@@ -271,6 +293,26 @@ fn print_commands(urls: &Urls, secrets: &Secrets, ca: &Path, gateway_bin: &Path,
             urls.public
         ),
     );
+    let line = |port: String| format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; echo hello >&3; head -n 2 <&3'");
+    cmd(
+        &format!(
+            "Raw TCP: port {TCP_PORT} of the sandbox on its public port {} (open to 127.0.0.0/8; the app speaks first)",
+            urls.tcp_public
+        ),
+        line(urls.tcp_public.to_string()),
+    );
+    cmd(
+        &format!(
+            "Raw TCP through an authenticated tunnel (gateway tunnel, like kubectl port-forward) to port {TCP_PORT}"
+        ),
+        format!(
+            "(GATEWAY_TOKEN={} timeout 5 {} tunnel {WORKSPACE}/{SANDBOX} {TCP_PORT} --listen {TUNNEL_LISTEN} --config {} &) ; sleep 1; {}",
+            secrets.workspace,
+            gateway_bin.display(),
+            config.display(),
+            line(TUNNEL_LISTEN.rsplit(':').next().unwrap_or_default().to_string())
+        ),
+    );
     cmd(
         "What the kernel enforces for the sandbox, read back from the maps",
         format!("{} sandbox policy {SANDBOX} -w {WORKSPACE} --config {}", gateway_bin.display(), config.display()),
@@ -309,6 +351,11 @@ dir = "{state}"
 
 [dataplane]
 bpffs = "{BPFFS}"
+
+[l4]
+# Public TCP ports on the loopback address, for the demo (a host's public address in production).
+port_range = "{L4_RANGE}"
+address = "127.0.0.1"
 "#,
         admin = admin_sock.display(),
         state = dir.join("state").display(),

@@ -6,6 +6,8 @@
 //!   message.
 //! - sandbox API stand-in (`--api`, port 8080): every request → JSON
 //!   `{"service":"sandbox-api","method","path"}`.
+//! - a raw TCP line service (`--tcp`, port 7000): greets first (a server-first protocol), then
+//!   answers each line with `you said: {line}`.
 //!
 //! Thread per connection, std only (plus tungstenite for the WebSocket framing).
 
@@ -17,11 +19,14 @@ use std::{
 
 use anyhow::{Context, Result};
 
-/// Serves both until killed.
-pub fn run(web: SocketAddr, api: SocketAddr) -> Result<()> {
+/// Serves all three until killed.
+pub fn run(web: SocketAddr, api: SocketAddr, tcp: SocketAddr) -> Result<()> {
     let web_listener = TcpListener::bind(web).with_context(|| format!("cannot listen on {web}"))?;
     let api_listener = TcpListener::bind(api).with_context(|| format!("cannot listen on {api}"))?;
-    eprintln!("demo-app: web app on {web} (WebSocket echo on /ws), sandbox API stand-in on {api}");
+    let tcp_listener = TcpListener::bind(tcp).with_context(|| format!("cannot listen on {tcp}"))?;
+    eprintln!("demo-app: web app on {web} (WebSocket echo on /ws), sandbox API stand-in on {api}, TCP lines on {tcp}");
+    let tcp_port = tcp.port();
+    thread::spawn(move || serve(tcp_listener, move |s| tcp_conn(s, tcp_port)));
     let api_port = api.port();
     thread::spawn(move || serve(api_listener, move |s| api_conn(s, api_port)));
     let web_port = web.port();
@@ -121,6 +126,20 @@ fn web_conn(stream: TcpStream, port: u16) {
             head.header("host").unwrap_or("-"),
         );
         if respond(&mut write, "200 OK", "text/plain; charset=utf-8", &body).is_err() {
+            return;
+        }
+    }
+}
+
+/// The greeting, then `you said: {line}` for every line, until the client closes.
+fn tcp_conn(stream: TcpStream, port: u16) {
+    let Ok(mut write) = stream.try_clone() else { return };
+    if writeln!(write, "demo app, raw TCP on port {port}: send a line").is_err() {
+        return;
+    }
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { return };
+        if writeln!(write, "you said: {line}").is_err() {
             return;
         }
     }

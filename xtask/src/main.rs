@@ -81,6 +81,9 @@ enum Cmd {
         /// The sandbox API stand-in.
         #[arg(long, default_value = "0.0.0.0:8080")]
         api: std::net::SocketAddr,
+        /// The raw TCP line service.
+        #[arg(long, default_value = "0.0.0.0:7000")]
+        tcp: std::net::SocketAddr,
     },
     /// Install the release binary, a commented default configuration (random admin token) and,
     /// with --systemd, the unit (`systemctl enable --now gateway` then starts it).
@@ -153,7 +156,7 @@ fn main() -> ExitCode {
         Cmd::Run { demo: true, gateway_bin, .. } => demo::run(gateway_bin),
         Cmd::Run { fleet: true, gateway_bin, .. } => fleet_demo::run(gateway_bin),
         Cmd::Run { gateway_bin, args, .. } => run::run(gateway_bin, &args),
-        Cmd::DemoApp { web, api } => demo_app::run(web, api),
+        Cmd::DemoApp { web, api, tcp } => demo_app::run(web, api, tcp),
         Cmd::Install { systemd, prefix, root, bin } => {
             install::install(&install::Layout { root, prefix }, systemd, bin)
         }

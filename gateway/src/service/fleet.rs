@@ -244,15 +244,20 @@ impl App {
                 Change::TokenGone(id) => self.tokens.follow_gone(&id),
                 Change::Sandbox(sandbox) => {
                     let sandbox = Arc::new(sandbox);
-                    if let Some(prev) = self.sandboxes.follow(sandbox.clone())
+                    let prev = self.sandboxes.follow(sandbox.clone());
+                    if let Some(prev) = &prev
                         && (prev.address != sandbox.address || prev.owner != sandbox.owner)
                     {
-                        remove(m, &prev);
+                        remove(m, prev);
                     }
+                    public_ports(m, prev.as_deref(), Some(&sandbox));
+                    self.sandboxes.follow_ports(prev.as_deref(), Some(&sandbox));
                     touched.insert(sandbox.id(), ());
                 }
                 Change::SandboxGone(label) => {
                     if let Some(prev) = self.sandboxes.follow_gone(&label) {
+                        public_ports(m, Some(&prev), None);
+                        self.sandboxes.follow_ports(Some(&prev), None);
                         remove(m, &prev);
                     }
                 }
@@ -280,6 +285,14 @@ impl App {
                 tracing::error!(sandbox = %id, error = %e, "the data plane refused a policy from the fleet");
             }
         }
+    }
+}
+
+/// The kernel's public TCP ports of a local sandbox, from `old`'s to `new`'s.
+fn public_ports(m: &super::mutation::Mutating, old: Option<&Sandbox>, new: Option<&Sandbox>) {
+    if let Err(e) = m.apply_l4(old, new) {
+        let id = new.or(old).map(|s| s.id().to_string()).unwrap_or_default();
+        tracing::error!(sandbox = %id, error = %e, "the data plane refused public ports from the fleet");
     }
 }
 

@@ -350,6 +350,16 @@ impl Sandboxes {
         self.ports.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records a change of a sandbox's public ports that the fleet's replica brought (a local
+    /// sandbox deleted through another gateway): `new`'s are held, `old`'s others quarantined.
+    pub fn follow_ports(&self, old: Option<&Sandbox>, new: Option<&Sandbox>) {
+        let local = |s: &&Sandbox| self.is_local(s);
+        let (old, new) = (old.filter(local), new.filter(local));
+        if old.is_some() || new.is_some() {
+            self.book().commit(old, new);
+        }
+    }
+
     /// The local sandbox holding public TCP port `port`.
     pub fn by_public_port(&self, port: u16) -> Option<Arc<Sandbox>> {
         self.read().by_public_port.get(&port).cloned()
