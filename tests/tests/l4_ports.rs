@@ -300,7 +300,8 @@ fn slow_readers_are_bounded_and_syn_floods_are_cut() {
         "figure: SYN flood of 200 connections in {elapsed:.1} s: {ok} passed, {failed} dropped (syn_rate 20, burst 20)"
     );
     assert!(f64::from(ok) <= 20.0 + 20.0 * elapsed + 5.0, "{ok} passed in {elapsed:.1} s");
-    assert!(failed >= 100, "{failed} dropped");
+    // However slow this machine made the flood, most of it exceeded the rate.
+    assert!(failed > 0 && (elapsed > 3.0 || failed >= 100), "{failed} dropped in {elapsed:.1} s");
     assert!(rate_drops(&metrics(&e)) >= before + f64::from(failed), "every dropped SYN is counted");
     // The source may connect again once its bucket refills.
     std::thread::sleep(Duration::from_millis(1500));

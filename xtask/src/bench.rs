@@ -3,8 +3,10 @@
 //! updates, scale) and `gateway-bench-http` five times (the HTTPS proxy comparison against
 //! direct, nginx, HAProxy and the reference proxy with one worker each, then with every proxy
 //! at its defaults and logging, the scaling with worker count, the memory held by 10,000 idle
-//! TLS connections, and a fleet: forwarded against local, the replica at scale), and writes `target/bench/results.json`, `target/bench/chart.svg`
-//! and `BENCHMARKS.md`.
+//! TLS connections, and a fleet: forwarded against local, the replica at scale), then
+//! `gateway-bench-tcp` (public TCP ports: direct, the gateway's copy and splice engines, HAProxy
+//! `mode tcp` with and without `option splice-auto`; throughput, echo latency, connection rate),
+//! and writes `target/bench/results.json`, `target/bench/chart.svg` and `BENCHMARKS.md`.
 
 use std::{fs, process::Command};
 
@@ -37,6 +39,8 @@ pub fn run(quick: bool) -> Result<()> {
         "gateway-bench-http",
         "--bin",
         "gateway-bench-ref",
+        "--bin",
+        "gateway-bench-tcp",
     ]))?;
     let out_dir = root().join("target/bench");
     fs::create_dir_all(&out_dir)?;
@@ -70,6 +74,16 @@ pub fn run(quick: bool) -> Result<()> {
         run_cmd(&mut http)?;
     }
 
+    // 3. Public TCP ports.
+    let _ = fs::remove_file(out_dir.join("tcp.json"));
+    let mut tcp = cargo();
+    tcp.args(["run", "-q", "--release", "-p", "gateway-tests", "--bin", "gateway-bench-tcp", "--"])
+        .args(&mode)
+        .arg("--out")
+        .arg(&out_dir)
+        .env("GATEWAY_BIN", &gateway_bin);
+    run_cmd(&mut tcp)?;
+
     let json = |stem: &str| -> Result<serde_json::Value> {
         let path = out_dir.join(format!("{stem}.json"));
         serde_json::from_slice(&fs::read(&path).with_context(|| format!("read {}", path.display()))?)
@@ -81,10 +95,11 @@ pub fn run(quick: bool) -> Result<()> {
     let scaling_json = json("scaling")?;
     let idle_json = json("idle")?;
     let fleet_json = json("fleet")?;
+    let tcp_json = json("tcp")?;
     let machine = machine();
     let dataplane_json = json("dataplane")?;
     let results = serde_json::json!({"machine": machine, "http": http_json, "http_defaults": defaults_json,
-        "scaling": scaling_json, "idle": idle_json, "fleet": fleet_json, "dataplane": dataplane_json,
+        "scaling": scaling_json, "idle": idle_json, "fleet": fleet_json, "tcp": tcp_json, "dataplane": dataplane_json,
         "dataplane_report": dataplane});
     fs::write(out_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     fs::copy(out_dir.join("http.svg"), out_dir.join("chart.svg"))?;
@@ -147,7 +162,24 @@ pub fn run(quick: bool) -> Result<()> {
          answer (\"forwarded\"; its CPU counts both gateways). The two alternate within every round. Convergence \
          (a token created or revoked through one gateway, accepted or refused by the other) is measured by \
          `tests/tests/fleet_gateways.rs` over 200 trials: see docs/FLEET.md.\n\n{fleet_table}\n\
-         Versions: {versions}\n\n{profile}## Data plane (`gateway-bench`)\n\n\
+         Versions: {versions}\n\n{profile}\
+         ## TCP ports ({tmode}: {trounds} rounds × {tsecs} s per contender and load)\n\n\
+         Public TCP ports (`[l4]`, README \"TCP ports\") against a direct connection and HAProxy `mode tcp`. A client \
+         namespace on the public side (two veth links to the host) and one app namespace with three veth links: \
+         one registered with each gateway (tcx enforcement attached: only the gateway's marked SYNs enter) and one \
+         unregistered link carrying the direct and HAProxy traffic to the same app processes: `iperf3 -s`, an echo \
+         server and a one-shot echo (64 B back, then the app closes). Two gateways run side by side, `l4.engine = \
+         \"copy\"` and `\"splice\"`, each with its own public address, XDP edge guard (skb mode) and sk_lookup \
+         steering; HAProxy {haproxy} (one thread per CPU, its default) listens twice, plain and with `option \
+         splice-auto`. Every path crosses one edge guard on its client link; the guards' SYN rate limit is raised \
+         beyond any load here (the default 200/s per source would cap every contender's connection rate alike) and \
+         access logs are off. Loads: `iperf3` {iperf3} client → app with 1 and 8 streams; echo latency, open loop \
+         (message i due at start + i/rate on connection i mod n, pipelined, latency from that instant to its echo's \
+         last byte) with 64 B and 16 KiB messages on 1 and 50 connections at fixed rates; the connection rate, \
+         {cps_threads} threads each connecting, sending 64 B, reading the echo and the app's FIN and closing, in a \
+         loop. CPU is per GB received or per 10k connections, system-wide: softirq and kworkers, where splice and \
+         the network stack work, count. The client, the apps and the proxies share the same CPUs.\n\n{tcp_table}\n\
+         ## Data plane (`gateway-bench`)\n\n\
          ![veth receive cost](docs/bench-dataplane.svg)\n\n```\n{dataplane}```\n",
         mode = http_json["mode"].as_str().unwrap_or(""),
         rounds = http_json["rounds"],
@@ -168,6 +200,15 @@ pub fn run(quick: bool) -> Result<()> {
         fsecs = fleet_json["seconds_per_run"],
         fleet_table = md("fleet")?,
         versions = http_json["versions"],
+        tmode = tcp_json["mode"].as_str().unwrap_or(""),
+        trounds = tcp_json["rounds"],
+        tsecs = tcp_json["seconds_per_run"],
+        // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - …" → "2.6.12-1+deb12u4"
+        haproxy = tcp_json["versions"]["haproxy"].as_str().and_then(|v| v.split_whitespace().nth(2)).unwrap_or(""),
+        // "iperf 3.12 (cJSON 1.7.15)" → "3.12"
+        iperf3 = tcp_json["versions"]["iperf3"].as_str().and_then(|v| v.split_whitespace().nth(1)).unwrap_or(""),
+        cps_threads = tcp_json["connection_rate_threads"],
+        tcp_table = md("tcp")?,
         // Hand-written: where the gateway's CPU goes under these loads (perf), kept next to the figures.
         profile = fs::read_to_string(root().join("docs/bench-profile.md")).map(|p| p + "\n").unwrap_or_default(),
     );

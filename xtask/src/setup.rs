@@ -51,7 +51,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
 const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
 /// Debian packages only `cargo xtask bench` needs (load generators and the peers it compares
 /// against): installed by the bench, never by setup.
-pub const BENCH_PACKAGES: &[&str] = &["wrk", "nghttp2-client", "nginx", "haproxy", "openssl", "netsniff-ng"];
+pub const BENCH_PACKAGES: &[&str] = &["wrk", "nghttp2-client", "nginx", "haproxy", "openssl", "netsniff-ng", "iperf3"];
 const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
