@@ -1,4 +1,5 @@
 pub mod attack;
+pub mod benchkit;
 pub mod edge;
 pub mod env;
 pub mod etcd;

@@ -52,12 +52,13 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
     attack::raise_nofile,
+    benchkit::{Proc, run_ok},
     edge::{WS, create_token, register, sandbox_host},
     gateway_process::{GatewayProcess, TempDir, temp_dir},
     harness::{BpffsDir, Sandbox, SandboxLink, require_root},
@@ -73,39 +74,6 @@ const IDLE_CONNECTIONS: usize = 10_000;
 /// upstream connections and the bench's own checks.
 const MANY_CONNECTIONS: usize = 20_000;
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// A child process killed (whole process group) on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, what: &str) -> Proc {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0).stdin(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Proc { child }
-    }
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group we created for our own child.
-        unsafe {
-            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn run_ok(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
 
 /// All pids of the process tree rooted at `root` (nginx master + workers, ip netns exec chains).
 fn tree(root: u32) -> Vec<u32> {

@@ -50,7 +50,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Barrier,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -60,6 +60,7 @@ use std::{
 
 use gateway_tests::{
     attack::raise_nofile,
+    benchkit::{Proc, run_ok},
     edge::WS,
     gateway_process::{GatewayProcess, TempDir, temp_dir},
     harness::{BpffsDir, Netns, OutsideClient, Sandbox, SandboxLink, require_root},
@@ -93,39 +94,6 @@ const GW_COPY: usize = 1;
 const GW_SPLICE: usize = 2;
 const HAPROXY: usize = 3;
 const HAPROXY_SPLICE: usize = 4;
-
-/// A child process killed (whole process group) on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, what: &str) -> Proc {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0).stdin(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Proc { child }
-    }
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group we created for our own child.
-        unsafe {
-            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn run_ok(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
 
 /// Busy CPU time of the whole machine so far, seconds: user + nice + system + irq + softirq +
 /// steal of /proc/stat's `cpu` line (guest time is inside user already).
