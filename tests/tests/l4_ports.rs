@@ -214,7 +214,10 @@ fn public_ports_carry_bytes_from_allowed_sources_only() {
     let r = client.ns.run(|| connect(&client, sink_port, Duration::from_millis(700)).map(|_| ()));
     let err = r.expect_err("a source outside allowFrom never connects");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "no SYN-ACK, not a reset: {err}");
-    assert!(dropped(&metrics(&e)) > before, "counted by the edge guard");
+    let text = metrics(&e);
+    assert!(dropped(&text) > before, "counted by the edge guard");
+    let per_port = format!("gateway_l4_syns_total{{port=\"{sink_port}\",result=\"not_allowed\"}}");
+    assert!(metric(&text, &per_port) >= 1.0, "counted on the port: {text}");
     assert_eq!(put(&e, &exposed("v2")).status, 200);
     client.ns.run(|| connect(&client, sink_port, Duration::from_secs(5))).expect("allowed again at once");
 

@@ -87,6 +87,41 @@ impl VerdictMap {
     }
 }
 
+/// A handle on `GW_L4_PORTS` alone: the edge guard's counters of each exposed public TCP port,
+/// for the metrics scrape.
+pub struct L4StatsMap {
+    map: PerCpuHashMap<MapData, PortKey, L4PortStats>,
+}
+
+impl L4StatsMap {
+    /// Opens the pinned `GW_L4_PORTS` in `dir` (`<bpffs>/maps`).
+    pub fn open(dir: &Path) -> Result<Self, DataplaneError> {
+        Ok(Self { map: typed(dir, names::MAP_L4_PORTS)? })
+    }
+
+    /// Every exposed port's counters, summed over CPUs, by port.
+    pub fn read(&self) -> Vec<(u16, L4PortStats)> {
+        sum_l4_stats(&self.map)
+    }
+}
+
+fn sum_l4_stats(map: &PerCpuHashMap<MapData, PortKey, L4PortStats>) -> Vec<(u16, L4PortStats)> {
+    let mut out: Vec<(u16, L4PortStats)> = map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, per_cpu)| {
+            let sum = per_cpu.iter().fold(L4PortStats::default(), |a, s| L4PortStats {
+                syn_pass: a.syn_pass + s.syn_pass,
+                drop_not_allowed: a.drop_not_allowed + s.drop_not_allowed,
+                drop_rate: a.drop_rate + s.drop_rate,
+            });
+            (k.port(), sum)
+        })
+        .collect();
+    out.sort_by_key(|(port, _)| *port);
+    out
+}
+
 fn read_verdicts(map: &PerCpuArray<MapData, u64>) -> Result<Vec<(Hook, Reason, u64)>, DataplaneError> {
     let mut out = Vec::with_capacity(Hook::ALL.len() * Reason::ALL.len());
     for hook in Hook::ALL {
@@ -177,21 +212,7 @@ impl KernelMaps {
 
     /// Every exposed L4 port's counters, summed over CPUs, by port.
     pub fn l4_stats(&self) -> Vec<(u16, L4PortStats)> {
-        let mut out: Vec<(u16, L4PortStats)> = self
-            .l4_ports
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, per_cpu)| {
-                let sum = per_cpu.iter().fold(L4PortStats::default(), |a, s| L4PortStats {
-                    syn_pass: a.syn_pass + s.syn_pass,
-                    drop_not_allowed: a.drop_not_allowed + s.drop_not_allowed,
-                    drop_rate: a.drop_rate + s.drop_rate,
-                });
-                (k.port(), sum)
-            })
-            .collect();
-        out.sort_by_key(|(port, _)| *port);
-        out
+        sum_l4_stats(&self.l4_ports)
     }
 
     /// Makes `GW_PROTECTED` hold exactly `keys` and `GW_PROT_PORTS` their ports: new keys and

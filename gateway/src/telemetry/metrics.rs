@@ -37,6 +37,7 @@
 //! | `l4_connections_open` | gauge | `workspace`, `sandbox`, `port` |
 //! | `l4_bytes_total` | counter | `workspace`, `sandbox`, `port`, `direction` (`up`: client → app, `down`), counted when a connection ends |
 //! | `l4_unrouted_connections_total` | counter | (connections to a public port exposed no more) |
+//! | `l4_syns_total` | counter | `port` (public), `result` (`pass`, `not_allowed`, `rate`): the edge guard's SYNs to exposed ports (read from the per-CPU map at scrape time) |
 //! | `build_info` | gauge (1) | `version` |
 //!
 //! The `workspace` label is bounded by the registered workspaces: requests that reach no
@@ -68,7 +69,10 @@ use prometheus_client::{
 };
 
 use crate::{
-    dataplane::{DataplaneError, Observer, maps::VerdictMap},
+    dataplane::{
+        DataplaneError, Observer,
+        maps::{L4StatsMap, VerdictMap},
+    },
     model::sandbox::Sandbox,
 };
 
@@ -311,6 +315,13 @@ struct L4DirectionLabels {
     direction: &'static str,
 }
 
+/// Labels of the edge guard's per-port counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SynLabels {
+    port: u16,
+    result: &'static str,
+}
+
 /// Labels of bytes by direction.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
@@ -520,6 +531,10 @@ impl Metrics {
     pub fn attach_dataplane(&self, maps_dir: &Path) -> Result<(), DataplaneError> {
         let map = VerdictMap::open(maps_dir)?;
         *self.verdicts.map.lock().unwrap_or_else(|p| p.into_inner()) = Some(map);
+        match L4StatsMap::open(maps_dir) {
+            Ok(l4) => *self.verdicts.l4.lock().unwrap_or_else(|p| p.into_inner()) = Some(l4),
+            Err(e) => tracing::warn!(error = %e, "the public TCP ports' SYN counters will be missing from /metrics"),
+        }
         Ok(())
     }
 
@@ -745,6 +760,8 @@ impl Drop for L4OpenGuard {
 #[derive(Default)]
 struct VerdictCollector {
     map: Mutex<Option<VerdictMap>>,
+    /// The edge guard's per-port counters of public TCP ports.
+    l4: Mutex<Option<L4StatsMap>>,
 }
 
 impl fmt::Debug for VerdictCollector {
@@ -787,6 +804,21 @@ impl Collector for VerdictCollector {
                 verdict: if reason.is_drop() { "drop" } else { "pass" },
             };
             ConstCounter::new(packets).encode(family.encode_family(&labels)?)?;
+        }
+        let l4 = self.l4.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(L4StatsMap::read);
+        let Some(l4) = l4 else { return Ok(()) };
+        let mut family = encoder.encode_descriptor(
+            "l4_syns",
+            "New connections to exposed public TCP ports judged by the edge guard, by public port and result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (port, stats) in l4 {
+            for (result, n) in
+                [("pass", stats.syn_pass), ("not_allowed", stats.drop_not_allowed), ("rate", stats.drop_rate)]
+            {
+                ConstCounter::new(n).encode(family.encode_family(&SynLabels { port, result })?)?;
+            }
         }
         Ok(())
     }
