@@ -28,8 +28,7 @@ use gateway_tests::harness::*;
 use ipnet::Ipv4Net;
 use nix::{
     errno::Errno,
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, getsockopt, socket, sockopt},
+    sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket},
 };
 
 /// The L4 range of these tests.
@@ -74,22 +73,8 @@ fn start_connect(src: Option<Ipv4Addr>, dst: SocketAddr) -> io::Result<OwnedFd> 
 
 /// Waits up to `timeout` for the handshake of a socket from [`start_connect`].
 fn finish_connect(fd: OwnedFd, timeout: Duration) -> io::Result<TcpStream> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
-        match poll(&mut fds, ms) {
-            Ok(0) if Instant::now() >= deadline => return Err(io::ErrorKind::TimedOut.into()),
-            Ok(0) | Err(Errno::EINTR) => continue,
-            Ok(_) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    match getsockopt(&fd, sockopt::SocketError)? {
-        0 => Ok(TcpStream::from(fd)),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
+    wait_connected(&fd, timeout)?;
+    Ok(TcpStream::from(fd))
 }
 
 /// Connects from `src` (or the route's source) to `dst` in the calling thread's namespace.

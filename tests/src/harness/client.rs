@@ -105,7 +105,9 @@ pub fn try_connect(addr: SocketAddr, timeout: Duration, mark: Option<u32>) -> io
     Ok(stream)
 }
 
-fn wait_connected(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+/// Waits up to `timeout` for the handshake of a non-blocking socket whose `connect` returned
+/// `EINPROGRESS`; its error if it failed, [`io::ErrorKind::TimedOut`] if no answer came.
+pub fn wait_connected(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -72,7 +72,7 @@ mod sys;
 pub use bpffs::{BPFFS_PREFIX, BPFFS_ROOT, BpffsDir, bpffs_mounted_at, ensure_bpffs};
 pub use client::{
     DROP_TIMEOUT, GATEWAY_MARK, Origin, REACH_TIMEOUT, Reach, assert_reachable, assert_refused, assert_unreachable,
-    connect_from, probe, read_greeting, try_connect, try_connect_from,
+    connect_from, probe, read_greeting, try_connect, try_connect_from, wait_connected,
 };
 pub use link::{
     HARNESS_NET, HARNESS_PREFIX, HOST_IF_PREFIX, LINK_PREFIX, OutsideClient, SANDBOX_IF_PREFIX, Sandbox, SandboxLink,
