@@ -57,7 +57,8 @@ pub struct L4Config {
     pub max_connections_per_sandbox: usize,
     /// A connection with no byte either way for this long is closed.
     pub idle_timeout: HumanDuration,
-    /// How bytes are moved: `splice` (in the kernel, through a pipe) or `copy` (userspace).
+    /// How bytes are moved: `splice` (bulk in the kernel, through a pipe; small reads copied)
+    /// or `copy` (userspace).
     pub engine: L4Engine,
 }
 
@@ -65,7 +66,9 @@ pub struct L4Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum L4Engine {
-    /// `splice(2)` through a pipe per direction: the bytes never enter userspace.
+    /// Each direction starts copying; one that brings [`SPLICE_AFTER`](crate::l4::engine::SPLICE_AFTER)
+    /// bytes or more in one read switches to `splice(2)` through a pooled pipe (its bytes no
+    /// longer enter userspace).
     #[default]
     Splice,
     /// `read`/`write` through a userspace buffer (the baseline).
@@ -686,7 +689,8 @@ max_connections = 10000
 max_connections_per_sandbox = 256
 # A connection with no byte either way for this long is closed.
 idle_timeout = "1h"
-# How bytes move: "splice" (in the kernel, never copied to userspace) or "copy".
+# How bytes move: "splice" (small reads copied, a direction that brings 16 KiB or more at once
+# switches to splice(2) in the kernel) or "copy" (always through userspace).
 engine = "splice"
 "#;
 

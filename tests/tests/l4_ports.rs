@@ -233,6 +233,9 @@ fn public_ports_carry_bytes_from_allowed_sources_only() {
         metric(&text, "gateway_l4_bytes_total{workspace=\"acme\",sandbox=\"db\",port=\"5433\",direction=\"up\"}")
             >= GIB as f64
     );
+    // The bulk went through the kernel: only the first read of each direction was copied.
+    let spliced = metric(&text, "gateway_l4_spliced_bytes_total ");
+    assert!(spliced >= (2 * GIB - (1 << 20)) as f64, "spliced {spliced} of 2 GiB: {text}");
 
     // Deleting the sandbox closes its ports; they are held back from the next sandbox.
     assert_eq!(e.gw.client().delete(&e.sandbox_path()).status, 204);

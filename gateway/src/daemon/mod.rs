@@ -263,8 +263,8 @@ impl Serving {
             Task::spawn("HTTPS listener", move |stop| edge::serve(https, app, stop.cancelled_owned()))
         };
         let l4_task = l4.clone().map(|listener| {
-            let app = app.clone();
-            Task::spawn("public TCP listener", move |stop| l4::serve(listener, app, stop.cancelled_owned()))
+            let (app, workers) = (app.clone(), https.workers());
+            Task::spawn("public TCP listener", move |stop| l4::serve(listener, app, workers, stop.cancelled_owned()))
         });
         let reaper = Self::reaper(&app);
         let replica = Self::replica(&app, &https, fleet.as_ref());

@@ -132,8 +132,9 @@ pub struct EdgeListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
     certs: SharedCerts,
-    /// What serves the accepted connections (`proxy.workers` threads).
-    workers: Workers,
+    /// What serves the accepted connections (`proxy.workers` threads; the public TCP ports'
+    /// connections too).
+    workers: Arc<Workers>,
     /// A fleet member's listener for its peers, and its TLS towards them.
     fleet: Option<FleetListener>,
 }
@@ -154,6 +155,11 @@ impl EdgeListener {
     /// The listening socket (handed to a successor at a zero-downtime restart).
     pub fn raw_fd(&self) -> RawFd {
         self.tcp.as_raw_fd()
+    }
+
+    /// The worker threads, which the public TCP ports' connections share.
+    pub fn workers(&self) -> Arc<Workers> {
+        self.workers.clone()
     }
 
     /// The fleet listener's socket, if this gateway is a fleet member.
@@ -193,7 +199,7 @@ pub async fn bind(
         true => Some(bind_fleet(config, inherited_fleet).await?),
         false => None,
     };
-    let workers = Workers::start(config.proxy.worker_count()).map_err(EdgeError::Workers)?;
+    let workers = Arc::new(Workers::start(config.proxy.worker_count()).map_err(EdgeError::Workers)?);
     Ok(EdgeListener { tcp, acceptor, certs, workers, fleet })
 }
 

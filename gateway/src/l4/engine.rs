@@ -1,34 +1,54 @@
 //! Moving a public TCP connection's bytes between the client and the app.
 //!
-//! - `splice`: each direction goes socket → pipe → socket with `splice(2)`, so the payload never
-//!   enters userspace (the pages move between the two sockets' buffers). At most one pipe's
-//!   worth ([`PIPE_BYTES`]) is in flight per direction: a slow reader fills its socket buffer,
-//!   the pipe stays full, the gateway stops reading the other side, and TCP's own flow control
-//!   pushes back on the sender — memory stays bounded without a watchdog.
-//! - `copy`: `read`/`write` through a 64 KiB userspace buffer per direction (the baseline).
+//! Each direction reads into a per-thread buffer and writes what it read at once (`copy`). The
+//! `splice` engine starts the same way and switches a direction to `splice(2)` (socket → pipe →
+//! socket, the payload never entering userspace) once one read brings [`SPLICE_AFTER`] bytes or
+//! more: small messages (a query, a key lookup, a handshake) cost one `recv` and one `send`
+//! and no pipe, bulk transfers move in the kernel. A direction that switched stays spliced.
 //!
-//! Either way, the end of one direction (FIN) is passed on as a half-close of the other
-//! socket's sending side, and the other direction carries on (a client may `shutdown(SHUT_WR)`
-//! and still read the answer); a reset or error on either side resets both.
+//! Memory stays bounded without a watchdog: a direction holds at most one pipe's worth
+//! ([`PIPE_BYTES`]) or, when the other socket would block, the rest of one read; it reads
+//! nothing more until that is written, so a slow reader's full socket buffer stops the reads
+//! from the other side and TCP's flow control pushes back on the sender.
 //!
-//! `splice(2)` is called through `libc` rather than a crate: the whole engine is these two
-//! calls in tokio's readiness loop, and a wrapper would hide the pipe-size and flag choices.
+//! The end of one direction (FIN) is passed on as a half-close of the other socket's sending
+//! side and the other direction carries on (a client may `shutdown(SHUT_WR)` and still read the
+//! answer); the direction that ends last leaves its FIN to the close that follows. A reset or
+//! an error on either side resets both.
+//!
+//! Pipes come from a [`PipePool`]: creating one and sizing it costs three system calls and
+//! closing it two, about as much as the rest of a short connection's relay.
+//!
+//! `splice(2)` is called through `libc` rather than a crate: the engine is these calls in
+//! tokio's readiness loop, and a wrapper would hide the pipe-size and flag choices.
 
 use crate::edge::limits::Activity;
+use nix::sys::socket::MsgFlags;
 use std::{
+    cell::RefCell,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 use tokio::{io::Interest, net::TcpStream};
 
 /// Capacity asked for each pipe (the kernel's default is 64 KiB; `fs.pipe-max-size` caps it).
 pub const PIPE_BYTES: usize = 256 * 1024;
-/// The userspace buffer of each direction of the copy engine.
+/// The most one read of a copying direction takes.
 pub const COPY_BUFFER: usize = 64 * 1024;
+/// A read of at least this many bytes switches a direction of the `splice` engine to splicing.
+pub const SPLICE_AFTER: usize = 16 * 1024;
+/// Empty pipes kept for the next connections; more are closed when returned.
+const IDLE_PIPES: usize = 64;
+
+thread_local! {
+    // One read buffer per worker thread: a read is written out before the thread does anything
+    // else, so no connection holds a buffer while it waits.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; COPY_BUFFER]);
+}
 
 /// Bytes moved in each direction so far (read by metrics and the access log while it runs).
 #[derive(Debug, Default)]
@@ -37,6 +57,15 @@ pub struct Moved {
     pub up: AtomicU64,
     /// App → client.
     pub down: AtomicU64,
+    /// Of both, those spliced.
+    pub spliced: AtomicU64,
+}
+
+/// How bytes are moved, with what they need.
+#[derive(Clone, Copy)]
+pub enum Mode<'a> {
+    Copy,
+    Splice(&'a PipePool),
 }
 
 /// A pipe, both ends non-blocking.
@@ -61,6 +90,71 @@ impl Pipe {
     }
 }
 
+/// Empty pipes for reuse, and a bound on how many exist: each holds two descriptors, and a
+/// direction that finds none stays on copying.
+pub struct PipePool {
+    idle: Mutex<Vec<Pipe>>,
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl PipePool {
+    /// A pool of at most `max` pipes, in use or idle.
+    pub fn new(max: usize) -> PipePool {
+        PipePool { idle: Mutex::new(Vec::new()), open: AtomicUsize::new(0), max }
+    }
+
+    /// Pipes open now (in use or idle).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn lease(&self) -> Option<Lease<'_>> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let pipe = match idle {
+            Some(pipe) => pipe,
+            None => {
+                if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+                match Pipe::new() {
+                    Ok(pipe) => pipe,
+                    Err(e) => {
+                        self.open.fetch_sub(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "no pipe for splicing; copying instead");
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Lease { pool: self, pipe: Some(pipe), in_pipe: 0 })
+    }
+}
+
+/// A pipe taken from the pool: back to it when dropped empty, closed when dropped with bytes
+/// in it (they belong to a connection that ended).
+struct Lease<'a> {
+    pool: &'a PipePool,
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(pipe) = self.pipe.take() else { return };
+        if self.in_pipe == 0
+            && let Ok(mut idle) = self.pool.idle.lock()
+            && idle.len() < IDLE_PIPES
+        {
+            idle.push(pipe);
+            return;
+        }
+        drop(pipe);
+        self.pool.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One `splice(2)` call, non-blocking.
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
@@ -70,109 +164,167 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
-/// How a direction ended.
+/// How the relay ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
     /// Both sides closed their sending side in turn.
     Closed,
-    /// One side reset the connection or an error occurred: both were reset.
+    /// One side reset the connection or an error occurred: both are to be reset.
     Reset,
 }
 
-/// Splices both directions until both are done (or one fails).
-pub async fn splice_both(
+/// Moves both directions until both are done (or one fails).
+pub async fn relay(
     client: &TcpStream,
     app: &TcpStream,
+    mode: Mode<'_>,
     moved: &Moved,
     activity: &Arc<Activity>,
-) -> io::Result<End> {
-    let (up, down) = (Pipe::new()?, Pipe::new()?);
+) -> End {
+    let one_ended = AtomicBool::new(false);
     let result = tokio::try_join!(
-        one_way(client, app, &up, &moved.up, activity),
-        one_way(app, client, &down, &moved.down, activity)
+        one_way(client, app, mode, (&moved.up, &moved.spliced), activity, &one_ended),
+        one_way(app, client, mode, (&moved.down, &moved.spliced), activity, &one_ended)
     );
-    Ok(match result {
+    match result {
         Ok(_) => End::Closed,
         Err(e) => {
-            tracing::debug!(error = %e, "a spliced connection ended with an error");
+            tracing::debug!(error = %e, "a relayed connection ended with an error");
             End::Reset
         }
-    })
+    }
 }
 
-/// `from` → pipe → `to` until `from`'s FIN, then `to`'s sending side is shut.
+/// `from` → `to` until `from`'s FIN, then `to`'s sending side is shut (unless the other
+/// direction ended first: the close that follows sends the FIN).
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
-    pipe: &Pipe,
+    mode: Mode<'_>,
+    (moved, spliced): (&AtomicU64, &AtomicU64),
+    activity: &Activity,
+    one_ended: &AtomicBool,
+) -> io::Result<()> {
+    let mut lease = None;
+    loop {
+        let more = match lease.as_mut() {
+            Some(lease) => splice_once(from, to, lease, [moved, spliced], activity).await?,
+            None => {
+                let read = copy_once(from, to, moved, activity).await?;
+                if let (Mode::Splice(pool), Some(n)) = (mode, read)
+                    && n >= SPLICE_AFTER
+                {
+                    lease = pool.lease();
+                }
+                read.is_some()
+            }
+        };
+        if !more {
+            if !one_ended.swap(true, Ordering::Relaxed) {
+                shut_write(to);
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// One read from `from`, written to `to`; `None` at `from`'s FIN, else the bytes read.
+async fn copy_once(
+    from: &TcpStream,
+    to: &TcpStream,
     moved: &AtomicU64,
     activity: &Activity,
-) -> io::Result<()> {
-    loop {
-        // Fill the (empty) pipe from the socket.
-        let mut in_pipe = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_BYTES)) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if in_pipe == 0 {
-            shut_write(to);
-            return Ok(());
+) -> io::Result<Option<usize>> {
+    let (n, rest) = loop {
+        from.readable().await?;
+        match read_then_write(from, to) {
+            Ok(done) => break done,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
-        activity.touch();
-        // Drain it into the other socket.
-        while in_pipe > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), in_pipe)) {
-                Ok(n) => {
-                    in_pipe -= n;
-                    moved.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
+    };
+    if n == 0 {
+        return Ok(None);
     }
+    activity.touch();
+    moved.fetch_add((n - rest.len()) as u64, Ordering::Relaxed);
+    if !rest.is_empty() {
+        write_all(to, &rest).await?;
+        moved.fetch_add(rest.len() as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+    Ok(Some(n))
 }
 
-/// Copies both directions through userspace buffers until both are done (or one fails).
-pub async fn copy_both(
-    client: &TcpStream,
-    app: &TcpStream,
-    moved: &Moved,
-    activity: &Arc<Activity>,
-) -> io::Result<End> {
-    let result = tokio::try_join!(
-        copy_one_way(client, app, &moved.up, activity),
-        copy_one_way(app, client, &moved.down, activity)
-    );
-    Ok(if result.is_ok() { End::Closed } else { End::Reset })
-}
-
-async fn copy_one_way(from: &TcpStream, to: &TcpStream, moved: &AtomicU64, activity: &Activity) -> io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = loop {
-            from.readable().await?;
-            match from.try_read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+/// Reads into the thread's buffer and writes as much as `to` takes now: (bytes read, the part
+/// not written yet). No await in between, so the buffer is free again when this returns.
+fn read_then_write(from: &TcpStream, to: &TcpStream) -> io::Result<(usize, Vec<u8>)> {
+    READ_BUFFER.with_borrow_mut(|buf| {
+        let mut read = None;
+        let outcome = from.try_io(Interest::READABLE, || {
+            let n = nix::sys::socket::recv(from.as_raw_fd(), buf, MsgFlags::empty()).map_err(io::Error::from)?;
+            read = Some(n);
+            // Less than asked: the receive queue is empty now, so the readiness is spent, as
+            // the next read's EAGAIN would say at the price of a system call. Telling tokio so
+            // is safe: readiness from an event that came after this read is kept, and so is a
+            // FIN already seen (a closed state is never cleared).
+            if n > 0 && n < buf.len() { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+        });
+        let n = match (read, outcome) {
+            (Some(n), _) => n,
+            (None, Err(e)) => return Err(e),
+            (None, Ok(())) => return Err(io::ErrorKind::WouldBlock.into()),
         };
         if n == 0 {
-            shut_write(to);
-            return Ok(());
+            return Ok((0, Vec::new()));
         }
-        activity.touch();
-        write_all(to, &buf[..n]).await?;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
+        let written = match to.try_write(&buf[..n]) {
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        Ok((n, buf[written..n].to_vec()))
+    })
+}
+
+/// Fills the (empty) pipe from `from` and drains it into `to`; `false` at `from`'s FIN.
+async fn splice_once(
+    from: &TcpStream,
+    to: &TcpStream,
+    lease: &mut Lease<'_>,
+    counters: [&AtomicU64; 2],
+    activity: &Activity,
+) -> io::Result<bool> {
+    let Some(pipe) = lease.pipe.as_ref() else { return Ok(false) };
+    let (pipe_in, pipe_out) = (pipe.write.as_raw_fd(), pipe.read.as_raw_fd());
+    let n = loop {
+        from.readable().await?;
+        match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe_in, PIPE_BYTES)) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    if n == 0 {
+        return Ok(false);
     }
+    lease.in_pipe = n;
+    activity.touch();
+    while lease.in_pipe > 0 {
+        to.writable().await?;
+        match to.try_io(Interest::WRITABLE, || splice(pipe_out, to.as_raw_fd(), lease.in_pipe)) {
+            Ok(n) => {
+                lease.in_pipe -= n;
+                for c in counters {
+                    c.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                activity.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Writes all of `buf` (the socket shared by both directions, hence by reference).

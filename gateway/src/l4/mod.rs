@@ -25,12 +25,16 @@ pub mod proxy_header;
 use crate::{
     config::{Config, L4Engine},
     connector::connect_marked,
-    edge::limits::{Activity, Admission, Limits, idle_timeout},
+    edge::{
+        limits::{Activity, Admission, Limits, idle_timeout},
+        workers::Workers,
+    },
     model::sandbox::{ProxyProtocol, Sandbox},
     service::App,
     telemetry::metrics,
 };
-use engine::{End, Moved};
+use engine::{End, Mode, Moved, PipePool};
+use nix::sys::socket::{setsockopt, sockopt};
 use std::{
     io,
     net::{SocketAddr, SocketAddrV4},
@@ -38,12 +42,17 @@ use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::TcpStream,
+};
 use tokio_util::task::TaskTracker;
 
-/// The listening socket of the public TCP ports.
+/// The listening socket of the public TCP ports. Polled for readiness here and accepted with
+/// a plain `accept`, so an accepted socket is registered once, by the worker that serves it
+/// (a tokio listener would register it with this runtime first, then move it).
 pub struct L4Listener {
-    tcp: TcpListener,
+    tcp: AsyncFd<std::net::TcpListener>,
     range: std::ops::RangeInclusive<u16>,
 }
 
@@ -63,12 +72,24 @@ pub enum L4Error {
 impl L4Listener {
     /// The socket the kernel steers connections to.
     pub fn raw_fd(&self) -> RawFd {
-        self.tcp.as_raw_fd()
+        self.tcp.get_ref().as_raw_fd()
     }
 
     /// Where it is bound.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.local_addr()
+        self.tcp.get_ref().local_addr()
+    }
+
+    /// The next connection, non-blocking and registered nowhere yet.
+    async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+        loop {
+            let mut ready = self.tcp.readable().await?;
+            if let Ok(accepted) = ready.try_io(|l| l.get_ref().accept()) {
+                let (stream, peer) = accepted?;
+                stream.set_nonblocking(true)?;
+                return Ok((stream, peer));
+            }
+        }
     }
 
     /// The port range it serves.
@@ -103,7 +124,10 @@ pub fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<Option<L4List
         }
     };
     std.set_nonblocking(true).map_err(|e| L4Error::Inherited(e.to_string()))?;
-    let tcp = TcpListener::from_std(std).map_err(|e| L4Error::Inherited(e.to_string()))?;
+    client_options(&std);
+    // SAFETY: the listener owns its descriptor, open until the AsyncFd (its owner) drops it.
+    let tcp = unsafe { AsyncFd::register_with_interest(std, Interest::READABLE) }
+        .map_err(|e| L4Error::Inherited(e.to_string()))?;
     Ok(Some(L4Listener { tcp, range }))
 }
 
@@ -138,11 +162,18 @@ struct Server {
     connect_timeout: Duration,
     idle: Duration,
     engine: L4Engine,
+    pipes: PipePool,
 }
 
-/// Accepts until `stop`, then waits for the connections being served (the caller bounds the
-/// wait with the drain deadline).
-pub async fn serve(listener: Arc<L4Listener>, app: Arc<App>, stop: impl std::future::Future<Output = ()>) {
+/// Accepts until `stop`, each connection served whole by one of the edge's `workers` (like an
+/// HTTPS connection: its sockets, timers and wake-ups on one thread), then waits for the
+/// connections being served (the caller bounds the wait with the drain deadline).
+pub async fn serve(
+    listener: Arc<L4Listener>,
+    app: Arc<App>,
+    workers: Arc<Workers>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let config = app.config();
     let server = Arc::new(Server {
         limits: Limits::new(config.l4.max_connections, config.l4.max_connections_per_sandbox),
@@ -150,6 +181,8 @@ pub async fn serve(listener: Arc<L4Listener>, app: Arc<App>, stop: impl std::fut
         connect_timeout: config.proxy.connect_timeout.get(),
         idle: config.l4.idle_timeout.get(),
         engine: config.l4.engine,
+        // Enough for one spliced direction of every connection; beyond, directions copy.
+        pipes: PipePool::new(config.l4.max_connections),
         app,
     });
     let connections = TaskTracker::new();
@@ -157,7 +190,7 @@ pub async fn serve(listener: Arc<L4Listener>, app: Arc<App>, stop: impl std::fut
     loop {
         let (client, peer) = tokio::select! {
             () = &mut stop => break,
-            accepted = listener.tcp.accept() => match accepted {
+            accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of descriptors and the like: pause rather than spin.
@@ -167,8 +200,14 @@ pub async fn serve(listener: Arc<L4Listener>, app: Arc<App>, stop: impl std::fut
                 }
             },
         };
-        let server = server.clone();
-        connections.spawn(async move { server.handle(client, peer).await });
+        let (server, tracked) = (server.clone(), connections.token());
+        workers.spawn(move || async move {
+            let _tracked = tracked;
+            match TcpStream::from_std(client) {
+                Ok(client) => server.handle(client, peer).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "a worker cannot take the connection"),
+            }
+        });
     }
     connections.close();
     connections.wait().await;
@@ -208,9 +247,6 @@ impl Server {
                 return refuse(client, Some(&sandbox), exposure.target, Outcome::ConnectFailed);
             }
         };
-        let _ = client.set_nodelay(true);
-        keepalive(&client);
-        keepalive(&app);
         let m = metrics::global();
         m.l4_connection(&sandbox, exposure.target, Outcome::Accepted.as_str(), Some(self.engine.as_str()));
         let _open = m.l4_opened(&sandbox, exposure.target);
@@ -222,6 +258,7 @@ impl Server {
         }
         let (up, down) = (moved.up.load(Ordering::Relaxed), moved.down.load(Ordering::Relaxed));
         m.l4_bytes(&sandbox, exposure.target, up, down);
+        m.l4_spliced(moved.spliced.load(Ordering::Relaxed));
         tracing::info!(
             target: "gateway::access",
             source = %source,
@@ -257,20 +294,14 @@ impl Server {
             }
         }
         let activity = Activity::new();
-        let moving = async {
-            match self.engine {
-                L4Engine::Splice => engine::splice_both(client, app, moved, &activity).await,
-                L4Engine::Copy => engine::copy_both(client, app, moved, &activity).await,
-            }
+        let mode = match self.engine {
+            L4Engine::Splice => Mode::Splice(&self.pipes),
+            L4Engine::Copy => Mode::Copy,
         };
         tokio::select! {
-            r = moving => match r {
-                Ok(End::Closed) => "closed",
-                Ok(End::Reset) => "reset",
-                Err(e) => {
-                    tracing::debug!(error = %e, "the engine could not start");
-                    "reset"
-                }
+            end = engine::relay(client, app, mode, moved, &activity) => match end {
+                End::Closed => "closed",
+                End::Reset => "reset",
             },
             () = idle_timeout(&activity, self.idle) => "idle",
         }
@@ -295,12 +326,35 @@ fn refuse(client: TcpStream, sandbox: Option<&Sandbox>, port: u16, outcome: Outc
     }
 }
 
-/// TCP keepalive: a peer that vanished without a FIN is noticed within about two minutes
-/// instead of holding its connection until the idle timeout.
-fn keepalive(s: &impl AsFd) {
-    use nix::sys::socket::{setsockopt, sockopt};
+/// The clients' side of every connection, set once on the listener: accepted sockets inherit
+/// them, so they cost no system call per connection. No Nagle delay (the proxy forwards what it
+/// reads at once), and TCP keepalive: a client that vanished without a FIN is noticed within
+/// about two minutes instead of holding its connection until the idle timeout. The app's side
+/// has no keepalive: the app runs on this host, and the idle timeout bounds what a dead one
+/// leaves.
+fn client_options(s: &impl AsFd) {
+    let _ = setsockopt(s, sockopt::TcpNoDelay, &true);
     let _ = setsockopt(s, sockopt::KeepAlive, &true);
     let _ = setsockopt(s, sockopt::TcpKeepIdle, &60);
     let _ = setsockopt(s, sockopt::TcpKeepInterval, &15);
     let _ = setsockopt(s, sockopt::TcpKeepCount, &4);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_the_client_options() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        client_options(&listener);
+        let _client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        use nix::sys::socket::getsockopt;
+        assert!(getsockopt(&accepted, sockopt::TcpNoDelay).expect("nodelay"));
+        assert!(getsockopt(&accepted, sockopt::KeepAlive).expect("keepalive"));
+        assert_eq!(getsockopt(&accepted, sockopt::TcpKeepIdle).expect("idle"), 60);
+        assert_eq!(getsockopt(&accepted, sockopt::TcpKeepInterval).expect("interval"), 15);
+        assert_eq!(getsockopt(&accepted, sockopt::TcpKeepCount).expect("count"), 4);
+    }
 }

@@ -36,6 +36,7 @@
 //! | `l4_connections_total` | counter | `workspace`, `sandbox`, `port`, `result` (`accepted`, `not_allowed`, `limit`, `connect_failed`), `engine` (`splice`, `copy`; empty when refused) |
 //! | `l4_connections_open` | gauge | `workspace`, `sandbox`, `port` |
 //! | `l4_bytes_total` | counter | `workspace`, `sandbox`, `port`, `direction` (`up`: client → app, `down`), counted when a connection ends |
+//! | `l4_spliced_bytes_total` | counter | (of `l4_bytes_total`, the bytes the `splice` engine moved in the kernel; the rest went through a read buffer) |
 //! | `l4_unrouted_connections_total` | counter | (connections to a public port exposed no more) |
 //! | `l4_syns_total` | counter | `port` (public), `result` (`pass`, `not_allowed`, `rate`): the edge guard's SYNs to exposed ports (read from the per-CPU map at scrape time) |
 //! | `build_info` | gauge (1) | `version` |
@@ -285,6 +286,7 @@ pub struct Metrics {
     l4_connections: Family<L4ResultLabels, Counter>,
     l4_open: Family<L4Labels, Gauge>,
     l4_bytes: Family<L4DirectionLabels, Counter>,
+    l4_spliced_bytes: Counter,
     l4_unrouted: Counter,
 }
 
@@ -399,6 +401,7 @@ impl Metrics {
             l4_connections: Family::default(),
             l4_open: Family::default(),
             l4_bytes: Family::default(),
+            l4_spliced_bytes: Counter::default(),
             l4_unrouted: Counter::default(),
         };
         registry.register("requests", "Requests answered by the HTTPS edge", m.requests.clone());
@@ -488,6 +491,11 @@ impl Metrics {
             "l4_bytes",
             "Bytes carried by ended public TCP connections, by sandbox port and direction",
             m.l4_bytes.clone(),
+        );
+        registry.register(
+            "l4_spliced_bytes",
+            "Of the bytes of ended public TCP connections, those moved by splice(2) in the kernel",
+            m.l4_spliced_bytes.clone(),
         );
         registry.register(
             "l4_unrouted_connections",
@@ -646,6 +654,11 @@ impl Metrics {
             };
             self.l4_bytes.get_or_create(&labels).inc_by(n);
         }
+    }
+
+    /// Of an ended public TCP connection's bytes, `n` were spliced.
+    pub fn l4_spliced(&self, n: u64) {
+        self.l4_spliced_bytes.inc_by(n);
     }
 
     /// A connection reached a public port that is exposed no more.

@@ -39,7 +39,7 @@
 //!   app closes first, so TIME_WAIT stays with the app and the proxies never run out of source
 //!   ports towards it.
 //!
-//! Usage: `gateway-bench-tcp [--quick] [--out DIR] [--rounds N] [--seconds S]` (root;
+//! Usage: `gateway-bench-tcp [--quick] [--out DIR] [--rounds N] [--seconds S] [--only KEY,…]` (root;
 //! GATEWAY_BIN = release gateway; `iperf3` and `haproxy` installed). Writes DIR/tcp.json and
 //! DIR/tcp.md.
 
@@ -873,6 +873,8 @@ fn main() {
     if let Some(s) = value("--seconds") {
         secs = s.parse().expect("--seconds S");
     }
+    // A subset of the loads while working on one (the report then holds only those).
+    let only: Option<Vec<String>> = value("--only").map(|v| v.split(',').map(str::to_owned).collect());
     fs::create_dir_all(&out_dir).expect("create the output dir");
     for tool in ["iperf3", "haproxy", "ip", "ss"] {
         assert!(
@@ -891,7 +893,12 @@ fn main() {
         .into_iter()
         .chain((0..ECHO_LOADS.len()).map(Load::Echo))
         .chain([Load::ConnectionRate])
+        .filter(|l| only.as_ref().is_none_or(|keys| keys.iter().any(|k| *k == l.key())))
         .collect();
+    assert!(
+        !loads.is_empty(),
+        "--only names no load (keys: throughput_1, throughput_8, echo_SIZE_CONNS, connection_rate)"
+    );
     println!(
         "# TCP port benchmark ({}): {rounds} alternated rounds × {secs} s per contender and load",
         if quick { "quick" } else { "full" }
