@@ -236,10 +236,13 @@ pub fn out_of_sandbox<L: Lookups>(s: Summary, ifindex: u32, maps: &L) -> Verdict
 
 /// New inbound connections on the public interface (XDP).
 ///
-/// A new IPv4 TCP connection (SYN without ACK) is judged in this order: the per-source rate
-/// limit (every port, HTTPS included: a flood is dropped before any other lookup), a public
-/// port, an exposed L4 port and its allow-list, else the port is closed. IPv6 has no rate limit
-/// and no L4 ports (L4 exposure is IPv4 only): a public port or closed.
+/// A new IPv4 TCP connection (SYN without ACK) is judged in this order: a public port, else an
+/// exposed L4 port and its allow-list, else the port is closed; a SYN that would pass then
+/// takes a token of its source's rate limit (every port, HTTPS included). Dropping first what
+/// would be dropped anyway keeps the per-source buckets to sources that may connect: a flood
+/// to closed ports, or from outside an allow-list, costs no bucket lookup and, with spoofed
+/// sources, evicts no legitimate source's bucket. IPv6 has no rate limit and no L4 ports (L4
+/// exposure is IPv4 only): a public port or closed.
 #[inline(always)]
 pub fn edge_guard<L: Lookups>(s: Summary, maps: &L) -> Verdict {
     match s.net {
@@ -247,17 +250,17 @@ pub fn edge_guard<L: Lookups>(s: Summary, maps: &L) -> Verdict {
         Net::NonIp => Verdict::of(Reason::PassNonIp),
         Net::Ipv4 if s.is_new_tcp() => {
             let port = s.dest_port();
-            if !maps.syn_admit(s.src) {
-                return Verdict::on_l4_port(Reason::DropEdgeRate, port);
-            }
-            if maps.public_port(&PortKey::new(port, IPPROTO_TCP)) {
+            let pass = if maps.public_port(&PortKey::new(port, IPPROTO_TCP)) {
                 Verdict::of(Reason::PassEdgePublic)
             } else if maps.l4_port(port) {
-                let allowed = maps.l4_allowed(port, s.src);
-                Verdict::on_l4_port(if allowed { Reason::PassEdgeL4 } else { Reason::DropEdgeNotAllowed }, port)
+                if !maps.l4_allowed(port, s.src) {
+                    return Verdict::on_l4_port(Reason::DropEdgeNotAllowed, port);
+                }
+                Verdict::on_l4_port(Reason::PassEdgeL4, port)
             } else {
-                Verdict::of(Reason::DropEdgeClosedPort)
-            }
+                return Verdict::of(Reason::DropEdgeClosedPort);
+            };
+            if maps.syn_admit(s.src) { pass } else { Verdict::on_l4_port(Reason::DropEdgeRate, port) }
         }
         Net::Ipv6 if s.is_new_tcp() => {
             if maps.public_port(&PortKey::new(s.dest_port(), IPPROTO_TCP)) {

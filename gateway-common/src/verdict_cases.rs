@@ -223,21 +223,24 @@ pub fn unconfigured_cases() -> Vec<Case> {
 
 /// The per-source rate limit ([`EDGE_RATE`] configured), run in order with the state carried,
 /// within much less than a second (the bucket refills 1 connection per second): the burst of
-/// a source passes, whatever the ports; the next SYN is dropped, to a public port as to an L4
-/// port or a closed one; another source has its own bucket; IPv6 is not limited.
+/// a source passes, whatever the ports it would pass on; a SYN to a closed port, or from
+/// outside an allow-list, is dropped as such and takes no token; over the burst, a SYN is
+/// dropped, to a public port as to an L4 port; another source has its own bucket; IPv6 is not
+/// limited.
 pub fn rate_limit_sequence() -> Vec<Case> {
     use Reason::*;
     let e = Hook::Edge;
     vec![
         case("1st SYN of the burst", e, syn_from(ALLOWED_SRC, L4_PORT), 0, PassEdgeL4),
         case("2nd SYN of the burst", e, syn_from(ALLOWED_SRC, 443), 0, PassEdgePublic),
-        case("3rd SYN of the burst (closed port)", e, syn_from(ALLOWED_SRC, 22), 0, DropEdgeClosedPort),
+        case("closed port: no token taken", e, syn_from(ALLOWED_SRC, 22), 0, DropEdgeClosedPort),
+        case("3rd SYN of the burst", e, syn_from(ALLOWED_SRC, L4_PORT), 0, PassEdgeL4),
         case("over the burst, L4 port", e, syn_from(ALLOWED_SRC, L4_PORT), 0, DropEdgeRate),
         case("over the burst, public port", e, syn_from(ALLOWED_SRC, 443), 0, DropEdgeRate),
-        case("over the burst, closed port", e, syn_from(ALLOWED_SRC, 22), 0, DropEdgeRate),
+        case("over the burst, closed port", e, syn_from(ALLOWED_SRC, 22), 0, DropEdgeClosedPort),
         case("over the burst, established", e, tcp(ALLOWED_SRC, HOST, L4_PORT, false, true), 0, PassEdgeOther),
-        case("another source", e, syn_from(OTHER_SRC, 443), 0, PassEdgePublic),
         case("another source, L4 port not allowed", e, syn_from(OTHER_SRC, L4_PORT), 0, DropEdgeNotAllowed),
+        case("another source", e, syn_from(OTHER_SRC, 443), 0, PassEdgePublic),
         case("IPv6 is not limited", e, tcp6(443, true), 0, PassEdgePublic),
         case("IPv6 is not limited (2)", e, tcp6(443, true), 0, PassEdgePublic),
         case("IPv6 is not limited (3)", e, tcp6(443, true), 0, PassEdgePublic),

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockMap, lpm_trie::Key},
 };
@@ -203,8 +203,11 @@ impl Lookups for KernelMaps {
         if rate == 0 {
             return true;
         }
+        // The coarse clock (a tick's resolution, a few ms) is cheaper to read than the precise
+        // one, and precise enough: a bucket refills at most a few hundred tokens a second, and
+        // a refill measured a tick late is carried to the next SYN, not lost.
         // SAFETY: a helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         let key = HostAddr { addr: src };
         match GW_SYN_RATE.get_ptr_mut(key) {
             // SAFETY: a live map value. Two CPUs judging SYNs of one source at the same instant

@@ -42,16 +42,22 @@ pub fn raise_nofile(n: u64) -> u64 {
     }
 }
 
-/// Runs the calling thread at the lowest CPU priority (nice 19). Attack clients and the
-/// attacker's own app call it: in a deployment they run on other machines, while here they share
-/// two cores with the gateway, wrk and the victim's app, and an attack tool's own CPU (slowhttptest
-/// alone takes up to a whole core to hold 1,000 slow connections) would otherwise be counted as
-/// the gateway's cost. They still get every cycle the others leave; figures report what they sent.
+/// Runs the calling thread at the lowest CPU priority (`SCHED_IDLE`, and nice 19 where that is
+/// refused). Attack clients and the attacker's own app call it: in a deployment they run on
+/// other machines, while here they share two cores with the gateway, wrk and the victim's app,
+/// and an attack tool's own CPU (slowhttptest alone takes up to a whole core to hold 1,000 slow
+/// connections) would otherwise be counted as the gateway's cost. Nice 19 alone still let it
+/// take a third of a core from them under load; an idle-class thread runs only on a core
+/// nobody else wants and never preempts them. They still get every cycle the others leave;
+/// figures report what they sent.
 pub fn attacker_priority() {
-    // SAFETY: gettid/setpriority on the calling thread (Linux: the nice value is per thread).
+    // SAFETY: gettid/setpriority/sched_setscheduler on the calling thread (Linux: the nice
+    // value and the policy are per thread); a plain parameter struct.
     unsafe {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param);
     }
 }
 
@@ -561,13 +567,18 @@ pub fn throughput_ratio<H>(
 /// Starts `slowhttptest` with these arguments (e.g. `-H -c 1000 ...`) against `url`; its output
 /// goes to `log`.
 pub fn slowhttptest(args: &[&str], url: &str, log: &Path) -> Child {
+    // Run through nice and stdbuf, whose own start would succeed without it.
+    assert!(
+        Command::new("sh").args(["-c", "command -v slowhttptest"]).output().is_ok_and(|o| o.status.success()),
+        "slowhttptest is missing (Debian package slowhttptest; `cargo xtask soak` installs it)"
+    );
     // Appended to: a soak test restarts slowhttptest and reads the figures of every run.
     let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("slowhttptest log");
     let err = out.try_clone().expect("log");
     // At the lowest priority, line-buffered (see `attacker_priority`; a killed run still leaves
     // its status lines in the log).
-    Command::new("nice")
-        .args(["-n", "19", "stdbuf", "-oL", "slowhttptest"])
+    Command::new("chrt")
+        .args(["--idle", "0", "nice", "-n", "19", "stdbuf", "-oL", "slowhttptest"])
         .args(args)
         .args(["-u", url])
         .stdin(Stdio::null())

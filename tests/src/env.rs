@@ -64,6 +64,7 @@ pub struct EnvBuilder {
     config: String,
     log_filter: Option<String>,
     public_interface: Option<String>,
+    https_all_addresses: bool,
     dataplane_keys: String,
     sandbox: Option<(String, Sandbox, Option<Ports>)>,
     token: Option<String>,
@@ -80,6 +81,7 @@ impl Env {
             config: String::new(),
             log_filter: None,
             public_interface: None,
+            https_all_addresses: false,
             dataplane_keys: String::new(),
             sandbox: None,
             token: None,
@@ -130,6 +132,13 @@ impl EnvBuilder {
         self
     }
 
+    /// The HTTPS listener on every address (`0.0.0.0`, same port) rather than 127.0.0.1, so
+    /// that an `OutsideClient` reaches it through the edge guard.
+    pub fn https_all_addresses(mut self) -> Self {
+        self.https_all_addresses = true;
+        self
+    }
+
     /// Keys added to the `[dataplane]` section (e.g. `syn_rate = 20`).
     pub fn dataplane(mut self, keys: &str) -> Self {
         self.dataplane_keys.push_str(keys);
@@ -165,8 +174,21 @@ impl EnvBuilder {
     /// Starts the gateway (enforcing, pins in the pin directory), registers the sandbox and
     /// creates the token.
     pub fn start(self) -> Env {
-        let EnvBuilder { pins, rt, config, log_filter, public_interface, dataplane_keys, sandbox, token } = self;
+        let EnvBuilder {
+            pins,
+            rt,
+            config,
+            log_filter,
+            public_interface,
+            https_all_addresses,
+            dataplane_keys,
+            sandbox,
+            token,
+        } = self;
         let mut gw = GatewayProcess::enforcing(pins.path(), &config);
+        if https_all_addresses {
+            gw.edit_config(|c| c.replacen("https = \"127.0.0.1:", "https = \"0.0.0.0:", 1));
+        }
         if !dataplane_keys.is_empty() {
             gw.edit_config(|c| c.replacen("xdp_mode = \"skb\"\n", &format!("xdp_mode = \"skb\"\n{dataplane_keys}"), 1));
         }

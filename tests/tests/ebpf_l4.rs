@@ -22,7 +22,7 @@ use gateway_common::{
     counters::{Hook, Reason},
     names,
     policy::{EdgeConfig, L4PortStats},
-    verdict_cases::{HOST, syn_from},
+    verdict_cases::syn_from,
 };
 use gateway_tests::harness::*;
 use ipnet::Ipv4Net;
@@ -374,7 +374,7 @@ fn the_cost_of_an_allowed_l4_syn_in_the_edge_guard() {
         (
             "edge_guard: SYN over the rate",
             names::PROG_EDGE_GUARD,
-            syn_from(HOST, 20001),
+            syn_from([198, 18, 4, 8], 20001),
             EdgeConfig { syn_rate: 1, syn_burst: 1, ..Default::default() },
         ),
     ];

@@ -223,13 +223,19 @@ fn l4_ports_count_their_verdicts() {
         L4PortStats { syn_pass: 1, drop_not_allowed: 2, drop_rate: 0 },
         "pass and not-allowed count on the port"
     );
-    // OTHER_SRC has one token left: L4_PORT_ANY passes once, then is over the rate, on the
-    // port; a rate drop to a port that is not exposed counts in the verdict counters only.
-    assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, L4_PORT_ANY)), XDP_PASS);
-    let rate_before = counter(&l, Hook::Edge, Reason::DropEdgeRate);
+    // The drops from outside the allow-list took no token: OTHER_SRC has its whole burst.
+    // L4_PORT_ANY passes three times, then is over the rate, on the port; a public port over
+    // the rate counts in the verdict counters only; a closed port is dropped as closed.
+    for _ in 0..3 {
+        assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, L4_PORT_ANY)), XDP_PASS);
+    }
+    let (rate_before, closed_before) =
+        (counter(&l, Hook::Edge, Reason::DropEdgeRate), counter(&l, Hook::Edge, Reason::DropEdgeClosedPort));
     assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, L4_PORT_ANY)), XDP_DROP);
+    assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, 443)), XDP_DROP);
     assert_eq!(run_xdp(&mut l, &syn_from(OTHER_SRC, 22)), XDP_DROP);
-    assert_eq!(l4_stats(&l, L4_PORT_ANY), L4PortStats { syn_pass: 1, drop_not_allowed: 0, drop_rate: 1 });
+    assert_eq!(l4_stats(&l, L4_PORT_ANY), L4PortStats { syn_pass: 3, drop_not_allowed: 0, drop_rate: 1 });
     assert_eq!(counter(&l, Hook::Edge, Reason::DropEdgeRate), rate_before + 2);
+    assert_eq!(counter(&l, Hook::Edge, Reason::DropEdgeClosedPort), closed_before + 1);
     assert_eq!(l4_stats(&l, L4_PORT).drop_rate, 0, "other ports untouched");
 }

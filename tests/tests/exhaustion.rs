@@ -11,8 +11,14 @@
 //! with the gateway and wrk, and their own CPU is not the gateway's cost.
 
 use gateway::telemetry::metrics::sum_samples;
-use gateway_tests::{attack::*, edge::*, env::Env, harness::Sandbox};
+use gateway_tests::{
+    attack::*,
+    edge::*,
+    env::Env,
+    harness::{OutsideClient, Sandbox},
+};
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -47,16 +53,30 @@ impl Setup {
     }
 
     fn with_header_read_timeout(header_read_timeout: Duration) -> Setup {
+        Self::build(header_read_timeout, None)
+    }
+
+    /// The attacker on the public side: the HTTPS listener also on `client`'s link, whose
+    /// host side is the public interface (edge guard with the default per-source SYN rate).
+    /// wrk stays on loopback: another source, not behind the guard.
+    fn public(client: &OutsideClient, header_read_timeout: Duration) -> Setup {
+        Self::build(header_read_timeout, Some(client))
+    }
+
+    fn build(header_read_timeout: Duration, public: Option<&OutsideClient>) -> Setup {
         let nofile = raise_nofile(200_000);
         assert!(nofile >= 16_384, "RLIMIT_NOFILE {nofile}: the 10,000-connection tests need more");
-        let e = Env::new()
+        let mut b = Env::new()
             .config(&format!(
                 "[proxy]\nheader_read_timeout = \"{}s\"\nmax_connections = 15000\nmax_header_bytes = 16384\n",
                 header_read_timeout.as_secs()
             ))
             .sandbox("victim", &[(3000, "HTTP")])
-            .token("soak")
-            .start();
+            .token("soak");
+        if let Some(client) = public {
+            b = b.public_interface(client.host_ifname()).https_all_addresses();
+        }
+        let e = b.start();
         let entered = e.rt.enter();
         let evil = Sandbox::new();
         register(&e.gw, WS, "evil", &evil, &[(3000, "HTTP")]);
@@ -542,6 +562,178 @@ fn soak_slowhttptest_slowloris_slow_post_slow_read() {
     let peak = rss.join().expect("rss");
     figure(format!("slowhttptest: gateway RSS peak {peak} KiB"));
     assert!(peak < 512 * 1024, "gateway RSS peaked at {peak} KiB");
+}
+
+/// Connection floods from one source on the public side, through the edge guard at its
+/// defaults (200 new connections a second per source, bursts of 400): slowloris opening 1,000
+/// connections a second (slowhttptest -H -r 1000, restarted as it ends), then a TLS handshake
+/// flood (64 clients handshaking and closing in a loop, each giving up on a connection after
+/// 300 ms). wrk, from another source, keeps 0.8× or more of its throughput; the guard drops the
+/// excess SYNs (counted), so the flooding source completes about `syn_rate` handshakes a second.
+#[test]
+#[ignore = "soak: run by cargo xtask soak"]
+fn soak_connection_floods_from_one_source_are_cut_by_the_edge_guard() {
+    const SYN_RATE: f64 = 200.0;
+    const SYN_BURST: f64 = 400.0;
+    let client = OutsideClient::new();
+    let s = Setup::public(&client, Duration::from_secs(10));
+    let rate_drops = || {
+        let text = s.e.gw.anonymous_client().get("/metrics").text();
+        sum_samples(&text, "gateway_dataplane_verdicts_total", &[("hook", "edge"), ("reason", "drop_edge_rate")]) as f64
+    };
+    let url = format!("https://{}:{}/", client.host_addr(), s.e.gw.https_port());
+    let log = s.e.gw.dir().join("slowhttptest-public.log");
+
+    // Slowloris at 1,000 connections a second. The attack tool's own CPU (utime + stime, in
+    // clock ticks) is reported: it shares the machine's two cores with wrk and the gateway.
+    let before = rate_drops();
+    let attacker_ticks = Arc::new(AtomicU64::new(0));
+    let mut attacking = 0.0f64;
+    let r = throughput_ratio(
+        &s.wrk,
+        5,
+        3,
+        WANT_RATIO,
+        3,
+        || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (stop2, url, log, ticks) = (stop.clone(), url.clone(), log.clone(), attacker_ticks.clone());
+            let t = client.ns.spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    let mut child = slowhttptest(
+                        &["-H", "-c", "4000", "-r", "1000", "-i", "5", "-l", "12", "-s", "8192", "-p", "3"],
+                        &url,
+                        &log,
+                    );
+                    let mut used = 0;
+                    while !stop2.load(Ordering::Relaxed) && child.try_wait().ok().flatten().is_none() {
+                        used = cpu_ticks(child.id());
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    ticks.fetch_add(used, Ordering::Relaxed);
+                }
+            });
+            thread::sleep(Duration::from_millis(2_000));
+            (Running { stop, threads: vec![t] }, Instant::now())
+        },
+        |(running, began): (Running, Instant)| {
+            running.end();
+            attacking += began.elapsed().as_secs_f64() + 2.0;
+        },
+    );
+    // SAFETY: sysconf has no preconditions.
+    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let attacker_cores = attacker_ticks.load(Ordering::Relaxed) as f64 * tick / attacking;
+    let dropped = rate_drops() - before;
+    let tail: Vec<String> = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect();
+    eprintln!("slowhttptest's last lines:\n{}", tail[tail.len().saturating_sub(12)..].join("\n"));
+    figure(format!(
+        "slowloris at 1,000 connections/s from one public source: wrk {:.0} -> {:.0} req/s, ratio {:.2}; {dropped:.0} SYNs dropped by the edge guard's rate; slowhttptest itself used {attacker_cores:.2} of the 2 cores",
+        r.baseline,
+        r.under,
+        r.ratio()
+    ));
+    // Both floods run before anything is asserted: each one's figures are worth having.
+    let mut failed = Vec::new();
+    if !r.problems.is_empty() {
+        failed.push(format!("slowloris: legitimate requests failed: {}", r.problems));
+    }
+    if r.ratio() < WANT_RATIO {
+        failed.push(format!("slowloris: {r:?}"));
+    }
+    if dropped == 0.0 {
+        failed.push("slowloris: the guard did not cut the flood".into());
+    }
+    s.healthy();
+    // Let the held connections reach the header read timeout before the next flood.
+    thread::sleep(Duration::from_secs(11));
+
+    // A TLS handshake flood.
+    let edge = EdgeClient::with_ca(SocketAddr::from((client.host_addr(), s.e.gw.https_port())), &s.e.gw.dev_ca_path());
+    let host = sandbox_host("evil");
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let before = rate_drops();
+    let (mut starts, mut flooding) = (0u32, 0.0f64);
+    let r = throughput_ratio(
+        &s.wrk,
+        5,
+        3,
+        WANT_RATIO,
+        3,
+        || {
+            starts += 1;
+            let stop = Arc::new(AtomicBool::new(false));
+            let (stop2, edge, host, handshakes) = (stop.clone(), edge.clone(), host.clone(), handshakes.clone());
+            let t = client.ns.spawn(move || {
+                attacker_priority();
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|_| {
+                            let (edge, host, stop, handshakes) =
+                                (edge.clone(), host.clone(), stop2.clone(), handshakes.clone());
+                            tokio::spawn(async move {
+                                while !stop.load(Ordering::Relaxed) {
+                                    let attempt = edge.tls(&host, Alpn::H1);
+                                    if let Ok(Ok(_tls)) =
+                                        tokio::time::timeout(Duration::from_millis(300), attempt).await
+                                    {
+                                        handshakes.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                });
+            });
+            (Running { stop, threads: vec![t] }, Instant::now())
+        },
+        |(running, began): (Running, Instant)| {
+            running.end();
+            flooding += began.elapsed().as_secs_f64();
+        },
+    );
+    let (dropped, done) = (rate_drops() - before, handshakes.load(Ordering::Relaxed) as f64);
+    figure(format!(
+        "TLS handshake flood from one public source (64 clients): wrk {:.0} -> {:.0} req/s, ratio {:.2}; {done:.0} handshakes in {flooding:.0} s of flood ({:.0}/s), {dropped:.0} SYNs dropped by the edge guard's rate",
+        r.baseline,
+        r.under,
+        r.ratio(),
+        done / flooding
+    ));
+    if !r.problems.is_empty() {
+        failed.push(format!("handshake flood: legitimate requests failed: {}", r.problems));
+    }
+    if r.ratio() < WANT_RATIO {
+        failed.push(format!("handshake flood: {r:?}"));
+    }
+    if dropped == 0.0 {
+        failed.push("handshake flood: the guard did not cut the flood".into());
+    }
+    // Each start of the flood may spend a full burst (the bucket refills during wrk's baseline
+    // run); beyond that, the per-source rate.
+    let budget = SYN_RATE * flooding + SYN_BURST * f64::from(starts);
+    if done > budget * 1.1 {
+        failed.push(format!("handshake flood: {done} handshakes from one source, budget {budget:.0}"));
+    }
+    s.healthy();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// utime + stime of process `pid` so far, in clock ticks (0 once it is gone).
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // After the command's closing parenthesis: field 3 (state) is index 0; utime and stime are
+    // fields 14 and 15.
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
 }
 
 /// 10,000 idle connections (80% bare TCP, 10% TLS HTTP/1.1 without a request, 10% TLS with only
