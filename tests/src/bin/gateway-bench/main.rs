@@ -33,7 +33,8 @@ use gateway::dataplane::{
 use gateway_common::{
     IPPROTO_TCP, names,
     policy::{
-        Endpoint, KernelConfig, L4PortStats, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats, origin,
+        EdgeConfig, Endpoint, KernelConfig, L4PortStats, PolicyValue, PortKey, SandboxKey, SandboxRecord, SandboxStats,
+        origin,
     },
     testpkt,
 };
@@ -258,14 +259,33 @@ fn main() {
             )
             .expect("L4 port");
         maps.l4_allow_insert(20001, "198.18.0.0/24".parse().expect("prefix")).expect("L4 allow-list");
+        // The per-source rate limit on (as by default), at a rate no repeat count exhausts: the
+        // paths that pass pay for their source's bucket.
+        maps.edge_config
+            .set(0, EdgeConfig { syn_rate: u32::MAX, syn_burst: u32::MAX, ..Default::default() }, 0)
+            .expect("edge config");
         println!("\n## Program cost, BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds} alternated rounds");
         let mut paths = standard_paths([198, 18, 0, 2]);
-        paths.push(Path {
-            name: "edge_guard: allowed L4 SYN",
-            prog: names::PROG_EDGE_GUARD,
-            pkt: tcp([198, 18, 0, 1], 20001, true),
-            mark: 0,
-        });
+        paths.extend([
+            Path {
+                name: "edge_guard: public port SYN",
+                prog: names::PROG_EDGE_GUARD,
+                pkt: tcp([198, 18, 0, 1], 443, true),
+                mark: 0,
+            },
+            Path {
+                name: "edge_guard: allowed L4 SYN",
+                prog: names::PROG_EDGE_GUARD,
+                pkt: testpkt::tcp([198, 18, 0, 1], [198, 18, 0, 2], 20001, true, false),
+                mark: 0,
+            },
+            Path {
+                name: "edge_guard: L4 SYN outside allowFrom",
+                prog: names::PROG_EDGE_GUARD,
+                pkt: testpkt::tcp([198, 51, 100, 1], [198, 18, 0, 2], 20001, true, false),
+                mark: 0,
+            },
+        ]);
         let costs = program_costs(&mut ebpf, &paths, rounds, repeat);
         print_costs(&costs);
         report.insert("program_cost".into(), costs_json(&costs));
