@@ -204,10 +204,27 @@ fn public_ports_carry_bytes_from_allowed_sources_only() {
     });
     assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
 
-    // Another allowFrom applies to the next connection: the client's SYN gets no answer.
+    // Another allowFrom applies to open connections and to the next ones: an open connection
+    // to the port is reset, one to a port left as it was carries on, and the client's next SYN
+    // gets no answer.
+    let (held, kept) = client.ns.run(|| {
+        let held = connect(&client, sink_port, Duration::from_secs(5)).expect("connect");
+        let mut line = String::new();
+        BufReader::new(&held).read_line(&mut line).expect("greeting");
+        let kept = connect(&client, echo_port, Duration::from_secs(5)).expect("connect");
+        (held, kept)
+    });
     let mut other = exposed("v2");
     other[0].2 = json!({"allowFrom": ["203.0.113.0/24"]});
     assert_eq!(put(&e, &other).status, 200);
+    held.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let err = (&held).read(&mut [0u8; 16]).expect_err("the open connection is cut");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    (&kept).write_all(b"still here\n").expect("write");
+    let mut line = String::new();
+    BufReader::new(&kept).read_line(&mut line).expect("echo");
+    assert_eq!(line, "still here\n", "a connection to an unchanged port carries on");
+    drop(kept);
     let dropped =
         |text: &str| metric(text, "gateway_dataplane_verdicts_total{hook=\"edge\",reason=\"drop_edge_not_allowed\"");
     let before = dropped(&metrics(&e));
@@ -237,8 +254,15 @@ fn public_ports_carry_bytes_from_allowed_sources_only() {
     let spliced = metric(&text, "gateway_l4_spliced_bytes_total ");
     assert!(spliced >= (2 * GIB - (1 << 20)) as f64, "spliced {spliced} of 2 GiB: {text}");
 
-    // Deleting the sandbox closes its ports; they are held back from the next sandbox.
+    // Deleting the sandbox closes its ports and the connections open to them; the ports are
+    // held back from the next sandbox.
+    let open = client.ns.run(|| connect(&client, echo_port, Duration::from_secs(5)).expect("connect"));
+    (&open).write_all(b"x\n").expect("write");
+    BufReader::new(&open).read_line(&mut String::new()).expect("echo");
     assert_eq!(e.gw.client().delete(&e.sandbox_path()).status, 204);
+    open.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let err = (&open).read(&mut [0u8; 16]).expect_err("the open connection is cut");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
     let r = client.ns.run(|| connect(&client, sink_port, Duration::from_millis(700)).map(|_| ()));
     assert!(r.is_err(), "the port of a deleted sandbox is closed");
     let released = [sink_port, echo_port, proxy_port, rst_port];

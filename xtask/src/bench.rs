@@ -169,8 +169,9 @@ pub fn run(quick: bool) -> Result<()> {
          one registered with each gateway (tcx enforcement attached: only the gateway's marked SYNs enter) and one \
          unregistered link carrying the direct and HAProxy traffic to the same app processes: `iperf3 -s`, an echo \
          server and a one-shot echo (64 B back, then the app closes). Two gateways run side by side, `l4.engine = \
-         \"copy\"` and `\"splice\"`, each with its own public address, XDP edge guard (skb mode) and sk_lookup \
-         steering; HAProxy {haproxy} (one thread per CPU, its default) listens twice, plain and with `option \
+         \"copy\"` (every read through userspace) and `\"splice\"` (small reads copied, a direction switching to \
+         splice(2) once one read brings 16 KiB), each with its own public address, XDP edge guard (skb mode) and \
+         sk_lookup steering; HAProxy {haproxy} (one thread per CPU, its default) listens twice, plain and with `option \
          splice-auto`. Every path crosses one edge guard on its client link; the guards' SYN rate limit is raised \
          beyond any load here (the default 200/s per source would cap every contender's connection rate alike) and \
          access logs are off. Loads: `iperf3` {iperf3} client → app with 1 and 8 streams; echo latency, open loop \

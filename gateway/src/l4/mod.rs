@@ -11,7 +11,8 @@
 //! 4. a marked connection to the sandbox's port (tcx admission unchanged) → `connect_failed`
 //!    resets the client;
 //! 5. the PROXY protocol v2 header first if asked, then the bytes both ways by `l4.engine`
-//!    ([`engine`]) until both sides closed, a reset, or `l4.idle_timeout`;
+//!    ([`engine`]) until both sides closed, a reset, `l4.idle_timeout`, or a change of the
+//!    sandbox's public ports that no longer admits the connection (`revoked`: both sides reset);
 //! 6. one access-log line (`gateway::access`, `tcp connection`): source, sandbox, ports,
 //!    bytes each way, duration, how it ended; metrics per sandbox and port.
 //!
@@ -37,7 +38,7 @@ use engine::{End, Mode, Moved, PipePool};
 use nix::sys::socket::{setsockopt, sockopt};
 use std::{
     io,
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -216,6 +217,9 @@ pub async fn serve(
 impl Server {
     async fn handle(&self, client: TcpStream, peer: SocketAddr) {
         let started = Instant::now();
+        // Before the lookup: a change made after it is seen by `revoked`.
+        let mut changes = self.app.public_port_changes();
+        changes.borrow_and_update();
         let (public, source) = match (client.local_addr(), peer) {
             (Ok(SocketAddr::V4(public)), SocketAddr::V4(source)) => (public, source),
             _ => return refuse(client, None, 0, Outcome::NoRoute),
@@ -251,7 +255,9 @@ impl Server {
         m.l4_connection(&sandbox, exposure.target, Outcome::Accepted.as_str(), Some(self.engine.as_str()));
         let _open = m.l4_opened(&sandbox, exposure.target);
         let moved = Moved::default();
-        let end = self.relay(&client, &app, exposure.proxy_protocol, source, public, &moved).await;
+        let revoked = self.revoked(changes, public.port(), &sandbox, exposure.target, *source.ip());
+        let header = (exposure.proxy_protocol == ProxyProtocol::V2).then(|| proxy_header::v2_tcp4(source, public));
+        let end = self.relay(&client, &app, header.as_ref().map(|h| &h[..]), &moved, revoked).await;
         if end != "closed" {
             engine::reset_on_close(&client);
             engine::reset_on_close(&app);
@@ -275,23 +281,48 @@ impl Server {
         );
     }
 
-    /// The PROXY header if asked, then the engine, bounded by the idle timeout. Returns how the
-    /// connection ended: `closed`, `reset` or `idle`.
+    /// Resolves once the exposure no longer admits this connection: its sandbox deleted or
+    /// replaced, its port unexposed or given another target, its source outside a new
+    /// `allowFrom`. A change applies to open connections as to new ones.
+    async fn revoked(
+        &self,
+        mut changes: tokio::sync::watch::Receiver<u64>,
+        public: u16,
+        sandbox: &Sandbox,
+        target: u16,
+        source: std::net::Ipv4Addr,
+    ) {
+        let admits = |s: &Sandbox| {
+            s.workspace == sandbox.workspace
+                && s.name == sandbox.name
+                && s.exposed.iter().any(|e| e.public_port == public && e.target == target && e.allows(source))
+        };
+        loop {
+            if changes.changed().await.is_err() {
+                // No more changes (the gateway is stopping): never revoked.
+                return std::future::pending().await;
+            }
+            if !self.app.sandbox_by_public_port(public).is_some_and(|s| admits(&s)) {
+                return;
+            }
+        }
+    }
+
+    /// The PROXY header if asked, then the engine, bounded by the idle timeout and by
+    /// `revoked`. Returns how the connection ended: `closed`, `reset`, `idle` or `revoked`.
     async fn relay(
         &self,
         client: &TcpStream,
         app: &TcpStream,
-        proxy: ProxyProtocol,
-        source: SocketAddrV4,
-        public: SocketAddrV4,
+        proxy_header: Option<&[u8]>,
         moved: &Moved,
+        revoked: impl std::future::Future<Output = ()>,
     ) -> &'static str {
-        if proxy == ProxyProtocol::V2 {
-            let header = proxy_header::v2_tcp4(source, public);
-            if let Err(e) = engine::write_all(app, &header).await {
-                tracing::debug!(error = %e, "writing the PROXY header failed");
-                return "reset";
-            }
+        if let Some(header) = proxy_header
+            && let Err(e) = engine::write_all(app, header).await
+        {
+            tracing::debug!(error = %e, "writing the PROXY header failed");
+            return "reset";
         }
         let activity = Activity::new();
         let mode = match self.engine {
@@ -304,6 +335,7 @@ impl Server {
                 End::Reset => "reset",
             },
             () = idle_timeout(&activity, self.idle) => "idle",
+            () = revoked => "revoked",
         }
     }
 }

@@ -271,6 +271,12 @@ impl App {
         self.sandboxes.by_public_port(port)
     }
 
+    /// Changes when a local sandbox's public TCP ports change (exposed, unexposed, another
+    /// `allowFrom`, the sandbox deleted).
+    pub fn public_port_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sandboxes.exposure_changes()
+    }
+
     /// The sandbox at `address`.
     pub fn sandbox_by_address(&self, address: std::net::Ipv4Addr) -> Option<Arc<Sandbox>> {
         self.sandboxes.by_address(address)

@@ -237,6 +237,9 @@ struct Index {
     host: Option<String>,
     /// The local sandboxes by public TCP port.
     by_public_port: FastMap<u16, Arc<Sandbox>>,
+    /// Bumped whenever a local sandbox's public ports change, once the index holds the change:
+    /// open connections to public ports re-check that they are still allowed.
+    exposures: tokio::sync::watch::Sender<u64>,
 }
 
 impl Index {
@@ -252,6 +255,9 @@ impl Index {
             for e in &sandbox.exposed {
                 self.by_public_port.insert(e.public_port, sandbox.clone());
             }
+            if !sandbox.exposed.is_empty() {
+                self.exposures.send_modify(|n| *n += 1);
+            }
         }
         self.by_id.insert(sandbox.id(), sandbox);
     }
@@ -266,6 +272,9 @@ impl Index {
             if self.by_public_port.get(&e.public_port).is_some_and(|s| s.id() == *id) {
                 self.by_public_port.remove(&e.public_port);
             }
+        }
+        if self.is_local(&old) && !old.exposed.is_empty() {
+            self.exposures.send_modify(|n| *n += 1);
         }
         Some(old)
     }
@@ -358,6 +367,12 @@ impl Sandboxes {
         if old.is_some() || new.is_some() {
             self.book().commit(old, new);
         }
+    }
+
+    /// Changes when a local sandbox's public ports change (read [`Sandboxes::by_public_port`]
+    /// again then).
+    pub fn exposure_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.read().exposures.subscribe()
     }
 
     /// The local sandbox holding public TCP port `port`.
