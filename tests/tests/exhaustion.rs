@@ -13,6 +13,7 @@
 use gateway::telemetry::metrics::sum_samples;
 use gateway_tests::{
     attack::*,
+    benchkit::{clock_ticks, cpu_ticks},
     edge::*,
     env::Env,
     harness::{OutsideClient, Sandbox},
@@ -623,9 +624,7 @@ fn soak_connection_floods_from_one_source_are_cut_by_the_edge_guard() {
             attacking += began.elapsed().as_secs_f64() + 2.0;
         },
     );
-    // SAFETY: sysconf has no preconditions.
-    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let attacker_cores = attacker_ticks.load(Ordering::Relaxed) as f64 * tick / attacking;
+    let attacker_cores = attacker_ticks.load(Ordering::Relaxed) as f64 / clock_ticks() / attacking;
     let dropped = rate_drops() - before;
     let tail: Vec<String> = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect();
     eprintln!("slowhttptest's last lines:\n{}", tail[tail.len().saturating_sub(12)..].join("\n"));
@@ -723,17 +722,6 @@ fn soak_connection_floods_from_one_source_are_cut_by_the_edge_guard() {
     }
     s.healthy();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-}
-
-/// utime + stime of process `pid` so far, in clock ticks (0 once it is gone).
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    // After the command's closing parenthesis: field 3 (state) is index 0; utime and stime are
-    // fields 14 and 15.
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(14) + field(15)
 }
 
 /// 10,000 idle connections (80% bare TCP, 10% TLS HTTP/1.1 without a request, 10% TLS with only

@@ -104,11 +104,6 @@ impl PipePool {
         PipePool { idle: Mutex::new(Vec::new()), open: AtomicUsize::new(0), max }
     }
 
-    /// Pipes open now (in use or idle).
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
     fn lease(&self) -> Option<Lease<'_>> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let pipe = match idle {

@@ -60,7 +60,7 @@ use std::{
 
 use gateway_tests::{
     attack::raise_nofile,
-    benchkit::{Proc, run_ok},
+    benchkit::{Proc, clock_ticks, cpu_ticks, run_ok},
     edge::WS,
     gateway_process::{GatewayProcess, TempDir, temp_dir},
     harness::{BpffsDir, Netns, OutsideClient, Sandbox, SandboxLink, require_root},
@@ -105,20 +105,9 @@ fn system_cpu_seconds() -> f64 {
     busy as f64 / clock_ticks()
 }
 
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
-}
-
 /// utime + stime of these processes (all their threads), seconds.
 fn process_cpu_seconds(pids: &[u32]) -> f64 {
-    let field = |pid: u32, n: usize| -> u64 {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s[s.rfind(')')? + 2..].split_whitespace().nth(n - 3)?.parse().ok())
-            .unwrap_or(0)
-    };
-    pids.iter().map(|p| field(*p, 14) + field(*p, 15)).sum::<u64>() as f64 / clock_ticks()
+    pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() as f64 / clock_ticks()
 }
 
 /// CPU ticks (utime + stime) of every process outside this bench's tree (this process and its
